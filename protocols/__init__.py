@@ -1,0 +1,46 @@
+"""Secure aggregation for securefedrec: sans-IO protocol state machines.
+
+Depends on numpy and cryptography only (plus phe/gmpy2 for Paillier); never
+on torch or securefedrec. Start with :func:`get_aggregator`.
+"""
+
+from protocols.base import (
+    AggregationResult,
+    Aggregator,
+    DropoutPlan,
+    RoundConfig,
+    Stage,
+    sample_dropouts,
+)
+from protocols.encoding import FixedPoint
+from protocols.errors import (
+    AggregationAborted,
+    ConfigError,
+    DecodeError,
+    IntegrityError,
+    ProtocolError,
+    SecureFedRecError,
+    StageError,
+)
+from protocols.plaintext import PlaintextAggregator
+from protocols.registry import PROTOCOLS, get_aggregator
+
+__all__ = [
+    "PROTOCOLS",
+    "AggregationAborted",
+    "AggregationResult",
+    "Aggregator",
+    "ConfigError",
+    "DecodeError",
+    "DropoutPlan",
+    "FixedPoint",
+    "IntegrityError",
+    "PlaintextAggregator",
+    "ProtocolError",
+    "RoundConfig",
+    "SecureFedRecError",
+    "Stage",
+    "StageError",
+    "get_aggregator",
+    "sample_dropouts",
+]

@@ -1,0 +1,206 @@
+"""The aggregator contract that every protocol implements.
+
+One round: the caller hands over ``client id -> float vector`` (all of one
+length L, every coordinate already inside ``[-clip_range, clip_range]``), the
+round's :class:`RoundConfig`, and, for simulation, a :data:`DropoutPlan` that
+says at which stage each vanishing client stops. The aggregator returns an
+:class:`AggregationResult` holding the decoded sum of the survivors, the
+survivor set, the bytes each party sent (measured on the real encoded
+messages) and the seconds spent per role -- or raises
+:class:`~protocols.errors.AggregationAborted` when fewer than ``threshold``
+clients survive, having revealed nothing.
+
+Weighting is the caller's business: scale the vector before handing it over
+(and append a count coordinate if the weights must be summed too).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from protocols.errors import AggregationAborted, ConfigError
+
+__all__ = [
+    "AggregationResult",
+    "Aggregator",
+    "DropoutPlan",
+    "RoundConfig",
+    "Stage",
+    "abort_if_below_threshold",
+    "check_inputs",
+    "sample_dropouts",
+]
+
+
+class Stage(enum.IntEnum):
+    """Protocol stages in order. A client that drops *at* a stage sends nothing from it on."""
+
+    ADVERTISE = 0
+    SHARE_KEYS = 1
+    MASKED_INPUT = 2
+    CONSISTENCY = 3
+    UNMASK = 4
+
+
+DropoutPlan = Mapping[int, Stage]
+"""client id -> the first stage whose message that client never sends."""
+
+
+def sample_dropouts(
+    client_ids: Iterable[int], probability: float, rng: np.random.Generator
+) -> dict[int, Stage]:
+    """Draw a dropout plan: at every stage each still-present client vanishes with ``probability``.
+
+    Simulation only, so a seeded (non-cryptographic) generator is right here.
+    """
+    if not 0.0 <= probability < 1.0:
+        raise ConfigError(f"dropout probability must be in [0, 1), got {probability}")
+    plan: dict[int, Stage] = {}
+    for cid in sorted(client_ids):
+        for stage in Stage:
+            if rng.random() < probability:
+                plan[cid] = stage
+                break
+    return plan
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundConfig:
+    """Settings of one aggregation round that every protocol understands.
+
+    Attributes:
+        round_id: number of the round (bound into masks and signatures).
+        clip_range: every input coordinate lies in ``[-clip_range, clip_range]``;
+            values outside are clipped by the encoder, so the ring cannot overflow.
+        ring_bits: width b of the ring Z_{2^b} used by masking protocols (8..64).
+        value_bits: bits of precision per encoded value (sign included); ``None``
+            picks the largest that lets ``n`` values sum without overflow.
+        threshold: the fewest surviving clients for which the sum is released.
+        neighbors: SecAgg+ graph degree; ``None`` means the complete graph (SecAgg).
+    """
+
+    round_id: int = 0
+    clip_range: float = 1.0
+    ring_bits: int = 32
+    value_bits: int | None = None
+    threshold: int = 1
+    neighbors: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.round_id < 0:
+            raise ConfigError(f"round_id must be >= 0, got {self.round_id}")
+        if not (math.isfinite(self.clip_range) and self.clip_range > 0):
+            raise ConfigError(f"clip_range must be a positive finite number, got {self.clip_range}")
+        if not 8 <= self.ring_bits <= 64:
+            raise ConfigError(f"ring_bits must be in [8, 64], got {self.ring_bits}")
+        if self.value_bits is not None and not 2 <= self.value_bits <= min(self.ring_bits, 52):
+            raise ConfigError(
+                f"value_bits must be in [2, min(ring_bits, 52)] = [2, {min(self.ring_bits, 52)}], "
+                f"got {self.value_bits}"
+            )
+        if self.threshold < 1:
+            raise ConfigError(f"threshold must be >= 1, got {self.threshold}")
+        if self.neighbors is not None and self.neighbors < 1:
+            raise ConfigError(f"neighbors must be >= 1 or None, got {self.neighbors}")
+
+
+@dataclass(frozen=True)
+class AggregationResult:
+    """What a round of aggregation returns to the server loop."""
+
+    total: np.ndarray
+    """Decoded sum of the survivors' vectors (float64, length L)."""
+    survivors: frozenset[int]
+    """Clients whose input is inside ``total``."""
+    bytes_up: dict[int, int] = field(default_factory=dict)
+    """Bytes each client sent (client -> server), from the encoded messages."""
+    bytes_down: dict[int, int] = field(default_factory=dict)
+    """Bytes the server sent to each client."""
+    seconds_clients: float = 0.0
+    """Wall seconds spent in client code, summed over clients."""
+    seconds_server: float = 0.0
+    """Wall seconds spent in server code."""
+    offline_seconds: float = 0.0
+    """Seconds of work that can be done before the round (e.g. Paillier randomness)."""
+
+    @property
+    def total_bytes_up(self) -> int:
+        """Bytes sent by all clients together."""
+        return sum(self.bytes_up.values())
+
+    @property
+    def total_bytes_down(self) -> int:
+        """Bytes sent by the server to all clients together."""
+        return sum(self.bytes_down.values())
+
+
+def check_inputs(inputs: Mapping[int, np.ndarray], config: RoundConfig) -> int:
+    """Validate a round's inputs before any state changes; return the vector length.
+
+    Raises:
+        ConfigError: no inputs, vectors of different lengths or non-finite values,
+            or a threshold above the number of clients.
+    """
+    if not inputs:
+        raise ConfigError(f"round {config.round_id}: no client inputs")
+    lengths = {cid: np.shape(v) for cid, v in inputs.items()}
+    first_cid, first_shape = next(iter(lengths.items()))
+    if len(first_shape) != 1:
+        raise ConfigError(
+            f"round {config.round_id}: client {first_cid} sent an array of shape {first_shape}, "
+            "expected a 1-D vector"
+        )
+    for cid, shape in lengths.items():
+        if shape != first_shape:
+            raise ConfigError(
+                f"round {config.round_id}: client {cid} sent length {shape}, "
+                f"client {first_cid} sent {first_shape}"
+            )
+    for cid, v in inputs.items():
+        if not np.all(np.isfinite(v)):
+            raise ConfigError(f"round {config.round_id}: client {cid} sent a non-finite value")
+    if config.threshold > len(inputs):
+        raise ConfigError(
+            f"round {config.round_id}: threshold {config.threshold} exceeds the "
+            f"{len(inputs)} participating clients"
+        )
+    return int(first_shape[0])
+
+
+def abort_if_below_threshold(survivors: int, config: RoundConfig, stage: Stage) -> None:
+    """Raise :class:`AggregationAborted` when fewer than ``threshold`` clients remain."""
+    if survivors < config.threshold:
+        raise AggregationAborted(
+            f"round {config.round_id}: only {survivors} clients left at stage {stage.name}, "
+            f"threshold is {config.threshold}; round aborted, nothing revealed",
+            survivors=survivors,
+            threshold=config.threshold,
+            round_id=config.round_id,
+        )
+
+
+class Aggregator(abc.ABC):
+    """A protocol that turns per-client vectors into their sum.
+
+    Subclasses set ``name`` (the registry key) and ``secure`` (whether the
+    server sees only the sum).
+    """
+
+    name: ClassVar[str]
+    secure: ClassVar[bool]
+
+    @abc.abstractmethod
+    def aggregate(
+        self,
+        inputs: Mapping[int, np.ndarray],
+        config: RoundConfig,
+        dropout: DropoutPlan | None = None,
+    ) -> AggregationResult:
+        """Run one round; return the survivors' sum or raise ``AggregationAborted``."""

@@ -1,0 +1,121 @@
+"""Fixed-point encoding of float vectors into the ring Z_{2^b}.
+
+A value x in [-c, c] becomes the integer round_s(x * scale) with stochastic
+rounding (unbiased: E[round_s(y)] = y), stored in two's complement modulo 2^b.
+``scale = (2^(v-1) - 1) / c`` for ``v`` value bits, so one value uses at most
+v bits including its sign, and a sum of n values stays inside the signed
+range of the ring as long as ``n * (2^(v-1) - 1) <= 2^(b-1) - 1``.
+:meth:`FixedPoint.for_sum` checks exactly that and refuses, naming the bound
+to change, when it fails -- overflow is impossible by construction.
+
+Inputs outside [-c, c] are clipped before scaling (the caller's clipping is
+trusted for privacy; this clip is only the overflow guarantee).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from protocols.errors import ConfigError
+
+__all__ = ["MAX_VALUE_BITS", "FixedPoint", "stochastic_round"]
+
+MAX_VALUE_BITS = 52
+"""float64 represents every integer below 2^53 exactly; wider values would round."""
+
+
+def stochastic_round(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Round each element to floor(x) or floor(x)+1, unbiased, using ``rng``."""
+    floor = np.floor(x)
+    return floor + (rng.random(x.shape) < (x - floor))
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """An encoding of values in [-clip_range, clip_range] with ``value_bits`` bits into Z_{2^ring_bits}."""
+
+    clip_range: float
+    value_bits: int
+    ring_bits: int
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.clip_range) and self.clip_range > 0):
+            raise ConfigError(f"clip_range must be a positive finite number, got {self.clip_range}")
+        if not 8 <= self.ring_bits <= 64:
+            raise ConfigError(f"ring_bits must be in [8, 64], got {self.ring_bits}")
+        if not 2 <= self.value_bits <= min(self.ring_bits, MAX_VALUE_BITS):
+            raise ConfigError(
+                f"value_bits must be in [2, {min(self.ring_bits, MAX_VALUE_BITS)}], got {self.value_bits}"
+            )
+
+    @classmethod
+    def for_sum(
+        cls, n: int, clip_range: float, ring_bits: int, value_bits: int | None = None
+    ) -> FixedPoint:
+        """The encoding for summing ``n`` vectors; ``value_bits=None`` takes the most that fits.
+
+        Raises:
+            ConfigError: the sum of ``n`` values of ``value_bits`` bits cannot fit in
+                ``ring_bits``; the message says which bound to change.
+        """
+        if n < 1:
+            raise ConfigError(f"number of clients must be >= 1, got {n}")
+        headroom = max(0, math.ceil(math.log2(n)))
+        if value_bits is None:
+            value_bits = min(ring_bits - headroom, MAX_VALUE_BITS)
+            if value_bits < 2:
+                raise ConfigError(
+                    f"ring_bits={ring_bits} leaves no precision for the sum of {n} clients "
+                    f"(needs ceil(log2 n) = {headroom} bits of headroom); raise ring_bits to at "
+                    f"least {headroom + 2} or use fewer clients per round"
+                )
+        if n * (2 ** (value_bits - 1) - 1) > 2 ** (ring_bits - 1) - 1:
+            most_clients = (2 ** (ring_bits - 1) - 1) // (2 ** (value_bits - 1) - 1)
+            raise ConfigError(
+                f"the sum of {n} clients at value_bits={value_bits} overflows ring_bits={ring_bits}: "
+                f"raise ring_bits to at least {value_bits + headroom}, lower value_bits to at most "
+                f"{ring_bits - headroom}, or use at most {most_clients} clients per round"
+            )
+        return cls(clip_range=float(clip_range), value_bits=value_bits, ring_bits=ring_bits)
+
+    @property
+    def scale(self) -> float:
+        """Integer units per 1.0."""
+        return (2 ** (self.value_bits - 1) - 1) / self.clip_range
+
+    @property
+    def step(self) -> float:
+        """Quantization step: the float value of one integer unit."""
+        return 1.0 / self.scale
+
+    @property
+    def modulus_mask(self) -> np.uint64:
+        """2^b - 1 as a uint64, for reducing modulo the ring."""
+        return np.uint64((1 << self.ring_bits) - 1)
+
+    def quantize(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Clip, scale and stochastically round: signed int64 in [-(2^(v-1)-1), 2^(v-1)-1]."""
+        limit = 2 ** (self.value_bits - 1) - 1
+        y = np.clip(np.asarray(x, dtype=np.float64), -self.clip_range, self.clip_range) * self.scale
+        q = stochastic_round(y, rng)
+        return np.clip(q, -limit, limit).astype(np.int64)
+
+    def encode(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Quantize and map into the ring: uint64 elements in [0, 2^b)."""
+        return self.quantize(x, rng).view(np.uint64) & self.modulus_mask
+
+    def to_signed(self, ring_values: np.ndarray) -> np.ndarray:
+        """Interpret ring elements in [0, 2^b) as signed integers (int64)."""
+        r = np.asarray(ring_values, dtype=np.uint64) & self.modulus_mask
+        if self.ring_bits == 64:
+            return r.view(np.int64)
+        half = np.uint64(1 << (self.ring_bits - 1))
+        signed = r.astype(np.int64)
+        return np.where(r >= half, signed - (1 << self.ring_bits), signed)
+
+    def decode(self, ring_values: np.ndarray) -> np.ndarray:
+        """Decode a ring element (one value or a sum of values) back to float64."""
+        return self.to_signed(ring_values).astype(np.float64) * self.step

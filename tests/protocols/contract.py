@@ -1,0 +1,182 @@
+"""The aggregator contract: one test class that every protocol inherits.
+
+Usage (see test_plaintext.py)::
+
+    class TestMyProtocol(AggregatorContract):
+        def make_aggregator(self) -> Aggregator:
+            return MyAggregator(...)
+
+Rules every protocol obeys:
+- a client's input is in the sum exactly when it sent its masked input
+  (it did not drop at ADVERTISE, SHARE_KEYS or MASKED_INPUT);
+- when at least ``threshold`` clients are present at every stage, the result is
+  the sum of those inputs within ``n`` quantization steps (exact for plaintext);
+- when fewer than ``threshold`` clients send their input, the round raises
+  ``AggregationAborted``;
+- bad input raises ``ConfigError`` before anything is sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+
+from protocols import (
+    AggregationAborted,
+    AggregationResult,
+    Aggregator,
+    ConfigError,
+    FixedPoint,
+    RoundConfig,
+    Stage,
+)
+
+STAGES_PLUS_NONE: list[Stage | None] = [None, *Stage]
+
+
+def make_inputs(n: int, length: int, seed: int = 0, clip: float = 1.0) -> dict[int, np.ndarray]:
+    """n random vectors in [-clip, clip], keyed by client ids that are not 0..n-1 (ids are labels)."""
+    rng = np.random.default_rng(seed)
+    return {100 + 7 * i: rng.uniform(-clip, clip, size=length) for i in range(n)}
+
+
+def senders(inputs: Mapping[int, np.ndarray], plan: Mapping[int, Stage]) -> set[int]:
+    """Clients whose input must be in the sum: those that did not drop at or before MASKED_INPUT."""
+    return {c for c in inputs if plan.get(c) is None or plan[c] > Stage.MASKED_INPUT}
+
+
+def min_present(inputs: Mapping[int, np.ndarray], plan: Mapping[int, Stage]) -> int:
+    """The fewest clients present at any stage."""
+    return min(sum(1 for c in inputs if plan.get(c) is None or plan[c] > s) for s in Stage)
+
+
+class AggregatorContract:
+    """Inherit and implement :meth:`make_aggregator`; set the class knobs if needed."""
+
+    exact: bool = False
+    """True when the protocol sums floats without quantization (plaintext)."""
+    ring_bits: int = 32
+    neighbors: int | None = None
+    exhaustive_n: int = 3
+    """n for the test that tries every dropout pattern (6^n patterns)."""
+
+    def make_aggregator(self) -> Aggregator:
+        raise NotImplementedError
+
+    # ---- helpers -------------------------------------------------------------------
+    def config(self, n: int, threshold: int, clip: float = 1.0, round_id: int = 0) -> RoundConfig:
+        return RoundConfig(
+            round_id=round_id,
+            clip_range=clip,
+            ring_bits=self.ring_bits,
+            threshold=threshold,
+            neighbors=None if self.neighbors is None else min(self.neighbors, n - 1),
+        )
+
+    def tolerance(self, n: int, config: RoundConfig) -> float:
+        if self.exact:
+            return 1e-9
+        return n * FixedPoint.for_sum(n, config.clip_range, config.ring_bits, config.value_bits).step
+
+    def check_sum(
+        self,
+        result: AggregationResult,
+        inputs: Mapping[int, np.ndarray],
+        expected: set[int],
+        config: RoundConfig,
+    ) -> None:
+        assert result.survivors == frozenset(expected)
+        want = np.sum([inputs[c] for c in sorted(expected)], axis=0)
+        np.testing.assert_allclose(result.total, want, rtol=0, atol=self.tolerance(len(inputs), config))
+
+    # ---- the contract --------------------------------------------------------------
+    def test_sum_without_dropout(self) -> None:
+        inputs = make_inputs(6, 257)
+        cfg = self.config(6, threshold=4)
+        result = self.make_aggregator().aggregate(inputs, cfg)
+        self.check_sum(result, inputs, set(inputs), cfg)
+
+    def test_bytes_and_seconds_are_reported(self) -> None:
+        inputs = make_inputs(4, 64)
+        cfg = self.config(4, threshold=3)
+        result = self.make_aggregator().aggregate(inputs, cfg)
+        assert set(result.bytes_up) >= set(inputs)
+        assert all(result.bytes_up[c] > 0 for c in inputs)
+        assert result.seconds_clients >= 0 and result.seconds_server >= 0
+
+    def test_matches_plaintext_within_quantization(self) -> None:
+        from protocols import PlaintextAggregator
+
+        inputs = make_inputs(5, 1000, seed=3, clip=0.5)
+        cfg = self.config(5, threshold=3, clip=0.5)
+        ours = self.make_aggregator().aggregate(inputs, cfg).total
+        plain = PlaintextAggregator().aggregate(inputs, cfg).total
+        np.testing.assert_allclose(ours, plain, rtol=0, atol=self.tolerance(5, cfg))
+
+    @pytest.mark.parametrize("stage", list(Stage))
+    def test_one_client_drops_at_each_stage(self, stage: Stage) -> None:
+        inputs = make_inputs(6, 40, seed=int(stage))
+        dropper = sorted(inputs)[2]
+        plan = {dropper: stage}
+        cfg = self.config(6, threshold=4)
+        result = self.make_aggregator().aggregate(inputs, cfg, plan)
+        self.check_sum(result, inputs, senders(inputs, plan), cfg)
+
+    def test_ten_percent_drop_at_every_stage(self) -> None:
+        inputs = make_inputs(20, 30, seed=11)
+        ids = sorted(inputs)
+        plan = {ids[2 * s]: s for s in Stage} | {ids[2 * s + 1]: s for s in Stage}
+        cfg = self.config(20, threshold=10)
+        result = self.make_aggregator().aggregate(inputs, cfg, plan)
+        self.check_sum(result, inputs, senders(inputs, plan), cfg)
+
+    def test_abort_below_threshold(self) -> None:
+        inputs = make_inputs(5, 16)
+        ids = sorted(inputs)
+        plan = {ids[0]: Stage.MASKED_INPUT, ids[1]: Stage.ADVERTISE, ids[2]: Stage.SHARE_KEYS}
+        cfg = self.config(5, threshold=3)
+        with pytest.raises(AggregationAborted) as info:
+            self.make_aggregator().aggregate(inputs, cfg, plan)
+        assert info.value.threshold == 3
+
+    def test_every_dropout_pattern_small_n(self) -> None:
+        n = self.exhaustive_n
+        inputs = make_inputs(n, 8, seed=5)
+        ids = sorted(inputs)
+        cfg = self.config(n, threshold=2)
+        for stages in itertools.product(STAGES_PLUS_NONE, repeat=n):
+            plan = {c: s for c, s in zip(ids, stages, strict=True) if s is not None}
+            agg = self.make_aggregator()
+            if len(senders(inputs, plan)) < cfg.threshold:
+                with pytest.raises(AggregationAborted):
+                    agg.aggregate(inputs, cfg, plan)
+            elif min_present(inputs, plan) >= cfg.threshold:
+                self.check_sum(agg.aggregate(inputs, cfg, plan), inputs, senders(inputs, plan), cfg)
+            else:  # enough inputs, too few later: the protocol may abort, but never give a wrong sum
+                try:
+                    result = agg.aggregate(inputs, cfg, plan)
+                except AggregationAborted:
+                    continue
+                self.check_sum(result, inputs, senders(inputs, plan), cfg)
+
+    def test_rejects_vectors_of_different_lengths(self) -> None:
+        inputs = make_inputs(3, 10)
+        inputs[next(iter(inputs))] = np.zeros(11)
+        with pytest.raises(ConfigError, match="length"):
+            self.make_aggregator().aggregate(inputs, self.config(3, threshold=2))
+
+    def test_rejects_threshold_above_clients(self) -> None:
+        inputs = make_inputs(3, 10)
+        with pytest.raises(ConfigError, match="threshold"):
+            self.make_aggregator().aggregate(inputs, self.config(3, threshold=4))
+
+    def test_rejects_non_finite_input(self) -> None:
+        inputs = make_inputs(3, 10)
+        first = next(iter(inputs))
+        inputs[first] = inputs[first].copy()
+        inputs[first][3] = np.nan
+        with pytest.raises(ConfigError, match=f"client {first}"):
+            self.make_aggregator().aggregate(inputs, self.config(3, threshold=2))

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocols import ConfigError, FixedPoint
+from tests.vectors import vectors
+
+
+@vectors("encoding")
+def test_known_answers(vector: dict[str, Any]) -> None:
+    fp = FixedPoint.for_sum(vector["n"], vector["clip_range"], vector["ring_bits"], vector["value_bits"])
+    rng = np.random.default_rng(0)
+    x = np.array(vector["values"])
+    assert fp.quantize(x, rng).tolist() == vector["quantized"]
+    assert fp.encode(x, rng).tolist() == vector["encoded"]
+    np.testing.assert_allclose(fp.decode(np.array(vector["encoded"], dtype=np.uint64)),
+                               np.array(vector["quantized"]) * fp.step)
+
+
+def test_overflow_configuration_is_refused_with_the_bound_to_change() -> None:
+    with pytest.raises(ConfigError, match=r"raise ring_bits to at least 34"):
+        FixedPoint.for_sum(1000, 1.0, ring_bits=32, value_bits=24)
+    with pytest.raises(ConfigError, match="raise ring_bits"):
+        FixedPoint.for_sum(2**20, 1.0, ring_bits=16)
+
+
+def test_default_value_bits_leave_log2_n_headroom() -> None:
+    fp = FixedPoint.for_sum(100, 1.0, ring_bits=32)
+    assert fp.value_bits == 25
+    assert 100 * (2 ** (fp.value_bits - 1) - 1) <= 2**31 - 1
+
+
+def test_out_of_range_values_are_clipped_not_wrapped() -> None:
+    fp = FixedPoint.for_sum(4, 1.0, ring_bits=16)
+    enc = fp.encode(np.array([1e9, -1e9]), np.random.default_rng(0))
+    np.testing.assert_allclose(fp.decode(enc), [1.0, -1.0])
+
+
+def test_stochastic_rounding_is_unbiased() -> None:
+    # mean of 200k roundings of 0.3 units: std of the mean is sqrt(0.21/2e5) ~ 1e-3 units;
+    # a 6-sigma band gives a false-failure rate below 1e-8.
+    fp = FixedPoint(clip_range=1.0, value_bits=8, ring_bits=16)
+    x = np.full(200_000, 0.3 * fp.step)
+    q = fp.quantize(x, np.random.default_rng(1))
+    assert abs(q.mean() - 0.3) < 6 * np.sqrt(0.21 / x.size)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    ring_bits=st.sampled_from([16, 32, 48, 64]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_sum_of_encodings_decodes_to_sum(n: int, ring_bits: int, seed: int) -> None:
+    if ring_bits - int(np.ceil(np.log2(n))) < 2:
+        return
+    fp = FixedPoint.for_sum(n, 1.0, ring_bits)
+    rng = np.random.default_rng(seed)
+    xs = rng.uniform(-1, 1, size=(n, 7))
+    mask = fp.modulus_mask
+    acc = np.zeros(7, dtype=np.uint64)
+    for x in xs:
+        acc = (acc + fp.encode(x, rng)) & mask
+    np.testing.assert_allclose(fp.decode(acc), xs.sum(axis=0), atol=n * fp.step)
