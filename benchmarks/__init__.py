@@ -1,0 +1,1 @@
+"""Benchmark scripts: ``python -m benchmarks.NAME --json FILE``; each compares against its peer."""
