@@ -1,0 +1,115 @@
+"""Run the clients of an in-process round: one after another, or spread over forked worker processes.
+
+Clients are independent machines in a real deployment; a simulation may run
+them on several cores. Each worker process owns a fixed subset of the client
+objects for the whole round (they are state machines), receives the server's
+messages for them over a pipe and sends back their replies. Workers are forked,
+so inputs and keys are inherited, never pickled.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections.abc import Callable, Mapping, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+from protocols.secagg.client import SecAggClient
+
+ClientFactory = Callable[[int], SecAggClient]
+
+
+def fork_available() -> bool:
+    """Whether worker processes can be forked on this platform."""
+    return "fork" in mp.get_all_start_methods()
+
+
+class LocalClients:
+    """All client objects in this process, called one after another."""
+
+    def __init__(self, factory: ClientFactory, ids: Sequence[int]) -> None:
+        t0 = time.perf_counter()
+        self.clients = {c: factory(c) for c in ids}
+        self.setup_seconds = time.perf_counter() - t0
+
+    def call(self, method: str, inbox: Mapping[int, bytes]) -> tuple[dict[int, bytes], float]:
+        """Deliver ``inbox`` to ``method`` of each addressed client; replies and client seconds."""
+        replies, seconds = {}, 0.0
+        for c in sorted(inbox):
+            t0 = time.perf_counter()
+            replies[c] = getattr(self.clients[c], method)(inbox[c])
+            seconds += time.perf_counter() - t0
+        return replies, seconds
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _serve(conn: Connection, factory: ClientFactory, ids: Sequence[int]) -> None:
+    local = LocalClients(factory, ids)
+    pending = local.setup_seconds
+    while True:
+        command = conn.recv()
+        if command is None:
+            break
+        method, inbox = command
+        try:
+            replies, seconds = local.call(method, inbox)
+        except Exception as exc:  # handed to the parent, which re-raises it
+            conn.send(("error", exc, 0.0))
+            continue
+        conn.send(("ok", replies, seconds + pending))
+        pending = 0.0
+    conn.close()
+
+
+class ForkedClients:
+    """Client objects spread over ``workers`` forked processes (``ids[i]`` lives in worker i % workers)."""
+
+    def __init__(self, factory: ClientFactory, ids: Sequence[int], workers: int) -> None:
+        ctx = mp.get_context("fork")
+        self.home = {c: i % workers for i, c in enumerate(ids)}
+        self.conns: list[Connection] = []
+        self.procs: list[Any] = []
+        for w in range(workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(child, factory, list(ids[w::workers])), daemon=True)
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        self.setup_seconds = 0.0
+
+    def call(self, method: str, inbox: Mapping[int, bytes]) -> tuple[dict[int, bytes], float]:
+        """Deliver ``inbox`` through the workers; replies and the summed client seconds."""
+        parts: list[dict[int, bytes]] = [{} for _ in self.conns]
+        for c, msg in inbox.items():
+            parts[self.home[c]][c] = msg
+        for conn, part in zip(self.conns, parts, strict=True):
+            conn.send((method, part))
+        replies: dict[int, bytes] = {}
+        seconds, error = 0.0, None
+        for conn in self.conns:
+            status, payload, secs = conn.recv()
+            if status == "error":
+                error = error or payload
+            else:
+                replies.update(payload)
+                seconds += secs
+        if error is not None:
+            raise error
+        return dict(sorted(replies.items())), seconds
+
+    def close(self) -> None:
+        """Stop the workers."""
+        for conn in self.conns:
+            try:
+                conn.send(None)
+                conn.close()
+            except OSError:
+                pass
+        for proc in self.procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()

@@ -1,0 +1,230 @@
+"""In-process driver: SecAgg and SecAgg+ as :class:`~protocols.base.Aggregator` s.
+
+The aggregator creates one :class:`SecAggClient` per input and one
+:class:`SecAggServer`, passes the real encoded messages between them stage by
+stage, applies the :data:`~protocols.base.DropoutPlan` (a client that drops
+at a stage sends nothing from that stage on), counts every byte and times
+every call per role.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import ClassVar
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from protocols.base import AggregationResult, Aggregator, DropoutPlan, RoundConfig, Stage, check_inputs
+from protocols.errors import ConfigError
+from protocols.secagg._runner import ForkedClients, LocalClients, fork_available
+from protocols.secagg.client import SecAggClient, raw_public
+from protocols.secagg.graph import choose_degree
+from protocols.secagg.server import SecAggServer
+
+__all__ = ["SecAggAggregator", "SecAggPlusAggregator"]
+
+
+class SecAggAggregator(Aggregator):
+    """Secure aggregation by pairwise masking (Bonawitz et al. 2017; Bell et al. 2020 with ``neighbors``).
+
+    Args:
+        neighbors: degree of the masking graph; ``None`` is the complete graph (SecAgg),
+            an int k a k-regular Harary graph over a random permutation (SecAgg+).
+            ``RoundConfig.neighbors``, when set, overrides it.
+        malicious: ``True`` (default) protects against a malicious server: Ed25519-signed
+            key advertisements and the consistency-check round. ``False`` is Flower's
+            semi-honest model: no signatures, no consistency round.
+        randbytes: the source of all secret randomness (key pairs, identity keys,
+            self-mask seeds, Shamir polynomials, graph seed). Tests pin it.
+        rng: generator for stochastic rounding in the fixed-point encoding only;
+            default a fresh ``np.random.default_rng()``. Each client gets its own
+            stream (``rng.spawn``).
+        workers: simulate the clients in this many forked processes (clients are
+            independent machines; this only uses more cores). ``1`` (default) runs
+            everything in this process; more needs ``randbytes=os.urandom``.
+
+    Notes:
+        Thresholds: the round aborts when fewer than ``RoundConfig.threshold`` clients
+        answer any stage. Secrets are Shamir-shared among a client's neighbours and
+        itself; the Shamir threshold t' is ``threshold`` for the complete graph and,
+        for SecAgg+, ``threshold`` scaled to the neighbourhood (``ceil(threshold *
+        (k + 1) / n)``), raised to a strict neighbourhood majority in the malicious
+        model -- see :func:`~protocols.secagg.graph.share_threshold`. A neighbourhood
+        left with fewer than t' responders aborts the round (never a wrong sum).
+
+        Threat model: the server sees masked vectors, each a uniform ring element
+        unless it learns both the self-mask seed b_u and the mask key s_sk of the
+        same client. Shamir shares of both are held by u's neighbours; an honest
+        client answers an unmask request for at most one of the two per peer and
+        raises :class:`~protocols.errors.IntegrityError` when asked for both.
+    """
+
+    name: ClassVar[str] = "secagg"
+    secure: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        neighbors: int | None = None,
+        malicious: bool = True,
+        randbytes: Callable[[int], bytes] = os.urandom,
+        rng: np.random.Generator | None = None,
+        workers: int = 1,
+    ) -> None:
+        if neighbors is not None and neighbors < 1:
+            raise ConfigError(f"neighbors must be >= 1 or None, got {neighbors}")
+        if workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers}")
+        if workers > 1 and randbytes is not os.urandom:
+            raise ConfigError(
+                "workers > 1 needs randbytes=os.urandom: a pinned generator would repeat "
+                "the same secrets in every worker process"
+            )
+        self.workers = workers
+        self.neighbors = neighbors
+        self.malicious = malicious
+        self.randbytes = randbytes
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.last_server: SecAggServer | None = None
+        """The server object of the last round (what an attacker running the server sees)."""
+
+    def degree_for(self, n: int, config: RoundConfig) -> int | None:
+        """The requested degree for ``n`` clients (``None``: complete graph)."""
+        return config.neighbors if config.neighbors is not None else self.neighbors
+
+    def aggregate(
+        self,
+        inputs: Mapping[int, np.ndarray],
+        config: RoundConfig,
+        dropout: DropoutPlan | None = None,
+    ) -> AggregationResult:
+        """Run one SecAgg(+) round in process; raise ``AggregationAborted`` below threshold."""
+        length = check_inputs(inputs, config)
+        plan = dict(dropout or {})
+        ids = sorted(inputs)
+        if any(not 0 <= c < 2**63 for c in ids):
+            raise ConfigError(f"round {config.round_id}: client ids must be in [0, 2^63)")
+
+        t_off = time.perf_counter()
+        identity: dict[int, Ed25519PrivateKey] = {}
+        pki: dict[int, bytes] = {}
+        if self.malicious:  # the long-term PKI; set up once per client outside any round
+            for c in ids:
+                identity[c] = Ed25519PrivateKey.from_private_bytes(self.randbytes(32))
+                pki[c] = raw_public(identity[c])
+        offline = time.perf_counter() - t_off
+
+        bytes_up = dict.fromkeys(ids, 0)
+        bytes_down = dict.fromkeys(ids, 0)
+        seconds = {"clients": 0.0, "server": 0.0}
+
+        def on_server(step: Callable[[], dict[int, bytes]]) -> dict[int, bytes]:
+            t0 = time.perf_counter()
+            out = step()
+            seconds["server"] += time.perf_counter() - t0
+            for c, m in out.items():
+                bytes_down[c] += len(m)
+            return out
+
+        t0 = time.perf_counter()
+        server = SecAggServer(
+            config, ids, length, neighbors=self.degree_for(len(ids), config),
+            malicious=self.malicious, randbytes=self.randbytes,
+        )
+        seconds["server"] += time.perf_counter() - t0
+        self.last_server = server
+        rngs = self.rng.spawn(len(ids))  # one rounding stream per client, also across processes
+
+        def make_client(c: int) -> SecAggClient:
+            return SecAggClient(
+                c, inputs[c], malicious=self.malicious, identity_key=identity.get(c),
+                identity_keys=pki or None, round_id=config.round_id,
+                randbytes=self.randbytes, rng=rngs[ids.index(c)],
+            )
+
+        parallel = self.workers > 1 and len(ids) > 1 and fork_available()
+        runner: LocalClients | ForkedClients = (
+            ForkedClients(make_client, ids, self.workers) if parallel else LocalClients(make_client, ids)
+        )
+        seconds["clients"] += runner.setup_seconds
+
+        def on_clients(stage: Stage, inbox: Mapping[int, bytes], method: str) -> dict[int, bytes]:
+            # a client that drops at this stage sends nothing from it on
+            live = {c: m for c, m in inbox.items() if not (c in plan and plan[c] <= stage)}
+            replies, secs = runner.call(method, live)
+            seconds["clients"] += secs
+            for c, reply in replies.items():
+                bytes_up[c] += len(reply)
+            return replies
+
+        try:
+            msgs = on_server(server.setup)
+            msgs = on_clients(Stage.ADVERTISE, msgs, "advertise")
+            msgs = on_server(lambda: server.receive_advertisements(msgs))
+            msgs = on_clients(Stage.SHARE_KEYS, msgs, "share_keys")
+            msgs = on_server(lambda: server.receive_shares(msgs))
+            msgs = on_clients(Stage.MASKED_INPUT, msgs, "masked_input")
+            msgs = on_server(lambda: server.receive_masked_inputs(msgs))
+            if self.malicious:
+                msgs = on_clients(Stage.CONSISTENCY, msgs, "consistency")
+                msgs = on_server(lambda: server.receive_signatures(msgs))
+            else:  # no consistency message exists; dropping "at" it means not answering the unmask
+                msgs = {c: m for c, m in msgs.items() if not (c in plan and plan[c] == Stage.CONSISTENCY)}
+            replies = on_clients(Stage.UNMASK, msgs, "unmask")
+        finally:
+            runner.close()
+        t0 = time.perf_counter()
+        result = server.receive_unmask(replies)
+        total = result.decode()
+        seconds["server"] += time.perf_counter() - t0
+        return AggregationResult(
+            total=total,
+            survivors=result.survivors,
+            bytes_up=bytes_up,
+            bytes_down=bytes_down,
+            seconds_clients=seconds["clients"],
+            seconds_server=seconds["server"],
+            offline_seconds=offline,
+        )
+
+
+class SecAggPlusAggregator(SecAggAggregator):
+    """SecAgg+ with the degree chosen from n by :func:`~protocols.secagg.graph.choose_degree`.
+
+    Args:
+        neighbors: fixed degree; ``None`` (default) picks ``choose_degree(n, dropout_rate,
+            corruption_rate)`` per round, O(log n) (Bell et al. 2020).
+        dropout_rate, corruption_rate: the rates the degree must tolerate.
+        malicious, randbytes, rng, workers: as for :class:`SecAggAggregator`.
+    """
+
+    name: ClassVar[str] = "secagg+"
+
+    def __init__(
+        self,
+        *,
+        neighbors: int | None = None,
+        dropout_rate: float = 0.05,
+        corruption_rate: float = 0.05,
+        malicious: bool = True,
+        randbytes: Callable[[int], bytes] = os.urandom,
+        rng: np.random.Generator | None = None,
+        workers: int = 1,
+    ) -> None:
+        super().__init__(
+            neighbors=neighbors, malicious=malicious, randbytes=randbytes, rng=rng, workers=workers
+        )
+        if not (0.0 <= dropout_rate < 0.5 and 0.0 <= corruption_rate < 0.5):
+            raise ConfigError("dropout_rate and corruption_rate must be in [0, 0.5)")
+        self.dropout_rate = dropout_rate
+        self.corruption_rate = corruption_rate
+
+    def degree_for(self, n: int, config: RoundConfig) -> int | None:
+        """``config.neighbors``, else the fixed degree, else ``choose_degree(n, ...)``."""
+        fixed = super().degree_for(n, config)
+        if fixed is not None:
+            return fixed
+        return choose_degree(n, self.dropout_rate, self.corruption_rate)

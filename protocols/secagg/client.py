@@ -1,0 +1,358 @@
+"""The SecAgg / SecAgg+ client as a sans-IO state machine.
+
+One method per stage; each takes the server's message for this client (bytes)
+and returns this client's reply (bytes)::
+
+    setup         -> advertise()      -> Advertisement
+    broadcast     -> share_keys()     -> SharesOut
+    shares in     -> masked_input()   -> MaskedInput
+    U3            -> consistency()    -> ConsistencySignature   (malicious model only)
+    unmask req.   -> unmask()         -> UnmaskResponse
+
+Calling a stage out of order raises :class:`~protocols.errors.StageError`.
+Every check that fails raises (``DecodeError`` for malformed bytes,
+``IntegrityError`` for a bad signature, ciphertext or an inconsistent request)
+and leaves the client aborted: it answers nothing more in this round.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from protocols import shamir
+from protocols.base import Stage
+from protocols.encoding import FixedPoint
+from protocols.errors import ConfigError, IntegrityError, ProtocolError, StageError
+from protocols.prg import MaskExpander
+from protocols.secagg import _crypto
+from protocols.secagg.graph import effective_degree, neighbors_of
+from protocols.secagg.messages import (
+    SHARE_ELEMENTS,
+    AdvertiseBroadcast,
+    Advertisement,
+    ConsistencyRequest,
+    ConsistencySignature,
+    MaskedInput,
+    Setup,
+    SharesIn,
+    SharesOut,
+    UnmaskRequest,
+    UnmaskResponse,
+    encode_ids,
+)
+
+__all__ = ["SecAggClient", "raw_private", "raw_public"]
+
+_RAW = serialization.Encoding.Raw
+_RAW_PUB = serialization.PublicFormat.Raw
+_RAW_PRIV = serialization.PrivateFormat.Raw
+_NO_ENC = serialization.NoEncryption()
+
+
+def raw_public(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
+    """32-byte raw public key of ``key``."""
+    return key.public_key().public_bytes(_RAW, _RAW_PUB)
+
+
+def raw_private(key: X25519PrivateKey) -> bytes:
+    """32-byte raw private key (what is secret-shared)."""
+    return key.private_bytes(_RAW, _RAW_PRIV, _NO_ENC)
+
+
+class SecAggClient:
+    """One client of one SecAgg / SecAgg+ round.
+
+    Args:
+        client_id: this client's id (0 <= id < 2^63).
+        vector: its input, float64 of length L (clipped to the round's range when encoded).
+        malicious: expect the malicious-model protocol (signed keys, consistency
+            round); a setup message that says otherwise is refused.
+        identity_key: this client's long-term Ed25519 key (malicious model).
+        identity_keys: the PKI: client id -> raw Ed25519 public key (malicious model).
+        round_id: if given, a setup for another round is refused.
+        randbytes: source of every secret (key pairs, self-mask seed, share polynomials).
+        rng: generator for stochastic rounding only (not secret); default ``default_rng()``.
+    """
+
+    def __init__(
+        self,
+        client_id: int,
+        vector: np.ndarray,
+        *,
+        malicious: bool = True,
+        identity_key: Ed25519PrivateKey | None = None,
+        identity_keys: Mapping[int, bytes] | None = None,
+        round_id: int | None = None,
+        randbytes: Callable[[int], bytes] = os.urandom,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        if malicious and (identity_key is None or identity_keys is None):
+            raise ConfigError(f"client {client_id}: the malicious model needs identity_key and identity_keys")
+        self.client_id = client_id
+        self._vector = np.asarray(vector, dtype=np.float64)
+        self._malicious = malicious
+        self._identity = identity_key
+        self._pki = dict(identity_keys or {})
+        self._round_id = round_id
+        self._randbytes = randbytes
+        self._rng = rng if rng is not None else np.random.default_rng()
+        self._expect: Stage | None = Stage.ADVERTISE
+        self._done = False
+        # filled as the round goes
+        self._setup: Setup | None = None
+        self._neighbors: frozenset[int] = frozenset()
+        self._x: dict[int, int] = {}
+        self._c_sk: X25519PrivateKey | None = None
+        self._s_sk: X25519PrivateKey | None = None
+        self._ads: dict[int, Advertisement] = {}
+        self._c_shared: dict[int, bytes] = {}  # X25519 agreement of c keys, per neighbour
+        self._shares: dict[int, np.ndarray] = {}  # peer -> 2*SHARE_ELEMENTS field elements it gave us
+        self._survivors: tuple[int, ...] | None = None
+        self._survivors_encoded = b""
+
+    # ---- state machine -------------------------------------------------------------
+    @property
+    def stage(self) -> Stage | None:
+        """The stage whose method may be called next (``None``: finished or aborted)."""
+        return self._expect
+
+    def _enter(self, stage: Stage) -> None:
+        if self._expect is not stage:
+            state = "finished or aborted" if self._expect is None else f"expects {self._expect.name}"
+            raise StageError(f"client {self.client_id}: {stage.name} called, but the client {state}")
+
+    def _run(
+        self, stage: Stage, step: Callable[[bytes], tuple[bytes, Stage | None]], message: bytes
+    ) -> bytes:
+        self._enter(stage)
+        try:
+            reply, following = step(message)
+        except ProtocolError:
+            self._expect = None
+            raise
+        except ConfigError:
+            self._expect = None
+            raise
+        self._expect = following
+        return reply
+
+    def advertise(self, setup: bytes) -> bytes:
+        """Stage ADVERTISE: check the setup, make the two key pairs, return the (signed) advertisement."""
+        return self._run(Stage.ADVERTISE, self._advertise, setup)
+
+    def share_keys(self, broadcast: bytes) -> bytes:
+        """Stage SHARE_KEYS: check the neighbours' keys, share s_sk and the self-mask seed."""
+        return self._run(Stage.SHARE_KEYS, self._share_keys, broadcast)
+
+    def masked_input(self, shares_in: bytes) -> bytes:
+        """Stage MASKED_INPUT: decrypt the shares received, return the masked vector."""
+        return self._run(Stage.MASKED_INPUT, self._masked_input, shares_in)
+
+    def consistency(self, request: bytes) -> bytes:
+        """Stage CONSISTENCY (malicious model): sign the survivor set U3."""
+        return self._run(Stage.CONSISTENCY, self._consistency, request)
+
+    def unmask(self, request: bytes) -> bytes:
+        """Stage UNMASK: reveal self-mask shares of survivors and key shares of dropped peers."""
+        return self._run(Stage.UNMASK, self._unmask, request)
+
+    # ---- stages --------------------------------------------------------------------
+    def _fail(self, stage: str, why: str) -> IntegrityError:
+        rid = self._setup.round_id if self._setup else "?"
+        return IntegrityError(f"client {self.client_id}, round {rid}, {stage}: {why}")
+
+    def _advertise(self, message: bytes) -> tuple[bytes, Stage | None]:
+        setup = Setup.decode(message)
+        if setup.client_id != self.client_id:
+            raise self._fail("setup", f"addressed to client {setup.client_id}")
+        if self._round_id is not None and setup.round_id != self._round_id:
+            raise self._fail("setup", f"setup is for round {setup.round_id}")
+        if setup.malicious != self._malicious:
+            raise self._fail("setup", "the server asked for another threat model")
+        if setup.length != self._vector.shape[0]:
+            raise self._fail("setup", f"length {setup.length} != input length {self._vector.shape[0]}")
+        n = len(setup.client_ids)
+        if setup.degree != effective_degree(n, setup.degree):
+            raise self._fail("setup", f"no {setup.degree}-regular graph on {n} clients")
+        # overflow impossible by construction: refuse an encoding whose sum could wrap
+        FixedPoint.for_sum(n, setup.clip_range, setup.ring_bits, setup.value_bits)
+        self._neighbors = neighbors_of(self.client_id, setup.client_ids, setup.degree, setup.graph_seed)
+        self._x = {c: i + 1 for i, c in enumerate(setup.client_ids)}
+        self._setup = setup
+        self._c_sk = X25519PrivateKey.from_private_bytes(self._randbytes(32))
+        self._s_sk = X25519PrivateKey.from_private_bytes(self._randbytes(32))
+        c_pk, s_pk = raw_public(self._c_sk), raw_public(self._s_sk)
+        signature = b""
+        if self._malicious:
+            if self._identity is None:  # checked in __init__; kept for the type checker
+                raise ConfigError("no identity key")
+            payload = _crypto.advertisement_payload(setup.round_id, self.client_id, c_pk, s_pk)
+            signature = _crypto.sign(self._identity, payload)
+        return Advertisement(self.client_id, c_pk, s_pk, signature).encode(), Stage.SHARE_KEYS
+
+    def _share_keys(self, message: bytes) -> tuple[bytes, Stage | None]:
+        setup, c_sk, s_sk = self._setup, self._c_sk, self._s_sk
+        if setup is None or c_sk is None or s_sk is None:
+            raise StageError("client state incomplete")
+        broadcast = AdvertiseBroadcast.decode(message)
+        ads: dict[int, Advertisement] = {}
+        seen_keys = {raw_public(c_sk), raw_public(s_sk)}
+        for ad in broadcast.advertisements:
+            if ad.client_id not in self._neighbors:
+                raise self._fail("share keys", f"advertisement of non-neighbour {ad.client_id}")
+            if self._malicious:
+                pk = self._pki.get(ad.client_id)
+                if pk is None or len(ad.signature) == 0:
+                    raise self._fail("share keys", f"unsigned or unknown peer {ad.client_id}")
+                _crypto.verify(
+                    pk, ad.signature,
+                    _crypto.advertisement_payload(setup.round_id, ad.client_id, ad.c_pk, ad.s_pk),
+                    f"client {self.client_id}, round {setup.round_id}, advertisement of {ad.client_id}",
+                )
+            if ad.c_pk in seen_keys or ad.s_pk in seen_keys or ad.c_pk == ad.s_pk:
+                raise self._fail("share keys", f"repeated public key from {ad.client_id}")
+            seen_keys.update((ad.c_pk, ad.s_pk))
+            ads[ad.client_id] = ad
+        if len(ads) + 1 < setup.share_threshold:
+            raise self._fail(
+                "share keys", f"only {len(ads) + 1} share holders, threshold is {setup.share_threshold}"
+            )
+        self._ads = ads
+        self._self_seed = self._randbytes(32)
+        holders = sorted([*ads, self.client_id])
+        secret = np.concatenate(
+            [shamir.bytes_to_field(raw_private(s_sk)), shamir.bytes_to_field(self._self_seed)]
+        )
+        rows = shamir.split(secret, [self._x[c] for c in holders], setup.share_threshold, self._randbytes)
+        out = []
+        for holder, row in zip(holders, rows, strict=True):
+            if holder == self.client_id:
+                self._shares[self.client_id] = row
+                continue
+            head = _crypto.share_header(setup.round_id, self.client_id, holder)
+            shared = _crypto.agree(c_sk, ads[holder].c_pk)
+            self._c_shared[holder] = shared
+            key = _crypto.share_key(shared, setup.round_id, self.client_id, holder)
+            out.append((holder, _crypto.encrypt_share(key, head, head[8:] + row.astype(">u8").tobytes())))
+        return SharesOut(self.client_id, tuple(out)).encode(), Stage.MASKED_INPUT
+
+    def _masked_input(self, message: bytes) -> tuple[bytes, Stage | None]:
+        setup, c_sk, s_sk = self._setup, self._c_sk, self._s_sk
+        if setup is None or c_sk is None or s_sk is None:
+            raise StageError("client state incomplete")
+        received = SharesIn.decode(message)
+        for sender, ct in received.shares:
+            ad = self._ads.get(sender)
+            if ad is None:
+                raise self._fail("masked input", f"share from {sender}, who is not an advertised neighbour")
+            head = _crypto.share_header(setup.round_id, sender, self.client_id)
+            key = _crypto.share_key(self._c_shared[sender], setup.round_id, sender, self.client_id)
+            plain = _crypto.decrypt_share(
+                key, head, ct, f"client {self.client_id}, round {setup.round_id}, share from {sender}"
+            )
+            if plain[:16] != head[8:]:
+                raise self._fail("masked input", f"share from {sender} names other parties")
+            row = np.frombuffer(plain[16:], dtype=">u8").astype(np.uint64)
+            if (row >= np.uint64(shamir.PRIME)).any():
+                raise self._fail("masked input", f"share from {sender} is not a field element")
+            self._shares[sender] = row
+        peers = [s for s, _ in received.shares]
+        if len(peers) + 1 < setup.share_threshold:
+            raise self._fail(
+                "masked input", f"only {len(peers) + 1} share holders, threshold is {setup.share_threshold}"
+            )
+        fp = FixedPoint(clip_range=setup.clip_range, value_bits=setup.value_bits, ring_bits=setup.ring_bits)
+        expander = MaskExpander(setup.length, setup.ring_bits)
+        acc = expander.accumulator(fp.encode(self._vector, self._rng))
+        expander.add(acc, self._self_seed)
+        for peer in peers:
+            seed = _crypto.mask_seed(s_sk, self._ads[peer].s_pk, setup.round_id, self.client_id, peer)
+            if self.client_id < peer:
+                expander.add(acc, seed)
+            else:
+                expander.subtract(acc, seed)
+        masked = acc.astype(np.uint64) & fp.modulus_mask
+        # the key pairs and the self-mask seed are never needed again: drop them
+        self._self_seed = b""
+        self._c_shared = {}
+        self._c_sk = self._s_sk = None
+        following = Stage.CONSISTENCY if self._malicious else Stage.UNMASK
+        return MaskedInput(self.client_id, setup.ring_bits, masked).encode(), following
+
+    def _consistency(self, message: bytes) -> tuple[bytes, Stage | None]:
+        setup = self._setup
+        if setup is None or self._identity is None:
+            raise StageError("client state incomplete")
+        survivors = ConsistencyRequest.decode(message).survivors
+        self._check_survivors(survivors, "consistency")
+        self._survivors = survivors
+        self._survivors_encoded = encode_ids(survivors)
+        payload = _crypto.consistency_payload(setup.round_id, self._survivors_encoded)
+        signature = _crypto.sign(self._identity, payload)
+        return ConsistencySignature(self.client_id, signature).encode(), Stage.UNMASK
+
+    def _check_survivors(self, survivors: tuple[int, ...], stage: str) -> None:
+        setup = self._setup
+        if setup is None:
+            raise StageError("client state incomplete")
+        if self.client_id not in survivors:
+            raise self._fail(stage, "this client is missing from the survivor set")
+        if len(survivors) < setup.threshold:
+            raise self._fail(stage, f"only {len(survivors)} survivors, threshold is {setup.threshold}")
+        unknown = set(survivors) - set(self._x)
+        if unknown:
+            raise self._fail(stage, f"survivor set names unknown clients {sorted(unknown)[:5]}")
+        for peer in self._neighbors.intersection(survivors):
+            if peer not in self._shares:
+                raise self._fail(stage, f"neighbour {peer} is called a survivor but never shared keys")
+
+    def _unmask(self, message: bytes) -> tuple[bytes, Stage | None]:
+        setup = self._setup
+        if setup is None:
+            raise StageError("client state incomplete")
+        request = UnmaskRequest.decode(message)
+        alive, dead = set(request.survivors), set(request.dropped)
+        both = alive & dead
+        if both:
+            raise self._fail("unmask", f"asked for both shares of client {min(both)}; refused")
+        if self.client_id in dead:
+            raise self._fail("unmask", "asked for the key share of this (live) client")
+        unknown = (alive | dead) - set(self._shares)
+        if unknown:
+            raise self._fail(
+                "unmask", f"asked about clients whose shares it does not hold: {sorted(unknown)[:5]}"
+            )
+        if self._malicious:
+            survivors = self._survivors
+            if survivors is None or self._identity is None:
+                raise StageError("client state incomplete")
+            signed = set(survivors)
+            if alive != signed & set(self._shares) or dead & signed:
+                raise self._fail("unmask", "request disagrees with the signed survivor set")
+            payload = _crypto.consistency_payload(setup.round_id, self._survivors_encoded)
+            signers = {self.client_id}
+            for signer, signature in request.signatures:
+                if signer not in self._neighbors or signer not in signed:
+                    raise self._fail("unmask", f"signature from {signer}, not a surviving neighbour")
+                _crypto.verify(
+                    self._pki.get(signer, b""), signature, payload,
+                    f"client {self.client_id}, round {setup.round_id}, consistency signature of {signer}",
+                )
+                signers.add(signer)
+            if len(signers) < setup.share_threshold:
+                raise self._fail(
+                    "unmask", f"only {len(signers)} consistency signatures, need {setup.share_threshold}"
+                )
+        live_ids = tuple(sorted(alive))
+        dead_ids = tuple(sorted(dead))
+        empty = np.zeros((0, SHARE_ELEMENTS), dtype=np.uint64)
+        live = np.stack([self._shares[c][SHARE_ELEMENTS:] for c in live_ids]) if live_ids else empty
+        gone = np.stack([self._shares[c][:SHARE_ELEMENTS] for c in dead_ids]) if dead_ids else empty
+        self._shares = {}
+        return UnmaskResponse(self.client_id, live_ids, live, dead_ids, gone).encode(), None

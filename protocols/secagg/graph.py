@@ -1,0 +1,185 @@
+"""The SecAgg+ communication graph, its degree and the per-neighbourhood Shamir threshold.
+
+SecAgg (Bonawitz et al., CCS 2017) masks every pair of clients: the complete
+graph, cost O(n^2 L) in total. SecAgg+ (Bell et al., "Secure Single-Server
+Aggregation with (Poly)Logarithmic Overhead", CCS 2020) masks and
+secret-shares only along the edges of a sparse random graph of degree
+k = O(log n); each client then costs O(k L) and the server O(n k L)
+plus O(n L) for the self masks.
+
+Like Bell et al. (their Harary-graph construction, Section 4), the graph is a
+Harary graph H(k, n) -- client ``i`` joins ``i +- 1 .. i +- k/2`` on a cycle,
+plus the antipodal client when k is odd -- laid over a *random permutation*
+of the clients. The permutation comes from a 256-bit seed that the server
+draws and broadcasts, so every client recomputes and checks its own
+neighbourhood.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from protocols.prg import expand
+
+__all__ = [
+    "choose_degree",
+    "effective_degree",
+    "harary_neighbors",
+    "neighbors_of",
+    "share_threshold",
+]
+
+
+def effective_degree(n: int, neighbors: int | None) -> int:
+    """The degree actually used for ``n`` clients.
+
+    ``None`` or any ``neighbors >= n - 1`` gives the complete graph (n - 1).
+    A k-regular graph on n vertices needs n*k even, so an odd k with odd n is
+    raised to k + 1.
+    """
+    if n < 1:
+        raise ValueError(f"need at least one client, got {n}")
+    if neighbors is None or neighbors >= n - 1:
+        return n - 1
+    if neighbors < 1:
+        raise ValueError(f"neighbors must be >= 1, got {neighbors}")
+    if neighbors % 2 and n % 2:
+        return neighbors + 1
+    return neighbors
+
+
+def harary_neighbors(ids: Sequence[int], degree: int, seed: bytes) -> dict[int, frozenset[int]]:
+    """client id -> its ``degree`` neighbours (not itself) in H(degree, n) over a seeded permutation.
+
+    Args:
+        ids: the round's clients (any order; the result depends only on the set).
+        degree: a value returned by :func:`effective_degree`.
+        seed: 32 random bytes from the server; the permutation is ``argsort(PRG(seed))``.
+    """
+    order = sorted(ids)
+    n = len(order)
+    if degree >= n - 1:
+        everyone = frozenset(order)
+        return {c: everyone - {c} for c in order}
+    if degree % 2 and n % 2:
+        raise ValueError(f"no {degree}-regular graph on {n} vertices (n * k must be even)")
+    placed = _placement(order, seed)
+    half = degree // 2
+    out: dict[int, set[int]] = {c: set() for c in order}
+    for pos, c in enumerate(placed):
+        for d in range(1, half + 1):
+            out[c].add(placed[(pos + d) % n])
+            out[c].add(placed[(pos - d) % n])
+        if degree % 2:
+            out[c].add(placed[(pos + n // 2) % n])
+    return {c: frozenset(v) for c, v in out.items()}
+
+
+def neighbors_of(client: int, ids: Sequence[int], degree: int, seed: bytes) -> frozenset[int]:
+    """The neighbours of one client, as :func:`harary_neighbors` gives them, without the whole graph."""
+    order = sorted(ids)
+    n = len(order)
+    if degree >= n - 1:
+        return frozenset(order) - {client}
+    if degree % 2 and n % 2:
+        raise ValueError(f"no {degree}-regular graph on {n} vertices (n * k must be even)")
+    placed = _placement(order, seed)
+    pos = placed.index(client)
+    out = {placed[(pos + d) % n] for d in range(1, degree // 2 + 1)}
+    out |= {placed[(pos - d) % n] for d in range(1, degree // 2 + 1)}
+    if degree % 2:
+        out.add(placed[(pos + n // 2) % n])
+    return frozenset(out)
+
+
+def _placement(order: list[int], seed: bytes) -> list[int]:
+    perm = np.argsort(expand(seed, len(order)), kind="stable")
+    return [order[int(i)] for i in perm]
+
+
+def share_threshold(threshold: int, n: int, degree: int, malicious: bool) -> int:
+    """Shamir threshold t' for a neighbourhood of ``degree + 1`` share holders (the client counts).
+
+    Complete graph (``degree == n - 1``): t' = ``threshold`` exactly, as in
+    Bonawitz et al. (every client holds a share of every secret, its own included).
+
+    Sparse graph (SecAgg+): the global threshold is scaled to the neighbourhood,
+    t' = ceil(threshold * (degree + 1) / n): the same *fraction* of share holders
+    must respond. Against a malicious server (``malicious=True``) t' is raised
+    to a strict majority of the neighbourhood, floor((degree + 1) / 2) + 1, as
+    Bell et al. require: two sets of t' responders then always share an honest
+    client, who refuses to reveal both the self-mask share and the key share of
+    the same peer, so the server can never learn both for one client.
+
+    Correctness under dropout is then probabilistic (Bell et al. Thm 3.x): a
+    neighbourhood whose responders fall below t' cannot be unmasked and the round
+    aborts -- it never returns a wrong sum. Pick the degree with :func:`choose_degree`.
+    """
+    holders = degree + 1
+    if degree >= n - 1:
+        return max(1, min(threshold, holders))
+    t = math.ceil(threshold * holders / n)
+    if malicious:
+        t = max(t, holders // 2 + 1)
+    return max(1, min(t, holders))
+
+
+def _binom_mass(m: int, p: float, lo: int, hi: int) -> float:
+    """P(lo <= Bin(m, p) < hi), summed term by term (no 1 - x cancellation)."""
+    total = 0.0
+    for i in range(max(lo, 0), min(hi, m + 1)):
+        log_pmf = (
+            math.lgamma(m + 1) - math.lgamma(i + 1) - math.lgamma(m - i + 1)
+            + (i * math.log(p) if i else 0.0)
+            + ((m - i) * math.log1p(-p) if m - i else 0.0)
+        )
+        total += math.exp(log_pmf)
+    return total
+
+
+def choose_degree(
+    n: int,
+    dropout_rate: float = 0.05,
+    corruption_rate: float = 0.05,
+    *,
+    security_bits: int = 40,
+    correctness_bits: int = 20,
+) -> int:
+    """Smallest even degree k for which SecAgg+ is both secure and correct w.h.p. for n clients.
+
+    The rule follows Bell et al. (CCS 2020, Section 3.3 and their Table of
+    parameters): pick a neighbourhood of m = k + 1 holders and a threshold t'
+    such that, with every client independently dropping with probability
+    ``dropout_rate`` (delta) and corrupted with probability ``corruption_rate``
+    (gamma), union-bounded over all n neighbourhoods,
+
+    * security: P(at least t' corrupt in a neighbourhood) <= 2^-security_bits / n,
+    * correctness: P(fewer than t' survivors in a neighbourhood) <= 2^-correctness_bits / n.
+
+    Both are exact binomial tails; for each even k the search takes the smallest
+    t' that meets the security bound and accepts k if that t' also meets the
+    correctness bound (the aggregator's own t' comes from :func:`share_threshold`).
+    The result grows like O(log n) (for fixed rates the tails decay exponentially
+    in k), which is the point of SecAgg+; for small
+    n it reaches n - 1, i.e. plain SecAgg. Raises ``ValueError`` for rates outside
+    [0, 0.5) or n < 1.
+    """
+    if n < 1:
+        raise ValueError(f"need at least one client, got {n}")
+    if not (0.0 <= dropout_rate < 0.5 and 0.0 <= corruption_rate < 0.5):
+        raise ValueError("dropout_rate and corruption_rate must be in [0, 0.5)")
+    sec = 2.0 ** -security_bits / n
+    cor = 2.0 ** -correctness_bits / n
+    for k in range(2, n - 1, 2):
+        m = k + 1
+        for t in range(1, m + 1):
+            bad_sec = _binom_mass(m, corruption_rate, t, m + 1) if corruption_rate > 0 else 0.0
+            if bad_sec > sec:
+                continue
+            if dropout_rate == 0.0 or _binom_mass(m, 1.0 - dropout_rate, 0, t) <= cor:
+                return k
+            break  # larger t only makes correctness worse
+    return max(n - 1, 0)

@@ -1,0 +1,467 @@
+"""Binary encodings of the SecAgg / SecAgg+ messages.
+
+Every message is a :func:`protocols.wire.frame` (magic, version, kind, length)
+around a payload of fixed-width big-endian fields; lists carry a count that
+is checked against the bytes that remain *before* anything is allocated, id
+lists must be strictly increasing (one canonical encoding, which signatures
+rely on), and trailing bytes are refused. Any violation raises
+:class:`~protocols.errors.DecodeError`.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocols.errors import DecodeError
+from protocols.wire import frame, unframe
+
+__all__ = [
+    "CIPHERTEXT_BYTES",
+    "KEY_BYTES",
+    "SHARE_ELEMENTS",
+    "SIGNATURE_BYTES",
+    "AdvertiseBroadcast",
+    "Advertisement",
+    "ConsistencyRequest",
+    "ConsistencySignature",
+    "MaskedInput",
+    "Setup",
+    "SharesIn",
+    "SharesOut",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "encode_ids",
+    "ring_width",
+]
+
+KEY_BYTES = 32
+"""X25519 and Ed25519 public keys."""
+SIGNATURE_BYTES = 64
+"""Ed25519 signatures."""
+SHARE_ELEMENTS = 5
+"""Field elements in the share of one 32-byte secret (7 bytes per element)."""
+SHARE_PLAINTEXT_BYTES = 16 + 2 * SHARE_ELEMENTS * 8
+"""sender, recipient, key-share and self-mask-share elements."""
+CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + 16
+"""AES-GCM adds a 16-byte tag."""
+
+KIND_SETUP = 0x20
+KIND_ADVERTISE = 0x21
+KIND_BROADCAST = 0x22
+KIND_SHARES_OUT = 0x23
+KIND_SHARES_IN = 0x24
+KIND_MASKED = 0x25
+KIND_CONSISTENCY_REQUEST = 0x26
+KIND_CONSISTENCY_SIGNATURE = 0x27
+KIND_UNMASK_REQUEST = 0x28
+KIND_UNMASK_RESPONSE = 0x29
+
+_U8 = struct.Struct(">B")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_F64 = struct.Struct(">d")
+MAX_ID = (1 << 63) - 1
+
+
+def ring_width(ring_bits: int) -> int:
+    """Bytes per ring element on the wire: the smallest of 1, 2, 4, 8 that holds ``ring_bits``."""
+    for w in (1, 2, 4, 8):
+        if ring_bits <= 8 * w:
+            return w
+    raise ValueError(f"ring_bits must be <= 64, got {ring_bits}")
+
+
+class _Reader:
+    """Sequential, bounds-checked reads; every failure is a DecodeError naming the field."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data = data
+        self.pos = 0
+        self.what = what
+
+    def _take(self, n: int, name: str) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise DecodeError(f"{self.what}: truncated at field {name!r}")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self, name: str) -> int:
+        return int(_U8.unpack(self._take(1, name))[0])
+
+    def u32(self, name: str) -> int:
+        return int(_U32.unpack(self._take(4, name))[0])
+
+    def u64(self, name: str) -> int:
+        return int(_U64.unpack(self._take(8, name))[0])
+
+    def f64(self, name: str) -> float:
+        return float(_F64.unpack(self._take(8, name))[0])
+
+    def raw(self, n: int, name: str) -> bytes:
+        return self._take(n, name)
+
+    def count(self, item_bytes: int, name: str) -> int:
+        """A u32 count of items of ``item_bytes`` each, checked against what remains."""
+        n = self.u32(name)
+        if n * item_bytes > len(self.data) - self.pos:
+            raise DecodeError(f"{self.what}: {name} announces {n} items, too few bytes remain")
+        return n
+
+    def ids(self, name: str) -> tuple[int, ...]:
+        n = self.count(8, name)
+        arr = np.frombuffer(self._take(8 * n, name), dtype=">u8")
+        if n and (arr > MAX_ID).any():
+            raise DecodeError(f"{self.what}: {name} holds an id above 2^63 - 1")
+        if n > 1 and not (arr[1:] > arr[:-1]).all():
+            raise DecodeError(f"{self.what}: {name} is not strictly increasing")
+        return tuple(int(v) for v in arr)
+
+    def done(self) -> None:
+        if self.pos != len(self.data):
+            raise DecodeError(f"{self.what}: {len(self.data) - self.pos} trailing bytes")
+
+
+def _increasing(ids: list[int] | tuple[int, ...]) -> bool:
+    return all(ids[i] < ids[i + 1] for i in range(len(ids) - 1))
+
+
+def encode_ids(ids: tuple[int, ...] | list[int]) -> bytes:
+    """Count + strictly increasing u64 ids (the canonical form that is signed)."""
+    if not _increasing(ids):
+        raise ValueError("ids must be strictly increasing")
+    return _U32.pack(len(ids)) + np.asarray(ids, dtype=">u8").tobytes()
+
+
+def _check_id(cid: int, name: str) -> None:
+    if not 0 <= cid <= MAX_ID:
+        raise ValueError(f"{name} must be in [0, 2^63 - 1], got {cid}")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Server -> each client: the round's parameters and the graph seed."""
+
+    round_id: int
+    client_id: int
+    length: int
+    ring_bits: int
+    value_bits: int
+    clip_range: float
+    threshold: int
+    share_threshold: int
+    degree: int
+    malicious: bool
+    graph_seed: bytes
+    client_ids: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        """Framed bytes."""
+        _check_id(self.client_id, "client_id")
+        body = (
+            _U64.pack(self.round_id) + _U64.pack(self.client_id) + _U32.pack(self.length)
+            + _U8.pack(self.ring_bits) + _U8.pack(self.value_bits) + _F64.pack(self.clip_range)
+            + _U32.pack(self.threshold) + _U32.pack(self.share_threshold) + _U32.pack(self.degree)
+            + _U8.pack(int(self.malicious)) + self.graph_seed + encode_ids(self.client_ids)
+        )
+        return frame(KIND_SETUP, body)
+
+    @classmethod
+    def decode(cls, message: bytes) -> Setup:
+        """Parse and range-check; raises DecodeError."""
+        r = _Reader(unframe(message, KIND_SETUP), "setup")
+        out = cls(
+            round_id=r.u64("round_id"), client_id=r.u64("client_id"), length=r.u32("length"),
+            ring_bits=r.u8("ring_bits"), value_bits=r.u8("value_bits"), clip_range=r.f64("clip_range"),
+            threshold=r.u32("threshold"), share_threshold=r.u32("share_threshold"),
+            degree=r.u32("degree"), malicious=bool(r.u8("malicious")), graph_seed=r.raw(32, "graph_seed"),
+            client_ids=r.ids("client_ids"),
+        )
+        r.done()
+        n = len(out.client_ids)
+        if not 8 <= out.ring_bits <= 64 or not 2 <= out.value_bits <= min(out.ring_bits, 52):
+            raise DecodeError(f"setup: bad ring_bits {out.ring_bits} / value_bits {out.value_bits}")
+        if not (math.isfinite(out.clip_range) and out.clip_range > 0):
+            raise DecodeError("setup: clip_range must be positive and finite")
+        if out.client_id not in out.client_ids or out.round_id > MAX_ID:
+            raise DecodeError("setup: the recipient is not among the round's clients")
+        if not (1 <= out.threshold <= n and 1 <= out.degree <= max(n - 1, 1)):
+            raise DecodeError("setup: threshold or degree out of range")
+        if not 1 <= out.share_threshold <= out.degree + 1:
+            raise DecodeError("setup: share threshold out of range")
+        return out
+
+
+@dataclass(frozen=True)
+class Advertisement:
+    """Client -> server: its two X25519 public keys, signed in the malicious model."""
+
+    client_id: int
+    c_pk: bytes
+    s_pk: bytes
+    signature: bytes = b""
+
+    def _body(self) -> bytes:
+        _check_id(self.client_id, "client_id")
+        if len(self.c_pk) != KEY_BYTES or len(self.s_pk) != KEY_BYTES:
+            raise ValueError("public keys must be 32 bytes")
+        if len(self.signature) not in (0, SIGNATURE_BYTES):
+            raise ValueError("signature must be empty or 64 bytes")
+        return (
+            _U64.pack(self.client_id) + self.c_pk + self.s_pk + _U8.pack(len(self.signature))
+            + self.signature
+        )
+
+    def encode(self) -> bytes:
+        """Framed bytes."""
+        return frame(KIND_ADVERTISE, self._body())
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Advertisement:
+        cid = r.u64("client_id")
+        c_pk, s_pk = r.raw(KEY_BYTES, "c_pk"), r.raw(KEY_BYTES, "s_pk")
+        n = r.u8("signature length")
+        if n not in (0, SIGNATURE_BYTES):
+            raise DecodeError(f"{r.what}: signature length {n}")
+        return cls(cid, c_pk, s_pk, r.raw(n, "signature"))
+
+    @classmethod
+    def decode(cls, message: bytes) -> Advertisement:
+        """Parse; raises DecodeError."""
+        r = _Reader(unframe(message, KIND_ADVERTISE), "advertisement")
+        out = cls._read(r)
+        r.done()
+        return out
+
+
+@dataclass(frozen=True)
+class AdvertiseBroadcast:
+    """Server -> client: the advertisements of its neighbours that advertised."""
+
+    advertisements: tuple[Advertisement, ...]
+
+    def encode(self) -> bytes:
+        """Framed bytes."""
+        ids = [a.client_id for a in self.advertisements]
+        if not _increasing(ids):
+            raise ValueError("advertisements must be sorted by client id, without repeats")
+        body = _U32.pack(len(self.advertisements)) + b"".join(a._body() for a in self.advertisements)
+        return frame(KIND_BROADCAST, body)
+
+    @classmethod
+    def decode(cls, message: bytes) -> AdvertiseBroadcast:
+        """Parse; raises DecodeError."""
+        r = _Reader(unframe(message, KIND_BROADCAST), "advertise broadcast")
+        n = r.count(8 + 2 * KEY_BYTES + 1, "advertisements")
+        ads = tuple(Advertisement._read(r) for _ in range(n))
+        r.done()
+        ids = [a.client_id for a in ads]
+        if not _increasing(ids):
+            raise DecodeError("advertise broadcast: ids not strictly increasing")
+        return cls(ads)
+
+
+def _encode_ct_list(kind: int, head: bytes, items: tuple[tuple[int, bytes], ...]) -> bytes:
+    ids = [i for i, _ in items]
+    if not _increasing(ids):
+        raise ValueError("entries must be sorted by client id, without repeats")
+    if any(len(ct) != CIPHERTEXT_BYTES for _, ct in items):
+        raise ValueError(f"ciphertexts must be {CIPHERTEXT_BYTES} bytes")
+    body = head + _U32.pack(len(items)) + b"".join(_U64.pack(i) + ct for i, ct in items)
+    return frame(kind, body)
+
+
+def _decode_ct_list(r: _Reader) -> tuple[tuple[int, bytes], ...]:
+    n = r.count(8 + CIPHERTEXT_BYTES, "entries")
+    items = tuple((r.u64("peer"), r.raw(CIPHERTEXT_BYTES, "ciphertext")) for _ in range(n))
+    r.done()
+    ids = [i for i, _ in items]
+    if not _increasing(ids):
+        raise DecodeError(f"{r.what}: peer ids not strictly increasing")
+    return items
+
+
+@dataclass(frozen=True)
+class SharesOut:
+    """Client -> server: one encrypted share bundle per neighbour (recipient id, ciphertext)."""
+
+    client_id: int
+    shares: tuple[tuple[int, bytes], ...]
+
+    def encode(self) -> bytes:
+        """Framed bytes."""
+        return _encode_ct_list(KIND_SHARES_OUT, _U64.pack(self.client_id), self.shares)
+
+    @classmethod
+    def decode(cls, message: bytes) -> SharesOut:
+        """Parse; raises DecodeError."""
+        r = _Reader(unframe(message, KIND_SHARES_OUT), "shares out")
+        cid = r.u64("client_id")
+        return cls(cid, _decode_ct_list(r))
+
+
+@dataclass(frozen=True)
+class SharesIn:
+    """Server -> client: the share bundles addressed to it (sender id, ciphertext)."""
+
+    shares: tuple[tuple[int, bytes], ...]
+
+    def encode(self) -> bytes:
+        """Framed bytes."""
+        return _encode_ct_list(KIND_SHARES_IN, b"", self.shares)
+
+    @classmethod
+    def decode(cls, message: bytes) -> SharesIn:
+        """Parse; raises DecodeError."""
+        return cls(_decode_ct_list(_Reader(unframe(message, KIND_SHARES_IN), "shares in")))
+
+
+@dataclass(frozen=True)
+class MaskedInput:
+    """Client -> server: the masked vector in Z_{2^b}, packed at :func:`ring_width` bytes per value."""
+
+    client_id: int
+    ring_bits: int
+    values: np.ndarray = field(repr=False)
+
+    def encode(self) -> bytes:
+        """Framed bytes."""
+        w = ring_width(self.ring_bits)
+        return frame(
+            KIND_MASKED,
+            _U64.pack(self.client_id) + _U8.pack(self.ring_bits)
+            + np.ascontiguousarray(self.values, dtype=f"<u{w}").tobytes(),
+        )
+
+    @classmethod
+    def decode(cls, message: bytes, length: int) -> MaskedInput:
+        """Parse a vector of exactly ``length`` values below 2^ring_bits; raises DecodeError."""
+        r = _Reader(unframe(message, KIND_MASKED), "masked input")
+        cid, bits = r.u64("client_id"), r.u8("ring_bits")
+        if not 8 <= bits <= 64:
+            raise DecodeError(f"masked input: ring_bits {bits}")
+        w = ring_width(bits)
+        values = np.frombuffer(r.raw(w * length, "values"), dtype=f"<u{w}").astype(np.uint64)
+        r.done()
+        if bits < 8 * w and (values >> np.uint64(bits)).any():
+            raise DecodeError(f"masked input: a value is not below 2^{bits}")
+        return cls(cid, bits, values)
+
+
+@dataclass(frozen=True)
+class ConsistencyRequest:
+    """Server -> client (malicious model): the set U3 of clients whose masked input arrived."""
+
+    survivors: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        """Framed bytes."""
+        return frame(KIND_CONSISTENCY_REQUEST, encode_ids(self.survivors))
+
+    @classmethod
+    def decode(cls, message: bytes) -> ConsistencyRequest:
+        """Parse; raises DecodeError."""
+        r = _Reader(unframe(message, KIND_CONSISTENCY_REQUEST), "consistency request")
+        out = cls(r.ids("survivors"))
+        r.done()
+        return out
+
+
+@dataclass(frozen=True)
+class ConsistencySignature:
+    """Client -> server (malicious model): its Ed25519 signature on (round, U3)."""
+
+    client_id: int
+    signature: bytes
+
+    def encode(self) -> bytes:
+        """Framed bytes."""
+        if len(self.signature) != SIGNATURE_BYTES:
+            raise ValueError("signature must be 64 bytes")
+        return frame(KIND_CONSISTENCY_SIGNATURE, _U64.pack(self.client_id) + self.signature)
+
+    @classmethod
+    def decode(cls, message: bytes) -> ConsistencySignature:
+        """Parse; raises DecodeError."""
+        r = _Reader(unframe(message, KIND_CONSISTENCY_SIGNATURE), "consistency signature")
+        out = cls(r.u64("client_id"), r.raw(SIGNATURE_BYTES, "signature"))
+        r.done()
+        return out
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Server -> client: whose self-mask shares (survivors) and key shares (dropped) to reveal.
+
+    In the malicious model it also carries the neighbours' signatures on U3.
+    """
+
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    signatures: tuple[tuple[int, bytes], ...] = ()
+
+    def encode(self) -> bytes:
+        """Framed bytes."""
+        ids = [i for i, _ in self.signatures]
+        if not _increasing(ids):
+            raise ValueError("signatures must be sorted by client id, without repeats")
+        sigs = _U32.pack(len(self.signatures)) + b"".join(_U64.pack(i) + s for i, s in self.signatures)
+        return frame(KIND_UNMASK_REQUEST, encode_ids(self.survivors) + encode_ids(self.dropped) + sigs)
+
+    @classmethod
+    def decode(cls, message: bytes) -> UnmaskRequest:
+        """Parse; raises DecodeError."""
+        r = _Reader(unframe(message, KIND_UNMASK_REQUEST), "unmask request")
+        survivors, dropped = r.ids("survivors"), r.ids("dropped")
+        n = r.count(8 + SIGNATURE_BYTES, "signatures")
+        sigs = tuple((r.u64("signer"), r.raw(SIGNATURE_BYTES, "signature")) for _ in range(n))
+        r.done()
+        ids = [i for i, _ in sigs]
+        if not _increasing(ids):
+            raise DecodeError("unmask request: signer ids not strictly increasing")
+        return cls(survivors, dropped, sigs)
+
+
+def _encode_share_block(ids: tuple[int, ...], shares: np.ndarray) -> bytes:
+    arr = np.asarray(shares, dtype=np.uint64).reshape(len(ids), SHARE_ELEMENTS)
+    return encode_ids(ids) + arr.astype(">u8").tobytes()
+
+
+def _decode_share_block(r: _Reader, name: str) -> tuple[tuple[int, ...], np.ndarray]:
+    ids = r.ids(name)
+    raw = r.raw(8 * SHARE_ELEMENTS * len(ids), name)
+    return ids, np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(len(ids), SHARE_ELEMENTS)
+
+
+@dataclass(frozen=True)
+class UnmaskResponse:
+    """Client -> server: self-mask shares of survivors and mask-key shares of dropped clients."""
+
+    client_id: int
+    self_mask_peers: tuple[int, ...]
+    self_mask_shares: np.ndarray = field(repr=False)
+    key_peers: tuple[int, ...]
+    key_shares: np.ndarray = field(repr=False)
+
+    def encode(self) -> bytes:
+        """Framed bytes."""
+        return frame(
+            KIND_UNMASK_RESPONSE,
+            _U64.pack(self.client_id)
+            + _encode_share_block(self.self_mask_peers, self.self_mask_shares)
+            + _encode_share_block(self.key_peers, self.key_shares),
+        )
+
+    @classmethod
+    def decode(cls, message: bytes) -> UnmaskResponse:
+        """Parse; raises DecodeError."""
+        r = _Reader(unframe(message, KIND_UNMASK_RESPONSE), "unmask response")
+        cid = r.u64("client_id")
+        sp, ss = _decode_share_block(r, "self-mask shares")
+        kp, ks = _decode_share_block(r, "key shares")
+        r.done()
+        return cls(cid, sp, ss, kp, ks)

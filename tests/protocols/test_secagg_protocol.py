@@ -1,0 +1,423 @@
+"""SecAgg state machines: stage table, integrity failures, malicious-server attacks, decoding fuzz."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from protocols import DecodeError, IntegrityError, RoundConfig, Stage, StageError
+from protocols.errors import AggregationAborted
+from protocols.secagg import (
+    SecAggAggregator,
+    SecAggClient,
+    SecAggPlusAggregator,
+    SecAggServer,
+    choose_degree,
+    effective_degree,
+    harary_neighbors,
+    share_threshold,
+)
+from protocols.secagg import messages as m
+from protocols.secagg.client import raw_public
+
+L = 16
+IDS = [3, 10, 42, 77]
+
+
+def pinned(label: str) -> Callable[[int], bytes]:
+    counter = [0]
+
+    def randbytes(n: int) -> bytes:
+        counter[0] += 1
+        return hashlib.shake_256(f"{label}/{counter[0]}".encode()).digest(n) if n else b""
+
+    return randbytes
+
+
+class Round:
+    """A small round driven by hand, so tests can stop, replay or tamper at any stage."""
+
+    METHODS = ("advertise", "share_keys", "masked_input", "consistency", "unmask")
+
+    def __init__(self, malicious: bool = True, neighbors: int | None = None, threshold: int = 3) -> None:
+        rb = pinned(f"round-{malicious}-{neighbors}")
+        self.malicious = malicious
+        self.cfg = RoundConfig(threshold=threshold, ring_bits=32, round_id=5)
+        rng = np.random.default_rng(0)
+        self.inputs = {c: rng.uniform(-1, 1, L) for c in IDS}
+        ident = {c: Ed25519PrivateKey.from_private_bytes(rb(32)) for c in IDS}
+        pki = {c: raw_public(k) for c, k in ident.items()}
+        self.server = SecAggServer(self.cfg, IDS, L, neighbors=neighbors, malicious=malicious, randbytes=rb)
+        self.clients = {
+            c: SecAggClient(
+                c, self.inputs[c], malicious=malicious, identity_key=ident[c] if malicious else None,
+                identity_keys=pki if malicious else None, round_id=5, randbytes=rb,
+                rng=np.random.default_rng(c),
+            )
+            for c in IDS
+        }
+        self.inbox: dict[int, bytes] = self.server.setup()
+        self.steps = [
+            ("advertise", self.server.receive_advertisements),
+            ("share_keys", self.server.receive_shares),
+            ("masked_input", self.server.receive_masked_inputs),
+        ]
+        if malicious:
+            self.steps.append(("consistency", self.server.receive_signatures))
+        self.done = 0
+        self.result = None
+
+    def client_step(self, skip: frozenset[int] = frozenset()) -> dict[int, bytes]:
+        method = self.steps[self.done][0] if self.done < len(self.steps) else "unmask"
+        return {c: getattr(self.clients[c], method)(msg) for c, msg in self.inbox.items() if c not in skip}
+
+    def advance(self, stages: int) -> dict[int, bytes]:
+        """Run ``stages`` client stages and the server's answers; return the last client replies."""
+        replies: dict[int, bytes] = {}
+        for _ in range(stages):
+            replies = self.client_step()
+            if self.done < len(self.steps):
+                self.inbox = self.steps[self.done][1](replies)
+            else:
+                self.result = self.server.receive_unmask(replies)
+            self.done += 1
+        return replies
+
+
+# ---- stage-transition table ------------------------------------------------------------
+# (client state = the stage the client expects next, None = finished) -> the one valid call
+CLIENT_STAGES: list[Stage | None] = [*Stage, None]
+VALID_MALICIOUS = {(s, s) for s in Stage}
+VALID_SEMI_HONEST = {(s, s) for s in Stage if s is not Stage.CONSISTENCY}
+
+
+@pytest.mark.parametrize("malicious", [True, False])
+@pytest.mark.parametrize("called", list(Stage))
+@pytest.mark.parametrize("current", CLIENT_STAGES)
+def test_client_stage_table(malicious: bool, current: Stage | None, called: Stage) -> None:
+    order = [s for s in Stage if malicious or s is not Stage.CONSISTENCY]
+    if current is Stage.CONSISTENCY and not malicious:
+        pytest.skip("the semi-honest client never waits for CONSISTENCY")
+    rnd = Round(malicious=malicious)
+    reached = len(order) if current is None else order.index(current)
+    rnd.advance(reached)
+    client = rnd.clients[IDS[0]]
+    assert client.stage is current
+    valid = VALID_MALICIOUS if malicious else VALID_SEMI_HONEST
+    method = getattr(client, Round.METHODS[int(called)])
+    if (current, called) in valid:
+        method(rnd.inbox[IDS[0]])
+    else:
+        with pytest.raises(StageError):
+            method(b"")
+
+
+@pytest.mark.parametrize("malicious", [True, False])
+def test_server_stage_table(malicious: bool) -> None:
+    rnd = Round(malicious=malicious)
+    server_methods = {
+        Stage.ADVERTISE: rnd.server.receive_advertisements,
+        Stage.SHARE_KEYS: rnd.server.receive_shares,
+        Stage.MASKED_INPUT: rnd.server.receive_masked_inputs,
+        Stage.CONSISTENCY: rnd.server.receive_signatures,
+        Stage.UNMASK: rnd.server.receive_unmask,
+    }
+    order = [s for s in Stage if malicious or s is not Stage.CONSISTENCY]
+    with pytest.raises(StageError):
+        rnd.server.setup()  # already called by Round
+    for i, expected in enumerate([*order, None]):
+        assert rnd.server.stage is expected
+        for stage, method in server_methods.items():
+            if stage is not expected:
+                with pytest.raises(StageError):
+                    method({})
+        if i < len(order):
+            rnd.advance(1)
+    assert rnd.result is not None
+
+
+def test_client_aborts_after_an_integrity_failure() -> None:
+    rnd = Round()
+    rnd.advance(1)
+    cid = IDS[0]
+    bad = bytearray(rnd.inbox[cid])
+    bad[-1] ^= 1  # flip a bit of a signature
+    with pytest.raises(IntegrityError):
+        rnd.clients[cid].share_keys(bytes(bad))
+    assert rnd.clients[cid].stage is None
+    with pytest.raises(StageError):
+        rnd.clients[cid].share_keys(rnd.inbox[cid])
+
+
+# ---- the malicious-server attacks ------------------------------------------------------
+@pytest.mark.parametrize("malicious", [True, False])
+def test_client_refuses_to_reveal_both_shares_of_a_peer(malicious: bool) -> None:
+    rnd = Round(malicious=malicious)
+    rnd.advance(4 if malicious else 3)
+    cid, victim = IDS[0], IDS[1]
+    request = m.UnmaskRequest.decode(rnd.inbox[cid])
+    assert victim in request.survivors
+    evil = m.UnmaskRequest(request.survivors, (victim,), request.signatures).encode()
+    with pytest.raises(IntegrityError, match="both shares"):
+        rnd.clients[cid].unmask(evil)
+
+
+def test_client_refuses_key_share_of_a_signed_survivor() -> None:
+    rnd = Round(malicious=True)
+    rnd.advance(4)
+    cid, victim = IDS[0], IDS[1]
+    request = m.UnmaskRequest.decode(rnd.inbox[cid])
+    alive = tuple(c for c in request.survivors if c != victim)
+    evil = m.UnmaskRequest(alive, (victim,), request.signatures).encode()
+    with pytest.raises(IntegrityError, match="signed survivor set"):
+        rnd.clients[cid].unmask(evil)
+
+
+def test_client_refuses_forged_consistency_signature() -> None:
+    rnd = Round(malicious=True)
+    rnd.advance(4)
+    cid = IDS[0]
+    request = m.UnmaskRequest.decode(rnd.inbox[cid])
+    signer, _ = request.signatures[0]
+    forged = ((signer, bytes(64)), *request.signatures[1:])
+    with pytest.raises(IntegrityError, match="invalid signature"):
+        rnd.clients[cid].unmask(m.UnmaskRequest(request.survivors, request.dropped, forged).encode())
+
+
+def test_client_refuses_too_few_consistency_signatures() -> None:
+    rnd = Round(malicious=True)
+    rnd.advance(4)
+    cid = IDS[0]
+    request = m.UnmaskRequest.decode(rnd.inbox[cid])
+    with pytest.raises(IntegrityError, match="consistency signatures"):
+        rnd.clients[cid].unmask(m.UnmaskRequest(request.survivors, request.dropped, ()).encode())
+
+
+def test_client_refuses_substituted_public_key() -> None:
+    rnd = Round(malicious=True)
+    rnd.advance(1)
+    cid = IDS[0]
+    bc = m.AdvertiseBroadcast.decode(rnd.inbox[cid])
+    ad = bc.advertisements[0]
+    swapped = m.Advertisement(ad.client_id, ad.c_pk, bytes(32), ad.signature)
+    evil = m.AdvertiseBroadcast((swapped, *bc.advertisements[1:])).encode()
+    with pytest.raises(IntegrityError, match="invalid signature"):
+        rnd.clients[cid].share_keys(evil)
+
+
+def test_client_refuses_downgrade_to_semi_honest() -> None:
+    rnd = Round(malicious=True)
+    cid = IDS[0]
+    setup = m.Setup.decode(rnd.inbox[cid])
+    fields = {k: getattr(setup, k) for k in setup.__dataclass_fields__}
+    evil = m.Setup(**{**fields, "malicious": False}).encode()
+    with pytest.raises(IntegrityError, match="threat model"):
+        rnd.clients[cid].advertise(evil)
+
+
+def test_client_refuses_tampered_share_ciphertext() -> None:
+    rnd = Round(malicious=False)
+    rnd.advance(2)
+    cid = IDS[0]
+    shares = m.SharesIn.decode(rnd.inbox[cid])
+    sender, ct = shares.shares[0]
+    evil = m.SharesIn(((sender, ct[:-1] + bytes([ct[-1] ^ 1])), *shares.shares[1:])).encode()
+    with pytest.raises(IntegrityError, match="authentication"):
+        rnd.clients[cid].masked_input(evil)
+
+
+def test_client_refuses_overflowing_encoding() -> None:
+    rnd = Round(malicious=False)
+    cid = IDS[0]
+    setup = m.Setup.decode(rnd.inbox[cid])
+    fields = {k: getattr(setup, k) for k in setup.__dataclass_fields__}
+    evil = m.Setup(**{**fields, "value_bits": 32}).encode()  # 4 clients * 2^31 overflows Z_2^32
+    with pytest.raises(Exception, match="overflows"):
+        rnd.clients[cid].advertise(evil)
+
+
+def test_server_rejects_impersonation() -> None:
+    rnd = Round(malicious=False)
+    replies = rnd.client_step()
+    replies[IDS[0]] = replies[IDS[1]]
+    with pytest.raises(IntegrityError, match=f"client {IDS[0]}"):
+        rnd.server.receive_advertisements(replies)
+
+
+def test_masked_input_hides_the_input() -> None:
+    rnd = Round(malicious=False)
+    rnd.advance(2)
+    masked = rnd.client_step()
+    for cid, raw in masked.items():
+        values = m.MaskedInput.decode(raw, L).values
+        assert not np.allclose(values.astype(np.float64), 0)
+        assert (values.view(np.int64) < 2**32).all()
+        enc = np.round(rnd.inputs[cid] * (2**29 - 1)).astype(np.int64).view(np.uint64) & np.uint64(2**32 - 1)
+        assert (np.abs(values.astype(np.int64) - enc.astype(np.int64)) > 2).sum() > L // 2
+
+
+def test_abort_below_threshold_before_unmask_reveals_nothing() -> None:
+    rnd = Round(malicious=False, threshold=4)
+    rnd.advance(2)
+    replies = rnd.client_step(skip=frozenset({IDS[0]}))
+    with pytest.raises(AggregationAborted) as info:
+        rnd.server.receive_masked_inputs(replies)
+    assert info.value.threshold == 4 and info.value.survivors == 3
+    assert rnd.server.stage is Stage.MASKED_INPUT  # nothing was sent on
+
+
+# ---- randomness, bytes, results --------------------------------------------------------
+def test_pinned_randbytes_and_rng_make_rounds_reproducible() -> None:
+    inputs = {c: np.linspace(-1, 1, L) * (i + 1) / 5 for i, c in enumerate(IDS)}
+    cfg = RoundConfig(threshold=2)
+    a = SecAggAggregator(randbytes=pinned("r"), rng=np.random.default_rng(1)).aggregate(inputs, cfg)
+    b = SecAggAggregator(randbytes=pinned("r"), rng=np.random.default_rng(1)).aggregate(inputs, cfg)
+    assert (a.total == b.total).all() and a.bytes_up == b.bytes_up
+
+
+def test_bytes_match_the_encoded_messages() -> None:
+    rnd = Round(malicious=False)
+    agg = SecAggAggregator(malicious=False, randbytes=pinned("b"))
+    res = agg.aggregate(rnd.inputs, rnd.cfg)
+    # semi-honest: advert (9+8+64+1) + shares out + masked input (9+9+4L) + unmask response
+    n = len(IDS)
+    shares_out = 9 + 8 + 4 + (n - 1) * (8 + m.CIPHERTEXT_BYTES)
+    unmask = 9 + 8 + (4 + 8 * n + 40 * n) + 4
+    masked = 9 + 9 + 4 * L
+    for c in IDS:
+        assert res.bytes_up[c] == (9 + 73) + shares_out + masked + unmask
+        assert res.bytes_down[c] > 0
+
+
+def test_semi_honest_sends_no_signatures() -> None:
+    rnd = Round(malicious=False)
+    replies = rnd.client_step()
+    for raw in replies.values():
+        assert m.Advertisement.decode(raw).signature == b""
+
+
+# ---- graph and parameters --------------------------------------------------------------
+@pytest.mark.parametrize(("n", "k"), [(10, 4), (11, 4), (12, 3), (11, 3), (30, 6), (5, 10)])
+def test_harary_graph_is_regular_and_symmetric(n: int, k: int) -> None:
+    ids = list(range(100, 100 + 3 * n, 3))
+    deg = effective_degree(n, k)
+    graph = harary_neighbors(ids, deg, bytes(32))
+    assert all(len(v) == deg and c not in v for c, v in graph.items())
+    assert all(c in graph[v] for c, vs in graph.items() for v in vs)
+
+
+def test_graph_depends_on_the_seed() -> None:
+    ids = list(range(40))
+    assert harary_neighbors(ids, 4, bytes(32)) != harary_neighbors(ids, 4, b"\x01" * 32)
+
+
+def test_choose_degree_grows_logarithmically() -> None:
+    ks = [choose_degree(n, 0.1, 0.05) for n in (100, 1000, 10_000, 100_000)]
+    assert ks == sorted(ks) and ks[-1] < 100 and ks[0] < 99
+    assert choose_degree(8) == 7  # small n: the complete graph
+    with pytest.raises(ValueError):
+        choose_degree(100, 0.6, 0.0)
+
+
+def test_share_threshold_rules() -> None:
+    assert share_threshold(7, 10, 9, malicious=True) == 7  # complete graph: t' = threshold
+    assert share_threshold(50, 100, 10, malicious=False) == 6  # scaled: ceil(50 * 11 / 100)
+    assert share_threshold(10, 100, 10, malicious=True) == 6  # majority of 11
+
+
+def test_secagg_plus_aggregator_defaults() -> None:
+    agg = SecAggPlusAggregator()
+    assert agg.name == "secagg+" and SecAggAggregator.name == "secagg"
+    assert agg.degree_for(1000, RoundConfig()) == choose_degree(1000, 0.05, 0.05)
+    assert agg.degree_for(1000, RoundConfig(neighbors=6)) == 6
+
+
+# ---- decoding fuzz ---------------------------------------------------------------------
+DECODERS: list[Callable[[bytes], object]] = [
+    m.Setup.decode, m.Advertisement.decode, m.AdvertiseBroadcast.decode, m.SharesOut.decode,
+    m.SharesIn.decode, lambda b: m.MaskedInput.decode(b, L), m.ConsistencyRequest.decode,
+    m.ConsistencySignature.decode, m.UnmaskRequest.decode, m.UnmaskResponse.decode,
+]
+
+
+def _valid_messages() -> list[bytes]:
+    rnd = Round(malicious=True)
+    out = [next(iter(rnd.inbox.values()))]
+    for _ in range(4):
+        out.append(next(iter(rnd.advance(1).values())))
+        out.append(next(iter(rnd.inbox.values())))
+    out.append(next(iter(rnd.advance(1).values())))
+    return out
+
+
+VALID = _valid_messages()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(max_size=300), which=st.integers(0, len(DECODERS) - 1))
+def test_garbage_raises_decode_error(data: bytes, which: int) -> None:
+    with pytest.raises(DecodeError):
+        DECODERS[which](data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    which=st.integers(0, len(VALID) - 1), cut=st.integers(1, 50), pos=st.integers(0, 10**6),
+    bit=st.integers(0, 7),
+)
+def test_truncated_or_flipped_messages(which: int, cut: int, pos: int, bit: int) -> None:
+    raw = VALID[which]
+    for decoder in DECODERS:
+        with pytest.raises(DecodeError):
+            decoder(raw[: max(0, len(raw) - cut)])
+        flipped = bytearray(raw)
+        flipped[pos % len(raw)] ^= 1 << bit
+        with contextlib.suppress(DecodeError):  # anything else escaping fails the test
+            decoder(bytes(flipped))
+
+
+def test_valid_messages_round_trip() -> None:
+    for raw in VALID:
+        decoded = [d(raw) for d in DECODERS if _decodes(d, raw)]
+        assert len(decoded) == 1
+        assert decoded[0].encode() == raw  # type: ignore[attr-defined]
+
+
+def _decodes(decoder: Callable[[bytes], object], raw: bytes) -> bool:
+    try:
+        decoder(raw)
+    except DecodeError:
+        return False
+    return True
+
+
+@settings(max_examples=25, deadline=None)
+@given(secret=st.binary(min_size=1, max_size=64), info=st.binary(max_size=80))
+def test_fast_hkdf_matches_cryptography(secret: bytes, info: bytes) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from protocols.secagg._crypto import hkdf_sha256
+
+    want = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+    assert hkdf_sha256(secret, info) == want
+
+
+def test_parallel_workers_give_the_same_sum() -> None:
+    from tests.protocols.contract import make_inputs
+
+    inputs = make_inputs(7, 33, seed=4)
+    cfg = RoundConfig(threshold=4)
+    plan = {sorted(inputs)[1]: Stage.SHARE_KEYS, sorted(inputs)[4]: Stage.UNMASK}
+    res = SecAggAggregator(neighbors=4, workers=2).aggregate(inputs, cfg, plan)
+    want = np.sum([v for c, v in inputs.items() if c != sorted(inputs)[1]], axis=0)
+    np.testing.assert_allclose(res.total, want, atol=7 * 2 / 2**28)
+    with pytest.raises(Exception, match=r"os\.urandom"):
+        SecAggAggregator(workers=2, randbytes=pinned("x"))
