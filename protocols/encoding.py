@@ -30,7 +30,8 @@ MAX_VALUE_BITS = 52
 def stochastic_round(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Round each element to floor(x) or floor(x)+1, unbiased, using ``rng``."""
     floor = np.floor(x)
-    return floor + (rng.random(x.shape) < (x - floor))
+    rounded: np.ndarray = floor + (rng.random(x.shape) < (x - floor))
+    return rounded
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class FixedPoint:
     @property
     def scale(self) -> float:
         """Integer units per 1.0."""
-        return (2 ** (self.value_bits - 1) - 1) / self.clip_range
+        return float((1 << (self.value_bits - 1)) - 1) / self.clip_range
 
     @property
     def step(self) -> float:
@@ -101,11 +102,13 @@ class FixedPoint:
         limit = 2 ** (self.value_bits - 1) - 1
         y = np.clip(np.asarray(x, dtype=np.float64), -self.clip_range, self.clip_range) * self.scale
         q = stochastic_round(y, rng)
-        return np.clip(q, -limit, limit).astype(np.int64)
+        quantized: np.ndarray = np.clip(q, -limit, limit).astype(np.int64)
+        return quantized
 
     def encode(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Quantize and map into the ring: uint64 elements in [0, 2^b)."""
-        return self.quantize(x, rng).view(np.uint64) & self.modulus_mask
+        ring: np.ndarray = self.quantize(x, rng).view(np.uint64) & self.modulus_mask
+        return ring
 
     def to_signed(self, ring_values: np.ndarray) -> np.ndarray:
         """Interpret ring elements in [0, 2^b) as signed integers (int64)."""

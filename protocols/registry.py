@@ -17,6 +17,9 @@ __all__ = ["PROTOCOLS", "get_aggregator"]
 
 PROTOCOLS: dict[str, str] = {
     "plaintext": "protocols.plaintext:PlaintextAggregator",
+    "secagg": "protocols.secagg:SecAggAggregator",
+    "secagg+": "protocols.secagg:SecAggPlusAggregator",
+    "paillier": "protocols.paillier:PaillierAggregator",
 }
 """name -> "module:Class" of its :class:`~protocols.base.Aggregator`."""
 
