@@ -1,0 +1,222 @@
+"""Clients: one user's device (or one silo of users) training locally.
+
+:class:`Client` is one client; :class:`ClientPool` trains many sampled
+clients at once with the same math (:func:`local_train`), which is what the
+simulator uses. User factors and biases stay inside the client objects; only
+the delta of the global vector leaves.
+
+Local training, per epoch (full batch over the client's ratings):
+solve every user's factor and bias in closed form, then take one gradient
+step of size ``lr`` on the client's *local copy* of the global vector. The
+returned delta is ``local copy - global`` after ``epochs`` epochs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from securefedrec.data import Ratings
+from securefedrec.errors import ConfigError
+from securefedrec.model import Hyper, Layout, PaddedRatings, item_gradients, solve_users
+
+__all__ = ["Client", "ClientPool", "RatingsByUser", "local_train", "resolve_device"]
+
+CHUNK = 256
+"""Users per padded batch: bounds memory at CHUNK * longest history * (k + 1) floats."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available else cpu; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but torch.cuda.is_available() is False; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be one of auto, cpu, cuda; got {name!r}")
+    return torch.device(name)
+
+
+class RatingsByUser:
+    """Ratings grouped per user (CSR), with padded batches for the tensor math."""
+
+    def __init__(self, ratings: Ratings, num_users: int) -> None:
+        order = np.argsort(ratings.users, kind="stable")
+        self.items = ratings.items[order]
+        self.values = ratings.ratings[order].astype(np.float32)
+        self.counts = np.bincount(ratings.users, minlength=num_users)
+        self.indptr = np.concatenate([[0], np.cumsum(self.counts)])
+
+    def user_items(self, user: int) -> np.ndarray:
+        """Items rated by ``user``."""
+        return self.items[self.indptr[user] : self.indptr[user + 1]]
+
+    def padded(self, users: np.ndarray, device: torch.device, dtype: torch.dtype) -> PaddedRatings:
+        """Padded (len(users), max count) tensors of the users' ratings."""
+        counts = self.counts[users]
+        width = max(1, int(counts.max()) if len(counts) else 1)
+        items = np.zeros((len(users), width), np.int64)
+        values = np.zeros((len(users), width), np.float32)
+        mask = np.arange(width)[None, :] < counts[:, None]
+        starts = self.indptr[users]
+        rows, cols = np.nonzero(mask)
+        src = starts[rows] + cols
+        items[rows, cols] = self.items[src]
+        values[rows, cols] = self.values[src]
+        return PaddedRatings(
+            torch.as_tensor(items, device=device),
+            torch.as_tensor(values, device=device, dtype=dtype),
+            torch.as_tensor(mask, device=device, dtype=dtype),
+        )
+
+
+def local_train(
+    global_vec: torch.Tensor,
+    data: RatingsByUser,
+    client_users: Sequence[np.ndarray],
+    layout: Layout,
+    hyper: Hyper,
+    epochs: int,
+    lr: float,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor]:
+    """Train clients (each a set of users) from ``global_vec``; the math of every client.
+
+    Returns ``(deltas (C, L), users, p (n_users, k), b_u (n_users,))`` where
+    ``users`` lists the users in the order of the returned factors.
+    """
+    if epochs < 1:
+        raise ConfigError(f"local epochs must be >= 1, got {epochs}")
+    g = global_vec.to(device=device, dtype=dtype)
+    Q, b, mu = layout.split(g)
+    m, k = layout.num_items, layout.factors
+    C = len(client_users)
+    users = np.concatenate([np.asarray(u, np.int64) for u in client_users]) if C else np.zeros(0, np.int64)
+    owner = np.concatenate([np.full(len(u), c) for c, u in enumerate(client_users)]) if C else users
+    # sort by history length so padded chunks waste little
+    order = np.argsort(data.counts[users], kind="stable")
+    users, owner = users[order], owner[order]
+    # the client's delta, kept as separate contiguous parts (Q, b, mu) so index_add_ writes in place
+    dQ = torch.zeros(C, m, k, device=device, dtype=dtype)
+    db = torch.zeros(C, m, device=device, dtype=dtype)
+    dmu = torch.zeros(C, device=device, dtype=dtype)
+    p_all = torch.zeros(len(users), k, device=device, dtype=dtype)
+    bu_all = torch.zeros(len(users), device=device, dtype=dtype)
+    batches = [
+        (slice(s, s + CHUNK), data.padded(users[s : s + CHUNK], device, dtype),
+         torch.as_tensor(owner[s : s + CHUNK], device=device))
+        for s in range(0, len(users), CHUNK)
+    ]
+    for epoch in range(epochs):
+        gQ, gb, gmu = torch.zeros_like(dQ), torch.zeros_like(db), torch.zeros_like(dmu)
+        for sl, batch, own in batches:
+            q, bi, mu_u = Q[batch.items], b[batch.items], mu.expand(len(own))
+            if epoch > 0:  # the client's local copy = global + its delta so far
+                q = q + dQ[own[:, None], batch.items]
+                bi = bi + db[own[:, None], batch.items]
+                mu_u = mu_u + dmu[own]
+            p, bu = solve_users(q, bi, mu_u, batch, hyper.lam_user)
+            p_all[sl], bu_all[sl] = p, bu
+            d_q, d_b, d_mu = item_gradients(q, bi, mu_u, p, bu, batch, hyper)
+            flat = (own[:, None] * m + batch.items).reshape(-1)
+            gQ.view(C * m, k).index_add_(0, flat, d_q.reshape(-1, k))
+            gb.view(C * m).index_add_(0, flat, d_b.reshape(-1))
+            gmu.index_add_(0, own, d_mu)
+        dQ -= lr * gQ
+        db -= lr * gb
+        dmu -= lr * gmu
+    deltas = torch.cat([dQ.reshape(C, m * k), db, dmu[:, None]], dim=1)
+    return deltas, users, p_all, bu_all
+
+
+class ClientPool:
+    """All clients of a simulation; trains any sampled subset in one batched call.
+
+    Args:
+        train: training ratings (dense user/item ids).
+        num_users, num_items: id ranges.
+        layout, hyper: model layout and hyper-parameters.
+        groups: client -> its users; ``None`` = one client per user (cross-device).
+        device: torch device for the math.
+    """
+
+    def __init__(
+        self,
+        train: Ratings,
+        num_users: int,
+        layout: Layout,
+        hyper: Hyper,
+        *,
+        groups: Sequence[np.ndarray] | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.data = RatingsByUser(train, num_users)
+        self.layout = layout
+        self.hyper = hyper
+        self.device = device or torch.device("cpu")
+        self.dtype = dtype
+        self.groups = [np.asarray(g, np.int64) for g in groups] if groups is not None else [
+            np.array([u]) for u in range(num_users)
+        ]
+        # local state: it stays "on the device" of the client that owns the user
+        self.user_factors = torch.zeros(num_users, layout.factors, dtype=dtype)
+        self.user_bias = torch.zeros(num_users, dtype=dtype)
+
+    @property
+    def num_clients(self) -> int:
+        """Number of clients."""
+        return len(self.groups)
+
+    def train(
+        self, clients: Sequence[int], global_vec: torch.Tensor, epochs: int, lr: float
+    ) -> torch.Tensor:
+        """Deltas (len(clients), L) of the sampled clients, in the order given."""
+        deltas, users, p, bu = local_train(
+            global_vec, self.data, [self.groups[c] for c in clients], self.layout, self.hyper,
+            epochs, lr, self.device, self.dtype,
+        )
+        idx = torch.as_tensor(users)
+        self.user_factors[idx] = p.cpu()
+        self.user_bias[idx] = bu.cpu()
+        return deltas
+
+    def client(self, cid: int) -> Client:
+        """A stand-alone :class:`Client` for client ``cid`` (same data, same math)."""
+        return Client(self.data, self.groups[cid], self.layout, self.hyper, self.device, self.dtype)
+
+
+class Client:
+    """One client: a user's device, or a silo holding several users."""
+
+    def __init__(
+        self,
+        data: RatingsByUser,
+        users: np.ndarray,
+        layout: Layout,
+        hyper: Hyper,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.data = data
+        self.users = np.asarray(users, np.int64)
+        self.layout = layout
+        self.hyper = hyper
+        self.device = device or torch.device("cpu")
+        self.dtype = dtype
+        self.user_factors = torch.zeros(len(self.users), layout.factors, dtype=dtype)
+        self.user_bias = torch.zeros(len(self.users), dtype=dtype)
+
+    def train(self, global_vec: torch.Tensor, epochs: int, lr: float) -> torch.Tensor:
+        """Train locally; return the delta of the global vector (L,). User factors stay here."""
+        deltas, users, p, bu = local_train(
+            global_vec, self.data, [self.users], self.layout, self.hyper, epochs, lr, self.device, self.dtype
+        )
+        pos = {u: n for n, u in enumerate(self.users.tolist())}
+        idx = torch.as_tensor([pos[u] for u in users.tolist()], dtype=torch.long)
+        self.user_factors[idx] = p.cpu()
+        self.user_bias[idx] = bu.cpu()
+        return deltas[0]

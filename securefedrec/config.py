@@ -1,0 +1,155 @@
+"""Experiment configuration: one frozen, validated dataclass; loadable from TOML.
+
+Every field can be set in a TOML file (``securefedrec run --config FILE``, keys
+are the field names, ``-`` or ``_``) and overridden by a CLI flag. Values are
+checked in ``__post_init__``, so a bad configuration fails before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from securefedrec.data import DATASETS, ML100K_SPLITS
+from securefedrec.errors import ConfigError
+from securefedrec.fusion import OPTIMIZERS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["DEVICES", "ExperimentConfig", "load_toml"]
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _protocol_names() -> tuple[str, ...]:
+    from protocols.registry import PROTOCOLS
+
+    return tuple(PROTOCOLS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+    """Everything that defines a run. Same config + same seed = same result."""
+
+    # data
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    split: str = "holdout"
+    synthetic_users: int = 600
+    synthetic_items: int = 400
+    synthetic_ratings_per_user: int = 30
+    # federation
+    protocol: str = "plaintext"
+    rounds: int = 30
+    sample_rate: float = 1.0
+    dropout: float = 0.0
+    threshold_fraction: float = 0.5
+    ring_bits: int = 32
+    neighbors: int | None = None
+    # model and local training
+    factors: int = 32
+    lam_user: float = 0.1
+    lam_item: float = 0.15
+    lam_bias: float = 0.15
+    init_std: float = 0.01
+    local_epochs: int = 1
+    local_lr: float = 1.0
+    update_clip: float = 16.0
+    # server
+    server_optimizer: str = "fedadam"
+    server_lr: float | None = None
+    eval_every: int = 1
+    # run
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self._check_types()
+
+        def need(ok: bool, field: str, rule: str) -> None:
+            if not ok:
+                raise ConfigError(f"{field}: {rule}, got {getattr(self, field)!r}")
+
+        need(self.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}")
+        need(self.split in ML100K_SPLITS, "split", f"must be one of {', '.join(ML100K_SPLITS)}")
+        protocols = _protocol_names()
+        need(self.protocol in protocols, "protocol", f"must be one of {', '.join(protocols)}")
+        need(self.server_optimizer in OPTIMIZERS, "server_optimizer",
+             f"must be one of {', '.join(OPTIMIZERS)}")
+        need(self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")
+        for name in ("synthetic_users", "synthetic_items", "synthetic_ratings_per_user", "rounds",
+                     "factors", "local_epochs", "eval_every"):
+            need(getattr(self, name) >= 1, name, "must be >= 1")
+        need(0 < self.sample_rate <= 1, "sample_rate", "must be in (0, 1]")
+        need(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        need(0 < self.threshold_fraction <= 1, "threshold_fraction", "must be in (0, 1]")
+        need(8 <= self.ring_bits <= 64, "ring_bits", "must be in [8, 64]")
+        need(self.neighbors is None or self.neighbors >= 1, "neighbors", "must be >= 1")
+        for name in ("lam_user", "lam_item", "lam_bias", "init_std"):
+            need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "must be >= 0")
+        for name in ("local_lr", "update_clip"):
+            need(math.isfinite(getattr(self, name)) and getattr(self, name) > 0, name, "must be > 0")
+        need(self.server_lr is None or self.server_lr > 0, "server_lr", "must be > 0")
+        need(self.seed >= 0, "seed", "must be >= 0")
+        if self.dataset != "synthetic" and self.data_dir is None:
+            raise ConfigError(
+                f"data_dir: dataset {self.dataset} needs --data-dir (the folder with its files)"
+            )
+
+    def _check_types(self) -> None:
+        kinds: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}
+        for f in dataclasses.fields(self):
+            base, _, optional = str(f.type).partition(" | ")
+            value = getattr(self, f.name)
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, kinds[base]):
+                raise ConfigError(f"{f.name}: expected {f.type}, got {value!r} ({type(value).__name__})")
+            if base == "float":
+                object.__setattr__(self, f.name, float(value))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for reports and checkpoints)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """All configurable fields."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], source: str = "config") -> ExperimentConfig:
+        """Build from a mapping, naming ``source`` and the key in errors."""
+        known = set(cls.field_names())
+        clean: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+            clean[name] = value
+        try:
+            return cls(**clean)
+        except TypeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file (a flat table, or a ``[run]`` table)."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    table = data.get("run", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{p}: [run] must be a table")
+    return table

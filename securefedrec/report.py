@@ -1,0 +1,92 @@
+"""Run reports: environment record, atomic JSON writing, the RMSE-per-round plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["atomic_write_bytes", "environment", "plot_rounds", "write_json"]
+
+
+def environment(device: torch.device | None = None) -> dict[str, Any]:
+    """Python, package versions and the compute device."""
+    versions: dict[str, str | None] = {}
+    for pkg in ("securefedrec", "torch", "numpy", "cryptography", "opacus", "phe", "gmpy2", "flwr"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    dev = str(device) if device is not None else "cpu"
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "device": dev,
+        "cuda": torch.cuda.get_device_name(0) if dev.startswith("cuda") else None,
+        "versions": versions,
+    }
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
+    """Atomically write ``data`` as indented JSON (non-finite floats become null)."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return atomic_write_bytes(path, json.dumps(clean(data), indent=2).encode())
+
+
+def plot_rounds(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """PNG of test RMSE per round (and MAE), with the protocol and data set in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r for r in report["rounds"] if r.get("rmse") is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    ax.plot([r["round"] for r in rounds], [r["rmse"] for r in rounds], marker=".", label="RMSE")
+    ax.plot([r["round"] for r in rounds], [r["mae"] for r in rounds], marker=".", label="MAE", alpha=0.7)
+    cfg = report["config"]
+    ax.set_title(f"{report['dataset']['name']} - {cfg['protocol']} - {cfg['server_optimizer']}")
+    ax.set_xlabel("round")
+    ax.set_ylabel("test error")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target)
+    plt.close(fig)
+    return target

@@ -1,0 +1,268 @@
+"""The in-process federated simulator: sampling, local training, aggregation, fusion, evaluation.
+
+One round (DESIGN.md "The data path of one round"):
+
+1. Poisson sampling: each client joins with probability ``sample_rate``
+   (independently, so DP accounting with rate q is exact).
+2. The sampled clients receive the global vector and train locally
+   (:class:`~securefedrec.client.ClientPool`); each delta is clipped to
+   ``[-update_clip, update_clip]`` per coordinate, the range the protocols
+   encode, so every protocol computes the same function.
+3. The aggregator (``protocols``) returns the survivors' sum, or aborts; an
+   aborted round leaves the model unchanged and training goes on.
+4. The server optimizer applies ``sum / (q * N)``.
+5. Every ``eval_every`` rounds, each client evaluates locally.
+
+All randomness of round r comes from ``numpy.random.default_rng([seed, r, stream])``,
+so a run resumed from a checkpoint reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from protocols import AggregationAborted, Aggregator, RoundConfig, get_aggregator, sample_dropouts
+from securefedrec.client import ClientPool, resolve_device
+from securefedrec.config import ExperimentConfig
+from securefedrec.data import Dataset, load_dataset
+from securefedrec.errors import CheckpointError
+from securefedrec.fusion import ServerOptimizer, get_optimizer
+from securefedrec.metrics import Evaluation, evaluate
+from securefedrec.model import Hyper, Layout
+from securefedrec.report import atomic_write_bytes, environment
+
+__all__ = ["Simulation", "run_experiment"]
+
+_STREAM_SAMPLING, _STREAM_DROPOUT, _STREAM_ROUNDING = 0, 1, 2
+_CHECKPOINT_VERSION = 1
+
+
+def _round_rng(seed: int, round_id: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, round_id, stream])
+
+
+class Simulation:
+    """A federated MF run that can be stepped, checkpointed and resumed.
+
+    Args:
+        config: the experiment.
+        dataset: use this instead of loading ``config.dataset``.
+        aggregator: use this instead of ``get_aggregator(config.protocol)``.
+    """
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        *,
+        dataset: Dataset | None = None,
+        aggregator: Aggregator | None = None,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dataset = dataset or load_dataset(
+            config.dataset, config.data_dir, config.split, config.seed,
+            num_users=config.synthetic_users, num_items=config.synthetic_items,
+            ratings_per_user=config.synthetic_ratings_per_user,
+        ) if config.dataset == "synthetic" else dataset or load_dataset(
+            config.dataset, config.data_dir, config.split, config.seed
+        )
+        self.layout = Layout(self.dataset.num_items, config.factors)
+        self.hyper = Hyper(
+            factors=config.factors, lam_user=config.lam_user, lam_item=config.lam_item,
+            lam_bias=config.lam_bias, init_std=config.init_std,
+        )
+        self.pool = ClientPool(self.dataset.train, self.dataset.num_users, self.layout, self.hyper,
+                               device=self.device)
+        self.aggregator = aggregator or get_aggregator(config.protocol)
+        self.optimizer: ServerOptimizer = get_optimizer(config.server_optimizer, config.server_lr)
+        lo, hi = self.dataset.scale
+        # the intercept starts at the middle of the public rating scale (no data is peeked at)
+        init = self.layout.init((lo + hi) / 2, config.init_std, torch.Generator().manual_seed(config.seed))
+        self.global_vec: np.ndarray = init.numpy()
+        self.next_round = 0
+        self.rounds: list[dict[str, Any]] = []
+        self.last_eval: Evaluation | None = None
+
+    # ------------------------------------------------------------------ one round
+    def sample(self, round_id: int) -> list[int]:
+        """Poisson sampling of the clients for ``round_id``."""
+        n = self.pool.num_clients
+        if self.config.sample_rate >= 1.0:
+            return list(range(n))
+        draws = _round_rng(self.config.seed, round_id, _STREAM_SAMPLING).random(n)
+        return np.flatnonzero(draws < self.config.sample_rate).tolist()
+
+    def round_config(self, round_id: int, n: int) -> RoundConfig:
+        """The protocol settings for a round with ``n`` sampled clients."""
+        cfg = self.config
+        return RoundConfig(
+            round_id=round_id,
+            clip_range=cfg.update_clip,
+            ring_bits=cfg.ring_bits,
+            threshold=max(1, math.ceil(cfg.threshold_fraction * n)),
+            neighbors=cfg.neighbors,
+        )
+
+    def run_round(self) -> dict[str, Any]:
+        """Run the next round; return its record (also appended to ``self.rounds``)."""
+        cfg = self.config
+        r = self.next_round
+        t0 = time.perf_counter()
+        sampled = self.sample(r)
+        record: dict[str, Any] = {
+            "round": r + 1, "clients": len(sampled), "dropped": 0, "aborted": False,
+            "bytes_up": 0, "bytes_down": 0, "rmse": None, "mae": None, "epsilon": None,
+        }
+        if sampled:
+            g = torch.from_numpy(self.global_vec)
+            trained = self.pool.train(sampled, g, cfg.local_epochs, cfg.local_lr)
+            deltas = trained.clamp_(-cfg.update_clip, cfg.update_clip).to("cpu", torch.float64).numpy()
+            inputs = {cid: deltas[j] for j, cid in enumerate(sampled)}
+            t_train = time.perf_counter()
+            plan = (sample_dropouts(sampled, cfg.dropout, _round_rng(cfg.seed, r, _STREAM_DROPOUT))
+                    if cfg.dropout > 0 else {})
+            if hasattr(self.aggregator, "rng"):
+                self.aggregator.rng = _round_rng(cfg.seed, r, _STREAM_ROUNDING)
+            broadcast = 4 * self.layout.length + 16  # float32 global vector + header, per client
+            record["bytes_down"] = broadcast * len(sampled)
+            try:
+                result = self.aggregator.aggregate(inputs, self.round_config(r, len(sampled)), plan)
+            except AggregationAborted as exc:
+                record.update(aborted=True, dropped=len(sampled) - exc.survivors, error=str(exc))
+            else:
+                mean = result.total / (cfg.sample_rate * self.pool.num_clients)
+                self.global_vec = self.optimizer.step(self.global_vec, mean)
+                record.update(
+                    dropped=len(sampled) - len(result.survivors),
+                    bytes_up=result.total_bytes_up,
+                    bytes_down=record["bytes_down"] + result.total_bytes_down,
+                    seconds_clients=result.seconds_clients,
+                    seconds_server=result.seconds_server,
+                )
+            record["seconds_train"] = t_train - t0
+        if (r + 1) % cfg.eval_every == 0 or r + 1 == cfg.rounds:
+            ev = self.evaluate()
+            record.update(rmse=ev.rmse, mae=ev.mae)
+        record["seconds"] = time.perf_counter() - t0
+        self.rounds.append(record)
+        self.next_round = r + 1
+        return record
+
+    def evaluate(self, ranking: bool = False) -> Evaluation:
+        """Every client evaluates the current global model locally."""
+        ev = evaluate(
+            torch.from_numpy(self.global_vec), self.layout, self.hyper, self.pool.data,
+            self.dataset.test, self.dataset.scale, ranking=ranking, device=self.device,
+        )
+        self.last_eval = ev
+        return ev
+
+    # ------------------------------------------------------------------ whole run
+    def run(
+        self,
+        *,
+        checkpoint: str | Path | None = None,
+        progress: bool = True,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run the remaining rounds (checkpointing after each) and return the report."""
+        t0 = time.perf_counter()
+        bar = tqdm(range(self.next_round, self.config.rounds), desc=f"{self.config.protocol} rounds",
+                   disable=not progress, unit="round", initial=self.next_round, total=self.config.rounds)
+        for _ in bar:
+            record = self.run_round()
+            if record["rmse"] is not None:
+                bar.set_postfix(rmse=f"{record['rmse']:.4f}")
+            if checkpoint is not None:
+                self.save_checkpoint(checkpoint)
+            if on_round is not None:
+                on_round(record)
+        final = self.evaluate(ranking=True)
+        return {
+            "config": self.config.to_dict(),
+            "dataset": self.dataset.summary(),
+            "rounds": self.rounds,
+            "final": {**final.as_dict(), "epsilon": None, "delta": None},
+            "environment": environment(self.device),
+            "seconds": time.perf_counter() - t0,
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Atomically write everything needed to continue this run to ``path`` (.npz)."""
+        meta = {
+            "version": _CHECKPOINT_VERSION,
+            "config": self.config.to_dict(),
+            "next_round": self.next_round,
+            "rounds": self.rounds,
+            "optimizer_scalars": {k: v for k, v in self.optimizer.state_dict().items()
+                                  if not isinstance(v, np.ndarray)},
+        }
+        arrays = {f"opt.{k}": v for k, v in self.optimizer.state_dict().items() if isinstance(v, np.ndarray)}
+        arrays.update(
+            meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+            global_vec=self.global_vec,
+            user_factors=self.pool.user_factors.numpy(),
+            user_bias=self.pool.user_bias.numpy(),
+        )
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        return atomic_write_bytes(path, buf.getvalue())
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Continue from ``path``; its configuration must equal ours except for ``rounds``."""
+        p = Path(path)
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                meta = json.loads(z["meta"].tobytes())
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{p}: not a readable securefedrec checkpoint ({exc})") from None
+        if meta.get("version") != _CHECKPOINT_VERSION:
+            raise CheckpointError(
+                f"{p}: checkpoint version {meta.get('version')}, expected {_CHECKPOINT_VERSION}"
+            )
+        ours, theirs = self.config.to_dict(), meta["config"]
+        diff = sorted(k for k in ours if k != "rounds" and ours[k] != theirs.get(k))
+        if diff:
+            details = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs run {ours[k]!r}" for k in diff)
+            raise CheckpointError(f"{p}: checkpoint was written by a different configuration ({details})")
+        if arrays["global_vec"].shape != self.global_vec.shape:
+            raise CheckpointError(f"{p}: global vector has shape {arrays['global_vec'].shape}, "
+                                  f"expected {self.global_vec.shape}")
+        self.global_vec = arrays["global_vec"]
+        self.pool.user_factors = torch.from_numpy(arrays["user_factors"])
+        self.pool.user_bias = torch.from_numpy(arrays["user_bias"])
+        state: dict[str, Any] = dict(meta["optimizer_scalars"])
+        state.update({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")})
+        self.optimizer.load_state_dict(state)
+        self.next_round = int(meta["next_round"])
+        self.rounds = list(meta["rounds"])
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    dataset: Dataset | None = None,
+) -> dict[str, Any]:
+    """Build a :class:`Simulation`, optionally resume it from ``checkpoint``, run it, return the report."""
+    sim = Simulation(config, dataset=dataset)
+    if resume:
+        if checkpoint is None:
+            raise CheckpointError("resume needs a checkpoint path")
+        if Path(checkpoint).exists():
+            sim.load_checkpoint(checkpoint)
+    return sim.run(checkpoint=checkpoint, progress=progress)
