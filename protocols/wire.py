@@ -35,7 +35,8 @@ def unframe(message: bytes, expected_kind: int) -> bytes:
     """
     if not isinstance(message, (bytes, bytearray, memoryview)):
         raise DecodeError(f"message must be bytes, got {type(message).__name__}")
-    message = bytes(message)
+    if not isinstance(message, bytes):
+        message = bytes(message)
     if len(message) < HEADER.size:
         raise DecodeError(f"message of {len(message)} bytes is shorter than the {HEADER.size}-byte header")
     magic, version, kind, length = HEADER.unpack_from(message)

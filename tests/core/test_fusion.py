@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from securefedrec.errors import ConfigError
+from securefedrec.fusion import OPTIMIZERS, FedAdam, get_optimizer
+
+
+def test_registry_lists_names_in_errors() -> None:
+    with pytest.raises(ConfigError, match="fedavg, fedavgm, fedadam, fedyogi"):
+        get_optimizer("sgd")
+
+
+def test_fedavg_applies_the_mean_delta() -> None:
+    x = np.zeros(3)
+    assert np.allclose(get_optimizer("fedavg").step(x, np.array([1.0, -2.0, 0.5])), [1.0, -2.0, 0.5])
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_descends_a_quadratic(name: str) -> None:
+    target = np.array([1.0, -3.0, 2.0])
+    opt = get_optimizer(name, lr={"fedavg": 0.5, "fedavgm": 0.1, "fedadam": 0.1, "fedyogi": 0.1}[name])
+    x = np.zeros(3)
+    for _ in range(300):
+        x = opt.step(x, target - x)  # the clients' mean delta points at the optimum
+    assert np.allclose(x, target, atol=0.05)
+
+
+def test_state_round_trips() -> None:
+    a, b = FedAdam(lr=0.1), FedAdam(lr=0.1)
+    x = np.zeros(4)
+    for _ in range(3):
+        x = a.step(x, np.ones(4))
+    b.load_state_dict(a.state_dict())
+    assert np.allclose(a.step(x, np.ones(4)), b.step(x, np.ones(4)))
