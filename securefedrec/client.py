@@ -85,7 +85,7 @@ def local_train(
 ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor]:
     """Train clients (each a set of users) from ``global_vec``; the math of every client.
 
-    Returns ``(deltas (C, L), users, p (n_users, k), b_u (n_users,))`` where
+    Returns ``(deltas (C, L) float64, users, p (n_users, k), b_u (n_users,))`` where
     ``users`` lists the users in the order of the returned factors.
     """
     if epochs < 1:
@@ -99,10 +99,9 @@ def local_train(
     # sort by history length so padded chunks waste little
     order = np.argsort(data.counts[users], kind="stable")
     users, owner = users[order], owner[order]
-    # the client's delta, kept as separate contiguous parts (Q, b, mu) so index_add_ writes in place
-    dQ = torch.zeros(C, m, k, device=device, dtype=dtype)
-    db = torch.zeros(C, m, device=device, dtype=dtype)
-    dmu = torch.zeros(C, device=device, dtype=dtype)
+    # all clients' deltas in one flat float64 buffer: row c is client c's vector of length L
+    L = layout.length
+    delta = torch.zeros(C * L, device=device, dtype=torch.float64)
     p_all = torch.zeros(len(users), k, device=device, dtype=dtype)
     bu_all = torch.zeros(len(users), device=device, dtype=dtype)
     batches = [
@@ -110,25 +109,29 @@ def local_train(
          torch.as_tensor(owner[s : s + CHUNK], device=device))
         for s in range(0, len(users), CHUNK)
     ]
+    ar_k = torch.arange(k, device=device)
     for epoch in range(epochs):
-        gQ, gb, gmu = torch.zeros_like(dQ), torch.zeros_like(db), torch.zeros_like(dmu)
+        # with one epoch the gradient step goes straight into the delta
+        grad, scale = (delta, -lr) if epochs == 1 else (torch.zeros_like(delta), 1.0)
         for sl, batch, own in batches:
+            row = own[:, None] * L
+            idx_q = ((row + batch.items * k)[..., None] + ar_k).reshape(-1)
+            idx_b = (row + m * k + batch.items).reshape(-1)
+            idx_mu = own * L + (L - 1)
             q, bi, mu_u = Q[batch.items], b[batch.items], mu.expand(len(own))
             if epoch > 0:  # the client's local copy = global + its delta so far
-                q = q + dQ[own[:, None], batch.items]
-                bi = bi + db[own[:, None], batch.items]
-                mu_u = mu_u + dmu[own]
+                q = q + delta[idx_q].view(q.shape).to(dtype)
+                bi = bi + delta[idx_b].view(bi.shape).to(dtype)
+                mu_u = mu_u + delta[idx_mu].to(dtype)
             p, bu = solve_users(q, bi, mu_u, batch, hyper.lam_user)
             p_all[sl], bu_all[sl] = p, bu
             d_q, d_b, d_mu = item_gradients(q, bi, mu_u, p, bu, batch, hyper)
-            flat = (own[:, None] * m + batch.items).reshape(-1)
-            gQ.view(C * m, k).index_add_(0, flat, d_q.reshape(-1, k))
-            gb.view(C * m).index_add_(0, flat, d_b.reshape(-1))
-            gmu.index_add_(0, own, d_mu)
-        dQ -= lr * gQ
-        db -= lr * gb
-        dmu -= lr * gmu
-    deltas = torch.cat([dQ.reshape(C, m * k), db, dmu[:, None]], dim=1)
+            grad.index_add_(0, idx_q, d_q.reshape(-1).to(torch.float64), alpha=scale)
+            grad.index_add_(0, idx_b, d_b.reshape(-1).to(torch.float64), alpha=scale)
+            grad.index_add_(0, idx_mu, d_mu.to(torch.float64), alpha=scale)
+        if epochs > 1:
+            delta.add_(grad, alpha=-lr)
+    deltas = delta.view(C, L)
     return deltas, users, p_all, bu_all
 
 
