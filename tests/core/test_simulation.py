@@ -98,3 +98,28 @@ def test_ml100k_u1_reaches_target(ml100k_dir: Path) -> None:
                                              protocol="plaintext", sample_rate=1.0, rounds=150,
                                              eval_every=1000))
     assert report["final"]["rmse"] <= 0.93
+
+
+@pytest.mark.parametrize("protocol", ["secagg", "secagg+", "paillier"])
+def test_secure_protocols_train_the_same_model_as_plaintext(protocol: str) -> None:
+    """Same seed, same sampled clients: the secure sums differ only by quantization steps."""
+    from protocols import get_aggregator
+
+    small = {**SMALL, "synthetic_users": 40, "synthetic_items": 30}
+    cfg = ExperimentConfig(rounds=4, dropout=0.0, **small)
+    plain = Simulation(cfg)
+    plain.run(progress=False)
+    options = {"key_bits": 512} if protocol == "paillier" else {}
+    secure = Simulation(cfg, aggregator=get_aggregator(protocol, **options))
+    secure.run(progress=False)
+    assert abs(plain.rounds[-1]["rmse"] - secure.rounds[-1]["rmse"]) < 1e-3
+    np.testing.assert_allclose(secure.global_vec, plain.global_vec, atol=1e-3)
+    assert secure.rounds[-1]["bytes_up"] > 0
+
+
+def test_secagg_plus_with_dropout_keeps_training() -> None:
+    cfg = ExperimentConfig(rounds=3, dropout=0.05, **{**SMALL, "protocol": "secagg+",
+                                                       "synthetic_users": 60})
+    report = run_experiment(cfg)
+    assert sum(r["dropped"] for r in report["rounds"]) > 0
+    assert report["rounds"][-1]["rmse"] < report["rounds"][0]["rmse"] + 0.05
