@@ -36,7 +36,7 @@ class Hyper:
     factors: int = 32
     lam_user: float = 0.1
     lam_item: float = 0.15
-    lam_bias: float = 0.15
+    lam_bias: float = 0.05
     init_std: float = 0.01
 
 
