@@ -68,11 +68,23 @@ MAX_ID = (1 << 63) - 1
 
 
 def ring_width(ring_bits: int) -> int:
-    """Bytes per ring element on the wire: the smallest of 1, 2, 4, 8 that holds ``ring_bits``."""
-    for w in (1, 2, 4, 8):
-        if ring_bits <= 8 * w:
-            return w
-    raise ValueError(f"ring_bits must be <= 64, got {ring_bits}")
+    """Bytes per ring element on the wire: ``ceil(ring_bits / 8)`` (1..8)."""
+    if not 1 <= ring_bits <= 64:
+        raise ValueError(f"ring_bits must be in [1, 64], got {ring_bits}")
+    return (ring_bits + 7) // 8
+
+
+def _pack_ring(values: np.ndarray, width: int) -> bytes:
+    """The low ``width`` little-endian bytes of each uint64 element, concatenated."""
+    raw = np.ascontiguousarray(values, dtype="<u8").view(np.uint8).reshape(-1, 8)
+    return np.ascontiguousarray(raw[:, :width]).tobytes()
+
+
+def _unpack_ring(data: bytes, width: int, length: int) -> np.ndarray:
+    """Inverse of :func:`_pack_ring`: ``length`` uint64 elements."""
+    wide = np.zeros((length, 8), dtype=np.uint8)
+    wide[:, :width] = np.frombuffer(data, dtype=np.uint8).reshape(length, width)
+    return wide.view("<u8").reshape(length).astype(np.uint64)
 
 
 class _Reader:
@@ -322,7 +334,7 @@ class SharesIn:
 
 @dataclass(frozen=True)
 class MaskedInput:
-    """Client -> server: the masked vector in Z_{2^b}, packed at :func:`ring_width` bytes per value."""
+    """Client -> server: the masked vector in Z_{2^b}, ceil(b/8) bytes per value (:func:`ring_width`)."""
 
     client_id: int
     ring_bits: int
@@ -333,8 +345,7 @@ class MaskedInput:
         w = ring_width(self.ring_bits)
         return frame(
             KIND_MASKED,
-            _U64.pack(self.client_id) + _U8.pack(self.ring_bits)
-            + np.ascontiguousarray(self.values, dtype=f"<u{w}").tobytes(),
+            _U64.pack(self.client_id) + _U8.pack(self.ring_bits) + _pack_ring(self.values, w),
         )
 
     @classmethod
@@ -345,7 +356,7 @@ class MaskedInput:
         if not 8 <= bits <= 64:
             raise DecodeError(f"masked input: ring_bits {bits}")
         w = ring_width(bits)
-        values = np.frombuffer(r.raw(w * length, "values"), dtype=f"<u{w}").astype(np.uint64)
+        values = _unpack_ring(r.raw(w * length, "values"), w, length)
         r.done()
         if bits < 8 * w and (values >> np.uint64(bits)).any():
             raise DecodeError(f"masked input: a value is not below 2^{bits}")
