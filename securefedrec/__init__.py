@@ -9,10 +9,17 @@ fuses only their sum. Start with :class:`ExperimentConfig` and
 from securefedrec.client import Client, ClientPool
 from securefedrec.config import ExperimentConfig, load_toml
 from securefedrec.data import Dataset, Ratings, load_dataset, synthetic
-from securefedrec.errors import ConfigError, DataError, SecureFedRecError
+from securefedrec.errors import ConfigError, DataError, PrivacyBudgetExhausted, SecureFedRecError
 from securefedrec.fusion import OPTIMIZERS, get_optimizer
 from securefedrec.metrics import Evaluation, evaluate
 from securefedrec.model import Hyper, Layout
+from securefedrec.privacy import (
+    DistributedGaussian,
+    PrivacyAccountant,
+    UserLevelPrivacy,
+    calibrate_noise_multiplier,
+    clip_l2,
+)
 from securefedrec.simulation import Simulation, run_experiment
 
 __version__ = "0.1.0"
@@ -24,13 +31,19 @@ __all__ = [
     "ConfigError",
     "DataError",
     "Dataset",
+    "DistributedGaussian",
     "Evaluation",
     "ExperimentConfig",
     "Hyper",
     "Layout",
+    "PrivacyAccountant",
+    "PrivacyBudgetExhausted",
     "Ratings",
     "SecureFedRecError",
     "Simulation",
+    "UserLevelPrivacy",
+    "calibrate_noise_multiplier",
+    "clip_l2",
     "evaluate",
     "get_optimizer",
     "load_dataset",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,26 +43,36 @@ class ExperimentConfig:
     dataset: str = "synthetic"
     data_dir: str | None = None
     split: str = "holdout"
-    synthetic_users: int = 600
-    synthetic_items: int = 400
+    synthetic_users: int = 500
+    synthetic_items: int = 300
     synthetic_ratings_per_user: int = 30
     # federation
-    protocol: str = "plaintext"
+    protocol: str = "secagg+"
     rounds: int = 30
-    sample_rate: float = 1.0
+    sample_rate: float = 0.2
     dropout: float = 0.0
     threshold_fraction: float = 0.5
     ring_bits: int = 32
     neighbors: int | None = None
+    compression: str = "none"
     # model and local training
     factors: int = 32
     lam_user: float = 0.1
     lam_item: float = 0.15
-    lam_bias: float = 0.15
+    lam_bias: float = 0.05
     init_std: float = 0.01
     local_epochs: int = 1
     local_lr: float = 1.0
     update_clip: float = 16.0
+    # differential privacy (securefedrec.privacy, securefedrec.dpsgd)
+    dp: str = "none"
+    epsilon: float | None = None
+    delta: float = 1e-5
+    clip: float = 1.0
+    noise_multiplier: float | None = None
+    accountant: str = "rdp"
+    silos: int | None = None
+    dp_batch_size: int = 256
     # server
     server_optimizer: str = "fedadam"
     server_lr: float | None = None
@@ -92,15 +103,55 @@ class ExperimentConfig:
         need(0 < self.threshold_fraction <= 1, "threshold_fraction", "must be in (0, 1]")
         need(8 <= self.ring_bits <= 64, "ring_bits", "must be in [8, 64]")
         need(self.neighbors is None or self.neighbors >= 1, "neighbors", "must be >= 1")
+        self._check_compression()
         for name in ("lam_user", "lam_item", "lam_bias", "init_std"):
             need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("local_lr", "update_clip"):
             need(math.isfinite(getattr(self, name)) and getattr(self, name) > 0, name, "must be > 0")
         need(self.server_lr is None or self.server_lr > 0, "server_lr", "must be > 0")
         need(self.seed >= 0, "seed", "must be >= 0")
+        self._check_privacy(need)
         if self.dataset != "synthetic" and self.data_dir is None:
             raise ConfigError(
                 f"data_dir: dataset {self.dataset} needs --data-dir (the folder with its files)"
+            )
+
+    def _check_privacy(self, need: Callable[[bool, str, str], None]) -> None:
+        from securefedrec.privacy import ACCOUNTANTS, DP_MODES
+
+        need(self.dp in DP_MODES, "dp", f"must be one of {', '.join(DP_MODES)}")
+        need(self.accountant in ACCOUNTANTS, "accountant", f"must be one of {', '.join(ACCOUNTANTS)}")
+        need(self.epsilon is None or (math.isfinite(self.epsilon) and self.epsilon > 0), "epsilon",
+             "must be > 0 and finite")
+        need(0 < self.delta < 1, "delta", "must be in (0, 1)")
+        need(math.isfinite(self.clip) and self.clip > 0, "clip", "must be > 0")
+        need(self.noise_multiplier is None
+             or (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0),
+             "noise_multiplier", "must be >= 0")
+        need(self.silos is None or self.silos >= 1, "silos", "must be >= 1")
+        need(self.dp_batch_size >= 1, "dp_batch_size", "must be >= 1")
+        if self.dp != "none":
+            need(self.epsilon is not None or self.noise_multiplier is not None, "epsilon",
+                 f"dp {self.dp!r} needs a budget (--epsilon) or a --noise-multiplier")
+        need(self.dp != "record" or self.silos is not None, "silos",
+             "dp 'record' is cross-silo DP-SGD and needs --silos S")
+        need(self.dp != "user" or self.silos is None, "silos",
+             "dp 'user' protects one user per client; it does not apply to silos (use dp 'record')")
+
+    def _check_compression(self) -> None:
+        import importlib
+
+        from protocols.registry import PROTOCOLS
+        from securefedrec.compression import parse_compression
+
+        comp = parse_compression(self.compression)  # ConfigError names the valid choices
+        module, cls = PROTOCOLS[self.protocol].split(":")
+        if not comp.secure_ok and getattr(importlib.import_module(module), cls).secure:
+            raise ConfigError(
+                f"compression: {self.compression!r} cannot be used with protocol {self.protocol!r}: "
+                "top-k sends each client's own indices, which reveal the items its user rated, and "
+                "secure aggregation needs every client to send the same coordinates; use randk:F "
+                "(coordinates from a public per-round seed) or --protocol plaintext"
             )
 
     def _check_types(self) -> None:

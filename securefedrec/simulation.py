@@ -8,6 +8,9 @@ One round (DESIGN.md "The data path of one round"):
    (:class:`~securefedrec.client.ClientPool`); each delta is clipped to
    ``[-update_clip, update_clip]`` per coordinate, the range the protocols
    encode, so every protocol computes the same function.
+   With ``compression`` (:mod:`securefedrec.compression`) the broadcast is a
+   quantized delta, the deltas pass through random-k / top-k with per-client
+   error feedback, and q8 / q16 narrow the protocol's ring.
 3. The aggregator (``protocols``) returns the survivors' sum, or aborts; an
    aborted round leaves the model unchanged and training goes on.
 4. The server optimizer applies ``sum / (q * N)``.
@@ -33,12 +36,16 @@ from tqdm import tqdm
 
 from protocols import AggregationAborted, Aggregator, RoundConfig, get_aggregator, sample_dropouts
 from securefedrec.client import ClientPool, resolve_device
+from securefedrec.compression import STREAM_DOWNLINK, Downlink, Uplink, parse_compression
+from securefedrec.compression import load_state as load_compression_state
+from securefedrec.compression import state_arrays as compression_arrays
 from securefedrec.config import ExperimentConfig
 from securefedrec.data import Dataset, load_dataset
-from securefedrec.errors import CheckpointError
+from securefedrec.errors import CheckpointError, PrivacyBudgetExhausted
 from securefedrec.fusion import ServerOptimizer, get_optimizer
 from securefedrec.metrics import Evaluation, evaluate
 from securefedrec.model import Hyper, Layout
+from securefedrec.privacy import RoundPrivacy, build_privacy
 from securefedrec.report import atomic_write_bytes, environment
 
 __all__ = ["Simulation", "run_experiment"]
@@ -69,29 +76,39 @@ class Simulation:
     ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
-        self.dataset = dataset or load_dataset(
-            config.dataset, config.data_dir, config.split, config.seed,
-            num_users=config.synthetic_users, num_items=config.synthetic_items,
-            ratings_per_user=config.synthetic_ratings_per_user,
-        ) if config.dataset == "synthetic" else dataset or load_dataset(
-            config.dataset, config.data_dir, config.split, config.seed
-        )
+        if dataset is None:
+            sizes = dict(num_users=config.synthetic_users, num_items=config.synthetic_items,
+                         ratings_per_user=config.synthetic_ratings_per_user)
+            dataset = load_dataset(config.dataset, config.data_dir, config.split, config.seed,
+                                   **(sizes if config.dataset == "synthetic" else {}))
+        self.dataset = dataset
         self.layout = Layout(self.dataset.num_items, config.factors)
         self.hyper = Hyper(
             factors=config.factors, lam_user=config.lam_user, lam_item=config.lam_item,
             lam_bias=config.lam_bias, init_std=config.init_std,
         )
+        groups = None
+        if config.silos is not None:  # cross-silo: --silos S groups the users into S clients
+            from securefedrec.dpsgd import silo_groups
+
+            groups = silo_groups(self.dataset.num_users, config.silos, config.seed)
         self.pool = ClientPool(self.dataset.train, self.dataset.num_users, self.layout, self.hyper,
-                               device=self.device)
+                               groups=groups, device=self.device)
         self.aggregator = aggregator or get_aggregator(config.protocol)
         self.optimizer: ServerOptimizer = get_optimizer(config.server_optimizer, config.server_lr)
         lo, hi = self.dataset.scale
         # the intercept starts at the middle of the public rating scale (no data is peeked at)
         init = self.layout.init((lo + hi) / 2, config.init_std, torch.Generator().manual_seed(config.seed))
         self.global_vec: np.ndarray = init.numpy()
+        # compression (securefedrec.compression): uplink with error feedback, compressed broadcast
+        self.uplink = Uplink(parse_compression(config.compression), config.seed)
+        self.downlink = Downlink(self.uplink.compressor, self.global_vec, self.pool.num_clients)
         self.next_round = 0
         self.rounds: list[dict[str, Any]] = []
         self.last_eval: Evaluation | None = None
+        # differential privacy (securefedrec.privacy); sigma is calibrated here, before any training
+        self.privacy: RoundPrivacy | None = build_privacy(config, self.pool, self.layout)
+        self.stopped: str | None = None
 
     # ------------------------------------------------------------------ one round
     def sample(self, round_id: int) -> list[int]:
@@ -105,18 +122,22 @@ class Simulation:
     def round_config(self, round_id: int, n: int) -> RoundConfig:
         """The protocol settings for a round with ``n`` sampled clients."""
         cfg = self.config
-        return RoundConfig(
+        return self.uplink.round_config(RoundConfig(  # q8/q16 narrow the ring to 8/16 + ceil(log2 n)
             round_id=round_id,
-            clip_range=cfg.update_clip,
+            # with user-level DP the range must also hold each client's noise share (privacy.py Notes)
+            clip_range=cfg.update_clip if self.privacy is None else self.privacy.encoding_range(
+                max(1, math.ceil(cfg.threshold_fraction * n)), cfg.update_clip),
             ring_bits=cfg.ring_bits,
             threshold=max(1, math.ceil(cfg.threshold_fraction * n)),
             neighbors=cfg.neighbors,
-        )
+        ), n)
 
     def run_round(self) -> dict[str, Any]:
         """Run the next round; return its record (also appended to ``self.rounds``)."""
         cfg = self.config
         r = self.next_round
+        if self.privacy is not None:
+            self.privacy.check_round(r)  # raises PrivacyBudgetExhausted before anything changes
         t0 = time.perf_counter()
         sampled = self.sample(r)
         record: dict[str, Any] = {
@@ -124,19 +145,27 @@ class Simulation:
             "bytes_up": 0, "bytes_down": 0, "rmse": None, "mae": None, "epsilon": None,
         }
         if sampled:
-            g = torch.from_numpy(self.global_vec)
-            trained = self.pool.train(sampled, g, cfg.local_epochs, cfg.local_lr)
+            # clients train on what the (compressed) broadcast gave them
+            view, bytes_down = self.downlink.broadcast(
+                self.global_vec, sampled, _round_rng(cfg.seed, r, STREAM_DOWNLINK))
+            g = torch.from_numpy(view)
+            dp_trained = self.privacy.train(sampled, g, r) if self.privacy is not None else None
+            trained = (dp_trained if dp_trained is not None
+                       else self.pool.train(sampled, g, cfg.local_epochs, cfg.local_lr))
             deltas = trained.clamp_(-cfg.update_clip, cfg.update_clip).to("cpu", torch.float64).numpy()
+            if self.privacy is not None:  # each client clips and adds its noise share
+                deltas = self.privacy.privatize(
+                    deltas, sampled, self.round_config(r, len(sampled)).threshold, r)
             inputs = {cid: deltas[j] for j, cid in enumerate(sampled)}
             t_train = time.perf_counter()
             plan = (sample_dropouts(sampled, cfg.dropout, _round_rng(cfg.seed, r, _STREAM_DROPOUT))
                     if cfg.dropout > 0 else {})
             if hasattr(self.aggregator, "rng"):
                 self.aggregator.rng = _round_rng(cfg.seed, r, _STREAM_ROUNDING)
-            broadcast = 4 * self.layout.length + 16  # float32 global vector + header, per client
-            record["bytes_down"] = broadcast * len(sampled)
+            record.update(bytes_down=bytes_down, bytes_broadcast=bytes_down)  # from the encoded broadcast
             try:
-                result = self.aggregator.aggregate(inputs, self.round_config(r, len(sampled)), plan)
+                result = self.uplink.aggregate(  # compress (randk/topk + error feedback), then aggregate
+                    self.aggregator, inputs, self.round_config(r, len(sampled)), plan)
             except AggregationAborted as exc:
                 record.update(aborted=True, dropped=len(sampled) - exc.survivors, error=str(exc))
             else:
@@ -150,6 +179,11 @@ class Simulation:
                     seconds_server=result.seconds_server,
                 )
             record["seconds_train"] = t_train - t0
+            if self.privacy is not None and not record["aborted"]:
+                record["noise_std"] = self.privacy.realized_std(
+                    len(sampled) - record["dropped"], self.round_config(r, len(sampled)).threshold)
+        if self.privacy is not None:
+            record["epsilon"] = self.privacy.commit_round(r)
         if (r + 1) % cfg.eval_every == 0 or r + 1 == cfg.rounds:
             ev = self.evaluate()
             record.update(rmse=ev.rmse, mae=ev.mae)
@@ -180,7 +214,11 @@ class Simulation:
         bar = tqdm(range(self.next_round, self.config.rounds), desc=f"{self.config.protocol} rounds",
                    disable=not progress, unit="round", initial=self.next_round, total=self.config.rounds)
         for _ in bar:
-            record = self.run_round()
+            try:
+                record = self.run_round()
+            except PrivacyBudgetExhausted as exc:
+                self.stopped = f"privacy budget exhausted: {exc}"
+                break
             if record["rmse"] is not None:
                 bar.set_postfix(rmse=f"{record['rmse']:.4f}")
             if checkpoint is not None:
@@ -192,7 +230,13 @@ class Simulation:
             "config": self.config.to_dict(),
             "dataset": self.dataset.summary(),
             "rounds": self.rounds,
-            "final": {**final.as_dict(), "epsilon": None, "delta": None},
+            "final": {**final.as_dict(),
+                      "epsilon": self.privacy.epsilon() if self.privacy is not None else None,
+                      "delta": self.privacy.delta if self.privacy is not None else None},
+            "privacy": ({**self.privacy.summary(),
+                         "secure_aggregation": getattr(self.aggregator, "secure", False)}
+                        if self.privacy is not None else None),
+            "stopped": self.stopped,
             "environment": environment(self.device),
             "seconds": time.perf_counter() - t0,
         }
@@ -205,6 +249,7 @@ class Simulation:
             "config": self.config.to_dict(),
             "next_round": self.next_round,
             "rounds": self.rounds,
+            "privacy": self.privacy.state() if self.privacy is not None else None,
             "optimizer_scalars": {k: v for k, v in self.optimizer.state_dict().items()
                                   if not isinstance(v, np.ndarray)},
         }
@@ -215,6 +260,7 @@ class Simulation:
             user_factors=self.pool.user_factors.numpy(),
             user_bias=self.pool.user_bias.numpy(),
         )
+        arrays.update({f"comp.{k}": v for k, v in compression_arrays(self.uplink, self.downlink).items()})
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]
         return atomic_write_bytes(path, buf.getvalue())
@@ -240,13 +286,19 @@ class Simulation:
         if arrays["global_vec"].shape != self.global_vec.shape:
             raise CheckpointError(f"{p}: global vector has shape {arrays['global_vec'].shape}, "
                                   f"expected {self.global_vec.shape}")
+        feedback, downlink = load_compression_state(
+            {k[5:]: v for k, v in arrays.items() if k.startswith("comp.")},
+            self.uplink, self.downlink, self.layout.length)
         self.global_vec = arrays["global_vec"]
+        self.uplink.feedback, self.downlink = feedback, downlink
         self.pool.user_factors = torch.from_numpy(arrays["user_factors"])
         self.pool.user_bias = torch.from_numpy(arrays["user_bias"])
         state: dict[str, Any] = dict(meta["optimizer_scalars"])
         state.update({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")})
         self.optimizer.load_state_dict(state)
         self.next_round = int(meta["next_round"])
+        if self.privacy is not None:
+            self.privacy.restore(self.next_round, meta.get("privacy"))
         self.rounds = list(meta["rounds"])
 
 
