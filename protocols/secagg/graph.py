@@ -103,8 +103,12 @@ def _placement(order: list[int], seed: bytes) -> list[int]:
 def share_threshold(threshold: int, n: int, degree: int, malicious: bool) -> int:
     """Shamir threshold t' for a neighbourhood of ``degree + 1`` share holders (the client counts).
 
-    Complete graph (``degree == n - 1``): t' = ``threshold`` exactly, as in
-    Bonawitz et al. (every client holds a share of every secret, its own included).
+    Complete graph (``degree == n - 1``): t' = ``threshold``, as in Bonawitz et
+    al. (every client holds a share of every secret, its own included) -- raised
+    to a strict majority ``n // 2 + 1`` against a malicious server: with t' = n/2
+    a server showing two disjoint halves different survivor lists gets the
+    self-mask shares from one half and the key shares from the other (found by
+    ``attacks.malicious_server``'s split-view scenario).
 
     Sparse graph (SecAgg+): the global threshold is scaled to the neighbourhood,
     t' = ceil(threshold * (degree + 1) / n): the same *fraction* of share holders
@@ -120,7 +124,8 @@ def share_threshold(threshold: int, n: int, degree: int, malicious: bool) -> int
     """
     holders = degree + 1
     if degree >= n - 1:
-        return max(1, min(threshold, holders))
+        t = max(threshold, holders // 2 + 1) if malicious else threshold
+        return max(1, min(t, holders))
     t = math.ceil(threshold * holders / n)
     if malicious:
         t = max(t, holders // 2 + 1)
