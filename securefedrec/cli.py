@@ -1,4 +1,4 @@
-"""Command line: ``securefedrec run`` (the main job).
+"""Command line: ``securefedrec run`` (the main job) and ``securefedrec attack NAME``.
 
 Every flag maps to a field of :class:`~securefedrec.config.ExperimentConfig`;
 a ``--config FILE.toml`` sets fields first and explicit flags override it.
@@ -28,6 +28,18 @@ def _protocols() -> list[str]:
     return list(PROTOCOLS)
 
 
+def _dp_modes() -> list[str]:
+    from securefedrec.privacy import DP_MODES
+
+    return list(DP_MODES)
+
+
+def _accountants() -> list[str]:
+    from securefedrec.privacy import ACCOUNTANTS
+
+    return list(ACCOUNTANTS)
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     d = ExperimentConfig()
     g = p.add_argument_group("data")
@@ -45,6 +57,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="simulated dropout probability at every protocol stage (default 0)")
     g.add_argument("--ring-bits", type=int, help=f"ring width for masking (default {d.ring_bits})")
     g.add_argument("--neighbors", type=int, help="SecAgg+ neighbours per client (default: from n)")
+    g.add_argument("--compression", metavar="{none,q8,q16,randk:F,topk:F}",
+                   help=f"uplink/downlink compression (default {d.compression}); topk: plaintext only")
     g = p.add_argument_group("model")
     g.add_argument("--factors", type=int, help=f"latent factors k (default {d.factors})")
     g.add_argument("--local-epochs", type=int, help=f"local epochs per round (default {d.local_epochs})")
@@ -55,6 +69,20 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help=f"server optimizer (default {d.server_optimizer})")
     g.add_argument("--server-lr", type=float, help="server learning rate (default: the optimizer's)")
     g.add_argument("--eval-every", type=int, help=f"evaluate every N rounds (default {d.eval_every})")
+    g = p.add_argument_group("differential privacy")
+    g.add_argument("--dp", choices=_dp_modes(),
+                   help="none; user: DP-FedAvg with distributed Gaussian noise (one user per client); "
+                        "record: DP-SGD in each silo, one rating = one record (needs --silos)")
+    g.add_argument("--epsilon", type=float, help="privacy budget; calibrates the noise unless "
+                   "--noise-multiplier is given, and training stops before exceeding it")
+    g.add_argument("--delta", type=float, help=f"delta of the (epsilon, delta) guarantee (default {d.delta})")
+    g.add_argument("--clip", type=float, help=f"L2 bound C: of a user's delta (user) or of a rating's "
+                   f"gradient (record) (default {d.clip})")
+    g.add_argument("--noise-multiplier", type=float, help="sigma (noise std / C); default: from --epsilon")
+    g.add_argument("--accountant", choices=_accountants(), help=f"Opacus accountant (default {d.accountant})")
+    g.add_argument("--silos", type=int, help="cross-silo: group the users into S clients")
+    g.add_argument("--dp-batch-size", type=int,
+                   help=f"expected DP-SGD batch per silo (record; default {d.dp_batch_size})")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     g.add_argument("--device", choices=DEVICES, help=f"torch device (default {d.device})")
@@ -73,7 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a federated training job and write a JSON report")
     _add_run_flags(run)
+    _add_attack_parser(sub)
     return parser
+
+
+def _add_attack_parser(sub: Any) -> None:
+    """``securefedrec attack NAME [run flags]`` (the harness lives in the ``attacks`` package)."""
+    from attacks.base import ATTACKS  # imported lazily: attacks depends on securefedrec, not the reverse
+
+    attack = sub.add_parser("attack", help="run an attack against a configuration and write a JSON report")
+    attack.add_argument("name", choices=list(ATTACKS), help="the attack")
+    _add_run_flags(attack)
+    g = attack.add_argument_group("attack")
+    g.add_argument("--key-bits", type=int, help="Paillier key size for the attacked run (default 2048)")
+    g.add_argument("--defence", help="poisoning: the defence whose ER@10 is reported "
+                   "(none, clip, norm-bound, median, trimmed-mean; default clip)")
+    attack.set_defaults(report=Path("results/attack.json"))
 
 
 _NOT_CONFIG = {"command", "config", "report", "plot", "checkpoint", "resume", "quiet"}
@@ -102,9 +145,32 @@ def _run(args: argparse.Namespace) -> int:
     final = report["final"]
     print(f"final: RMSE {final['rmse']:.4f}  MAE {final['mae']:.4f}  "
           f"HR@10 {final['hr@10']:.4f}  NDCG@10 {final['ndcg@10']:.4f}")
+    if report.get("final", {}).get("epsilon") is not None:
+        print(f"privacy: epsilon {final['epsilon']:.4g} at delta {final['delta']:.3g} "
+              f"({report['privacy']['unit']})")
+    if report.get("stopped"):
+        print(f"stopped early: {report['stopped']}")
     print(f"report written to {path}")
     if args.plot:
         print(f"plot written to {plot_rounds(report, args.plot)}")
+    return 0
+
+
+def _attack(args: argparse.Namespace) -> int:
+    from attacks.base import get_attack
+    from securefedrec.report import write_json
+
+    own = {"name": args.name, "key_bits": args.key_bits, "defence": args.defence}
+    run_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in own})
+    config = config_from_args(run_args)
+    options = {"defence": args.defence} if args.name == "poisoning" and args.defence else {}
+    attack = get_attack(args.name, **options)
+    keys = {"key_bits": args.key_bits} if args.key_bits is not None and config.protocol == "paillier" else {}
+    result = attack.run(config, aggregator_options=keys)
+    path = write_json(args.report, result.to_dict())
+    print(f"{result.attack} vs {result.protocol}: {result.metric} {result.value:.4g} "
+          f"(baseline {result.baseline:.4g}) -> {'SUCCEEDED' if result.success else 'failed'}")
+    print(f"report written to {path}")
     return 0
 
 
@@ -114,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "attack":
+            return _attack(args)
     except SecureFedRecError as exc:
         print(f"securefedrec: error: {exc}", file=sys.stderr)
         return 2
