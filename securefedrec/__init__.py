@@ -6,21 +6,51 @@ fuses only their sum. Start with :class:`ExperimentConfig` and
 :func:`run_experiment`, or compose :class:`Simulation` yourself.
 """
 
-from securefedrec.client import Client, ClientPool
-from securefedrec.config import ExperimentConfig, load_toml
-from securefedrec.data import Dataset, Ratings, load_dataset, synthetic
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from securefedrec.client import Client, ClientPool
+    from securefedrec.config import ExperimentConfig, load_toml
+    from securefedrec.data import Dataset, Ratings, load_dataset, synthetic
+    from securefedrec.fusion import OPTIMIZERS, get_optimizer
+    from securefedrec.metrics import Evaluation, evaluate
+    from securefedrec.model import Hyper, Layout
+    from securefedrec.privacy import (
+        DistributedGaussian,
+        PrivacyAccountant,
+        UserLevelPrivacy,
+        calibrate_noise_multiplier,
+        clip_l2,
+    )
+    from securefedrec.simulation import Simulation, run_experiment
+
 from securefedrec.errors import ConfigError, DataError, PrivacyBudgetExhausted, SecureFedRecError
-from securefedrec.fusion import OPTIMIZERS, get_optimizer
-from securefedrec.metrics import Evaluation, evaluate
-from securefedrec.model import Hyper, Layout
-from securefedrec.privacy import (
-    DistributedGaussian,
-    PrivacyAccountant,
-    UserLevelPrivacy,
-    calibrate_noise_multiplier,
-    clip_l2,
-)
-from securefedrec.simulation import Simulation, run_experiment
+
+# Imported on first use (PEP 562): ``import securefedrec.flower.client_app`` in a
+# Flower ClientApp process must not pay for torch and opacus in every protocol stage.
+_LAZY = {
+    "Client": "client", "ClientPool": "client",
+    "ExperimentConfig": "config", "load_toml": "config",
+    "Dataset": "data", "Ratings": "data", "load_dataset": "data", "synthetic": "data",
+    "OPTIMIZERS": "fusion", "get_optimizer": "fusion",
+    "Evaluation": "metrics", "evaluate": "metrics",
+    "Hyper": "model", "Layout": "model",
+    "DistributedGaussian": "privacy", "PrivacyAccountant": "privacy", "UserLevelPrivacy": "privacy",
+    "calibrate_noise_multiplier": "privacy", "clip_l2": "privacy",
+    "Simulation": "simulation", "run_experiment": "simulation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'securefedrec' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"securefedrec.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,46 @@
+"""Run securefedrec on Flower's deployment engine (SuperLink + SuperNodes).
+
+The same sans-IO protocol objects the simulator drives in process travel
+inside Flower messages: :mod:`~securefedrec.flower.messages` frames them,
+:mod:`~securefedrec.flower.driver` drives the server stage by stage over a
+``Grid``, :mod:`~securefedrec.flower.node` runs the clients a SuperNode hosts.
+The Flower components are ``securefedrec.flower.server_app:app`` and
+``securefedrec.flower.client_app:app`` (imported on demand: they need ``flwr``).
+"""
+
+from securefedrec.flower.driver import FederatedRun, GridLink, NodeLink, RoundOutcome, discover, secagg_round
+from securefedrec.flower.messages import FORMAT_VERSION, FlowerStage, StageMessage, pack, unpack
+from securefedrec.flower.node import (
+    Identity,
+    KeyStream,
+    NodeRuntime,
+    hosted_clients,
+    load_identity,
+    partition_of,
+    rounding_rng,
+)
+from securefedrec.flower.settings import DeploymentSettings, Transport, experiment_config
+
+__all__ = [
+    "FORMAT_VERSION",
+    "DeploymentSettings",
+    "FederatedRun",
+    "FlowerStage",
+    "GridLink",
+    "Identity",
+    "KeyStream",
+    "NodeLink",
+    "NodeRuntime",
+    "RoundOutcome",
+    "StageMessage",
+    "Transport",
+    "discover",
+    "experiment_config",
+    "hosted_clients",
+    "load_identity",
+    "pack",
+    "partition_of",
+    "rounding_rng",
+    "secagg_round",
+    "unpack",
+]

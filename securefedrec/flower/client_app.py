@@ -1,0 +1,51 @@
+"""The Flower ClientApp: one SuperNode hosts one client (a device, or a silo of users).
+
+Run by a SuperNode (``flower-supernode --node-config 'partition-id=I
+num-partitions=N'``) or by Flower's simulation engine. Each protocol stage is
+its own message type (``train.sfr_advertise``, ``query.sfr_share_keys``, ...;
+see :class:`~securefedrec.flower.messages.FlowerStage`); the work is done by
+:class:`~securefedrec.flower.node.NodeRuntime`. The default ``train`` action
+serves Flower's own ``SecAggPlusWorkflow`` (``transport = "flower-secaggplus"``).
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+
+from securefedrec.errors import DecodeError
+from securefedrec.flower.messages import FlowerStage, pack, unpack
+from securefedrec.flower.node import NodeRuntime, load_identity, partition_of
+from securefedrec.flower.settings import deployment_settings, experiment_config
+
+__all__ = ["app", "handle"]
+
+app = ClientApp()
+
+
+def handle(message: Message, context: Context) -> Message:
+    """Answer one of our protocol messages for the clients this node hosts."""
+    try:
+        stage = FlowerStage(message.metadata.message_type)
+    except ValueError:
+        raise DecodeError(f"unknown securefedrec message type {message.metadata.message_type!r}") from None
+    request = unpack(message.content, expect=stage, where=f"{stage.name} message from the server")
+    settings, seed = deployment_settings(context.run_config)
+    runtime = NodeRuntime(lambda: experiment_config(context.run_config, context.node_config)[0], settings,
+                          partition_of(context.node_config), context.state, seed=seed,
+                          identity=load_identity(context.node_config) if settings.malicious else None)
+    return Message(pack(runtime.handle(request)), reply_to=message)
+
+
+for _stage in FlowerStage:
+    _category = _stage.value.split(".", 1)[0]
+    getattr(app, _category)(_stage.action)(handle)
+
+
+@app.train(mods=[secaggplus_mod])
+def flower_secaggplus_train(message: Message, context: Context) -> Message:
+    """Flower's ``SecAggPlusWorkflow`` path (``transport = "flower-secaggplus"``): train, return the delta."""
+    from securefedrec.flower.flower_secagg import client_train
+
+    return client_train(message, context)

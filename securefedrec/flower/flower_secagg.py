@@ -1,0 +1,120 @@
+"""The comparison path: Flower's own ``SecAggPlusWorkflow`` + ``secaggplus_mod`` carries the updates.
+
+``transport = "flower-secaggplus"`` in the run config. Same clients, same
+training, same server optimizer as our transport; only the secure aggregation
+is Flower's (semi-honest; the 32-bit-seeded Mersenne Twister masks and the
+stage-level dropout behaviour described in ``benchmarks/secure_aggregation.py``).
+Every connected node takes part in every round (``sample-rate`` must be 1) and
+hosts exactly one client (``num-partitions`` = number of clients).
+
+Flower's workflow averages the (weight-1) updates of the nodes that survived;
+the strategy below turns that mean back into the survivors' sum and applies the
+server optimizer exactly as :class:`~securefedrec.flower.driver.FederatedRun` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+from flwr.app import Context, Message
+
+from securefedrec.config import ExperimentConfig
+from securefedrec.errors import ConfigError
+from securefedrec.flower.settings import DeploymentSettings
+
+__all__ = ["client_train", "run_flower_secaggplus"]
+
+log = logging.getLogger("securefedrec.flower")
+
+
+def client_train(message: Message, context: Context) -> Message:
+    """ClientApp side (behind ``secaggplus_mod``): train this node's client from the broadcast parameters."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    from securefedrec.flower.node import hosted_clients, partition_of, train_clients
+    from securefedrec.flower.settings import experiment_config
+
+    config, _ = experiment_config(context.run_config, context.node_config)
+    pid, count = partition_of(context.node_config)
+    num_clients = config.silos if config.silos is not None else config.synthetic_users
+    clients = hosted_clients(pid, count, num_clients)
+    if len(clients) != 1:
+        raise ConfigError(f"transport flower-secaggplus: node {pid}/{count} would host {len(clients)} "
+                          "clients; start one SuperNode per client (num-partitions = number of clients)")
+    fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
+    (view,) = parameters_to_ndarrays(fitins.parameters)
+    delta = train_clients(config, clients, np.asarray(view, np.float64))[0]
+    res = FitRes(status=Status(Code.OK, ""), parameters=ndarrays_to_parameters([delta]), num_examples=1,
+                 metrics={"client": clients[0]})
+    return Message(compat.fitres_to_recorddict(res, keep_input=True), reply_to=message)
+
+
+def run_flower_secaggplus(grid: Any, context: Context, config: ExperimentConfig,
+                          settings: DeploymentSettings) -> dict[str, Any]:
+    """ServerApp side: ``DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))`` with our MF strategy."""
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server import LegacyContext, ServerConfig
+    from flwr.server.strategy import FedAvg
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+    from securefedrec.flower.driver import write_result
+    from securefedrec.simulation import Simulation
+
+    if config.sample_rate != 1.0:
+        raise ConfigError("sample-rate: transport flower-secaggplus runs every node every round; use 1.0")
+    sim = Simulation(config)
+    n = sim.pool.num_clients
+    records: list[dict[str, Any]] = []
+    totals: list[np.ndarray] = []
+
+    class MFStrategy(FedAvg):
+        """FedAvg's plumbing; aggregation = our server optimizer on the survivors' sum."""
+
+        def initialize_parameters(self, client_manager: Any) -> Any:
+            return ndarrays_to_parameters([sim.global_vec])
+
+        def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
+            if not results:
+                records.append({"round": server_round, "aborted": True, "clients": n, "dropped": n})
+                totals.append(np.zeros_like(sim.global_vec))
+                return None, {}
+            (mean,) = parameters_to_ndarrays(results[0][1].parameters)
+            total = np.asarray(mean, np.float64) * len(results)  # weight-1 mean of the survivors -> sum
+            sim.global_vec = sim.optimizer.step(sim.global_vec, total / (config.sample_rate * n))
+            sim.next_round = server_round
+            survivors = sorted(int(res.metrics.get("client", -1)) for _, res in results)
+            records.append({"round": server_round, "aborted": False, "clients": n,
+                            "dropped": n - len(results), "survivors": survivors})
+            totals.append(total)
+            log.info("round %s: %s of %s clients in the sum (Flower SecAgg+)", server_round, len(results), n)
+            return ndarrays_to_parameters([sim.global_vec]), {}
+
+        def configure_evaluate(self, server_round: int, parameters: Any, client_manager: Any) -> Any:
+            return []
+
+    strategy = MFStrategy(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=settings.min_nodes,
+                          min_available_clients=settings.min_nodes)
+    shares = n if config.neighbors is None else min(n, config.neighbors + 1)
+    threshold = max(shares // 2 + 1, math.ceil(config.threshold_fraction * shares))
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=config.rounds), strategy=strategy)
+    workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
+        num_shares=shares, reconstruction_threshold=threshold, max_weight=1.0,
+        clipping_range=config.update_clip, timeout=settings.stage_timeout))
+    workflow(grid, legacy)
+    done = {r["round"] for r in records}
+    for r in range(1, config.rounds + 1):  # Flower skips aggregate_fit when its unmasking fails
+        if r not in done:
+            records.append({"round": r, "aborted": True, "clients": n, "dropped": None,
+                            "error": "Flower's SecAggPlusWorkflow did not produce an aggregate"})
+            totals.append(np.zeros_like(sim.global_vec))
+    order = sorted(range(len(records)), key=lambda i: records[i]["round"])
+    records, totals = [records[i] for i in order], [totals[i] for i in order]
+    report = {"config": config.to_dict(), "transport": settings.transport.value, "rounds": records,
+              "nodes": n}
+    if settings.output:
+        write_result(settings.output, report, sim.global_vec, totals)
+    return report

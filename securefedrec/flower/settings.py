@@ -1,0 +1,147 @@
+"""Flower run config -> :class:`~securefedrec.config.ExperimentConfig` plus the deployment settings.
+
+The app's ``[tool.flwr.app.config]`` table (overridable with ``flwr run
+--run-config``) holds two kinds of keys:
+
+- every :class:`~securefedrec.config.ExperimentConfig` field, spelt with ``-``
+  (``sample-rate``, ``update-clip``, ...); a value ``"none"`` stands for ``None``
+  (TOML has no null) and ``"default"`` for the field's default;
+- the deployment keys of :class:`DeploymentSettings` (``transport``,
+  ``stage-timeout``, ...).
+
+Any other key is an error that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from securefedrec.config import ExperimentConfig
+from securefedrec.errors import ConfigError
+
+__all__ = ["DeploymentSettings", "Transport", "deployment_settings", "experiment_config", "split_run_config"]
+
+
+class Transport(enum.Enum):
+    """Which secure aggregation carries the updates over Flower."""
+
+    SECUREFEDREC = "securefedrec"
+    """Our SecAgg / SecAgg+ state machines, one Flower message per stage (dropout-robust)."""
+    FLOWER_SECAGGPLUS = "flower-secaggplus"
+    """Flower's own ``SecAggPlusWorkflow`` + ``secaggplus_mod`` (for comparison)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeploymentSettings:
+    """Settings of a Flower deployment run that the in-process simulator does not have.
+
+    Attributes:
+        transport: see :class:`Transport`.
+        min_nodes: wait until this many SuperNodes are connected before round 1.
+        node_wait: seconds to wait for them (then fail, naming how many came).
+        stage_timeout: seconds the server waits for the replies of one protocol stage;
+            nodes that have not answered by then are dropped for the rest of the round.
+        train_timeout: the same for the first stage of a round (local training + advertise).
+        malicious: run SecAgg in the malicious-server model (signed keys + consistency round);
+            needs every node's ``identity-key`` and ``pki`` node config (see the README).
+        reproducible_rounding: draw each client's stochastic-rounding stream from the public
+            seed, exactly as the in-process simulator does, so a deployment reproduces a
+            simulation bit for bit. Rounding noise is not a secret the protocol relies on,
+            but leave this off in production (fresh ``os.urandom`` streams).
+        output: where the server writes its result (``.npz``: final global vector, each
+            round's decoded sum, and a JSON record); ``""`` writes nothing.
+    """
+
+    transport: Transport = Transport.SECUREFEDREC
+    min_nodes: int = 2
+    node_wait: float = 120.0
+    stage_timeout: float = 60.0
+    train_timeout: float = 300.0
+    malicious: bool = False
+    reproducible_rounding: bool = False
+    output: str = ""
+
+    def __post_init__(self) -> None:
+        if self.min_nodes < 1:
+            raise ConfigError(f"min-nodes: must be >= 1, got {self.min_nodes}")
+        for name in ("node_wait", "stage_timeout", "train_timeout"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name.replace('_', '-')}: must be > 0 seconds, got {value!r}")
+
+
+_DEPLOYMENT_KEYS = {f.name for f in dataclasses.fields(DeploymentSettings)}
+
+
+def split_run_config(run_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a Flower run config into (experiment fields, deployment fields), ``-`` -> ``_``."""
+    experiment_keys = set(ExperimentConfig.field_names())
+    experiment: dict[str, Any] = {}
+    deployment: dict[str, Any] = {}
+    for key, value in run_config.items():
+        name = key.replace("-", "_")
+        if name in _DEPLOYMENT_KEYS:
+            deployment[name] = value
+        elif name in experiment_keys:
+            if isinstance(value, str) and value == "default":
+                continue
+            experiment[name] = None if isinstance(value, str) and value.lower() == "none" else value
+        else:
+            known = sorted(k.replace("_", "-") for k in experiment_keys | _DEPLOYMENT_KEYS)
+            raise ConfigError(f"run config: unknown key {key!r}; known keys: {', '.join(known)}")
+    return experiment, deployment
+
+
+def _settings(deployment: dict[str, Any]) -> DeploymentSettings:
+    if "transport" in deployment:
+        try:
+            deployment["transport"] = Transport(deployment["transport"])
+        except ValueError:
+            raise ConfigError(
+                f"transport: must be one of {', '.join(t.value for t in Transport)}, "
+                f"got {deployment['transport']!r}"
+            ) from None
+    for name in ("node_wait", "stage_timeout", "train_timeout"):
+        value = deployment.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            deployment[name] = float(value)
+    try:
+        return DeploymentSettings(**deployment)
+    except TypeError as exc:
+        raise ConfigError(f"run config: {exc}") from None
+
+
+def deployment_settings(run_config: Mapping[str, Any]) -> tuple[DeploymentSettings, int]:
+    """The deployment settings and the run's seed, without building (and validating) the experiment.
+
+    Cheap: a ClientApp process uses it for the protocol stages after training.
+    """
+    experiment, deployment = split_run_config(run_config)
+    seed = experiment.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed: must be an int >= 0, got {seed!r}")
+    return _settings(deployment), seed
+
+
+def experiment_config(
+    run_config: Mapping[str, Any], node_config: Mapping[str, Any] | None = None
+) -> tuple[ExperimentConfig, DeploymentSettings]:
+    """Build both configurations from Flower's run config.
+
+    ``node_config`` may set ``data-dir`` (where this node keeps the dataset) and
+    ``device``; every other experiment field must be the same on all parties.
+
+    Raises:
+        ConfigError: an unknown key or an invalid value (the message names it).
+    """
+    experiment, deployment = split_run_config(run_config)
+    for key in ("data-dir", "device"):
+        if node_config is not None and key in node_config:
+            experiment[key.replace("-", "_")] = node_config[key]
+    settings = _settings(deployment)
+    return ExperimentConfig.from_mapping(experiment, source="run config"), settings

@@ -1,0 +1,252 @@
+"""Flower deployment engine on loopback: SuperLink + SuperNodes as real processes, ``flwr run``.
+
+Deselected by default; run with ``pytest -m deployment tests/flower/test_deployment.py``.
+Size: ``SFR_DEPLOYMENT_NODES`` (default 3) SuperNodes, ``SFR_DEPLOYMENT_ROUNDS`` (default 2)
+rounds, e.g. the 10-node, 3-round target::
+
+    SFR_DEPLOYMENT_NODES=10 SFR_DEPLOYMENT_ROUNDS=3 pytest -m deployment tests/flower -k equals
+
+``SFR_DEPLOYMENT_FLOWER=1`` adds the run over Flower's own ``SecAggPlusWorkflow`` (a few minutes more).
+
+Every process is started in its own process group and killed (TERM, then KILL)
+by the fixture, also when the test fails; everything binds to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.deployment
+
+REPO = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+NODES = int(os.environ.get("SFR_DEPLOYMENT_NODES", "3"))
+ROUNDS = int(os.environ.get("SFR_DEPLOYMENT_ROUNDS", "2"))
+RUN_TIMEOUT = float(os.environ.get("SFR_DEPLOYMENT_TIMEOUT", "600"))
+
+# small model so that the test measures the transport, not training
+EXPERIMENT = {
+    "synthetic-users": 60, "synthetic-items": 40, "factors": 4, "sample-rate": 1.0, "seed": 7,
+    "protocol": "secagg+", "device": "cpu",
+}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            if s.connect_ex((HOST, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {HOST}:{port} after {timeout} s")
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f"'{value}'"
+    return str(value)
+
+
+class Federation:
+    """A SuperLink and ``n`` SuperNodes on loopback, each in its own process group."""
+
+    def __init__(self, root: Path, n: int) -> None:
+        self.root = root
+        self.n = n
+        self.home = root / "flwr-home"
+        self.home.mkdir()
+        self.port = _free_port()
+        (self.home / "config.toml").write_text(
+            '[superlink]\ndefault = "test"\n\n'
+            f'[superlink.test]\naddress = "{HOST}:{self.port}"\ninsecure = true\n'
+        )
+        self.env = {**os.environ, "FLWR_HOME": str(self.home), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
+                    "PYTHONUNBUFFERED": "1"}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = self.root / f"{name}.log"
+        self.logs[name] = log
+        with log.open("wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                    cwd=self.root, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> None:
+        self._spawn("superlink", ["flower-superlink", "--insecure", "--host", HOST, "--port", str(self.port),
+                                  "--disable-runtime-dependency-installation"])
+        _wait_port(self.port, 60)
+        for i in range(self.n):
+            self._spawn(f"node{i}", [
+                "flower-supernode", "--insecure", "--superlink", f"{HOST}:{self.port}",
+                "--host", HOST, "--port", str(_free_port()),
+                "--node-config", f"partition-id={i} num-partitions={self.n}",
+            ])
+
+    def run(self, config: dict[str, Any], *, on_line: Any = None) -> dict[str, Any]:
+        """``flwr run`` the app from this repository; return the server's report and arrays."""
+        out = self.root / f"result-{len(self.procs)}.npz"
+        config = {**config, "output": str(out)}
+        overrides = " ".join(f"{k}={_toml(v)}" for k, v in config.items())
+        proc = self._spawn(f"run{len(self.procs)}", ["flwr", "run", str(REPO), "test", "--stream",
+                                                    "--run-config", overrides])
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while proc.poll() is None:
+            if on_line is not None:
+                on_line(self)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"flwr run did not finish in {RUN_TIMEOUT} s; logs in {self.root}")
+            time.sleep(0.1)
+        if not out.is_file():
+            raise AssertionError(f"no result written (flwr run exit {proc.returncode}); "
+                                 f"logs in {self.root}:\n{self.tail()}")
+        with np.load(out) as z:
+            arrays = {k: z[k] for k in z.files}
+        return {"report": json.loads(arrays.pop("report").tobytes()), **arrays}
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def close(self) -> None:
+        for name, proc in reversed(list(self.procs.items())):
+            if proc.poll() is None:
+                self.kill(name, signal.SIGTERM)
+            else:  # the group may still hold children (superexec, clientapp)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+    def tail(self, lines: int = 30) -> str:
+        parts = []
+        for name, log in self.logs.items():
+            text = log.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {name}\n" + "\n".join(text))
+        return "\n".join(parts)
+
+
+@pytest.fixture
+def federation(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Federation]:
+    if shutil.which("flower-superlink") is None or shutil.which("flwr") is None:
+        pytest.skip("flwr CLI not installed (pip install -e '.[flower]')")
+    n = getattr(request, "param", NODES)
+    fed = Federation(tmp_path, n)
+    try:
+        fed.start()
+        yield fed
+    finally:
+        fed.close()
+
+
+def _simulation(n: int, rounds: int) -> Any:
+    from securefedrec.config import ExperimentConfig
+    from securefedrec.simulation import Simulation
+
+    cfg = ExperimentConfig.from_mapping({**EXPERIMENT, "silos": n, "rounds": rounds})
+    return Simulation(cfg)
+
+
+def test_deployment_equals_simulator(federation: Federation) -> None:
+    n = federation.n
+    result = federation.run({**EXPERIMENT, "silos": n, "rounds": ROUNDS, "min-nodes": n,
+                             "reproducible-rounding": True, "stage-timeout": 120.0})
+    rounds = result["report"]["rounds"]
+    assert [r["aborted"] for r in rounds] == [False] * ROUNDS, rounds
+    sim = _simulation(n, ROUNDS)
+    for r in range(ROUNDS):
+        record = sim.run_round()
+        assert not record["aborted"]
+        assert rounds[r]["survivors"] == list(range(n))
+    step = rounds[0]["quantization_step"]
+    # same seeds -> same sampling, training and rounding streams: equal within one quantization step
+    assert np.abs(result["global_vec"] - sim.global_vec).max() <= step
+
+
+def test_deployment_survives_a_node_killed_during_key_sharing(federation: Federation) -> None:
+    from protocols import RoundConfig, Stage
+    from protocols.secagg import SecAggPlusAggregator
+
+    n = federation.n
+    if n < 3:
+        pytest.skip("needs at least 3 SuperNodes")
+    victim = n - 1  # hosts client n - 1
+    killed: list[float] = []
+
+    def kill_after_advertising(fed: Federation) -> None:
+        text = fed.logs[f"node{victim}"].read_text(errors="replace")
+        sent = text.find("Sending: train.sfr_advertise")
+        if not killed and sent >= 0 and "Sent successfully" in text[sent:]:
+            fed.kill(f"node{victim}")  # SIGKILL the SuperNode and its ClientApp: gone during key sharing
+            killed.append(time.monotonic())
+
+    result = federation.run({**EXPERIMENT, "silos": n, "rounds": 1, "min-nodes": n,
+                             "reproducible-rounding": True, "stage-timeout": 45.0},
+                            on_line=kill_after_advertising)
+    assert killed, "the victim never advertised"
+    record = result["report"]["rounds"][0]
+    assert not record["aborted"], record
+    assert record["survivors"] == list(range(n - 1))
+    assert record["answered"]["TRAIN"] == n and record["answered"]["SHARE_KEYS"] == n - 1
+
+    # the survivors' exact sum: same as the in-process protocol with the same dropout
+    sim = _simulation(n, 1)
+    sampled = sim.sample(0)
+    view = sim.global_vec
+    import torch
+
+    cfg = sim.config
+    deltas = sim.pool.train(sampled, torch.from_numpy(view), cfg.local_epochs, cfg.local_lr)
+    deltas = deltas.clamp_(-cfg.update_clip, cfg.update_clip).to(torch.float64).numpy()
+    inputs = {c: deltas[j] for j, c in enumerate(sampled)}
+    rc: RoundConfig = sim.round_config(0, len(sampled))
+    agg = SecAggPlusAggregator(malicious=False, rng=np.random.default_rng([cfg.seed, 0, 2]))
+    expected = agg.aggregate(inputs, rc, {victim: Stage.SHARE_KEYS})
+    assert expected.survivors == frozenset(range(n - 1))
+    np.testing.assert_array_equal(result["total_0"], expected.total)
+    plain = np.sum([inputs[c] for c in range(n - 1)], axis=0)
+    assert np.abs(result["total_0"] - plain).max() <= (n - 1) * record["quantization_step"]
+
+
+@pytest.mark.skipif(os.environ.get("SFR_DEPLOYMENT_FLOWER") != "1",
+                    reason="Flower SecAgg+ on real SuperNodes: set SFR_DEPLOYMENT_FLOWER=1 (adds minutes)")
+def test_deployment_flower_secaggplus_transport(federation: Federation) -> None:
+    n = federation.n
+    result = federation.run({**EXPERIMENT, "silos": n, "rounds": ROUNDS, "min-nodes": n,
+                             "transport": "flower-secaggplus", "stage-timeout": 120.0})
+    assert [r["aborted"] for r in result["report"]["rounds"]] == [False] * ROUNDS
+    sim = _simulation(n, ROUNDS)
+    for _ in range(ROUNDS):
+        sim.run_round()
+    # Flower quantizes to 2^22 levels over [-update_clip, update_clip] with its own (unseeded) rounding:
+    # each client's update is off by < 1 step, so the sum by < n steps; FedAdam carries that over rounds
+    step = 2 * sim.config.update_clip / 2**22
+    assert np.abs(result["global_vec"] - sim.global_vec).max() <= n * step

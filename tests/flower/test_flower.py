@@ -1,0 +1,457 @@
+"""securefedrec.flower in process: message packing, the node runtime, the server driver on a fake grid."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from protocols import RoundConfig, Stage
+from protocols.secagg import SecAggPlusAggregator, SecAggServer
+from securefedrec.config import ExperimentConfig
+from securefedrec.errors import ConfigError, DecodeError, StageError
+from securefedrec.flower import (
+    DeploymentSettings,
+    FederatedRun,
+    FlowerStage,
+    GridLink,
+    KeyStream,
+    NodeRuntime,
+    StageMessage,
+    discover,
+    experiment_config,
+    hosted_clients,
+    pack,
+    partition_of,
+    rounding_rng,
+    secagg_round,
+    unpack,
+)
+from securefedrec.flower.client_app import handle
+from securefedrec.simulation import Simulation
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = {"synthetic_users": 40, "synthetic_items": 30, "factors": 4, "sample_rate": 1.0, "seed": 5,
+         "device": "cpu"}
+
+
+@pytest.fixture(autouse=True)
+def _task_identity() -> None:
+    # Message() outside a running SuperLink/ServerApp needs a task identity
+    TaskIdentity.run_id = 0
+    TaskIdentity.node_id = 0
+    TaskIdentity.task_id = 0
+
+
+# ---- message packing ---------------------------------------------------------------------
+def test_pack_unpack_round_trip() -> None:
+    vec = np.linspace(-1, 1, 17)
+    msg = StageMessage(FlowerStage.TRAIN, 3, {4: b"\x00abc", 9: b""}, (4, 9, 12), vec, {"k": 1})
+    back = unpack(pack(msg), expect=FlowerStage.TRAIN)
+    assert back.stage is FlowerStage.TRAIN and back.round_id == 3
+    assert back.payload == {4: b"\x00abc", 9: b""}
+    assert back.sampled == (4, 9, 12) and back.info == {"k": 1}
+    assert back.global_vec is not None
+    np.testing.assert_array_equal(back.global_vec, vec)
+    assert unpack(pack(StageMessage(FlowerStage.UNMASK, 0))).global_vec is None
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda rd: rd.config_records.pop("sfr.meta"), "not a securefedrec message"),
+        (lambda rd: rd.config_records["sfr.meta"].__setitem__("version", 99), "format version 99"),
+        (lambda rd: rd.config_records["sfr.meta"].__setitem__("stage", "NOPE"), "unknown stage"),
+        (lambda rd: rd.config_records["sfr.meta"].__setitem__("round", "1"), "'round' must be an int"),
+        (lambda rd: rd.config_records["sfr.meta"].__setitem__("round", -1), "negative"),
+        (lambda rd: rd.config_records["sfr.payload"].__setitem__("x1", b""), "not a client id"),
+        (lambda rd: rd.config_records["sfr.payload"].__setitem__("7", "text"), "not bytes"),
+    ],
+)
+def test_unpack_refuses_malformed(mutate: Any, match: str) -> None:
+    content = pack(StageMessage(FlowerStage.SHARE_KEYS, 1, {1: b"x"}))
+    mutate(content)
+    with pytest.raises(DecodeError, match=match):
+        unpack(content)
+
+
+def test_unpack_refuses_another_stage() -> None:
+    with pytest.raises(DecodeError, match="SHARE_KEYS message where UNMASK was expected"):
+        unpack(pack(StageMessage(FlowerStage.SHARE_KEYS, 1)), expect=FlowerStage.UNMASK)
+
+
+# ---- settings -----------------------------------------------------------------------------
+def test_pyproject_app_config_is_valid() -> None:
+    table = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert table["components"] == {"serverapp": "securefedrec.flower.server_app:app",
+                                   "clientapp": "securefedrec.flower.client_app:app"}
+    config, settings = experiment_config(table["config"])
+    assert config.protocol == "secagg+" and settings.transport.value == "securefedrec"
+    # "default" keeps ExperimentConfig's default
+    assert config.factors == ExperimentConfig().factors
+
+
+def test_run_config_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="unknown key 'bogus'"):
+        experiment_config({"bogus": 1})
+    with pytest.raises(ConfigError, match="transport"):
+        experiment_config({"transport": "carrier-pigeon"})
+    with pytest.raises(ConfigError, match="stage-timeout"):
+        experiment_config({"stage-timeout": 0})
+    config, _ = experiment_config({"neighbors": "none", "silos": 4, "sample-rate": 1})
+    assert config.neighbors is None and config.silos == 4
+
+
+def test_partition_and_hosting() -> None:
+    assert partition_of({"partition-id": 2, "num-partitions": 5}) == (2, 5)
+    with pytest.raises(ConfigError, match="partition-id"):
+        partition_of({"num-partitions": 5})
+    with pytest.raises(ConfigError, match="0 <= partition-id"):
+        partition_of({"partition-id": 5, "num-partitions": 5})
+    assert hosted_clients(1, 3, 8) == [1, 4, 7]
+
+
+def test_keystream_and_rounding_streams() -> None:
+    a, b = KeyStream(bytes(32)), KeyStream(bytes(32))
+    assert a(5) + a(7) == b(12)
+    assert KeyStream(bytes(range(32)))(16) != KeyStream(bytes(32))(16)
+    spawned = np.random.default_rng([3, 1, 2]).spawn(4)
+    for rank in range(4):
+        ours = rounding_rng(3, 1, rank).integers(0, 2**62, 5)
+        assert ours.tolist() == spawned[rank].integers(0, 2**62, 5).tolist()
+
+
+# ---- fakes ---------------------------------------------------------------------------------
+class FakeLink:
+    """Nodes in process; ``silent[node] = stage``: from that stage on the node never answers."""
+
+    def __init__(self, runtimes: Mapping[int, NodeRuntime], silent: Mapping[int, FlowerStage] | None = None):
+        self.runtimes = dict(runtimes)
+        self.silent = dict(silent or {})
+        self.order = list(FlowerStage)
+        self.calls: list[FlowerStage] = []
+
+    def node_ids(self) -> list[int]:
+        return sorted(self.runtimes)
+
+    def exchange(self, outbox: Mapping[int, StageMessage], timeout: float) -> dict[int, StageMessage]:
+        out = {}
+        for nid, msg in outbox.items():
+            self.calls.append(msg.stage)
+            stop = self.silent.get(nid)
+            if stop is not None and self.order.index(msg.stage) >= self.order.index(stop):
+                continue
+            request = unpack(pack(msg))  # through the real records
+            out[nid] = unpack(pack(self.runtimes[nid].handle(request)))
+        return out
+
+
+class FakeGrid:
+    """Flower ``Grid`` stand-in: delivers each message to the ClientApp handler with the node's context."""
+
+    def __init__(self, n: int, run_config: dict[str, Any], dead: Iterable[int] = ()) -> None:
+        self.contexts = {
+            100 + i: Context(run_id=1, node_id=100 + i, node_config={"partition-id": i, "num-partitions": n},
+                             state=RecordDict(), run_config=run_config)
+            for i in range(n)
+        }
+        self.dead = set(dead)
+        self.replies: dict[str, Message] = {}
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = msg.object_id
+            ids.append(msg.metadata.message_id)
+            nid = msg.metadata.dst_node_id
+            if nid not in self.dead:
+                self.replies[msg.metadata.message_id] = handle(msg, self.contexts[nid])
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self.replies.pop(m) for m in list(message_ids) if m in self.replies]
+
+
+def _runtimes(config: ExperimentConfig, n: int, settings: DeploymentSettings) -> dict[int, NodeRuntime]:
+    return {100 + i: NodeRuntime(config, settings, (i, n), RecordDict()) for i in range(n)}
+
+
+# ---- the driver ----------------------------------------------------------------------------
+def test_fake_grid_run_equals_the_simulator(tmp_path: Path) -> None:
+    n = 4
+    run_config = {"synthetic-users": 40, "synthetic-items": 30, "factors": 4, "sample-rate": 1.0, "seed": 5,
+                  "device": "cpu", "silos": n, "rounds": 2, "min-nodes": n, "reproducible-rounding": True,
+                  "output": str(tmp_path / "out.npz")}
+    config, settings = experiment_config(run_config)
+    run = FederatedRun(config, settings, GridLink(FakeGrid(n, run_config), poll=0.0))
+    report = run.run()
+    assert [r["survivors"] for r in report["rounds"]] == [list(range(n))] * 2
+    sim = Simulation(config)
+    sim.run(progress=False)
+    np.testing.assert_array_equal(run.sim.global_vec, sim.global_vec)
+    with np.load(tmp_path / "out.npz") as z:
+        np.testing.assert_array_equal(z["global_vec"], sim.global_vec)
+        assert {"total_0", "total_1", "report"} <= set(z.files)
+
+
+def test_fake_grid_dead_node_is_dropped() -> None:
+    n = 4
+    run_config = {"synthetic-users": 40, "synthetic-items": 30, "factors": 4, "sample-rate": 1.0, "seed": 5,
+                  "device": "cpu", "silos": n, "rounds": 1, "min-nodes": n, "stage-timeout": 0.01,
+                  "train-timeout": 0.01}
+    config, settings = experiment_config(run_config)
+    grid = FakeGrid(n, run_config)
+    run = FederatedRun(config, settings, GridLink(grid, poll=0.0))
+    run.node_of = discover(run.link, n, settings)
+    grid.dead.add(103)  # gone before training
+    record = run.run_round()
+    assert not record["aborted"] and record["survivors"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("stage", [FlowerStage.SHARE_KEYS, FlowerStage.MASKED_INPUT, FlowerStage.UNMASK])
+def test_dropout_at_every_stage_gives_the_survivors_sum(stage: FlowerStage) -> None:
+    n = 5
+    config = ExperimentConfig(**SMALL, silos=n, rounds=1)
+    settings = DeploymentSettings(reproducible_rounding=True)
+    link = FakeLink(_runtimes(config, n, settings), silent={104: stage})
+    sim = Simulation(config)
+    rc = sim.round_config(0, n)
+    server = SecAggServer(rc, range(n), sim.layout.length, neighbors=3, malicious=False)
+    outcome = secagg_round(link, server, {c: 100 + c for c in range(n)}, sim.global_vec, malicious=False,
+                           train_timeout=1, stage_timeout=1)
+    # the in-process protocol with the same dropout and rounding streams gives the same sum
+    import torch
+
+    deltas = sim.pool.train(list(range(n)), torch.from_numpy(sim.global_vec), 1, config.local_lr)
+    deltas = deltas.clamp_(-config.update_clip, config.update_clip).to(torch.float64).numpy()
+    plan = {4: {FlowerStage.SHARE_KEYS: Stage.SHARE_KEYS, FlowerStage.MASKED_INPUT: Stage.MASKED_INPUT,
+                FlowerStage.UNMASK: Stage.UNMASK}[stage]}
+    agg = SecAggPlusAggregator(neighbors=3, malicious=False, rng=np.random.default_rng([5, 0, 2]))
+    expected = agg.aggregate({c: deltas[c] for c in range(n)}, rc, plan)
+    survivors = frozenset(range(4)) if stage is not FlowerStage.UNMASK else frozenset(range(5))
+    assert outcome.result.survivors == expected.survivors == survivors
+    np.testing.assert_array_equal(outcome.result.decode(), expected.total)
+
+
+def test_below_threshold_aborts_and_keeps_the_model() -> None:
+    n = 4
+    config = ExperimentConfig(**SMALL, silos=n, rounds=1, threshold_fraction=1.0)
+    settings = DeploymentSettings(min_nodes=n)
+    link = FakeLink(_runtimes(config, n, settings), silent={103: FlowerStage.MASKED_INPUT})
+    run = FederatedRun(config, settings, link)
+    run.node_of = discover(link, n, settings)
+    before = run.sim.global_vec.copy()
+    record = run.run_round()
+    assert record["aborted"] and "threshold" in record["error"]
+    np.testing.assert_array_equal(run.sim.global_vec, before)
+
+
+def test_discover_refuses_duplicate_and_missing_partitions() -> None:
+    config = ExperimentConfig(**SMALL, silos=3, rounds=1)
+    settings = DeploymentSettings(min_nodes=2, node_wait=0.1)
+    dup = {1: NodeRuntime(config, settings, (0, 3), RecordDict()),
+           2: NodeRuntime(config, settings, (0, 3), RecordDict())}
+    with pytest.raises(ConfigError, match="both have partition-id 0"):
+        discover(FakeLink(dup), 3, settings)
+    partial = {1: NodeRuntime(config, settings, (0, 3), RecordDict()),
+               2: NodeRuntime(config, settings, (1, 3), RecordDict())}
+    with pytest.raises(ConfigError, match="hosted by no SuperNode"):
+        discover(FakeLink(partial), 3, settings)
+    with pytest.raises(ConfigError, match="min-nodes"):
+        discover(FakeLink({1: partial[1]}), 3, settings)
+
+
+# ---- the node --------------------------------------------------------------------------------
+def _first_stage(config: ExperimentConfig, n: int) -> tuple[SecAggServer, NodeRuntime, StageMessage]:
+    sim = Simulation(config)
+    rc = RoundConfig(threshold=2, clip_range=config.update_clip)
+    server = SecAggServer(rc, range(n), sim.layout.length, neighbors=None, malicious=False)
+    setup = server.setup()
+    node = NodeRuntime(config, DeploymentSettings(), (0, n), RecordDict())
+    return server, node, StageMessage(FlowerStage.TRAIN, 0, {0: setup[0]}, tuple(range(n)), sim.global_vec)
+
+
+def test_node_answers_each_stage_once_and_in_order() -> None:
+    config = ExperimentConfig(**SMALL, silos=3, rounds=1)
+    _, node, train = _first_stage(config, 3)
+    with pytest.raises(StageError, match="no state for that round"):
+        node.handle(StageMessage(FlowerStage.SHARE_KEYS, 0, {0: b"x"}))
+    reply = node.handle(train)
+    assert set(reply.payload) == {0}
+    with pytest.raises(StageError, match="out of order"):
+        node.handle(StageMessage(FlowerStage.MASKED_INPUT, 0, {0: b"x"}))
+    with pytest.raises(StageError, match="out of order"):
+        node.handle(StageMessage(FlowerStage.UNMASK, 0, {0: b"x"}))
+    with pytest.raises(StageError, match="never run twice"):  # no second instance of a round
+        node.handle(train)
+
+
+def test_node_refuses_clients_it_does_not_host() -> None:
+    config = ExperimentConfig(**SMALL, silos=3, rounds=1)
+    _, node, train = _first_stage(config, 3)
+    with pytest.raises(ConfigError, match="does not host"):
+        node.handle(StageMessage(FlowerStage.TRAIN, 0, {1: b"x"}, (0, 1, 2), train.global_vec))
+
+
+def test_node_secrets_stay_in_its_state_and_are_erased_after_the_round() -> None:
+    n = 3
+    config = ExperimentConfig(**SMALL, silos=n, rounds=1)
+    settings = DeploymentSettings()
+    link = FakeLink(_runtimes(config, n, settings))
+    sim = Simulation(config)
+    server = SecAggServer(sim.round_config(0, n), range(n), sim.layout.length, malicious=False)
+    secagg_round(link, server, {c: 100 + c for c in range(n)}, sim.global_vec, malicious=False,
+                 train_timeout=1, stage_timeout=1)
+    for runtime in link.runtimes.values():
+        assert "sfr.node" not in runtime.state.config_records
+        assert "sfr.deltas" not in runtime.state.array_records
+
+
+def test_client_app_handler_speaks_flower_messages() -> None:
+    ctx = Context(run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 3},
+                  state=RecordDict(), run_config={"silos": 3})
+    msg = Message(content=pack(StageMessage(FlowerStage.HELLO, 0)), dst_node_id=7,
+                  message_type=FlowerStage.HELLO.value, group_id="0")
+    msg.metadata.__dict__["_message_id"] = msg.object_id
+    reply = unpack(handle(msg, ctx).content, expect=FlowerStage.HELLO)
+    assert reply.info == {"partition-id": 1, "num-partitions": 3}
+    bad = Message(content=RecordDict({"x": ConfigRecord({"a": 1})}), dst_node_id=7,
+                  message_type=FlowerStage.HELLO.value, group_id="0")
+    with pytest.raises(DecodeError):
+        handle(bad, ctx)
+
+
+# ---- Flower's own SecAggPlusWorkflow, for comparison ------------------------------------------
+class FlowerGrid(FakeGrid):
+    """A fake grid for Flower's workflow: the whole ClientApp (with ``secaggplus_mod``), protobuf round trip.
+
+    ``dead[node] = k``: the node stops answering from the k-th exchange on (0 = setup, 1 = share keys).
+    A ClientApp exception becomes an error reply, as on a SuperNode.
+    """
+
+    def __init__(self, n: int, run_config: dict[str, Any], dead: Mapping[int, int] | None = None) -> None:
+        super().__init__(n, run_config)
+        self.dead_at = dict(dead or {})
+        self.calls = 0
+        from flwr.supercore.run import Run
+
+        self.run = Run.create_empty(1)
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id,
+                       ttl=ttl)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        from flwr.app import Error
+        from flwr.common.serde import message_from_proto, message_to_proto
+
+        from securefedrec.flower.client_app import app
+
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = msg.object_id
+            ids.append(msg.metadata.message_id)
+            nid = msg.metadata.dst_node_id
+            if self.dead_at.get(nid, 99) <= self.calls:
+                continue
+            copy = message_from_proto(message_to_proto(msg))
+            copy.metadata.__dict__["_message_id"] = msg.metadata.message_id
+            try:
+                reply = app(copy, self.contexts[nid])
+            except Exception as exc:
+                reply = Message(Error(code=0, reason=repr(exc)), reply_to=copy)
+            self.replies[msg.metadata.message_id] = message_from_proto(message_to_proto(reply))
+        self.calls += 1
+        return ids
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+def _flower_run(tmp_path: Path, n: int, rounds: int, dead: Mapping[int, int] | None = None) -> dict[str, Any]:
+    from securefedrec.flower.server_app import app
+
+    run_config = {"synthetic-users": 40, "synthetic-items": 30, "factors": 4, "sample-rate": 1.0, "seed": 5,
+                  "device": "cpu", "silos": n, "rounds": rounds, "min-nodes": n, "stage-timeout": 5.0,
+                  "transport": "flower-secaggplus", "output": str(tmp_path / "flower.npz")}
+    app(FlowerGrid(n, run_config, dead), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                                  run_config=run_config))
+    with np.load(tmp_path / "flower.npz") as z:
+        import json
+
+        return {"report": json.loads(z["report"].tobytes()), "global_vec": z["global_vec"]}
+
+
+def test_flower_secaggplus_transport_trains_the_same_model(tmp_path: Path) -> None:
+    result = _flower_run(tmp_path, 4, 2)
+    assert [r["aborted"] for r in result["report"]["rounds"]] == [False, False]
+    sim = Simulation(ExperimentConfig(**SMALL, silos=4, rounds=2))
+    sim.run(progress=False)
+    # Flower quantizes to 2^22 levels over [-update_clip, update_clip] with its own rounding: each of the
+    # 4 updates is off by < 1 step, so the sum by < 4 steps
+    step = 2 * sim.config.update_clip / 2**22
+    assert np.abs(result["global_vec"] - sim.global_vec).max() <= 4 * step
+
+
+def test_flower_secaggplus_halts_on_a_drop_during_key_sharing_where_ours_completes(tmp_path: Path) -> None:
+    flower = _flower_run(tmp_path, 4, 1, dead={103: 1})  # node 103 advertised, then vanished
+    assert flower["report"]["rounds"][0]["aborted"]
+    config = ExperimentConfig(**SMALL, silos=4, rounds=1)
+    settings = DeploymentSettings(min_nodes=4)
+    link = FakeLink(_runtimes(config, 4, settings), silent={103: FlowerStage.SHARE_KEYS})
+    run = FederatedRun(config, settings, link)
+    run.node_of = discover(link, 4, settings)
+    record = run.run_round()
+    assert not record["aborted"] and record["survivors"] == [0, 1, 2]
+
+
+def test_malicious_model_signed_keys_and_consistency_round(tmp_path: Path) -> None:
+    import json
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from protocols.secagg.client import raw_public
+    from securefedrec.flower import load_identity
+
+    n = 4
+    keys = {c: Ed25519PrivateKey.generate() for c in range(n)}
+    (tmp_path / "pki.json").write_text(json.dumps({c: raw_public(k).hex() for c, k in keys.items()}))
+    runtimes = {}
+    for c in range(n):
+        from cryptography.hazmat.primitives import serialization
+
+        raw = keys[c].private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                    serialization.NoEncryption())
+        (tmp_path / f"id{c}.json").write_text(json.dumps({c: raw.hex()}))
+        paths = {"identity-key": str(tmp_path / f"id{c}.json"), "pki": str(tmp_path / "pki.json")}
+        identity = load_identity(paths)
+        config = ExperimentConfig(**SMALL, silos=n, rounds=1)
+        settings = DeploymentSettings(malicious=True, reproducible_rounding=True)
+        runtimes[100 + c] = NodeRuntime(config, settings, (c, n), RecordDict(), identity=identity)
+    link = FakeLink(runtimes, silent={103: FlowerStage.CONSISTENCY})
+    config = ExperimentConfig(**SMALL, silos=n, rounds=1)
+    run = FederatedRun(config, DeploymentSettings(malicious=True, min_nodes=n), link)
+    run.node_of = discover(link, n, run.settings)
+    record = run.run_round()
+    assert not record["aborted"], record
+    assert FlowerStage.CONSISTENCY in link.calls and record["survivors"] == [0, 1, 2, 3]
+    with pytest.raises(ConfigError, match="identity-key and pki"):
+        NodeRuntime(config, DeploymentSettings(malicious=True), (0, n), RecordDict())
