@@ -9,6 +9,7 @@ from protocols.base import (
     Aggregator,
     DropoutPlan,
     RoundConfig,
+    SparseVector,
     Stage,
     sample_dropouts,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "ProtocolError",
     "RoundConfig",
     "SecureFedRecError",
+    "SparseVector",
     "Stage",
     "StageError",
     "get_aggregator",

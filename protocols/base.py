@@ -32,6 +32,7 @@ __all__ = [
     "Aggregator",
     "DropoutPlan",
     "RoundConfig",
+    "SparseVector",
     "Stage",
     "abort_if_below_threshold",
     "check_inputs",
@@ -112,6 +113,40 @@ class RoundConfig:
 
 
 @dataclass(frozen=True)
+class SparseVector:
+    """A vector of ``length`` that is zero except at ``indices`` (unique), where it holds ``values``.
+
+    Only aggregators with ``accepts_sparse = True`` take it (the plaintext baseline,
+    whose clients have no reason to send zeros); a secure protocol must hide which
+    coordinates are non-zero, so it is always handed dense vectors.
+    """
+
+    indices: np.ndarray
+    values: np.ndarray
+    length: int
+
+    def __post_init__(self) -> None:
+        if self.indices.ndim != 1 or self.indices.shape != self.values.shape:
+            raise ConfigError(
+                f"sparse vector: indices {self.indices.shape} and values {self.values.shape} "
+                "must be 1-D of the same length"
+            )
+        if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= self.length):
+            raise ConfigError(f"sparse vector: an index lies outside [0, {self.length})")
+
+    @property
+    def shape(self) -> tuple[int]:
+        """``(length,)``, like a dense vector's."""
+        return (self.length,)
+
+    def dense(self) -> np.ndarray:
+        """The full float64 vector."""
+        out = np.zeros(self.length, dtype=np.float64)
+        out[self.indices] = self.values
+        return out
+
+
+@dataclass(frozen=True)
 class AggregationResult:
     """What a round of aggregation returns to the server loop."""
 
@@ -141,7 +176,9 @@ class AggregationResult:
         return sum(self.bytes_down.values())
 
 
-def check_inputs(inputs: Mapping[int, np.ndarray], config: RoundConfig) -> int:
+def check_inputs(
+    inputs: Mapping[int, np.ndarray] | Mapping[int, np.ndarray | SparseVector], config: RoundConfig
+) -> int:
     """Validate a round's inputs before any state changes; return the vector length.
 
     Raises:
@@ -150,7 +187,7 @@ def check_inputs(inputs: Mapping[int, np.ndarray], config: RoundConfig) -> int:
     """
     if not inputs:
         raise ConfigError(f"round {config.round_id}: no client inputs")
-    lengths = {cid: np.shape(v) for cid, v in inputs.items()}
+    lengths = {cid: v.shape if isinstance(v, SparseVector) else np.shape(v) for cid, v in inputs.items()}
     first_cid, first_shape = next(iter(lengths.items()))
     if len(first_shape) != 1:
         raise ConfigError(
@@ -164,7 +201,7 @@ def check_inputs(inputs: Mapping[int, np.ndarray], config: RoundConfig) -> int:
                 f"client {first_cid} sent {first_shape}"
             )
     for cid, v in inputs.items():
-        if not np.all(np.isfinite(v)):
+        if not np.all(np.isfinite(v.values if isinstance(v, SparseVector) else v)):
             raise ConfigError(f"round {config.round_id}: client {cid} sent a non-finite value")
     if config.threshold > len(inputs):
         raise ConfigError(
@@ -190,11 +227,14 @@ class Aggregator(abc.ABC):
     """A protocol that turns per-client vectors into their sum.
 
     Subclasses set ``name`` (the registry key) and ``secure`` (whether the
-    server sees only the sum).
+    server sees only the sum). Inputs are dense float vectors, or
+    :class:`SparseVector` where ``accepts_sparse`` is true.
     """
 
     name: ClassVar[str]
     secure: ClassVar[bool]
+    accepts_sparse: ClassVar[bool] = False
+    """Whether ``aggregate`` takes :class:`SparseVector` inputs (only protocols that may reveal them)."""
 
     @abc.abstractmethod
     def aggregate(

@@ -7,6 +7,9 @@ With ``RoundConfig.value_bits`` set, each client sends its vector quantized by
 the same stochastic :class:`~protocols.encoding.FixedPoint` as the other
 protocols, as signed integers of the smallest of 1, 2, 4, 8 bytes that holds
 ``value_bits`` (q8 -> int8, q16 -> int16); otherwise float64 values.
+A :class:`~protocols.base.SparseVector` input travels as its non-zero
+coordinates only (uint32 indices, then float64 values), as an insecure client
+would send it; quantized rounds send it densified.
 """
 
 from __future__ import annotations
@@ -22,17 +25,33 @@ from protocols.base import (
     Aggregator,
     DropoutPlan,
     RoundConfig,
+    SparseVector,
     Stage,
     abort_if_below_threshold,
     check_inputs,
 )
 from protocols.encoding import FixedPoint
-from protocols.wire import frame, pack_array, unframe, unpack_array
+from protocols.errors import DecodeError
+from protocols.wire import frame, kind_of, pack_array, unframe, unpack_array
 
 __all__ = ["PlaintextAggregator"]
 
 _KIND_VECTOR = 1
 _KIND_QUANTIZED = 2
+_KIND_SPARSE = 3
+
+
+def _pack_sparse(v: SparseVector) -> bytes:
+    return frame(_KIND_SPARSE, pack_array(v.indices, "<u4") + pack_array(v.values, "<f8"))
+
+
+def _unpack_sparse(message: bytes, length: int) -> SparseVector:
+    payload = unframe(message, _KIND_SPARSE)
+    if len(payload) % 12:
+        raise DecodeError(f"sparse payload of {len(payload)} bytes is not a whole number of 12-byte entries")
+    n = len(payload) // 12
+    indices = unpack_array(payload[: 4 * n], "<u4").astype(np.int64)
+    return SparseVector(indices, unpack_array(payload[4 * n :], "<f8"), length)
 
 
 def _int_dtype(value_bits: int) -> str:
@@ -51,15 +70,16 @@ class PlaintextAggregator(Aggregator):
 
     name: ClassVar[str] = "plaintext"
     secure: ClassVar[bool] = False
+    accepts_sparse: ClassVar[bool] = True
 
     def __init__(self, *, rng: np.random.Generator | None = None) -> None:
         self.rng = rng if rng is not None else np.random.default_rng()
-        self.last_messages: dict[int, np.ndarray] = {}
+        self.last_messages: dict[int, np.ndarray | SparseVector] = {}
         """The individual vectors the server received last round (what an attacker sees)."""
 
     def aggregate(
         self,
-        inputs: Mapping[int, np.ndarray],
+        inputs: Mapping[int, np.ndarray] | Mapping[int, np.ndarray | SparseVector],
         config: RoundConfig,
         dropout: DropoutPlan | None = None,
     ) -> AggregationResult:
@@ -69,23 +89,22 @@ class PlaintextAggregator(Aggregator):
         fp = (None if config.value_bits is None else
               FixedPoint(clip_range=config.clip_range, value_bits=config.value_bits,
                          ring_bits=config.ring_bits))
-        kind, dtype = (_KIND_VECTOR, "<f8") if fp is None else (_KIND_QUANTIZED, _int_dtype(fp.value_bits))
         t0 = time.perf_counter()
         messages = {
-            cid: frame(kind, pack_array(v if fp is None else fp.quantize(v, self.rng), dtype))
+            cid: self._encode(v, fp)
             for cid, v in inputs.items()
             if dropout.get(cid, Stage.UNMASK + 1) > Stage.MASKED_INPUT
         }
         t1 = time.perf_counter()
         abort_if_below_threshold(len(messages), config, Stage.MASKED_INPUT)
-        received = {
-            cid: unpack_array(unframe(m, kind), dtype, length).astype(np.float64)
-            * (1.0 if fp is None else fp.step)
-            for cid, m in messages.items()
-        }
+        received = {cid: self._decode(m, fp, length) for cid, m in messages.items()}
         total = np.zeros(length, dtype=np.float64)
         for cid in sorted(received):
-            total += received[cid]
+            v = received[cid]
+            if isinstance(v, SparseVector):
+                total[v.indices] += v.values  # indices are unique within one vector
+            else:
+                total += v
         t2 = time.perf_counter()
         self.last_messages = received
         return AggregationResult(
@@ -96,3 +115,21 @@ class PlaintextAggregator(Aggregator):
             seconds_clients=t1 - t0,
             seconds_server=t2 - t1,
         )
+
+    def _encode(self, v: np.ndarray | SparseVector, fp: FixedPoint | None) -> bytes:
+        if fp is not None:
+            dense = v.dense() if isinstance(v, SparseVector) else v
+            return frame(_KIND_QUANTIZED, pack_array(fp.quantize(dense, self.rng), _int_dtype(fp.value_bits)))
+        if isinstance(v, SparseVector):
+            return _pack_sparse(v)
+        return frame(_KIND_VECTOR, pack_array(v, "<f8"))
+
+    @staticmethod
+    def _decode(message: bytes, fp: FixedPoint | None, length: int) -> np.ndarray | SparseVector:
+        if fp is not None:
+            ints = unpack_array(unframe(message, _KIND_QUANTIZED), _int_dtype(fp.value_bits), length)
+            scaled: np.ndarray = ints * fp.step
+            return scaled
+        if kind_of(message) == _KIND_SPARSE:
+            return _unpack_sparse(message, length)
+        return unpack_array(unframe(message, _KIND_VECTOR), "<f8", length)

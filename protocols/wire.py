@@ -13,7 +13,7 @@ import numpy as np
 
 from protocols.errors import DecodeError
 
-__all__ = ["HEADER", "MAGIC", "VERSION", "frame", "pack_array", "unframe", "unpack_array"]
+__all__ = ["HEADER", "MAGIC", "VERSION", "frame", "kind_of", "pack_array", "unframe", "unpack_array"]
 
 MAGIC = b"SFR"
 VERSION = 1
@@ -25,6 +25,14 @@ def frame(kind: int, payload: bytes) -> bytes:
     if not 0 <= kind <= 255:
         raise ValueError(f"message kind must fit in one byte, got {kind}")
     return HEADER.pack(MAGIC, VERSION, kind, len(payload)) + payload
+
+
+def kind_of(message: bytes) -> int:
+    """The message type byte of ``message`` (the header is checked again by :func:`unframe`)."""
+    if len(message) < HEADER.size:
+        raise DecodeError(f"message of {len(message)} bytes is shorter than the {HEADER.size}-byte header")
+    kind: int = HEADER.unpack_from(message)[2]
+    return kind
 
 
 def unframe(message: bytes, expected_kind: int) -> bytes:

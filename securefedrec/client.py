@@ -18,11 +18,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from protocols.base import SparseVector
 from securefedrec.data import Ratings
 from securefedrec.errors import ConfigError
 from securefedrec.model import Hyper, Layout, PaddedRatings, item_gradients, solve_users
 
-__all__ = ["Client", "ClientPool", "RatingsByUser", "local_train", "resolve_device"]
+__all__ = ["Client", "ClientPool", "RatingsByUser", "local_train", "local_train_sparse", "resolve_device"]
 
 CHUNK = 256
 """Users per padded batch: bounds memory at CHUNK * longest history * (k + 1) floats."""
@@ -72,6 +73,26 @@ class RatingsByUser:
         )
 
 
+Batch = tuple[slice, PaddedRatings, torch.Tensor]
+
+
+def _batches(
+    data: RatingsByUser, client_users: Sequence[np.ndarray], device: torch.device, dtype: torch.dtype
+) -> tuple[np.ndarray, list[Batch]]:
+    """Users of all clients, sorted by history length (little padding), in padded chunks with owners."""
+    C = len(client_users)
+    users = np.concatenate([np.asarray(u, np.int64) for u in client_users]) if C else np.zeros(0, np.int64)
+    owner = np.concatenate([np.full(len(u), c) for c, u in enumerate(client_users)]) if C else users
+    order = np.argsort(data.counts[users], kind="stable")
+    users, owner = users[order], owner[order]
+    batches = [
+        (slice(s, s + CHUNK), data.padded(users[s : s + CHUNK], device, dtype),
+         torch.as_tensor(owner[s : s + CHUNK], device=device))
+        for s in range(0, len(users), CHUNK)
+    ]
+    return users, batches
+
+
 def local_train(
     global_vec: torch.Tensor,
     data: RatingsByUser,
@@ -94,21 +115,12 @@ def local_train(
     Q, b, mu = layout.split(g)
     m, k = layout.num_items, layout.factors
     C = len(client_users)
-    users = np.concatenate([np.asarray(u, np.int64) for u in client_users]) if C else np.zeros(0, np.int64)
-    owner = np.concatenate([np.full(len(u), c) for c, u in enumerate(client_users)]) if C else users
-    # sort by history length so padded chunks waste little
-    order = np.argsort(data.counts[users], kind="stable")
-    users, owner = users[order], owner[order]
+    users, batches = _batches(data, client_users, device, dtype)
     # all clients' deltas in one flat float64 buffer: row c is client c's vector of length L
     L = layout.length
     delta = torch.zeros(C * L, device=device, dtype=torch.float64)
     p_all = torch.zeros(len(users), k, device=device, dtype=dtype)
     bu_all = torch.zeros(len(users), device=device, dtype=dtype)
-    batches = [
-        (slice(s, s + CHUNK), data.padded(users[s : s + CHUNK], device, dtype),
-         torch.as_tensor(owner[s : s + CHUNK], device=device))
-        for s in range(0, len(users), CHUNK)
-    ]
     ar_k = torch.arange(k, device=device)
     for epoch in range(epochs):
         # with one epoch the gradient step goes straight into the delta
@@ -133,6 +145,53 @@ def local_train(
             delta.add_(grad, alpha=-lr)
     deltas = delta.view(C, L)
     return deltas, users, p_all, bu_all
+
+
+def local_train_sparse(
+    global_vec: torch.Tensor,
+    data: RatingsByUser,
+    users_of_clients: Sequence[int],
+    layout: Layout,
+    hyper: Hyper,
+    lr: float,
+    clip: float,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[list[SparseVector], np.ndarray, torch.Tensor, torch.Tensor]:
+    """One local epoch of one-user clients, as sparse deltas (the same math as :func:`local_train`).
+
+    A user's delta is non-zero only on the items it rated (and ``mu``); each
+    coordinate is clipped to ``[-clip, clip]``. Returns the deltas in client
+    order, then ``users, p, b_u`` as :func:`local_train` does.
+    """
+    Q, b, mu = layout.split(global_vec.to(device=device, dtype=dtype))
+    m, k, L = layout.num_items, layout.factors, layout.length
+    users, batches = _batches(data, [np.array([u]) for u in users_of_clients], device, dtype)
+    out: list[SparseVector | None] = [None] * len(users)
+    p_all = torch.zeros(len(users), k, device=device, dtype=dtype)
+    bu_all = torch.zeros(len(users), device=device, dtype=dtype)
+    ar_k = np.arange(k)
+    for sl, batch, own in batches:
+        q, bi, mu_u = Q[batch.items], b[batch.items], mu.expand(len(own))
+        p, bu = solve_users(q, bi, mu_u, batch, hyper.lam_user)
+        p_all[sl], bu_all[sl] = p, bu
+        d_q, d_b, d_mu = item_gradients(q, bi, mu_u, p, bu, batch, hyper)
+        # per real rating its k factor coordinates and its bias coordinate (rows stay in user order)
+        real = batch.mask > 0
+        it = batch.items[real].cpu().numpy()
+        idx = np.empty((len(it), k + 1), np.int64)
+        idx[:, :k] = it[:, None] * k + ar_k
+        idx[:, k] = m * k + it
+        val = torch.cat([d_q[real], d_b[real][:, None]], dim=1).to(torch.float64)
+        flat_idx = idx.reshape(-1)
+        flat_val = val.mul_(-lr).clamp_(-clip, clip).cpu().numpy().reshape(-1)
+        dmu = (-lr * d_mu.to(torch.float64)).clamp_(-clip, clip).cpu().numpy()
+        ends = np.cumsum(batch.counts.cpu().numpy().astype(np.int64)) * (k + 1)
+        for row, client in enumerate(own.cpu().numpy().tolist()):
+            lo, hi = (ends[row - 1] if row else 0), ends[row]
+            out[client] = SparseVector(np.append(flat_idx[lo:hi], L - 1),
+                                       np.append(flat_val[lo:hi], dmu[row]), L)
+    return [v for v in out if v is not None], users, p_all, bu_all
 
 
 class ClientPool:
@@ -183,6 +242,21 @@ class ClientPool:
             epochs, lr, self.device, self.dtype,
         )
         idx = torch.as_tensor(users)
+        self.user_factors[idx] = p.cpu()
+        self.user_bias[idx] = bu.cpu()
+        return deltas
+
+    def train_sparse(
+        self, clients: Sequence[int], global_vec: torch.Tensor, lr: float, clip: float
+    ) -> list[SparseVector]:
+        """One local epoch of one-user clients as clipped sparse deltas, in the order given."""
+        users = [int(self.groups[c][0]) for c in clients]
+        if any(len(self.groups[c]) != 1 for c in clients):
+            raise ConfigError("sparse updates need one user per client (no --silos)")
+        deltas, order, p, bu = local_train_sparse(
+            global_vec, self.data, users, self.layout, self.hyper, lr, clip, self.device, self.dtype
+        )
+        idx = torch.as_tensor(order)
         self.user_factors[idx] = p.cpu()
         self.user_bias[idx] = bu.cpu()
         return deltas

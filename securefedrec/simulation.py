@@ -108,6 +108,12 @@ class Simulation:
         self.last_eval: Evaluation | None = None
         # differential privacy (securefedrec.privacy); sigma is calibrated here, before any training
         self.privacy: RoundPrivacy | None = build_privacy(config, self.pool, self.layout)
+        # sparse client messages only where the protocol may reveal which coordinates are non-zero
+        # and nothing downstream needs the dense vector (noise, compression, several epochs, silos)
+        self.sparse_updates = bool(
+            getattr(type(self.aggregator), "accepts_sparse", False) and self.privacy is None
+            and config.compression == "none" and config.local_epochs == 1 and config.silos is None
+        )
         self.stopped: str | None = None
 
     # ------------------------------------------------------------------ one round
@@ -149,14 +155,19 @@ class Simulation:
             view, bytes_down = self.downlink.broadcast(
                 self.global_vec, sampled, _round_rng(cfg.seed, r, STREAM_DOWNLINK))
             g = torch.from_numpy(view)
-            dp_trained = self.privacy.train(sampled, g, r) if self.privacy is not None else None
-            trained = (dp_trained if dp_trained is not None
-                       else self.pool.train(sampled, g, cfg.local_epochs, cfg.local_lr))
-            deltas = trained.clamp_(-cfg.update_clip, cfg.update_clip).to("cpu", torch.float64).numpy()
-            if self.privacy is not None:  # each client clips and adds its noise share
-                deltas = self.privacy.privatize(
-                    deltas, sampled, self.round_config(r, len(sampled)).threshold, r)
-            inputs = {cid: deltas[j] for j, cid in enumerate(sampled)}
+            inputs: dict[int, Any]
+            if self.sparse_updates:  # the insecure baseline: clients send only their non-zeros
+                sparse = self.pool.train_sparse(sampled, g, cfg.local_lr, cfg.update_clip)
+                inputs = dict(zip(sampled, sparse, strict=True))
+            else:
+                dp_trained = self.privacy.train(sampled, g, r) if self.privacy is not None else None
+                trained = (dp_trained if dp_trained is not None
+                           else self.pool.train(sampled, g, cfg.local_epochs, cfg.local_lr))
+                deltas = trained.clamp_(-cfg.update_clip, cfg.update_clip).to("cpu", torch.float64).numpy()
+                if self.privacy is not None:  # each client clips and adds its noise share
+                    deltas = self.privacy.privatize(
+                        deltas, sampled, self.round_config(r, len(sampled)).threshold, r)
+                inputs = {cid: deltas[j] for j, cid in enumerate(sampled)}
             t_train = time.perf_counter()
             plan = (sample_dropouts(sampled, cfg.dropout, _round_rng(cfg.seed, r, _STREAM_DROPOUT))
                     if cfg.dropout > 0 else {})

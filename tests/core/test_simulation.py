@@ -123,3 +123,18 @@ def test_secagg_plus_with_dropout_keeps_training() -> None:
     report = run_experiment(cfg)
     assert sum(r["dropped"] for r in report["rounds"]) > 0
     assert report["rounds"][-1]["rmse"] < report["rounds"][0]["rmse"] + 0.05
+
+
+def test_sparse_plaintext_messages_train_the_same_model_as_dense_ones() -> None:
+    """The plaintext baseline sends only non-zeros; the model must not notice."""
+
+    class DensePlaintext(PlaintextAggregator):
+        accepts_sparse = False
+
+    cfg = ExperimentConfig(rounds=3, sample_rate=0.7, **SMALL)
+    sparse, dense = Simulation(cfg), Simulation(cfg, aggregator=DensePlaintext())
+    assert sparse.sparse_updates and not dense.sparse_updates
+    sparse.run(progress=False)
+    dense.run(progress=False)
+    np.testing.assert_allclose(sparse.global_vec, dense.global_vec, rtol=0, atol=1e-9)
+    assert sparse.rounds[-1]["bytes_up"] < dense.rounds[-1]["bytes_up"] / 3
