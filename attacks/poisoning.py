@@ -249,7 +249,6 @@ class PoisoningAttack(Attack):
         n_users = sim.dataset.num_users
         n_fake = max(1, round(fraction * n_users)) if fraction > 0 else 0
         wrapper.fake_ids = list(range(n_users, n_users + n_fake))  # after every benign id
-        wrapper.fake_ids = list(range(n_users, n_users + n_fake))
         for _ in range(self.rounds or config.rounds):
             sim.run_round()
         return exposure_ratio(sim, target), wrapper.fake_participations

@@ -128,13 +128,14 @@ class Simulation:
     def round_config(self, round_id: int, n: int) -> RoundConfig:
         """The protocol settings for a round with ``n`` sampled clients."""
         cfg = self.config
+        threshold = max(1, math.ceil(cfg.threshold_fraction * n))
         return self.uplink.round_config(RoundConfig(  # q8/q16 narrow the ring to 8/16 + ceil(log2 n)
             round_id=round_id,
             # with user-level DP the range must also hold each client's noise share (privacy.py Notes)
             clip_range=cfg.update_clip if self.privacy is None else self.privacy.encoding_range(
-                max(1, math.ceil(cfg.threshold_fraction * n)), cfg.update_clip),
+                threshold, cfg.update_clip),
             ring_bits=cfg.ring_bits,
-            threshold=max(1, math.ceil(cfg.threshold_fraction * n)),
+            threshold=threshold,
             neighbors=cfg.neighbors,
         ), n)
 
@@ -151,6 +152,7 @@ class Simulation:
             "bytes_up": 0, "bytes_down": 0, "rmse": None, "mae": None, "epsilon": None,
         }
         if sampled:
+            round_cfg = self.round_config(r, len(sampled))
             # clients train on what the (compressed) broadcast gave them
             view, bytes_down = self.downlink.broadcast(
                 self.global_vec, sampled, _round_rng(cfg.seed, r, STREAM_DOWNLINK))
@@ -166,7 +168,7 @@ class Simulation:
                 deltas = trained.clamp_(-cfg.update_clip, cfg.update_clip).to("cpu", torch.float64).numpy()
                 if self.privacy is not None:  # each client clips and adds its noise share
                     deltas = self.privacy.privatize(
-                        deltas, sampled, self.round_config(r, len(sampled)).threshold, r)
+                        deltas, sampled, round_cfg.threshold, r)
                 inputs = {cid: deltas[j] for j, cid in enumerate(sampled)}
             t_train = time.perf_counter()
             plan = (sample_dropouts(sampled, cfg.dropout, _round_rng(cfg.seed, r, _STREAM_DROPOUT))
@@ -176,7 +178,7 @@ class Simulation:
             record.update(bytes_down=bytes_down, bytes_broadcast=bytes_down)  # from the encoded broadcast
             try:
                 result = self.uplink.aggregate(  # compress (randk/topk + error feedback), then aggregate
-                    self.aggregator, inputs, self.round_config(r, len(sampled)), plan)
+                    self.aggregator, inputs, round_cfg, plan)
             except AggregationAborted as exc:
                 record.update(aborted=True, dropped=len(sampled) - exc.survivors, error=str(exc))
             else:
@@ -192,7 +194,7 @@ class Simulation:
             record["seconds_train"] = t_train - t0
             if self.privacy is not None and not record["aborted"]:
                 record["noise_std"] = self.privacy.realized_std(
-                    len(sampled) - record["dropped"], self.round_config(r, len(sampled)).threshold)
+                    len(sampled) - record["dropped"], round_cfg.threshold)
         if self.privacy is not None:
             record["epsilon"] = self.privacy.commit_round(r)
         if (r + 1) % cfg.eval_every == 0 or r + 1 == cfg.rounds:
