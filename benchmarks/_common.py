@@ -4,31 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import sys
 import time
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from securefedrec import report
 
 RESULTS_DIR = Path("results")
 
 
 def environment() -> dict[str, Any]:
-    """Versions and machine facts that a reader needs to compare numbers."""
-    versions = {}
-    for pkg in ("securefedrec", "numpy", "torch", "cryptography", "phe", "gmpy2", "flwr", "opacus",
-                "scikit-surprise"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
+    """Versions and machine facts that a reader needs to compare numbers, and the date."""
     return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "versions": versions,
+        **report.environment(packages=(*report.PACKAGES, "scikit-surprise")),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

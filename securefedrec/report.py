@@ -16,10 +16,15 @@ import torch
 __all__ = ["atomic_write_bytes", "environment", "plot_rounds", "write_json"]
 
 
-def environment(device: torch.device | None = None) -> dict[str, Any]:
+PACKAGES = ("securefedrec", "torch", "numpy", "cryptography", "opacus", "phe", "gmpy2", "flwr")
+
+
+def environment(
+    device: torch.device | None = None, packages: tuple[str, ...] = PACKAGES
+) -> dict[str, Any]:
     """Python, package versions and the compute device."""
     versions: dict[str, str | None] = {}
-    for pkg in ("securefedrec", "torch", "numpy", "cryptography", "opacus", "phe", "gmpy2", "flwr"):
+    for pkg in packages:
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
