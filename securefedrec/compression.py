@@ -52,6 +52,7 @@ from protocols import AggregationAborted, AggregationResult, Aggregator, Dropout
 from protocols.base import abort_if_below_threshold, check_inputs
 from protocols.encoding import stochastic_round
 from protocols.wire import frame, pack_array, unframe, unpack_array
+from securefedrec import streams
 from securefedrec.errors import CheckpointError, ConfigError, DecodeError
 
 __all__ = [
@@ -73,9 +74,9 @@ __all__ = [
     "state_arrays",
 ]
 
-STREAM_SELECT = 101
+STREAM_SELECT = streams.SELECT
 """Random stream (``default_rng([seed, round, STREAM_SELECT])``) of the public random-k selection."""
-STREAM_DOWNLINK = 102
+STREAM_DOWNLINK = streams.DOWNLINK
 """Random stream of the downlink's stochastic rounding."""
 
 _KIND_FLOAT, _KIND_QUANT, _KIND_RANDK, _KIND_TOPK = 0x40, 0x41, 0x42, 0x43

@@ -60,6 +60,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from securefedrec import streams
 from securefedrec.client import RatingsByUser
 from securefedrec.errors import CheckpointError, ConfigError, PrivacyBudgetExhausted
 from securefedrec.model import Hyper, Layout
@@ -87,7 +88,7 @@ class SiloLoss(nn.Module):
         per = (out[:, 0] - target) ** 2 + out[:, 1]
         return per if self.reduction == "none" else per.sum()
 
-_SILO_STREAM = 11
+_SILO_STREAM = streams.SILO
 
 
 def silo_groups(num_users: int, silos: int, seed: int) -> list[np.ndarray]:

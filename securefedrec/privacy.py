@@ -100,6 +100,7 @@ from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
 
+from securefedrec import streams
 from securefedrec.errors import CheckpointError, ConfigError, PrivacyBudgetExhausted
 
 __all__ = [
@@ -405,7 +406,7 @@ class UserLevelPrivacy(RoundPrivacy):
         self.calibrated = False
 
     @classmethod
-    def from_config(cls, config: Any, noise_stream: int = 3) -> UserLevelPrivacy:
+    def from_config(cls, config: Any, noise_stream: int = streams.NOISE) -> UserLevelPrivacy:
         """Build from an :class:`~securefedrec.config.ExperimentConfig` (``dp == "user"``).
 
         sigma = ``config.noise_multiplier``, else calibrated so that

@@ -35,8 +35,9 @@ import torch
 from tqdm import tqdm
 
 from protocols import AggregationAborted, Aggregator, RoundConfig, get_aggregator, sample_dropouts
+from securefedrec import streams
 from securefedrec.client import ClientPool, resolve_device
-from securefedrec.compression import STREAM_DOWNLINK, Downlink, Uplink, parse_compression
+from securefedrec.compression import Downlink, Uplink, parse_compression
 from securefedrec.compression import load_state as load_compression_state
 from securefedrec.compression import state_arrays as compression_arrays
 from securefedrec.config import ExperimentConfig
@@ -50,7 +51,6 @@ from securefedrec.report import atomic_write_bytes, environment
 
 __all__ = ["Simulation", "run_experiment"]
 
-_STREAM_SAMPLING, _STREAM_DROPOUT, _STREAM_ROUNDING = 0, 1, 2
 _CHECKPOINT_VERSION = 1
 
 
@@ -122,7 +122,7 @@ class Simulation:
         n = self.pool.num_clients
         if self.config.sample_rate >= 1.0:
             return list(range(n))
-        draws = _round_rng(self.config.seed, round_id, _STREAM_SAMPLING).random(n)
+        draws = _round_rng(self.config.seed, round_id, streams.SAMPLING).random(n)
         return np.flatnonzero(draws < self.config.sample_rate).tolist()
 
     def round_config(self, round_id: int, n: int) -> RoundConfig:
@@ -155,7 +155,7 @@ class Simulation:
             round_cfg = self.round_config(r, len(sampled))
             # clients train on what the (compressed) broadcast gave them
             view, bytes_down = self.downlink.broadcast(
-                self.global_vec, sampled, _round_rng(cfg.seed, r, STREAM_DOWNLINK))
+                self.global_vec, sampled, _round_rng(cfg.seed, r, streams.DOWNLINK))
             g = torch.from_numpy(view)
             inputs: dict[int, Any]
             if self.sparse_updates:  # the insecure baseline: clients send only their non-zeros
@@ -171,10 +171,10 @@ class Simulation:
                         deltas, sampled, round_cfg.threshold, r)
                 inputs = {cid: deltas[j] for j, cid in enumerate(sampled)}
             t_train = time.perf_counter()
-            plan = (sample_dropouts(sampled, cfg.dropout, _round_rng(cfg.seed, r, _STREAM_DROPOUT))
+            plan = (sample_dropouts(sampled, cfg.dropout, _round_rng(cfg.seed, r, streams.DROPOUT))
                     if cfg.dropout > 0 else {})
             if hasattr(self.aggregator, "rng"):
-                self.aggregator.rng = _round_rng(cfg.seed, r, _STREAM_ROUNDING)
+                self.aggregator.rng = _round_rng(cfg.seed, r, streams.ROUNDING)
             record.update(bytes_down=bytes_down, bytes_broadcast=bytes_down)  # from the encoded broadcast
             try:
                 result = self.uplink.aggregate(  # compress (randk/topk + error feedback), then aggregate

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from protocols.secagg import SecAggClient
+from securefedrec import streams
 from securefedrec.config import ExperimentConfig
 from securefedrec.errors import ConfigError, StageError
 from securefedrec.flower.messages import FlowerStage, StageMessage
@@ -47,7 +48,6 @@ __all__ = ["Identity", "KeyStream", "NodeRuntime", "hosted_clients", "load_ident
            "rounding_rng"]
 
 STATE, DELTAS, HISTORY = "sfr.node", "sfr.deltas", "sfr.history"
-_STREAM_ROUNDING = 2  # securefedrec.simulation's rounding stream (default_rng([seed, r, 2]).spawn(n))
 
 _ORDER = {
     False: (FlowerStage.TRAIN, FlowerStage.SHARE_KEYS, FlowerStage.MASKED_INPUT, FlowerStage.UNMASK),
@@ -87,10 +87,10 @@ class KeyStream:
 def rounding_rng(seed: int, round_id: int, rank: int) -> np.random.Generator:
     """The stochastic-rounding stream the simulator gives the ``rank``-th sampled client of a round.
 
-    Equals ``default_rng([seed, round_id, 2]).spawn(n)[rank]`` (what
+    Equals ``default_rng([seed, round_id, streams.ROUNDING]).spawn(n)[rank]`` (what
     :class:`~securefedrec.simulation.Simulation` hands its aggregator).
     """
-    sequence = np.random.SeedSequence([seed, round_id, _STREAM_ROUNDING], spawn_key=(rank,))
+    sequence = np.random.SeedSequence([seed, round_id, streams.ROUNDING], spawn_key=(rank,))
     return np.random.default_rng(sequence)
 
 

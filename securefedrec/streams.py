@@ -1,0 +1,24 @@
+"""Ids of the seeded random streams of a simulated run, in one place so none collide.
+
+Round ``r`` of a run with seed ``s`` draws stream ``X`` from
+``numpy.random.default_rng([s, r, X])``; a resumed run therefore reproduces the
+uninterrupted one. Simulation only: secrets (keys, masks) never come from here.
+This module imports nothing, so light processes (Flower ClientApps) can use it.
+"""
+
+__all__ = ["DOWNLINK", "DROPOUT", "NOISE", "ROUNDING", "SAMPLING", "SELECT", "SILO"]
+
+SAMPLING = 0
+"""Poisson client sampling."""
+DROPOUT = 1
+"""The simulated dropout plan."""
+ROUNDING = 2
+"""Stochastic rounding of the fixed-point encoding (spawned per client)."""
+NOISE = 3
+"""Per-client DP noise, ``[seed, r, NOISE, client]`` (when not cryptographic)."""
+SILO = 11
+"""Silo grouping and per-silo seeds (``[seed, SILO, ...]``, not per round)."""
+SELECT = 101
+"""The public random-k coordinate selection."""
+DOWNLINK = 102
+"""Stochastic rounding of the compressed broadcast."""
