@@ -13,7 +13,10 @@ import numpy as np
 
 from protocols.errors import DecodeError
 
-__all__ = ["HEADER", "MAGIC", "VERSION", "frame", "kind_of", "pack_array", "unframe", "unpack_array"]
+__all__ = [
+    "HEADER", "MAGIC", "VERSION", "frame", "kind_of", "pack_array", "pack_uints", "packed_size", "unframe",
+    "unpack_array", "unpack_uints",
+]
 
 MAGIC = b"SFR"
 VERSION = 1
@@ -75,3 +78,50 @@ def unpack_array(payload: bytes, dtype: str, length: int | None = None) -> np.nd
     if length is not None and arr.size != length:
         raise DecodeError(f"expected {length} values, got {arr.size}")
     return arr
+
+
+def packed_size(bits: int, length: int) -> int:
+    """Bytes of :func:`pack_uints` for ``length`` values of ``bits`` bits: ``ceil(bits * length / 8)``."""
+    if not 1 <= bits <= 64:
+        raise ValueError(f"bits must be in [1, 64], got {bits}")
+    return (bits * length + 7) // 8
+
+
+def pack_uints(values: np.ndarray, bits: int) -> bytes:
+    """Unsigned integers below ``2^bits`` as one little-endian bit string, ``bits`` bits each.
+
+    Whole-byte widths take the fast path (the low ``bits / 8`` bytes of each value); other
+    widths are packed bit-exactly, so a 17-bit ring costs 17 bits per value, not 24. The
+    last byte is padded with zero bits.
+    """
+    v = np.ascontiguousarray(values, dtype="<u8").reshape(-1)
+    packed_size(bits, v.size)  # checks bits
+    if bits < 64 and (v >> np.uint64(bits)).any():
+        raise ValueError(f"a value is not below 2^{bits}")
+    if bits % 8 == 0:
+        return np.ascontiguousarray(v.view(np.uint8).reshape(-1, 8)[:, : bits // 8]).tobytes()
+    shifts = np.arange(bits, dtype=np.uint64)
+    bit_matrix = ((v[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+    return np.packbits(bit_matrix.reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_uints(payload: bytes, bits: int, length: int) -> np.ndarray:
+    """Inverse of :func:`pack_uints`: ``length`` uint64 values; checks the size and the padding.
+
+    Raises:
+        DecodeError: wrong byte count, or non-zero padding bits.
+    """
+    size = packed_size(bits, length)
+    if len(payload) != size:
+        raise DecodeError(f"expected {size} bytes for {length} values of {bits} bits, got {len(payload)}")
+    raw = np.frombuffer(payload, dtype=np.uint8)
+    if bits % 8 == 0:
+        wide = np.zeros((length, 8), dtype=np.uint8)
+        wide[:, : bits // 8] = raw.reshape(length, bits // 8)
+        return wide.view("<u8").reshape(length).astype(np.uint64)
+    flat = np.unpackbits(raw, bitorder="little")
+    if flat[bits * length :].any():
+        raise DecodeError("non-zero padding bits after the last value")
+    bit_matrix = flat[: bits * length].reshape(length, bits).astype(np.uint64)
+    out: np.ndarray = (bit_matrix << np.arange(bits, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+    return out

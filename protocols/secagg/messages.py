@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocols.errors import DecodeError
-from protocols.wire import frame, unframe
+from protocols.wire import frame, pack_uints, packed_size, unframe, unpack_uints
 
 __all__ = [
     "CIPHERTEXT_BYTES",
@@ -35,7 +35,6 @@ __all__ = [
     "UnmaskRequest",
     "UnmaskResponse",
     "encode_ids",
-    "ring_width",
 ]
 
 KEY_BYTES = 32
@@ -65,26 +64,6 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")
 MAX_ID = (1 << 63) - 1
-
-
-def ring_width(ring_bits: int) -> int:
-    """Bytes per ring element on the wire: ``ceil(ring_bits / 8)`` (1..8)."""
-    if not 1 <= ring_bits <= 64:
-        raise ValueError(f"ring_bits must be in [1, 64], got {ring_bits}")
-    return (ring_bits + 7) // 8
-
-
-def _pack_ring(values: np.ndarray, width: int) -> bytes:
-    """The low ``width`` little-endian bytes of each uint64 element, concatenated."""
-    raw = np.ascontiguousarray(values, dtype="<u8").view(np.uint8).reshape(-1, 8)
-    return np.ascontiguousarray(raw[:, :width]).tobytes()
-
-
-def _unpack_ring(data: bytes, width: int, length: int) -> np.ndarray:
-    """Inverse of :func:`_pack_ring`: ``length`` uint64 elements."""
-    wide = np.zeros((length, 8), dtype=np.uint8)
-    wide[:, :width] = np.frombuffer(data, dtype=np.uint8).reshape(length, width)
-    return wide.view("<u8").reshape(length).astype(np.uint64)
 
 
 class _Reader:
@@ -334,7 +313,7 @@ class SharesIn:
 
 @dataclass(frozen=True)
 class MaskedInput:
-    """Client -> server: the masked vector in Z_{2^b}, ceil(b/8) bytes per value (:func:`ring_width`)."""
+    """Client -> server: the masked vector in Z_{2^b}, b bits per value, packed (``ceil(b L / 8)`` bytes)."""
 
     client_id: int
     ring_bits: int
@@ -342,10 +321,9 @@ class MaskedInput:
 
     def encode(self) -> bytes:
         """Framed bytes."""
-        w = ring_width(self.ring_bits)
         return frame(
             KIND_MASKED,
-            _U64.pack(self.client_id) + _U8.pack(self.ring_bits) + _pack_ring(self.values, w),
+            _U64.pack(self.client_id) + _U8.pack(self.ring_bits) + pack_uints(self.values, self.ring_bits),
         )
 
     @classmethod
@@ -355,11 +333,12 @@ class MaskedInput:
         cid, bits = r.u64("client_id"), r.u8("ring_bits")
         if not 8 <= bits <= 64:
             raise DecodeError(f"masked input: ring_bits {bits}")
-        w = ring_width(bits)
-        values = _unpack_ring(r.raw(w * length, "values"), w, length)
+        payload = r.raw(packed_size(bits, length), "values")
+        try:
+            values = unpack_uints(payload, bits, length)
+        except DecodeError as exc:
+            raise DecodeError(f"masked input: {exc}") from None
         r.done()
-        if bits < 8 * w and (values >> np.uint64(bits)).any():
-            raise DecodeError(f"masked input: a value is not below 2^{bits}")
         return cls(cid, bits, values)
 
 
