@@ -262,7 +262,7 @@ def test_q8_ring_is_value_bits_plus_headroom(n: int) -> None:
     FixedPoint.for_sum(n, cfg.clip_range, cfg.ring_bits, cfg.value_bits)  # fits, by construction
 
 
-def test_secagg_q8_masked_input_is_two_bytes_per_value() -> None:
+def test_secagg_q8_masked_input_is_packed_at_its_ring_bits() -> None:
     rng = np.random.default_rng(5)
     n, length = 8, 1000
     inputs = {c: rng.uniform(-1, 1, length) for c in range(n)}
@@ -273,8 +273,8 @@ def test_secagg_q8_masked_input_is_two_bytes_per_value() -> None:
     cfg = up.round_config(base, n)
     q8 = up.aggregate(agg, inputs, cfg)
     assert cfg.ring_bits == 11
-    for c in inputs:  # the masked input shrinks from 4 to ceil(11/8) = 2 bytes per value; the rest is equal
-        assert dense.bytes_up[c] - q8.bytes_up[c] == 2 * length
+    for c in inputs:  # the masked input shrinks from 32 to 11 bits per value; the rest is equal
+        assert dense.bytes_up[c] - q8.bytes_up[c] == 4 * length - (11 * length + 7) // 8
     step = FixedPoint.for_sum(n, 1.0, cfg.ring_bits, 8).step
     np.testing.assert_allclose(q8.total, sum(inputs.values()), rtol=0, atol=n * step)
 
