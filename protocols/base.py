@@ -1,7 +1,11 @@
 """The aggregator contract that every protocol implements.
 
 One round: the caller hands over ``client id -> float vector`` (all of one
-length L, every coordinate already inside ``[-clip_range, clip_range]``), the
+length L, every coordinate already inside ``[-clip_range, clip_range]``) -- or
+``client id -> integer vector`` of fixed-point units that the caller quantized
+itself (then ``RoundConfig.value_bits`` must be set; see
+:mod:`protocols.encoding`: the integers enter the ring unchanged and the decoded
+sum is their integer sum times the encoding's ``step``) -- the
 round's :class:`RoundConfig`, and, for simulation, a :data:`DropoutPlan` that
 says at which stage each vanishing client stops. The aggregator returns an
 :class:`AggregationResult` holding the decoded sum of the survivors, the
@@ -25,6 +29,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from protocols.encoding import FixedPoint, is_integer_input
 from protocols.errors import AggregationAborted, ConfigError
 
 __all__ = [
@@ -181,9 +186,14 @@ def check_inputs(
 ) -> int:
     """Validate a round's inputs before any state changes; return the vector length.
 
+    Integer vectors (fixed-point units, :mod:`protocols.encoding`) are checked
+    here, naming the client: every input must then be integer, ``value_bits`` must
+    be set, and every value must fit ``+-(2^(value_bits-1) - 1)``.
+
     Raises:
         ConfigError: no inputs, vectors of different lengths or non-finite values,
-            or a threshold above the number of clients.
+            a threshold above the number of clients, or integer inputs that are
+            mixed with floats, lack ``value_bits`` or exceed its range.
     """
     if not inputs:
         raise ConfigError(f"round {config.round_id}: no client inputs")
@@ -208,7 +218,32 @@ def check_inputs(
             f"round {config.round_id}: threshold {config.threshold} exceeds the "
             f"{len(inputs)} participating clients"
         )
+    _check_integer_inputs(inputs, config)
     return int(first_shape[0])
+
+
+def _check_integer_inputs(
+    inputs: Mapping[int, np.ndarray] | Mapping[int, np.ndarray | SparseVector], config: RoundConfig
+) -> None:
+    units = {cid: v for cid, v in inputs.items() if not isinstance(v, SparseVector) and is_integer_input(v)}
+    ints = sorted(units)
+    if not ints:
+        return
+    rid = config.round_id
+    floats = sorted(set(inputs) - set(ints))
+    if floats:
+        raise ConfigError(
+            f"round {rid}: client {ints[0]} sent integer units but client {floats[0]} sent floats; "
+            "one round takes one kind of input"
+        )
+    if config.value_bits is None:
+        raise ConfigError(
+            f"round {rid}: client {ints[0]} sent integer units, which need RoundConfig.value_bits "
+            "(the encoding they are units of)"
+        )
+    fp = FixedPoint(clip_range=config.clip_range, value_bits=config.value_bits, ring_bits=config.ring_bits)
+    for cid in ints:
+        fp.units(units[cid], who=f"round {rid}: client {cid}")
 
 
 def abort_if_below_threshold(survivors: int, config: RoundConfig, stage: Stage) -> None:

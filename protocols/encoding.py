@@ -10,6 +10,16 @@ to change, when it fails -- overflow is impossible by construction.
 
 Inputs outside [-c, c] are clipped before scaling (the caller's clipping is
 trusted for privacy; this clip is only the overflow guarantee).
+
+Integer inputs are *units already*: an array of integer dtype is taken as the
+integers ``round_s(x * scale)`` that the caller computed itself (e.g. a client
+that quantized its update and added integer DP noise, as in the distributed
+Skellam mechanism), and goes into the ring unchanged -- no scaling, no rounding, so quantization and
+noise compose exactly with the ring sum. The decoded sum is then the integer sum
+times :attr:`FixedPoint.step`. An integer outside ``[-(2^(v-1)-1), 2^(v-1)-1]``
+is refused (:meth:`FixedPoint.units` raises, naming the party), not clipped: a
+clip would silently change the caller's noise, and the caller is the one who
+sized the range.
 """
 
 from __future__ import annotations
@@ -21,10 +31,15 @@ import numpy as np
 
 from protocols.errors import ConfigError
 
-__all__ = ["MAX_VALUE_BITS", "FixedPoint", "stochastic_round"]
+__all__ = ["MAX_VALUE_BITS", "FixedPoint", "is_integer_input", "stochastic_round"]
 
 MAX_VALUE_BITS = 52
 """float64 represents every integer below 2^53 exactly; wider values would round."""
+
+
+def is_integer_input(x: np.ndarray) -> bool:
+    """Whether ``x`` holds integer fixed-point units (integer dtype) rather than float values."""
+    return bool(np.issubdtype(np.asarray(x).dtype, np.integer))
 
 
 def stochastic_round(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -97,16 +112,53 @@ class FixedPoint:
         """2^b - 1 as a uint64, for reducing modulo the ring."""
         return np.uint64((1 << self.ring_bits) - 1)
 
+    @property
+    def max_units(self) -> int:
+        """The largest magnitude of one encoded value in integer units: 2^(v-1) - 1."""
+        return (1 << (self.value_bits - 1)) - 1
+
+    def units(self, q: np.ndarray, who: str = "input") -> np.ndarray:
+        """Integer units handed in by the caller, checked against :attr:`max_units`, as int64.
+
+        Args:
+            q: an array of integer dtype (already quantized by the caller).
+            who: names the party in the error (e.g. ``"round 3: client 17"``).
+
+        Raises:
+            ConfigError: ``q`` is not of integer dtype, or a value lies outside
+                ``[-max_units, max_units]`` (refused, never clipped).
+        """
+        a = np.asarray(q)
+        if not is_integer_input(a):
+            raise ConfigError(f"{who}: integer units expected, got an array of dtype {a.dtype}")
+        limit = self.max_units
+        signed = np.issubdtype(a.dtype, np.signedinteger)
+        bad = np.flatnonzero((a > limit) | (a < -limit)) if signed else np.flatnonzero(a > limit)
+        if bad.size:
+            i = int(bad[0])
+            raise ConfigError(
+                f"{who}: integer value {int(a.flat[i])} at index {i} lies outside +-{limit} "
+                f"(value_bits={self.value_bits}); integer inputs are not clipped -- size the range "
+                f"(value_bits, or clip_range and ring_bits) to hold them"
+            )
+        return a.astype(np.int64)
+
     def quantize(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Clip, scale and stochastically round: signed int64 in [-(2^(v-1)-1), 2^(v-1)-1]."""
-        limit = 2 ** (self.value_bits - 1) - 1
+        """Clip, scale and stochastically round: signed int64 in [-(2^(v-1)-1), 2^(v-1)-1].
+
+        An integer array is taken as units already (module docstring): checked by
+        :meth:`units` and returned as int64, without scaling or rounding.
+        """
+        if is_integer_input(x):
+            return self.units(x)
+        limit = self.max_units
         y = np.clip(np.asarray(x, dtype=np.float64), -self.clip_range, self.clip_range) * self.scale
         q = stochastic_round(y, rng)
         quantized: np.ndarray = np.clip(q, -limit, limit).astype(np.int64)
         return quantized
 
     def encode(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Quantize and map into the ring: uint64 elements in [0, 2^b)."""
+        """Quantize (integer input: take as units) and map into the ring: uint64 elements in [0, 2^b)."""
         ring: np.ndarray = self.quantize(x, rng).view(np.uint64) & self.modulus_mask
         return ring
 

@@ -7,6 +7,8 @@ With ``RoundConfig.value_bits`` set, each client sends its vector quantized by
 the same stochastic :class:`~protocols.encoding.FixedPoint` as the other
 protocols, as signed integers of the smallest of 1, 2, 4, 8 bytes that holds
 ``value_bits`` (q8 -> int8, q16 -> int16); otherwise float64 values.
+Integer inputs (fixed-point units the caller quantized itself, see
+:mod:`protocols.encoding`) need ``value_bits`` and are sent as they are.
 A :class:`~protocols.base.SparseVector` input travels as its non-zero
 coordinates only (uint32 indices, then float64 values), as an insecure client
 would send it; quantized rounds send it densified.
@@ -97,14 +99,24 @@ class PlaintextAggregator(Aggregator):
         }
         t1 = time.perf_counter()
         abort_if_below_threshold(len(messages), config, Stage.MASKED_INPUT)
-        received = {cid: self._decode(m, fp, length) for cid, m in messages.items()}
-        total = np.zeros(length, dtype=np.float64)
-        for cid in sorted(received):
-            v = received[cid]
-            if isinstance(v, SparseVector):
-                total[v.indices] += v.values  # indices are unique within one vector
-            else:
-                total += v
+        received: dict[int, np.ndarray | SparseVector]
+        if fp is not None and len(messages) * fp.max_units <= np.iinfo(np.int64).max:
+            # sum the integers exactly, then scale once (bit-identical to the ring protocols' decode)
+            units = {cid: self._decode_units(m, fp, length) for cid, m in messages.items()}
+            int_total = np.zeros(length, dtype=np.int64)
+            for cid in sorted(units):
+                int_total += units[cid]
+            total = int_total * fp.step
+            received = {cid: u * fp.step for cid, u in units.items()}
+        else:
+            received = {cid: self._decode(m, fp, length) for cid, m in messages.items()}
+            total = np.zeros(length, dtype=np.float64)
+            for cid in sorted(received):
+                v = received[cid]
+                if isinstance(v, SparseVector):
+                    total[v.indices] += v.values  # indices are unique within one vector
+                else:
+                    total += v
         t2 = time.perf_counter()
         self.last_messages = received
         return AggregationResult(
@@ -125,10 +137,14 @@ class PlaintextAggregator(Aggregator):
         return frame(_KIND_VECTOR, pack_array(v, "<f8"))
 
     @staticmethod
+    def _decode_units(message: bytes, fp: FixedPoint, length: int) -> np.ndarray:
+        ints = unpack_array(unframe(message, _KIND_QUANTIZED), _int_dtype(fp.value_bits), length)
+        return ints.astype(np.int64)
+
+    @staticmethod
     def _decode(message: bytes, fp: FixedPoint | None, length: int) -> np.ndarray | SparseVector:
         if fp is not None:
-            ints = unpack_array(unframe(message, _KIND_QUANTIZED), _int_dtype(fp.value_bits), length)
-            scaled: np.ndarray = ints * fp.step
+            scaled: np.ndarray = PlaintextAggregator._decode_units(message, fp, length) * fp.step
             return scaled
         if kind_of(message) == _KIND_SPARSE:
             return _unpack_sparse(message, length)

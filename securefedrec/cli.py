@@ -40,6 +40,12 @@ def _accountants() -> list[str]:
     return list(ACCOUNTANTS)
 
 
+def _dp_mechanisms() -> list[str]:
+    from securefedrec.skellam import DP_MECHANISMS
+
+    return list(DP_MECHANISMS)
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     d = ExperimentConfig()
     g = p.add_argument_group("data")
@@ -80,6 +86,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    f"gradient (record) (default {d.clip})")
     g.add_argument("--noise-multiplier", type=float, help="sigma (noise std / C); default: from --epsilon")
     g.add_argument("--accountant", choices=_accountants(), help=f"Opacus accountant (default {d.accountant})")
+    g.add_argument("--dp-mechanism", choices=_dp_mechanisms(),
+                   help=f"noise of --dp user: gaussian (floats), or skellam (integer noise added in the "
+                        f"secure-aggregation ring, its own RDP accounting) (default {d.dp_mechanism})")
     g.add_argument("--silos", type=int, help="cross-silo: group the users into S clients")
     g.add_argument("--dp-batch-size", type=int,
                    help=f"expected DP-SGD batch per silo (record; default {d.dp_batch_size})")

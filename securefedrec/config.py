@@ -71,6 +71,7 @@ class ExperimentConfig:
     clip: float = 1.0
     noise_multiplier: float | None = None
     accountant: str = "rdp"
+    dp_mechanism: str = "gaussian"
     silos: int | None = None
     dp_batch_size: int = 256
     # server
@@ -118,8 +119,10 @@ class ExperimentConfig:
 
     def _check_privacy(self, need: Callable[[bool, str, str], None]) -> None:
         from securefedrec.privacy import ACCOUNTANTS, DP_MODES
+        from securefedrec.skellam import DP_MECHANISMS
 
         need(self.dp in DP_MODES, "dp", f"must be one of {', '.join(DP_MODES)}")
+        need(self.dp_mechanism in DP_MECHANISMS, "dp_mechanism", f"must be one of {', '.join(DP_MECHANISMS)}")
         need(self.accountant in ACCOUNTANTS, "accountant", f"must be one of {', '.join(ACCOUNTANTS)}")
         need(self.epsilon is None or (math.isfinite(self.epsilon) and self.epsilon > 0), "epsilon",
              "must be > 0 and finite")
@@ -137,6 +140,16 @@ class ExperimentConfig:
              "dp 'record' is cross-silo DP-SGD and needs --silos S")
         need(self.dp != "user" or self.silos is None, "silos",
              "dp 'user' protects one user per client; it does not apply to silos (use dp 'record')")
+        if self.dp_mechanism == "skellam":  # integer noise in the ring (securefedrec.skellam)
+            need(self.dp == "user", "dp_mechanism",
+                 f"skellam is the integer-noise form of user-level DP and needs --dp user "
+                 f"(dp is {self.dp!r})")
+            need(self.compression == "none", "dp_mechanism",
+                 f"skellam hands the protocol integer units with their own encoding; compression "
+                 f"{self.compression!r} would re-quantize or drop them (use --compression none)")
+            need(self.accountant == "rdp", "dp_mechanism",
+                 f"skellam has its own RDP accounting; accountant {self.accountant!r} does not apply "
+                 "(use --accountant rdp)")
 
     def _check_compression(self) -> None:
         import importlib

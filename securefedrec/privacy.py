@@ -72,9 +72,10 @@ Notes:
     analysis treats the noise as an exact real Gaussian. The principled fix
     is integer noise added in the ring -- the distributed discrete Gaussian
     (Kairouz, Liu, Steinke, ICML 2021) or Skellam (Agarwal, Kairouz, Liu,
-    NeurIPS 2021) -- not implemented yet. With the plaintext protocol and no
-    ``value_bits`` the noisy doubles are sent as they are, so the attack
-    applies there (that protocol is insecure anyway).
+    NeurIPS 2021); the latter is :mod:`securefedrec.skellam`
+    (``--dp-mechanism skellam``), with its own accounting. With the plaintext
+    protocol and no ``value_bits`` the noisy doubles are sent as they are, so
+    the attack applies there (that protocol is insecure anyway).
 
     Encoding range. The protocols encode every coordinate in
     ``[-R, R]`` and clip outside it. A clipped share would change the noise,
@@ -505,6 +506,10 @@ class UserLevelPrivacy(RoundPrivacy):
 def build_privacy(config: Any, pool: Any, layout: Any) -> RoundPrivacy | None:
     """The DP mode of an :class:`~securefedrec.config.ExperimentConfig` (``None`` for ``dp = "none"``)."""
     if config.dp == "user":
+        if config.dp_mechanism == "skellam":  # integer noise in the ring
+            from securefedrec.skellam import SkellamUserPrivacy
+
+            return SkellamUserPrivacy.from_config(config, pool.num_clients, layout.length)
         return UserLevelPrivacy.from_config(config)
     if config.dp == "record":
         from securefedrec.dpsgd import SiloDPSGD

@@ -48,6 +48,7 @@ from securefedrec.metrics import Evaluation, evaluate
 from securefedrec.model import Hyper, Layout
 from securefedrec.privacy import RoundPrivacy, build_privacy
 from securefedrec.report import atomic_write_bytes, environment
+from securefedrec.skellam import SkellamUserPrivacy
 
 __all__ = ["Simulation", "run_experiment"]
 
@@ -129,7 +130,7 @@ class Simulation:
         """The protocol settings for a round with ``n`` sampled clients."""
         cfg = self.config
         threshold = max(1, math.ceil(cfg.threshold_fraction * n))
-        return self.uplink.round_config(RoundConfig(  # q8/q16 narrow the ring to 8/16 + ceil(log2 n)
+        config = self.uplink.round_config(RoundConfig(  # q8/q16 narrow the ring to 8/16 + ceil(log2 n)
             round_id=round_id,
             # with user-level DP the range must also hold each client's noise share (privacy.py Notes)
             clip_range=cfg.update_clip if self.privacy is None else self.privacy.encoding_range(
@@ -138,6 +139,9 @@ class Simulation:
             threshold=threshold,
             neighbors=cfg.neighbors,
         ), n)
+        if isinstance(self.privacy, SkellamUserPrivacy):  # integer units at the mechanism's scale
+            config = self.privacy.round_config(config, n)
+        return config
 
     def run_round(self) -> dict[str, Any]:
         """Run the next round; return its record (also appended to ``self.rounds``)."""
@@ -166,7 +170,7 @@ class Simulation:
                 trained = (dp_trained if dp_trained is not None
                            else self.pool.train(sampled, g, cfg.local_epochs, cfg.local_lr))
                 deltas = trained.clamp_(-cfg.update_clip, cfg.update_clip).to("cpu", torch.float64).numpy()
-                if self.privacy is not None:  # each client clips and adds its noise share
+                if self.privacy is not None:  # each client clips and adds its noise share (skellam: int64)
                     deltas = self.privacy.privatize(
                         deltas, sampled, round_cfg.threshold, r)
                 inputs = {cid: deltas[j] for j, cid in enumerate(sampled)}
@@ -291,7 +295,8 @@ class Simulation:
             raise CheckpointError(
                 f"{p}: checkpoint version {meta.get('version')}, expected {_CHECKPOINT_VERSION}"
             )
-        ours, theirs = self.config.to_dict(), meta["config"]
+        # checkpoints written before dp_mechanism existed were Gaussian
+        ours, theirs = self.config.to_dict(), {"dp_mechanism": "gaussian", **meta["config"]}
         diff = sorted(k for k in ours if k != "rounds" and ours[k] != theirs.get(k))
         if diff:
             details = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs run {ours[k]!r}" for k in diff)

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from protocols import shamir
 from protocols.base import Stage
-from protocols.encoding import FixedPoint
+from protocols.encoding import FixedPoint, is_integer_input
 from protocols.errors import ConfigError, IntegrityError, ProtocolError, StageError
 from protocols.prg import MaskExpander
 from protocols.secagg import _crypto
@@ -70,7 +70,9 @@ class SecAggClient:
 
     Args:
         client_id: this client's id (0 <= id < 2^63).
-        vector: its input, float64 of length L (clipped to the round's range when encoded).
+        vector: its input, float64 of length L (clipped to the round's range when encoded),
+            or integer fixed-point units of the round's encoding (checked at setup, never
+            clipped; :mod:`protocols.encoding`).
         malicious: expect the malicious-model protocol (signed keys, consistency
             round); a setup message that says otherwise is refused.
         identity_key: this client's long-term Ed25519 key (malicious model).
@@ -95,7 +97,8 @@ class SecAggClient:
         if malicious and (identity_key is None or identity_keys is None):
             raise ConfigError(f"client {client_id}: the malicious model needs identity_key and identity_keys")
         self.client_id = client_id
-        self._vector = np.asarray(vector, dtype=np.float64)
+        v = np.asarray(vector)
+        self._vector = v if is_integer_input(v) else np.asarray(v, dtype=np.float64)
         self._malicious = malicious
         self._identity = identity_key
         self._pki = dict(identity_keys or {})
@@ -181,7 +184,9 @@ class SecAggClient:
         if setup.degree != effective_degree(n, setup.degree):
             raise self._fail("setup", f"no {setup.degree}-regular graph on {n} clients")
         # overflow impossible by construction: refuse an encoding whose sum could wrap
-        FixedPoint.for_sum(n, setup.clip_range, setup.ring_bits, setup.value_bits)
+        fp = FixedPoint.for_sum(n, setup.clip_range, setup.ring_bits, setup.value_bits)
+        if is_integer_input(self._vector):  # units are never clipped: refuse before any key exists
+            fp.units(self._vector, who=f"client {self.client_id}, round {setup.round_id}")
         self._neighbors = neighbors_of(self.client_id, setup.client_ids, setup.degree, setup.graph_seed)
         self._x = {c: i + 1 for i, c in enumerate(setup.client_ids)}
         self._setup = setup

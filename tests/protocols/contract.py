@@ -18,6 +18,7 @@ Rules every protocol obeys:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Mapping
 
@@ -182,3 +183,43 @@ class AggregatorContract:
         inputs[first][3] = np.nan
         with pytest.raises(ConfigError, match=f"client {first}"):
             self.make_aggregator().aggregate(inputs, self.config(3, threshold=2))
+
+    # ---- integer inputs: fixed-point units handed in by the caller (protocols.encoding) ----------
+    def integer_setup(self, n: int, length: int, seed: int) -> tuple[dict[int, np.ndarray], RoundConfig]:
+        """n int64 vectors of units spanning the whole range of value_bits=20 (extremes included)."""
+        cfg = dataclasses.replace(self.config(n, threshold=max(1, n - 2), clip=2.5), value_bits=20)
+        limit = 2**19 - 1
+        rng = np.random.default_rng(seed)
+        inputs = {100 + 7 * i: rng.integers(-limit, limit + 1, size=length) for i in range(n)}
+        first = inputs[100]
+        first[:2] = (limit, -limit)
+        return inputs, cfg
+
+    def test_integer_units_are_summed_bit_exactly(self) -> None:
+        inputs, cfg = self.integer_setup(5, 301, seed=21)
+        dropper = sorted(inputs)[3]
+        plan = {dropper: Stage.MASKED_INPUT}
+        result = self.make_aggregator().aggregate(inputs, cfg, plan)
+        fp = FixedPoint.for_sum(len(inputs), cfg.clip_range, cfg.ring_bits, cfg.value_bits)
+        want = np.sum([inputs[c] for c in sorted(senders(inputs, plan))], axis=0)  # exact int64 sum
+        assert result.survivors == frozenset(senders(inputs, plan))
+        # equal as floats means equal integer sums: decode is int_sum * step, and one unit off changes it
+        np.testing.assert_array_equal(result.total, want.astype(np.float64) * fp.step)
+        np.testing.assert_array_equal(np.rint(result.total * fp.scale).astype(np.int64), want)
+
+    def test_integer_units_beyond_value_bits_are_refused_naming_the_client(self) -> None:
+        inputs, cfg = self.integer_setup(4, 20, seed=22)
+        bad = sorted(inputs)[2]
+        inputs[bad][7] = -(2**19)  # one past the signed 20-bit limit
+        with pytest.raises(ConfigError, match=f"client {bad}: integer value -524288 at index 7"):
+            self.make_aggregator().aggregate(inputs, cfg)
+
+    def test_integer_units_need_value_bits_and_no_mixing(self) -> None:
+        inputs, cfg = self.integer_setup(3, 10, seed=23)
+        with pytest.raises(ConfigError, match=r"need RoundConfig\.value_bits"):
+            self.make_aggregator().aggregate(inputs, dataclasses.replace(cfg, value_bits=None))
+        mixed = dict(inputs)
+        floats = sorted(mixed)[1]
+        mixed[floats] = mixed[floats] / 2**19
+        with pytest.raises(ConfigError, match=f"client {floats} sent floats"):
+            self.make_aggregator().aggregate(mixed, cfg)

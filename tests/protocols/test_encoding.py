@@ -67,3 +67,28 @@ def test_sum_of_encodings_decodes_to_sum(n: int, ring_bits: int, seed: int) -> N
     for x in xs:
         acc = (acc + fp.encode(x, rng)) & mask
     np.testing.assert_allclose(fp.decode(acc), xs.sum(axis=0), atol=n * fp.step)
+
+
+def test_integer_input_is_units_already_unscaled_unrounded_and_uses_no_randomness() -> None:
+    fp = FixedPoint(clip_range=3.0, value_bits=12, ring_bits=16)
+    units = np.array([0, 1, -1, 2047, -2047, 5], dtype=np.int32)
+    rng = np.random.default_rng(7)
+    state = rng.bit_generator.state
+    q = fp.quantize(units, rng)
+    assert q.dtype == np.int64
+    np.testing.assert_array_equal(q, units)
+    assert rng.bit_generator.state == state  # no stochastic rounding happened
+    np.testing.assert_array_equal(fp.to_signed(fp.encode(units, rng)), units)
+    np.testing.assert_array_equal(fp.decode(fp.encode(units, rng)), units * fp.step)
+    np.testing.assert_array_equal(fp.units(np.array([2047, 0], dtype=np.uint64)), [2047, 0])
+
+
+@pytest.mark.parametrize("bad", [np.array([2048]), np.array([-2048]), np.array([2**64 - 1], dtype=np.uint64)])
+def test_integer_input_outside_the_range_is_refused_not_clipped(bad: np.ndarray) -> None:
+    fp = FixedPoint(clip_range=3.0, value_bits=12, ring_bits=16)
+    with pytest.raises(ConfigError, match=r"client 9: integer value .* outside \+-2047"):
+        fp.units(bad, who="client 9")
+    with pytest.raises(ConfigError, match="outside"):
+        fp.quantize(bad, np.random.default_rng(0))
+    with pytest.raises(ConfigError, match="integer units expected"):
+        fp.units(np.array([1.0]))
