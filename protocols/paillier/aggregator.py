@@ -143,7 +143,17 @@ def _parse_block(data: bytes, width: int, count: int, what: str) -> list[int]:
 
 
 class PaillierClient:
-    """One client's side of a round (sans-IO: bytes in, bytes out, one method per stage)."""
+    """One client's side of a round (sans-IO: bytes in, bytes out, one method per stage).
+
+    Args:
+        client_id, round_id: who and when (bound into every signature).
+        identity: this client's long-term Ed25519 key.
+        directory: the PKI, client id -> Ed25519 public key.
+        randbytes: source of the round's ephemeral X25519 key (32 bytes); default: a fresh
+            key from the OS. Given the same source and the same messages, a new client
+            reaches the same state, so a party that keeps no objects between messages (a
+            Flower node) can rebuild it by replaying the messages.
+    """
 
     def __init__(
         self,
@@ -151,11 +161,14 @@ class PaillierClient:
         identity: Ed25519PrivateKey,
         directory: Mapping[int, Ed25519PublicKey],
         round_id: int,
+        *,
+        randbytes: Callable[[int], bytes] | None = None,
     ) -> None:
         self.client_id = client_id
         self.round_id = round_id
         self._identity = identity
         self._directory = directory
+        self._randbytes = randbytes
         self._ephemeral: X25519PrivateKey | None = None
         self._adverts: dict[int, Advert] = {}
         self.keypair: PrivateKey | None = None
@@ -169,7 +182,11 @@ class PaillierClient:
     def advertise(self) -> bytes:
         """ADVERTISE: a signed fresh X25519 key."""
         self._advance(0, "advertise")
-        self._ephemeral, payload = keymod.make_advert(self._identity, self.client_id, self.round_id)
+        ephemeral = (X25519PrivateKey.from_private_bytes(self._randbytes(32))
+                     if self._randbytes is not None else None)
+        self._ephemeral, payload = keymod.make_advert(
+            self._identity, self.client_id, self.round_id, ephemeral
+        )
         return frame(KIND_ADVERT, payload)
 
     def receive_adverts(self, message: bytes) -> None:
@@ -437,7 +454,9 @@ class PaillierAggregator(Aggregator):
         workers: processes for computing encryption randomness (1 = none).
         randbelow: injected ``randbelow(k)`` for the Paillier randomness (tests);
             default :func:`secrets.randbelow`.
-        rng: generator for stochastic rounding (default: seeded from the OS).
+        rng: generator for stochastic rounding (default: seeded from the OS), drawn by the
+            senders in client-id order, one double per value; the attribute of the same
+            name may be replaced between rounds (the simulator seeds it per round).
         precompute: fill every key-holding client's randomness pool before its
             update is encrypted and report that time as ``offline_seconds``; with
             ``False`` the randomness is computed inside encryption (online).
@@ -474,7 +493,7 @@ class PaillierAggregator(Aggregator):
         self._keypair = as_private_key(keypair) if keypair is not None else None
         self.workers = workers
         self._randbelow = randbelow
-        self._rng = rng if rng is not None else np.random.default_rng()
+        self.rng = rng if rng is not None else np.random.default_rng()
         self.precompute = precompute
         self.key_holder_randomness = key_holder_randomness
         self._identities: dict[int, Ed25519PrivateKey] = {}
@@ -620,7 +639,7 @@ class PaillierAggregator(Aggregator):
                 raise StageError(f"client {cid} has no key")
             pool = self._pool(cid, client_keypair)
             ciphertexts[cid] = client_call(
-                cid, clients[cid].masked_input, inputs[cid], fp, layout, self._rng, pool
+                cid, clients[cid].masked_input, inputs[cid], fp, layout, self.rng, pool
             )
         t = time.perf_counter()
         server.collect_ciphertexts(ciphertexts)  # aborts below threshold

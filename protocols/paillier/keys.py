@@ -117,9 +117,16 @@ def _raw(public: X25519PublicKey | Ed25519PublicKey) -> bytes:
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def make_advert(identity: Ed25519PrivateKey, client_id: int, round_id: int) -> tuple[X25519PrivateKey, bytes]:
-    """A fresh X25519 key and its signed advert payload ``id | round | pub | sig``."""
-    ephemeral = X25519PrivateKey.generate()
+def make_advert(
+    identity: Ed25519PrivateKey, client_id: int, round_id: int, ephemeral: X25519PrivateKey | None = None
+) -> tuple[X25519PrivateKey, bytes]:
+    """A fresh X25519 key and its signed advert payload ``id | round | pub | sig``.
+
+    ``ephemeral`` injects the X25519 key (a party that must rebuild its state, e.g. a
+    Flower node between messages, derives it from a secret it keeps); default: a fresh one.
+    """
+    if ephemeral is None:
+        ephemeral = X25519PrivateKey.generate()
     pub = _raw(ephemeral.public_key())
     body = struct.pack(">QQ", client_id, round_id) + pub
     return ephemeral, body + identity.sign(_DOMAIN + b"advert" + body)

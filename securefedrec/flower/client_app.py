@@ -1,7 +1,10 @@
 """The Flower ClientApp: one SuperNode hosts one client (a device, or a silo of users).
 
 Run by a SuperNode (``flower-supernode --node-config 'partition-id=I
-num-partitions=N'``) or by Flower's simulation engine. Each protocol stage is
+num-partitions=N'``, plus ``identity-key``/``pki`` for the malicious model and
+Paillier, and the node's own settings ``reproducible-noise`` and
+``paillier-key-bits``, :class:`~securefedrec.flower.settings.NodeSettings`) or by
+Flower's simulation engine. Each protocol stage is
 its own message type (``train.sfr_advertise``, ``query.sfr_share_keys``, ...;
 see :class:`~securefedrec.flower.messages.FlowerStage`); the work is done by
 :class:`~securefedrec.flower.node.NodeRuntime`. The default ``train`` action
@@ -17,7 +20,7 @@ from flwr.clientapp import ClientApp
 from securefedrec.errors import DecodeError
 from securefedrec.flower.messages import FlowerStage, pack, unpack
 from securefedrec.flower.node import NodeRuntime, load_identity, partition_of
-from securefedrec.flower.settings import deployment_settings, experiment_config
+from securefedrec.flower.settings import deployment_settings, experiment_config, node_settings
 
 __all__ = ["app", "handle"]
 
@@ -34,7 +37,8 @@ def handle(message: Message, context: Context) -> Message:
     settings, seed = deployment_settings(context.run_config)
     runtime = NodeRuntime(lambda: experiment_config(context.run_config, context.node_config)[0], settings,
                           partition_of(context.node_config), context.state, seed=seed,
-                          identity=load_identity(context.node_config) if settings.malicious else None)
+                          identity=load_identity(context.node_config),
+                          node=node_settings(context.node_config))
     return Message(pack(runtime.handle(request)), reply_to=message)
 
 

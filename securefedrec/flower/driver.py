@@ -1,11 +1,12 @@
-"""The server side: drive a SecAgg / SecAgg+ round stage by stage over Flower messages.
+"""The server side: drive a SecAgg / SecAgg+ or packed-Paillier round stage by stage over Flower messages.
 
 :class:`GridLink` turns Flower's ``Grid`` into "send one message to each of
 these nodes, give me the replies that came back in time"; :func:`secagg_round`
-drives a :class:`~protocols.secagg.SecAggServer` through it; :class:`FederatedRun`
-is the federated loop (the in-process :class:`~securefedrec.simulation.Simulation`'s
-sampling, broadcast, round config and server optimizer, with the clients on
-SuperNodes).
+drives a :class:`~protocols.secagg.SecAggServer` through it, :func:`paillier_round`
+a :class:`~protocols.paillier.PaillierServer`; :class:`FederatedRun` is the
+federated loop (the in-process :class:`~securefedrec.simulation.Simulation`'s
+sampling, broadcast, round config, DP accounting and server optimizer, with the
+clients -- training, noise shares, error feedback -- on SuperNodes).
 
 Dropouts: a node that does not answer a stage within the timeout, answers
 with an error, or answers garbage, is dropped for the rest of the round; its
@@ -27,17 +28,22 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from protocols import AggregationAborted
+from protocols import AggregationAborted, RoundConfig, Stage
+from protocols.base import abort_if_below_threshold
 from protocols.secagg import SecAggAggregator, SecAggServer, ServerResult
 from securefedrec.config import ExperimentConfig
-from securefedrec.errors import ConfigError, DecodeError, SecureFedRecError
-from securefedrec.flower.messages import FlowerStage, StageMessage, pack, unpack
+from securefedrec.errors import ConfigError, DecodeError, PrivacyBudgetExhausted, SecureFedRecError
+from securefedrec.flower.messages import FlowerStage, StageMessage, pack, paillier_round_info, unpack
 from securefedrec.flower.node import hosted_clients
 from securefedrec.flower.settings import DeploymentSettings
 
-__all__ = ["FederatedRun", "GridLink", "NodeLink", "RoundOutcome", "discover", "secagg_round", "write_result"]
+__all__ = ["FederatedRun", "GridLink", "NodeLink", "RoundOutcome", "discover", "paillier_round",
+           "secagg_round", "write_result"]
 
 log = logging.getLogger("securefedrec.flower")
+
+FLOWER_PROTOCOLS = ("secagg", "secagg+", "paillier")
+"""The protocols (names of :data:`protocols.registry.PROTOCOLS`) that run over the securefedrec transport."""
 
 
 class NodeLink(Protocol):
@@ -111,13 +117,86 @@ class GridLink:
 class RoundOutcome:
     """What one secure round over Flower produced."""
 
-    result: ServerResult
+    total: np.ndarray
+    """The decoded sum of the survivors' protocol inputs (length: the coordinates sent)."""
+    survivors: frozenset[int]
+    step: float
+    """The quantization step of the round's fixed-point encoding."""
     bytes_up: dict[int, int] = field(default_factory=dict)
     """Protocol bytes each client sent (the payloads, without Flower's framing)."""
     bytes_down: dict[int, int] = field(default_factory=dict)
     seconds_server: float = 0.0
     answered: dict[str, int] = field(default_factory=dict)
     """Stage name -> number of clients whose message arrived."""
+    result: ServerResult | None = None
+    """SecAgg's own server result (``None`` for Paillier)."""
+
+
+Info = Mapping[str, int | float | str]
+
+
+class _Exchanges:
+    """One round's stages: group per-client payloads by node, count bytes, keep who answered.
+
+    ``trace`` (stage name -> clients whose reply arrived) is filled as the round goes, so a
+    caller still knows who answered when the round aborts half-way.
+    """
+
+    def __init__(self, link: NodeLink, node_of: Mapping[int, int], round_id: int, sampled: Sequence[int],
+                 trace: dict[str, set[int]] | None) -> None:
+        self.link = link
+        self.node_of = node_of
+        self.round_id = round_id
+        self.sampled = tuple(sampled)
+        self.up = dict.fromkeys(sampled, 0)
+        self.down = dict.fromkeys(sampled, 0)
+        self.answered: dict[str, int] = {}
+        self.trace = trace if trace is not None else {}
+        self.seconds = 0.0
+
+    def __call__(self, stage: FlowerStage, msgs: Mapping[int, bytes], timeout: float, *,
+                 view: np.ndarray | None = None, info: Info | None = None,
+                 client_info: Mapping[int, Info] | None = None) -> dict[int, bytes]:
+        """Send ``msgs[client]`` to each client's node; return the replies of the clients that answered.
+
+        ``info`` goes to every node; ``client_info[c]`` as ``<key>.<c>`` to the node hosting ``c``.
+        """
+        by_node: dict[int, dict[int, bytes]] = {}
+        for cid, m in msgs.items():
+            by_node.setdefault(self.node_of[cid], {})[cid] = m
+            self.down[cid] += len(m)
+        outbox = {}
+        for nid, payload in by_node.items():
+            fields = dict(info or {})
+            for cid in payload:
+                fields.update({f"{k}.{cid}": v for k, v in (client_info or {}).get(cid, {}).items()})
+            outbox[nid] = StageMessage(stage, self.round_id, payload, self.sampled, view, fields)
+        replies = self.link.exchange(outbox, timeout)
+        out: dict[int, bytes] = {}
+        for nid, reply in replies.items():
+            asked = by_node.get(nid, {})
+            for cid, m in reply.payload.items():
+                if cid not in asked:
+                    log.warning("round %s, %s: node %s answered for client %s it was not asked about; "
+                                "ignored", self.round_id, stage.name, nid, cid)
+                    continue
+                out[cid] = m
+                self.up[cid] += len(m)
+        self.answered[stage.name] = self.answered.get(stage.name, 0) + len(out)
+        self.trace.setdefault(stage.name, set()).update(out)
+        lost = sorted(set(msgs) - set(out))
+        if lost:
+            log.warning("round %s, %s: no answer from clients %s (dropped)", self.round_id, stage.name,
+                        lost[:20])
+        return out
+
+    def on_server(self, step: Any, *args: Any) -> Any:
+        """Run a server step, counting its seconds."""
+        t0 = time.perf_counter()
+        try:
+            return step(*args)
+        finally:
+            self.seconds += time.perf_counter() - t0
 
 
 def secagg_round(
@@ -129,6 +208,9 @@ def secagg_round(
     malicious: bool,
     train_timeout: float,
     stage_timeout: float,
+    info: Info | None = None,
+    client_info: Mapping[int, Info] | None = None,
+    trace: dict[str, set[int]] | None = None,
 ) -> RoundOutcome:
     """Drive ``server`` through a round: TRAIN (+advertise), share keys, masked input, [consistency], unmask.
 
@@ -139,69 +221,131 @@ def secagg_round(
         view: the global vector the clients train from.
         malicious: whether the consistency stage runs.
         train_timeout, stage_timeout: seconds to wait for the first / the other stages.
+        info, client_info: public fields of the TRAIN message (the DP parameters; per client,
+            the error-feedback outcome), see :mod:`securefedrec.flower.update`.
+        trace: filled with stage name -> clients that answered (also when the round aborts).
 
     Raises:
         AggregationAborted: fewer than ``threshold`` clients survived a stage.
     """
-    round_id = server.config.round_id
-    sampled = server.client_ids
-    outcome_up = dict.fromkeys(sampled, 0)
-    outcome_down = dict.fromkeys(sampled, 0)
-    answered: dict[str, int] = {}
-    seconds = 0.0
-
-    def exchange(stage: FlowerStage, msgs: Mapping[int, bytes], timeout: float) -> dict[int, bytes]:
-        by_node: dict[int, dict[int, bytes]] = {}
-        for cid, m in msgs.items():
-            by_node.setdefault(node_of[cid], {})[cid] = m
-            outcome_down[cid] += len(m)
-        outbox = {
-            nid: StageMessage(stage, round_id, payload, sampled,
-                              view if stage is FlowerStage.TRAIN else None)
-            for nid, payload in by_node.items()
-        }
-        replies = link.exchange(outbox, timeout)
-        out: dict[int, bytes] = {}
-        for nid, reply in replies.items():
-            asked = by_node.get(nid, {})
-            for cid, m in reply.payload.items():
-                if cid not in asked:
-                    log.warning("round %s, %s: node %s answered for client %s it was not asked about; "
-                                "ignored", round_id, stage.name, nid, cid)
-                    continue
-                out[cid] = m
-                outcome_up[cid] += len(m)
-        answered[stage.name] = len(out)
-        lost = sorted(set(msgs) - set(out))
-        if lost:
-            log.warning("round %s, %s: no answer from clients %s (dropped)", round_id, stage.name, lost[:20])
-        return out
-
-    def on_server(step: Any, *args: Any) -> Any:
-        nonlocal seconds
-        t0 = time.perf_counter()
-        try:
-            return step(*args)
-        finally:
-            seconds += time.perf_counter() - t0
-
-    msgs = on_server(server.setup)
-    msgs = exchange(FlowerStage.TRAIN, msgs, train_timeout)
-    msgs = on_server(server.receive_advertisements, msgs)
-    msgs = exchange(FlowerStage.SHARE_KEYS, msgs, stage_timeout)
-    msgs = on_server(server.receive_shares, msgs)
-    msgs = exchange(FlowerStage.MASKED_INPUT, msgs, stage_timeout)
-    msgs = on_server(server.receive_masked_inputs, msgs)
+    x = _Exchanges(link, node_of, server.config.round_id, server.client_ids, trace)
+    msgs = x.on_server(server.setup)
+    msgs = x(FlowerStage.TRAIN, msgs, train_timeout, view=view, info=info, client_info=client_info)
+    msgs = x.on_server(server.receive_advertisements, msgs)
+    msgs = x(FlowerStage.SHARE_KEYS, msgs, stage_timeout)
+    msgs = x.on_server(server.receive_shares, msgs)
+    msgs = x(FlowerStage.MASKED_INPUT, msgs, stage_timeout)
+    msgs = x.on_server(server.receive_masked_inputs, msgs)
     if malicious:
-        msgs = exchange(FlowerStage.CONSISTENCY, msgs, stage_timeout)
-        msgs = on_server(server.receive_signatures, msgs)
-    msgs = exchange(FlowerStage.UNMASK, msgs, stage_timeout)
-    result = on_server(server.receive_unmask, msgs)
-    return RoundOutcome(result, outcome_up, outcome_down, seconds, answered)
+        msgs = x(FlowerStage.CONSISTENCY, msgs, stage_timeout)
+        msgs = x.on_server(server.receive_signatures, msgs)
+    msgs = x(FlowerStage.UNMASK, msgs, stage_timeout)
+    result = x.on_server(server.receive_unmask, msgs)
+    total = x.on_server(result.decode)
+    return RoundOutcome(total, frozenset(result.survivors), float(result.encoding.step), x.up, x.down,
+                        x.seconds, x.answered, result)
 
 
-def discover(link: NodeLink, num_clients: int, settings: DeploymentSettings) -> dict[int, int]:
+def paillier_round(
+    link: NodeLink,
+    directory: Mapping[int, bytes],
+    config: RoundConfig,
+    sampled: Sequence[int],
+    node_of: Mapping[int, int],
+    view: np.ndarray,
+    *,
+    length: int,
+    train_timeout: float,
+    stage_timeout: float,
+    info: Info | None = None,
+    client_info: Mapping[int, Info] | None = None,
+    trace: dict[str, set[int]] | None = None,
+) -> RoundOutcome:
+    """Drive a :class:`~protocols.paillier.PaillierServer` through a packed-Paillier round over Flower.
+
+    The stages of :mod:`protocols.paillier.aggregator`, one Flower message each: train + advert,
+    advert list (the lowest advertiser holds the key; if it does not answer, the next one that
+    did is asked, :attr:`FlowerStage.PAILLIER_HOLD`), sealed keys + acknowledgements, ciphertexts
+    (the server multiplies them), and decryption of the product by one key-holding survivor
+    (the next one if it does not answer). The server never holds the private key.
+
+    Args:
+        directory: client id -> raw Ed25519 identity key (what the nodes reported; each client
+            checks its peers against its own out-of-band PKI).
+        config: the round's protocol settings; ``sampled``: the round's clients.
+        length: the number of coordinates each client sends.
+        The other arguments as in :func:`secagg_round`.
+
+    Raises:
+        AggregationAborted: fewer than ``threshold`` clients at a stage, or nobody left to hold
+            the key or decrypt.
+    """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from protocols.paillier import PaillierServer
+    from protocols.paillier.aggregator import round_layout
+
+    r = config.round_id
+    x = _Exchanges(link, node_of, r, sampled, trace)
+    keys = {c: Ed25519PublicKey.from_public_bytes(directory[c]) for c in sampled if c in directory}
+    server = PaillierServer(keys, config, len(sampled))
+
+    def aborted(why: str) -> AggregationAborted:
+        return AggregationAborted(f"round {r}: {why}; round aborted, nothing revealed", survivors=0,
+                                  threshold=config.threshold, round_id=r)
+
+    adverts = x(FlowerStage.PAILLIER_TRAIN, dict.fromkeys(sampled, b""), train_timeout, view=view,
+                info={**paillier_round_info(config, length), **(info or {})}, client_info=client_info)
+    abort_if_below_threshold(len(adverts), config, Stage.ADVERTISE)
+    advert_list = x.on_server(server.collect_adverts, adverts)
+    holder = min(adverts)
+    seen = x(FlowerStage.PAILLIER_ADVERTS, dict.fromkeys(adverts, advert_list), stage_timeout,
+             info={"holder": holder})
+    bundle = seen.get(holder) or None
+    for candidate in sorted(seen):  # the lowest advertiser that answers holds the key
+        if bundle is not None:
+            break
+        if candidate == holder:
+            continue
+        holder = candidate
+        bundle = x(FlowerStage.PAILLIER_HOLD, {candidate: b""}, stage_timeout).get(candidate) or None
+    if bundle is None:
+        raise aborted("no advertiser answered as the Paillier key holder")
+    deliveries = x.on_server(server.relay_key, holder, bundle)
+    acks = x(FlowerStage.PAILLIER_KEY, {c: m for c, m in deliveries.items() if c in seen}, stage_timeout)
+    x.on_server(server.collect_acks, acks)
+    abort_if_below_threshold(len(server.key_holders), config, Stage.SHARE_KEYS)
+    holders = sorted(server.key_holders)
+    ranks = {c: {"rank": i} for i, c in enumerate(holders)}  # the order of the in-process senders
+    ciphertexts = x(FlowerStage.PAILLIER_ENCRYPT, dict.fromkeys(holders, b""), stage_timeout,
+                    client_info=ranks)
+    x.on_server(server.collect_ciphertexts, ciphertexts)  # aborts below threshold
+    aggregate = x.on_server(server.aggregate_message)
+    if server.public is None:  # set by relay_key; kept for the type checker
+        raise aborted("no public key")
+    fp, layout = round_layout(len(sampled), config, server.public)
+    for decryptor in sorted(server.survivors):
+        plain = x(FlowerStage.PAILLIER_DECRYPT, {decryptor: aggregate}, stage_timeout).get(decryptor)
+        if plain is None:
+            continue
+        try:
+            total = x.on_server(server.decode_sum, plain, fp, layout, length)
+        except DecodeError as exc:
+            log.warning("round %s: the plaintext sum from client %s is malformed (%s); asking the next", r,
+                        decryptor, exc)
+            continue
+        return RoundOutcome(total, frozenset(server.survivors), float(fp.step), x.up, x.down, x.seconds,
+                            x.answered)
+    raise aborted("no key-holding client left to decrypt the sum")
+
+
+def discover(link: NodeLink, num_clients: int, settings: DeploymentSettings,
+             identities: dict[int, bytes] | None = None) -> dict[int, int]:
     """Wait for ``min_nodes`` nodes, ask each its partition, return client id -> node id.
+
+    ``identities``, when given, is filled with the public identity keys the nodes report for
+    the clients they host (client id -> raw Ed25519 key; a report for another node's client
+    is ignored).
 
     Raises:
         ConfigError: too few nodes in time, nodes that disagree on ``num-partitions``,
@@ -239,6 +383,19 @@ def discover(link: NodeLink, num_clients: int, settings: DeploymentSettings) -> 
     if missing:
         raise ConfigError(f"{len(missing)} of {num_clients} clients are hosted by no SuperNode "
                           f"(first: {missing[:5]}); partitions present: {sorted(owner)} of {count}")
+    if identities is not None:
+        for nid, reply in sorted(replies.items()):
+            for key, value in reply.info.items():
+                name, _, cid = key.partition(".")
+                if name != "pki" or not cid.isdigit() or node_of.get(int(cid)) != nid:
+                    continue
+                try:
+                    raw = bytes.fromhex(str(value))
+                except ValueError:
+                    raw = b""
+                if len(raw) != 32:
+                    raise ConfigError(f"node {nid}: field {key!r}: an identity key must be 32 bytes in hex")
+                identities[int(cid)] = raw
     return node_of
 
 
@@ -248,7 +405,13 @@ class FederatedRun:
     The server builds the same :class:`~securefedrec.simulation.Simulation` as an
     in-process run, but uses only its public parts (item count and layout,
     initial global vector, Poisson sampling, round configuration, broadcast
-    codec, server optimizer); the clients train on the SuperNodes.
+    codec, server optimizer, the DP accountant); the clients train on the SuperNodes.
+
+    What runs: protocols ``secagg``, ``secagg+`` and ``paillier``; ``dp`` ``none`` or
+    ``user`` (the accountant is checked before a round and charged after it, as in
+    the simulator; each node adds its clients' noise shares); compression ``none``,
+    ``q8``, ``q16`` and ``randk:F`` (error feedback on the nodes, the server scatters
+    the sum back; the broadcast is compressed exactly as in the simulator).
 
     Args:
         config, settings: the run.
@@ -256,37 +419,73 @@ class FederatedRun:
     """
 
     def __init__(self, config: ExperimentConfig, settings: DeploymentSettings, link: NodeLink) -> None:
+        from securefedrec.compression import parse_compression
+        from securefedrec.privacy import UserLevelPrivacy
         from securefedrec.simulation import Simulation
 
-        if config.dp != "none":
-            raise ConfigError(f"dp: {config.dp!r} is not supported on the Flower deployment engine yet "
-                              "(each client would have to add its noise share on its node); use dp 'none'")
-        if config.compression not in ("none", "q8", "q16"):
-            raise ConfigError(f"compression: {config.compression!r} is not supported on the Flower "
-                              "deployment engine yet (its error feedback lives on the clients); "
-                              "use none, q8 or q16")
+        if config.dp == "record":
+            raise ConfigError("dp: 'record' (DP-SGD inside each silo) does not run on the Flower "
+                              "deployment engine yet: each silo's Opacus engine and accountant would have to "
+                              "live on its node across rounds; use dp 'user' (noise shares added on the "
+                              "nodes) or 'none'")
+        compressor = parse_compression(config.compression)
+        if not compressor.secure_ok:
+            raise ConfigError(f"compression: {compressor.spec} cannot run over the securefedrec Flower "
+                              "transport: its indices reveal which items each user rated; use randk:F, q8, "
+                              "q16 or none")
+        if config.protocol not in FLOWER_PROTOCOLS:
+            raise ConfigError(f"protocol: {config.protocol!r} cannot run over the securefedrec Flower "
+                              f"transport; use one of {', '.join(FLOWER_PROTOCOLS)}")
+        if config.protocol == "paillier" and settings.malicious:
+            raise ConfigError("malicious: the malicious-server model is a SecAgg setting; the Paillier "
+                              "protocol assumes an honest-but-curious server (protocols.paillier.keys)")
         if config.dropout > 0:
             log.warning("dropout %.2f is a simulation setting; on the deployment engine only real "
                         "dropouts happen", config.dropout)
         self.config = config
         self.settings = settings
         self.link = link
-        self.sim = Simulation(config)
+        self.sim = Simulation(config)  # calibrates sigma (dp user) before round 1
+        if self.sim.privacy is not None and not isinstance(self.sim.privacy, UserLevelPrivacy):
+            raise ConfigError(f"dp: the {type(self.sim.privacy).__name__} mechanism does not run on the "
+                              "Flower deployment engine yet; dp 'user' runs with the Gaussian mechanism "
+                              "(noise shares added on the nodes)")
+        self.compressor = compressor
         aggregator = self.sim.aggregator
-        if not isinstance(aggregator, SecAggAggregator):
-            raise ConfigError(f"protocol: {config.protocol!r} cannot run over the securefedrec Flower "
-                              "transport; use secagg or secagg+")
-        self.aggregator: SecAggAggregator = aggregator
+        self.secagg: SecAggAggregator | None = (aggregator if isinstance(aggregator, SecAggAggregator)
+                                                 else None)
         self.node_of: dict[int, int] = {}
+        self.directory: dict[int, bytes] = {}
+        """Client id -> raw Ed25519 identity key, as the nodes reported it (Paillier)."""
+        self.outcomes: dict[int, tuple[int, bool]] = {}
+        """Client id -> (last round whose first reply arrived, whether the client was in its sum)."""
         self.rounds: list[dict[str, Any]] = []
         self.totals: list[np.ndarray] = []
+        self.stopped: str | None = None
+
+    def connect(self) -> None:
+        """Discover the nodes (and, for Paillier, the clients' identity keys)."""
+        self.node_of = discover(self.link, self.sim.pool.num_clients, self.settings, self.directory)
+        if self.config.protocol == "paillier":
+            missing = sorted(set(self.node_of) - set(self.directory))
+            if missing:
+                raise ConfigError(f"protocol paillier: no identity key for clients {missing[:10]} "
+                                  f"({len(missing)} in all); give their nodes identity-key and pki "
+                                  "(node config)")
 
     def run_round(self) -> dict[str, Any]:
-        """Run the next round; return its record."""
-        from securefedrec.compression import STREAM_DOWNLINK
+        """Run the next round; return its record.
+
+        Raises:
+            PrivacyBudgetExhausted: the round would exceed the budget (nothing changed).
+        """
+        from securefedrec import streams
+        from securefedrec.flower.update import dp_info, feedback_info, selection
 
         sim, cfg = self.sim, self.config
         r = sim.next_round
+        if sim.privacy is not None:
+            sim.privacy.check_round(r)  # raises PrivacyBudgetExhausted before anything changes
         t0 = time.perf_counter()
         sampled = sim.sample(r)
         record: dict[str, Any] = {"round": r + 1, "clients": len(sampled), "dropped": 0, "aborted": False,
@@ -294,15 +493,28 @@ class FederatedRun:
         total = np.zeros_like(sim.global_vec)
         if sampled:
             view, bytes_down = sim.downlink.broadcast(
-                sim.global_vec, sampled, np.random.default_rng([cfg.seed, r, STREAM_DOWNLINK]))
+                sim.global_vec, sampled, np.random.default_rng([cfg.seed, r, streams.DOWNLINK]))
             rc = sim.round_config(r, len(sampled))
-            server = SecAggServer(rc, sampled, sim.layout.length,
-                                  neighbors=self.aggregator.degree_for(len(sampled), rc),
-                                  malicious=self.settings.malicious)
+            idx = selection(self.compressor, sim.layout.length, cfg.seed, r)
+            length = sim.layout.length if idx is None else int(idx.size)
+            info = dp_info(sim.privacy, rc.threshold)
+            client_info = feedback_info(self.outcomes, sampled) if idx is not None else None
+            trace: dict[str, set[int]] = {}
+            survivors: frozenset[int] = frozenset()
             try:
-                outcome = secagg_round(
-                    self.link, server, self.node_of, view, malicious=self.settings.malicious,
-                    train_timeout=self.settings.train_timeout, stage_timeout=self.settings.stage_timeout)
+                if self.secagg is None:
+                    outcome = paillier_round(
+                        self.link, self.directory, rc, sampled, self.node_of, view, length=length,
+                        train_timeout=self.settings.train_timeout, stage_timeout=self.settings.stage_timeout,
+                        info=info, client_info=client_info, trace=trace)
+                else:
+                    server = SecAggServer(rc, sampled, length,
+                                          neighbors=self.secagg.degree_for(len(sampled), rc),
+                                          malicious=self.settings.malicious)
+                    outcome = secagg_round(
+                        self.link, server, self.node_of, view, malicious=self.settings.malicious,
+                        train_timeout=self.settings.train_timeout, stage_timeout=self.settings.stage_timeout,
+                        info=info, client_info=client_info, trace=trace)
             except AggregationAborted as exc:
                 record.update(aborted=True, dropped=len(sampled) - exc.survivors, error=str(exc))
                 log.warning("round %s aborted: %s", r + 1, exc)
@@ -310,18 +522,29 @@ class FederatedRun:
                 record.update(aborted=True, dropped=len(sampled), error=f"{type(exc).__name__}: {exc}")
                 log.warning("round %s aborted: %s", r + 1, exc)
             else:
-                total = outcome.result.decode()
+                survivors = outcome.survivors
+                if idx is None:
+                    total = outcome.total
+                else:  # random-k: scatter the sum of the selected coordinates back
+                    total[idx] = outcome.total
                 mean = total / (cfg.sample_rate * sim.pool.num_clients)
                 sim.global_vec = sim.optimizer.step(sim.global_vec, mean)
                 record.update(
-                    dropped=len(sampled) - len(outcome.result.survivors),
-                    survivors=sorted(outcome.result.survivors),
+                    dropped=len(sampled) - len(survivors),
+                    survivors=sorted(survivors),
                     bytes_up=sum(outcome.bytes_up.values()),
                     bytes_down=bytes_down + sum(outcome.bytes_down.values()),
                     seconds_server=outcome.seconds_server,
                     answered=outcome.answered,
-                    quantization_step=float(outcome.result.encoding.step),
+                    quantization_step=outcome.step,
                 )
+                if sim.privacy is not None:
+                    record["noise_std"] = sim.privacy.realized_std(len(survivors), rc.threshold)
+            first = FlowerStage.PAILLIER_TRAIN if self.secagg is None else FlowerStage.TRAIN
+            for c in trace.get(first.name, ()):  # what each node settles its error feedback with
+                self.outcomes[c] = (r, c in survivors)
+        if sim.privacy is not None:
+            record["epsilon"] = sim.privacy.commit_round(r)
         record["seconds"] = time.perf_counter() - t0
         sim.next_round = r + 1
         self.rounds.append(record)
@@ -330,14 +553,22 @@ class FederatedRun:
 
     def run(self) -> dict[str, Any]:
         """Discover the nodes, run every round, write ``settings.output``; return the report."""
-        self.node_of = discover(self.link, self.sim.pool.num_clients, self.settings)
+        self.connect()
         log.info("%d clients on %d SuperNodes", len(self.node_of), len(set(self.node_of.values())))
         for _ in range(self.sim.next_round, self.config.rounds):
-            record = self.run_round()
+            try:
+                record = self.run_round()
+            except PrivacyBudgetExhausted as exc:
+                self.stopped = f"privacy budget exhausted: {exc}"
+                log.warning("stopped: %s", self.stopped)
+                break
             log.info("round %s: %s clients, %s dropped%s", record["round"], record["clients"],
                      record["dropped"], " (aborted)" if record["aborted"] else "")
+        privacy = self.sim.privacy
         report = {"config": self.config.to_dict(), "transport": self.settings.transport.value,
-                  "rounds": self.rounds, "nodes": len(set(self.node_of.values()))}
+                  "rounds": self.rounds, "nodes": len(set(self.node_of.values())), "stopped": self.stopped,
+                  "privacy": ({**privacy.summary(), "secure_aggregation": True}
+                              if privacy is not None else None)}
         if self.settings.output:
             write_result(self.settings.output, report, self.sim.global_vec, self.totals)
         return report

@@ -8,27 +8,36 @@ destination SuperNode (usually one)::
       "sfr.payload"  ConfigRecord  {"<client id>": bytes, ...}   the protocol's own encoded messages
       "sfr.global"   ArrayRecord   {"global": float64 (L,)}      only in the TRAIN stage
 
-The payload bytes are exactly what :class:`~protocols.secagg.SecAggClient` and
-:class:`~protocols.secagg.SecAggServer` produce and check (versioned,
-length-checked); this module only frames them. Unpacking validates every field
-and raises :class:`~securefedrec.errors.DecodeError` naming the field at fault.
+The payload bytes are exactly what the protocol parties produce and check
+(:class:`~protocols.secagg.SecAggClient` / :class:`~protocols.secagg.SecAggServer`,
+:class:`~protocols.paillier.PaillierClient` / :class:`~protocols.paillier.PaillierServer`;
+versioned, length-checked); this module only frames them. Small public round
+settings (the DP parameters, the Paillier round configuration, error-feedback
+outcomes) travel as ``info.<key>`` fields of ``sfr.meta``. Unpacking validates
+every field and raises :class:`~securefedrec.errors.DecodeError` naming the field at fault.
 """
 
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from securefedrec.errors import DecodeError
+from protocols import RoundConfig
+from securefedrec.errors import ConfigError, DecodeError
 
 __all__ = [
     "FORMAT_VERSION",
+    "PAILLIER_ROUND_KEYS",
     "FlowerStage",
     "StageMessage",
     "pack",
+    "paillier_round_config",
+    "paillier_round_info",
     "unpack",
 ]
 
@@ -43,7 +52,15 @@ class FlowerStage(enum.Enum):
 
     ``TRAIN`` carries the global vector and the SecAgg setup: the client trains
     and answers with its key advertisement (training and ADVERTISE share one
-    message, so a round costs one exchange fewer).
+    message, so a round costs one exchange fewer). The ``PAILLIER_*`` stages are
+    the packed-Paillier round (:mod:`protocols.paillier.aggregator`):
+    ``PAILLIER_TRAIN`` (train, answer the signed X25519 advert),
+    ``PAILLIER_ADVERTS`` (the relayed advert list; the client named ``holder``
+    answers with the sealed key bundle), ``PAILLIER_HOLD`` (the next key-holder
+    candidate when the first did not answer), ``PAILLIER_KEY`` (a sealed private
+    key; answer: a signed acknowledgement), ``PAILLIER_ENCRYPT`` (answer: the
+    packed ciphertexts) and ``PAILLIER_DECRYPT`` (the product of ciphertexts to
+    one key holder; answer: the packed plaintext sum).
     """
 
     HELLO = "query.sfr_hello"
@@ -52,6 +69,12 @@ class FlowerStage(enum.Enum):
     MASKED_INPUT = "query.sfr_masked_input"
     CONSISTENCY = "query.sfr_consistency"
     UNMASK = "query.sfr_unmask"
+    PAILLIER_TRAIN = "train.sfr_paillier_advertise"
+    PAILLIER_ADVERTS = "query.sfr_paillier_adverts"
+    PAILLIER_HOLD = "query.sfr_paillier_hold"
+    PAILLIER_KEY = "query.sfr_paillier_key"
+    PAILLIER_ENCRYPT = "query.sfr_paillier_encrypt"
+    PAILLIER_DECRYPT = "query.sfr_paillier_decrypt"
 
     @property
     def action(self) -> str:
@@ -71,8 +94,9 @@ class StageMessage:
     """The round's sampled clients (public; in the SecAgg setup as well)."""
     global_vec: np.ndarray | None = None
     """The broadcast global vector (TRAIN stage only)."""
-    info: dict[str, int | str] = field(default_factory=dict)
-    """Small extra fields (hello replies: partition id and count)."""
+    info: dict[str, int | float | str] = field(default_factory=dict)
+    """Small public fields: hello replies (partition, identity keys), the round's DP parameters,
+    the Paillier round configuration, error-feedback outcomes (``ef.round.<client>``, ...)."""
 
 
 def pack(message: StageMessage) -> RecordDict:
@@ -146,10 +170,14 @@ def unpack(content: RecordDict, *, expect: FlowerStage | None = None, where: str
         if not isinstance(value, bytes):
             raise DecodeError(f"{where}: payload of client {key} is {type(value).__name__}, not bytes")
         out[int(key)] = value
-    info: dict[str, int | str] = {}
+    info: dict[str, int | float | str] = {}
     for key, value in meta.items():
-        if key.startswith("info.") and isinstance(value, int | str) and not isinstance(value, bool):
-            info[key[5:]] = value
+        if not key.startswith("info."):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise DecodeError(f"{where}: field {key!r} must be an int, float or str, "
+                              f"got {type(value).__name__}")
+        info[key[5:]] = value
     vec = None
     arrays = content.array_records.get(GLOBAL)
     if arrays is not None:
@@ -159,3 +187,38 @@ def unpack(content: RecordDict, *, expect: FlowerStage | None = None, where: str
         if vec.ndim != 1 or not np.all(np.isfinite(vec)):
             raise DecodeError(f"{where}: the global vector must be a finite 1-D array, got shape {vec.shape}")
     return StageMessage(stage, round_id, out, tuple(int(c) for c in sampled_raw), vec, info)
+
+
+PAILLIER_ROUND_KEYS = ("clip_range", "ring_bits", "value_bits", "threshold")
+"""The :class:`~protocols.RoundConfig` fields a Paillier round's first message carries (``round.<key>``)."""
+
+
+def paillier_round_info(config: RoundConfig, length: int) -> dict[str, int | float | str]:
+    """Server side: the round configuration as ``info`` fields (``value_bits`` 0 stands for ``None``)."""
+    return {"round.clip_range": float(config.clip_range), "round.ring_bits": config.ring_bits,
+            "round.value_bits": config.value_bits or 0, "round.threshold": config.threshold,
+            "round.length": length}
+
+
+def paillier_round_config(info: Mapping[str, object], round_id: int, where: str) -> RoundConfig:
+    """Node side: the :class:`~protocols.RoundConfig` in ``info``, validated.
+
+    Raises:
+        DecodeError: a field is missing or of the wrong type. ConfigError: an invalid value.
+    """
+    values: dict[str, int | float] = {}
+    for key in PAILLIER_ROUND_KEYS:
+        value = info.get(f"round.{key}")
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (key != "clip_range" and not isinstance(value, int)):
+            kind = "a number" if key == "clip_range" else "an int"
+            raise DecodeError(f"{where}: field 'round.{key}' must be {kind}, got {value!r}")
+        values[key] = value  # type: ignore[assignment]
+    if not math.isfinite(values["clip_range"]):
+        raise DecodeError(f"{where}: field 'round.clip_range' must be finite, got {values['clip_range']!r}")
+    try:
+        return RoundConfig(round_id=round_id, clip_range=float(values["clip_range"]),
+                           ring_bits=int(values["ring_bits"]), value_bits=int(values["value_bits"]) or None,
+                           threshold=int(values["threshold"]))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: the server's round configuration: {exc}") from None

@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -38,16 +38,28 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from protocols.secagg import SecAggClient
+from protocols.secagg.client import raw_public
 from securefedrec import streams
 from securefedrec.config import ExperimentConfig
-from securefedrec.errors import ConfigError, StageError
-from securefedrec.flower.messages import FlowerStage, StageMessage
-from securefedrec.flower.settings import DeploymentSettings
+from securefedrec.errors import ConfigError, DecodeError, IntegrityError, StageError
+from securefedrec.flower.messages import PAILLIER_ROUND_KEYS, FlowerStage, StageMessage, paillier_round_config
+from securefedrec.flower.settings import DeploymentSettings, NodeSettings
+from securefedrec.flower.update import (
+    FeedbackStore,
+    check_dp,
+    info_int,
+    noise_rng,
+    selection,
+    uplink_compressor,
+)
 
-__all__ = ["Identity", "KeyStream", "NodeRuntime", "hosted_clients", "load_identity", "partition_of",
-           "rounding_rng"]
+if TYPE_CHECKING:
+    from securefedrec.privacy import DistributedGaussian
 
-STATE, DELTAS, HISTORY = "sfr.node", "sfr.deltas", "sfr.history"
+__all__ = ["Identity", "KeyStream", "NodeRuntime", "hosted_clients", "load_identity", "paillier_rounding_rng",
+           "partition_of", "rounding_rng"]
+
+STATE, DELTAS, HISTORY, PAILLIER_KEY = "sfr.node", "sfr.deltas", "sfr.history", "sfr.paillier"
 
 _ORDER = {
     False: (FlowerStage.TRAIN, FlowerStage.SHARE_KEYS, FlowerStage.MASKED_INPUT, FlowerStage.UNMASK),
@@ -61,6 +73,17 @@ _METHOD = {
     FlowerStage.CONSISTENCY: "consistency",
     FlowerStage.UNMASK: "unmask",
 }
+_PAILLIER_NEXT: dict[FlowerStage | None, frozenset[FlowerStage]] = {
+    None: frozenset({FlowerStage.PAILLIER_TRAIN}),
+    FlowerStage.PAILLIER_TRAIN: frozenset({FlowerStage.PAILLIER_ADVERTS}),
+    FlowerStage.PAILLIER_ADVERTS: frozenset({FlowerStage.PAILLIER_HOLD, FlowerStage.PAILLIER_KEY}),
+    FlowerStage.PAILLIER_HOLD: frozenset({FlowerStage.PAILLIER_ENCRYPT}),
+    FlowerStage.PAILLIER_KEY: frozenset({FlowerStage.PAILLIER_ENCRYPT}),
+    FlowerStage.PAILLIER_ENCRYPT: frozenset({FlowerStage.PAILLIER_DECRYPT}),
+    FlowerStage.PAILLIER_DECRYPT: frozenset(),
+}
+"""Paillier stage -> the stages a client may answer next (each once: the transcript is the state)."""
+_PAILLIER_STAGES = frozenset(s for s in _PAILLIER_NEXT if s is not None)
 
 
 class KeyStream:
@@ -92,6 +115,17 @@ def rounding_rng(seed: int, round_id: int, rank: int) -> np.random.Generator:
     """
     sequence = np.random.SeedSequence([seed, round_id, streams.ROUNDING], spawn_key=(rank,))
     return np.random.default_rng(sequence)
+
+
+def paillier_rounding_rng(seed: int, round_id: int, offset: int) -> np.random.Generator:
+    """The simulator's Paillier rounding stream, ``offset`` draws in.
+
+    In process, :class:`~protocols.paillier.PaillierAggregator` rounds with one generator,
+    ``default_rng([seed, round_id, streams.ROUNDING])``, that the senders draw from in client-id
+    order, one double per value: the sender of rank ``j`` with ``k`` values starts ``j * k`` draws in.
+    """
+    bits = np.random.PCG64(np.random.SeedSequence([seed, round_id, streams.ROUNDING]))
+    return np.random.Generator(bits.advance(offset))
 
 
 def partition_of(node_config: Mapping[str, Any]) -> tuple[int, int]:
@@ -175,6 +209,14 @@ def train_clients(config: ExperimentConfig, clients: list[int], view: np.ndarray
     return out
 
 
+class _RoundParams(NamedTuple):
+    """What a node needs of the round's protocol settings before training."""
+
+    clip_range: float
+    threshold: int
+    length: int
+
+
 class NodeRuntime:
     """Handles one Flower message for the clients this node hosts.
 
@@ -185,6 +227,8 @@ class NodeRuntime:
         partition: ``(partition-id, num-partitions)`` of this node.
         state: the node's ``Context.state`` (read and updated in place).
         seed: the run's seed (for ``reproducible_rounding``); default ``config.seed``.
+        identity: the node's signing keys and the PKI (malicious-server model, Paillier).
+        node: this node's own settings (its node config); default :class:`NodeSettings()`.
         trainer: local training (default :func:`train_clients`; tests inject a fake).
         randbytes: source of the per-round client secrets.
     """
@@ -198,6 +242,7 @@ class NodeRuntime:
         *,
         seed: int | None = None,
         identity: Identity | None = None,
+        node: NodeSettings | None = None,
         trainer: Trainer = train_clients,
         randbytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -210,6 +255,7 @@ class NodeRuntime:
             raise ConfigError("malicious: the malicious-server model needs this node's identity-key and pki "
                               "(node config)")
         self.settings = settings
+        self.node = node if node is not None else NodeSettings()
         self.partition = partition
         self.state = state
         self.trainer = trainer
@@ -224,50 +270,126 @@ class NodeRuntime:
 
     def handle(self, message: StageMessage) -> StageMessage:
         """Run ``message.stage`` for every addressed client; return the node's reply."""
-        if message.stage is FlowerStage.HELLO:
-            pid, count = self.partition
-            return StageMessage(FlowerStage.HELLO, message.round_id,
-                                info={"partition-id": pid, "num-partitions": count})
         pid, count = self.partition
+        if message.stage is FlowerStage.HELLO:
+            info: dict[str, int | float | str] = {"partition-id": pid, "num-partitions": count}
+            if self.identity is not None:  # the hosted clients' public identity keys (Paillier's directory)
+                for c, key in sorted(self.identity.keys.items()):
+                    if c % count == pid:
+                        info[f"pki.{c}"] = raw_public(key).hex()
+            return StageMessage(FlowerStage.HELLO, message.round_id, info=info)
         foreign = sorted(c for c in message.payload if c % count != pid)
         if foreign:
             raise ConfigError(f"round {message.round_id}: node {pid}/{count} was sent messages for clients "
                               f"{foreign[:5]} that it does not host")
-        if message.stage is FlowerStage.TRAIN:
+        if message.stage in (FlowerStage.TRAIN, FlowerStage.PAILLIER_TRAIN):
             self._start_round(message)
-        replies = {c: self._step(c, message) for c in sorted(message.payload)}
+        step = self._paillier_step if message.stage in _PAILLIER_STAGES else self._step
+        replies = {c: step(c, message) for c in sorted(message.payload)}
         if message.stage is FlowerStage.UNMASK:
             self._finish_round()
         return StageMessage(message.stage, message.round_id, replies)
 
-    # ---- state ---------------------------------------------------------------------------
+    # ---- a round's first message: validate, train, privatize, compress -------------------------
+    def _round_params(self, cid: int, message: StageMessage, paillier: bool) -> _RoundParams:
+        where = f"client {cid}, round {message.round_id}"
+        if not paillier:
+            from protocols.secagg.messages import Setup
+
+            try:
+                setup = Setup.decode(message.payload[cid])
+            except DecodeError as exc:
+                raise DecodeError(f"{where}: {exc}") from None
+            return _RoundParams(setup.clip_range, setup.threshold, setup.length)
+        rc = paillier_round_config(message.info, message.round_id, where)
+        return _RoundParams(rc.clip_range, rc.threshold, info_int(message.info, "round.length", where))
+
     def _start_round(self, message: StageMessage) -> None:
+        r = message.round_id
         if message.global_vec is None:
-            raise StageError(f"round {message.round_id}: TRAIN message without the global vector")
+            raise StageError(f"round {r}: {message.stage.name} message without the global vector")
         history = self.state.config_records.get(HISTORY)
         last = history.get("last_round") if history is not None else None
-        if isinstance(last, int) and message.round_id <= last:
+        if isinstance(last, int) and r <= last:
             # a second instance of a round would mask the same update again under fresh secrets
-            raise StageError(f"round {message.round_id}: this node already took part in round {last}; "
+            raise StageError(f"round {r}: this node already took part in round {last}; "
                              "a round is never run twice")
-        self.state.config_records[HISTORY] = ConfigRecord({"last_round": message.round_id})
+        cfg = self.config
+        paillier = message.stage is FlowerStage.PAILLIER_TRAIN
+        if paillier != (cfg.protocol == "paillier"):
+            raise ConfigError(f"round {r}, field 'protocol': a {message.stage.name} message, but this node's "
+                              f"run configuration has protocol {cfg.protocol!r}")
         clients = sorted(message.payload)
-        deltas = self.trainer(self.config, clients, message.global_vec)
         ranks = {c: i for i, c in enumerate(sorted(message.sampled))}
         missing = [c for c in clients if c not in ranks]
         if missing:
-            raise ConfigError(f"round {message.round_id}: clients {missing} are not in the sampled list")
-        record: dict[str, Any] = {"round": message.round_id, "clients": clients}
+            raise ConfigError(f"round {r}: clients {missing} are not in the sampled list")
+        if paillier:
+            for c in clients:
+                self._require_identity(c, f"client {c}, round {r}")
+        # validate everything before any state changes
+        params = {c: self._round_params(c, message, paillier) for c in clients}
+        mechanisms: dict[int, tuple[DistributedGaussian, int]] = {}
+        if cfg.dp == "user":
+            mechanisms = {c: check_dp(cfg, message.info, protocol_threshold=params[c].threshold,
+                                      clip_range=params[c].clip_range, where=f"client {c}, round {r}")
+                          for c in clients}
+        elif cfg.dp != "none":
+            raise ConfigError(f"round {r}, field 'dp': {cfg.dp!r} does not run on the Flower deployment "
+                              "engine")
+        comp = uplink_compressor(cfg)
+        idx = selection(comp, int(message.global_vec.shape[0]), self.seed, r)
+        width = int(message.global_vec.shape[0]) if idx is None else int(idx.size)
+        for c in clients:
+            if params[c].length != width:
+                raise ConfigError(f"client {c}, round {r}, field 'length': the server expects "
+                                  f"{params[c].length} values, this node sends {width} "
+                                  f"(compression {comp.spec})")
+        feedback = FeedbackStore(self.state)
+        residuals = ({c: feedback.residual(c, message.info, f"client {c}, round {r}") for c in clients}
+                     if idx is not None else {})
+        self.state.config_records[HISTORY] = ConfigRecord({"last_round": r})
+        deltas = self.trainer(cfg, clients, message.global_vec)
+        vectors: dict[int, np.ndarray] = {}
+        pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for j, c in enumerate(clients):
+            v = np.asarray(deltas[j], dtype=np.float64)
+            if c in mechanisms:  # UserLevelPrivacy.privatize: clip to L2 <= C, add this client's share
+                mechanism, threshold = mechanisms[c]
+                v = mechanism.privatize(v, threshold, self._noise_rng(r, c))
+            if idx is not None:  # Uplink.aggregate: residual in, public coordinates out
+                residual = residuals.get(c)
+                full = np.array(v, dtype=np.float64) if residual is None else v + residual
+                sent = np.clip(full[idx], -params[c].clip_range, params[c].clip_range)
+                pending[c] = (full, sent)
+                v = sent
+            vectors[c] = v
+        if idx is not None:
+            for c, (full, sent) in pending.items():
+                feedback.keep(c, r, full, idx, sent)
+        record: dict[str, Any] = {"round": r, "clients": clients}
+        if paillier:
+            record.update({f"paillier.{k}": message.info[f"round.{k}"] for k in PAILLIER_ROUND_KEYS})
+            record["paillier.n"] = len(message.sampled)
         for c in clients:
             record[f"secret.{c}"] = self.randbytes(32)
             record[f"rounding.{c}"] = self.randbytes(32)
             record[f"log.{c}"] = []
             record[f"rank.{c}"] = ranks[c]
+            if paillier:
+                record[f"stages.{c}"] = []
         self.state.config_records[STATE] = ConfigRecord(record)
         self.state.array_records[DELTAS] = ArrayRecord(array_dict={
-            str(c): Array.from_numpy_ndarray(np.ascontiguousarray(deltas[j], dtype=np.float64))
-            for j, c in enumerate(clients)
+            str(c): Array.from_numpy_ndarray(np.ascontiguousarray(vectors[c], dtype=np.float64))
+            for c in clients
         })
+
+    def _noise_rng(self, round_id: int, cid: int) -> np.random.Generator:
+        if self.node.reproducible_noise:
+            return noise_rng(self.seed, round_id, cid)
+        from securefedrec.privacy import secure_generator
+
+        return secure_generator()
 
     def _finish_round(self) -> None:
         for key in (STATE,):
@@ -276,11 +398,14 @@ class NodeRuntime:
         if DELTAS in self.state.array_records:
             del self.state.array_records[DELTAS]
 
+    # ---- SecAgg / SecAgg+ -------------------------------------------------------------------------
     def _step(self, cid: int, message: StageMessage) -> bytes:
         record = self.state.config_records.get(STATE)
         where = f"client {cid}, round {message.round_id}, {message.stage.name}"
         if record is None or record.get("round") != message.round_id or f"log.{cid}" not in record:
             raise StageError(f"{where}: this node has no state for that round (it did not train in it)")
+        if f"stages.{cid}" in record:
+            raise StageError(f"{where}: this round runs the Paillier protocol on this node")
         stored = record[f"log.{cid}"]
         log: list[bytes] = [m for m in stored if isinstance(m, bytes)] if isinstance(stored, list) else []
         order = _ORDER[self.settings.malicious]
@@ -297,9 +422,7 @@ class NodeRuntime:
             identity_key=identity.keys[cid] if identity is not None else None,
             identity_keys=identity.pki if identity is not None else None,
             randbytes=KeyStream(record[f"secret.{cid}"]),  # type: ignore[arg-type]
-            rng=(rounding_rng(self.seed, message.round_id, int(record[f"rank.{cid}"]))  # type: ignore[arg-type]
-                 if self.settings.reproducible_rounding
-                 else np.random.default_rng(np.frombuffer(record[f"rounding.{cid}"], dtype=np.uint32))),  # type: ignore[arg-type]
+            rng=self._rounding_rng(record, cid, message.round_id),
         )
         # replay the stages already answered (same secrets, same messages -> same state)
         for stage, received in zip(order, log, strict=False):
@@ -307,3 +430,125 @@ class NodeRuntime:
         reply: bytes = getattr(client, _METHOD[message.stage])(message.payload[cid])
         record[f"log.{cid}"] = [*log, message.payload[cid]]
         return reply
+
+    def _rounding_rng(self, record: ConfigRecord, cid: int, round_id: int) -> np.random.Generator:
+        if self.settings.reproducible_rounding:
+            return rounding_rng(self.seed, round_id, int(record[f"rank.{cid}"]))  # type: ignore[arg-type]
+        return np.random.default_rng(np.frombuffer(record[f"rounding.{cid}"], dtype=np.uint32))  # type: ignore[arg-type]
+
+    # ---- packed Paillier --------------------------------------------------------------------------
+    def _require_identity(self, cid: int, where: str) -> Identity:
+        identity = self.identity
+        if identity is None:
+            raise ConfigError(f"{where}: protocol paillier needs this node's identity-key and pki "
+                              "(node config): the private key travels sealed to the clients' signed keys")
+        if cid not in identity.keys:
+            raise ConfigError(f"{where}: identity-key holds no key for client {cid}")
+        return identity
+
+    def _paillier_keypair(self, *, create: bool) -> Any:
+        from protocols.paillier import PrivateKey, PublicKey
+        from protocols.paillier.keys import generate_keypair
+
+        stored = self.state.config_records.get(PAILLIER_KEY)
+        if stored is not None:
+            p = int.from_bytes(stored["p"], "big")  # type: ignore[arg-type]
+            q = int.from_bytes(stored["q"], "big")  # type: ignore[arg-type]
+            key = PrivateKey(PublicKey(p * q), p, q)
+            if key.public.bits >= self.node.paillier_key_bits:
+                return key
+        if not create:
+            raise StageError("this node holds no Paillier key to replay the key holder's stage")
+        key = generate_keypair(self.node.paillier_key_bits)  # kept across rounds, as the aggregator does
+        self._store_keypair(key)
+        return key
+
+    def _store_keypair(self, key: Any) -> None:
+        width = (int(key.public.bits) + 7) // 8
+        self.state.config_records[PAILLIER_KEY] = ConfigRecord({
+            "p": int(key.p).to_bytes(width, "big"), "q": int(key.q).to_bytes(width, "big")})
+
+    def _paillier_step(self, cid: int, message: StageMessage) -> bytes:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        from protocols.paillier import PaillierClient
+
+        r, stage = message.round_id, message.stage
+        where = f"client {cid}, round {r}, {stage.name}"
+        record = self.state.config_records.get(STATE)
+        if record is None or record.get("round") != r or f"log.{cid}" not in record:
+            raise StageError(f"{where}: this node has no state for that round (it did not train in it)")
+        if f"stages.{cid}" not in record:
+            raise StageError(f"{where}: this round runs SecAgg on this node")
+        done = [FlowerStage[str(name)] for name in record[f"stages.{cid}"]]  # type: ignore[union-attr]
+        log = [m for m in record[f"log.{cid}"] if isinstance(m, bytes)]  # type: ignore[union-attr]
+        last = done[-1] if done else None
+        if stage not in _PAILLIER_NEXT[last]:
+            previous = last.name if last is not None else "nothing"
+            raise StageError(f"{where}: out of order (last stage answered: {previous})")
+        identity = self._require_identity(cid, where)
+        directory = {c: Ed25519PublicKey.from_public_bytes(k) for c, k in identity.pki.items()}
+        client = PaillierClient(cid, identity.keys[cid], directory, r,
+                                randbytes=KeyStream(record[f"secret.{cid}"]))  # type: ignore[arg-type]
+        try:
+            # replay the stages already answered (same ephemeral key, same messages -> same state)
+            for done_stage, received in zip(done, log, strict=True):
+                if done_stage is FlowerStage.PAILLIER_TRAIN:
+                    client.advertise()
+                elif done_stage is FlowerStage.PAILLIER_ADVERTS:
+                    client.receive_adverts(received)
+                elif done_stage is FlowerStage.PAILLIER_HOLD:
+                    client.share_key(self._paillier_keypair(create=False))
+                elif done_stage is FlowerStage.PAILLIER_KEY:
+                    client.receive_key(received)
+                # ENCRYPT changes nothing that DECRYPT needs; DECRYPT is the last stage
+            reply, answered = self._paillier_answer(client, cid, message, record, where)
+        except (StageError, DecodeError, IntegrityError) as exc:
+            raise type(exc)(f"{where}: {exc}") from None
+        record[f"stages.{cid}"] = [*(s.name for s in done), *(s.name for s, _ in answered)]
+        record[f"log.{cid}"] = [*log, *(m for _, m in answered)]
+        return reply
+
+    def _paillier_answer(
+        self, client: Any, cid: int, message: StageMessage, record: ConfigRecord, where: str
+    ) -> tuple[bytes, list[tuple[FlowerStage, bytes]]]:
+        """The reply to ``message`` and the (stage, message) entries to append to the transcript."""
+        from protocols.paillier import RandomnessPool
+        from protocols.paillier.aggregator import round_layout
+
+        stage, payload = message.stage, message.payload[cid]
+        if stage is FlowerStage.PAILLIER_TRAIN:
+            return client.advertise(), [(stage, b"")]
+        if stage is FlowerStage.PAILLIER_ADVERTS:
+            client.receive_adverts(payload)
+            if info_int(message.info, "holder", where) != cid:
+                return b"", [(stage, payload)]
+            bundle = client.share_key(self._paillier_keypair(create=True))
+            return bundle, [(stage, payload), (FlowerStage.PAILLIER_HOLD, b"")]
+        if stage is FlowerStage.PAILLIER_HOLD:
+            return client.share_key(self._paillier_keypair(create=True)), [(stage, b"")]
+        if stage is FlowerStage.PAILLIER_KEY:
+            ack = client.receive_key(payload)
+            bits = int(client.keypair.public.bits)
+            if bits < self.node.paillier_key_bits:
+                raise ConfigError(f"{where}: the key holder's Paillier key has {bits} bits, below this "
+                                  f"node's paillier-key-bits {self.node.paillier_key_bits}")
+            self._store_keypair(client.keypair)  # a later round's key holder on this node reuses it
+            return ack, [(stage, payload)]
+        rc = paillier_round_config({f"round.{k}": record[f"paillier.{k}"] for k in PAILLIER_ROUND_KEYS},
+                                   message.round_id, where)
+        if stage is FlowerStage.PAILLIER_ENCRYPT:
+            deltas = self.state.array_records[DELTAS]
+            vector = np.asarray(deltas[str(cid)].numpy(), dtype=np.float64)
+            public = client.keypair.public
+            fp, layout = round_layout(int(record["paillier.n"]), rc, public)  # type: ignore[arg-type]
+            if self.settings.reproducible_rounding:
+                rng = paillier_rounding_rng(self.seed, message.round_id,
+                                            info_int(message.info, f"rank.{cid}", where) * vector.shape[0])
+            else:
+                rng = np.random.default_rng(np.frombuffer(record[f"rounding.{cid}"], dtype=np.uint32))  # type: ignore[arg-type]
+            pool = RandomnessPool(public, private=client.keypair)  # filled online by masked_input
+            ciphertexts: bytes = client.masked_input(vector, fp, layout, rng, pool)
+            del deltas[str(cid)]  # the plaintext update is not needed any more
+            return ciphertexts, [(stage, b"")]
+        return client.decrypt(payload, rc.threshold), [(stage, payload)]

@@ -24,7 +24,18 @@ from typing import Any
 from securefedrec.config import ExperimentConfig
 from securefedrec.errors import ConfigError
 
-__all__ = ["DeploymentSettings", "Transport", "deployment_settings", "experiment_config", "split_run_config"]
+__all__ = [
+    "DeploymentSettings",
+    "NodeSettings",
+    "Transport",
+    "deployment_settings",
+    "experiment_config",
+    "node_settings",
+    "split_run_config",
+]
+
+MIN_PAILLIER_KEY_BITS = 256
+"""``protocols.paillier.keys.MIN_KEY_BITS`` (not imported here: ``protocols.paillier`` needs gmpy2)."""
 
 
 class Transport(enum.Enum):
@@ -145,3 +156,39 @@ def experiment_config(
             experiment[key.replace("-", "_")] = node_config[key]
     settings = _settings(deployment)
     return ExperimentConfig.from_mapping(experiment, source="run config"), settings
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeSettings:
+    """Settings of one SuperNode, from its ``--node-config``: its own choices, which no server can change.
+
+    Attributes:
+        reproducible_noise: draw this node's DP noise shares from the public seed, exactly as
+            the in-process simulator does, so that a deployment reproduces a simulation bit for
+            bit. Anyone who knows the seed can then remove the noise from the released sum:
+            reproduction tests only, never with real data (:mod:`securefedrec.flower.update` Notes).
+        paillier_key_bits: size of the Paillier key this node generates when one of its clients
+            is the key holder, and the smallest key it accepts from another holder (2048 bits:
+            ~112-bit security, :mod:`protocols.paillier.keys` Notes).
+    """
+
+    reproducible_noise: bool = False
+    paillier_key_bits: int = 2048
+
+    def __post_init__(self) -> None:
+        bits = self.paillier_key_bits
+        if isinstance(bits, bool) or not isinstance(bits, int) or bits < MIN_PAILLIER_KEY_BITS or bits % 2:
+            raise ConfigError(f"node config: paillier-key-bits must be an even int >= "
+                              f"{MIN_PAILLIER_KEY_BITS}, got {bits!r}")
+        if not isinstance(self.reproducible_noise, bool):
+            raise ConfigError(f"node config: reproducible-noise must be true or false, "
+                              f"got {self.reproducible_noise!r}")
+
+
+def node_settings(node_config: Mapping[str, Any]) -> NodeSettings:
+    """The :class:`NodeSettings` in a node config (``reproducible-noise``, ``paillier-key-bits``)."""
+    values: dict[str, Any] = {}
+    for key in ("reproducible-noise", "paillier-key-bits"):
+        if key in node_config:
+            values[key.replace("-", "_")] = node_config[key]
+    return NodeSettings(**values)

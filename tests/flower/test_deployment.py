@@ -72,9 +72,10 @@ def _toml(value: Any) -> str:
 class Federation:
     """A SuperLink and ``n`` SuperNodes on loopback, each in its own process group."""
 
-    def __init__(self, root: Path, n: int) -> None:
+    def __init__(self, root: Path, n: int, node_config: str = "") -> None:
         self.root = root
         self.n = n
+        self.node_config = node_config
         self.home = root / "flwr-home"
         self.home.mkdir()
         self.port = _free_port()
@@ -104,7 +105,7 @@ class Federation:
             self._spawn(f"node{i}", [
                 "flower-supernode", "--insecure", "--superlink", f"{HOST}:{self.port}",
                 "--host", HOST, "--port", str(_free_port()),
-                "--node-config", f"partition-id={i} num-partitions={self.n}",
+                "--node-config", f"partition-id={i} num-partitions={self.n} {self.node_config}".strip(),
             ])
 
     def run(self, config: dict[str, Any], *, on_line: Any = None) -> dict[str, Any]:
@@ -154,24 +155,33 @@ class Federation:
         return "\n".join(parts)
 
 
-@pytest.fixture
-def federation(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Federation]:
+def _started(root: Path, n: int, node_config: str = "") -> Iterator[Federation]:
     if shutil.which("flower-superlink") is None or shutil.which("flwr") is None:
         pytest.skip("flwr CLI not installed (pip install -e '.[flower]')")
-    n = getattr(request, "param", NODES)
-    fed = Federation(tmp_path, n)
+    fed = Federation(root, n, node_config)
     try:
         fed.start()
         yield fed
-    finally:
+    finally:  # also when start() or the test fails: every process group is killed
         fed.close()
 
 
-def _simulation(n: int, rounds: int) -> Any:
+@pytest.fixture
+def federation(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Federation]:
+    yield from _started(tmp_path, getattr(request, "param", NODES))
+
+
+@pytest.fixture
+def noise_federation(tmp_path: Path) -> Iterator[Federation]:
+    """SuperNodes that draw their DP noise from the public seed (``reproducible-noise``), as the simulator."""
+    yield from _started(tmp_path, NODES, "reproducible-noise=true")
+
+
+def _simulation(n: int, rounds: int, **overrides: Any) -> Any:
     from securefedrec.config import ExperimentConfig
     from securefedrec.simulation import Simulation
 
-    cfg = ExperimentConfig.from_mapping({**EXPERIMENT, "silos": n, "rounds": rounds})
+    cfg = ExperimentConfig.from_mapping({**EXPERIMENT, "silos": n, "rounds": rounds, **overrides})
     return Simulation(cfg)
 
 
@@ -188,6 +198,24 @@ def test_deployment_equals_simulator(federation: Federation) -> None:
         assert rounds[r]["survivors"] == list(range(n))
     step = rounds[0]["quantization_step"]
     # same seeds -> same sampling, training and rounding streams: equal within one quantization step
+    assert np.abs(result["global_vec"] - sim.global_vec).max() <= step
+
+
+def test_deployment_dp_user_randk_equals_simulator(noise_federation: Federation) -> None:
+    """User-level DP (noise shares added on the nodes) and random-k (error feedback on the nodes)."""
+    n = noise_federation.n
+    users = 8 * n  # dp 'user': every user is a client; each SuperNode hosts 8
+    extra = {"synthetic-users": users, "dp": "user", "noise-multiplier": 1.0, "compression": "randk:0.25"}
+    result = noise_federation.run({**EXPERIMENT, **extra, "silos": "none", "rounds": ROUNDS, "min-nodes": n,
+                                   "reproducible-rounding": True, "stage-timeout": 120.0})
+    rounds = result["report"]["rounds"]
+    assert [r["aborted"] for r in rounds] == [False] * ROUNDS, rounds
+    sim = _simulation(n, ROUNDS, **{**extra, "silos": None})
+    for r in range(ROUNDS):
+        record = sim.run_round()
+        assert not record["aborted"] and rounds[r]["survivors"] == list(range(users))
+        assert rounds[r]["epsilon"] == record["epsilon"] and rounds[r]["noise_std"] == record["noise_std"]
+    step = rounds[0]["quantization_step"]
     assert np.abs(result["global_vec"] - sim.global_vec).max() <= step
 
 

@@ -18,7 +18,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from protocols import RoundConfig, Stage
 from protocols.secagg import SecAggPlusAggregator, SecAggServer
 from securefedrec.config import ExperimentConfig
-from securefedrec.errors import ConfigError, DecodeError, StageError
+from securefedrec.errors import ConfigError, DecodeError, SecureFedRecError, StageError
 from securefedrec.flower import (
     DeploymentSettings,
     FederatedRun,
@@ -137,13 +137,18 @@ def test_keystream_and_rounding_streams() -> None:
 
 # ---- fakes ---------------------------------------------------------------------------------
 class FakeLink:
-    """Nodes in process; ``silent[node] = stage``: from that stage on the node never answers."""
+    """Nodes in process; ``silent[node] = stage``: from that stage on the node never answers.
+
+    A node that raises answers nothing (on a SuperNode: an error reply, which :class:`GridLink` drops);
+    the errors are kept in ``errors``.
+    """
 
     def __init__(self, runtimes: Mapping[int, NodeRuntime], silent: Mapping[int, FlowerStage] | None = None):
         self.runtimes = dict(runtimes)
         self.silent = dict(silent or {})
         self.order = list(FlowerStage)
         self.calls: list[FlowerStage] = []
+        self.errors: list[str] = []
 
     def node_ids(self) -> list[int]:
         return sorted(self.runtimes)
@@ -156,7 +161,10 @@ class FakeLink:
             if stop is not None and self.order.index(msg.stage) >= self.order.index(stop):
                 continue
             request = unpack(pack(msg))  # through the real records
-            out[nid] = unpack(pack(self.runtimes[nid].handle(request)))
+            try:
+                out[nid] = unpack(pack(self.runtimes[nid].handle(request)))
+            except SecureFedRecError as exc:
+                self.errors.append(f"node {nid}: {exc}")
         return out
 
 

@@ -1,0 +1,243 @@
+"""A client's update on its SuperNode: DP noise share, then random-k with error feedback.
+
+The in-process :class:`~securefedrec.simulation.Simulation` turns the trained
+deltas into protocol inputs in three steps; a node does the same for the
+clients it hosts, in the same order and with the same arithmetic, so a
+deployment reproduces a simulation:
+
+1. clamp to ``update_clip`` (:func:`~securefedrec.flower.node.train_clients`);
+2. ``dp = "user"``: :meth:`~securefedrec.privacy.DistributedGaussian.privatize`
+   -- clip to L2 ``C`` and add this client's noise share, std
+   ``sigma C / sqrt(t)`` with the round's threshold ``t``;
+3. ``randk:F``: add the client's error-feedback residual, take the ``ceil(F L)``
+   coordinates that the round's *public* seed picks (the same for every
+   client, :data:`~securefedrec.streams.SELECT`), clip them to the round's
+   ``clip_range`` and hand only those to the protocol; the rest stays in the
+   residual (:class:`~securefedrec.compression.Uplink`).
+
+The server sends ``sigma``, ``C`` and ``t`` in the round's first message
+(:func:`dp_info`). A node does not take them on trust (:func:`check_dp`): it
+refuses a noise multiplier below what its own copy of the run configuration
+requires, another ``C``, a ``t`` above the protocol's release threshold (a sum
+could then hold fewer than ``t`` shares) and an encoding range that would clip
+the noise share.
+
+Error feedback lives on the node (:class:`FeedbackStore`, in the node's
+``Context.state``, keyed by client id, kept across rounds). Whether a round's
+selected values reached a released sum is known only to the server, after the
+round; the node therefore keeps the round's vector *pending* and settles it the
+next time the client is sampled, from the outcome the server sends then
+(:func:`feedback_info`): ``ef.round.<c>``, the last round in which the server
+received client ``c``'s first reply, and ``ef.in.<c>``, whether its input was in
+that round's released sum. A pending round the server does not report was never
+received, so the whole vector stays in the residual -- exactly the simulator's
+rule (a client that dropped, or a round that aborted, keeps everything).
+
+Notes:
+    Noise randomness. By default each share is drawn from
+    :func:`~securefedrec.privacy.secure_generator` (256 bits from the OS). The
+    node setting ``reproducible-noise`` (node config, see
+    :class:`~securefedrec.flower.settings.NodeSettings`) draws it instead from the
+    simulator's public stream ``[seed, round, NOISE, client]`` so that a deployment
+    can be checked against a simulation bit for bit. Anyone who knows the seed can
+    then subtract the noise from the released sum: the DP guarantee is gone. It is
+    a node setting, not a run setting, so that a server cannot switch it on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, RecordDict
+
+from securefedrec import streams
+from securefedrec.config import ExperimentConfig
+from securefedrec.errors import ConfigError, DecodeError, StageError
+
+if TYPE_CHECKING:
+    from securefedrec.compression import Compressor
+    from securefedrec.privacy import DistributedGaussian, RoundPrivacy
+
+__all__ = [
+    "FEEDBACK_PREFIX",
+    "FeedbackStore",
+    "check_dp",
+    "dp_info",
+    "feedback_info",
+    "info_float",
+    "info_int",
+    "noise_rng",
+    "selection",
+    "uplink_compressor",
+]
+
+FEEDBACK_PREFIX = "sfr.ef."
+"""Node-state key prefix of a client's error-feedback record (``sfr.ef.<client>``)."""
+
+_TOLERANCE = 1e-9
+
+
+def info_int(info: Mapping[str, Any], key: str, where: str) -> int:
+    """``info[key]`` as an int; :class:`DecodeError` naming the field when missing or of another type."""
+    value = info.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DecodeError(f"{where}: field {key!r} must be an int, got {value!r}")
+    return value
+
+
+def info_float(info: Mapping[str, Any], key: str, where: str) -> float:
+    """``info[key]`` as a finite float; :class:`DecodeError` naming the field otherwise."""
+    value = info.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DecodeError(f"{where}: field {key!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+# ---- differential privacy -------------------------------------------------------------------
+def dp_info(privacy: RoundPrivacy | None, threshold: int) -> dict[str, int | float | str]:
+    """Server side: the DP fields of a round's first message (empty without user-level DP)."""
+    from securefedrec.privacy import UserLevelPrivacy
+
+    if privacy is None:
+        return {}
+    if not isinstance(privacy, UserLevelPrivacy):
+        raise ConfigError(f"dp: {privacy.mode!r} cannot run on the Flower deployment engine")
+    mech = privacy.mechanism
+    return {"dp.sigma": float(mech.noise_multiplier), "dp.clip": float(mech.clip), "dp.threshold": threshold}
+
+
+def check_dp(
+    config: ExperimentConfig,
+    info: Mapping[str, Any],
+    *,
+    protocol_threshold: int,
+    clip_range: float,
+    where: str,
+) -> tuple[DistributedGaussian, int]:
+    """Node side: the mechanism and threshold of the round, checked against this node's configuration.
+
+    Raises:
+        DecodeError: a DP field is missing or of the wrong type.
+        ConfigError: a value that would weaken the guarantee (the message names the field).
+    """
+    from securefedrec.privacy import DistributedGaussian, UserLevelPrivacy
+
+    mechanism_name = config.to_dict().get("dp_mechanism", "gaussian")  # another DP mechanism's field
+    if mechanism_name != "gaussian":
+        raise ConfigError(f"{where}, field 'dp_mechanism': {mechanism_name!r} does not run on the Flower "
+                          "deployment engine yet; only the Gaussian noise shares do")
+    sigma = info_float(info, "dp.sigma", where)
+    clip = info_float(info, "dp.clip", where)
+    threshold = info_int(info, "dp.threshold", where)
+    own = UserLevelPrivacy.from_config(config).mechanism  # sigma calibrated exactly as the server did
+    if sigma < own.noise_multiplier * (1 - _TOLERANCE):
+        raise ConfigError(f"{where}, field 'dp.sigma': the server asks for noise multiplier {sigma!r}, below "
+                          f"the {own.noise_multiplier!r} that this node's run configuration requires")
+    if not math.isclose(clip, own.clip, rel_tol=_TOLERANCE):
+        raise ConfigError(f"{where}, field 'dp.clip': the server sent {clip!r}, this node's run "
+                          f"configuration has clip {own.clip!r}")
+    if not 1 <= threshold <= protocol_threshold:
+        raise ConfigError(f"{where}, field 'dp.threshold': {threshold} must be between 1 and the protocol's "
+                          f"release threshold {protocol_threshold} (every released sum must hold at least "
+                          "that many noise shares)")
+    mechanism = DistributedGaussian(noise_multiplier=sigma, clip=own.clip)
+    need = mechanism.encoding_range(threshold, config.update_clip)
+    if clip_range < need * (1 - _TOLERANCE):
+        raise ConfigError(f"{where}, field 'clip_range': the protocol's range {clip_range!r} would clip "
+                          f"the noise share (needs {need!r})")
+    return mechanism, threshold
+
+
+def noise_rng(seed: int, round_id: int, client: int) -> np.random.Generator:
+    """The simulator's noise stream of ``client`` in ``round_id`` (public seed: reproduction only).
+
+    Equals the generator :meth:`~securefedrec.privacy.UserLevelPrivacy.from_config` hands the
+    simulator: ``default_rng([seed, round_id, streams.NOISE, client])``.
+    """
+    return np.random.default_rng([seed, round_id, streams.NOISE, client])
+
+
+# ---- random-k and error feedback --------------------------------------------------------------
+def uplink_compressor(config: ExperimentConfig) -> Compressor:
+    """The run's compressor, refusing one that cannot go through secure aggregation."""
+    from securefedrec.compression import parse_compression
+
+    comp = parse_compression(config.compression)
+    if not comp.secure_ok:
+        raise ConfigError(f"compression: {comp.spec} cannot be used with protocol {config.protocol!r}: its "
+                          "indices reveal which items each user rated; use randk:F")
+    return comp
+
+
+def selection(comp: Compressor, length: int, seed: int, round_id: int) -> np.ndarray | None:
+    """The coordinates the round sends (sorted int64), or ``None`` for all (no error feedback).
+
+    The simulator's public choice: ``comp.select`` from ``default_rng([seed, round_id, SELECT])``.
+    """
+    if not comp.feedback:
+        return None
+    idx = comp.select(np.zeros(length), np.random.default_rng([seed, round_id, streams.SELECT]))
+    return np.arange(length, dtype=np.int64) if idx is None else np.asarray(idx, dtype=np.int64)
+
+
+def feedback_info(outcomes: Mapping[int, tuple[int, bool]], clients: list[int]) -> dict[int, dict[str, int]]:
+    """Server side: per addressed client, its last reported round and whether it was in that sum."""
+    return {c: {"ef.round": outcomes[c][0], "ef.in": int(outcomes[c][1])} for c in clients if c in outcomes}
+
+
+class FeedbackStore:
+    """Per-client error-feedback residuals in a node's state, kept across rounds.
+
+    Record ``sfr.ef.<client>`` (an ``ArrayRecord``) holds the client's last round,
+    pending until the server reports its outcome: ``round``, ``full`` (the previous
+    residual + that round's vector), ``idx`` and ``sent`` (the values handed to the
+    protocol). The residual is ``full`` minus what reached a released sum.
+    """
+
+    def __init__(self, state: RecordDict) -> None:
+        self.state = state
+
+    def residual(self, cid: int, info: Mapping[str, Any], where: str) -> np.ndarray | None:
+        """Client ``cid``'s residual after settling its pending round with the server's outcome.
+
+        Reads only; :meth:`keep` writes.
+
+        Raises:
+            StageError: the server reports a later round than the node's pending one
+                (this node's state was lost or belongs to another run).
+            DecodeError: an outcome field of the wrong type.
+        """
+        record = self.state.array_records.get(f"{FEEDBACK_PREFIX}{cid}")
+        if record is None:
+            return None
+        pending = int(record["round"].numpy()[0])
+        full = np.asarray(record["full"].numpy(), dtype=np.float64)
+        told = info.get(f"ef.round.{cid}")
+        included = False
+        if told is not None:
+            told_round = info_int(info, f"ef.round.{cid}", where)
+            flag = info_int(info, f"ef.in.{cid}", where)
+            if flag not in (0, 1):
+                raise DecodeError(f"{where}: field 'ef.in.{cid}' must be 0 or 1, got {flag}")
+            if told_round > pending:
+                raise StageError(f"{where}, field 'ef.round.{cid}': the server reports client {cid} in round "
+                                 f"{told_round}, but this node last trained it in round {pending}")
+            included = told_round == pending and flag == 1
+        dense = np.zeros_like(full)
+        if included:
+            idx = np.asarray(record["idx"].numpy(), dtype=np.int64)
+            dense[idx] = np.asarray(record["sent"].numpy(), dtype=np.float64)
+        residual = full - dense  # ErrorFeedback.commit
+        return residual if np.any(residual) else None
+
+    def keep(self, cid: int, round_id: int, full: np.ndarray, idx: np.ndarray, sent: np.ndarray) -> None:
+        """Store round ``round_id``'s vector as pending (its residual was consumed into ``full``)."""
+        self.state[f"{FEEDBACK_PREFIX}{cid}"] = ArrayRecord(array_dict={
+            "round": Array.from_numpy_ndarray(np.array([round_id], dtype=np.int64)),
+            "full": Array.from_numpy_ndarray(np.ascontiguousarray(full, dtype=np.float64)),
+            "idx": Array.from_numpy_ndarray(np.ascontiguousarray(idx, dtype=np.int64)),
+            "sent": Array.from_numpy_ndarray(np.ascontiguousarray(sent, dtype=np.float64)),
+        })

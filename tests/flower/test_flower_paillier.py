@@ -1,0 +1,198 @@
+"""Packed Paillier over Flower, in process: key holder, sealed key delivery, encryption on the nodes,
+homomorphic sum on the server, decryption by a key-holding node; equal to the in-process simulator."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+pytest.importorskip("gmpy2")
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import RecordDict
+
+from protocols import Stage
+from protocols.paillier import PaillierAggregator
+from protocols.secagg.client import raw_public
+from securefedrec.config import ExperimentConfig
+from securefedrec.errors import ConfigError, StageError
+from securefedrec.flower import (
+    DeploymentSettings,
+    FederatedRun,
+    FlowerStage,
+    Identity,
+    NodeRuntime,
+    NodeSettings,
+    StageMessage,
+    paillier_rounding_rng,
+)
+from securefedrec.simulation import Simulation
+from tests.flower.test_flower import FakeLink
+
+USERS = {"synthetic_users": 24, "synthetic_items": 20, "factors": 3, "seed": 5, "device": "cpu",
+         "protocol": "paillier"}
+KEYS = {c: Ed25519PrivateKey.generate() for c in range(24)}
+PKI = {c: raw_public(k) for c, k in KEYS.items()}
+SMALL_KEY = NodeSettings(paillier_key_bits=512)  # tests only; the default is 2048
+
+
+def _runtimes(config: ExperimentConfig, n: int, settings: DeploymentSettings,
+              nodes: dict[int, NodeSettings] | None = None, node: NodeSettings = SMALL_KEY,
+              ) -> dict[int, NodeRuntime]:
+    out = {}
+    for i in range(n):
+        identity = Identity({c: k for c, k in KEYS.items() if c % n == i}, PKI)
+        out[100 + i] = NodeRuntime(config, settings, (i, n), RecordDict(), identity=identity,
+                                   node=(nodes or {}).get(100 + i, node))
+    return out
+
+
+@pytest.fixture
+def dropout_plans(monkeypatch: pytest.MonkeyPatch) -> dict[int, dict[int, Stage]]:
+    """Round index -> the simulator's dropout plan (consulted once per round when ``dropout > 0``)."""
+    plans: dict[int, dict[int, Stage]] = {}
+    calls = itertools.count()
+
+    def planned(clients: Any, probability: float, rng: np.random.Generator) -> dict[int, Stage]:
+        return plans.get(next(calls), {})
+
+    monkeypatch.setattr("securefedrec.simulation.sample_dropouts", planned)
+    return plans
+
+
+def test_paillier_dp_user_randk_equals_the_simulator() -> None:
+    n = 4
+    config = ExperimentConfig(**USERS, sample_rate=0.7, rounds=2, dp="user", noise_multiplier=0.7,
+                              compression="randk:0.3")
+    settings = DeploymentSettings(min_nodes=n, reproducible_rounding=True)
+    link = FakeLink(_runtimes(config, n, settings, node=NodeSettings(paillier_key_bits=512,
+                                                                     reproducible_noise=True)))
+    run = FederatedRun(config, settings, link)
+    report = run.run()
+    sim = Simulation(config, aggregator=PaillierAggregator(key_bits=512))
+    sim.run(progress=False)
+    rounds = report["rounds"]
+    assert [r["aborted"] for r in rounds] == [False, False]
+    assert [r["clients"] for r in rounds] == [r["clients"] for r in sim.rounds]
+    # same sampling, training, noise, selection and rounding streams: bit for bit
+    np.testing.assert_array_equal(run.sim.global_vec, sim.global_vec)
+    assert [r["epsilon"] for r in rounds] == [r["epsilon"] for r in sim.rounds]
+    first = rounds[0]["answered"]
+    assert first["PAILLIER_TRAIN"] == first["PAILLIER_ENCRYPT"] == rounds[0]["clients"]
+    assert first["PAILLIER_DECRYPT"] == 1 and "PAILLIER_HOLD" not in first
+    # the key holder generated the key once; every node kept it for later rounds
+    keys = {bytes(rt.state.config_records["sfr.paillier"]["p"]) for rt in link.runtimes.values()}  # type: ignore[arg-type]
+    assert len(keys) == 1
+    # a node drops each plaintext update once it is encrypted
+    assert all(len(rt.state.array_records.get("sfr.deltas", {})) == 0 for rt in link.runtimes.values())
+
+
+@pytest.mark.parametrize(
+    ("silent", "plan_stage", "hold"),
+    [
+        (FlowerStage.PAILLIER_ADVERTS, Stage.SHARE_KEYS, True),  # the key holder (client 0) is gone
+        (FlowerStage.PAILLIER_DECRYPT, Stage.UNMASK, False),  # the first decryptor is gone
+    ],
+)
+def test_paillier_dropouts_give_the_simulators_sum(
+        dropout_plans: dict[int, dict[int, Stage]], silent: FlowerStage, plan_stage: Stage, hold: bool,
+) -> None:
+    n = 4
+    config = ExperimentConfig(**USERS, sample_rate=1.0, rounds=1, dropout=0.01)
+    settings = DeploymentSettings(min_nodes=n, reproducible_rounding=True)
+    link = FakeLink(_runtimes(config, n, settings), silent={100: silent})
+    run = FederatedRun(config, settings, link)
+    run.connect()
+    record = run.run_round()
+    gone = [c for c in range(24) if c % n == 0]
+    dropout_plans[0] = dict.fromkeys(gone, plan_stage)
+    sim = Simulation(config, aggregator=PaillierAggregator(key_bits=512))
+    expected = sim.run_round()
+    assert not record["aborted"] and record["dropped"] == expected["dropped"]
+    in_sum = list(range(24)) if hold is False else [c for c in range(24) if c not in gone]
+    assert record["survivors"] == in_sum
+    assert ("PAILLIER_HOLD" in record["answered"]) == hold
+    assert record["answered"]["PAILLIER_DECRYPT"] == 1
+    np.testing.assert_array_equal(run.sim.global_vec, sim.global_vec)
+
+
+def test_paillier_drop_before_encrypting_gives_the_survivors_sum() -> None:
+    """In process, the senders share one rounding stream in id order, so a key holder that vanishes before
+    encrypting shifts the later senders' draws; the nodes cannot know that in advance. The sum is then the
+    survivors' exact sum up to one quantization step per client (stochastic rounding), no more."""
+    import torch
+
+    n = 4
+    config = ExperimentConfig(**USERS, sample_rate=1.0, rounds=1)
+    settings = DeploymentSettings(min_nodes=n, reproducible_rounding=True)
+    link = FakeLink(_runtimes(config, n, settings), silent={100: FlowerStage.PAILLIER_ENCRYPT})
+    run = FederatedRun(config, settings, link)
+    run.connect()
+    record = run.run_round()
+    survivors = [c for c in range(24) if c % n != 0]
+    assert not record["aborted"] and record["survivors"] == survivors
+    assert record["answered"]["PAILLIER_KEY"] == 23 and record["answered"]["PAILLIER_ENCRYPT"] == 18
+    sim = Simulation(config)
+    deltas = sim.pool.train(list(range(24)), torch.from_numpy(sim.global_vec), 1, config.local_lr)
+    plain = deltas.clamp_(-config.update_clip, config.update_clip).to(torch.float64).numpy()[survivors].sum(0)
+    error = np.abs(run.totals[0] - plain).max()
+    assert 0 < error <= len(survivors) * record["quantization_step"]
+
+
+def test_a_node_refuses_a_key_below_its_paillier_key_bits() -> None:
+    n = 4
+    config = ExperimentConfig(**USERS, sample_rate=1.0, rounds=1)
+    settings = DeploymentSettings(min_nodes=n)
+    strict = NodeSettings(paillier_key_bits=1024)
+    link = FakeLink(_runtimes(config, n, settings, nodes={102: strict}))
+    run = FederatedRun(config, settings, link)
+    run.connect()
+    record = run.run_round()  # node 100 (client 0) holds a 512-bit key; node 102 never acknowledges it
+    assert record["survivors"] == [c for c in range(24) if c % n != 2]
+    assert "sfr.paillier" not in link.runtimes[102].state.config_records
+    assert link.errors == ["node 102: client 2, round 0, PAILLIER_KEY: the key holder's Paillier key has 512 "
+                           "bits, below this node's paillier-key-bits 1024"]
+
+
+def test_paillier_needs_every_clients_identity_key() -> None:
+    n = 2
+    config = ExperimentConfig(**USERS, sample_rate=1.0, rounds=1)
+    settings = DeploymentSettings(min_nodes=n)
+    runtimes = _runtimes(config, n, settings)
+    runtimes[101] = NodeRuntime(config, settings, (1, n), RecordDict(), node=SMALL_KEY)  # no identity-key
+    with pytest.raises(ConfigError, match="no identity key for clients \\[1, 3, 5"):
+        FederatedRun(config, settings, FakeLink(runtimes)).connect()
+    with pytest.raises(ConfigError, match="malicious-server model is a SecAgg setting"):
+        FederatedRun(config, DeploymentSettings(malicious=True), FakeLink(runtimes))
+
+
+def test_paillier_node_answers_each_stage_once_and_in_order() -> None:
+    n = 2
+    config = ExperimentConfig(**USERS, sample_rate=1.0, rounds=1)
+    settings = DeploymentSettings(min_nodes=n)
+    node = _runtimes(config, n, settings)[100]
+    sim = Simulation(config)
+    info = {"round.clip_range": 16.0, "round.ring_bits": 32, "round.value_bits": 0, "round.threshold": 12,
+            "round.length": sim.layout.length}
+    train = StageMessage(FlowerStage.PAILLIER_TRAIN, 0, {0: b"", 2: b""}, tuple(range(24)), sim.global_vec,
+                         info)
+    with pytest.raises(StageError, match="client 0, round 0, PAILLIER_KEY: this node has no state"):
+        node.handle(StageMessage(FlowerStage.PAILLIER_KEY, 0, {0: b"x"}))
+    node.handle(train)
+    for stage in (FlowerStage.PAILLIER_KEY, FlowerStage.PAILLIER_ENCRYPT, FlowerStage.PAILLIER_DECRYPT):
+        with pytest.raises(StageError, match=f"client 0, round 0, {stage.name}: out of order"):
+            node.handle(StageMessage(stage, 0, {0: b"x"}))
+    with pytest.raises(StageError, match="never run twice"):
+        node.handle(train)
+    with pytest.raises(StageError, match="runs the Paillier protocol"):
+        node.handle(StageMessage(FlowerStage.SHARE_KEYS, 0, {0: b"x"}))
+
+
+def test_paillier_rounding_stream_is_the_simulators_shared_one() -> None:
+    shared = np.random.default_rng([5, 1, 2])
+    draws = shared.random(3 * 7 + 7)
+    np.testing.assert_array_equal(paillier_rounding_rng(5, 1, 3 * 7).random(7), draws[21:])
