@@ -74,6 +74,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--server-optimizer", choices=list(OPTIMIZERS),
                    help=f"server optimizer (default {d.server_optimizer})")
     g.add_argument("--server-lr", type=float, help="server learning rate (default: the optimizer's)")
+    g.add_argument("--server-decay", type=float,
+                   help="shrink the item part of the global vector by 1 - this after every round "
+                        f"(a server-side prior that bounds poisoning; default {d.server_decay})")
     g.add_argument("--eval-every", type=int, help=f"evaluate every N rounds (default {d.eval_every})")
     g = p.add_argument_group("differential privacy")
     g.add_argument("--dp", choices=_dp_modes(),

@@ -77,6 +77,7 @@ class ExperimentConfig:
     # server
     server_optimizer: str = "fedadam"
     server_lr: float | None = None
+    server_decay: float = 0.0
     eval_every: int = 1
     # run
     seed: int = 0
@@ -110,6 +111,8 @@ class ExperimentConfig:
         for name in ("local_lr", "update_clip"):
             need(math.isfinite(getattr(self, name)) and getattr(self, name) > 0, name, "must be > 0")
         need(self.server_lr is None or self.server_lr > 0, "server_lr", "must be > 0")
+        need(math.isfinite(self.server_decay) and 0 <= self.server_decay < 1, "server_decay",
+             "must be in [0, 1)")
         need(self.seed >= 0, "seed", "must be >= 0")
         self._check_privacy(need)
         if self.dataset != "synthetic" and self.data_dir is None:

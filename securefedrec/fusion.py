@@ -11,6 +11,15 @@ to get the mean delta ``Delta``, then applies one of (Reddi et al., ICLR 2021,
 - ``fedadam``: m = b1 m + (1-b1) Delta; v = b2 v + (1-b2) Delta^2;  x += lr * m / (sqrt(v) + tau)
 - ``fedyogi``: as fedadam with v -= (1-b2) Delta^2 sign(v - Delta^2)
 
+Optional decoupled weight decay (``server_decay`` lambda, as in AdamW): after
+the step, ``x[:span] *= 1 - lambda`` on the item part only (the intercept is
+not shrunk). A server-side prior that shrinks items towards zero unless the
+clients keep pulling them; it is what bounds a coalition of poisoning clients
+for good (see :mod:`attacks.poisoning`): with every client's item row bounded
+by tau, fake clients that are a fraction f of the population move the target's
+row by at most ``lr * f * tau`` per round in expectation, so its norm stays
+below ``lr * f * tau / lambda`` however long they push.
+
 Notes:
     ``tau`` (the adaptivity) defaults to 1e-6. With secure aggregation every
     coordinate of the sum carries a little quantization noise, even items that
@@ -42,6 +51,17 @@ class ServerOptimizer(abc.ABC):
             raise ConfigError(f"server learning rate must be > 0, got {lr}")
         self.lr = lr
         self.t = 0
+        self.weight_decay = 0.0
+        self.decay_span = 0
+
+    def with_decay(self, weight_decay: float, span: int) -> ServerOptimizer:
+        """Shrink ``x[:span]`` by ``1 - weight_decay`` after every step (module docstring); returns self."""
+        if not (math.isfinite(weight_decay) and 0 <= weight_decay < 1):
+            raise ConfigError(f"server_decay: must be in [0, 1), got {weight_decay}")
+        if span < 0:
+            raise ConfigError(f"decay span must be >= 0, got {span}")
+        self.weight_decay, self.decay_span = float(weight_decay), int(span)
+        return self
 
     @abc.abstractmethod
     def _direction(self, delta: np.ndarray) -> np.ndarray:
@@ -53,6 +73,8 @@ class ServerOptimizer(abc.ABC):
             raise ConfigError(f"delta has shape {delta.shape}, global vector {params.shape}")
         self.t += 1
         result: np.ndarray = params + self._direction(np.asarray(delta, np.float64))
+        if self.weight_decay:
+            result[: self.decay_span] *= 1.0 - self.weight_decay
         return result
 
     def state_dict(self) -> dict[str, Any]:

@@ -96,7 +96,8 @@ class Simulation:
         self.pool = ClientPool(self.dataset.train, self.dataset.num_users, self.layout, self.hyper,
                                groups=groups, device=self.device)
         self.aggregator = aggregator or get_aggregator(config.protocol)
-        self.optimizer: ServerOptimizer = get_optimizer(config.server_optimizer, config.server_lr)
+        self.optimizer: ServerOptimizer = get_optimizer(config.server_optimizer, config.server_lr).with_decay(
+            config.server_decay, self.layout.length - 1)  # the item part; never the intercept
         lo, hi = self.dataset.scale
         # the intercept starts at the middle of the public rating scale (no data is peeked at)
         init = self.layout.init((lo + hi) / 2, config.init_std, torch.Generator().manual_seed(config.seed))

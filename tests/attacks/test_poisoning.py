@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from attacks import PoisoningAttack
-from attacks.poisoning import PoisonedAggregator, _robust_total
+from attacks.poisoning import PoisonedAggregator, _robust_total, clip_rows
 from protocols import get_aggregator
 from securefedrec.data import Dataset
 from securefedrec.errors import ConfigError
+from securefedrec.model import Layout
 from tests.attacks.conftest import config
 
 
@@ -35,3 +36,32 @@ def test_fake_clients_promote_the_target(small: Dataset) -> None:
     table = res.details["table"]
     assert res.success and table["none"]["0.05"]["er@10"] > res.baseline + 0.3
     assert table["median"]["0.05"]["er@10"] < table["none"]["0.05"]["er@10"]
+
+
+def test_clip_rows_bounds_every_item_row_and_leaves_the_intercept() -> None:
+    layout = Layout(num_items=3, factors=2)
+    x = np.array([3.0, 4.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.2, 0.0, 7.0])  # Q (3x2), b (3), mu
+    y = clip_rows(x, layout, 1.0)
+    q, b = y[:6].reshape(3, 2), y[6:9]
+    np.testing.assert_allclose(np.sqrt((q * q).sum(1) + b * b), [1.0, np.sqrt(0.05), 0.0])
+    np.testing.assert_allclose(y[:2], [0.6, 0.8])  # scaled, direction kept
+    assert y[-1] == 7.0
+
+
+def test_row_clip_is_allowed_under_secure_aggregation_and_needs_the_layout() -> None:
+    PoisonedAggregator(get_aggregator("secagg+"), fake_ids=[], craft=lambda r: np.zeros(1), sample_rate=1.0,
+                       defence="row-clip", clip=1.0, trim=0.1, seed=0, layout=Layout(2, 2), row_clip=0.5)
+    with pytest.raises(ConfigError, match="row-clip"):
+        PoisonedAggregator(get_aggregator("secagg+"), fake_ids=[], craft=lambda r: np.zeros(1),
+                           sample_rate=1.0, defence="row-clip", clip=1.0, trim=0.1, seed=0)
+
+
+def test_row_clip_with_fedavg_and_server_decay_stops_the_fake_clients(small: Dataset) -> None:
+    # plaintext for speed: the defence acts on each input before the protocol, so SecAgg+ sums the same
+    cfg = config("plaintext", rounds=40, server_optimizer="fedavg", server_lr=2.0, server_decay=0.1,
+                 sample_rate=0.5)
+    res = PoisoningAttack(fractions=(0.05,), defences=("none", "row-clip"), row_clip=0.1).run(cfg, dataset=small)
+    table = res.details["table"]
+    assert table["none"]["0.05"]["er@10"] > 0.9  # undefended, the fakes win
+    assert res.value == table["row-clip"]["0.05"]["er@10"] < 0.1
+    assert not res.success

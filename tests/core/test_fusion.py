@@ -34,3 +34,21 @@ def test_state_round_trips() -> None:
         x = a.step(x, np.ones(4))
     b.load_state_dict(a.state_dict())
     assert np.allclose(a.step(x, np.ones(4)), b.step(x, np.ones(4)))
+
+
+def test_server_decay_shrinks_the_item_part_only() -> None:
+    opt = get_optimizer("fedavg", 1.0).with_decay(0.1, span=3)
+    x = opt.step(np.array([1.0, -2.0, 4.0, 3.5]), np.array([1.0, 0.0, 0.0, 0.5]))
+    np.testing.assert_allclose(x, [1.8, -1.8, 3.6, 4.0])  # (x + delta) * 0.9 on the first 3; the last is free
+    with pytest.raises(ConfigError, match="server_decay"):
+        get_optimizer("fedavg").with_decay(1.0, span=3)
+
+
+def test_server_decay_bounds_a_constant_push() -> None:
+    # a coalition that pushes a coordinate by p every round moves it to p (1 - lam) / lam at most
+    opt = get_optimizer("fedavg", 1.0).with_decay(0.05, span=1)
+    x = np.zeros(2)
+    for _ in range(2000):
+        x = opt.step(x, np.array([0.1, 0.1]))
+    assert x[0] == pytest.approx(0.1 * 0.95 / 0.05, rel=1e-9)
+    assert x[1] == pytest.approx(200.0)  # outside the span: no bound
