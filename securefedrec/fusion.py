@@ -20,6 +20,18 @@ by tau, fake clients that are a fraction f of the population move the target's
 row by at most ``lr * f * tau`` per round in expectation, so its norm stays
 below ``lr * f * tau / lambda`` however long they push.
 
+Lazy steps for random-k: with ``randk:F`` only a public F fraction of the
+coordinates can be non-zero in a round's sum; the others carry *no
+information*, not a zero gradient. ``step(..., coords=selected)`` therefore
+updates the moments (and the parameters) of the selected coordinates only,
+with Adam's bias correction counted per coordinate -- the "lazy" Adam of
+sparse embedding training. Treating the unsent 90 % as zeros instead decays
+their moments between the rare rounds that send them, and the error-feedback
+residual that a client then delivers in one piece turns into an oversized
+step: on ml-100k u1 (secagg+, randk:0.1) the test RMSE then bottoms out at
+0.947 after 60 rounds and rises to 0.961 at 120; with lazy steps it keeps
+falling (0.941 at 90 rounds). Weight decay still applies to every item coordinate.
+
 Notes:
     ``tau`` (the adaptivity) defaults to 1e-6. With secure aggregation every
     coordinate of the sum carries a little quantization noise, even items that
@@ -64,15 +76,32 @@ class ServerOptimizer(abc.ABC):
         return self
 
     @abc.abstractmethod
-    def _direction(self, delta: np.ndarray) -> np.ndarray:
-        """The step to add (before nothing else) given the mean delta; updates the moments."""
+    def _direction(self, delta: np.ndarray, at: np.ndarray | slice, length: int) -> np.ndarray:
+        """The step for coordinates ``at`` given their mean delta; updates their moments only.
 
-    def step(self, params: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        """Return the new global vector given the mean client delta."""
+        ``delta`` holds the values at ``at`` (all coordinates when ``at`` is ``slice(None)``);
+        ``length`` is the full vector length (to allocate the moments).
+        """
+
+    def step(self, params: np.ndarray, delta: np.ndarray, coords: np.ndarray | None = None) -> np.ndarray:
+        """Return the new global vector given the mean client delta.
+
+        Args:
+            params, delta: the global vector and the mean delta (same shape).
+            coords: the coordinates this round could update (random-k's public selection);
+                ``None`` = all. The others keep their parameters and moments (module docstring).
+        """
         if delta.shape != params.shape:
             raise ConfigError(f"delta has shape {delta.shape}, global vector {params.shape}")
         self.t += 1
-        result: np.ndarray = params + self._direction(np.asarray(delta, np.float64))
+        d = np.asarray(delta, np.float64)
+        if coords is None:
+            direction = self._direction(d, slice(None), d.shape[0])
+        else:
+            at = np.asarray(coords, dtype=np.int64)
+            direction = np.zeros_like(d)
+            direction[at] = self._direction(d[at], at, d.shape[0])
+        result: np.ndarray = params + direction
         if self.weight_decay:
             result[: self.decay_span] *= 1.0 - self.weight_decay
         return result
@@ -95,7 +124,7 @@ class FedAvg(ServerOptimizer):
     def __init__(self, lr: float = 1.0) -> None:
         super().__init__(lr)
 
-    def _direction(self, delta: np.ndarray) -> np.ndarray:
+    def _direction(self, delta: np.ndarray, at: np.ndarray | slice, length: int) -> np.ndarray:
         return self.lr * delta
 
 
@@ -111,9 +140,12 @@ class FedAvgM(ServerOptimizer):
         self.momentum = momentum
         self.m: np.ndarray | None = None
 
-    def _direction(self, delta: np.ndarray) -> np.ndarray:
-        self.m = delta.copy() if self.m is None else self.momentum * self.m + delta
-        return self.lr * self.m
+    def _direction(self, delta: np.ndarray, at: np.ndarray | slice, length: int) -> np.ndarray:
+        if self.m is None:
+            self.m = np.zeros(length)
+        self.m[at] = self.momentum * self.m[at] + delta
+        step: np.ndarray = self.lr * self.m[at]
+        return step
 
 
 class FedAdam(ServerOptimizer):
@@ -130,19 +162,24 @@ class FedAdam(ServerOptimizer):
         self.beta1, self.beta2, self.tau = beta1, beta2, tau
         self.m: np.ndarray | None = None
         self.v: np.ndarray | None = None
+        self.count: np.ndarray | None = None  # steps per coordinate (bias correction of lazy steps)
 
     def _second_moment(self, v: np.ndarray, d2: np.ndarray) -> np.ndarray:
         return self.beta2 * v + (1 - self.beta2) * d2
 
-    def _direction(self, delta: np.ndarray) -> np.ndarray:
+    def _direction(self, delta: np.ndarray, at: np.ndarray | slice, length: int) -> np.ndarray:
         if self.m is None or self.v is None:
-            self.m = np.zeros_like(delta)
-            self.v = np.zeros_like(delta)
-        self.m = self.beta1 * self.m + (1 - self.beta1) * delta
-        self.v = self._second_moment(self.v, delta * delta)
-        m_hat = self.m / (1 - self.beta1**self.t)
-        v_hat = self.v / (1 - self.beta2**self.t)
-        return self.lr * m_hat / (np.sqrt(v_hat) + self.tau)
+            self.m = np.zeros(length)
+            self.v = np.zeros(length)
+        if self.count is None:  # a fresh run, or a checkpoint from before per-coordinate counts
+            self.count = np.full(length, float(self.t - 1))
+        self.count[at] += 1
+        self.m[at] = self.beta1 * self.m[at] + (1 - self.beta1) * delta
+        self.v[at] = self._second_moment(self.v[at], delta * delta)
+        m_hat = self.m[at] / (1 - self.beta1 ** self.count[at])
+        v_hat = self.v[at] / (1 - self.beta2 ** self.count[at])
+        step: np.ndarray = self.lr * m_hat / (np.sqrt(v_hat) + self.tau)
+        return step
 
 
 class FedYogi(FedAdam):

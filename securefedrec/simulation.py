@@ -188,7 +188,8 @@ class Simulation:
                 record.update(aborted=True, dropped=len(sampled) - exc.survivors, error=str(exc))
             else:
                 mean = result.total / (cfg.sample_rate * self.pool.num_clients)
-                self.global_vec = self.optimizer.step(self.global_vec, mean)
+                # random-k: only the public selection carries information (lazy step, fusion.py)
+                self.global_vec = self.optimizer.step(self.global_vec, mean, coords=self.uplink.last_coords)
                 record.update(
                     dropped=len(sampled) - len(result.survivors),
                     bytes_up=result.total_bytes_up,

@@ -528,7 +528,7 @@ class FederatedRun:
                 else:  # random-k: scatter the sum of the selected coordinates back
                     total[idx] = outcome.total
                 mean = total / (cfg.sample_rate * sim.pool.num_clients)
-                sim.global_vec = sim.optimizer.step(sim.global_vec, mean)
+                sim.global_vec = sim.optimizer.step(sim.global_vec, mean, coords=idx)
                 record.update(
                     dropped=len(sampled) - len(survivors),
                     survivors=sorted(survivors),

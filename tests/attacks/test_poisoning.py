@@ -60,7 +60,8 @@ def test_row_clip_with_fedavg_and_server_decay_stops_the_fake_clients(small: Dat
     # plaintext for speed: the defence acts on each input before the protocol, so SecAgg+ sums the same
     cfg = config("plaintext", rounds=40, server_optimizer="fedavg", server_lr=2.0, server_decay=0.1,
                  sample_rate=0.5)
-    res = PoisoningAttack(fractions=(0.05,), defences=("none", "row-clip"), row_clip=0.1).run(cfg, dataset=small)
+    attack = PoisoningAttack(fractions=(0.05,), defences=("none", "row-clip"), row_clip=0.1)
+    res = attack.run(cfg, dataset=small)
     table = res.details["table"]
     assert table["none"]["0.05"]["er@10"] > 0.9  # undefended, the fakes win
     assert res.value == table["row-clip"]["0.05"]["er@10"] < 0.1

@@ -52,3 +52,30 @@ def test_server_decay_bounds_a_constant_push() -> None:
         x = opt.step(x, np.array([0.1, 0.1]))
     assert x[0] == pytest.approx(0.1 * 0.95 / 0.05, rel=1e-9)
     assert x[1] == pytest.approx(200.0)  # outside the span: no bound
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_lazy_step_leaves_unselected_coordinates_alone(name: str) -> None:
+    rng = np.random.default_rng(0)
+    dense, lazy = get_optimizer(name), get_optimizer(name)
+    x_dense = x_lazy = rng.normal(size=6)
+    for _ in range(3):
+        d = rng.normal(size=6)
+        x_dense = dense.step(x_dense, d)
+        x_lazy = lazy.step(x_lazy, d, coords=np.arange(6))
+    np.testing.assert_array_equal(x_dense, x_lazy)  # all coordinates selected = the dense step
+    before = x_lazy.copy()
+    after = lazy.step(x_lazy, rng.normal(size=6), coords=np.array([1, 4]))
+    np.testing.assert_array_equal(after[[0, 2, 3, 5]], before[[0, 2, 3, 5]])
+    assert np.all(after[[1, 4]] != before[[1, 4]])
+
+
+def test_lazy_adam_corrects_bias_per_coordinate() -> None:
+    # a coordinate first sent in round 5 takes Adam's first step, lr * sign(delta), not a damped one
+    opt = FedAdam(lr=0.1)
+    x = np.zeros(4)
+    for _ in range(4):
+        x = opt.step(x, np.array([1.0, 0.0, 0.0, 0.0]), coords=np.array([0]))
+    x = opt.step(x, np.array([0.0, 0.0, -2.0, 0.0]), coords=np.array([2]))
+    assert x[2] == pytest.approx(-0.1, rel=1e-5)
+    assert x[1] == x[3] == 0.0
