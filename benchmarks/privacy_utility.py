@@ -14,7 +14,11 @@ configuration without DP):
 - ``record-ml100k``: DP-SGD in 10 silos (``--dp record --silos 10``) on
   MovieLens 100K u1, one rating = one record, delta = 1e-5; epsilon 10 is
   added to the list for the target below. Its ``inf`` is the same DP-SGD loop
-  with no clipping and no noise.
+  with no clipping and no noise. It uses 4 factors: DP-SGD adds noise to every
+  parameter at every step, so a small model keeps more signal. On u1 at
+  epsilon 10 (20 rounds), 32 / 8 / 4 factors gave RMSE 0.976 / 0.970 / 0.968
+  with DP and 0.938 / 0.941 / 0.946 without; clipping alone (no noise, k = 32)
+  already gives 0.964 -- most of the cost of DP-SGD here is the clipping bias.
 
 The user-level parts run on the plaintext protocol: with SecAgg(+) the
 released sum is the same up to the fixed-point step (the noise each client
@@ -82,7 +86,8 @@ PARTS: dict[str, Part] = {
         Part(
             "record-ml100k", "record-level DP-SGD, ml-100k u1, 10 silos",
             settings=dict(dataset="ml-100k", split="u1", dp="record", silos=10, delta=1e-5, clip=1.0,
-                          sample_rate=1.0, rounds=20, local_epochs=1, local_lr=8.0, dp_batch_size=256,
+                          factors=4, sample_rate=1.0, rounds=20, local_epochs=1, local_lr=8.0,
+                          dp_batch_size=256,
                           server_optimizer="fedavg", server_lr=1.0, protocol="plaintext"),
             quick=dict(rounds=3),
             extra_epsilons=(10.0,),
