@@ -46,12 +46,27 @@ Notes:
     Randomness: the simulator seeds each silo's Poisson sampler and noise
     generator from (seed, silo) so runs reproduce. Opacus' ``secure_mode``
     (torchcsprng) is the choice for a deployment; it is not used here.
+
+    Checkpoints: :meth:`SiloDPSGD.state` holds, per silo, the user factors and
+    user biases, the accountant history, the rounds the silo trained in, its
+    sigma and sample rate, and the states of its generators. Opacus does not
+    copy a generator: ``make_private(noise_generator=g)`` keeps ``g`` in the
+    optimizer (``optimizer.generator``), and ``DPDataLoader.from_data_loader``
+    hands the original loader's ``generator`` to its Poisson sampler
+    (``batch_sampler.generator``) and to the ``DataLoader`` itself (one int64
+    base-seed draw per epoch). Here these are one object, so the state holds the
+    same bytes twice (``sampler_rng``, ``noise_rng``) and :meth:`SiloDPSGD.restore`
+    sets them on the very generators that draw. The item part is not saved: it is
+    reloaded from the broadcast every round. A resumed run equals the
+    uninterrupted one bit for bit (``tests/test_dpsgd_resume.py``).
 """
 
 from __future__ import annotations
 
+import base64
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -64,9 +79,9 @@ from securefedrec import streams
 from securefedrec.client import RatingsByUser
 from securefedrec.errors import CheckpointError, ConfigError, PrivacyBudgetExhausted
 from securefedrec.model import Hyper, Layout
-from securefedrec.privacy import RoundPrivacy, make_accountant
+from securefedrec.privacy import PrivacyAccountant, RoundPrivacy, calibrate_noise_multiplier, make_accountant
 
-__all__ = ["GRAD_SAMPLE_MODES", "SiloDPSGD", "SiloLoss", "SiloMF", "silo_groups"]
+__all__ = ["GRAD_SAMPLE_MODES", "SiloDPSGD", "SiloLoss", "SiloMF", "SiloState", "silo_groups"]
 
 GRAD_SAMPLE_MODES = ("ghost", "hooks")
 """Opacus per-sample gradient modes supported here; ``ghost`` is the default (module Notes)."""
@@ -157,6 +172,84 @@ def _collate_batch(batch: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor,
     return batch[0]
 
 
+@dataclass(frozen=True, eq=False)
+class SiloState:
+    """One silo's DP-SGD state between rounds: what continuing it bit for bit needs.
+
+    Attributes:
+        silo: the silo's id (its client id).
+        noise_multiplier: sigma of the steps to come; sample_rate: Poisson rate q of each step.
+        rounds: rounds this silo trained in.
+        history: the Opacus accountant's ``(sigma, q, steps)`` entries.
+        user, user_bias: the silo's local part, float32 ``(users, k)`` and ``(users,)``.
+        sampler_rng, noise_rng: ``torch.Generator.get_state()`` of the Poisson sampler's and
+            the noise's generator (module Notes: one generator here, so the same bytes).
+    """
+
+    silo: int
+    noise_multiplier: float
+    sample_rate: float
+    rounds: int
+    history: tuple[tuple[float, float, int], ...]
+    user: np.ndarray
+    user_bias: np.ndarray
+    sampler_rng: bytes
+    noise_rng: bytes
+
+
+_STATE_VERSION = 1
+_SETTINGS = ("accountant", "delta", "clip", "batch_size", "epochs", "lr", "grad_sample_mode")
+"""The :meth:`SiloDPSGD.state` settings a restoring run must share (``lr`` etc. change the trajectory)."""
+
+
+def _encode_array(a: np.ndarray) -> dict[str, Any]:
+    a = np.ascontiguousarray(a, dtype="<f4")
+    return {"dtype": "float32", "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def _decode_bytes(value: Any, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise CheckpointError(f"{where}: must be a base64 string, got {type(value).__name__}")
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise CheckpointError(f"{where}: not valid base64") from None
+
+
+def _decode_array(value: Any, where: str) -> np.ndarray:
+    if (not isinstance(value, dict) or value.get("dtype") != "float32"
+            or not isinstance(value.get("shape"), list)):
+        raise CheckpointError(f"{where}: must be {{dtype: float32, shape, data}}")
+    shape = tuple(value["shape"])
+    if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+        raise CheckpointError(f"{where}: shape {list(shape)} is not a list of sizes")
+    raw = _decode_bytes(value.get("data"), where)
+    if len(raw) != 4 * math.prod(shape):
+        raise CheckpointError(f"{where}: {len(raw)} bytes do not hold float32 {list(shape)}")
+    return np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
+
+
+def _byte_tensor(raw: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
+
+def _history(value: Any, where: str) -> tuple[tuple[float, float, int], ...]:
+    out = []
+    entries: list[Any] = list(value) if isinstance(value, list | tuple) else [None]
+    for entry in entries:
+        ok = isinstance(entry, list | tuple) and len(entry) == 3
+        if ok:
+            sigma, q, steps = entry
+            ok = (all(isinstance(v, int | float) and not isinstance(v, bool) for v in (sigma, q))
+                  and isinstance(steps, int) and not isinstance(steps, bool)
+                  and math.isfinite(sigma) and sigma >= 0 and 0 < q <= 1 and steps >= 0)
+        if not ok:
+            raise CheckpointError(f"{where}: must be a list of [sigma >= 0, 0 < q <= 1, steps >= 0], "
+                                  f"got {value!r:.80}")
+        out.append((float(sigma), float(q), int(steps)))
+    return tuple(out)
+
+
 class _Silo:
     """One silo's model, Opacus-wrapped optimizer and Poisson data loader."""
 
@@ -171,6 +264,12 @@ class _Silo:
         self.noise_multiplier = noise_multiplier
         self.sample_rate = 1.0 / len(loader)
         self.rounds = 0
+
+    @property
+    def generators(self) -> dict[str, torch.Generator]:
+        """The generators that draw (module Notes): the Poisson sampler's and the noise's."""
+        sampler: Any = self.loader.batch_sampler  # Opacus' UniformWithReplacementSampler
+        return {"sampler_rng": sampler.generator, "noise_rng": self.optimizer.generator}
 
 
 class SiloDPSGD(RoundPrivacy):
@@ -188,6 +287,8 @@ class SiloDPSGD(RoundPrivacy):
         rounds: planned rounds (for calibration).
         accountant: ``rdp`` or ``prv``.
         seed: seeds each silo's Poisson sampler, noise and user-factor init.
+        silo_ids: the ids of ``groups`` (default ``0..len(groups)-1``): a Flower node builds only the
+            silos it hosts; seeds and messages use the id, ``train`` and ``silos`` the position.
     """
 
     mode = "record"
@@ -210,6 +311,7 @@ class SiloDPSGD(RoundPrivacy):
         accountant: str = "rdp",
         seed: int = 0,
         grad_sample_mode: str = "ghost",
+        silo_ids: Sequence[int] | None = None,
     ) -> None:
         if grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise ConfigError(f"grad_sample_mode: must be one of {', '.join(GRAD_SAMPLE_MODES)}, "
@@ -225,19 +327,30 @@ class SiloDPSGD(RoundPrivacy):
         self._delta = delta
         self.accountant = accountant
         self.calibrated = noise_multiplier is None
+        self.planned_rounds = rounds
+        self.rounds_done = 0
+        self.silo_ids = list(range(len(groups))) if silo_ids is None else [int(s) for s in silo_ids]
+        if len(self.silo_ids) != len(groups):
+            raise ConfigError(f"silo_ids: {len(self.silo_ids)} ids for {len(groups)} silos")
         self.silos: list[_Silo] = []
-        for s, users in enumerate(groups):
+        for s, users in zip(self.silo_ids, groups, strict=True):
             self.silos.append(self._make_silo(s, data, np.asarray(users, np.int64), noise_multiplier,
                                               epsilon, rounds, seed))
 
     @classmethod
-    def from_config(cls, config: Any, pool: Any, layout: Layout) -> SiloDPSGD:
-        """Build from an :class:`~securefedrec.config.ExperimentConfig` and the simulator's pool."""
+    def from_config(cls, config: Any, pool: Any, layout: Layout,
+                    silo_ids: Sequence[int] | None = None) -> SiloDPSGD:
+        """Build from an :class:`~securefedrec.config.ExperimentConfig` and the simulator's pool.
+
+        ``silo_ids``: build only these silos (a Flower node's); default all of ``pool.groups``.
+        """
+        groups = pool.groups if silo_ids is None else [pool.groups[s] for s in silo_ids]
         return cls(
-            data=pool.data, groups=pool.groups, layout=layout, hyper=pool.hyper,
+            data=pool.data, groups=groups, layout=layout, hyper=pool.hyper,
             epochs=config.local_epochs, lr=config.local_lr, batch_size=config.dp_batch_size,
             clip=config.clip, noise_multiplier=config.noise_multiplier, epsilon=config.epsilon,
             delta=config.delta, rounds=config.rounds, accountant=config.accountant, seed=config.seed,
+            silo_ids=silo_ids,
         )
 
     def _make_silo(self, s: int, data: RatingsByUser, users: np.ndarray, noise_multiplier: float | None,
@@ -264,10 +377,13 @@ class SiloDPSGD(RoundPrivacy):
             if noise_multiplier is None:
                 if epsilon is None:
                     raise ConfigError("dp: 'record' needs epsilon (a budget) or noise_multiplier")
-                made = engine.make_private_with_epsilon(
-                    target_epsilon=epsilon, target_delta=self._delta, epochs=rounds * self.epochs, **common)
-            else:
-                made = engine.make_private(noise_multiplier=noise_multiplier, **common)
+                # what make_private_with_epsilon(epochs=rounds * epochs) computes, from the cached
+                # calibration: the server, the simulator and every node of a deployment calibrate alike
+                sample_rate = 1 / len(loader)
+                steps = int(rounds * self.epochs / sample_rate)
+                noise_multiplier = calibrate_noise_multiplier(epsilon, self._delta, sample_rate, steps,
+                                                              self.accountant)
+            made = engine.make_private(noise_multiplier=noise_multiplier, **common)
         except ValueError as exc:
             raise ConfigError(f"epsilon: silo {s} cannot meet ({epsilon}, {self._delta}): {exc}") from None
         # ghost mode also returns the criterion wrapper; the tuple's length depends on the mode
@@ -284,6 +400,10 @@ class SiloDPSGD(RoundPrivacy):
     def _steps_per_round(self, silo: _Silo) -> int:
         return self.epochs * len(silo.loader)
 
+    def round_steps(self, j: int) -> int:
+        """DP-SGD steps the silo at position ``j`` takes (and is accounted for) in a round it trains in."""
+        return self._steps_per_round(self.silos[j])
+
     def silo_epsilons(self) -> list[float]:
         """Each silo's epsilon so far."""
         return [self._silo_epsilon(s.engine.accountant.history) for s in self.silos]
@@ -291,16 +411,17 @@ class SiloDPSGD(RoundPrivacy):
     def _silo_epsilon(self, history: list[tuple[float, float, int]]) -> float:
         if not history:
             return 0.0
-        if any(h[0] == 0 for h in history):
-            return math.inf
-        acc = make_accountant(self.accountant)
+        # Opacus' epsilon of this history, exactly; with ``rdp`` from the cached one-step RDP (much faster)
+        sigma, q, _ = history[-1]
+        acc = PrivacyAccountant(noise_multiplier=sigma, sample_rate=q, delta=self._delta,
+                                accountant=self.accountant)
         acc.history = list(history)
-        return float(acc.get_epsilon(delta=self._delta))
+        return acc.epsilon()
 
     def check_round(self, round_id: int) -> float:
         """Largest silo epsilon if every silo trained this round; raise if over budget."""
         worst = 0.0
-        for s, silo in enumerate(self.silos):
+        for s, silo in zip(self.silo_ids, self.silos, strict=True):
             nxt = [*silo.engine.accountant.history,
                    (silo.noise_multiplier, silo.sample_rate, self._steps_per_round(silo))]
             eps = self._silo_epsilon(nxt)
@@ -314,16 +435,171 @@ class SiloDPSGD(RoundPrivacy):
 
     def commit_round(self, round_id: int) -> float:
         """Opacus' accountants already counted the steps; return the largest silo epsilon."""
+        self.rounds_done = round_id + 1
         return self.epsilon()
 
+    def charge(self, clients: Sequence[int]) -> None:
+        """Count one round of DP-SGD steps for silos (positions) that trained elsewhere.
+
+        The Flower server's view of silos that train on their nodes: each step goes through the
+        silo's Opacus accountant exactly as the optimizer's hook would (same sigma, same ``q``,
+        same merging of entries), so the history -- and epsilon -- equal the simulator's.
+        """
+        for j in clients:
+            silo = self.silos[j]
+            for _ in range(self._steps_per_round(silo)):
+                silo.engine.accountant.step(noise_multiplier=silo.noise_multiplier,
+                                            sample_rate=silo.sample_rate)
+            silo.rounds += 1
+
+    # ------------------------------------------------------------------ checkpoints
+    def silo_state(self, j: int) -> SiloState:
+        """The state of the silo at position ``j`` (copies)."""
+        silo = self.silos[j]
+        gens = silo.generators
+        return SiloState(
+            silo=self.silo_ids[j], noise_multiplier=silo.noise_multiplier, sample_rate=silo.sample_rate,
+            rounds=silo.rounds, history=tuple((float(a), float(b), int(c))
+                                              for a, b, c in silo.engine.accountant.history),
+            user=silo.model.user.weight.detach().numpy().copy(),
+            user_bias=silo.model.user_bias.weight.detach()[:, 0].numpy().copy(),
+            sampler_rng=bytes(gens["sampler_rng"].get_state().numpy().tobytes()),
+            noise_rng=bytes(gens["noise_rng"].get_state().numpy().tobytes()),
+        )
+
+    def check_silo_state(self, j: int, st: SiloState, where: str) -> None:
+        """Raise :class:`CheckpointError` (naming ``where``, silo and field) unless ``st`` fits silo ``j``.
+
+        Sigma must equal this run's unless sigma is calibrated and the planned rounds differ (a run
+        extended to more rounds is re-calibrated; the history then accounts both sigmas exactly).
+        """
+        silo, sid = self.silos[j], self.silo_ids[j]
+        at = f"{where}, silo {sid}"
+        if st.silo != sid:
+            raise CheckpointError(f"{at}, field 'silo': the state is silo {st.silo}'s")
+        shapes = {"user": (st.user, tuple(silo.model.user.weight.shape)),
+                  "user_bias": (st.user_bias, (silo.model.user_bias.weight.shape[0],))}
+        for name, (arr, shape) in shapes.items():
+            if arr.dtype != np.float32 or arr.shape != shape or not np.all(np.isfinite(arr)):
+                raise CheckpointError(f"{at}, field {name!r}: float32 {list(arr.shape)} (finite), expected "
+                                      f"float32 {list(shape)}")
+        for name, gen in silo.generators.items():
+            size = int(gen.get_state().numel())
+            if len(getattr(st, name)) != size:
+                raise CheckpointError(f"{at}, field {name!r}: {len(getattr(st, name))} bytes, a generator "
+                                      f"state has {size}")
+            try:  # on a scratch generator: nothing changes before every check has passed
+                torch.Generator(device=gen.device).set_state(_byte_tensor(getattr(st, name)))
+            except RuntimeError as exc:
+                raise CheckpointError(f"{at}, field {name!r}: not a generator state ({exc})") from None
+        if silo.generators["sampler_rng"] is silo.generators["noise_rng"] and st.sampler_rng != st.noise_rng:
+            raise CheckpointError(f"{at}, field 'noise_rng': the sampler and the noise share one generator, "
+                                  "but the two saved states differ")
+        if st.sample_rate != silo.sample_rate:
+            raise CheckpointError(f"{at}, field 'sample_rate': {st.sample_rate!r}, this run has "
+                                  f"{silo.sample_rate!r} (other data or batch size)")
+        if st.noise_multiplier != silo.noise_multiplier and not self.calibrated:
+            raise CheckpointError(f"{at}, field 'noise_multiplier': {st.noise_multiplier!r}, this run has "
+                                  f"{silo.noise_multiplier!r}")
+        if not isinstance(st.rounds, int) or st.rounds < 0:
+            raise CheckpointError(f"{at}, field 'rounds': must be an int >= 0, got {st.rounds!r}")
+        steps, per_round = sum(h[2] for h in st.history), self._steps_per_round(silo)
+        if steps != st.rounds * per_round:
+            raise CheckpointError(f"{at}, field 'history': {steps} DP-SGD steps for {st.rounds} rounds of "
+                                  f"{per_round}")
+
+    def load_silo_states(self, states: Mapping[int, SiloState], where: str) -> None:
+        """Continue the silos at the given positions from ``states``; all are checked before any changes."""
+        for j, st in states.items():
+            self.check_silo_state(j, st, where)
+        for j, st in states.items():
+            silo = self.silos[j]
+            with torch.no_grad():
+                silo.model.user.weight.copy_(torch.from_numpy(st.user))
+                silo.model.user_bias.weight.copy_(torch.from_numpy(st.user_bias)[:, None])
+            for name, gen in silo.generators.items():
+                gen.set_state(_byte_tensor(getattr(st, name)))
+            silo.engine.accountant.history = list(st.history)
+            silo.rounds = st.rounds
+
     def state(self) -> dict[str, Any]:
-        """Per-silo accountant histories (informational; resuming is not supported)."""
-        return {"mode": self.mode, "history": [[list(h) for h in s.engine.accountant.history]
-                                               for s in self.silos]}
+        """JSON-able state of every silo (:class:`SiloState`; arrays and generator states in base64)."""
+        silos = []
+        for j in range(len(self.silos)):
+            st = self.silo_state(j)
+            silos.append({
+                "silo": st.silo, "noise_multiplier": st.noise_multiplier, "sample_rate": st.sample_rate,
+                "rounds": st.rounds, "history": [list(h) for h in st.history],
+                "user": _encode_array(st.user), "user_bias": _encode_array(st.user_bias),
+                "sampler_rng": base64.b64encode(st.sampler_rng).decode("ascii"),
+                "noise_rng": base64.b64encode(st.noise_rng).decode("ascii"),
+            })
+        return {"mode": self.mode, "version": _STATE_VERSION, "rounds_done": self.rounds_done,
+                "planned_rounds": self.planned_rounds, "calibrated": self.calibrated,
+                **{k: getattr(self, k) for k in _SETTINGS}, "silos": silos}
 
     def restore(self, rounds_done: int, state: dict[str, Any] | None) -> None:
-        """Not supported: the silos' DP-SGD state (user factors, accountants) is not checkpointed."""
-        raise CheckpointError("resuming a --dp record run from a checkpoint is not supported")
+        """Continue after ``rounds_done`` rounds from :meth:`state`; nothing changes unless all of it fits.
+
+        Raises:
+            CheckpointError: naming the field (and silo) that is missing, malformed or does not match
+                this run (silo count, users per silo, settings, sample rate, generator state size, ...).
+        """
+        where = "checkpoint privacy state"
+        if state is None or state.get("mode") != self.mode:
+            raise CheckpointError(f"{where}: holds no record-level DP-SGD state; it was written by a run "
+                                  "without --dp record")
+        if state.get("version") != _STATE_VERSION:
+            raise CheckpointError(f"{where}, field 'version': {state.get('version')!r}, expected "
+                                  f"{_STATE_VERSION} (written before --dp record runs could resume?)")
+        if state.get("rounds_done") != rounds_done:
+            raise CheckpointError(f"{where}, field 'rounds_done': {state.get('rounds_done')!r}, but "
+                                  f"{rounds_done} rounds were run")
+        for name in _SETTINGS:
+            if state.get(name) != getattr(self, name):
+                raise CheckpointError(f"{where}, field {name!r}: {state.get(name)!r}, this run has "
+                                      f"{getattr(self, name)!r}")
+        raw = state.get("silos")
+        if not isinstance(raw, list) or len(raw) != len(self.silos):
+            count = len(raw) if isinstance(raw, list) else raw
+            raise CheckpointError(f"{where}, field 'silos': {count!r} silos, this run has {len(self.silos)}")
+        same_plan = state.get("planned_rounds") == self.planned_rounds
+        states = {j: self._decode_silo(j, entry, where) for j, entry in enumerate(raw)}
+        for j, st in states.items():
+            if same_plan and st.noise_multiplier != self.silos[j].noise_multiplier:
+                raise CheckpointError(f"{where}, silo {self.silo_ids[j]}, field 'noise_multiplier': "
+                                      f"{st.noise_multiplier!r}, this run has "
+                                      f"{self.silos[j].noise_multiplier!r}")
+            if st.rounds > rounds_done:
+                raise CheckpointError(f"{where}, silo {self.silo_ids[j]}, field 'rounds': {st.rounds} of "
+                                      f"{rounds_done} rounds")
+        self.load_silo_states(states, where)
+        self.rounds_done = rounds_done
+
+    def _decode_silo(self, j: int, entry: Any, where: str) -> SiloState:
+        at = f"{where}, silo {self.silo_ids[j]}"
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{at}: must be an object, got {type(entry).__name__}")
+        missing = [k for k in ("silo", "noise_multiplier", "sample_rate", "rounds", "history", "user",
+                               "user_bias", "sampler_rng", "noise_rng") if k not in entry]
+        if missing:
+            raise CheckpointError(f"{at}, field {missing[0]!r}: missing")
+        for name in ("noise_multiplier", "sample_rate"):
+            value = entry[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise CheckpointError(f"{at}, field {name!r}: must be a number, got {value!r}")
+        for name in ("silo", "rounds"):
+            if isinstance(entry[name], bool) or not isinstance(entry[name], int):
+                raise CheckpointError(f"{at}, field {name!r}: must be an int, got {entry[name]!r}")
+        return SiloState(
+            silo=entry["silo"], noise_multiplier=float(entry["noise_multiplier"]),
+            sample_rate=float(entry["sample_rate"]), rounds=entry["rounds"],
+            history=_history(entry["history"], f"{at}, field 'history'"),
+            user=_decode_array(entry["user"], f"{at}, field 'user'"),
+            user_bias=_decode_array(entry["user_bias"], f"{at}, field 'user_bias'"),
+            sampler_rng=_decode_bytes(entry["sampler_rng"], f"{at}, field 'sampler_rng'"),
+            noise_rng=_decode_bytes(entry["noise_rng"], f"{at}, field 'noise_rng'"),
+        )
 
     def epsilon(self) -> float:
         """The largest epsilon over silos."""
