@@ -309,6 +309,8 @@ class Simulation:
         feedback, downlink = load_compression_state(
             {k[5:]: v for k, v in arrays.items() if k.startswith("comp.")},
             self.uplink, self.downlink, self.layout.length)
+        if self.privacy is not None:  # first: it validates its state and may refuse; nothing changed yet
+            self.privacy.restore(int(meta["next_round"]), meta.get("privacy"))
         self.global_vec = arrays["global_vec"]
         self.uplink.feedback, self.downlink = feedback, downlink
         self.pool.user_factors = torch.from_numpy(arrays["user_factors"])
@@ -317,8 +319,6 @@ class Simulation:
         state.update({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")})
         self.optimizer.load_state_dict(state)
         self.next_round = int(meta["next_round"])
-        if self.privacy is not None:
-            self.privacy.restore(self.next_round, meta.get("privacy"))
         self.rounds = list(meta["rounds"])
 
 

@@ -237,6 +237,26 @@ def test_seeded_noise_reproduces_and_resume_keeps_the_accounting(tmp_path: Path)
         other.load_checkpoint(plain)
 
 
+def test_a_refused_privacy_state_leaves_the_simulation_untouched(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = dict(dp="user", noise_multiplier=1.5, clip=0.5, sample_rate=0.5, **SMALL)
+    ckpt = tmp_path / "dp.npz"
+    Simulation(ExperimentConfig(rounds=2, **base)).run(checkpoint=ckpt, progress=False)
+    fresh = Simulation(ExperimentConfig(rounds=4, **base))
+    before = fresh.global_vec.copy()
+    privacy = fresh.privacy
+    assert privacy is not None
+
+    def refuse(rounds_done: int, state: Any) -> None:
+        raise CheckpointError("privacy state refused")
+
+    monkeypatch.setattr(privacy, "restore", refuse)
+    with pytest.raises(CheckpointError, match="refused"):
+        fresh.load_checkpoint(ckpt)
+    np.testing.assert_array_equal(fresh.global_vec, before)
+    assert fresh.next_round == 0 and fresh.optimizer.t == 0
+
+
 def test_noise_reaches_the_aggregator_not_added_by_the_server() -> None:
     seen: list[np.ndarray] = []
 
