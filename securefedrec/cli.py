@@ -127,7 +127,10 @@ def _add_attack_parser(sub: Any) -> None:
     g = attack.add_argument_group("attack")
     g.add_argument("--key-bits", type=int, help="Paillier key size for the attacked run (default 2048)")
     g.add_argument("--defence", help="poisoning: the defence whose ER@10 is reported "
-                   "(none, clip, norm-bound, median, trimmed-mean; default clip)")
+                   "(none, clip, row-clip, norm-bound, median, trimmed-mean; default row-clip)")
+    g.add_argument("--row-clip", type=float, help="poisoning: per-item L2 bound of row-clip (default 1.0)")
+    g.add_argument("--fractions", type=float, nargs="+",
+                   help="poisoning: fake clients as fractions of the users (default 0.01 0.03 0.05)")
     attack.set_defaults(report=Path("results/attack.json"))
 
 
@@ -172,10 +175,15 @@ def _attack(args: argparse.Namespace) -> int:
     from attacks.base import get_attack
     from securefedrec.report import write_json
 
-    own = {"name": args.name, "key_bits": args.key_bits, "defence": args.defence}
+    own = {"name": args.name, "key_bits": args.key_bits, "defence": args.defence, "row_clip": args.row_clip,
+           "fractions": args.fractions}
     run_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in own})
     config = config_from_args(run_args)
-    options = {"defence": args.defence} if args.name == "poisoning" and args.defence else {}
+    given = {k: v for k, v in own.items() if k in ("defence", "row_clip", "fractions") and v is not None}
+    if given and args.name != "poisoning":
+        flag = "--" + next(iter(given)).replace("_", "-")
+        raise SecureFedRecError(f"{flag} applies to the poisoning attack only")
+    options: dict[str, Any] = dict(given)
     attack = get_attack(args.name, **options)
     keys = {"key_bits": args.key_bits} if args.key_bits is not None and config.protocol == "paillier" else {}
     result = attack.run(config, aggregator_options=keys)

@@ -30,3 +30,20 @@ def test_attack_errors_are_reported(tmp_path: Path, capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         main(["attack", "no-such-attack"])
     assert "rated-items" in capsys.readouterr().err
+
+
+def test_poisoning_flags_reach_the_attack(tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    args = ["attack", "poisoning", "--protocol", "plaintext", *SMALL, "--rounds", "2", "--row-clip", "0.3",
+            "--fractions", "0.05", "--defence", "row-clip", "--report", str(out)]
+    assert main(args) == 0
+    details = json.loads(out.read_text())["details"]
+    assert details["defence"] == "row-clip" and details["fraction"] == 0.05
+    assert set(details["table"]["row-clip"]) == {"0", "0.05"}
+
+
+def test_poisoning_flags_are_refused_for_other_attacks(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["attack", "rated-items", "--protocol", "plaintext", *SMALL, "--row-clip", "0.3",
+                 "--report", str(tmp_path / "r.json")])
+    assert code == 2 and "--row-clip applies to the poisoning attack only" in capsys.readouterr().err
