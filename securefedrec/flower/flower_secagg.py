@@ -25,7 +25,7 @@ from securefedrec.config import ExperimentConfig
 from securefedrec.errors import ConfigError
 from securefedrec.flower.settings import DeploymentSettings
 
-__all__ = ["client_train", "run_flower_secaggplus"]
+__all__ = ["check_flower_secaggplus", "client_train", "run_flower_secaggplus"]
 
 log = logging.getLogger("securefedrec.flower")
 
@@ -53,6 +53,24 @@ def client_train(message: Message, context: Context) -> Message:
     return Message(compat.fitres_to_recorddict(res, keep_input=True), reply_to=message)
 
 
+def check_flower_secaggplus(config: ExperimentConfig) -> None:
+    """Refuse what Flower's own SecAgg+ transport cannot carry, before anything starts.
+
+    Raises:
+        ConfigError: sample rate below 1, differential privacy or compression (this
+            transport sends the plain update through Flower's masking: a DP run would
+            silently train without noise, a compressed one uncompressed).
+    """
+    if config.sample_rate != 1.0:
+        raise ConfigError("sample-rate: transport flower-secaggplus runs every node every round; use 1.0")
+    if config.dp != "none":
+        raise ConfigError(f"dp: transport flower-secaggplus adds no noise, so dp {config.dp!r} would run "
+                          "without privacy; use transport 'securefedrec'")
+    if config.compression != "none":
+        raise ConfigError(f"compression: transport flower-secaggplus sends uncompressed updates; "
+                          f"{config.compression!r} needs transport 'securefedrec'")
+
+
 def run_flower_secaggplus(grid: Any, context: Context, config: ExperimentConfig,
                           settings: DeploymentSettings) -> dict[str, Any]:
     """ServerApp side: ``DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))`` with our MF strategy."""
@@ -64,8 +82,7 @@ def run_flower_secaggplus(grid: Any, context: Context, config: ExperimentConfig,
     from securefedrec.flower.driver import write_result
     from securefedrec.simulation import Simulation
 
-    if config.sample_rate != 1.0:
-        raise ConfigError("sample-rate: transport flower-secaggplus runs every node every round; use 1.0")
+    check_flower_secaggplus(config)
     sim = Simulation(config)
     n = sim.pool.num_clients
     records: list[dict[str, Any]] = []

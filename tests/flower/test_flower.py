@@ -475,3 +475,18 @@ def test_every_experiment_field_is_in_the_flower_app_config() -> None:
     table = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
     fields = {f.name.replace("_", "-") for f in dataclasses.fields(ExperimentConfig)}
     assert fields - set(table) == set()
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ({"dp": "user", "epsilon": 4.0}, "dp"),
+    ({"compression": "q8"}, "compression"),
+    ({"sample_rate": 0.5}, "sample-rate"),
+])
+def test_flower_secaggplus_transport_refuses_what_it_would_silently_drop(
+        override: dict[str, Any], field: str) -> None:
+    from securefedrec.flower.flower_secagg import check_flower_secaggplus
+
+    base: dict[str, Any] = {"sample_rate": 1.0, "synthetic_users": 20}
+    with pytest.raises(ConfigError, match=f"^{field}: "):
+        check_flower_secaggplus(ExperimentConfig(**{**base, **override}))
+    check_flower_secaggplus(ExperimentConfig(**base))
