@@ -106,6 +106,7 @@ from securefedrec.errors import CheckpointError, ConfigError, PrivacyBudgetExhau
 
 __all__ = [
     "ACCOUNTANTS",
+    "BudgetAccountant",
     "DP_MODES",
     "ENCODING_SIGMAS",
     "DistributedGaussian",
@@ -233,7 +234,65 @@ class DistributedGaussian:
         return clipped
 
 
-class PrivacyAccountant:
+class BudgetAccountant:
+    """A history of ``(noise, sample_rate, steps)`` with a budget stop; subclasses give its epsilon.
+
+    Shared by the Gaussian accountant below and the Skellam one
+    (:class:`securefedrec.skellam.SkellamAccountant`): ``noise`` is sigma or mu,
+    :meth:`_epsilon_of` turns a history into epsilon at :attr:`delta`.
+    """
+
+    delta: float
+    budget: float | None
+    sample_rate: float
+    history: list[tuple[float, float, int]]
+
+    @property
+    def noise(self) -> float:
+        """The noise parameter of the steps to come."""
+        raise NotImplementedError
+
+    def _epsilon_of(self, history: list[tuple[float, float, int]]) -> float:
+        raise NotImplementedError
+
+    @property
+    def steps(self) -> int:
+        """Steps (rounds) counted so far."""
+        return sum(h[2] for h in self.history)
+
+    def _with(self, extra: int) -> list[tuple[float, float, int]]:
+        history = list(self.history)
+        if extra:
+            if history and history[-1][:2] == (self.noise, self.sample_rate):
+                history[-1] = (self.noise, self.sample_rate, history[-1][2] + extra)
+            else:
+                history.append((self.noise, self.sample_rate, extra))
+        return history
+
+    def epsilon(self, extra_steps: int = 0) -> float:
+        """Epsilon at :attr:`delta` after the steps taken plus ``extra_steps`` more."""
+        return self._epsilon_of([h for h in self._with(extra_steps) if h[2] > 0])
+
+    def check_step(self, what: str | None = None) -> float:
+        """Epsilon after one more step; raise if that exceeds the budget (nothing changes)."""
+        eps = self.epsilon(1)
+        if self.budget is not None and eps > self.budget:
+            what = what or f"step {self.steps + 1}"
+            raise PrivacyBudgetExhausted(
+                f"{what} would spend epsilon {eps:.4g} > budget {self.budget:.4g} "
+                f"(delta {self.delta:.3g}); stopped after {self.steps} steps at epsilon "
+                f"{self.epsilon():.4g}"
+            )
+        return eps
+
+    def step(self) -> float:
+        """Count one step (after :meth:`check_step`); return the new epsilon."""
+        eps = self.check_step()
+        self.history = self._with(1)
+        return eps
+
+
+class PrivacyAccountant(BudgetAccountant):
     """Counts sampled-Gaussian steps with an Opacus accountant and enforces a budget.
 
     The history is a list of ``(noise_multiplier, sample_rate, steps)`` as in
@@ -271,18 +330,9 @@ class PrivacyAccountant:
         self.history: list[tuple[float, float, int]] = []
 
     @property
-    def steps(self) -> int:
-        """Steps counted so far."""
-        return sum(h[2] for h in self.history)
-
-    def _with(self, extra: int) -> list[tuple[float, float, int]]:
-        history = list(self.history)
-        if extra:
-            if history and history[-1][:2] == (self.noise_multiplier, self.sample_rate):
-                history[-1] = (self.noise_multiplier, self.sample_rate, history[-1][2] + extra)
-            else:
-                history.append((self.noise_multiplier, self.sample_rate, extra))
-        return history
+    def noise(self) -> float:
+        """Sigma of the steps to come."""
+        return self.noise_multiplier
 
     def _epsilon_of(self, history: list[tuple[float, float, int]]) -> float:
         history = [h for h in history if h[2] > 0]
@@ -295,28 +345,6 @@ class PrivacyAccountant:
         acc = make_accountant(self.name)
         acc.history = history
         return float(acc.get_epsilon(delta=self.delta))
-
-    def epsilon(self, extra_steps: int = 0) -> float:
-        """Epsilon at :attr:`delta` after the steps taken plus ``extra_steps`` more."""
-        return self._epsilon_of(self._with(extra_steps))
-
-    def check_step(self, what: str | None = None) -> float:
-        """Epsilon after one more step; raise if that exceeds the budget (nothing changes)."""
-        eps = self.epsilon(1)
-        if self.budget is not None and eps > self.budget:
-            what = what or f"step {self.steps + 1}"
-            raise PrivacyBudgetExhausted(
-                f"{what} would spend epsilon {eps:.4g} > budget {self.budget:.4g} "
-                f"(delta {self.delta:.3g}); stopped after {self.steps} steps at epsilon "
-                f"{self.epsilon():.4g}"
-            )
-        return eps
-
-    def step(self) -> float:
-        """Count one step (after :meth:`check_step`); return the new epsilon."""
-        eps = self.check_step()
-        self.history = self._with(1)
-        return eps
 
     def opacus(self) -> IAccountant:
         """An Opacus accountant holding the same history (for cross-checks)."""

@@ -131,8 +131,8 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 from protocols import FixedPoint, RoundConfig
 from protocols.encoding import MAX_VALUE_BITS, stochastic_round
 from securefedrec import streams
-from securefedrec.errors import CheckpointError, ConfigError, PrivacyBudgetExhausted, SecureFedRecError
-from securefedrec.privacy import RoundPrivacy, clip_l2, secure_generator
+from securefedrec.errors import CheckpointError, ConfigError, SecureFedRecError
+from securefedrec.privacy import BudgetAccountant, RoundPrivacy, clip_l2, secure_generator
 
 __all__ = [
     "DEFAULT_BETA",
@@ -315,7 +315,7 @@ def calibrate_mu(
     return hi
 
 
-class SkellamAccountant:
+class SkellamAccountant(BudgetAccountant):
     """Counts subsampled Skellam rounds (RDP over :data:`ORDERS`) and enforces a budget.
 
     The history is ``[(mu, sample_rate, rounds), ...]`` like the Gaussian accountant's
@@ -351,43 +351,14 @@ class SkellamAccountant:
         self.history: list[tuple[float, float, int]] = []
 
     @property
-    def steps(self) -> int:
-        """Rounds counted so far."""
-        return sum(h[2] for h in self.history)
+    def noise(self) -> float:
+        """Mu of the rounds to come."""
+        return self.mu
 
-    def _with(self, extra: int) -> list[tuple[float, float, int]]:
-        history = list(self.history)
-        if extra:
-            if history and history[-1][:2] == (self.mu, self.sample_rate):
-                history[-1] = (self.mu, self.sample_rate, history[-1][2] + extra)
-            else:
-                history.append((self.mu, self.sample_rate, extra))
-        return history
-
-    def epsilon(self, extra_steps: int = 0) -> float:
-        """Epsilon at :attr:`delta` after the rounds taken plus ``extra_steps`` more."""
-        history = [h for h in self._with(extra_steps) if h[2] > 0]
+    def _epsilon_of(self, history: list[tuple[float, float, int]]) -> float:
         if not history:
             return 0.0
         return _epsilon(rdp_of(history, self.l2, self.l1), self.delta)
-
-    def check_step(self, what: str | None = None) -> float:
-        """Epsilon after one more round; raise if that exceeds the budget (nothing changes)."""
-        eps = self.epsilon(1)
-        if self.budget is not None and eps > self.budget:
-            what = what or f"step {self.steps + 1}"
-            raise PrivacyBudgetExhausted(
-                f"{what} would spend epsilon {eps:.4g} > budget {self.budget:.4g} "
-                f"(delta {self.delta:.3g}); stopped after {self.steps} steps at epsilon "
-                f"{self.epsilon():.4g}"
-            )
-        return eps
-
-    def step(self) -> float:
-        """Count one round (after :meth:`check_step`); return the new epsilon."""
-        eps = self.check_step()
-        self.history = self._with(1)
-        return eps
 
 
 # --------------------------------------------------------------------------- mechanism
