@@ -74,9 +74,6 @@ def run_cell(args: argparse.Namespace, attack: str, protocol: str, dp: str, data
     row: dict[str, Any] = {"attack": attack, "protocol": protocol, "dp": dp, "server": server}
     if dp == "user" and not _dp_available():
         return {**row, "status": "n/a (no --dp in this build)"}
-    if attack == "malicious-server" and protocol == "paillier":
-        return {**row, "status": "n/a (drives the SecAgg state machines; Paillier assumes an "
-                                 "honest-but-curious server)"}
     if attack == "malicious-server" and dp == "user":
         return {**row, "status": "n/a (DP does not change the protocol messages)"}
     if attack == "poisoning" and protocol == "paillier" and args.quick:

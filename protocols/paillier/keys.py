@@ -20,12 +20,34 @@ Key distribution (one key-holder client, the server only relays):
 4. Clients encrypt under ``n``; the server multiplies ciphertexts; any
    key-holding survivor decrypts the sum.
 
-Threat model: an honest-but-curious server (as in FedMF, Chai et al. 2020).
+Threat model. What binds what, in both server models (a malicious server
+cannot get around it, ``attacks.malicious_paillier`` key-substitution and
+bundle-tampering scenarios):
+
+- an advert signs ``(client id, round, X25519 key)``: the server cannot swap in
+  its own X25519 key (a man in the middle on the sealed private key) or replay
+  an advert from another round;
+- the holder signs ``(round, holder id, n)``: a recipient refuses another
+  public key (the server's own, whose private half it knows), a signature from
+  another round or a delivery that names another holder;
+- the sealed ``p || q`` is AES-GCM under a key derived from the two round
+  adverts with ``(round, holder, recipient)`` in the HKDF info and
+  ``(round, holder, recipient, n)`` as associated data, and ``p q = n`` is
+  checked: a flipped bit, another recipient's copy, a copy from an earlier
+  round or a key pair for another ``n`` is refused;
+- acknowledgements sign ``(round, client id, SHA-256(n))``.
+
 Every client holds the private key, so clients must not see one another's
-ciphertexts -- the server never forwards them. A malicious server could ask a
-decryptor to decrypt one client's ciphertext in place of the sum; the
-decryptor refuses sums announced over fewer than ``threshold`` clients but
-cannot check the product itself without downloading every ciphertext.
+ciphertexts -- the server never forwards them -- and a server that colludes with
+any client reads everything (as in FedMF, Chai et al. 2020). With the default
+honest-but-curious server the decryptor decrypts whatever product it is handed
+when the *announced* survivor list reaches ``threshold``: a malicious server
+can have one client's ciphertexts decrypted, or two sums that differ in one
+client. The malicious-server model (``PaillierAggregator(malicious=True)``,
+:mod:`protocols.paillier.aggregator`) adds :func:`sign_ciphertexts` (round,
+client id, SHA-256 of the ciphertext block) and :func:`sign_survivors` (round,
+sorted survivor set, signed at most once per round), and a decryptor that
+checks both before it multiplies and decrypts, once per round.
 
 Notes:
     Key size. The default is 2048 bits: NIST SP 800-57 Part 1 rates a
@@ -64,9 +86,13 @@ __all__ = [
     "public_key_digest",
     "seal_private_key",
     "sign_ack",
+    "sign_ciphertexts",
     "sign_public_key",
+    "sign_survivors",
     "verify_ack",
+    "verify_ciphertexts",
     "verify_public_key",
+    "verify_survivors",
 ]
 
 DEFAULT_KEY_BITS = 2048
@@ -239,3 +265,49 @@ def verify_ack(
         )
     except InvalidSignature:
         raise IntegrityError(f"round {round_id}: key acknowledgement of client {client_id} failed") from None
+
+
+def _ciphertexts_statement(round_id: int, client_id: int, block: bytes) -> bytes:
+    return _DOMAIN + b"ciphertexts" + struct.pack(">QQ", round_id, client_id) + hashlib.sha256(block).digest()
+
+
+def sign_ciphertexts(identity: Ed25519PrivateKey, round_id: int, client_id: int, block: bytes) -> bytes:
+    """A client's signature over its round, its id and ``SHA-256`` of its ciphertext block."""
+    return identity.sign(_ciphertexts_statement(round_id, client_id, block))
+
+
+def verify_ciphertexts(
+    key: Ed25519PublicKey, signature: bytes, round_id: int, client_id: int, block: bytes, who: str
+) -> None:
+    """Raise :class:`IntegrityError` (``who`` names the checker) unless ``signature`` signs ``block``."""
+    try:
+        key.verify(signature, _ciphertexts_statement(round_id, client_id, block))
+    except InvalidSignature:
+        raise IntegrityError(
+            f"round {round_id}: {who}: the ciphertexts of client {client_id} failed authentication "
+            "(altered, substituted or from another round)"
+        ) from None
+
+
+def _survivors_statement(round_id: int, survivors: tuple[int, ...]) -> bytes:
+    return (
+        _DOMAIN + b"consistency" + struct.pack(f">QI{len(survivors)}Q", round_id, len(survivors), *survivors)
+    )
+
+
+def sign_survivors(identity: Ed25519PrivateKey, round_id: int, survivors: tuple[int, ...]) -> bytes:
+    """A client's consistency signature over the round and the sorted survivor set (malicious model)."""
+    return identity.sign(_survivors_statement(round_id, survivors))
+
+
+def verify_survivors(
+    key: Ed25519PublicKey, signature: bytes, round_id: int, survivors: tuple[int, ...], signer: int, who: str
+) -> None:
+    """Raise :class:`IntegrityError` unless ``signature`` is ``signer``'s over (round, ``survivors``)."""
+    try:
+        key.verify(signature, _survivors_statement(round_id, survivors))
+    except InvalidSignature:
+        raise IntegrityError(
+            f"round {round_id}: {who}: the consistency signature of client {signer} does not sign "
+            f"this survivor set of {len(survivors)} clients"
+        ) from None

@@ -260,6 +260,7 @@ def paillier_round(
     info: Info | None = None,
     client_info: Mapping[int, Info] | None = None,
     trace: dict[str, set[int]] | None = None,
+    malicious: bool = False,
 ) -> RoundOutcome:
     """Drive a :class:`~protocols.paillier.PaillierServer` through a packed-Paillier round over Flower.
 
@@ -267,18 +268,24 @@ def paillier_round(
     advert list (the lowest advertiser holds the key; if it does not answer, the next one that
     did is asked, :attr:`FlowerStage.PAILLIER_HOLD`), sealed keys + acknowledgements, ciphertexts
     (the server multiplies them), and decryption of the product by one key-holding survivor
-    (the next one if it does not answer). The server never holds the private key.
+    (the next one if it does not answer). The server never holds the private key. With
+    ``malicious`` the ciphertexts are signed, a consistency stage
+    (:attr:`FlowerStage.PAILLIER_CONSISTENCY`) collects the survivors' signatures on the
+    survivor set (fewer than t' = n // 2 + 1 abort the round) and the decryptor, one of the
+    signers, receives every survivor's signed ciphertexts and checks them before it decrypts
+    (:mod:`protocols.paillier.aggregator`).
 
     Args:
         directory: client id -> raw Ed25519 identity key (what the nodes reported; each client
             checks its peers against its own out-of-band PKI).
         config: the round's protocol settings; ``sampled``: the round's clients.
         length: the number of coordinates each client sends.
+        malicious: the malicious-server model (the nodes run it when their settings say so).
         The other arguments as in :func:`secagg_round`.
 
     Raises:
-        AggregationAborted: fewer than ``threshold`` clients at a stage, or nobody left to hold
-            the key or decrypt.
+        AggregationAborted: fewer than ``threshold`` clients at a stage (malicious model: fewer
+            than t' consistency signatures), or nobody left to hold the key or decrypt.
     """
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -288,7 +295,7 @@ def paillier_round(
     r = config.round_id
     x = _Exchanges(link, node_of, r, sampled, trace)
     keys = {c: Ed25519PublicKey.from_public_bytes(directory[c]) for c in sampled if c in directory}
-    server = PaillierServer(keys, config, len(sampled))
+    server = PaillierServer(keys, config, len(sampled), malicious=malicious)
 
     def aborted(why: str) -> AggregationAborted:
         return AggregationAborted(f"round {r}: {why}; round aborted, nothing revealed", survivors=0,
@@ -320,11 +327,18 @@ def paillier_round(
     ciphertexts = x(FlowerStage.PAILLIER_ENCRYPT, dict.fromkeys(holders, b""), stage_timeout,
                     client_info=ranks)
     x.on_server(server.collect_ciphertexts, ciphertexts)  # aborts below threshold
+    decryptors = sorted(server.survivors)
+    if malicious:  # the survivors sign S; fewer than t' signatures abort; only a signer may decrypt
+        request = x.on_server(server.consistency_request)
+        signatures = x(FlowerStage.PAILLIER_CONSISTENCY, dict.fromkeys(server.survivors, request),
+                       stage_timeout)
+        x.on_server(server.collect_signatures, signatures)
+        decryptors = server.signers
     aggregate = x.on_server(server.aggregate_message)
     if server.public is None:  # set by relay_key; kept for the type checker
         raise aborted("no public key")
     fp, layout = round_layout(len(sampled), config, server.public)
-    for decryptor in sorted(server.survivors):
+    for decryptor in decryptors:
         plain = x(FlowerStage.PAILLIER_DECRYPT, {decryptor: aggregate}, stage_timeout).get(decryptor)
         if plain is None:
             continue
@@ -407,11 +421,15 @@ class FederatedRun:
     initial global vector, Poisson sampling, round configuration, broadcast
     codec, server optimizer, the DP accountant); the clients train on the SuperNodes.
 
-    What runs: protocols ``secagg``, ``secagg+`` and ``paillier``; ``dp`` ``none`` or
+    What runs: protocols ``secagg``, ``secagg+`` and ``paillier``; ``dp`` ``none``,
     ``user`` (the accountant is checked before a round and charged after it, as in
-    the simulator; each node adds its clients' noise shares); compression ``none``,
-    ``q8``, ``q16`` and ``randk:F`` (error feedback on the nodes, the server scatters
-    the sum back; the broadcast is compressed exactly as in the simulator).
+    the simulator; each node adds its clients' noise shares) or ``record`` (each node
+    runs DP-SGD for its silos, their state kept on the node; the server keeps every
+    silo's accountant from the public sigma, sample rate and steps, checks it before
+    a round and charges each sampled silo after it, :mod:`securefedrec.flower.update`);
+    compression ``none``, ``q8``, ``q16`` and ``randk:F`` (error feedback on the nodes,
+    the server scatters the sum back; the broadcast is compressed exactly as in the
+    simulator).
 
     Args:
         config, settings: the run.
@@ -420,14 +438,10 @@ class FederatedRun:
 
     def __init__(self, config: ExperimentConfig, settings: DeploymentSettings, link: NodeLink) -> None:
         from securefedrec.compression import parse_compression
+        from securefedrec.dpsgd import SiloDPSGD
         from securefedrec.privacy import UserLevelPrivacy
         from securefedrec.simulation import Simulation
 
-        if config.dp == "record":
-            raise ConfigError("dp: 'record' (DP-SGD inside each silo) does not run on the Flower "
-                              "deployment engine yet: each silo's Opacus engine and accountant would have to "
-                              "live on its node across rounds; use dp 'user' (noise shares added on the "
-                              "nodes) or 'none'")
         compressor = parse_compression(config.compression)
         if not compressor.secure_ok:
             raise ConfigError(f"compression: {compressor.spec} cannot run over the securefedrec Flower "
@@ -436,17 +450,14 @@ class FederatedRun:
         if config.protocol not in FLOWER_PROTOCOLS:
             raise ConfigError(f"protocol: {config.protocol!r} cannot run over the securefedrec Flower "
                               f"transport; use one of {', '.join(FLOWER_PROTOCOLS)}")
-        if config.protocol == "paillier" and settings.malicious:
-            raise ConfigError("malicious: the malicious-server model is a SecAgg setting; the Paillier "
-                              "protocol assumes an honest-but-curious server (protocols.paillier.keys)")
         if config.dropout > 0:
             log.warning("dropout %.2f is a simulation setting; on the deployment engine only real "
                         "dropouts happen", config.dropout)
         self.config = config
         self.settings = settings
         self.link = link
-        self.sim = Simulation(config)  # calibrates sigma (dp user) before round 1
-        if self.sim.privacy is not None and not isinstance(self.sim.privacy, UserLevelPrivacy):
+        self.sim = Simulation(config)  # calibrates sigma (dp user; each silo's with dp record) before round 1
+        if self.sim.privacy is not None and not isinstance(self.sim.privacy, UserLevelPrivacy | SiloDPSGD):
             raise ConfigError(f"dp: the {type(self.sim.privacy).__name__} mechanism does not run on the "
                               "Flower deployment engine yet; dp 'user' runs with the Gaussian mechanism "
                               "(noise shares added on the nodes)")
@@ -480,6 +491,7 @@ class FederatedRun:
             PrivacyBudgetExhausted: the round would exceed the budget (nothing changed).
         """
         from securefedrec import streams
+        from securefedrec.dpsgd import SiloDPSGD
         from securefedrec.flower.update import dp_info, feedback_info, selection
 
         sim, cfg = self.sim, self.config
@@ -497,7 +509,7 @@ class FederatedRun:
             rc = sim.round_config(r, len(sampled))
             idx = selection(self.compressor, sim.layout.length, cfg.seed, r)
             length = sim.layout.length if idx is None else int(idx.size)
-            info = dp_info(sim.privacy, rc.threshold)
+            info = dp_info(sim.privacy, rc.threshold, sampled)
             client_info = feedback_info(self.outcomes, sampled) if idx is not None else None
             trace: dict[str, set[int]] = {}
             survivors: frozenset[int] = frozenset()
@@ -506,7 +518,7 @@ class FederatedRun:
                     outcome = paillier_round(
                         self.link, self.directory, rc, sampled, self.node_of, view, length=length,
                         train_timeout=self.settings.train_timeout, stage_timeout=self.settings.stage_timeout,
-                        info=info, client_info=client_info, trace=trace)
+                        info=info, client_info=client_info, trace=trace, malicious=self.settings.malicious)
                 else:
                     server = SecAggServer(rc, sampled, length,
                                           neighbors=self.secagg.degree_for(len(sampled), rc),
@@ -543,6 +555,8 @@ class FederatedRun:
             first = FlowerStage.PAILLIER_TRAIN if self.secagg is None else FlowerStage.TRAIN
             for c in trace.get(first.name, ()):  # what each node settles its error feedback with
                 self.outcomes[c] = (r, c in survivors)
+        if sampled and isinstance(sim.privacy, SiloDPSGD):  # the sampled silos trained on their nodes
+            sim.privacy.charge(sampled)
         if sim.privacy is not None:
             record["epsilon"] = sim.privacy.commit_round(r)
         record["seconds"] = time.perf_counter() - t0

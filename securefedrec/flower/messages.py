@@ -59,8 +59,10 @@ class FlowerStage(enum.Enum):
     answers with the sealed key bundle), ``PAILLIER_HOLD`` (the next key-holder
     candidate when the first did not answer), ``PAILLIER_KEY`` (a sealed private
     key; answer: a signed acknowledgement), ``PAILLIER_ENCRYPT`` (answer: the
-    packed ciphertexts) and ``PAILLIER_DECRYPT`` (the product of ciphertexts to
-    one key holder; answer: the packed plaintext sum).
+    packed ciphertexts), ``PAILLIER_CONSISTENCY`` (malicious-server model only: the
+    survivor set; answer: the client's signature on it) and ``PAILLIER_DECRYPT`` (the
+    product of ciphertexts to one key holder -- malicious model: the survivor set, its
+    signatures and every survivor's signed ciphertexts; answer: the packed plaintext sum).
     """
 
     HELLO = "query.sfr_hello"
@@ -74,6 +76,7 @@ class FlowerStage(enum.Enum):
     PAILLIER_HOLD = "query.sfr_paillier_hold"
     PAILLIER_KEY = "query.sfr_paillier_key"
     PAILLIER_ENCRYPT = "query.sfr_paillier_encrypt"
+    PAILLIER_CONSISTENCY = "query.sfr_paillier_consistency"
     PAILLIER_DECRYPT = "query.sfr_paillier_decrypt"
 
     @property

@@ -46,6 +46,7 @@ from securefedrec.flower.messages import PAILLIER_ROUND_KEYS, FlowerStage, Stage
 from securefedrec.flower.settings import DeploymentSettings, NodeSettings
 from securefedrec.flower.update import (
     FeedbackStore,
+    NodeSilos,
     check_dp,
     info_int,
     noise_rng,
@@ -79,10 +80,14 @@ _PAILLIER_NEXT: dict[FlowerStage | None, frozenset[FlowerStage]] = {
     FlowerStage.PAILLIER_ADVERTS: frozenset({FlowerStage.PAILLIER_HOLD, FlowerStage.PAILLIER_KEY}),
     FlowerStage.PAILLIER_HOLD: frozenset({FlowerStage.PAILLIER_ENCRYPT}),
     FlowerStage.PAILLIER_KEY: frozenset({FlowerStage.PAILLIER_ENCRYPT}),
-    FlowerStage.PAILLIER_ENCRYPT: frozenset({FlowerStage.PAILLIER_DECRYPT}),
+    FlowerStage.PAILLIER_ENCRYPT: frozenset({FlowerStage.PAILLIER_CONSISTENCY, FlowerStage.PAILLIER_DECRYPT}),
+    FlowerStage.PAILLIER_CONSISTENCY: frozenset({FlowerStage.PAILLIER_DECRYPT}),
     FlowerStage.PAILLIER_DECRYPT: frozenset(),
 }
-"""Paillier stage -> the stages a client may answer next (each once: the transcript is the state)."""
+"""Paillier stage -> the stages a client may answer next (each once: the transcript is the state, so a
+client signs one survivor set and decrypts once per round). CONSISTENCY exists in the malicious-server
+model only; there the client itself refuses DECRYPT without it, and an honest-but-curious client
+refuses CONSISTENCY."""
 _PAILLIER_STAGES = frozenset(s for s in _PAILLIER_NEXT if s is not None)
 
 
@@ -229,7 +234,8 @@ class NodeRuntime:
         seed: the run's seed (for ``reproducible_rounding``); default ``config.seed``.
         identity: the node's signing keys and the PKI (malicious-server model, Paillier).
         node: this node's own settings (its node config); default :class:`NodeSettings()`.
-        trainer: local training (default :func:`train_clients`; tests inject a fake).
+        trainer: local training (default :func:`train_clients`; tests inject a fake); with
+            ``dp = "record"`` the silos train with DP-SGD instead (:class:`~.update.NodeSilos`).
         randbytes: source of the per-round client secrets.
     """
 
@@ -334,7 +340,7 @@ class NodeRuntime:
             mechanisms = {c: check_dp(cfg, message.info, protocol_threshold=params[c].threshold,
                                       clip_range=params[c].clip_range, where=f"client {c}, round {r}")
                           for c in clients}
-        elif cfg.dp != "none":
+        elif cfg.dp not in ("none", "record"):
             raise ConfigError(f"round {r}, field 'dp': {cfg.dp!r} does not run on the Flower deployment "
                               "engine")
         comp = uplink_compressor(cfg)
@@ -345,11 +351,18 @@ class NodeRuntime:
                 raise ConfigError(f"client {c}, round {r}, field 'length': the server expects "
                                   f"{params[c].length} values, this node sends {width} "
                                   f"(compression {comp.spec})")
+        # dp record: each silo's DP-SGD, continued from its state on this node (built and checked here)
+        silos = (NodeSilos(cfg, clients, message.info, self.state, r,
+                           reproducible=self.node.reproducible_noise) if cfg.dp == "record" else None)
         feedback = FeedbackStore(self.state)
         residuals = ({c: feedback.residual(c, message.info, f"client {c}, round {r}") for c in clients}
                      if idx is not None else {})
         self.state.config_records[HISTORY] = ConfigRecord({"last_round": r})
-        deltas = self.trainer(cfg, clients, message.global_vec)
+        if silos is not None:
+            deltas = silos.train(message.global_vec)
+            silos.keep()  # the privacy is spent once trained, whatever happens to the round
+        else:
+            deltas = self.trainer(cfg, clients, message.global_vec)
         vectors: dict[int, np.ndarray] = {}
         pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for j, c in enumerate(clients):
@@ -489,7 +502,9 @@ class NodeRuntime:
         identity = self._require_identity(cid, where)
         directory = {c: Ed25519PublicKey.from_public_bytes(k) for c, k in identity.pki.items()}
         client = PaillierClient(cid, identity.keys[cid], directory, r,
-                                randbytes=KeyStream(record[f"secret.{cid}"]))  # type: ignore[arg-type]
+                                randbytes=KeyStream(record[f"secret.{cid}"]),  # type: ignore[arg-type]
+                                malicious=self.settings.malicious,
+                                n_clients=int(record["paillier.n"]))  # type: ignore[arg-type]
         try:
             # replay the stages already answered (same ephemeral key, same messages -> same state)
             for done_stage, received in zip(done, log, strict=True):
@@ -501,7 +516,9 @@ class NodeRuntime:
                     client.share_key(self._paillier_keypair(create=False))
                 elif done_stage is FlowerStage.PAILLIER_KEY:
                     client.receive_key(received)
-                # ENCRYPT changes nothing that DECRYPT needs; DECRYPT is the last stage
+                elif done_stage is FlowerStage.PAILLIER_CONSISTENCY:  # the same set, signed again
+                    client.consistency(received, int(record["paillier.threshold"]))  # type: ignore[arg-type]
+                # ENCRYPT changes nothing that CONSISTENCY or DECRYPT needs; DECRYPT is the last stage
             reply, answered = self._paillier_answer(client, cid, message, record, where)
         except (StageError, DecodeError, IntegrityError) as exc:
             raise type(exc)(f"{where}: {exc}") from None
@@ -551,4 +568,6 @@ class NodeRuntime:
             ciphertexts: bytes = client.masked_input(vector, fp, layout, rng, pool)
             del deltas[str(cid)]  # the plaintext update is not needed any more
             return ciphertexts, [(stage, b"")]
+        if stage is FlowerStage.PAILLIER_CONSISTENCY:
+            return client.consistency(payload, rc.threshold), [(stage, payload)]
         return client.decrypt(payload, rc.threshold), [(stage, payload)]

@@ -167,6 +167,8 @@ class NodeSettings:
             the in-process simulator does, so that a deployment reproduces a simulation bit for
             bit. Anyone who knows the seed can then remove the noise from the released sum:
             reproduction tests only, never with real data (:mod:`securefedrec.flower.update` Notes).
+            With ``dp = "record"`` it seeds each new silo's DP-SGD generator (Poisson batches and
+            gradient noise) from the public seed as well; otherwise from ``secrets``.
         paillier_key_bits: size of the Paillier key this node generates when one of its clients
             is the key holder, and the smallest key it accepts from another holder (2048 bits:
             ~112-bit security, :mod:`protocols.paillier.keys` Notes).

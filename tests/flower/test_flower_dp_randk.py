@@ -279,7 +279,6 @@ def test_feedback_store_settles_a_pending_round_from_the_servers_outcome() -> No
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"dp": "record", "silos": 4, "noise_multiplier": 1.0}, "dp: 'record'.*does not run on the Flower"),
         ({"protocol": "plaintext"}, "protocol: 'plaintext' cannot run.*secagg, secagg\\+, paillier"),
     ],
 )

@@ -166,8 +166,74 @@ def test_paillier_needs_every_clients_identity_key() -> None:
     runtimes[101] = NodeRuntime(config, settings, (1, n), RecordDict(), node=SMALL_KEY)  # no identity-key
     with pytest.raises(ConfigError, match="no identity key for clients \\[1, 3, 5"):
         FederatedRun(config, settings, FakeLink(runtimes)).connect()
-    with pytest.raises(ConfigError, match="malicious-server model is a SecAgg setting"):
-        FederatedRun(config, DeploymentSettings(malicious=True), FakeLink(runtimes))
+    with pytest.raises(ConfigError, match="malicious-server model needs this node's identity-key"):
+        NodeRuntime(config, DeploymentSettings(malicious=True), (1, n), RecordDict(), node=SMALL_KEY)
+
+
+# ---- the malicious-server model: signed ciphertexts, consistency stage, verified decryption ---------
+def test_malicious_paillier_equals_the_simulator() -> None:
+    n = 4
+    config = ExperimentConfig(**USERS, sample_rate=0.7, rounds=2)
+    settings = DeploymentSettings(min_nodes=n, reproducible_rounding=True, malicious=True)
+    link = FakeLink(_runtimes(config, n, settings))
+    run = FederatedRun(config, settings, link)
+    report = run.run()
+    sim = Simulation(config, aggregator=PaillierAggregator(key_bits=512, malicious=True))
+    sim.run(progress=False)
+    rounds = report["rounds"]
+    assert [r["aborted"] for r in rounds] == [False, False] and not link.errors
+    np.testing.assert_array_equal(run.sim.global_vec, sim.global_vec)
+    for r in rounds:
+        answered = r["answered"]
+        assert answered["PAILLIER_ENCRYPT"] == answered["PAILLIER_CONSISTENCY"] == r["clients"]
+        assert answered["PAILLIER_DECRYPT"] == 1
+    # the decryptor downloads every survivor's ciphertexts: the malicious round costs more bytes down
+    honest = FederatedRun(config, DeploymentSettings(min_nodes=n, reproducible_rounding=True),
+                          FakeLink(_runtimes(config, n, DeploymentSettings(min_nodes=n)))).run()
+    assert rounds[0]["bytes_down"] > honest["rounds"][0]["bytes_down"]
+
+
+def test_malicious_paillier_survives_a_node_lost_at_the_consistency_stage(
+        dropout_plans: dict[int, dict[int, Stage]]) -> None:
+    n = 4
+    config = ExperimentConfig(**USERS, sample_rate=1.0, rounds=1, dropout=0.01)
+    settings = DeploymentSettings(min_nodes=n, reproducible_rounding=True, malicious=True)
+    link = FakeLink(_runtimes(config, n, settings), silent={100: FlowerStage.PAILLIER_CONSISTENCY})
+    run = FederatedRun(config, settings, link)
+    run.connect()
+    record = run.run_round()
+    gone = [c for c in range(24) if c % n == 0]
+    dropout_plans[0] = dict.fromkeys(gone, Stage.CONSISTENCY)
+    sim = Simulation(config, aggregator=PaillierAggregator(key_bits=512, malicious=True))
+    sim.run_round()
+    assert not record["aborted"] and record["survivors"] == list(range(24))  # their ciphertexts arrived
+    assert record["answered"]["PAILLIER_CONSISTENCY"] == 18  # >= t' = 13
+    np.testing.assert_array_equal(run.sim.global_vec, sim.global_vec)
+
+
+def test_malicious_paillier_aborts_below_t_prime_signatures() -> None:
+    n = 4
+    config = ExperimentConfig(**USERS, sample_rate=1.0, rounds=1)
+    settings = DeploymentSettings(min_nodes=n, malicious=True)
+    silent = {100: FlowerStage.PAILLIER_CONSISTENCY, 101: FlowerStage.PAILLIER_CONSISTENCY}
+    link = FakeLink(_runtimes(config, n, settings), silent=silent)
+    run = FederatedRun(config, settings, link)
+    run.connect()
+    record = run.run_round()  # 12 of 24 sign; t' = 13 although the threshold is 12
+    assert record["aborted"] and "only 12 consistency signatures" in record["error"]
+    assert "PAILLIER_DECRYPT" not in link.calls
+
+
+def test_a_server_in_the_other_model_gets_no_sum() -> None:
+    n = 2
+    config = ExperimentConfig(**USERS, sample_rate=1.0, rounds=1)
+    for nodes, server, error in ((True, False, "message kind 9, expected 6"),
+                                 (False, True, "client 0 sent unsigned ciphertexts")):
+        runtimes = _runtimes(config, n, DeploymentSettings(min_nodes=n, malicious=nodes))
+        run = FederatedRun(config, DeploymentSettings(min_nodes=n, malicious=server), FakeLink(runtimes))
+        run.connect()
+        record = run.run_round()  # signed ciphertexts to an honest server, or unsigned to a checking one
+        assert record["aborted"] and error in record["error"]
 
 
 def test_paillier_node_answers_each_stage_once_and_in_order() -> None:

@@ -1,0 +1,553 @@
+"""``malicious-server`` against packed Paillier: a server that deviates to decrypt one client's update.
+
+Registered behind the ``malicious-server`` attack (:class:`attacks.MaliciousServerAttack`
+runs these scenarios when ``config.protocol == "paillier"``). The attack drives the
+sans-IO parties of :mod:`protocols.paillier` directly: honest
+:class:`~protocols.paillier.PaillierClient` objects and a
+:class:`~protocols.paillier.PaillierServer` whose messages the attacker rewrites. Every
+client holds the private key, so the server gets a client's update v exactly when some
+client decrypts something whose plaintext is (or differences to) x_v -- a *revealed
+secret*, counted only when the server actually recovers x_v from what it got back (to
+the quantization step). Scenarios (v: the victim; d, d1, d2: decryptors):
+
+``single-ciphertext``  v's ciphertexts alone, announced as the sum over every survivor
+                       (malicious model: the honest-model message; S = {v})
+``under-threshold``    a product over fewer than ``threshold`` clients: v's ciphertexts
+                       padded with encryptions of 0 the server made (malicious model: T
+                       of ``threshold - 1`` clients to sign and decrypt; the full S with
+                       every other member's ciphertexts replaced by encryptions of 0)
+``split-view``         d1 decrypts the sum over S, d2 over S minus v; the difference is
+                       x_v (malicious model: one group is told S, the other S minus v; then
+                       d2 is handed the other group's signatures, d1 asked again)
+``key-substitution``   the server swaps every advertised X25519 key for its own (a man in
+                       the middle on the sealed key), and, in a second round, the key
+                       holder's public key for its own Paillier key
+``bundle-tampering``   sealed private-key deliveries: a flipped bit, another recipient's
+                       copy, the recipient's copy from the previous round, a wrong holder
+                       id, and a bundle of the server's own key pair
+``ciphertext-replay``  after a round whose sum it saw, the server claims v dropped in the
+                       next and has the sum over S minus v decrypted from the *previous*
+                       round's ciphertexts; the difference is v's previous update
+
+Each scenario runs against the malicious-server model (``malicious=True``) and, as the
+baseline, against the honest-but-curious model (``malicious=False``, the default and
+FedMF's model), where single-ciphertext, under-threshold, split-view and
+ciphertext-replay succeed. Key substitution and bundle tampering fail in both: the
+signed adverts, the holder's signature over ``n`` and the AEAD of the sealed key
+(:mod:`protocols.paillier.keys`) are part of both. Honest clients that detect a
+deviation raise :class:`~protocols.errors.IntegrityError`; the outcome lists who aborted
+and with which message.
+
+Notes:
+    Keys: one small key (512 bits by default, tests' size) serves every scenario, as
+    the key holder keeps its key across rounds; the scenarios' logic does not depend on
+    the key size, which changes only their running time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from attacks.malicious_server import PAILLIER_SCENARIOS, ScenarioOutcome
+from protocols import ProtocolError, RoundConfig
+from protocols.paillier import PaillierClient, PaillierServer, PrivateKey, RandomnessPool, generate_keypair
+from protocols.paillier import aggregator as pa
+from protocols.paillier import keys as keymod
+from protocols.paillier.aggregator import (
+    Ciphertexts,
+    consistency_threshold,
+    decode_ciphertexts,
+    encode_aggregate,
+    encode_verified_aggregate,
+    round_layout,
+)
+from protocols.paillier.packing import unpack_sum
+from protocols.paillier.raw import PublicKey, encrypt_with_obfuscator, obfuscator, raw_decrypt
+from protocols.wire import frame, unframe
+from securefedrec.errors import ConfigError
+
+__all__ = ["SCENARIOS", "run_scenario"]
+
+SCENARIOS = PAILLIER_SCENARIOS
+HONEST_MODEL = "honest-but-curious"
+
+
+class _Round:
+    """One packed-Paillier round whose server messages the attacker may rewrite."""
+
+    def __init__(self, n: int, threshold: int, malicious: bool, key: PrivateKey, length: int,
+                 rng: np.random.Generator, randbytes: Callable[[int], bytes], *, round_id: int = 7,
+                 identities: Mapping[int, Ed25519PrivateKey] | None = None) -> None:
+        self.ids = list(range(1, n + 1))
+        self.cfg = RoundConfig(round_id=round_id, threshold=threshold, ring_bits=32, clip_range=1.0)
+        self.rid = round_id
+        self.inputs = {c: rng.uniform(-1, 1, length) for c in self.ids}
+        self.identities = dict(identities) if identities is not None else {
+            c: Ed25519PrivateKey.from_private_bytes(randbytes(32)) for c in self.ids}
+        self.directory = {c: k.public_key() for c, k in self.identities.items()}
+        self.key = key
+        self.public = key.public
+        self.width = key.public.ciphertext_bytes
+        self.length = length
+        self.malicious = malicious
+        self.randbytes = randbytes
+        self.t_prime = consistency_threshold(n)
+        self.fp, self.layout = round_layout(n, self.cfg, key.public)
+        self.server = PaillierServer(self.directory, self.cfg, n, malicious=malicious)
+        self.clients = {
+            c: PaillierClient(c, self.identities[c], self.directory, round_id, malicious=malicious,
+                              n_clients=n, randbytes=randbytes)
+            for c in self.ids
+        }
+        self.holder = self.ids[0]
+        self.adverts: dict[int, bytes] = {}
+        self.ciphertexts: dict[int, bytes] = {}
+
+    # ---- delivering messages to honest clients ------------------------------------------------
+    def call(self, cid: int, method: str, out: ScenarioOutcome, *args: Any) -> Any:
+        """Deliver to client ``cid``; an honest client that detects a deviation aborts (kept in ``out``)."""
+        try:
+            return getattr(self.clients[cid], method)(*args)
+        except ProtocolError as exc:
+            out.aborted.append(cid)
+            out.errors.append(f"{type(exc).__name__}: {exc}")
+            return None
+
+    def advertise(self) -> bytes:
+        """ADVERTISE: every client's signed advert; return the server's honest relay."""
+        self.adverts = {c: self.clients[c].advertise() for c in self.ids}
+        return self.server.collect_adverts(self.adverts)
+
+    def share(self, out: ScenarioOutcome) -> dict[int, bytes]:
+        """SHARE_KEYS up to the relayed deliveries (honest): recipient -> its delivery."""
+        listing = self.advertise()
+        for c in self.ids:
+            self.call(c, "receive_adverts", out, listing)
+        return self.server.relay_key(self.holder, self.clients[self.holder].share_key(self.key))
+
+    def honest_until_masked(self, out: ScenarioOutcome) -> None:
+        """Every honest stage up to MASKED_INPUT; the server keeps each client's ciphertexts."""
+        deliveries = self.share(out)
+        acks = {c: self.call(c, "receive_key", out, m) for c, m in deliveries.items()}
+        self.server.collect_acks({c: a for c, a in acks.items() if a is not None})
+        for c in self.ids:
+            self.ciphertexts[c] = self.encrypt(c)
+        self.server.collect_ciphertexts(self.ciphertexts)
+
+    def encrypt(self, cid: int) -> bytes:
+        """Client ``cid``'s MASKED_INPUT message (it must hold a key)."""
+        client = self.clients[cid]
+        keypair = client.keypair
+        if keypair is None:
+            raise ConfigError(f"client {cid} holds no key")
+        fp, layout = round_layout(len(self.ids), self.cfg, keypair.public)
+        rng = np.random.default_rng([cid, self.rid])
+        pool = RandomnessPool(keypair.public)
+        message: bytes = client.masked_input(self.inputs[cid], fp, layout, rng, pool)
+        return message
+
+    def read_with(self, cid: int, key: PrivateKey, out: ScenarioOutcome, how: str) -> None:
+        """Client ``cid`` encrypts under the key it accepted; the server decrypts with ``key``."""
+        message = decode_ciphertexts(self.encrypt(cid))
+        plain = [int(raw_decrypt(key, v)) for v in message.values(key.public.ciphertext_bytes)]
+        fp, layout = round_layout(len(self.ids), self.cfg, key.public)
+        values = unpack_sum(layout, plain, self.length, 1).astype(np.float64) * fp.step
+        self.score(cid, values, self.inputs[cid], out, how)
+
+    # ---- the attacker's tools -----------------------------------------------------------------
+    def cts(self, cid: int, messages: Mapping[int, bytes] | None = None) -> Ciphertexts:
+        """Client ``cid``'s decoded ciphertexts (this round's unless ``messages`` says otherwise)."""
+        return decode_ciphertexts((messages or self.ciphertexts)[cid])
+
+    def zeros(self, count: int) -> list[int]:
+        """``count`` fresh encryptions of 0 under the round key (anyone can make them)."""
+        n = int(self.public.n)
+        out = []
+        for _ in range(count):
+            r = 2 + int.from_bytes(self.randbytes(self.public.plaintext_bytes), "big") % (n - 3)
+            out.append(int(encrypt_with_obfuscator(self.public, 0, obfuscator(self.public, r))))
+        return out
+
+    def product(self, members: list[int], messages: Mapping[int, bytes] | None = None) -> list[int]:
+        """The slot-wise product of ``members``' ciphertexts (what the honest server computes)."""
+        nsq = int(self.public.nsquare)
+        acc: list[int] | None = None
+        for c in members:
+            values = self.cts(c, messages).values(self.width)
+            acc = values if acc is None else [a * b % nsq for a, b in zip(acc, values, strict=True)]
+        return acc or []
+
+    def consistency(self, views: Mapping[int, tuple[int, ...]], out: ScenarioOutcome) -> dict[int, bytes]:
+        """Ask each client to sign its (possibly forged) survivor set; return the signatures it gave."""
+        sigs = {}
+        for c, survivors in sorted(views.items()):
+            request = frame(pa.KIND_CONSISTENCY_REQUEST,
+                            struct.pack(">QI", self.rid, len(survivors)) + struct.pack(
+                                f">{len(survivors)}Q", *survivors))
+            reply = self.call(c, "consistency", out, request, self.cfg.threshold)
+            if reply is not None:
+                sigs[c] = unframe(reply, pa.KIND_CONSISTENCY_SIGNATURE)[16:]
+        return sigs
+
+    def verified(self, survivors: tuple[int, ...], sigs: Mapping[int, bytes],
+                 blocks: Mapping[int, Ciphertexts]) -> bytes:
+        """A verified aggregate as the malicious server builds it."""
+        count = next(iter(blocks.values())).count
+        return encode_verified_aggregate(self.rid, survivors, sigs, blocks, count)
+
+    def decrypt(self, decryptor: int, message: bytes, out: ScenarioOutcome) -> list[int] | None:
+        """Hand ``decryptor`` an aggregate; return the packed plaintexts it sent back (None: refused)."""
+        reply = self.call(decryptor, "decrypt", out, message, self.cfg.threshold)
+        if reply is None:
+            return None
+        payload = unframe(reply, pa.KIND_PLAINTEXT_SUM)
+        (count,) = struct.unpack_from(">I", payload, 8)
+        w = self.public.plaintext_bytes
+        return [int.from_bytes(payload[12 + i * w : 12 + (i + 1) * w], "big") for i in range(count)]
+
+    def recover(self, plaintexts: list[int], count: int) -> np.ndarray:
+        """The float sum of ``count`` clients packed in ``plaintexts``."""
+        sums = unpack_sum(self.layout, plaintexts, self.length, count).astype(np.float64)
+        values: np.ndarray = sums * self.fp.step
+        return values
+
+    def score(self, victim: int, recovered: np.ndarray, truth: np.ndarray, out: ScenarioOutcome,
+              how: str) -> None:
+        """Count the victim as revealed when ``recovered`` is its input to the quantization step."""
+        err = float(np.max(np.abs(recovered - truth)))
+        if err <= 2 * self.fp.step:
+            out.revealed += 1
+            out.notes.append(f"client {victim}'s input recovered ({how}; max error {err:.2e})")
+        else:
+            out.notes.append(f"{how}: decrypted, but not client {victim}'s input (max error {err:.2e})")
+
+
+def _others(rnd: _Round, *exclude: int) -> list[int]:
+    return [c for c in rnd.ids if c not in exclude]
+
+
+# ---- scenarios ------------------------------------------------------------------------------------
+def _single_ciphertext(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
+    rnd.honest_until_masked(out)
+    everyone = tuple(rnd.ids)
+    d = _others(rnd, victim)
+    mine = rnd.cts(victim)
+    attempts: list[tuple[str, int, bytes]] = [
+        ("the honest-model aggregate: v's ciphertexts announced as the sum over all",
+         d[0], encode_aggregate(rnd.rid, everyone, rnd.product([victim]), rnd.width)),
+    ]
+    if rnd.malicious:
+        sigs = rnd.consistency(dict.fromkeys(rnd.ids, everyone), out)
+        attempts.append(("S = {v} with v's signed ciphertexts and the signatures on S", d[1],
+                         rnd.verified((victim,), sigs, {victim: mine})))
+    for how, decryptor, message in attempts:
+        plain = rnd.decrypt(decryptor, message, out)
+        if plain is not None:
+            rnd.score(victim, rnd.recover(plain, 1), rnd.inputs[victim], out, how)
+            return
+
+
+def _under_threshold(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
+    rnd.honest_until_masked(out)
+    threshold = rnd.cfg.threshold
+    others = _others(rnd, victim)
+    mine = rnd.cts(victim)
+    padded = tuple(sorted([victim, *others[: threshold - 1]]))
+    nsq = int(rnd.public.nsquare)
+    product = rnd.product([victim])
+    for _ in range(threshold - 1):
+        product = [a * z % nsq for a, z in zip(product, rnd.zeros(mine.count), strict=True)]
+    attempts: list[tuple[str, int, bytes]] = []
+    if not rnd.malicious:
+        attempts.append((f"v's ciphertexts padded with {threshold - 1} encryptions of 0, announced as the "
+                         f"sum over {len(padded)} clients", others[0], encode_aggregate(
+                             rnd.rid, padded, product, rnd.width)))
+    else:
+        small = tuple(sorted([victim, *others[: max(0, threshold - 2)]]))
+        sigs = rnd.consistency(dict.fromkeys(small, small), out)  # honest clients refuse: below threshold
+        blocks = {c: rnd.cts(c) for c in small}
+        attempts.append((f"T of {len(small)} < threshold clients with {len(sigs)} signatures", small[-1],
+                         rnd.verified(small, sigs, blocks)))
+        everyone = tuple(rnd.ids)
+        sigs = rnd.consistency(dict.fromkeys(rnd.ids, everyone), out)
+        forged = {}
+        for c in everyone:
+            real = rnd.cts(c)
+            block = real.block if c == victim else b"".join(
+                z.to_bytes(rnd.width, "big") for z in rnd.zeros(real.count))
+            forged[c] = Ciphertexts(c, rnd.rid, real.count, block, real.signature)
+        attempts.append(("S signed by all, every member but v replaced by encryptions of 0", others[0],
+                         rnd.verified(everyone, sigs, forged)))
+    for how, decryptor, message in attempts:
+        plain = rnd.decrypt(decryptor, message, out)
+        if plain is not None:
+            rnd.score(victim, rnd.recover(plain, 1), rnd.inputs[victim], out, how)
+            return
+
+
+def _split_view(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
+    rnd.honest_until_masked(out)
+    s1 = tuple(rnd.ids)
+    s2 = tuple(_others(rnd, victim))
+    others = _others(rnd, victim)
+    d1, d2 = others[0], others[-1]
+    plain: dict[str, list[int] | None] = {}
+    if not rnd.malicious:
+        plain["s1"] = rnd.decrypt(d1, encode_aggregate(rnd.rid, s1, rnd.product(list(s1)), rnd.width), out)
+        plain["s2"] = rnd.decrypt(d2, encode_aggregate(rnd.rid, s2, rnd.product(list(s2)), rnd.width), out)
+        out.notes.append("d1 decrypted the sum over S, d2 over S minus v")
+    else:
+        # group A (told S) gets just enough signers for t': v, d1 and the lowest others; B the rest
+        group_a = {victim, d1, *[c for c in others if c not in (d1, d2)][: max(0, rnd.t_prime - 2)]}
+        group_b = set(rnd.ids) - group_a
+        views = {c: (s1 if c in group_a else s2) for c in rnd.ids}
+        sigs = rnd.consistency(views, out)
+        sig_a = {c: s for c, s in sigs.items() if c in group_a}
+        sig_b = {c: s for c, s in sigs.items() if c in group_b}
+        blocks = {c: rnd.cts(c) for c in rnd.ids}
+        out.notes.append(f"told S: {len(group_a)} clients, told S minus v: {len(group_b)} "
+                         f"(t' = {rnd.t_prime})")
+        plain["s1"] = rnd.decrypt(d1, rnd.verified(s1, sig_a, blocks), out)
+        plain["s2"] = rnd.decrypt(d2, rnd.verified(s2, sig_b, {c: blocks[c] for c in s2}), out)
+        if plain["s2"] is None:  # the other group's signatures, then the first decryptor once more
+            plain["s2"] = rnd.decrypt(d2, rnd.verified(s2, sigs, {c: blocks[c] for c in s2}), out)
+        if plain["s2"] is None:
+            plain["s2"] = rnd.decrypt(d1, rnd.verified(s2, sigs, {c: blocks[c] for c in s2}), out)
+    got = [k for k, v in plain.items() if v is not None]
+    out.notes.append(f"sums obtained: {', '.join(got) or 'none'}")
+    p1, p2 = plain.get("s1"), plain.get("s2")
+    if p1 is not None and p2 is not None:
+        diff = rnd.recover(p1, len(s1)) - rnd.recover(p2, len(s2))
+        rnd.score(victim, diff, rnd.inputs[victim], out, "sum over S minus sum over S minus v")
+
+
+def _key_substitution(make: Callable[[], _Round], server_key: PrivateKey, out: ScenarioOutcome) -> None:
+    # (a) man in the middle on the sealed key: every advertised X25519 key replaced by the server's
+    rnd = make()
+    fake = {c: X25519PrivateKey.from_private_bytes(rnd.randbytes(32)) for c in rnd.ids}
+    rnd.advertise()
+    payloads = {c: unframe(rnd.adverts[c], pa.KIND_ADVERT) for c in rnd.ids}
+    swapped = {c: p[:16] + keymod._raw(fake[c].public_key()) + p[48:] for c, p in payloads.items()}
+    before = set(out.aborted)
+    for c in rnd.ids:  # each client sees its own advert intact and everyone else's key swapped
+        forged = [payloads[a] if a == c else swapped[a] for a in rnd.ids]
+        listing = frame(pa.KIND_ADVERT_LIST, struct.pack(">I", len(forged)) + b"".join(forged))
+        rnd.call(c, "receive_adverts", out, listing)
+    accepted = [c for c in rnd.ids if c not in set(out.aborted) - before]
+    out.notes.append(f"advert lists with every peer's X25519 key swapped for the server's: accepted by "
+                     f"{len(accepted)} of {len(rnd.ids)} clients")
+    if rnd.holder in accepted:
+        _finish_mitm(rnd, fake, accepted, out)
+    # (b) the server's own Paillier key in place of the holder's signed one
+    rnd = make()
+    deliveries = rnd.share(out)
+    n_own = server_key.public.n_bytes()
+    took = []
+    for c, message in sorted(deliveries.items()):
+        payload = unframe(message, pa.KIND_KEY_DELIVERY)
+        (nlen,) = struct.unpack_from(">H", payload, 16)
+        substituted = payload[:18] + n_own + payload[18 + nlen :]
+        if rnd.call(c, "receive_key", out, frame(pa.KIND_KEY_DELIVERY, substituted)) is not None:
+            took.append(c)
+    out.notes.append(f"substituted public key: accepted by {len(took)} of {len(deliveries)} clients")
+    for c in took:  # a client that took the server's key encrypts under it: the server decrypts
+        keypair = rnd.clients[c].keypair
+        if keypair is not None and keypair.public.n == server_key.public.n:
+            rnd.read_with(c, server_key, out, "encrypted under the server's key")
+
+
+def _finish_mitm(rnd: _Round, fake: Mapping[int, X25519PrivateKey], accepted: list[int],
+                 out: ScenarioOutcome) -> None:
+    """The holder sealed the key to the server's X25519 keys: open it; re-seal it to the recipients."""
+    bundle = rnd.clients[rnd.holder].share_key(rnd.key)
+    deliveries = rnd.server.relay_key(rnd.holder, bundle)
+    holder_ad = keymod.parse_advert(unframe(rnd.adverts[rnd.holder], pa.KIND_ADVERT), rnd.directory, rnd.rid)
+    stolen: PrivateKey | None = None
+    for c, message in sorted(deliveries.items()):
+        payload = unframe(message, pa.KIND_KEY_DELIVERY)
+        (nlen,) = struct.unpack_from(">H", payload, 16)
+        n_raw = payload[18 : 18 + nlen]
+        (slen,) = struct.unpack_from(">H", payload, 18 + nlen + 64)
+        sealed = payload[18 + nlen + 66 : 18 + nlen + 66 + slen]
+        public = PublicKey(int.from_bytes(n_raw, "big"))
+        try:  # the holder sealed to fake[c]; the server holds it
+            stolen = keymod.open_private_key(sealed, public, fake[c], holder_ad, rnd.rid, c)
+        except ProtocolError:
+            continue
+        # re-seal to c's real key as "the holder" (c saw fake[holder] as the holder's advert)
+        real = keymod.parse_advert(unframe(rnd.adverts[c], pa.KIND_ADVERT), rnd.directory, rnd.rid)
+        resealed = keymod.seal_private_key(stolen, fake[rnd.holder], real, rnd.rid, rnd.holder)
+        body = payload[: 18 + nlen + 64] + struct.pack(">H", len(resealed)) + resealed
+        if c in accepted:
+            rnd.call(c, "receive_key", out, frame(pa.KIND_KEY_DELIVERY, body))
+    if stolen is None:
+        return
+    for c in accepted:
+        if rnd.clients[c].keypair is None:
+            continue
+        rnd.read_with(c, stolen, out, "private key taken from the sealed bundle")
+
+
+def _bundle_tampering(make: Callable[..., _Round], server_key: PrivateKey, out: ScenarioOutcome) -> None:
+    earlier = make(round_id=6)
+    old = earlier.share(out)  # the previous round's deliveries (same identities, same key)
+    rnd = make(round_id=7, identities=earlier.identities)
+    deliveries = rnd.share(out)
+    recipients = sorted(deliveries)
+
+    def parts(message: bytes) -> tuple[bytes, bytes, bytes]:
+        payload = unframe(message, pa.KIND_KEY_DELIVERY)
+        (nlen,) = struct.unpack_from(">H", payload, 16)
+        cut = 18 + nlen + 64
+        return payload[:16], payload[16:cut], payload[cut + 2 :]  # ids, n + signature, sealed
+
+    def build(ids: bytes, signed: bytes, sealed: bytes) -> bytes:
+        return frame(pa.KIND_KEY_DELIVERY, ids + signed + struct.pack(">H", len(sealed)) + sealed)
+
+    attacks: list[tuple[str, bytes]] = []
+    r = recipients
+    ids, signed, sealed = parts(deliveries[r[0]])
+    flipped = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    attacks.append(("flipped bit in the sealed key", build(ids, signed, flipped)))
+    ids, signed, _ = parts(deliveries[r[1 % len(r)]])
+    stranger = parts(deliveries[r[2 % len(r)]])[2]
+    attacks.append(("another recipient's sealed copy", build(ids, signed, stranger)))
+    ids, signed, _ = parts(deliveries[r[3 % len(r)]])
+    attacks.append(("the recipient's copy from the previous round",
+                    build(ids, signed, parts(old[r[3 % len(r)]])[2])))
+    ids, signed, sealed = parts(deliveries[r[4 % len(r)]])
+    other = next(c for c in rnd.ids if c != rnd.holder and c != r[4 % len(r)])
+    attacks.append(("a wrong holder id", build(struct.pack(">QQ", other, rnd.rid), signed, sealed)))
+    # the server's own key pair, sealed under a key it agreed with the recipient's real advert
+    target = r[5 % len(r)]
+    ephemeral = X25519PrivateKey.from_private_bytes(rnd.randbytes(32))
+    advert = keymod.parse_advert(unframe(rnd.adverts[target], pa.KIND_ADVERT), rnd.directory, rnd.rid)
+    own_sealed = keymod.seal_private_key(server_key, ephemeral, advert, rnd.rid, rnd.holder)
+    n_own = server_key.public.n_bytes()
+    unsigned = struct.pack(">H", len(n_own)) + n_own + bytes(64)
+    attacks.append(("the server's own key pair as the holder's",
+                    build(struct.pack(">QQ", rnd.holder, rnd.rid), unsigned, own_sealed)))
+    targets = [r[0], r[1 % len(r)], r[3 % len(r)], r[4 % len(r)], target]
+    verdicts = []
+    for (how, message), c in zip(attacks, targets, strict=True):
+        took = rnd.call(c, "receive_key", out, message) is not None  # a refused delivery changes nothing
+        verdicts.append(f"{how} to client {c}: {'ACCEPTED' if took else 'refused'}")
+        keypair = rnd.clients[c].keypair
+        if took and keypair is not None and keypair.public.n == server_key.public.n:
+            rnd.read_with(c, server_key, out, "encrypted under the server's key")
+    out.notes.extend(verdicts)
+
+
+def _ciphertext_replay(make: Callable[..., _Round], victim: int, out: ScenarioOutcome) -> None:
+    earlier = make(round_id=6)
+    earlier.honest_until_masked(out)
+    everyone = tuple(earlier.ids)
+    d = _others(earlier, victim)[0]
+    if earlier.malicious:
+        sigs = earlier.consistency(dict.fromkeys(everyone, everyone), out)
+        earlier.server.collect_signatures(
+            {c: frame(pa.KIND_CONSISTENCY_SIGNATURE, struct.pack(">QQ", c, earlier.rid) + s)
+             for c, s in sigs.items()})
+    before = earlier.decrypt(d, earlier.server.aggregate_message(), out)  # the honest sum of round 6
+    rnd = make(round_id=7, identities=earlier.identities)
+    rnd.honest_until_masked(out)
+    rest = tuple(_others(rnd, victim))
+    old = earlier.ciphertexts
+    if rnd.malicious:  # v "dropped": S minus v is signed honestly, then round 6's ciphertexts are replayed
+        sigs = rnd.consistency(dict.fromkeys(rest, rest), out)
+        message = rnd.verified(rest, sigs, {c: decode_ciphertexts(old[c]) for c in rest})
+    else:
+        message = encode_aggregate(rnd.rid, rest, rnd.product(list(rest), old), rnd.width)
+    after = rnd.decrypt(_others(rnd, victim)[0], message, out)
+    out.notes.append(f"round 6 sum seen: {before is not None}; replayed round-6 ciphertexts decrypted in "
+                     f"round 7: {after is not None}")
+    if before is not None and after is not None:
+        diff = earlier.recover(before, len(everyone)) - earlier.recover(after, len(rest))
+        rnd.score(victim, diff, earlier.inputs[victim], out,
+                  "round-6 sum minus the replayed round-6 sum without v")
+
+
+def run_scenario(
+    scenario: str,
+    *,
+    clients: int,
+    threshold: int,
+    malicious: bool,
+    key: PrivateKey | None = None,
+    server_key: PrivateKey | None = None,
+    key_bits: int = 512,
+    length: int = 16,
+    seed: int = 0,
+    randbytes: Callable[[int], bytes] = os.urandom,
+) -> ScenarioOutcome:
+    """Run one scenario in fresh rounds and report what the server got.
+
+    Args:
+        key: the round key (default: a fresh ``key_bits``-bit one).
+        server_key: the server's own key pair of the same size, for the substitution
+            scenarios (default: a fresh one when needed).
+
+    Raises:
+        ConfigError: unknown scenario (the message lists them) or too few clients.
+    """
+    if scenario not in SCENARIOS:
+        raise ConfigError(f"unknown scenario {scenario!r}; choose one of: {', '.join(SCENARIOS)}")
+    if clients < 4:
+        raise ConfigError(f"malicious-server against paillier needs >= 4 clients, got {clients}")
+    if not 2 <= threshold <= clients:
+        raise ConfigError(f"threshold must be in [2, {clients}], got {threshold}")
+    out = ScenarioOutcome(scenario, malicious, honest_model=HONEST_MODEL)
+    rng = np.random.default_rng(seed)
+    key = key if key is not None else generate_keypair(key_bits)
+
+    def make(round_id: int = 7, identities: Mapping[int, Ed25519PrivateKey] | None = None) -> _Round:
+        return _Round(clients, threshold, malicious, key, length, rng, randbytes, round_id=round_id,
+                      identities=identities)
+
+    victim = clients  # neither the key holder (client 1) nor the first decryptor
+    if scenario == "single-ciphertext":
+        _single_ciphertext(make(), victim, out)
+    elif scenario == "under-threshold":
+        _under_threshold(make(), victim, out)
+    elif scenario == "split-view":
+        _split_view(make(), victim, out)
+    elif scenario == "key-substitution":
+        _key_substitution(make, server_key or generate_keypair(key.public.bits), out)
+    elif scenario == "bundle-tampering":
+        _bundle_tampering(make, server_key or generate_keypair(key.public.bits), out)
+    else:
+        _ciphertext_replay(make, victim, out)
+    out.aborted = sorted(set(out.aborted))
+    return out
+
+
+def attack_details(clients: int, threshold_fraction: float, scenarios: tuple[str, ...],
+                   options: Mapping[str, Any], seed: int) -> tuple[int, int, dict[str, Any]]:
+    """Every scenario in both models: (revealed in the malicious model, baseline, details)."""
+    threshold = max(2, math.ceil(threshold_fraction * clients))
+    keypair = options.get("keypair")
+    key = pa.as_private_key(keypair) if keypair is not None else generate_keypair(
+        int(options.get("key_bits", 512)))
+    own = generate_keypair(key.public.bits)  # the server's key for the substitution scenarios
+    outcomes = [run_scenario(s, clients=clients, threshold=threshold, malicious=m, key=key, server_key=own,
+                             seed=seed)
+                for s in scenarios for m in (True, False)]
+    value = sum(o.revealed for o in outcomes if o.malicious)
+    baseline = sum(o.revealed for o in outcomes if not o.malicious)
+    return value, baseline, {
+        "clients": clients, "threshold": threshold, "consistency_threshold": consistency_threshold(clients),
+        "key_bits": key.public.bits,
+        "scenarios": {o.scenario: o.as_dict() for o in outcomes if o.malicious},
+        "semi_honest": {o.scenario: o.as_dict() for o in outcomes if not o.malicious},
+        "baseline_is": "the same scenarios against the honest-but-curious Paillier protocol "
+                       "(malicious=False: no ciphertext signatures, no consistency round, the decryptor "
+                       "checks only the announced survivor count)",
+    }
