@@ -57,6 +57,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--synthetic-items", type=int, help=f"synthetic items (default {d.synthetic_items})")
     g = p.add_argument_group("federation")
     g.add_argument("--protocol", choices=_protocols(), help=f"aggregation protocol (default {d.protocol})")
+    g.add_argument("--threat-model", choices=["default", "semi-honest", "malicious"],
+                   help="server threat model of secagg/secagg+/paillier (default: the protocol's own)")
     g.add_argument("--rounds", type=int, help=f"federated rounds (default {d.rounds})")
     g.add_argument("--sample-rate", type=float, help=f"Poisson sampling rate q (default {d.sample_rate})")
     g.add_argument("--dropout", type=float,

@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DEVICES", "ExperimentConfig", "load_toml"]
+__all__ = ["DEVICES", "THREAT_MODELS", "ExperimentConfig", "load_toml"]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -33,6 +33,13 @@ def _protocol_names() -> tuple[str, ...]:
     from protocols.registry import PROTOCOLS
 
     return tuple(PROTOCOLS)
+
+
+THREAT_MODELS = ("default", "semi-honest", "malicious")
+"""Server threat model of the secure protocols: ``default`` = the protocol's own default
+(SecAgg/SecAgg+ malicious, Paillier semi-honest); ``malicious`` adds signed keys and a
+consistency round (SecAgg, Bell et al.) or signed ciphertexts and verified decryption
+(Paillier), at some cost; ``semi-honest`` leaves them out."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +55,7 @@ class ExperimentConfig:
     synthetic_ratings_per_user: int = 30
     # federation
     protocol: str = "secagg+"
+    threat_model: str = "default"
     rounds: int = 30
     sample_rate: float = 0.2
     dropout: float = 0.0
@@ -94,6 +102,9 @@ class ExperimentConfig:
         need(self.split in ML100K_SPLITS, "split", f"must be one of {', '.join(ML100K_SPLITS)}")
         protocols = _protocol_names()
         need(self.protocol in protocols, "protocol", f"must be one of {', '.join(protocols)}")
+        need(self.threat_model in THREAT_MODELS, "threat_model", f"must be one of {', '.join(THREAT_MODELS)}")
+        need(self.threat_model == "default" or self.protocol in ("secagg", "secagg+", "paillier"),
+             "threat_model", f"applies to secagg, secagg+ and paillier, not {self.protocol!r}")
         need(self.server_optimizer in OPTIMIZERS, "server_optimizer",
              f"must be one of {', '.join(OPTIMIZERS)}")
         need(self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")

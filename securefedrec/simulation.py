@@ -95,7 +95,8 @@ class Simulation:
             groups = silo_groups(self.dataset.num_users, config.silos, config.seed)
         self.pool = ClientPool(self.dataset.train, self.dataset.num_users, self.layout, self.hyper,
                                groups=groups, device=self.device)
-        self.aggregator = aggregator or get_aggregator(config.protocol)
+        threat = {} if config.threat_model == "default" else {"malicious": config.threat_model == "malicious"}
+        self.aggregator = aggregator or get_aggregator(config.protocol, **threat)
         self.optimizer: ServerOptimizer = get_optimizer(config.server_optimizer, config.server_lr).with_decay(
             config.server_decay, self.layout.length - 1)  # the item part; never the intercept
         lo, hi = self.dataset.scale

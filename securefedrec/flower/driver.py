@@ -442,6 +442,11 @@ class FederatedRun:
         from securefedrec.privacy import UserLevelPrivacy
         from securefedrec.simulation import Simulation
 
+        if config.threat_model != "default" and (config.threat_model == "malicious") != settings.malicious:
+            raise ConfigError(
+                f"threat-model: {config.threat_model!r} disagrees with the deployment key "
+                f"malicious={str(settings.malicious).lower()}; on Flower the deployment key decides (set "
+                "malicious=true and the nodes' identity-key and pki, or leave threat-model at 'default')")
         compressor = parse_compression(config.compression)
         if not compressor.secure_ok:
             raise ConfigError(f"compression: {compressor.spec} cannot run over the securefedrec Flower "

@@ -58,7 +58,8 @@ class DeploymentSettings:
         stage_timeout: seconds the server waits for the replies of one protocol stage;
             nodes that have not answered by then are dropped for the rest of the round.
         train_timeout: the same for the first stage of a round (local training + advertise).
-        malicious: run SecAgg in the malicious-server model (signed keys + consistency round);
+        malicious: run SecAgg (signed keys + consistency round) or Paillier (signed ciphertexts,
+            consistency round, verified decryption) in the malicious-server model;
             needs every node's ``identity-key`` and ``pki`` node config (see the README).
         reproducible_rounding: draw each client's stochastic-rounding stream from the public
             seed, exactly as the in-process simulator does, so a deployment reproduces a

@@ -138,3 +138,19 @@ def test_sparse_plaintext_messages_train_the_same_model_as_dense_ones() -> None:
     dense.run(progress=False)
     np.testing.assert_allclose(sparse.global_vec, dense.global_vec, rtol=0, atol=1e-9)
     assert sparse.rounds[-1]["bytes_up"] < dense.rounds[-1]["bytes_up"] / 3
+
+
+@pytest.mark.parametrize(("protocol", "threat", "malicious"), [
+    ("secagg+", "default", True), ("secagg+", "semi-honest", False), ("paillier", "default", False),
+    ("paillier", "malicious", True), ("secagg", "semi-honest", False),
+])
+def test_threat_model_reaches_the_protocol(protocol: str, threat: str, malicious: bool) -> None:
+    sim = Simulation(ExperimentConfig(protocol=protocol, threat_model=threat, synthetic_users=20, rounds=1))
+    assert sim.aggregator.malicious is malicious
+
+
+def test_threat_model_needs_a_secure_protocol() -> None:
+    with pytest.raises(ConfigError, match="threat_model: applies to secagg, secagg\\+ and paillier"):
+        ExperimentConfig(protocol="plaintext", threat_model="malicious")
+    with pytest.raises(ConfigError, match="threat_model: must be one of"):
+        ExperimentConfig(threat_model="paranoid")

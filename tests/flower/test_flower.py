@@ -490,3 +490,9 @@ def test_flower_secaggplus_transport_refuses_what_it_would_silently_drop(
     with pytest.raises(ConfigError, match=f"^{field}: "):
         check_flower_secaggplus(ExperimentConfig(**{**base, **override}))
     check_flower_secaggplus(ExperimentConfig(**base))
+
+
+def test_flower_run_refuses_a_threat_model_that_contradicts_the_deployment() -> None:
+    config = ExperimentConfig(protocol="secagg+", threat_model="malicious", synthetic_users=20)
+    with pytest.raises(ConfigError, match=r"^threat-model: 'malicious' disagrees .* malicious=false"):
+        FederatedRun(config, DeploymentSettings(), GridLink(FakeGrid(2, {}), poll=0.0))
