@@ -130,7 +130,7 @@ def _add_attack_parser(sub: Any) -> None:
     g.add_argument("--key-bits", type=int, help="Paillier key size for the attacked run (default 2048)")
     g.add_argument("--defence", help="poisoning: the defence whose ER@10 is reported "
                    "(none, clip, row-clip, norm-bound, median, trimmed-mean; default row-clip)")
-    g.add_argument("--row-clip", type=float, help="poisoning: per-item L2 bound of row-clip (default 1.0)")
+    g.add_argument("--row-clip", type=float, help="poisoning: per-item L2 bound of row-clip (default 0.75)")
     g.add_argument("--fractions", type=float, nargs="+",
                    help="poisoning: fake clients as fractions of the users (default 0.01 0.03 0.05)")
     attack.set_defaults(report=Path("results/attack.json"))
