@@ -93,7 +93,7 @@ import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -106,6 +106,7 @@ from securefedrec.errors import CheckpointError, ConfigError, PrivacyBudgetExhau
 
 __all__ = [
     "ACCOUNTANTS",
+    "AccountedUserPrivacy",
     "BudgetAccountant",
     "DP_MODES",
     "ENCODING_SIGMAS",
@@ -411,8 +412,13 @@ class RoundPrivacy:
         raise NotImplementedError
 
 
-class UserLevelPrivacy(RoundPrivacy):
-    """DP-FedAvg for the simulator: mechanism + accountant + per-client noise sources.
+MechanismT = TypeVar("MechanismT")
+AccountantT = TypeVar("AccountantT", bound=BudgetAccountant)
+
+
+class AccountedUserPrivacy(RoundPrivacy, Generic[MechanismT, AccountantT]):
+    """User-level DP in the simulator: a noise mechanism, an accountant that counts rounds,
+    and per-client noise sources (shared by the Gaussian and the Skellam mechanism).
 
     Args:
         mechanism: clipping and noise.
@@ -425,14 +431,45 @@ class UserLevelPrivacy(RoundPrivacy):
 
     def __init__(
         self,
-        mechanism: DistributedGaussian,
-        accountant: PrivacyAccountant,
+        mechanism: MechanismT,
+        accountant: AccountantT,
         rng_factory: Callable[[int, int], np.random.Generator] | None = None,
     ) -> None:
         self.mechanism = mechanism
         self.accountant = accountant
         self.rng_factory = rng_factory
         self.calibrated = False
+
+    def _rng(self, round_id: int, client: int) -> np.random.Generator | None:
+        return self.rng_factory(round_id, client) if self.rng_factory is not None else None
+
+    def check_round(self, round_id: int) -> float:
+        """Epsilon after this round; raises :class:`PrivacyBudgetExhausted` if over budget."""
+        return self.accountant.check_step(f"round {round_id + 1}")
+
+    def commit_round(self, round_id: int) -> float:
+        """Count the round; return epsilon so far."""
+        return self.accountant.step()
+
+    def _restore_history(self, rounds_done: int, state: dict[str, Any]) -> None:
+        history = [(float(h[0]), float(h[1]), int(h[2])) for h in state["history"]]
+        if sum(h[2] for h in history) != rounds_done:
+            raise CheckpointError(f"checkpoint accounts {sum(h[2] for h in history)} rounds, "
+                                  f"but {rounds_done} were run")
+        self.accountant.history = history
+
+    def epsilon(self) -> float:
+        """Epsilon spent so far."""
+        return self.accountant.epsilon()
+
+    @property
+    def delta(self) -> float:
+        """The delta that epsilon refers to."""
+        return self.accountant.delta
+
+
+class UserLevelPrivacy(AccountedUserPrivacy[DistributedGaussian, PrivacyAccountant]):
+    """DP-FedAvg for the simulator: the distributed Gaussian and an Opacus accountant."""
 
     @classmethod
     def from_config(cls, config: Any, noise_stream: int = streams.NOISE) -> UserLevelPrivacy:
@@ -463,14 +500,6 @@ class UserLevelPrivacy(RoundPrivacy):
         self.calibrated = calibrated
         return self
 
-    def check_round(self, round_id: int) -> float:
-        """Epsilon after this round; raises :class:`PrivacyBudgetExhausted` if over budget."""
-        return self.accountant.check_step(f"round {round_id + 1}")
-
-    def commit_round(self, round_id: int) -> float:
-        """Count the round; return epsilon so far."""
-        return self.accountant.step()
-
     def state(self) -> dict[str, Any]:
         """The accountant's history (sigma, q, rounds), for checkpoints."""
         return {"mode": self.mode, "history": [list(h) for h in self.accountant.history]}
@@ -480,15 +509,7 @@ class UserLevelPrivacy(RoundPrivacy):
         if state is None or state.get("mode") != self.mode:
             raise CheckpointError("checkpoint holds no user-level privacy accounting; "
                                   "it was written by a run without --dp user")
-        history = [(float(h[0]), float(h[1]), int(h[2])) for h in state["history"]]
-        if sum(h[2] for h in history) != rounds_done:
-            raise CheckpointError(f"checkpoint accounts {sum(h[2] for h in history)} rounds, "
-                                  f"but {rounds_done} were run")
-        self.accountant.history = history
-
-    def epsilon(self) -> float:
-        """Epsilon spent so far."""
-        return self.accountant.epsilon()
+        self._restore_history(rounds_done, state)
 
     def encoding_range(self, threshold: int, update_clip: float) -> float:
         """Per-coordinate range that the protocol must encode."""
@@ -500,14 +521,8 @@ class UserLevelPrivacy(RoundPrivacy):
         """Each client's row clipped and noised with its own generator."""
         out = np.empty_like(deltas, dtype=np.float64)
         for j, cid in enumerate(clients):
-            rng = self.rng_factory(round_id, cid) if self.rng_factory is not None else None
-            out[j] = self.mechanism.privatize(deltas[j], threshold, rng)
+            out[j] = self.mechanism.privatize(deltas[j], threshold, self._rng(round_id, cid))
         return out
-
-    @property
-    def delta(self) -> float:
-        """The delta that epsilon refers to."""
-        return self.accountant.delta
 
     def realized_std(self, survivors: int, threshold: int) -> float | None:
         """Per-coordinate noise std of a sum of ``survivors`` shares."""

@@ -121,7 +121,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -132,7 +132,7 @@ from protocols import FixedPoint, RoundConfig
 from protocols.encoding import MAX_VALUE_BITS, stochastic_round
 from securefedrec import streams
 from securefedrec.errors import CheckpointError, ConfigError, SecureFedRecError
-from securefedrec.privacy import BudgetAccountant, RoundPrivacy, clip_l2, secure_generator
+from securefedrec.privacy import AccountedUserPrivacy, BudgetAccountant, clip_l2, secure_generator
 
 __all__ = [
     "DEFAULT_BETA",
@@ -591,28 +591,12 @@ def plan_skellam(
 
 
 # --------------------------------------------------------------------------- simulator
-class SkellamUserPrivacy(RoundPrivacy):
-    """``--dp user --dp-mechanism skellam`` for the simulator: mechanism + accountant + noise sources.
+class SkellamUserPrivacy(AccountedUserPrivacy[DistributedSkellam, SkellamAccountant]):
+    """``--dp user --dp-mechanism skellam`` for the simulator: integer noise, Skellam accounting.
 
-    Args:
-        mechanism: clipping, scaling, rounding and integer noise.
-        accountant: counts rounds.
-        rng_factory: ``(round, client) -> generator`` for the client's rounding and noise;
-            ``None`` draws every client's from :func:`~securefedrec.privacy.secure_generator`.
+    The rounding and noise of a client come from its ``rng_factory`` generator
+    (``None``: :func:`~securefedrec.privacy.secure_generator`).
     """
-
-    mode = "user"
-
-    def __init__(
-        self,
-        mechanism: DistributedSkellam,
-        accountant: SkellamAccountant,
-        rng_factory: Callable[[int, int], np.random.Generator] | None = None,
-    ) -> None:
-        self.mechanism = mechanism
-        self.accountant = accountant
-        self.rng_factory = rng_factory
-        self.calibrated = False
 
     @classmethod
     def from_config(
@@ -651,14 +635,6 @@ class SkellamUserPrivacy(RoundPrivacy):
         fp = self.mechanism.encoding(n, config.threshold, config.ring_bits)
         return replace(config, clip_range=fp.clip_range, value_bits=fp.value_bits)
 
-    def check_round(self, round_id: int) -> float:
-        """Epsilon after this round; raises :class:`PrivacyBudgetExhausted` if over budget."""
-        return self.accountant.check_step(f"round {round_id + 1}")
-
-    def commit_round(self, round_id: int) -> float:
-        """Count the round; return epsilon so far."""
-        return self.accountant.step()
-
     def state(self) -> dict[str, Any]:
         """The accountant's history ``(mu, q, rounds)`` and the sensitivities, for checkpoints."""
         return {"mode": self.mode, "mechanism": "skellam", "l2": self.accountant.l2, "l1": self.accountant.l1,
@@ -673,20 +649,7 @@ class SkellamUserPrivacy(RoundPrivacy):
             ours = (self.accountant.l2, self.accountant.l1)
             raise CheckpointError(f"checkpoint was accounted with sensitivities ({state['l2']}, "
                                   f"{state['l1']}), this run has {ours}")
-        history = [(float(h[0]), float(h[1]), int(h[2])) for h in state["history"]]
-        if sum(h[2] for h in history) != rounds_done:
-            raise CheckpointError(f"checkpoint accounts {sum(h[2] for h in history)} rounds, "
-                                  f"but {rounds_done} were run")
-        self.accountant.history = history
-
-    def epsilon(self) -> float:
-        """Epsilon spent so far."""
-        return self.accountant.epsilon()
-
-    @property
-    def delta(self) -> float:
-        """The delta that epsilon refers to."""
-        return self.accountant.delta
+        self._restore_history(rounds_done, state)
 
     def encoding_range(self, threshold: int, update_clip: float) -> float:
         """Per-coordinate float range of the round's encoding (``max_units`` rounded up to value bits)."""
@@ -699,8 +662,7 @@ class SkellamUserPrivacy(RoundPrivacy):
         """Each client's row as integer units (int64), rounded and noised with its own generator."""
         out = np.empty(deltas.shape, dtype=np.int64)
         for j, cid in enumerate(clients):
-            rng = self.rng_factory(round_id, cid) if self.rng_factory is not None else None
-            out[j] = self.mechanism.privatize(deltas[j], threshold, rng)
+            out[j] = self.mechanism.privatize(deltas[j], threshold, self._rng(round_id, cid))
         return out
 
     def realized_std(self, survivors: int, threshold: int) -> float | None:
