@@ -243,10 +243,15 @@ class BudgetAccountant:
     :meth:`_epsilon_of` turns a history into epsilon at :attr:`delta`.
     """
 
-    delta: float
-    budget: float | None
-    sample_rate: float
-    history: list[tuple[float, float, int]]
+    def __init__(self, *, sample_rate: float, delta: float, budget: float | None) -> None:
+        if not 0 < sample_rate <= 1:
+            raise ConfigError(f"sample_rate: must be in (0, 1], got {sample_rate!r}")
+        if not 0 < delta < 1:
+            raise ConfigError(f"delta: must be in (0, 1), got {delta!r}")
+        self.sample_rate = sample_rate
+        self.delta = delta
+        self.budget = budget
+        self.history: list[tuple[float, float, int]] = []
 
     @property
     def noise(self) -> float:
@@ -317,18 +322,11 @@ class PrivacyAccountant(BudgetAccountant):
         budget: float | None = None,
     ) -> None:
         make_accountant(accountant)
-        if not 0 < sample_rate <= 1:
-            raise ConfigError(f"sample_rate: must be in (0, 1], got {sample_rate!r}")
-        if not 0 < delta < 1:
-            raise ConfigError(f"delta: must be in (0, 1), got {delta!r}")
+        super().__init__(sample_rate=sample_rate, delta=delta, budget=budget)
         if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
             raise ConfigError(f"noise_multiplier: must be >= 0, got {noise_multiplier!r}")
         self.noise_multiplier = noise_multiplier
-        self.sample_rate = sample_rate
-        self.delta = delta
         self.name = accountant
-        self.budget = budget
-        self.history: list[tuple[float, float, int]] = []
 
     @property
     def noise(self) -> float:

@@ -336,19 +336,12 @@ class SkellamAccountant(BudgetAccountant):
         self, *, mu: float, l2: float, l1: float, sample_rate: float, delta: float,
         budget: float | None = None,
     ) -> None:
-        if not 0 < sample_rate <= 1:
-            raise ConfigError(f"sample_rate: must be in (0, 1], got {sample_rate!r}")
-        if not 0 < delta < 1:
-            raise ConfigError(f"delta: must be in (0, 1), got {delta!r}")
+        super().__init__(sample_rate=sample_rate, delta=delta, budget=budget)
         if not (math.isfinite(mu) and mu >= 0):
             raise ConfigError(f"mu: must be >= 0, got {mu!r}")
         if not (l2 > 0 and l1 > 0):
             raise ConfigError(f"sensitivities must be > 0, got l2={l2!r}, l1={l1!r}")
         self.mu, self.l2, self.l1 = mu, l2, l1
-        self.sample_rate = sample_rate
-        self.delta = delta
-        self.budget = budget
-        self.history: list[tuple[float, float, int]] = []
 
     @property
     def noise(self) -> float:
