@@ -3,7 +3,6 @@ the error feedback; the result must equal the in-process simulator at the same s
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import numpy as np
@@ -43,19 +42,6 @@ RUN = {"synthetic-users": 24, "synthetic-items": 20, "factors": 3, "seed": 5, "d
 def _runtimes(config: ExperimentConfig, n: int, settings: DeploymentSettings,
               node: NodeSettings) -> dict[int, NodeRuntime]:
     return {100 + i: NodeRuntime(config, settings, (i, n), RecordDict(), node=node) for i in range(n)}
-
-
-@pytest.fixture
-def dropout_plans(monkeypatch: pytest.MonkeyPatch) -> dict[int, dict[int, Stage]]:
-    """Round index -> the simulator's dropout plan (consulted once per round when ``dropout > 0``)."""
-    plans: dict[int, dict[int, Stage]] = {}
-    calls = itertools.count()
-
-    def planned(clients: Any, probability: float, rng: np.random.Generator) -> dict[int, Stage]:
-        return plans.get(next(calls), {})
-
-    monkeypatch.setattr("securefedrec.simulation.sample_dropouts", planned)
-    return plans
 
 
 # ---- the whole loop, through the ClientApp handler -----------------------------------------------

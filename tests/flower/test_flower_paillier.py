@@ -3,9 +3,6 @@ homomorphic sum on the server, decryption by a key-holding node; equal to the in
 
 from __future__ import annotations
 
-import itertools
-from typing import Any
-
 import numpy as np
 import pytest
 
@@ -49,19 +46,6 @@ def _runtimes(config: ExperimentConfig, n: int, settings: DeploymentSettings,
         out[100 + i] = NodeRuntime(config, settings, (i, n), RecordDict(), identity=identity,
                                    node=(nodes or {}).get(100 + i, node))
     return out
-
-
-@pytest.fixture
-def dropout_plans(monkeypatch: pytest.MonkeyPatch) -> dict[int, dict[int, Stage]]:
-    """Round index -> the simulator's dropout plan (consulted once per round when ``dropout > 0``)."""
-    plans: dict[int, dict[int, Stage]] = {}
-    calls = itertools.count()
-
-    def planned(clients: Any, probability: float, rng: np.random.Generator) -> dict[int, Stage]:
-        return plans.get(next(calls), {})
-
-    monkeypatch.setattr("securefedrec.simulation.sample_dropouts", planned)
-    return plans
 
 
 def test_paillier_dp_user_randk_equals_the_simulator() -> None:
