@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from attacks.base import Attack, AttackResult, auc, item_scores, observe
+from attacks.base import AttackResult, ObservingAttack, auc, item_scores
 from attacks.rated_items import predict_rated
 from protocols import Aggregator
 from securefedrec.config import ExperimentConfig
@@ -91,7 +91,7 @@ def fit_logistic(
     return w, b
 
 
-class AttributeInferenceAttack(Attack):
+class AttributeInferenceAttack(ObservingAttack):
     """Infer a binary user attribute from the server's view of each user's first round.
 
     Args:
@@ -106,14 +106,11 @@ class AttributeInferenceAttack(Attack):
 
     def __init__(self, *, rounds: int = 1, labeled_fraction: float = 0.3, l2: float = 1e-2,
                  margin: float = 0.05, seed: int = 0) -> None:
-        super().__init__(margin=margin, seed=seed)
-        if rounds < 1:
-            raise ConfigError(f"rounds must be >= 1, got {rounds}")
+        super().__init__(rounds=rounds, margin=margin, seed=seed)
         if not 0 < labeled_fraction < 1:
             raise ConfigError(f"labeled_fraction must be in (0, 1), got {labeled_fraction}")
         if not (math.isfinite(l2) and l2 >= 0):
             raise ConfigError(f"l2 must be >= 0, got {l2}")
-        self.rounds = rounds
         self.labeled_fraction = labeled_fraction
         self.l2 = l2
 
@@ -132,8 +129,7 @@ class AttributeInferenceAttack(Attack):
         aggregator_options: Mapping[str, Any] | None = None,
     ) -> AttackResult:
         """Run, train on the labelled subset, report the AUC on the rest."""
-        obs = observe(config, dataset=dataset, aggregator=aggregator, rounds=self.rounds,
-                      aggregator_options=aggregator_options)
+        obs = self.observe(config, dataset, aggregator, aggregator_options)
         sim = obs.simulation
         labels, source = self.labels(config, sim.dataset)
         first = obs.first_view_of()

@@ -49,6 +49,7 @@ __all__ = [
     "Observation",
     "Observed",
     "ObservingAggregator",
+    "ObservingAttack",
     "ServerView",
     "auc",
     "derangement",
@@ -414,6 +415,32 @@ class Attack(abc.ABC):
                             value=float(value), baseline=float(baseline), success=bool(success),
                             details=details, config=config.to_dict())
 
+
+
+class ObservingAttack(Attack):
+    """An attack that runs ``rounds`` rounds of the configuration and reads what the server saw.
+
+    Args:
+        rounds: rounds to run.
+        margin, seed: see :class:`Attack`.
+    """
+
+    def __init__(self, *, rounds: int, margin: float = 0.05, seed: int = 0) -> None:
+        super().__init__(margin=margin, seed=seed)
+        if rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {rounds}")
+        self.rounds = rounds
+
+    def observe(
+        self,
+        config: ExperimentConfig,
+        dataset: Dataset | None,
+        aggregator: Aggregator | None,
+        aggregator_options: Mapping[str, Any] | None,
+    ) -> Observed:
+        """Run :attr:`rounds` rounds through :func:`observe`."""
+        return observe(config, dataset=dataset, aggregator=aggregator, rounds=self.rounds,
+                       aggregator_options=aggregator_options)
 
 def get_attack(name: str, **options: Any) -> Attack:
     """Build the attack registered as ``name`` with its ``options``.

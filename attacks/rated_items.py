@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from attacks.base import Attack, AttackResult, auc, f1_score, item_scores, mean, observe, other_user
+from attacks.base import AttackResult, ObservingAttack, auc, f1_score, item_scores, mean, other_user
 from protocols import Aggregator
 from securefedrec.config import ExperimentConfig
 from securefedrec.data import Dataset
@@ -45,7 +45,7 @@ def predict_rated(scores: np.ndarray, expected: int) -> np.ndarray:
     return top
 
 
-class RatedItemsAttack(Attack):
+class RatedItemsAttack(ObservingAttack):
     """Infer each user's rated items from the server's view of one round.
 
     Args:
@@ -57,10 +57,7 @@ class RatedItemsAttack(Attack):
     metric: ClassVar[str] = "f1"
 
     def __init__(self, *, rounds: int = 1, margin: float = 0.05, seed: int = 0) -> None:
-        super().__init__(margin=margin, seed=seed)
-        if rounds < 1:
-            raise ConfigError(f"rounds must be >= 1, got {rounds}")
-        self.rounds = rounds
+        super().__init__(rounds=rounds, margin=margin, seed=seed)
 
     def run(
         self,
@@ -71,8 +68,7 @@ class RatedItemsAttack(Attack):
         aggregator_options: Mapping[str, Any] | None = None,
     ) -> AttackResult:
         """Run ``rounds`` rounds, infer every attacked user's rated items, compare with the baseline."""
-        obs = observe(config, dataset=dataset, aggregator=aggregator, rounds=self.rounds,
-                      aggregator_options=aggregator_options)
+        obs = self.observe(config, dataset, aggregator, aggregator_options)
         layout, data = obs.layout, obs.simulation.pool.data
         m = layout.num_items
         expected = round(float(np.mean(data.counts)))  # public: the mean activity of a user

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from attacks.base import Attack, AttackResult, observe
+from attacks.base import AttackResult, ObservingAttack
 from protocols import Aggregator
 from securefedrec.config import ExperimentConfig
 from securefedrec.data import Dataset
@@ -85,7 +85,7 @@ def reconstruct_ratings(
     return rows, est
 
 
-class RatingReconstructionAttack(Attack):
+class RatingReconstructionAttack(ObservingAttack):
     """Recover every attacked user's training ratings from the server's views.
 
     Args:
@@ -97,10 +97,7 @@ class RatingReconstructionAttack(Attack):
     metric: ClassVar[str] = "exact_fraction"
 
     def __init__(self, *, rounds: int = 2, margin: float = 0.05, seed: int = 0) -> None:
-        super().__init__(margin=margin, seed=seed)
-        if rounds < 1:
-            raise ConfigError(f"rounds must be >= 1, got {rounds}")
-        self.rounds = rounds
+        super().__init__(rounds=rounds, margin=margin, seed=seed)
 
     def run(
         self,
@@ -111,8 +108,7 @@ class RatingReconstructionAttack(Attack):
         aggregator_options: Mapping[str, Any] | None = None,
     ) -> AttackResult:
         """Run the rounds, reconstruct, score against the model-only baseline."""
-        obs = observe(config, dataset=dataset, aggregator=aggregator, rounds=self.rounds,
-                      aggregator_options=aggregator_options)
+        obs = self.observe(config, dataset, aggregator, aggregator_options)
         sim = obs.simulation
         layout, hyper, data = sim.layout, sim.hyper, sim.pool.data
         lo, hi = sim.dataset.scale
