@@ -235,6 +235,16 @@ def _others(rnd: _Round, *exclude: int) -> list[int]:
 
 
 # ---- scenarios ------------------------------------------------------------------------------------
+def _first_decryption(rnd: _Round, victim: int, attempts: list[tuple[str, int, bytes]],
+                      out: ScenarioOutcome) -> None:
+    """Send each ``(how, decryptor, message)`` in turn; score the first plaintext that comes back."""
+    for how, decryptor, message in attempts:
+        plain = rnd.decrypt(decryptor, message, out)
+        if plain is not None:
+            rnd.score(victim, rnd.recover(plain, 1), rnd.inputs[victim], out, how)
+            return
+
+
 def _single_ciphertext(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
     rnd.honest_until_masked(out)
     everyone = tuple(rnd.ids)
@@ -248,11 +258,7 @@ def _single_ciphertext(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
         sigs = rnd.consistency(dict.fromkeys(rnd.ids, everyone), out)
         attempts.append(("S = {v} with v's signed ciphertexts and the signatures on S", d[1],
                          rnd.verified((victim,), sigs, {victim: mine})))
-    for how, decryptor, message in attempts:
-        plain = rnd.decrypt(decryptor, message, out)
-        if plain is not None:
-            rnd.score(victim, rnd.recover(plain, 1), rnd.inputs[victim], out, how)
-            return
+    _first_decryption(rnd, victim, attempts, out)
 
 
 def _under_threshold(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
@@ -286,11 +292,7 @@ def _under_threshold(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
             forged[c] = Ciphertexts(c, rnd.rid, real.count, block, real.signature)
         attempts.append(("S signed by all, every member but v replaced by encryptions of 0", others[0],
                          rnd.verified(everyone, sigs, forged)))
-    for how, decryptor, message in attempts:
-        plain = rnd.decrypt(decryptor, message, out)
-        if plain is not None:
-            rnd.score(victim, rnd.recover(plain, 1), rnd.inputs[victim], out, how)
-            return
+    _first_decryption(rnd, victim, attempts, out)
 
 
 def _split_view(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:

@@ -1,4 +1,4 @@
-"""Shared helpers for benchmark scripts: environment record, JSON output, tables."""
+"""Shared helpers for benchmark scripts: environment record, JSON output, tables, figures."""
 
 from __future__ import annotations
 
@@ -42,3 +42,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure as a PNG (creating its folder) and close it; return ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

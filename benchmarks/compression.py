@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import RESULTS_DIR, table, write_json
+from benchmarks._common import RESULTS_DIR, save_figure, table, write_json
 from protocols import RoundConfig
 from securefedrec.compression import Uplink, parse_compression
 from securefedrec.config import ExperimentConfig
@@ -140,11 +140,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_xlabel("bytes up per round (all clients)")
     ax.set_ylabel("test RMSE")
     ax.set_title("compression: bytes vs RMSE")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

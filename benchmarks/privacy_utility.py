@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import table, write_json
+from benchmarks._common import save_figure, table, write_json
 from securefedrec import ExperimentConfig, Simulation
 from securefedrec.data import Dataset, load_dataset
 
@@ -162,11 +162,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle("privacy-utility (Opacus RDP accounting)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

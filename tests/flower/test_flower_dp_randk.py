@@ -20,11 +20,9 @@ from securefedrec.flower import (
     FederatedRun,
     FeedbackStore,
     FlowerStage,
-    GridLink,
     NodeRuntime,
     NodeSettings,
     StageMessage,
-    experiment_config,
     node_settings,
     noise_rng,
     pack,
@@ -32,6 +30,7 @@ from securefedrec.flower import (
 )
 from securefedrec.flower.update import check_dp
 from securefedrec.simulation import Simulation
+from tests.flower.conftest import fake_grid_and_simulator
 from tests.flower.test_flower import FakeGrid, FakeLink, _task_identity  # noqa: F401 (autouse fixture)
 
 USERS = {"synthetic_users": 24, "synthetic_items": 20, "factors": 3, "seed": 5, "device": "cpu"}
@@ -49,14 +48,7 @@ def test_fake_grid_dp_user_randk_equals_the_simulator() -> None:
     n = 4
     run_config = {**RUN, "sample-rate": 0.6, "rounds": 3, "min-nodes": n, "reproducible-rounding": True,
                   "dp": "user", "epsilon": 8.0, "compression": "randk:0.3"}
-    config, settings = experiment_config(run_config)
-    grid = FakeGrid(n, run_config)
-    for ctx in grid.contexts.values():
-        ctx.node_config["reproducible-noise"] = True
-    run = FederatedRun(config, settings, GridLink(grid, poll=0.0))
-    report = run.run()
-    sim = Simulation(config)
-    sim.run(progress=False)
+    run, report, sim, grid = fake_grid_and_simulator(run_config, n)
     rounds = report["rounds"]
     assert [r["aborted"] for r in rounds] == [False] * 3
     assert [r["clients"] for r in rounds] == [r["clients"] for r in sim.rounds]

@@ -23,14 +23,13 @@ from securefedrec.flower import (
     DeploymentSettings,
     FederatedRun,
     FlowerStage,
-    GridLink,
     NodeRuntime,
     NodeSettings,
     StageMessage,
-    experiment_config,
 )
 from securefedrec.flower.update import SILO_PREFIX, SiloStore, dp_info
 from securefedrec.simulation import Simulation
+from tests.flower.conftest import fake_grid_and_simulator
 from tests.flower.test_flower import FakeGrid, FakeLink, _task_identity  # noqa: F401 (autouse fixture)
 
 # 4 silos of 6 users; DP-SGD batches of 16 ratings, a few steps per round
@@ -74,14 +73,7 @@ def test_fake_grid_dp_record_randk_equals_the_simulator() -> None:
     n = 2
     run_config = {**RUN, "sample-rate": 0.7, "rounds": 3, "min-nodes": n, "reproducible-rounding": True,
                   "noise-multiplier": 1.0, "epsilon": 40.0, "compression": "randk:0.5"}
-    config, settings = experiment_config(run_config)
-    grid = FakeGrid(n, run_config)
-    for ctx in grid.contexts.values():
-        ctx.node_config["reproducible-noise"] = True
-    run = FederatedRun(config, settings, GridLink(grid, poll=0.0))
-    report = run.run()
-    sim = Simulation(config)
-    sim.run(progress=False)
+    run, report, sim, grid = fake_grid_and_simulator(run_config, n)
     rounds = report["rounds"]
     assert [r["aborted"] for r in rounds] == [False] * 3
     assert [r["clients"] for r in rounds] == [r["clients"] for r in sim.rounds]
