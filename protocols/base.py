@@ -90,6 +90,12 @@ class RoundConfig:
             picks the largest that lets ``n`` values sum without overflow.
         threshold: the fewest surviving clients for which the sum is released.
         neighbors: SecAgg+ graph degree; ``None`` means the complete graph (SecAgg).
+        wrap: modular clipping (:mod:`protocols.encoding`): values are not clipped
+            but reduced modulo ``2^ring_bits``, the sum may wrap, and ``clip_range``
+            is then the range of the *sum* (``+-clip_range`` decodes without
+            wrapping). For callers that size the ring for the sum, e.g. after a
+            random rotation. Masking protocols and the plaintext baseline only:
+            Paillier slots must hold the exact sum and refuse it.
     """
 
     round_id: int = 0
@@ -98,6 +104,7 @@ class RoundConfig:
     value_bits: int | None = None
     threshold: int = 1
     neighbors: int | None = None
+    wrap: bool = False
 
     def __post_init__(self) -> None:
         if self.round_id < 0:
@@ -241,7 +248,8 @@ def _check_integer_inputs(
             f"round {rid}: client {ints[0]} sent integer units, which need RoundConfig.value_bits "
             "(the encoding they are units of)"
         )
-    fp = FixedPoint(clip_range=config.clip_range, value_bits=config.value_bits, ring_bits=config.ring_bits)
+    fp = FixedPoint(clip_range=config.clip_range, value_bits=config.value_bits, ring_bits=config.ring_bits,
+                    wrap=config.wrap)
     for cid in ints:
         fp.units(units[cid], who=f"round {rid}: client {cid}")
 

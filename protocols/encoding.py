@@ -8,6 +8,17 @@ range of the ring as long as ``n * (2^(v-1) - 1) <= 2^(b-1) - 1``.
 :meth:`FixedPoint.for_sum` checks exactly that and refuses, naming the bound
 to change, when it fails -- overflow is impossible by construction.
 
+Unless the caller asks for wrap-around (``wrap=True``, modular clipping): then
+each value is scaled and stochastically rounded *without* clipping and reduced
+modulo 2^b, and the decoded sum is the signed representative, modulo 2^b, of
+the exact integer sum -- a sum beyond ``+-2^(b-1)`` units wraps. That is what
+a caller wants who sizes the ring for the *sum* rather than for every
+client's worst case (after a random rotation that makes the sum's coordinates
+concentrate; Kairouz, Liu, Steinke, ICML 2021, Sec. 4). Reducing what each
+client sends modulo 2^b is a function of the sum alone, so it is
+post-processing: it can never remove differential-privacy noise, whatever
+``clip_range`` the server chose -- which a clip could.
+
 Inputs outside [-c, c] are clipped before scaling (the caller's clipping is
 trusted for privacy; this clip is only the overflow guarantee).
 
@@ -56,6 +67,8 @@ class FixedPoint:
     clip_range: float
     value_bits: int
     ring_bits: int
+    wrap: bool = False
+    """Modular clipping (module docstring): no clip, values reduced modulo 2^b, sums may wrap."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.clip_range) and self.clip_range > 0):
@@ -69,9 +82,12 @@ class FixedPoint:
 
     @classmethod
     def for_sum(
-        cls, n: int, clip_range: float, ring_bits: int, value_bits: int | None = None
+        cls, n: int, clip_range: float, ring_bits: int, value_bits: int | None = None, wrap: bool = False
     ) -> FixedPoint:
         """The encoding for summing ``n`` vectors; ``value_bits=None`` takes the most that fits.
+
+        With ``wrap`` the sum may wrap by design (module docstring): nothing is
+        checked against ``n``, and ``value_bits=None`` takes ``min(ring_bits, 52)``.
 
         Raises:
             ConfigError: the sum of ``n`` values of ``value_bits`` bits cannot fit in
@@ -79,6 +95,9 @@ class FixedPoint:
         """
         if n < 1:
             raise ConfigError(f"number of clients must be >= 1, got {n}")
+        if wrap:
+            bits = min(ring_bits, MAX_VALUE_BITS) if value_bits is None else value_bits
+            return cls(clip_range=float(clip_range), value_bits=bits, ring_bits=ring_bits, wrap=True)
         headroom = max(0, math.ceil(math.log2(n)))
         if value_bits is None:
             value_bits = min(ring_bits - headroom, MAX_VALUE_BITS)
@@ -131,6 +150,8 @@ class FixedPoint:
         a = np.asarray(q)
         if not is_integer_input(a):
             raise ConfigError(f"{who}: integer units expected, got an array of dtype {a.dtype}")
+        if self.wrap:  # reduced modulo 2^b, like every value of a wrapping encoding
+            return self.to_signed(a.astype(np.int64).view(np.uint64))
         limit = self.max_units
         signed = np.issubdtype(a.dtype, np.signedinteger)
         bad = np.flatnonzero((a > limit) | (a < -limit)) if signed else np.flatnonzero(a > limit)
@@ -147,10 +168,27 @@ class FixedPoint:
         """Clip, scale and stochastically round: signed int64 in [-(2^(v-1)-1), 2^(v-1)-1].
 
         An integer array is taken as units already (module docstring): checked by
-        :meth:`units` and returned as int64, without scaling or rounding.
+        :meth:`units` and returned as int64, without scaling or rounding. With
+        :attr:`wrap` nothing is clipped: the rounded values are returned reduced
+        to the ring's signed range ``[-2^(b-1), 2^(b-1))``.
+
+        Raises:
+            ConfigError: with :attr:`wrap`, a scaled value is not finite.
         """
         if is_integer_input(x):
             return self.units(x)
+        if self.wrap:
+            y = np.asarray(x, dtype=np.float64) * self.scale
+            if not np.all(np.isfinite(y)):
+                raise ConfigError(f"a value times the scale {self.scale!r} is not finite")
+            # reduce before rounding, into [-m/2, m/2): fmod is exact and so are the shifts by m
+            # (Sterbenz), so the fraction that stochastic rounding sees is kept
+            m = float(1 << self.ring_bits)
+            z = np.fmod(y, m)
+            z = np.where(z >= m / 2, z - m, np.where(z < -m / 2, z + m, z))
+            z = stochastic_round(z, rng)
+            wrapped: np.ndarray = np.where(z >= m / 2, z - m, z).astype(np.int64)
+            return wrapped
         limit = self.max_units
         y = np.clip(np.asarray(x, dtype=np.float64), -self.clip_range, self.clip_range) * self.scale
         q = stochastic_round(y, rng)

@@ -9,6 +9,9 @@ protocols, as signed integers of the smallest of 1, 2, 4, 8 bytes that holds
 ``value_bits`` (q8 -> int8, q16 -> int16); otherwise float64 values.
 Integer inputs (fixed-point units the caller quantized itself, see
 :mod:`protocols.encoding`) need ``value_bits`` and are sent as they are.
+With ``RoundConfig.wrap`` values are reduced modulo ``2^ring_bits`` (int of
+``ring_bits`` bits) and the sum is taken modulo ``2^ring_bits``, exactly as
+the masking protocols compute it.
 A :class:`~protocols.base.SparseVector` input travels as its non-zero
 coordinates only (uint32 indices, then float64 values), as an insecure client
 would send it; quantized rounds send it densified.
@@ -62,6 +65,11 @@ def _int_dtype(value_bits: int) -> str:
     return f"<i{width}"
 
 
+def _width(fp: FixedPoint) -> str:
+    """The dtype of one quantized value: ``value_bits``, or ``ring_bits`` when values wrap."""
+    return _int_dtype(fp.ring_bits if fp.wrap else fp.value_bits)
+
+
 class PlaintextAggregator(Aggregator):
     """Sum vectors sent in the clear (no privacy; the baseline).
 
@@ -88,9 +96,13 @@ class PlaintextAggregator(Aggregator):
         """Sum the vectors of the clients that reach the masked-input stage."""
         length = check_inputs(inputs, config)
         dropout = dropout or {}
-        fp = (None if config.value_bits is None else
-              FixedPoint(clip_range=config.clip_range, value_bits=config.value_bits,
-                         ring_bits=config.ring_bits))
+        fp: FixedPoint | None = None
+        if config.wrap:
+            fp = FixedPoint.for_sum(len(inputs), config.clip_range, config.ring_bits,
+                                    config.value_bits, wrap=True)
+        elif config.value_bits is not None:
+            fp = FixedPoint(clip_range=config.clip_range, value_bits=config.value_bits,
+                            ring_bits=config.ring_bits)
         t0 = time.perf_counter()
         messages = {
             cid: self._encode(v, fp)
@@ -100,12 +112,15 @@ class PlaintextAggregator(Aggregator):
         t1 = time.perf_counter()
         abort_if_below_threshold(len(messages), config, Stage.MASKED_INPUT)
         received: dict[int, np.ndarray | SparseVector]
-        if fp is not None and len(messages) * fp.max_units <= np.iinfo(np.int64).max:
-            # sum the integers exactly, then scale once (bit-identical to the ring protocols' decode)
+        if fp is not None and (fp.wrap or len(messages) * fp.max_units <= np.iinfo(np.int64).max):
+            # sum the integers exactly (wrap: modulo 2^64, then 2^b), then scale once -- bit-identical
+            # to the ring protocols' decode
             units = {cid: self._decode_units(m, fp, length) for cid, m in messages.items()}
             int_total = np.zeros(length, dtype=np.int64)
             for cid in sorted(units):
                 int_total += units[cid]
+            if fp.wrap:  # the ring protocols' sum: the signed representative modulo 2^b
+                int_total = fp.to_signed(int_total.view(np.uint64))
             total = int_total * fp.step
             received = {cid: u * fp.step for cid, u in units.items()}
         else:
@@ -131,14 +146,14 @@ class PlaintextAggregator(Aggregator):
     def _encode(self, v: np.ndarray | SparseVector, fp: FixedPoint | None) -> bytes:
         if fp is not None:
             dense = v.dense() if isinstance(v, SparseVector) else v
-            return frame(_KIND_QUANTIZED, pack_array(fp.quantize(dense, self.rng), _int_dtype(fp.value_bits)))
+            return frame(_KIND_QUANTIZED, pack_array(fp.quantize(dense, self.rng), _width(fp)))
         if isinstance(v, SparseVector):
             return _pack_sparse(v)
         return frame(_KIND_VECTOR, pack_array(v, "<f8"))
 
     @staticmethod
     def _decode_units(message: bytes, fp: FixedPoint, length: int) -> np.ndarray:
-        ints = unpack_array(unframe(message, _KIND_QUANTIZED), _int_dtype(fp.value_bits), length)
+        ints = unpack_array(unframe(message, _KIND_QUANTIZED), _width(fp), length)
         return ints.astype(np.int64)
 
     @staticmethod

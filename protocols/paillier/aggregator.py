@@ -149,8 +149,13 @@ def round_layout(n_clients: int, config: RoundConfig, public: PublicKey) -> tupl
     results agree to the quantization step; a slot adds ``ceil(log2 n)`` bits.
 
     Raises:
-        ConfigError: the layout cannot hold the sum (message says what to change).
+        ConfigError: the layout cannot hold the sum (message says what to change), or the
+            round asks for wrap-around, which packed slots cannot do.
     """
+    if config.wrap:
+        raise ConfigError(f"round {config.round_id}: paillier cannot wrap sums (RoundConfig.wrap): a slot "
+                          "that overflows carries into its neighbour; its slots hold the exact sum "
+                          "instead -- use q8/q16")
     fp = FixedPoint.for_sum(n_clients, config.clip_range, config.ring_bits, config.value_bits)
     return fp, SlotLayout.for_sum(n_clients, fp.value_bits, public.plaintext_bits)
 

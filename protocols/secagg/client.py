@@ -183,8 +183,9 @@ class SecAggClient:
         n = len(setup.client_ids)
         if setup.degree != effective_degree(n, setup.degree):
             raise self._fail("setup", f"no {setup.degree}-regular graph on {n} clients")
-        # overflow impossible by construction: refuse an encoding whose sum could wrap
-        fp = FixedPoint.for_sum(n, setup.clip_range, setup.ring_bits, setup.value_bits)
+        # overflow impossible by construction: refuse an encoding whose sum could wrap, unless the
+        # round asks for modular clipping (post-processing of the sum, protocols.encoding)
+        fp = FixedPoint.for_sum(n, setup.clip_range, setup.ring_bits, setup.value_bits, wrap=setup.wrap)
         if is_integer_input(self._vector):  # units are never clipped: refuse before any key exists
             fp.units(self._vector, who=f"client {self.client_id}, round {setup.round_id}")
         self._neighbors = neighbors_of(self.client_id, setup.client_ids, setup.degree, setup.graph_seed)
@@ -272,7 +273,8 @@ class SecAggClient:
             raise self._fail(
                 "masked input", f"only {len(peers) + 1} share holders, threshold is {setup.share_threshold}"
             )
-        fp = FixedPoint(clip_range=setup.clip_range, value_bits=setup.value_bits, ring_bits=setup.ring_bits)
+        fp = FixedPoint(clip_range=setup.clip_range, value_bits=setup.value_bits, ring_bits=setup.ring_bits,
+                        wrap=setup.wrap)
         expander = MaskExpander(setup.length, setup.ring_bits)
         acc = expander.accumulator(fp.encode(self._vector, self._rng))
         expander.add(acc, self._self_seed)

@@ -149,6 +149,8 @@ class Setup:
     malicious: bool
     graph_seed: bytes
     client_ids: tuple[int, ...]
+    wrap: bool = False
+    """Modular clipping (``RoundConfig.wrap``); one flags byte carries it with ``malicious``."""
 
     def encode(self) -> bytes:
         """Framed bytes."""
@@ -157,7 +159,8 @@ class Setup:
             _U64.pack(self.round_id) + _U64.pack(self.client_id) + _U32.pack(self.length)
             + _U8.pack(self.ring_bits) + _U8.pack(self.value_bits) + _F64.pack(self.clip_range)
             + _U32.pack(self.threshold) + _U32.pack(self.share_threshold) + _U32.pack(self.degree)
-            + _U8.pack(int(self.malicious)) + self.graph_seed + encode_ids(self.client_ids)
+            + _U8.pack(int(self.malicious) | int(self.wrap) << 1)  # flags
+            + self.graph_seed + encode_ids(self.client_ids)
         )
         return frame(KIND_SETUP, body)
 
@@ -165,12 +168,17 @@ class Setup:
     def decode(cls, message: bytes) -> Setup:
         """Parse and range-check; raises DecodeError."""
         r = _Reader(unframe(message, KIND_SETUP), "setup")
+        round_id, client_id, length = r.u64("round_id"), r.u64("client_id"), r.u32("length")
+        ring_bits, value_bits, clip_range = r.u8("ring_bits"), r.u8("value_bits"), r.f64("clip_range")
+        threshold, share_threshold, degree = r.u32("threshold"), r.u32("share_threshold"), r.u32("degree")
+        flags = r.u8("flags")
+        if flags > 3:
+            raise DecodeError(f"setup: unknown flags {flags:#x}")
         out = cls(
-            round_id=r.u64("round_id"), client_id=r.u64("client_id"), length=r.u32("length"),
-            ring_bits=r.u8("ring_bits"), value_bits=r.u8("value_bits"), clip_range=r.f64("clip_range"),
-            threshold=r.u32("threshold"), share_threshold=r.u32("share_threshold"),
-            degree=r.u32("degree"), malicious=bool(r.u8("malicious")), graph_seed=r.raw(32, "graph_seed"),
-            client_ids=r.ids("client_ids"),
+            round_id=round_id, client_id=client_id, length=length, ring_bits=ring_bits, value_bits=value_bits,
+            clip_range=clip_range, threshold=threshold, share_threshold=share_threshold, degree=degree,
+            malicious=bool(flags & 1), graph_seed=r.raw(32, "graph_seed"), client_ids=r.ids("client_ids"),
+            wrap=bool(flags & 2),
         )
         r.done()
         n = len(out.client_ids)

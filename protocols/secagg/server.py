@@ -109,7 +109,8 @@ class SecAggServer:
         n = len(ids)
         self.degree = effective_degree(n, config.neighbors if config.neighbors is not None else neighbors)
         self.share_threshold = share_threshold(config.threshold, n, self.degree, malicious)
-        self.encoding = FixedPoint.for_sum(n, config.clip_range, config.ring_bits, config.value_bits)
+        self.encoding = FixedPoint.for_sum(n, config.clip_range, config.ring_bits, config.value_bits,
+                                           wrap=config.wrap)
         self.graph_seed = randbytes(32)
         self.neighbors = harary_neighbors(ids, self.degree, self.graph_seed)
         self._x = {c: i + 1 for i, c in enumerate(ids)}
@@ -167,7 +168,7 @@ class SecAggServer:
                 round_id=cfg.round_id, client_id=c, length=self.length, ring_bits=cfg.ring_bits,
                 value_bits=enc.value_bits, clip_range=enc.clip_range, threshold=cfg.threshold,
                 share_threshold=self.share_threshold, degree=self.degree, malicious=self.malicious,
-                graph_seed=self.graph_seed, client_ids=self.client_ids,
+                graph_seed=self.graph_seed, client_ids=self.client_ids, wrap=cfg.wrap,
             ).encode()
             for c in self.client_ids
         }

@@ -63,6 +63,8 @@ class AggregatorContract:
     neighbors: int | None = None
     exhaustive_n: int = 3
     """n for the test that tries every dropout pattern (6^n patterns)."""
+    wraps: bool = True
+    """False for a protocol that refuses ``RoundConfig.wrap`` (Paillier: slots would carry)."""
 
     def make_aggregator(self) -> Aggregator:
         raise NotImplementedError
@@ -223,3 +225,25 @@ class AggregatorContract:
         mixed[floats] = mixed[floats] / 2**19
         with pytest.raises(ConfigError, match=f"client {floats} sent floats"):
             self.make_aggregator().aggregate(mixed, cfg)
+
+    # ---- wrap-around: modular clipping (protocols.encoding) ----------------------------------------
+    def test_wrapped_sum_is_the_sum_modulo_the_ring(self) -> None:
+        """With ``wrap`` an 8-bit ring returns the signed sum modulo 256, for units and for floats alike."""
+        n = 6
+        # clip 127/64 makes the scale exactly 64: the floats k/64 round to k with no randomness
+        cfg = dataclasses.replace(self.config(n, threshold=n - 2, clip=127 / 64), ring_bits=8, value_bits=8,
+                                  wrap=True)
+        rng = np.random.default_rng(31)
+        units = {100 + 7 * i: rng.integers(-127, 128, size=301) for i in range(n)}
+        plan = {sorted(units)[2]: Stage.MASKED_INPUT}
+        exact = np.sum([units[c] for c in sorted(senders(units, plan))], axis=0)
+        assert np.abs(exact).max() > 128  # some coordinates do wrap
+        want = ((exact + 128) % 256 - 128) / 64
+        for inputs in (units, {c: u / 64 for c, u in units.items()}):
+            if not self.wraps:
+                with pytest.raises(ConfigError, match="cannot wrap"):
+                    self.make_aggregator().aggregate(inputs, cfg, plan)
+                continue
+            result = self.make_aggregator().aggregate(inputs, cfg, plan)
+            assert result.survivors == frozenset(senders(units, plan))
+            np.testing.assert_array_equal(result.total, want)

@@ -41,6 +41,26 @@ def test_out_of_range_values_are_clipped_not_wrapped() -> None:
     np.testing.assert_allclose(fp.decode(enc), [1.0, -1.0])
 
 
+def test_wrap_reduces_modulo_the_ring_instead_of_clipping() -> None:
+    # clip 127/64 with 8 bits: scale exactly 64, so one ring period is 256/64 = 4.0
+    fp = FixedPoint.for_sum(10**6, 127 / 64, ring_bits=8, wrap=True)  # no headroom check with wrap
+    assert (fp.value_bits, fp.scale) == (8, 64.0)
+    enc = fp.encode(np.array([1.5, 3.0, -2.75, 1e6, -1e6 - 1.0]), np.random.default_rng(0))
+    np.testing.assert_array_equal(fp.decode(enc), [1.5, -1.0, 1.25, 0.0, -1.0])
+
+
+def test_wrap_keeps_the_fraction_so_rounding_stays_unbiased() -> None:
+    # far beyond the range the value is reduced before rounding: 4000 + 0.3 units must round to 0 or 1
+    # with mean 0.3 (6-sigma band as below)
+    fp = FixedPoint.for_sum(2, 127 / 64, ring_bits=8, wrap=True)
+    q = fp.quantize(np.full(200_000, 4000.0 + 0.3 / 64), np.random.default_rng(2))
+    assert set(np.unique(q)) <= {0, 1}
+    assert abs(q.mean() - 0.3) < 6 * np.sqrt(0.21 / q.size)
+    wide = FixedPoint.for_sum(2, (2**51 - 1) / 2**40, ring_bits=64, wrap=True)  # scale exactly 2^40
+    units = wide.quantize(np.array([-1.0, 2.0**23, -(2.0**23)]), np.random.default_rng(0))
+    assert units.tolist() == [-(2**40), -(2**63), -(2**63)]  # 2^63 units is -2^63 modulo 2^64
+
+
 def test_stochastic_rounding_is_unbiased() -> None:
     # mean of 200k roundings of 0.3 units: std of the mean is sqrt(0.21/2e5) ~ 1e-3 units;
     # a 6-sigma band gives a false-failure rate below 1e-8.

@@ -65,6 +65,7 @@ def counter_randbelow(seed: int = 1) -> Any:
 
 
 class TestPaillierContract(AggregatorContract):
+    wraps = False
     exhaustive_n = 3
 
     def make_aggregator(self) -> Aggregator:
@@ -73,6 +74,7 @@ class TestPaillierContract(AggregatorContract):
 
 class TestPaillierContractOnlineRandomness(AggregatorContract):
     """Same contract with randomness computed inside encryption and the public-key path."""
+    wraps = False
 
     exhaustive_n = 2
 

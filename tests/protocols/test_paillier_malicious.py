@@ -39,6 +39,7 @@ from tests.protocols.test_paillier import small_key
 
 class TestPaillierMaliciousContract(AggregatorContract):
     """The shared contract in the malicious-server model (t' = n // 2 + 1 signers needed)."""
+    wraps = False
 
     exhaustive_n = 3
 

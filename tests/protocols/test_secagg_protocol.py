@@ -222,6 +222,21 @@ def test_client_refuses_downgrade_to_semi_honest() -> None:
         rnd.clients[cid].advertise(evil)
 
 
+def test_wrap_travels_in_the_setup_flags_and_unknown_flags_are_refused() -> None:
+    rnd = Round(malicious=True)
+    setup = m.Setup.decode(rnd.inbox[IDS[0]])
+    fields = {k: getattr(setup, k) for k in setup.__dataclass_fields__}
+    wrapped = m.Setup(**{**fields, "wrap": True})
+    back = m.Setup.decode(wrapped.encode())
+    assert (back.wrap, back.malicious) == (True, True)
+    plain, raw = setup.encode(), bytearray(wrapped.encode())
+    (at,) = [i for i in range(len(raw)) if raw[i] != plain[i]]  # the one flags byte
+    assert raw[at] == 3
+    raw[at] = 4
+    with pytest.raises(DecodeError, match="unknown flags"):
+        m.Setup.decode(bytes(raw))
+
+
 def test_client_refuses_tampered_share_ciphertext() -> None:
     rnd = Round(malicious=False)
     rnd.advance(2)
