@@ -65,8 +65,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="simulated dropout probability at every protocol stage (default 0)")
     g.add_argument("--ring-bits", type=int, help=f"ring width for masking (default {d.ring_bits})")
     g.add_argument("--neighbors", type=int, help="SecAgg+ neighbours per client (default: from n)")
-    g.add_argument("--compression", metavar="{none,q8,q16,randk:F,topk:F}",
-                   help=f"uplink/downlink compression (default {d.compression}); topk: plaintext only")
+    g.add_argument("--compression", metavar="{none,q8,q16,randk:F,topk:F,mod:B}",
+                   help=f"uplink/downlink compression (default {d.compression}); topk: plaintext only; "
+                   "mod:B: B-bit ring sized for the sum, lossy (not with paillier)")
     g = p.add_argument_group("model")
     g.add_argument("--factors", type=int, help=f"latent factors k (default {d.factors})")
     g.add_argument("--local-epochs", type=int, help=f"local epochs per round (default {d.local_epochs})")

@@ -15,6 +15,10 @@ Compressors, by name (``--compression``):
             decoded sum back. Per-client error feedback keeps what was not sent.
 ``topk:F``  per-client top-k by magnitude with error feedback; indices + float32
             values. Plaintext only (see Notes).
+``mod:B``   a ``B``-bit ring sized for the *sum*, not for every client's worst
+            case: modular clipping after a public random rotation (Kairouz, Liu,
+            Steinke, ICML 2021). Lossy by design: rare overflows wrap. Masking
+            protocols and plaintext; Paillier refuses it (see Notes).
 ==========  ===================================================================
 
 Every compressor has a self-contained round-trip codec (:meth:`Compressor.encode`
@@ -43,6 +47,26 @@ Notes:
     or a lossy sum (modular clipping after a random rotation, as in Kairouz et
     al. 2021, which lets rare overflows wrap).
 
+    ``mod:B``, how it works. Every round the server publishes random signs
+    ``D`` (seed ``[seed, round, STREAM_ROTATE]``); each client sends
+    ``R x = DCT(D x)`` (orthonormal, any length), stochastically rounded at a
+    common scale and reduced modulo ``2^B`` (``RoundConfig.wrap``); the server
+    decodes the signed ring sum and applies ``R^-1``. The rotation spreads every
+    update over all coordinates, so the rotated sum's coordinates are close to
+    Gaussian with RMS ``sigma = ||sum|| / sqrt(L)``. The ring is sized to hold
+    ``+-margin * sigma`` (margin 4.5: a coordinate wraps with probability
+    ~7e-6), with ``sigma`` predicted from the previous round's released sum,
+    scaled by the clients' count (public: the server learns that sum anyway).
+    A wrapped coordinate is off by ``2^B`` units, which ``R^-1`` spreads thinly
+    over the whole vector. The rounding noise of the sum has RMS
+    ``sqrt(n / 6)`` units against ``2^(B-1) / margin`` units for ``sigma``: at
+    ``B = 8`` and ~190 clients about 20 % of the sum's norm, unbiased. The first
+    round, with no sum to go by, is exact: ``B + ceil(log2 n)`` bits, values
+    clipped to ``clip_range`` as for ``qB``. Because each client's value is
+    reduced modulo ``2^B`` rather than clipped, the server's choice of range can
+    only cost accuracy, never remove DP noise (post-processing of the sum).
+    Paillier cannot wrap: a slot that overflows carries into the next.
+
     Error feedback with distributed DP: a residual carries its own noise share
     into the round where it is finally sent; accounting that assumes each
     round's release is a fresh Gaussian sum is then approximate.
@@ -59,11 +83,12 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import numpy as np
+import scipy.fft
 
 from protocols import AggregationAborted, AggregationResult, Aggregator, DropoutPlan, RoundConfig, Stage
 from protocols.base import abort_if_below_threshold, check_inputs
-from protocols.encoding import stochastic_round
-from protocols.wire import frame, pack_array, unframe, unpack_array
+from protocols.encoding import FixedPoint, stochastic_round
+from protocols.wire import frame, pack_array, pack_uints, unframe, unpack_array, unpack_uints
 from securefedrec import streams
 from securefedrec.errors import CheckpointError, ConfigError, DecodeError
 
@@ -73,7 +98,9 @@ __all__ = [
     "STREAM_SELECT",
     "Compressor",
     "Downlink",
+    "STREAM_ROTATE",
     "ErrorFeedback",
+    "ModularQuantizer",
     "NoCompression",
     "Q8",
     "Q16",
@@ -83,15 +110,20 @@ __all__ = [
     "Uplink",
     "load_state",
     "parse_compression",
+    "rotate",
+    "rotation_signs",
     "state_arrays",
+    "unrotate",
 ]
 
 STREAM_SELECT = streams.SELECT
 """Random stream (``default_rng([seed, round, STREAM_SELECT])``) of the public random-k selection."""
 STREAM_DOWNLINK = streams.DOWNLINK
 """Random stream of the downlink's stochastic rounding."""
+STREAM_ROTATE = streams.ROTATE
+"""Random stream (``default_rng([seed, round, STREAM_ROTATE])``) of ``mod:B``'s public signs."""
 
-_KIND_FLOAT, _KIND_QUANT, _KIND_RANDK, _KIND_TOPK = 0x40, 0x41, 0x42, 0x43
+_KIND_FLOAT, _KIND_QUANT, _KIND_RANDK, _KIND_TOPK, _KIND_MOD = 0x40, 0x41, 0x42, 0x43, 0x44
 _F8 = struct.Struct("<d")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -108,6 +140,24 @@ def _check_vector(x: np.ndarray) -> np.ndarray:
     return v
 
 
+def rotation_signs(length: int, rng: np.random.Generator) -> np.ndarray:
+    """``length`` random signs (float64 +-1) from ``rng``: the ``D`` of :func:`rotate`."""
+    signs: np.ndarray = 2.0 * rng.integers(0, 2, size=length) - 1.0
+    return signs
+
+
+def rotate(x: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    """The random rotation ``DCT(signs * x)`` along the last axis (orthonormal: keeps norms and sums)."""
+    rotated: np.ndarray = scipy.fft.dct(np.asarray(x, dtype=np.float64) * signs, norm="ortho", axis=-1)
+    return rotated
+
+
+def unrotate(y: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rotate`."""
+    back: np.ndarray = scipy.fft.idct(np.asarray(y, dtype=np.float64), norm="ortho", axis=-1) * signs
+    return back
+
+
 class Compressor(abc.ABC):
     """A named way to shrink a vector. Subclasses register in :data:`COMPRESSORS`.
 
@@ -117,6 +167,7 @@ class Compressor(abc.ABC):
         value_bits: bits per value the protocol should encode with (``None``: its default).
         feedback: whether clients keep an error-feedback residual.
         downlink_bits: bits per value of the compressed broadcast (``None``: full float32).
+        wraps: whether the protocol's sum may wrap (``mod:B``: rotation + modular clipping).
     """
 
     name: ClassVar[str]
@@ -124,6 +175,7 @@ class Compressor(abc.ABC):
     value_bits: int | None = None
     feedback: bool = False
     downlink_bits: int | None = 8
+    wraps: ClassVar[bool] = False
 
     @property
     def spec(self) -> str:
@@ -231,6 +283,60 @@ class Q16(Quantizer):
         super().__init__(16)
 
 
+class ModularQuantizer(Compressor):
+    """``mod:B``: random rotation, then a ``B``-bit ring sized for the sum (module Notes).
+
+    The standalone codec rotates with signs from a seed it sends (uint64), scales
+    by the rotated vector's largest magnitude (float64) like :class:`Quantizer`,
+    and packs ``B``-bit values bit-exactly; one vector never wraps. Through a
+    protocol, :class:`Uplink` chooses the common scale and lets sums wrap.
+    """
+
+    name: ClassVar[str] = "mod"
+    wraps: ClassVar[bool] = True
+    margin: ClassVar[float] = 4.5
+    """The ring holds ``+-margin`` times the predicted RMS of the rotated sum's coordinates."""
+
+    def __init__(self, bits: int) -> None:
+        if not 8 <= bits <= 32:
+            raise ConfigError(f"compression: mod ring bits must be in [8, 32], got {bits}")
+        self.bits = bits
+        self.value_bits = bits
+        self.downlink_bits = 8 if bits < 16 else 16
+
+    @property
+    def spec(self) -> str:
+        """``mod:B``."""
+        return f"mod:{self.bits}"
+
+    def _encoding(self, scale: float) -> FixedPoint:
+        return FixedPoint(clip_range=scale if scale > 0 else 1.0, value_bits=self.bits, ring_bits=self.bits)
+
+    def encode(self, x: np.ndarray, rng: np.random.Generator) -> bytes:
+        """Rotation seed (uint64), scale (float64), then ``B``-bit rotated values, stochastically rounded."""
+        v = _check_vector(x)
+        seed = int(rng.integers(0, 2**63))
+        y = rotate(v, rotation_signs(v.shape[0], np.random.default_rng(seed)))
+        scale = float(np.max(np.abs(y))) if y.size else 0.0
+        fp = self._encoding(scale)
+        return frame(_KIND_MOD, bytes([self.bits]) + _U64.pack(seed) + _F8.pack(scale)
+                     + pack_uints(fp.encode(y, rng), self.bits))
+
+    def decode(self, message: bytes, length: int) -> np.ndarray:
+        """Decode the values and undo the rotation."""
+        payload = unframe(message, _KIND_MOD)
+        head = 1 + _U64.size + _F8.size
+        if len(payload) < head or payload[0] != self.bits:
+            raise DecodeError(f"mod message: expected {self.bits}-bit values")
+        (seed,) = _U64.unpack_from(payload, 1)
+        (scale,) = _F8.unpack_from(payload, 1 + _U64.size)
+        if not (math.isfinite(scale) and scale >= 0):
+            raise DecodeError(f"mod message: bad scale {scale}")
+        fp = self._encoding(scale)
+        y = fp.decode(unpack_uints(payload[head:], self.bits, length))
+        return unrotate(y, rotation_signs(length, np.random.default_rng(seed)))
+
+
 class _Fraction(Compressor):
     """Common part of the sparsifiers: a fraction F of the coordinates, error feedback."""
 
@@ -327,11 +433,11 @@ class TopK(_Fraction):
 
 
 COMPRESSORS: dict[str, type[Compressor]] = {
-    "none": NoCompression, "q8": Q8, "q16": Q16, "randk": RandomK, "topk": TopK,
+    "none": NoCompression, "q8": Q8, "q16": Q16, "randk": RandomK, "topk": TopK, "mod": ModularQuantizer,
 }
-"""Registry: ``--compression`` name -> class (``randk`` and ``topk`` take ``:F``)."""
+"""Registry: ``--compression`` name -> class (``randk`` and ``topk`` take ``:F``, ``mod`` takes ``:B``)."""
 
-_USAGE = "none, q8, q16, randk:F, topk:F (0 < F <= 1)"
+_USAGE = "none, q8, q16, randk:F, topk:F (0 < F <= 1), mod:B (8 <= B <= 32)"
 
 
 def parse_compression(spec: str) -> Compressor:
@@ -346,6 +452,10 @@ def parse_compression(spec: str) -> Compressor:
         raise ConfigError(
             f"compression: unknown {spec!r}; valid: {_USAGE} (registry: {', '.join(COMPRESSORS)})"
         )
+    if cls is ModularQuantizer:
+        if not arg.isdigit():
+            raise ConfigError(f"compression: mod needs ring bits, e.g. mod:8, got {spec!r}")
+        return ModularQuantizer(int(arg))
     if issubclass(cls, _Fraction):
         try:
             fraction = float(arg)
@@ -417,14 +527,36 @@ class Uplink:
         self.feedback = ErrorFeedback()
         self.last_coords: np.ndarray | None = None
         """The public coordinates of the last :meth:`aggregate` (random-k), ``None`` = all."""
+        self.spread: tuple[float, int] | None = None
+        """``mod:B``: (RMS of the last released rotated sum's coordinates, clients in it); server state."""
 
     def round_config(self, config: RoundConfig, n: int) -> RoundConfig:
-        """``config`` with the ring narrowed for quantization: ``b = value_bits + ceil(log2 n)``."""
-        bits = self.compressor.value_bits
+        """``config`` with the ring narrowed for quantization.
+
+        ``qB``, and ``mod:B`` before any sum was released: ``b = B + ceil(log2 n)``,
+        exact. ``mod:B`` after: ``b = B`` with wrap-around, and ``clip_range`` is
+        the range of the sum, ``margin`` times the last sum's RMS times ``n`` over
+        its clients (module Notes).
+        """
+        comp = self.compressor
+        bits = comp.value_bits
         if bits is None:
             return config
+        if isinstance(comp, ModularQuantizer) and self.spread is not None:
+            rms, clients = self.spread
+            return dataclasses.replace(config, value_bits=bits, ring_bits=bits, wrap=True,
+                                       clip_range=comp.margin * rms * max(n, 1) / clients)
         headroom = max(0, math.ceil(math.log2(max(n, 1))))
         return dataclasses.replace(config, value_bits=bits, ring_bits=max(8, bits + headroom))
+
+    def signs(self, length: int, round_id: int) -> np.ndarray:
+        """Round ``round_id``'s public rotation signs (``mod:B``), from the run's seed."""
+        return rotation_signs(length, np.random.default_rng([self.seed, round_id, STREAM_ROTATE]))
+
+    def observe(self, rotated_total: np.ndarray, survivors: int) -> None:
+        """``mod:B``, server side: remember the spread of a released rotated sum for the next range."""
+        rms = float(np.sqrt(np.mean(np.square(rotated_total)))) if rotated_total.size else 0.0
+        self.spread = (rms, survivors) if survivors > 0 and math.isfinite(rms) and rms > 0 else None
 
     def aggregate(
         self,
@@ -441,6 +573,8 @@ class Uplink:
         """
         comp = self.compressor
         self.last_coords = None
+        if isinstance(comp, ModularQuantizer):
+            return self._rotated(aggregator, inputs, config, dropout)
         if not comp.feedback:
             return aggregator.aggregate(inputs, config, dropout)
         length = check_inputs(inputs, config)
@@ -472,6 +606,20 @@ class Uplink:
             raise ConfigError(f"compression {comp.spec} cannot be used with protocol {aggregator.name}: "
                               "its indices reveal which items each user rated; use randk:F")
         return self._sparse_plaintext(aggregator, full, length, config, dropout or {})
+
+    def _rotated(
+        self, aggregator: Aggregator, inputs: Mapping[int, np.ndarray], config: RoundConfig,
+        dropout: DropoutPlan | None,
+    ) -> AggregationResult:
+        """``mod:B``: rotate every input, aggregate (the ring may wrap), observe, rotate the sum back."""
+        length = check_inputs(inputs, config)
+        if any(np.issubdtype(np.asarray(v).dtype, np.integer) for v in inputs.values()):
+            raise ConfigError(f"compression {self.compressor.spec}: integer inputs (fixed-point units) "
+                              "cannot be rotated; use --compression none")
+        signs = self.signs(length, config.round_id)
+        result = aggregator.aggregate({cid: rotate(v, signs) for cid, v in inputs.items()}, config, dropout)
+        self.observe(result.total, len(result.survivors))
+        return dataclasses.replace(result, total=unrotate(result.total, signs))
 
     def _sparse_plaintext(
         self, aggregator: Aggregator, full: Mapping[int, np.ndarray], length: int,
@@ -573,14 +721,15 @@ class Downlink:
 
 
 def state_arrays(uplink: Uplink, downlink: Downlink) -> dict[str, np.ndarray]:
-    """The client-local compression state (residuals, downlink views) for a checkpoint."""
-    return {**uplink.feedback.state_arrays(), **downlink.state_arrays()}
+    """The compression state (residuals, downlink views, ``mod:B``'s spread) for a checkpoint."""
+    spread = {} if uplink.spread is None else {"mod_spread": np.asarray(uplink.spread, dtype=np.float64)}
+    return {**uplink.feedback.state_arrays(), **downlink.state_arrays(), **spread}
 
 
 def load_state(
     arrays: Mapping[str, np.ndarray], uplink: Uplink, downlink: Downlink, length: int
-) -> tuple[ErrorFeedback, Downlink]:
-    """New error-feedback and downlink objects from :func:`state_arrays` output; nothing is changed.
+) -> tuple[ErrorFeedback, Downlink, tuple[float, int] | None]:
+    """New error-feedback, downlink and ``mod:B`` spread from :func:`state_arrays` output; nothing is changed.
 
     Raises:
         CheckpointError: state missing (for a compressor that needs it) or of the wrong shape.
@@ -591,4 +740,10 @@ def load_state(
     down = Downlink(uplink.compressor, downlink.view, downlink.last_sync.shape[0])
     if downlink.codec is not None:
         down.load_arrays(arrays)
-    return feedback, down
+    spread = None
+    if "mod_spread" in arrays:  # absent before the first released sum: the next round is exact
+        rms, clients = (float(v) for v in np.asarray(arrays["mod_spread"]).reshape(-1)[:2])
+        if not (math.isfinite(rms) and rms > 0 and clients >= 1):
+            raise CheckpointError(f"compression state: bad mod:B spread ({rms}, {clients})")
+        spread = (rms, int(clients))
+    return feedback, down, spread

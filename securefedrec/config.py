@@ -180,6 +180,12 @@ class ExperimentConfig:
                 "secure aggregation needs every client to send the same coordinates; use randk:F "
                 "(coordinates from a public per-round seed) or --protocol plaintext"
             )
+        if comp.wraps and self.protocol == "paillier":
+            raise ConfigError(
+                f"compression: {self.compression!r} cannot be used with protocol 'paillier': it lets the "
+                "sum wrap around a small ring, and a Paillier slot that overflows carries into its "
+                "neighbour; use q8 or q16, which narrow the slots exactly"
+            )
 
     def _check_types(self) -> None:
         kinds: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}

@@ -307,13 +307,13 @@ class Simulation:
         if arrays["global_vec"].shape != self.global_vec.shape:
             raise CheckpointError(f"{p}: global vector has shape {arrays['global_vec'].shape}, "
                                   f"expected {self.global_vec.shape}")
-        feedback, downlink = load_compression_state(
+        feedback, downlink, spread = load_compression_state(
             {k[5:]: v for k, v in arrays.items() if k.startswith("comp.")},
             self.uplink, self.downlink, self.layout.length)
         if self.privacy is not None:  # first: it validates its state and may refuse; nothing changed yet
             self.privacy.restore(int(meta["next_round"]), meta.get("privacy"))
         self.global_vec = arrays["global_vec"]
-        self.uplink.feedback, self.downlink = feedback, downlink
+        self.uplink.feedback, self.downlink, self.uplink.spread = feedback, downlink, spread
         self.pool.user_factors = torch.from_numpy(arrays["user_factors"])
         self.pool.user_bias = torch.from_numpy(arrays["user_bias"])
         state: dict[str, Any] = dict(meta["optimizer_scalars"])

@@ -6,7 +6,7 @@ uninterrupted one. Simulation only: secrets (keys, masks) never come from here.
 This module imports nothing, so light processes (Flower ClientApps) can use it.
 """
 
-__all__ = ["DOWNLINK", "DROPOUT", "NOISE", "ROUNDING", "SAMPLING", "SELECT", "SILO"]
+__all__ = ["DOWNLINK", "DROPOUT", "NOISE", "ROTATE", "ROUNDING", "SAMPLING", "SELECT", "SILO"]
 
 SAMPLING = 0
 """Poisson client sampling."""
@@ -22,3 +22,5 @@ SELECT = 101
 """The public random-k coordinate selection."""
 DOWNLINK = 102
 """Stochastic rounding of the compressed broadcast."""
+ROTATE = 103
+"""The public random signs of the ``mod:B`` rotation."""

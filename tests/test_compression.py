@@ -14,17 +14,21 @@ from securefedrec.compression import (
     Compressor,
     Downlink,
     ErrorFeedback,
+    ModularQuantizer,
     NoCompression,
     Quantizer,
     RandomK,
     TopK,
     Uplink,
     parse_compression,
+    rotate,
+    rotation_signs,
+    unrotate,
 )
 from securefedrec.config import ExperimentConfig
 from securefedrec.errors import ConfigError, DecodeError
 
-SPECS = ["none", "q8", "q16", "randk:0.1", "randk:1", "topk:0.1", "topk:0.5"]
+SPECS = ["none", "q8", "q16", "randk:0.1", "randk:1", "topk:0.1", "topk:0.5", "mod:8", "mod:13"]
 
 
 def vector(length: int = 500, seed: int = 0) -> np.ndarray:
@@ -51,6 +55,9 @@ class TestRoundTrip:
             assert np.max(np.abs(out - x)) <= np.max(np.abs(x)) / comp.levels * (1 + 1e-12)
         elif isinstance(comp, NoCompression):
             assert (out == x).all()
+        elif isinstance(comp, ModularQuantizer):  # each rotated value within a step; rotations keep norms
+            levels = 2 ** (comp.bits - 1) - 1
+            assert np.linalg.norm(out - x) <= np.sqrt(x.size) * np.linalg.norm(x) / levels
         else:  # sparsifiers: at most ceil(F L) coordinates, each one exact (top-k: float32)
             assert sent.sum() <= comp.kept(x.size)
             np.testing.assert_allclose(out[sent], x[sent], rtol=1e-6, atol=0)
@@ -92,7 +99,8 @@ class TestRoundTrip:
 
 
 @pytest.mark.parametrize(
-    "bad", ["q4", "gzip", "randk", "randk:0", "randk:1.5", "topk:x", "q8:1", "randk:nan"]
+    "bad", ["q4", "gzip", "randk", "randk:0", "randk:1.5", "topk:x", "q8:1", "randk:nan",
+            "mod", "mod:7", "mod:33", "mod:8.5", "mod:x"]
 )
 def test_parse_rejects_bad_specs_naming_the_choices(bad: str) -> None:
     with pytest.raises(ConfigError, match="compression"):
@@ -292,6 +300,84 @@ def test_paillier_q8_packs_more_values_per_ciphertext() -> None:
         assert packed.slots >= 2 * dense.slots if n <= 64 else packed.slots > dense.slots
 
 
+# ---- mod:B: a ring sized for the sum, after a random rotation ------------------------------------
+def test_rotation_is_orthonormal_linear_and_public() -> None:
+    rng = np.random.default_rng(8)
+    xs = rng.normal(size=(5, 999))
+    signs = rotation_signs(999, np.random.default_rng([1, 2, 3]))
+    assert set(np.unique(signs)) == {-1.0, 1.0}
+    assert (signs == rotation_signs(999, np.random.default_rng([1, 2, 3]))).all()
+    ys = rotate(xs, signs)
+    np.testing.assert_allclose(np.linalg.norm(ys, axis=1), np.linalg.norm(xs, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(ys.sum(axis=0), rotate(xs.sum(axis=0), signs), atol=1e-12)
+    np.testing.assert_allclose(unrotate(ys, signs), xs, atol=1e-12)
+    spike = np.zeros(999)
+    spike[17] = 1.0  # a one-item update is spread over every coordinate
+    assert np.max(np.abs(rotate(spike, signs))) <= np.sqrt(2 / 999) + 1e-12
+
+
+def _correlated(n: int, length: int, seed: int) -> dict[int, np.ndarray]:
+    """Client updates that share a direction, as federated updates do, plus their own part."""
+    rng = np.random.default_rng(seed)
+    common = rng.normal(0, 0.05, length)
+    return {20 + c: common + rng.normal(0, 0.05, length) * (rng.random(length) < 0.2) for c in range(n)}
+
+
+def test_mod_first_round_is_exact_then_the_ring_is_b_bits_and_wraps() -> None:
+    up = Uplink(ModularQuantizer(8), seed=0)
+    base = RoundConfig(clip_range=4.0, threshold=1)
+    first = up.round_config(base, 100)
+    assert (first.ring_bits, first.value_bits, first.wrap, first.clip_range) == (15, 8, False, 4.0)
+    up.observe(np.full(64, 0.5), survivors=50)
+    later = up.round_config(base, 100)
+    assert (later.ring_bits, later.value_bits, later.wrap) == (8, 8, True)
+    assert later.clip_range == pytest.approx(ModularQuantizer.margin * 0.5 * 100 / 50)
+    up.observe(np.zeros(64), survivors=50)  # nothing to size the ring by: back to an exact round
+    assert not up.round_config(base, 100).wrap
+
+
+@pytest.mark.parametrize("protocol", ["plaintext", "secagg", "secagg+"])
+def test_mod_recovers_the_sum_through_the_protocols(protocol: str) -> None:
+    n, length = 20, 600
+    up = Uplink(ModularQuantizer(8), seed=3)
+    agg = PlaintextAggregator(rng=np.random.default_rng(0)) if protocol == "plaintext" else _secure(protocol)
+    errors, sizes = [], []
+    for r in range(3):
+        inputs = _correlated(n, length, seed=r)
+        cfg = up.round_config(RoundConfig(round_id=r, clip_range=1.0, threshold=15), n)
+        result = up.aggregate(agg, inputs, cfg, {20: Stage.MASKED_INPUT})
+        want = np.sum([v for c, v in inputs.items() if c != 20], axis=0)
+        errors.append(np.linalg.norm(result.total - want) / np.linalg.norm(want))
+        sizes.append(result.bytes_up[21])
+    # rounds 2 and 3: rounding noise of RMS margin * sqrt(n / 6) / 127 ~ 6.5 % of the sum; 15 % bounds it
+    # with room for the odd wrapped coordinate (round 1 is exact, at 8 value bits in 13-bit ring)
+    assert max(errors) < 0.15
+    assert min(errors[1:]) > 0.02  # the 8-bit ring does cost precision: this is not an exact sum
+    if protocol != "plaintext":  # masked inputs: 8 + 5 bits per value in round 1, then 8
+        assert sizes[0] - sizes[1] == (13 * length + 7) // 8 - length == sizes[0] - sizes[2]
+
+
+def test_mod_range_cannot_remove_noise_it_only_wraps() -> None:
+    """A range far too small wraps the rotated sum modulo the ring; nothing is clipped away."""
+    n, length = 10, 256
+    inputs = _correlated(n, length, seed=9)
+    up = Uplink(ModularQuantizer(12), seed=1)
+    up.spread = (1e-3, n)  # the server claims a tiny spread: the range is 4.5e-3
+    cfg = up.round_config(RoundConfig(round_id=1, threshold=1), n)
+    got = up.aggregate(PlaintextAggregator(rng=np.random.default_rng(2)), inputs, cfg)
+    signs = up.signs(length, 1)
+    rotated = rotate(np.sum(list(inputs.values()), axis=0), signs)
+    period = 2 * cfg.clip_range * 2**11 / (2**11 - 1)  # the ring's span in float
+    wrapped = rotated - period * np.round(rotated / period)
+    step = cfg.clip_range / (2**11 - 1)
+    assert np.abs(rotate(got.total, signs) - wrapped).max() <= n * step + 1e-12
+
+
+def test_mod_is_refused_with_paillier_naming_why() -> None:
+    with pytest.raises(ConfigError, match="carries into its neighbour"):
+        ExperimentConfig(protocol="paillier", compression="mod:8")
+
+
 # ---- top-k is refused with secure protocols -----------------------------------------------------
 @pytest.mark.parametrize("protocol", ["secagg", "secagg+", "paillier"])
 def test_topk_refused_with_secure_protocols(protocol: str) -> None:
@@ -341,7 +427,8 @@ def _small(**kw: object) -> ExperimentConfig:
 
 
 @pytest.mark.parametrize(("protocol", "spec"), [("plaintext", "q8"), ("plaintext", "randk:0.2"),
-                                               ("plaintext", "topk:0.2"), ("secagg+", "q8")])
+                                               ("plaintext", "topk:0.2"), ("secagg+", "q8"),
+                                               ("secagg+", "mod:8")])
 def test_simulation_counts_fewer_bytes(protocol: str, spec: str) -> None:
     from securefedrec.simulation import Simulation
 
@@ -353,13 +440,14 @@ def test_simulation_counts_fewer_bytes(protocol: str, spec: str) -> None:
     assert abs(comp["final"]["rmse"] - base["final"]["rmse"]) < 0.3
 
 
-def test_checkpoint_keeps_residuals_and_downlink(tmp_path: object) -> None:
+@pytest.mark.parametrize("spec", ["randk:0.2", "mod:8"])
+def test_checkpoint_keeps_residuals_and_downlink(tmp_path: object, spec: str) -> None:
     from pathlib import Path
 
     from securefedrec.simulation import Simulation
 
     path = Path(str(tmp_path)) / "ck.npz"
-    cfg = _small(compression="randk:0.2", sample_rate=0.5, protocol="plaintext")
+    cfg = _small(compression=spec, sample_rate=0.5, protocol="plaintext")
     straight = Simulation(cfg)
     for _ in range(4):
         straight.run_round()
@@ -370,6 +458,8 @@ def test_checkpoint_keeps_residuals_and_downlink(tmp_path: object) -> None:
     resumed = Simulation(cfg)
     resumed.load_checkpoint(path)
     assert set(resumed.uplink.feedback.residuals) == set(first.uplink.feedback.residuals)
+    assert resumed.uplink.spread == first.uplink.spread
+    assert (resumed.uplink.spread is not None) == (spec == "mod:8")
     for _ in range(2):
         resumed.run_round()
     np.testing.assert_allclose(resumed.global_vec, straight.global_vec, rtol=0, atol=1e-9)
