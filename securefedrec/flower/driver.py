@@ -427,9 +427,10 @@ class FederatedRun:
     runs DP-SGD for its silos, their state kept on the node; the server keeps every
     silo's accountant from the public sigma, sample rate and steps, checks it before
     a round and charges each sampled silo after it, :mod:`securefedrec.flower.update`);
-    compression ``none``, ``q8``, ``q16`` and ``randk:F`` (error feedback on the nodes,
-    the server scatters the sum back; the broadcast is compressed exactly as in the
-    simulator).
+    compression ``none``, ``q8``, ``q16``, ``randk:F`` (error feedback on the nodes,
+    the server scatters the sum back) and ``mod:B`` (nodes rotate with the public
+    signs, the server sizes the ring from the last sum and rotates the sum back);
+    the broadcast is compressed exactly as in the simulator.
 
     Args:
         config, settings: the run.
@@ -451,7 +452,7 @@ class FederatedRun:
         if not compressor.secure_ok:
             raise ConfigError(f"compression: {compressor.spec} cannot run over the securefedrec Flower "
                               "transport: its indices reveal which items each user rated; use randk:F, q8, "
-                              "q16 or none")
+                              "q16, mod:B or none")
         if config.protocol not in FLOWER_PROTOCOLS:
             raise ConfigError(f"protocol: {config.protocol!r} cannot run over the securefedrec Flower "
                               f"transport; use one of {', '.join(FLOWER_PROTOCOLS)}")
@@ -496,8 +497,9 @@ class FederatedRun:
             PrivacyBudgetExhausted: the round would exceed the budget (nothing changed).
         """
         from securefedrec import streams
+        from securefedrec.compression import unrotate
         from securefedrec.dpsgd import SiloDPSGD
-        from securefedrec.flower.update import dp_info, feedback_info, selection
+        from securefedrec.flower.update import dp_info, feedback_info, rotation, selection
 
         sim, cfg = self.sim, self.config
         r = sim.next_round
@@ -513,6 +515,7 @@ class FederatedRun:
                 sim.global_vec, sampled, np.random.default_rng([cfg.seed, r, streams.DOWNLINK]))
             rc = sim.round_config(r, len(sampled))
             idx = selection(self.compressor, sim.layout.length, cfg.seed, r)
+            signs = rotation(self.compressor, sim.layout.length, cfg.seed, r)
             length = sim.layout.length if idx is None else int(idx.size)
             info = dp_info(sim.privacy, rc.threshold, sampled)
             client_info = feedback_info(self.outcomes, sampled) if idx is not None else None
@@ -540,7 +543,10 @@ class FederatedRun:
                 log.warning("round %s aborted: %s", r + 1, exc)
             else:
                 survivors = outcome.survivors
-                if idx is None:
+                if signs is not None:  # mod:B: size the next ring by this sum, then undo the rotation
+                    sim.uplink.observe(outcome.total, len(survivors))
+                    total = unrotate(outcome.total, signs)
+                elif idx is None:
                     total = outcome.total
                 else:  # random-k: scatter the sum of the selected coordinates back
                     total[idx] = outcome.total

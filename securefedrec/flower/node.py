@@ -40,6 +40,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from protocols.secagg import SecAggClient
 from protocols.secagg.client import raw_public
 from securefedrec import streams
+from securefedrec.compression import rotate
 from securefedrec.config import ExperimentConfig
 from securefedrec.errors import ConfigError, DecodeError, IntegrityError, StageError
 from securefedrec.flower.messages import PAILLIER_ROUND_KEYS, FlowerStage, StageMessage, paillier_round_config
@@ -50,6 +51,7 @@ from securefedrec.flower.update import (
     check_dp,
     info_int,
     noise_rng,
+    rotation,
     selection,
     uplink_compressor,
 )
@@ -220,6 +222,7 @@ class _RoundParams(NamedTuple):
     clip_range: float
     threshold: int
     length: int
+    wrap: bool = False
 
 
 class NodeRuntime:
@@ -306,7 +309,7 @@ class NodeRuntime:
                 setup = Setup.decode(message.payload[cid])
             except DecodeError as exc:
                 raise DecodeError(f"{where}: {exc}") from None
-            return _RoundParams(setup.clip_range, setup.threshold, setup.length)
+            return _RoundParams(setup.clip_range, setup.threshold, setup.length, setup.wrap)
         rc = paillier_round_config(message.info, message.round_id, where)
         return _RoundParams(rc.clip_range, rc.threshold, info_int(message.info, "round.length", where))
 
@@ -336,15 +339,21 @@ class NodeRuntime:
         # validate everything before any state changes
         params = {c: self._round_params(c, message, paillier) for c in clients}
         mechanisms: dict[int, tuple[DistributedGaussian, int]] = {}
+        comp = uplink_compressor(cfg)
+        for c in clients:  # wrap-around cannot weaken privacy, but only mod:B asks for it
+            if params[c].wrap and not comp.wraps:
+                raise ConfigError(f"client {c}, round {r}, field 'wrap': the server asks for a wrapping sum, "
+                                  f"but this node's run configuration has compression {comp.spec!r}")
         if cfg.dp == "user":
             mechanisms = {c: check_dp(cfg, message.info, protocol_threshold=params[c].threshold,
-                                      clip_range=params[c].clip_range, where=f"client {c}, round {r}")
+                                      clip_range=params[c].clip_range, wrap=params[c].wrap,
+                                      where=f"client {c}, round {r}")
                           for c in clients}
         elif cfg.dp not in ("none", "record"):
             raise ConfigError(f"round {r}, field 'dp': {cfg.dp!r} does not run on the Flower deployment "
                               "engine")
-        comp = uplink_compressor(cfg)
         idx = selection(comp, int(message.global_vec.shape[0]), self.seed, r)
+        signs = rotation(comp, int(message.global_vec.shape[0]), self.seed, r)
         width = int(message.global_vec.shape[0]) if idx is None else int(idx.size)
         for c in clients:
             if params[c].length != width:
@@ -376,6 +385,8 @@ class NodeRuntime:
                 sent = np.clip(full[idx], -params[c].clip_range, params[c].clip_range)
                 pending[c] = (full, sent)
                 v = sent
+            if signs is not None:  # Uplink._rotated (mod:B): the public rotation, then the ring
+                v = rotate(v, signs)
             vectors[c] = v
         if idx is not None:
             for c, (full, sent) in pending.items():

@@ -98,6 +98,7 @@ __all__ = [
     "info_float",
     "info_int",
     "noise_rng",
+    "rotation",
     "selection",
     "uplink_compressor",
 ]
@@ -158,8 +159,13 @@ def check_dp(
     protocol_threshold: int,
     clip_range: float,
     where: str,
+    wrap: bool = False,
 ) -> tuple[DistributedGaussian, int]:
     """Node side: the mechanism and threshold of the round, checked against this node's configuration.
+
+    ``clip_range`` must hold a noise share, unless the round wraps (``mod:B``):
+    values are then reduced modulo the ring, never clipped, which is
+    post-processing of the noisy sum whatever the range.
 
     Raises:
         DecodeError: a DP field is missing or of the wrong type.
@@ -187,7 +193,7 @@ def check_dp(
                           "that many noise shares)")
     mechanism = DistributedGaussian(noise_multiplier=sigma, clip=own.clip)
     need = mechanism.encoding_range(threshold, config.update_clip)
-    if clip_range < need * (1 - _TOLERANCE):
+    if not wrap and clip_range < need * (1 - _TOLERANCE):
         raise ConfigError(f"{where}, field 'clip_range': the protocol's range {clip_range!r} would clip "
                           f"the noise share (needs {need!r})")
     return mechanism, threshold
@@ -399,6 +405,13 @@ def selection(comp: Compressor, length: int, seed: int, round_id: int) -> np.nda
         return None
     idx = comp.select(np.zeros(length), np.random.default_rng([seed, round_id, streams.SELECT]))
     return np.arange(length, dtype=np.int64) if idx is None else np.asarray(idx, dtype=np.int64)
+
+
+def rotation(comp: Compressor, length: int, seed: int, round_id: int) -> np.ndarray | None:
+    """``mod:B``: the round's public rotation signs (``Uplink.signs``), else ``None``."""
+    from securefedrec.compression import Uplink
+
+    return Uplink(comp, seed).signs(length, round_id) if comp.wraps else None
 
 
 def feedback_info(outcomes: Mapping[int, tuple[int, bool]], clients: list[int]) -> dict[int, dict[str, int]]:

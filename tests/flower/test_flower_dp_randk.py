@@ -66,6 +66,18 @@ def test_fake_grid_dp_user_randk_equals_the_simulator() -> None:
         assert stored == {f"sfr.ef.{c}" for c in trained}
 
 
+def test_fake_grid_dp_user_mod_equals_the_simulator() -> None:
+    """mod:B over Flower: nodes rotate, the server sizes the ring by the last sum; equal to the simulator."""
+    n = 3
+    run_config = {**RUN, "sample-rate": 0.8, "rounds": 3, "min-nodes": n, "reproducible-rounding": True,
+                  "dp": "user", "epsilon": 8.0, "compression": "mod:8"}
+    run, report, sim, _ = fake_grid_and_simulator(run_config, n)
+    rounds = report["rounds"]
+    assert [r["aborted"] for r in rounds] == [False] * 3
+    np.testing.assert_array_equal(run.sim.global_vec, sim.global_vec)
+    assert run.sim.uplink.spread == sim.uplink.spread is not None  # rounds 2 and 3 wrapped
+
+
 def test_only_the_public_coordinates_are_masked_and_sent() -> None:
     from securefedrec.compression import RandomK
     from securefedrec.flower.update import selection
