@@ -18,9 +18,12 @@ gives the slot layout: values per ciphertext with and without quantization
 at the round's number of clients.
 
 Targets checked (printed as PASS / MISS with the measured figure):
-secagg+ q8 bytes_up <= 30% of secagg+ none and RMSE within 0.005; secagg+
+secagg+ q8 bytes_up <= 30% of secagg+ none and RMSE within 0.005 (exact q8
+cannot reach 30 %: its ring needs 8 + ceil(log2 n) bits, see
+securefedrec/compression.py Notes; the same bounds are checked for ``mod:8``,
+which sizes an 8-bit ring for the sum and lets rare overflows wrap); secagg+
 randk:0.1 bytes_up <= 12% and RMSE within 0.01; paillier q8 >= 2x values per
-ciphertext.
+ciphertext. ``mod:B`` is skipped with Paillier, which refuses it.
 
 ``--quick`` is a smoke run on small synthetic data (3 rounds, paillier 1 round).
 """
@@ -39,7 +42,7 @@ from securefedrec.compression import Uplink, parse_compression
 from securefedrec.config import ExperimentConfig
 
 PROTOCOLS = ("plaintext", "secagg+", "paillier")
-COMPRESSIONS = ("none", "q8", "q16", "randk:0.1", "topk:0.1")
+COMPRESSIONS = ("none", "q8", "q16", "randk:0.1", "topk:0.1", "mod:8")
 
 
 def values_per_ciphertext(n: int, compression: str, key_bits: int = 2048) -> int:
@@ -94,7 +97,9 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return None
         return float(a["rmse"] - b["rmse"])
 
-    for comp, up_bound, rmse_bound in (("q8", 0.30, 0.005), ("randk:0.1", 0.12, 0.01)):
+    # mod:8: q8's target met the lossy way; exact q8 cannot go below (8 + ceil(log2 n)) / 32
+    bounds = (("q8", 0.30, 0.005), ("mod:8", 0.30, 0.005), ("randk:0.1", 0.12, 0.01))
+    for comp, up_bound, rmse_bound in bounds:
         r, d = ratio("secagg+", comp, "bytes_up_per_round"), drmse("secagg+", comp)
         if r is not None:
             out.append({"target": f"secagg+ {comp} bytes_up / none <= {up_bound}", "value": r,
@@ -179,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         for comp in args.compressions:
             if comp.startswith("topk") and protocol != "plaintext":
                 continue  # refused by design: top-k indices reveal the rated items
+            if comp.startswith("mod") and protocol == "paillier":
+                continue  # refused by design: Paillier slots cannot wrap
             sparse = comp.startswith(("randk", "topk"))
             rounds = (args.paillier_rounds if protocol == "paillier"
                       else (args.randk_rounds or args.rounds) if sparse else args.rounds)

@@ -44,8 +44,8 @@ Notes:
     (24 value bits + headroom at ~200 clients, as precise as the float run to
     2e-7 RMSE) q8 is therefore (8 + ceil(log2 n)) / 32: 50 % at 129..256
     clients, 53 % at 257..512; below 30 % would take a wider uncompressed ring
-    or a lossy sum (modular clipping after a random rotation, as in Kairouz et
-    al. 2021, which lets rare overflows wrap).
+    or a lossy sum: ``mod:B`` below (modular clipping after a random rotation,
+    as in Kairouz et al. 2021, which lets rare overflows wrap).
 
     ``mod:B``, how it works. Every round the server publishes random signs
     ``D`` (seed ``[seed, round, STREAM_ROTATE]``); each client sends
