@@ -95,10 +95,10 @@ from securefedrec.errors import CheckpointError, ConfigError, DecodeError
 __all__ = [
     "COMPRESSORS",
     "STREAM_DOWNLINK",
+    "STREAM_ROTATE",
     "STREAM_SELECT",
     "Compressor",
     "Downlink",
-    "STREAM_ROTATE",
     "ErrorFeedback",
     "ModularQuantizer",
     "NoCompression",
