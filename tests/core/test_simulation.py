@@ -149,6 +149,13 @@ def test_threat_model_reaches_the_protocol(protocol: str, threat: str, malicious
     assert sim.aggregator.malicious is malicious
 
 
+def test_paillier_computes_its_randomness_on_every_usable_cpu() -> None:
+    from securefedrec.simulation import usable_cpus
+
+    sim = Simulation(ExperimentConfig(protocol="paillier", synthetic_users=20, rounds=1))
+    assert sim.aggregator.workers == usable_cpus() >= 1
+
+
 def test_threat_model_needs_a_secure_protocol() -> None:
     with pytest.raises(ConfigError, match="threat_model: applies to secagg, secagg\\+ and paillier"):
         ExperimentConfig(protocol="plaintext", threat_model="malicious")
