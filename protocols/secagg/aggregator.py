@@ -196,7 +196,8 @@ class SecAggPlusAggregator(SecAggAggregator):
 
     Args:
         neighbors: fixed degree; ``None`` (default) picks ``choose_degree(n, dropout_rate,
-            corruption_rate)`` per round, O(log n) (Bell et al. 2020).
+            corruption_rate)`` per round for the round's threshold and threat model,
+            O(log n) (Bell et al. 2020).
         dropout_rate, corruption_rate: the rates the degree must tolerate.
         malicious, randbytes, rng, workers: as for :class:`SecAggAggregator`.
     """
@@ -227,4 +228,5 @@ class SecAggPlusAggregator(SecAggAggregator):
         fixed = super().degree_for(n, config)
         if fixed is not None:
             return fixed
-        return choose_degree(n, self.dropout_rate, self.corruption_rate)
+        return choose_degree(n, self.dropout_rate, self.corruption_rate, threshold=config.threshold,
+                             malicious=self.malicious)

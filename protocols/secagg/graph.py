@@ -150,6 +150,8 @@ def choose_degree(
     dropout_rate: float = 0.05,
     corruption_rate: float = 0.05,
     *,
+    threshold: int | None = None,
+    malicious: bool = False,
     security_bits: int = 40,
     correctness_bits: int = 20,
 ) -> int:
@@ -164,9 +166,15 @@ def choose_degree(
     * security: P(at least t' corrupt in a neighbourhood) <= 2^-security_bits / n,
     * correctness: P(fewer than t' survivors in a neighbourhood) <= 2^-correctness_bits / n.
 
-    Both are exact binomial tails; for each even k the search takes the smallest
+    Both are exact binomial tails. With ``threshold`` (the round's release
+    threshold) both bounds are checked for the t' the aggregator will really use,
+    :func:`share_threshold` ``(threshold, n, k, malicious)`` -- what the
+    aggregators pass. Without it, for each even k the search takes the smallest
     t' that meets the security bound and accepts k if that t' also meets the
-    correctness bound (the aggregator's own t' comes from :func:`share_threshold`).
+    correctness bound, a protocol-agnostic answer that can be too small for
+    another t': a malicious server's majority t' = floor(m / 2) + 1 is below
+    that t' at low corruption rates (weaker security) and far above it at high
+    dropout rates (rounds abort).
     The result grows like O(log n) (for fixed rates the tails decay exponentially
     in k), which is the point of SecAgg+; for small
     n it reaches n - 1, i.e. plain SecAgg. Raises ``ValueError`` for rates outside
@@ -180,6 +188,12 @@ def choose_degree(
     cor = 2.0 ** -correctness_bits / n
     for k in range(2, n - 1, 2):
         m = k + 1
+        if threshold is not None:
+            t = share_threshold(threshold, n, k, malicious)
+            secure = corruption_rate == 0.0 or _binom_mass(m, corruption_rate, t, m + 1) <= sec
+            if secure and (dropout_rate == 0.0 or _binom_mass(m, 1.0 - dropout_rate, 0, t) <= cor):
+                return k
+            continue
         for t in range(1, m + 1):
             bad_sec = _binom_mass(m, corruption_rate, t, m + 1) if corruption_rate > 0 else 0.0
             if bad_sec > sec:

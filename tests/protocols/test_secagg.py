@@ -92,7 +92,7 @@ def test_secagg_plus_with_chosen_degree_survives_random_dropout() -> None:
     assert plan
     cfg = RoundConfig(threshold=20, ring_bits=40)
     agg = SecAggPlusAggregator(dropout_rate=0.1, randbytes=pinned_randbytes(5))
-    assert agg.degree_for(60, cfg) == choose_degree(60, 0.1, 0.05) < 59
+    assert agg.degree_for(60, cfg) == choose_degree(60, 0.1, 0.05, threshold=20, malicious=True) < 59
     result = agg.aggregate(inputs, cfg, plan)
     want = np.sum([inputs[c] for c in sorted(senders(inputs, plan))], axis=0)
     assert result.survivors == frozenset(senders(inputs, plan))

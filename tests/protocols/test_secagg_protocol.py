@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -341,6 +342,40 @@ def test_choose_degree_grows_logarithmically() -> None:
         choose_degree(100, 0.6, 0.0)
 
 
+@pytest.mark.parametrize(("n", "dropout", "fraction", "malicious"), [
+    (100, 0.05, 0.5, True), (190, 0.05, 0.5, False), (1000, 0.1, 0.5, True), (1000, 0.41, 0.3, False),
+    (5000, 0.41, 0.5, True), (200, 0.2, 0.5, True),
+])
+def test_choose_degree_holds_for_the_threshold_the_aggregator_uses(
+    n: int, dropout: float, fraction: float, malicious: bool
+) -> None:
+    """Both of Bell et al.'s bounds hold for share_threshold's t' at the chosen k, and fail at k - 2."""
+    from protocols.secagg.graph import _binom_mass
+
+    threshold = math.ceil(fraction * n)
+
+    def ok(k: int) -> bool:
+        m, t = k + 1, share_threshold(threshold, n, k, malicious)
+        return (_binom_mass(m, 0.05, t, m + 1) <= 2.0**-40 / n
+                and _binom_mass(m, 1 - dropout, 0, t) <= 2.0**-20 / n)
+
+    k = choose_degree(n, dropout, 0.05, threshold=threshold, malicious=malicious)
+    assert k == n - 1 or ok(k)
+    assert k <= 2 or not ok(k - 2)
+
+
+def test_choose_degree_without_the_threshold_undershoots_at_high_dropout() -> None:
+    """41 % gone by the unmask stage (10 % per stage): the protocol-agnostic degree leaves a
+    malicious-model neighbourhood (majority t') short of shares in several percent of cases."""
+    from protocols.secagg.graph import _binom_mass
+
+    n, threshold = 190, 95
+    agnostic = choose_degree(n, 0.41, 0.05)
+    t = share_threshold(threshold, n, agnostic, malicious=True)
+    assert _binom_mass(agnostic + 1, 0.59, 0, t) > 0.01  # per neighbourhood, against 2^-20 / n
+    assert choose_degree(n, 0.41, 0.05, threshold=threshold, malicious=True) == n - 1  # the complete graph
+
+
 def test_share_threshold_rules() -> None:
     assert share_threshold(7, 10, 9, malicious=True) == 7  # complete graph: t' = threshold
     assert share_threshold(50, 100, 10, malicious=False) == 6  # scaled: ceil(50 * 11 / 100)
@@ -350,7 +385,7 @@ def test_share_threshold_rules() -> None:
 def test_secagg_plus_aggregator_defaults() -> None:
     agg = SecAggPlusAggregator()
     assert agg.name == "secagg+" and SecAggAggregator.name == "secagg"
-    assert agg.degree_for(1000, RoundConfig()) == choose_degree(1000, 0.05, 0.05)
+    assert agg.degree_for(1000, RoundConfig()) == choose_degree(1000, 0.05, 0.05, threshold=1, malicious=True)
     assert agg.degree_for(1000, RoundConfig(neighbors=6)) == 6
 
 
