@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from protocols import AggregationAborted, Aggregator, RoundConfig, get_aggregator, sample_dropouts
+from protocols import AggregationAborted, Aggregator, RoundConfig, Stage, get_aggregator, sample_dropouts
 from securefedrec import streams
 from securefedrec.client import ClientPool, resolve_device
 from securefedrec.compression import Downlink, Uplink, parse_compression
@@ -61,6 +61,13 @@ def usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+def dropout_by_unmask(per_stage: float) -> float:
+    """The share of clients gone by the unmask stage when each drops with ``per_stage`` at every
+    stage (:func:`~protocols.sample_dropouts`): the rate SecAgg+'s graph must tolerate, at least
+    the aggregator's default 0.05 and below the 0.5 that ``choose_degree`` accepts."""
+    return min(0.49, max(0.05, 1.0 - (1.0 - per_stage) ** len(Stage)))
 
 
 def _round_rng(seed: int, round_id: int, stream: int) -> np.random.Generator:
@@ -107,6 +114,8 @@ class Simulation:
                                    else {"malicious": config.threat_model == "malicious"})
         if config.protocol == "paillier":  # encryption randomness on every core: ~2x per round on 2 cores
             options["workers"] = usable_cpus()
+        if config.protocol == "secagg+" and config.dropout > 0:  # size the graph for the simulated dropout
+            options["dropout_rate"] = dropout_by_unmask(config.dropout)
         self.aggregator = aggregator or get_aggregator(config.protocol, **options)
         self.optimizer: ServerOptimizer = get_optimizer(config.server_optimizer, config.server_lr).with_decay(
             config.server_decay, self.layout.length - 1)  # the item part; never the intercept
