@@ -64,9 +64,11 @@ def usable_cpus() -> int:
 
 
 def dropout_by_unmask(per_stage: float) -> float:
-    """The share of clients gone by the unmask stage when each drops with ``per_stage`` at every
-    stage (:func:`~protocols.sample_dropouts`): the rate SecAgg+'s graph must tolerate, at least
-    the aggregator's default 0.05 and below the 0.5 that ``choose_degree`` accepts."""
+    """The share of clients gone by the unmask stage, each dropping with ``per_stage`` at every stage.
+
+    That is the rate SecAgg+'s graph must tolerate (:func:`~protocols.sample_dropouts` draws
+    the plan): at least the aggregator's default 0.05, below the 0.5 ``choose_degree`` accepts.
+    """
     return min(0.49, max(0.05, 1.0 - (1.0 - per_stage) ** len(Stage)))
 
 
