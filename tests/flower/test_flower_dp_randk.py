@@ -78,6 +78,27 @@ def test_fake_grid_dp_user_mod_equals_the_simulator() -> None:
     assert run.sim.uplink.spread == sim.uplink.spread is not None  # rounds 2 and 3 wrapped
 
 
+def test_node_refuses_a_wrapping_round_it_did_not_ask_for() -> None:
+    """A server that asks q8 nodes for a wrapping (mod:B) ring is refused before any training."""
+    n = 2
+    settings = DeploymentSettings(min_nodes=n)
+    trained: list[int] = []
+
+    def trainer(config: ExperimentConfig, clients: list[int], view: np.ndarray) -> np.ndarray:
+        trained.extend(clients)
+        return np.zeros((len(clients), view.shape[0]))
+
+    q8, mod = (ExperimentConfig(**USERS, sample_rate=1.0, rounds=1, compression=c) for c in ("q8", "mod:8"))
+    link = FakeLink({100 + i: NodeRuntime(q8, settings, (i, n), RecordDict(), trainer=trainer)
+                     for i in range(n)})
+    run = FederatedRun(mod, settings, link)
+    run.sim.uplink.spread = (0.1, 24)  # a sum was released before: this round wraps
+    run.connect()
+    record = run.run_round()
+    assert record["aborted"] and trained == []
+    assert "round 0, field 'wrap'" in link.errors[0] and "'q8'" in link.errors[0]
+
+
 def test_only_the_public_coordinates_are_masked_and_sent() -> None:
     from securefedrec.compression import RandomK
     from securefedrec.flower.update import selection
