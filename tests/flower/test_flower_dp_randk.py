@@ -3,6 +3,7 @@ the error feedback; the result must equal the in-process simulator at the same s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -78,15 +79,22 @@ def test_fake_grid_dp_user_mod_equals_the_simulator() -> None:
     assert run.sim.uplink.spread == sim.uplink.spread is not None  # rounds 2 and 3 wrapped
 
 
-def test_node_refuses_a_wrapping_round_it_did_not_ask_for() -> None:
-    """A server that asks q8 nodes for a wrapping (mod:B) ring is refused before any training."""
-    n = 2
-    settings = DeploymentSettings(min_nodes=n)
+def _recording_trainer() -> tuple[list[int], Callable[[ExperimentConfig, list[int], np.ndarray], np.ndarray]]:
+    """A node trainer that returns zero deltas and records which clients it trained."""
     trained: list[int] = []
 
     def trainer(config: ExperimentConfig, clients: list[int], view: np.ndarray) -> np.ndarray:
         trained.extend(clients)
         return np.zeros((len(clients), view.shape[0]))
+
+    return trained, trainer
+
+
+def test_node_refuses_a_wrapping_round_it_did_not_ask_for() -> None:
+    """A server that asks q8 nodes for a wrapping (mod:B) ring is refused before any training."""
+    n = 2
+    settings = DeploymentSettings(min_nodes=n)
+    trained, trainer = _recording_trainer()
 
     q8, mod = (ExperimentConfig(**USERS, sample_rate=1.0, rounds=1, compression=c) for c in ("q8", "mod:8"))
     link = FakeLink({100 + i: NodeRuntime(q8, settings, (i, n), RecordDict(), trainer=trainer)
@@ -241,11 +249,7 @@ def test_node_checks_the_servers_dp_parameters(change: dict[str, Any], protocol_
 def test_node_refuses_a_round_with_lowered_noise_before_training() -> None:
     n = 2
     settings = DeploymentSettings(min_nodes=n)
-    trained: list[int] = []
-
-    def trainer(config: ExperimentConfig, clients: list[int], view: np.ndarray) -> np.ndarray:
-        trained.extend(clients)
-        return np.zeros((len(clients), view.shape[0]))
+    trained, trainer = _recording_trainer()
 
     node = NodeRuntime(DP_CONFIG, settings, (0, n), RecordDict(), trainer=trainer)
 
