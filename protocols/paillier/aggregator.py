@@ -49,12 +49,14 @@ costs: :class:`PaillierAggregator` Notes; key distribution:
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -70,7 +72,14 @@ from protocols.base import (
     check_inputs,
 )
 from protocols.encoding import FixedPoint
-from protocols.errors import AggregationAborted, ConfigError, DecodeError, IntegrityError, StageError
+from protocols.errors import (
+    AggregationAborted,
+    ConfigError,
+    DecodeError,
+    IntegrityError,
+    SecureFedRecError,
+    StageError,
+)
 from protocols.paillier import keys as keymod
 from protocols.paillier.keys import DEFAULT_KEY_BITS, Advert
 from protocols.paillier.packing import SlotLayout, pack_offset, unpack_sum
@@ -284,7 +293,58 @@ def encode_verified_aggregate(
     return frame(KIND_VERIFIED_AGGREGATE, b"".join(parts))
 
 
-class PaillierClient:
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_PartyT = TypeVar("_PartyT", bound="_Party")
+
+
+class _Party:
+    """Terminal error state shared by both parties (h11 style).
+
+    After any exception leaves a stage, the party remembers it and refuses every
+    further call with :class:`~protocols.errors.IntegrityError`; an exception that is
+    not the project's own (``cryptography``, ``gmpy2``, ``struct``, numpy, ...) leaves
+    as an :class:`~protocols.errors.IntegrityError` naming its type, so a malformed
+    message can never surface as a foreign exception or leave a stage half open.
+    """
+
+    _failure: str | None = None
+
+    def _who(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def failed(self) -> bool:
+        """Whether a stage of this party failed: it then refuses every further call."""
+        return self._failure is not None
+
+
+def _guarded(method: Callable[Concatenate[_PartyT, _P], _R]) -> Callable[Concatenate[_PartyT, _P], _R]:
+    """Make ``method`` a stage of a :class:`_Party`: refused after a failure, failures made terminal."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def stage(self: _PartyT, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if self._failure is not None:
+            raise IntegrityError(
+                f"{self._who()} refuses {name}: it failed earlier in this round ({self._failure}) "
+                "and refuses every further call"
+            )
+        try:
+            return method(self, *args, **kwargs)
+        except SecureFedRecError as exc:
+            self._failure = f"{type(exc).__name__} in {name}"
+            raise
+        except Exception as exc:  # anything foreign: a party never leaks it, nor stays open
+            self._failure = f"{type(exc).__name__} in {name}"
+            raise IntegrityError(
+                f"{self._who()}: {name} refused a message that raised {type(exc).__name__}"
+            ) from exc
+
+    return stage
+
+
+class PaillierClient(_Party):
     """One client's side of a round (sans-IO: bytes in, bytes out, one method per stage).
 
     Args:
@@ -301,6 +361,24 @@ class PaillierClient:
             so a server cannot downgrade it.
         n_clients: the number of clients the round was set up with (the ``n`` of
             :func:`round_layout`); needed with ``malicious`` for t' (:func:`consistency_threshold`).
+        config: this client's own round configuration. With it (and ``n_clients``) the
+            client derives the decryption threshold, the clip range and the slot layout
+            itself and refuses a driver or server that passes weaker ones; without it,
+            the ``threshold`` of :meth:`consistency` / :meth:`decrypt` and the layout of
+            :meth:`masked_input` are taken from the caller and only checked for structure.
+        min_key_bits: the smallest Paillier modulus this client accepts from a key holder
+            (and shares as one); default :data:`~protocols.paillier.keys.MIN_KEY_BITS`.
+        key_holders: the clients this client's configuration allows to hold (generate and
+            deliver) the round key; ``None``: any advertiser in the verified list.
+
+    Notes:
+        A party never takes a security parameter on another party's word (Bonawitz et al.
+        2017: t is fixed and known to every client). The round id, t' (from ``n_clients``),
+        the threshold, the slot layout (value bits, headroom for ``n_clients`` additions,
+        slot width against the key's plaintext), the clip range, the minimum key size and
+        the key holder come from the arguments above; a message or call that weakens one
+        raises :class:`~protocols.errors.IntegrityError`. After any failure the client is
+        terminal: every further call is refused (:class:`_Party`).
     """
 
     def __init__(
@@ -313,13 +391,27 @@ class PaillierClient:
         randbytes: Callable[[int], bytes] | None = None,
         malicious: bool = False,
         n_clients: int | None = None,
+        config: RoundConfig | None = None,
+        min_key_bits: int = keymod.MIN_KEY_BITS,
+        key_holders: Collection[int] | None = None,
     ) -> None:
         if malicious and n_clients is None:
             raise ConfigError(f"client {client_id}: the malicious-server model needs n_clients (for t')")
+        if n_clients is not None and n_clients < 1:
+            raise ConfigError(f"client {client_id}: n_clients must be >= 1, got {n_clients}")
+        if config is not None and config.round_id != round_id:
+            raise ConfigError(f"client {client_id}: config is for round {config.round_id}, not {round_id}")
+        if min_key_bits < keymod.MIN_KEY_BITS:
+            raise ConfigError(
+                f"client {client_id}: min_key_bits must be >= {keymod.MIN_KEY_BITS}, got {min_key_bits}"
+            )
         self.client_id = client_id
         self.round_id = round_id
         self.malicious = malicious
         self.n_clients = n_clients
+        self.config = config
+        self.min_key_bits = min_key_bits
+        self.key_holders = None if key_holders is None else frozenset(key_holders)
         self._identity = identity
         self._directory = directory
         self._randbytes = randbytes
@@ -329,6 +421,10 @@ class PaillierClient:
         self._stage = -1
         self._signed: tuple[int, ...] | None = None
         self._decrypted = False
+        self._sent_count: int | None = None
+
+    def _who(self) -> str:
+        return f"round {self.round_id}: client {self.client_id}"
 
     def _refuse(self, why: str) -> IntegrityError:
         return IntegrityError(f"round {self.round_id}: client {self.client_id} {why}")
@@ -338,6 +434,55 @@ class PaillierClient:
             raise StageError(f"client {self.client_id}, round {self.round_id}: {name} out of order")
         self._stage = expected
 
+    def _threshold(self, passed: int | None, action: str) -> int:
+        """The decryption threshold: this client's own, never lowered by the caller."""
+        own = self.config.threshold if self.config is not None else None
+        if own is None:
+            if passed is None:
+                raise ConfigError(
+                    f"client {self.client_id}: {action} needs a threshold (or the client's config)"
+                )
+            return passed
+        if passed is not None and passed < own:
+            raise self._refuse(f"was told threshold {passed} to {action}, below its own threshold {own}")
+        return max(own, passed or own)
+
+    def _check_key_size(self, public: PublicKey, holder: int) -> None:
+        if public.bits < self.min_key_bits:
+            raise self._refuse(
+                f"refuses the {public.bits}-bit Paillier key of holder {holder}: below its minimum "
+                f"of {self.min_key_bits} bits"
+            )
+
+    def _check_layout(self, fp: FixedPoint, layout: SlotLayout, public: PublicKey) -> None:
+        """The encoding and slot layout must be the client's own (or, without a config, sound for n)."""
+        if self.config is not None and self.n_clients is not None:
+            own_fp, own_layout = round_layout(self.n_clients, self.config, public)
+            if fp != own_fp:
+                raise self._refuse(
+                    f"was handed the encoding {fp}, not its own {own_fp} (clip range, value bits, ring bits)"
+                )
+            if layout != own_layout:
+                raise self._refuse(f"was handed the slot layout {layout}, not its own {own_layout}")
+            return
+        if layout.value_bits != fp.value_bits or fp.wrap:
+            raise self._refuse(
+                f"was handed a slot layout of {layout.value_bits} value bits for an encoding of "
+                f"{fp.value_bits} bits{' that wraps' if fp.wrap else ''}"
+            )
+        if layout.plaintext_bits > public.plaintext_bits:
+            raise self._refuse(
+                f"was handed a slot layout for {layout.plaintext_bits}-bit plaintexts; the key holds "
+                f"{public.plaintext_bits}"
+            )
+        need = math.ceil(math.log2(self.n_clients)) if self.n_clients and self.n_clients > 1 else 0
+        if layout.headroom_bits < need:
+            raise self._refuse(
+                f"was handed a slot layout with {layout.headroom_bits} headroom bits; the sum of "
+                f"{self.n_clients} clients needs {need}"
+            )
+
+    @_guarded
     def advertise(self) -> bytes:
         """ADVERTISE: a signed fresh X25519 key."""
         self._advance(0, "advertise")
@@ -348,8 +493,14 @@ class PaillierClient:
         )
         return frame(KIND_ADVERT, payload)
 
+    @_guarded
     def receive_adverts(self, message: bytes) -> None:
-        """The server's relay of all adverts; each is checked against the directory."""
+        """The server's relay of all adverts; each is checked against the directory.
+
+        Refuses (:class:`~protocols.errors.IntegrityError`) a list that names a client
+        twice, lacks this client's own advert, holds more adverts than ``n_clients`` or
+        fewer than its own threshold.
+        """
         self._advance(1, "receive_adverts")
         payload = unframe(message, KIND_ADVERT_LIST)
         (count,), off = _fields(_U32, payload, 0), _U32.size
@@ -361,25 +512,36 @@ class PaillierClient:
             advert = keymod.parse_advert(
                 payload[off + i * size : off + (i + 1) * size], dict(self._directory), self.round_id
             )
-            if self.malicious and advert.client_id in adverts:
+            if advert.client_id in adverts:
                 raise self._refuse(f"received an advert list naming client {advert.client_id} twice")
             adverts[advert.client_id] = advert
-        if self.malicious:
-            own = adverts.get(self.client_id)
-            if (self._ephemeral is None or own is None
-                    or own.x25519 != keymod._raw(self._ephemeral.public_key())):
-                raise self._refuse("received an advert list without its own advert")
-            if self.n_clients is not None and len(adverts) > self.n_clients:
-                raise self._refuse(
-                    f"received {len(adverts)} adverts for a round set up with {self.n_clients} clients"
-                )
+        own = adverts.get(self.client_id)
+        if self._ephemeral is None or own is None or own.x25519 != keymod._raw(self._ephemeral.public_key()):
+            raise self._refuse("received an advert list without its own advert")
+        if self.n_clients is not None and len(adverts) > self.n_clients:
+            raise self._refuse(
+                f"received {len(adverts)} adverts for a round set up with {self.n_clients} clients"
+            )
+        if self.config is not None and len(adverts) < self.config.threshold:
+            raise self._refuse(
+                f"received {len(adverts)} adverts, below its threshold {self.config.threshold}"
+            )
         self._adverts.update(adverts)
 
+    @_guarded
     def share_key(self, keypair: PrivateKey) -> bytes:
-        """SHARE_KEYS as key holder: signed ``n`` and the sealed private key for every other advertiser."""
+        """SHARE_KEYS as key holder: signed ``n`` and the sealed private key for every other advertiser.
+
+        Raises:
+            IntegrityError: this client's configuration does not let it hold the key, or the
+                key is below its ``min_key_bits``.
+        """
         self._advance(2, "share_key")
         if self._ephemeral is None:
             raise StageError(f"client {self.client_id}: share_key before advertise")
+        if self.key_holders is not None and self.client_id not in self.key_holders:
+            raise self._refuse("was asked to hold the key; its configuration names other key holders")
+        self._check_key_size(keypair.public, self.client_id)
         self.keypair = keypair
         n = keypair.public.n_bytes()
         parts = [
@@ -395,10 +557,13 @@ class PaillierClient:
             parts += [struct.pack(">Q", peer.client_id), _U16.pack(len(sealed)), sealed]
         return frame(KIND_KEY_BUNDLE, b"".join(parts))
 
+    @_guarded
     def receive_key(self, message: bytes) -> bytes:
         """SHARE_KEYS as recipient: open the private key, check it, return a signed acknowledgement.
 
-        The client moves on only once every check has passed (a refused delivery changes nothing).
+        Refuses a delivery for another round, from itself, from a client its configuration
+        does not allow to hold the key, or of a modulus below ``min_key_bits``; a refused
+        delivery leaves the client terminal (it takes no second key in the round).
         """
         if self._stage != 1:
             raise StageError(f"client {self.client_id}, round {self.round_id}: receive_key out of order")
@@ -407,7 +572,7 @@ class PaillierClient:
         payload = unframe(message, KIND_KEY_DELIVERY)
         holder_id, rid = _fields(_IDS, payload, 0)
         if rid != self.round_id:
-            raise DecodeError(f"key delivery for round {rid}, this is round {self.round_id}")
+            raise self._refuse(f"got a key delivery for round {rid}")
         off = _IDS.size
         (nlen,) = _fields(_U16, payload, off)
         n_raw, off = _take(payload, off + _U16.size, nlen, "key delivery")
@@ -420,7 +585,14 @@ class PaillierClient:
         identity = self._directory.get(holder_id)
         if holder is None or identity is None:
             raise IntegrityError(f"round {self.round_id}: key delivered from unknown holder {holder_id}")
+        if holder_id == self.client_id:
+            raise self._refuse("got a key delivery naming itself as the holder")
+        if self.key_holders is not None and holder_id not in self.key_holders:
+            raise self._refuse(
+                f"got a key from client {holder_id}, whom its configuration does not let hold it"
+            )
         public = _public_key(n_raw)
+        self._check_key_size(public, holder_id)
         keymod.verify_public_key(identity, sig, public, self.round_id, holder_id)
         keypair = keymod.open_private_key(
             sealed, public, self._ephemeral, holder, self.round_id, self.client_id
@@ -438,11 +610,19 @@ class PaillierClient:
         rng: np.random.Generator,
         pool: RandomnessPool,
     ) -> bytes:
-        """MASKED_INPUT: quantize, pack and encrypt; tops the pool up online if it runs short."""
+        """MASKED_INPUT: quantize, pack and encrypt; tops the pool up online if it runs short.
+
+        Raises:
+            IntegrityError: ``fp`` or ``layout`` is not the client's own (with its config), or is
+                unsound for ``n_clients`` additions (without); ``pool`` is for another key.
+        """
         self._advance(3, "masked_input")
         if self.keypair is None:
             raise StageError(f"client {self.client_id}: masked_input without a key")
         public = self.keypair.public
+        self._check_layout(fp, layout, public)
+        if pool.public.n != public.n:
+            raise self._refuse("was handed a randomness pool for another Paillier key")
         plaintexts = pack_offset(layout, fp.quantize(vector, rng))
         if len(pool) < len(plaintexts):
             pool.fill(len(plaintexts) - len(pool))
@@ -451,13 +631,16 @@ class PaillierClient:
         block = _ciphertext_block(cts, public.ciphertext_bytes)
         signature = (keymod.sign_ciphertexts(self._identity, self.round_id, self.client_id, block)
                      if self.malicious else None)
+        self._sent_count = len(cts)
         return Ciphertexts(self.client_id, self.round_id, len(cts), block, signature).encode()
 
-    def consistency(self, message: bytes, threshold: int) -> bytes:
+    @_guarded
+    def consistency(self, message: bytes, threshold: int | None = None) -> bytes:
         """CONSISTENCY (malicious model): sign the announced survivor set S, at most once per round.
 
-        Signs ``(round, sorted S)`` only if S names this client, holds at least
-        ``threshold`` and t' clients, and names only advertisers.
+        Signs ``(round, sorted S)`` only if S names this client, holds at least the
+        threshold and t' clients, and names only advertisers. The threshold is the
+        client's own (``config``); a ``threshold`` below it is refused, one above it used.
 
         Raises:
             IntegrityError: a second request in this round, or an S that fails a check.
@@ -475,7 +658,7 @@ class PaillierClient:
             raise DecodeError("consistency request: trailing bytes")
         if rid != self.round_id:
             raise self._refuse(f"was asked to sign the survivor set of round {rid}")
-        self._check_survivors(survivors, threshold, "sign")
+        self._check_survivors(survivors, self._threshold(threshold, "sign"), "sign")
         signature = keymod.sign_survivors(self._identity, self.round_id, survivors)
         self._signed = survivors
         self._stage = 4
@@ -496,12 +679,15 @@ class PaillierClient:
         if unknown:
             raise self._refuse(f"refuses to {action} a survivor set naming non-advertiser {unknown[0]}")
 
-    def decrypt(self, message: bytes, threshold: int) -> bytes:
-        """UNMASK: decrypt the product of ciphertexts, if it covers at least ``threshold`` advertisers.
+    @_guarded
+    def decrypt(self, message: bytes, threshold: int | None = None) -> bytes:
+        """UNMASK: decrypt the product of ciphertexts, if it covers at least the threshold of advertisers.
 
+        The threshold is the client's own (``config``); a ``threshold`` below it is refused.
         In the malicious model only a verified aggregate (:func:`encode_verified_aggregate`)
         is accepted, see :meth:`_decrypt_verified`.
         """
+        threshold = self._threshold(threshold, "decrypt")
         if self.malicious:
             return self._decrypt_verified(message, threshold)
         if self._stage < 2 or self.keypair is None:
@@ -511,7 +697,7 @@ class PaillierClient:
         payload = unframe(message, KIND_AGGREGATE)
         (rid,) = _fields(_U64, payload, 0)
         if rid != self.round_id:
-            raise DecodeError(f"aggregate for round {rid}, this is round {self.round_id}")
+            raise self._refuse(f"refuses to decrypt an aggregate of round {rid}")
         (nsurv,) = _fields(_U32, payload, 8)
         ids_raw, off = _take(payload, 12, 8 * nsurv, "aggregate")
         survivors = set(struct.unpack(f">{nsurv}Q", ids_raw))
@@ -521,9 +707,17 @@ class PaillierClient:
                 f"{nsurv} clients (threshold {threshold})"
             )
         (count,) = _fields(_U32, payload, off)
+        self._check_count(count)
         cts = _parse_block(payload[off + 4 :], public.ciphertext_bytes, count, "aggregate")
+        if any(not 0 < c < public.nsquare for c in cts):
+            raise self._refuse("got an aggregate ciphertext outside (0, n^2)")
         sums = [raw_decrypt(self.keypair, c) for c in cts]
         return self._plaintext_sum(sums)
+
+    def _check_count(self, count: int) -> None:
+        """An aggregate holds as many ciphertexts as this client sent (when it sent any)."""
+        if self._sent_count is not None and count != self._sent_count:
+            raise self._refuse(f"got an aggregate of {count} ciphertexts; it sent {self._sent_count}")
 
     def _plaintext_sum(self, sums: list[MPZ]) -> bytes:
         if self.keypair is None:
@@ -571,6 +765,7 @@ class PaillierClient:
             signatures[signer] = sig
         (count,) = _fields(_U32, payload, off)
         off += _U32.size
+        self._check_count(count)
         if len(payload) - off != len(survivors) * (_SIG + count * width):
             raise DecodeError(
                 f"verified aggregate: {len(payload) - off} bytes do not hold {len(survivors)} signed blocks "
@@ -617,13 +812,16 @@ class PaillierClient:
         return self._plaintext_sum([raw_decrypt(self.keypair, c) for c in product])
 
 
-class PaillierServer:
+class PaillierServer(_Party):
     """The server's side: relays, multiplies ciphertexts, never holds the private key.
 
     With ``malicious=True`` (the malicious-server model) it checks and keeps every
     client's signed ciphertexts instead of multiplying them, runs the consistency round
     (:meth:`consistency_request`, :meth:`collect_signatures`) and hands the decryptor S,
     the signatures and all of S's ciphertexts (:meth:`aggregate_message`).
+
+    Like a client, the server is terminal after any failure (an abort included): every
+    further call is refused, and only the project's own exception types leave a stage.
     """
 
     def __init__(
@@ -651,12 +849,16 @@ class PaillierServer:
         self._count = 0
         self.layout: SlotLayout | None = None
 
+    def _who(self) -> str:
+        return f"round {self.config.round_id}: server"
+
     def _identity(self, cid: int) -> Ed25519PublicKey:
         key = self.directory.get(cid)
         if key is None:
             raise IntegrityError(f"round {self.config.round_id}: message from unenrolled client {cid}")
         return key
 
+    @_guarded
     def collect_adverts(self, messages: Mapping[int, bytes]) -> bytes:
         """Check the adverts and return the list every advertiser receives."""
         payloads = []
@@ -671,6 +873,7 @@ class PaillierServer:
         self.advertisers = sorted(messages)
         return frame(KIND_ADVERT_LIST, _U32.pack(len(payloads)) + b"".join(payloads))
 
+    @_guarded
     def relay_key(self, holder: int, message: bytes) -> dict[int, bytes]:
         """Split the holder's bundle into one delivery per recipient (public key + its sealed copy)."""
         payload = unframe(message, KIND_KEY_BUNDLE)
@@ -700,6 +903,7 @@ class PaillierServer:
         self.key_holders = {holder}
         return out
 
+    @_guarded
     def collect_acks(self, messages: Mapping[int, bytes]) -> None:
         """Record the clients that confirmed (signed) that they hold the key."""
         if self.public is None:
@@ -714,6 +918,7 @@ class PaillierServer:
             keymod.verify_ack(self._identity(cid), payload[_IDS.size :], self.public, rid, cid)
             self.key_holders.add(cid)
 
+    @_guarded
     def collect_ciphertexts(self, messages: Mapping[int, bytes]) -> None:
         """Check every client's ciphertexts and multiply them slot-wise modulo ``n^2``.
 
@@ -779,6 +984,7 @@ class PaillierServer:
         self._count = count or 0
         self.survivors = sorted(messages)
 
+    @_guarded
     def consistency_request(self) -> bytes:
         """CONSISTENCY (malicious model): the survivor set S every survivor is asked to sign."""
         if not self.malicious:
@@ -787,6 +993,7 @@ class PaillierServer:
             raise StageError("consistency_request before collect_ciphertexts")
         return frame(KIND_CONSISTENCY_REQUEST, _U64.pack(self.config.round_id) + _ids(tuple(self.survivors)))
 
+    @_guarded
     def collect_signatures(self, messages: Mapping[int, bytes]) -> None:
         """Check the survivors' consistency signatures on S.
 
@@ -826,6 +1033,7 @@ class PaillierServer:
         """Clients whose consistency signature arrived (malicious model), sorted."""
         return sorted(self.signatures)
 
+    @_guarded
     def aggregate_message(self) -> bytes:
         """What the decryptor receives.
 
@@ -845,6 +1053,7 @@ class PaillierServer:
             self.config.round_id, tuple(self.survivors), self._product, self.public.ciphertext_bytes
         )
 
+    @_guarded
     def decode_sum(self, message: bytes, fp: FixedPoint, layout: SlotLayout, length: int) -> np.ndarray:
         """Unpack the decryptor's plaintext sum into the float sum of the survivors."""
         if self.public is None:
@@ -1036,9 +1245,11 @@ class PaillierAggregator(Aggregator):
 
         n = len(inputs)
         server = PaillierServer(self.directory, config, n, malicious=self.malicious)
-        clients = {
+        min_key_bits = min(self.key_bits, keypair.public.bits)  # a given keypair is the caller's choice
+        clients = {  # each client's own configuration: the round's, n, the key size
             cid: PaillierClient(cid, self._identities[cid], self.directory, config.round_id,
-                                malicious=self.malicious, n_clients=n)
+                                malicious=self.malicious, n_clients=n, config=config,
+                                min_key_bits=min_key_bits)
             for cid in sorted(inputs)
         }
 
