@@ -602,6 +602,7 @@ class PaillierClient(_Party):
         self._stage = 2
         return frame(KIND_KEY_ACK, _IDS.pack(self.client_id, self.round_id) + ack)
 
+    @_guarded
     def masked_input(
         self,
         vector: np.ndarray,
