@@ -1092,6 +1092,10 @@ class PaillierAggregator(Aggregator):
         malicious: ``False`` (default): the honest-but-curious server of FedMF, the
             cheap path. ``True``: the malicious-server model -- signed ciphertexts, a
             consistency round and verified, once-per-round decryption (module docstring).
+        min_key_bits: the smallest modulus the clients accept from the key holder (default:
+            ``key_bits``, or the given keypair's size when that is smaller).
+        key_holders: the clients allowed to hold the key (default: any); the lowest-id
+            advertiser among them that answers generates or reuses it.
 
     Notes:
         2048-bit keys give about 112-bit security (NIST SP 800-57 Part 1), acceptable
@@ -1128,6 +1132,14 @@ class PaillierAggregator(Aggregator):
         holds the private key). Also assumed, as in Bonawitz et al. 2017: the round's
         ``n`` is fixed at setup for every client; a server that runs one round id with
         two overlapping client populations could give each its own majority.
+
+        Parameters are each client's own, in both models: every client is built with the
+        round's config, ``n`` and ``min_key_bits`` (and ``key_holders``) and refuses a
+        message or call that lowers the threshold, changes the slot layout or clip range,
+        delivers a smaller key or a key from a holder its configuration does not allow,
+        or names another round (:class:`PaillierClient` Notes;
+        ``attacks.malicious_paillier`` runs one lie per parameter). After any failure a
+        party refuses every further call.
     """
 
     name: ClassVar[str] = "paillier"
@@ -1144,12 +1156,20 @@ class PaillierAggregator(Aggregator):
         precompute: bool = True,
         key_holder_randomness: bool = True,
         malicious: bool = False,
+        min_key_bits: int | None = None,
+        key_holders: Collection[int] | None = None,
     ) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         if key_bits < keymod.MIN_KEY_BITS or key_bits % 2:
             raise ConfigError(f"key_bits must be an even number >= {keymod.MIN_KEY_BITS}, got {key_bits}")
+        if min_key_bits is not None and min_key_bits < keymod.MIN_KEY_BITS:
+            raise ConfigError(f"min_key_bits must be >= {keymod.MIN_KEY_BITS}, got {min_key_bits}")
+        if key_holders is not None and not key_holders:
+            raise ConfigError("key_holders must name at least one client (or be None: any client)")
         self.key_bits = key_bits
+        self.min_key_bits = min_key_bits
+        self.key_holders = None if key_holders is None else frozenset(key_holders)
         self._keypair = as_private_key(keypair) if keypair is not None else None
         self.workers = workers
         self._randbelow = randbelow
@@ -1226,6 +1246,8 @@ class PaillierAggregator(Aggregator):
         t0 = time.perf_counter()
         keypair = self._ensure_keypair()
         offline += time.perf_counter() - t0
+        if self.min_key_bits is not None and keypair.public.bits < self.min_key_bits:
+            raise ConfigError(f"the {keypair.public.bits}-bit key is below min_key_bits={self.min_key_bits}")
         fp, layout = round_layout(len(inputs), config, keypair.public)  # refuses before anything is sent
         for cid in inputs:
             self.enroll(cid)
@@ -1246,11 +1268,12 @@ class PaillierAggregator(Aggregator):
 
         n = len(inputs)
         server = PaillierServer(self.directory, config, n, malicious=self.malicious)
-        min_key_bits = min(self.key_bits, keypair.public.bits)  # a given keypair is the caller's choice
-        clients = {  # each client's own configuration: the round's, n, the key size
+        min_key_bits = (self.min_key_bits if self.min_key_bits is not None
+                        else min(self.key_bits, keypair.public.bits))  # a given keypair is the caller's
+        clients = {  # each client's own configuration: the round's, n, the key size, the key holders
             cid: PaillierClient(cid, self._identities[cid], self.directory, config.round_id,
                                 malicious=self.malicious, n_clients=n, config=config,
-                                min_key_bits=min_key_bits)
+                                min_key_bits=min_key_bits, key_holders=self.key_holders)
             for cid in sorted(inputs)
         }
 
@@ -1266,8 +1289,9 @@ class PaillierAggregator(Aggregator):
             down[cid] += len(advert_list)
             client_call(cid, clients[cid].receive_adverts, advert_list)
 
-        # SHARE_KEYS: the lowest-id advertiser that answers holds the key
-        holder = next((cid for cid in sorted(adverts) if present(cid, Stage.SHARE_KEYS)), None)
+        # SHARE_KEYS: the lowest-id advertiser (allowed to hold it) that answers holds the key
+        holder = next((cid for cid in sorted(adverts) if present(cid, Stage.SHARE_KEYS)
+                       and (self.key_holders is None or cid in self.key_holders)), None)
         if holder is None:
             abort_if_below_threshold(0, config, Stage.SHARE_KEYS)
             raise AggregationAborted(  # threshold >= 1, so unreachable; kept for type checkers

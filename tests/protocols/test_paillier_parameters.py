@@ -418,3 +418,20 @@ def test_without_a_config_the_layout_is_still_checked_against_n() -> None:
         PaillierClient(2, party.agg._identities[2], party.agg.directory, 3, config=RoundConfig(round_id=4))
     with pytest.raises(ConfigError, match="min_key_bits must be >= 256"):
         PaillierClient(2, party.agg._identities[2], party.agg.directory, 3, min_key_bits=128)
+
+
+def test_the_aggregator_gives_every_client_its_own_parameters() -> None:
+    inputs = {c: np.full(4, 0.1 * c) for c in (3, 5, 8, 9)}
+    cfg = RoundConfig(threshold=3)
+    agg = PaillierAggregator(keypair=small_key(), key_holders={5, 8})
+    result = agg.aggregate(inputs, cfg)
+    step = round_layout(4, cfg, small_key().public)[0].step
+    np.testing.assert_allclose(result.total, np.full(4, 0.1 * 25), atol=4 * step)
+    assert max(result.bytes_up, key=result.bytes_up.__getitem__) == 5  # the holder uploads the sealed keys
+    with pytest.raises(AggregationAborted, match=r"no key holder|SHARE_KEYS"):  # no allowed holder answers
+        PaillierAggregator(keypair=small_key(), key_holders={5}).aggregate(
+            inputs, cfg, {5: pa.Stage.SHARE_KEYS})
+    with pytest.raises(ConfigError, match="the 512-bit key is below min_key_bits=1024"):
+        PaillierAggregator(keypair=small_key(), min_key_bits=1024).aggregate(inputs, cfg)
+    with pytest.raises(ConfigError, match="key_holders must name at least one client"):
+        PaillierAggregator(keypair=small_key(), key_holders=())
