@@ -12,8 +12,9 @@ from attacks import MaliciousServerAttack
 from attacks import malicious_paillier as mp
 from attacks.malicious_paillier import LIE_SCENARIOS, SCENARIOS, run_scenario
 from protocols.paillier import PrivateKey, generate_keypair
-from protocols.paillier import aggregator as pa
+from protocols.paillier import client as paillier_client
 from protocols.paillier import keys as keymod
+from protocols.paillier import server as paillier_server
 from securefedrec.errors import ConfigError
 from tests.attacks.conftest import config
 from tests.protocols.test_paillier import small_key
@@ -85,7 +86,8 @@ def test_without_the_majority_t_prime_split_view_succeeds(monkeypatch: pytest.Mo
     def half(n: int) -> int:
         return n // 2
 
-    monkeypatch.setattr(pa, "consistency_threshold", half)
+    monkeypatch.setattr(paillier_client, "consistency_threshold", half)  # the clients' t'
+    monkeypatch.setattr(paillier_server, "consistency_threshold", half)  # the server's
     monkeypatch.setattr(mp, "consistency_threshold", half)
     out = run_scenario("split-view", clients=8, threshold=4, malicious=True, key=small_key())
     assert out.revealed == 1
