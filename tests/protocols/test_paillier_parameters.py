@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("gmpy2")
 
@@ -435,3 +437,82 @@ def test_the_aggregator_gives_every_client_its_own_parameters() -> None:
         PaillierAggregator(keypair=small_key(), min_key_bits=1024).aggregate(inputs, cfg)
     with pytest.raises(ConfigError, match="key_holders must name at least one client"):
         PaillierAggregator(keypair=small_key(), key_holders=())
+
+
+# ---- fuzzing every server-to-client message: project errors only, then terminal -------------------
+@functools.cache
+def _fuzz_states() -> dict[str, tuple[PaillierClient, bytes, str, bytes | None]]:
+    """kind -> (client state just before the message, the honest message, the method, honest reply)."""
+    states: dict[str, tuple[PaillierClient, bytes, str, bytes | None]] = {}
+    for malicious in (False, True):
+        party = setup("advertised", malicious=malicious)
+        model = "malicious" if malicious else "honest"
+        states[f"advert list ({model})"] = (copy.deepcopy(party.clients[2]), party.listing, "receive_adverts",
+                                            None)
+        for x in party.clients.values():
+            x.receive_adverts(party.listing)
+        deliveries = party.server.relay_key(1, party.clients[1].share_key(small_key()))
+        states[f"key delivery ({model})"] = (copy.deepcopy(party.clients[2]), deliveries[2], "receive_key",
+                                             None)
+        party.server.collect_acks({c: party.clients[c].receive_key(m) for c, m in deliveries.items()})
+        party.server.collect_ciphertexts({c: party.encrypt(c) for c in party.clients})
+        if malicious:
+            request = party.server.consistency_request()
+            states["consistency request"] = (copy.deepcopy(party.clients[2]), request, "consistency", None)
+            party.server.collect_signatures({c: x.consistency(request) for c, x in party.clients.items()})
+        aggregate = party.server.aggregate_message()
+        # the honest-but-curious decryptor decrypts any product it is handed (no integrity, by design);
+        # the malicious model's decryptor multiplies signed ciphertexts itself: any reply is the honest one
+        reply = copy.deepcopy(party.clients[2]).decrypt(aggregate) if malicious else None
+        states[f"aggregate ({model})"] = (copy.deepcopy(party.clients[2]), aggregate, "decrypt", reply)
+    return states
+
+
+def _mutate(message: bytes, data: st.DataObject) -> bytes:
+    how = data.draw(st.sampled_from(["flip", "truncate", "extend", "overwrite"]))
+    if how == "truncate":
+        return message[: data.draw(st.integers(0, len(message) - 1))]
+    if how == "extend":
+        return message + data.draw(st.binary(min_size=1, max_size=40))
+    pos = data.draw(st.integers(0, len(message) - 1))
+    if how == "flip":
+        bit = data.draw(st.integers(0, 7))
+        return message[:pos] + bytes([message[pos] ^ (1 << bit)]) + message[pos + 1 :]
+    chunk = data.draw(st.binary(min_size=1, max_size=8))
+    return (message[:pos] + chunk + message[pos + len(chunk) :])[: len(message)]
+
+
+FUZZ_KINDS = ["advert list (honest)", "advert list (malicious)", "key delivery (honest)",
+              "key delivery (malicious)", "consistency request", "aggregate (honest)",
+              "aggregate (malicious)"]
+
+
+@pytest.mark.parametrize("kind", FUZZ_KINDS)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_mutated_message_is_refused_with_a_project_error_or_changes_nothing(kind: str,
+                                                                              data: st.DataObject) -> None:
+    _check_mutation(kind, data)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", FUZZ_KINDS)
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_many_mutated_messages(kind: str, data: st.DataObject) -> None:
+    _check_mutation(kind, data)
+
+
+def _check_mutation(kind: str, data: st.DataObject) -> None:
+    state, message, method, reply = _fuzz_states()[kind]
+    mutated = _mutate(message, data)
+    client = copy.deepcopy(state)
+    try:
+        got = getattr(client, method)(mutated)
+    except ProtocolError:
+        assert client.failed
+        with pytest.raises(IntegrityError, match="failed earlier"):
+            getattr(client, method)(message)
+        return
+    if reply is not None:  # a decryption that went through returns exactly the honest sum
+        assert got == reply
