@@ -29,6 +29,27 @@ the quantization step). Scenarios (v: the victim; d, d1, d2: decryptors):
                        next and has the sum over S minus v decrypted from the *previous*
                        round's ciphertexts; the difference is v's previous update
 
+Lies about a parameter a client takes from its own configuration (:data:`LIE_SCENARIOS`;
+each client is built with its ``config``, ``n_clients``, ``min_key_bits`` and
+``key_holders``, :class:`~protocols.paillier.PaillierClient`):
+
+``threshold-lie``      the decryptor is told threshold 1 and handed v's ciphertexts as the
+                       sum over S = {v} (malicious model: also asked to sign S = {d, v})
+``sybil-key-holder``   an identity the server enrolled replaces client n in the advert list
+                       and, as key holder, delivers the server's own key pair; whoever
+                       takes it encrypts under a key the server holds
+``weak-key``           the holder is handed a 256-bit key the server chose (it knows the
+                       factors); a holder configured to accept it delivers it
+``layout-lie``         each client is handed a slot layout or an encoding not its own:
+                       no headroom, more value bits, a wider clip range (accepted, these
+                       corrupt the sum through carries between slots; they reveal nothing)
+``round-id-lie``       round 6's ciphertexts of S minus v, its key delivery and its survivor
+                       set, relabelled or replayed under round 6's id in round 7
+
+With ``own_config=False`` (:func:`run_scenario`) clients are built as before this check,
+taking the threshold, key size and key holder from the caller: the baseline that shows
+what each check stops.
+
 Each scenario runs against the malicious-server model (``malicious=True``) and, as the
 baseline, against the honest-but-curious model (``malicious=False``, the default and
 FedMF's model), where single-ciphertext, under-threshold, split-view and
@@ -46,6 +67,7 @@ Notes:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import struct
@@ -74,9 +96,11 @@ from protocols.paillier.raw import PublicKey, encrypt_with_obfuscator, obfuscato
 from protocols.wire import frame, unframe
 from securefedrec.errors import ConfigError
 
-__all__ = ["SCENARIOS", "run_scenario"]
+__all__ = ["LIE_SCENARIOS", "SCENARIOS", "run_scenario"]
 
-SCENARIOS = PAILLIER_SCENARIOS
+LIE_SCENARIOS = ("threshold-lie", "sybil-key-holder", "weak-key", "layout-lie", "round-id-lie")
+"""Lies about a parameter each client derives from its own configuration (module docstring)."""
+SCENARIOS = (*PAILLIER_SCENARIOS, *LIE_SCENARIOS)
 HONEST_MODEL = "honest-but-curious"
 
 
@@ -85,7 +109,7 @@ class _Round:
 
     def __init__(self, n: int, threshold: int, malicious: bool, key: PrivateKey, length: int,
                  rng: np.random.Generator, randbytes: Callable[[int], bytes], *, round_id: int = 7,
-                 identities: Mapping[int, Ed25519PrivateKey] | None = None) -> None:
+                 identities: Mapping[int, Ed25519PrivateKey] | None = None, own_config: bool = True) -> None:
         self.ids = list(range(1, n + 1))
         self.cfg = RoundConfig(round_id=round_id, threshold=threshold, ring_bits=32, clip_range=1.0)
         self.rid = round_id
@@ -102,14 +126,20 @@ class _Round:
         self.t_prime = consistency_threshold(n)
         self.fp, self.layout = round_layout(n, self.cfg, key.public)
         self.server = PaillierServer(self.directory, self.cfg, n, malicious=malicious)
-        self.clients = {
-            c: PaillierClient(c, self.identities[c], self.directory, round_id, malicious=malicious,
-                              n_clients=n, randbytes=randbytes)
-            for c in self.ids
-        }
         self.holder = self.ids[0]
+        self.own_config = own_config
+        self.clients = {c: self.client(c) for c in self.ids}
         self.adverts: dict[int, bytes] = {}
         self.ciphertexts: dict[int, bytes] = {}
+
+    def client(self, cid: int, **overrides: Any) -> PaillierClient:
+        """An honest client; with ``own_config`` it holds the round's parameters as its own."""
+        options: dict[str, Any] = {"malicious": self.malicious, "n_clients": len(self.ids),
+                                   "randbytes": self.randbytes}
+        if self.own_config:
+            options |= {"config": self.cfg, "min_key_bits": self.key.public.bits,
+                        "key_holders": {self.holder}}
+        return PaillierClient(cid, self.identities[cid], self.directory, self.rid, **(options | overrides))
 
     # ---- delivering messages to honest clients ------------------------------------------------
     def call(self, cid: int, method: str, out: ScenarioOutcome, *args: Any) -> Any:
@@ -203,9 +233,11 @@ class _Round:
         count = next(iter(blocks.values())).count
         return encode_verified_aggregate(self.rid, survivors, sigs, blocks, count)
 
-    def decrypt(self, decryptor: int, message: bytes, out: ScenarioOutcome) -> list[int] | None:
+    def decrypt(self, decryptor: int, message: bytes, out: ScenarioOutcome,
+                threshold: int | None = None) -> list[int] | None:
         """Hand ``decryptor`` an aggregate; return the packed plaintexts it sent back (None: refused)."""
-        reply = self.call(decryptor, "decrypt", out, message, self.cfg.threshold)
+        told = self.cfg.threshold if threshold is None else threshold
+        reply = self.call(decryptor, "decrypt", out, message, told)
         if reply is None:
             return None
         payload = unframe(reply, pa.KIND_PLAINTEXT_SUM)
@@ -477,6 +509,133 @@ def _ciphertext_replay(make: Callable[..., _Round], victim: int, out: ScenarioOu
                   "round-6 sum minus the replayed round-6 sum without v")
 
 
+# ---- lies about the clients' own parameters ------------------------------------------------------
+def _threshold_lie(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
+    rnd.honest_until_masked(out)
+    d = _others(rnd, victim)
+    alone = (victim,)
+    if rnd.malicious:  # S = {d, v} to sign, "threshold 1": t' and the clients' own threshold refuse it
+        pair = tuple(sorted((d[0], victim)))
+        sigs: dict[int, bytes] = {}
+        for c in pair:
+            request = frame(pa.KIND_CONSISTENCY_REQUEST, struct.pack(">QI2Q", rnd.rid, 2, *pair))
+            reply = rnd.call(c, "consistency", out, request, 1)
+            if reply is not None:
+                sigs[c] = unframe(reply, pa.KIND_CONSISTENCY_SIGNATURE)[16:]
+        out.notes.append(f"S = {{d, v}} signed by {len(sigs)} of 2 clients told threshold 1")
+    message = encode_aggregate(rnd.rid, alone, rnd.product([victim]), rnd.width)
+    plain = rnd.decrypt(d[-1], message, out, threshold=1)
+    out.notes.append(f"v's ciphertexts as the sum over S = {{v}}, decryptor told threshold 1: "
+                     f"{'decrypted' if plain is not None else 'refused'}")
+    if plain is not None:
+        rnd.score(victim, rnd.recover(plain, 1), rnd.inputs[victim], out, "threshold 1: S = {v} decrypted")
+
+
+def _sybil_key_holder(rnd: _Round, server_key: PrivateKey, out: ScenarioOutcome) -> None:
+    sybil_id = max(rnd.ids) + 1000
+    sybil_identity = Ed25519PrivateKey.from_private_bytes(rnd.randbytes(32))
+    rnd.directory[sybil_id] = sybil_identity.public_key()  # enrolled by the server: the PKI is its
+    rnd.identities[sybil_id] = sybil_identity
+    sybil = PaillierClient(sybil_id, sybil_identity, rnd.directory, rnd.rid, malicious=rnd.malicious,
+                           n_clients=len(rnd.ids) + 1000)
+    replaced = rnd.ids[-1]  # the Sybil takes client n's place, so the list still holds n adverts
+    rnd.advertise()
+    listed = {c: unframe(rnd.adverts[c], pa.KIND_ADVERT) for c in rnd.ids if c != replaced}
+    listed[sybil_id] = unframe(sybil.advertise(), pa.KIND_ADVERT)
+    listing = frame(pa.KIND_ADVERT_LIST, struct.pack(">I", len(listed)) + b"".join(
+        listed[c] for c in sorted(listed)))
+    sybil.receive_adverts(listing)
+    receivers = [c for c in rnd.ids if c != replaced]
+    for c in receivers:
+        rnd.call(c, "receive_adverts", out, listing)
+    deliveries = rnd.server.relay_key(sybil_id, sybil.share_key(server_key))
+    took = [c for c in receivers if c in deliveries
+            and rnd.call(c, "receive_key", out, deliveries[c]) is not None]
+    out.notes.append(f"key pair of Sybil holder {sybil_id} (the server's): accepted by {len(took)} of "
+                     f"{len(receivers)} clients")
+    for c in took:
+        rnd.read_with(c, server_key, out, "encrypted under the Sybil holder's key")
+
+
+def _weak_key(rnd: _Round, weak: PrivateKey, out: ScenarioOutcome) -> None:
+    listing = rnd.advertise()
+    for c in rnd.ids:
+        rnd.call(c, "receive_adverts", out, listing)
+    bundle = rnd.call(rnd.holder, "share_key", out, weak)
+    out.notes.append(f"holder handed a {weak.public.bits}-bit key: "
+                     f"{'shared it' if bundle is not None else 'refused'}")
+    # a holder configured to accept it (or compromised) delivers it; the recipients decide for themselves
+    lenient = _Round(len(rnd.ids), rnd.cfg.threshold, rnd.malicious, rnd.key, rnd.length,
+                     np.random.default_rng(1), rnd.randbytes, round_id=rnd.rid, identities=rnd.identities,
+                     own_config=rnd.own_config)
+    lenient.inputs = rnd.inputs
+    lenient.clients[lenient.holder] = lenient.client(lenient.holder, min_key_bits=weak.public.bits)
+    listing = lenient.advertise()
+    for c in lenient.ids:
+        lenient.call(c, "receive_adverts", out, listing)
+    deliveries = lenient.server.relay_key(lenient.holder, lenient.clients[lenient.holder].share_key(weak))
+    took = [c for c, m in sorted(deliveries.items()) if lenient.call(c, "receive_key", out, m) is not None]
+    out.notes.append(f"{weak.public.bits}-bit key from a lenient holder: accepted by {len(took)} of "
+                     f"{len(deliveries)} clients")
+    for c in took:
+        lenient.read_with(c, weak, out, f"encrypted under a {weak.public.bits}-bit key the server chose")
+
+
+def _layout_lie(rnd: _Round, out: ScenarioOutcome) -> None:
+    deliveries = rnd.share(out)
+    for c, m in deliveries.items():
+        rnd.call(c, "receive_key", out, m)
+    fp, layout = rnd.fp, rnd.layout
+    lies = [
+        ("no headroom for the sum", fp, dataclasses.replace(layout, headroom_bits=0)),
+        ("two more value bits", dataclasses.replace(fp, value_bits=fp.value_bits + 2),
+         dataclasses.replace(layout, value_bits=fp.value_bits + 2)),
+        ("an 8x wider clip range", dataclasses.replace(fp, clip_range=8 * fp.clip_range), layout),
+    ]
+    for i, c in enumerate(rnd.ids):
+        how, told_fp, told_layout = lies[i % len(lies)]
+        keypair = rnd.clients[c].keypair
+        if keypair is None:
+            continue
+        pool = RandomnessPool(keypair.public)
+        sent = rnd.call(c, "masked_input", out, rnd.inputs[c], told_fp, told_layout,
+                        np.random.default_rng([c, rnd.rid]), pool)
+        out.notes.append(f"client {c} told {how}: {'encrypted' if sent is not None else 'refused'}")
+
+
+def _round_id_lie(make: Callable[..., _Round], victim: int, out: ScenarioOutcome) -> None:
+    earlier = make(round_id=6)
+    old_deliveries = earlier.share(out)
+    for c, m in old_deliveries.items():
+        earlier.call(c, "receive_key", out, m)
+    for c in earlier.ids:
+        earlier.ciphertexts[c] = earlier.encrypt(c)
+    everyone = tuple(earlier.ids)
+    total = encode_aggregate(6, everyone, earlier.product(list(everyone)), earlier.width)
+    d = _others(earlier, victim)[0]
+    before = None if earlier.malicious else earlier.decrypt(d, total, out)  # the honest sum of round 6
+    rnd = make(round_id=7, identities=earlier.identities)
+    deliveries = rnd.share(out)
+    recipients = sorted(deliveries)
+    relabelled = {recipients[0]: old_deliveries[recipients[0]]}  # round 6's delivery, as it was
+    for c in recipients:
+        message = relabelled.get(c, deliveries[c])
+        rnd.call(c, "receive_key", out, message)
+    rest = tuple(_others(rnd, victim))
+    request = frame(pa.KIND_CONSISTENCY_REQUEST, struct.pack(f">QI{len(rest)}Q", 6, len(rest), *rest))
+    signed = [c for c in rest if rnd.malicious and rnd.call(c, "consistency", out, request) is not None]
+    replay = encode_aggregate(6, rest, earlier.product(list(rest)), earlier.width)
+    decryptor = next((c for c in rest if rnd.clients[c].keypair is not None and not rnd.clients[c].failed),
+                     None)
+    after = rnd.decrypt(decryptor, replay, out) if decryptor is not None else None
+    out.notes.append(f"round 6's key delivery replayed in round 7, round-6 survivor set to sign "
+                     f"(signed by {len(signed)}), round 6's sum over S minus v under its own id: "
+                     f"{'decrypted' if after is not None else 'refused'}")
+    if before is not None and after is not None:
+        diff = earlier.recover(before, len(everyone)) - earlier.recover(after, len(rest))
+        rnd.score(victim, diff, earlier.inputs[victim], out, "round-6 sum minus a relabelled round-6 sum")
+
+
 def run_scenario(
     scenario: str,
     *,
@@ -489,6 +648,8 @@ def run_scenario(
     length: int = 16,
     seed: int = 0,
     randbytes: Callable[[int], bytes] = os.urandom,
+    own_config: bool = True,
+    weak_key: PrivateKey | None = None,
 ) -> ScenarioOutcome:
     """Run one scenario in fresh rounds and report what the server got.
 
@@ -496,6 +657,10 @@ def run_scenario(
         key: the round key (default: a fresh ``key_bits``-bit one).
         server_key: the server's own key pair of the same size, for the substitution
             scenarios (default: a fresh one when needed).
+        own_config: clients hold the round's threshold, the key size and the key holder as
+            their own configuration (the protocol's defence); ``False`` builds them taking
+            those from the caller, the baseline of :data:`LIE_SCENARIOS`.
+        weak_key: the server's small key of ``weak-key`` (default: a fresh 256-bit one).
 
     Raises:
         ConfigError: unknown scenario (the message lists them) or too few clients.
@@ -512,7 +677,7 @@ def run_scenario(
 
     def make(round_id: int = 7, identities: Mapping[int, Ed25519PrivateKey] | None = None) -> _Round:
         return _Round(clients, threshold, malicious, key, length, rng, randbytes, round_id=round_id,
-                      identities=identities)
+                      identities=identities, own_config=own_config)
 
     victim = clients  # neither the key holder (client 1) nor the first decryptor
     if scenario == "single-ciphertext":
@@ -525,15 +690,31 @@ def run_scenario(
         _key_substitution(make, server_key or generate_keypair(key.public.bits), out)
     elif scenario == "bundle-tampering":
         _bundle_tampering(make, server_key or generate_keypair(key.public.bits), out)
-    else:
+    elif scenario == "ciphertext-replay":
         _ciphertext_replay(make, victim, out)
+    elif scenario == "threshold-lie":
+        _threshold_lie(make(), victim, out)
+    elif scenario == "sybil-key-holder":
+        _sybil_key_holder(make(), server_key or generate_keypair(key.public.bits), out)
+    elif scenario == "weak-key":
+        _weak_key(make(), weak_key or generate_keypair(keymod.MIN_KEY_BITS), out)
+    elif scenario == "layout-lie":
+        _layout_lie(make(), out)
+    else:
+        _round_id_lie(make, victim, out)
     out.aborted = sorted(set(out.aborted))
     return out
 
 
 def attack_details(clients: int, threshold_fraction: float, scenarios: tuple[str, ...],
                    options: Mapping[str, Any], seed: int) -> tuple[int, int, dict[str, Any]]:
-    """Every scenario in both models: (revealed in the malicious model, baseline, details)."""
+    """Every scenario in both models: (revealed in the malicious model, baseline, details).
+
+    The default set (:data:`~attacks.malicious_server.PAILLIER_SCENARIOS`, what the attack
+    runs unless told otherwise) also runs the :data:`LIE_SCENARIOS`.
+    """
+    if tuple(scenarios) == PAILLIER_SCENARIOS:
+        scenarios = SCENARIOS
     threshold = max(2, math.ceil(threshold_fraction * clients))
     keypair = options.get("keypair")
     key = pa.as_private_key(keypair) if keypair is not None else generate_keypair(

@@ -1,7 +1,8 @@
 """Packed Paillier secure aggregation (needs ``pip install securefedrec[paillier]``: phe, gmpy2).
 
 Start with :class:`PaillierAggregator` (``malicious=True`` for the malicious-server
-model). Lower layers: :mod:`.packing` (slot layout), :mod:`.pool` (precomputed
+model). The sans-IO parties are in :mod:`.client` and :mod:`.server`, their wire
+messages in :mod:`.messages`. Lower layers: :mod:`.packing` (slot layout), :mod:`.pool` (precomputed
 randomness), :mod:`.keys` (key generation and distribution) and the hazmat
 :mod:`.raw` (raw Paillier on gmpy2 integers).
 """

@@ -8,8 +8,10 @@ fixed-point values per plaintext (BatchCrypt, :mod:`protocols.paillier.packing`)
 computes the encryption randomness ahead of time
 (:mod:`protocols.paillier.pool`) and decrypts with CRT (:mod:`protocols.paillier.raw`).
 
-Round (sans-IO parties :class:`PaillierClient` and :class:`PaillierServer`,
-driven in process by :class:`PaillierAggregator`). Honest-but-curious server
+Round (sans-IO parties :class:`~protocols.paillier.client.PaillierClient` and
+:class:`~protocols.paillier.server.PaillierServer`, their messages in
+:mod:`protocols.paillier.messages`, driven in process by :class:`PaillierAggregator`;
+this module re-exports them). Honest-but-curious server
 (``malicious=False``, the default):
 
 ====================  ======================================================
@@ -49,16 +51,12 @@ costs: :class:`PaillierAggregator` Notes; key distribution:
 
 from __future__ import annotations
 
-import itertools
-import struct
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from protocols.base import (
     AggregationResult,
@@ -69,23 +67,46 @@ from protocols.base import (
     abort_if_below_threshold,
     check_inputs,
 )
-from protocols.encoding import FixedPoint
-from protocols.errors import AggregationAborted, ConfigError, DecodeError, IntegrityError, StageError
+from protocols.errors import AggregationAborted, ConfigError, StageError
 from protocols.paillier import keys as keymod
-from protocols.paillier.keys import DEFAULT_KEY_BITS, Advert
-from protocols.paillier.packing import SlotLayout, pack_offset, unpack_sum
-from protocols.paillier.pool import RandomnessPool, fill_pools
-from protocols.paillier.raw import (
-    MPZ,
-    PrivateKey,
-    PublicKey,
-    as_mpz,
-    encrypt_with_obfuscator,
-    raw_decrypt,
+from protocols.paillier.client import PaillierClient, consistency_threshold, round_layout
+from protocols.paillier.keys import DEFAULT_KEY_BITS
+from protocols.paillier.messages import (
+    KIND_ADVERT,
+    KIND_ADVERT_LIST,
+    KIND_AGGREGATE,
+    KIND_CIPHERTEXTS,
+    KIND_CONSISTENCY_REQUEST,
+    KIND_CONSISTENCY_SIGNATURE,
+    KIND_KEY_ACK,
+    KIND_KEY_BUNDLE,
+    KIND_KEY_DELIVERY,
+    KIND_PLAINTEXT_SUM,
+    KIND_SIGNED_CIPHERTEXTS,
+    KIND_VERIFIED_AGGREGATE,
+    Ciphertexts,
+    decode_ciphertexts,
+    encode_aggregate,
+    encode_verified_aggregate,
 )
-from protocols.wire import frame, kind_of, unframe
+from protocols.paillier.pool import RandomnessPool, fill_pools
+from protocols.paillier.raw import PrivateKey, PublicKey
+from protocols.paillier.server import PaillierServer
+from protocols.wire import kind_of
 
-__all__ = [
+__all__ = [  # the messages, parties and parameters are re-exported: this module is where they began
+    "KIND_ADVERT",
+    "KIND_ADVERT_LIST",
+    "KIND_AGGREGATE",
+    "KIND_CIPHERTEXTS",
+    "KIND_CONSISTENCY_REQUEST",
+    "KIND_CONSISTENCY_SIGNATURE",
+    "KIND_KEY_ACK",
+    "KIND_KEY_BUNDLE",
+    "KIND_KEY_DELIVERY",
+    "KIND_PLAINTEXT_SUM",
+    "KIND_SIGNED_CIPHERTEXTS",
+    "KIND_VERIFIED_AGGREGATE",
     "Ciphertexts",
     "PaillierAggregator",
     "PaillierClient",
@@ -95,34 +116,9 @@ __all__ = [
     "decode_ciphertexts",
     "encode_aggregate",
     "encode_verified_aggregate",
+    "kind_of",
     "round_layout",
 ]
-
-KIND_ADVERT = 1
-KIND_ADVERT_LIST = 2
-KIND_KEY_BUNDLE = 3
-KIND_KEY_DELIVERY = 4
-KIND_KEY_ACK = 5
-KIND_CIPHERTEXTS = 6
-KIND_AGGREGATE = 7
-KIND_PLAINTEXT_SUM = 8
-KIND_SIGNED_CIPHERTEXTS = 9
-KIND_CONSISTENCY_REQUEST = 10
-KIND_CONSISTENCY_SIGNATURE = 11
-KIND_VERIFIED_AGGREGATE = 12
-
-_IDS = struct.Struct(">QQ")
-_U16 = struct.Struct(">H")
-_U32 = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
-_SIG = 64
-
-
-def _fields(layout: struct.Struct, payload: bytes, offset: int) -> tuple[Any, ...]:
-    """``layout.unpack_from`` that raises :class:`DecodeError` on a short message."""
-    if offset + layout.size > len(payload):
-        raise DecodeError(f"message truncated: {len(payload)} bytes, field at {offset} needs {layout.size}")
-    return layout.unpack_from(payload, offset)
 
 
 def as_private_key(keypair: object) -> PrivateKey:
@@ -139,724 +135,6 @@ def as_private_key(keypair: object) -> PrivateKey:
             f"keypair must be a protocols.paillier PrivateKey or a phe private key, got {keypair!r}"
         )
     return PrivateKey(PublicKey(public.n), p, q)
-
-
-def round_layout(n_clients: int, config: RoundConfig, public: PublicKey) -> tuple[FixedPoint, SlotLayout]:
-    """The encoding and slot layout of a round with ``n_clients`` participants.
-
-    Values use the same :class:`FixedPoint` as every other protocol (``value_bits``
-    from the config, or the most that ``ring_bits`` allows for ``n`` clients), so
-    results agree to the quantization step; a slot adds ``ceil(log2 n)`` bits.
-
-    Raises:
-        ConfigError: the layout cannot hold the sum (message says what to change), or the
-            round asks for wrap-around, which packed slots cannot do.
-    """
-    if config.wrap:
-        raise ConfigError(f"round {config.round_id}: paillier cannot wrap sums (RoundConfig.wrap): a slot "
-                          "that overflows carries into its neighbour; its slots hold the exact sum "
-                          "instead -- use q8/q16")
-    fp = FixedPoint.for_sum(n_clients, config.clip_range, config.ring_bits, config.value_bits)
-    return fp, SlotLayout.for_sum(n_clients, fp.value_bits, public.plaintext_bits)
-
-
-def _take(payload: bytes, offset: int, size: int, what: str) -> tuple[bytes, int]:
-    if offset + size > len(payload):
-        raise DecodeError(f"{what}: message truncated")
-    return payload[offset : offset + size], offset + size
-
-
-def _public_key(n_raw: bytes) -> PublicKey:
-    try:
-        return PublicKey(int.from_bytes(n_raw, "big"))
-    except ConfigError:
-        raise DecodeError("public key: not a valid Paillier modulus") from None
-
-
-def _ciphertext_block(values: list[MPZ], width: int) -> bytes:
-    return b"".join(int(c).to_bytes(width, "big") for c in values)
-
-
-def _parse_block(data: bytes, width: int, count: int, what: str) -> list[int]:
-    if len(data) != width * count:
-        raise DecodeError(f"{what}: {len(data)} bytes for {count} values of {width} bytes")
-    return [int.from_bytes(data[i : i + width], "big") for i in range(0, len(data), width)]
-
-
-def consistency_threshold(n_clients: int) -> int:
-    """t': the consistency signatures a decryptor needs in the malicious-server model, ``n // 2 + 1``.
-
-    ``n_clients`` is the number of clients the round was set up with (the same ``n``
-    that sizes the slot layout, :func:`round_layout`), so every advertiser set is a
-    subset of it and t' is a strict majority of the advertisers whatever advert list
-    the server shows a client.
-
-    Notes:
-        The argument of :func:`protocols.secagg.share_threshold` in the malicious model
-        (Bonawitz et al. 2017; Bell et al. 2020): every honest client signs at most one
-        survivor set per round, and two sets of more than ``n / 2`` signers always
-        share a client, so two *different* survivor sets can never both collect t'
-        signatures. A server that wants the sums over S1 and S2 = S1 minus v (whose
-        difference is v's input) from two decryptors therefore gets at most one. A
-        smaller t' (e.g. ``threshold`` = n / 2) would let two disjoint halves each sign
-        one set -- the split view that ``attacks.malicious_paillier`` runs.
-    """
-    if n_clients < 1:
-        raise ConfigError(f"number of clients must be >= 1, got {n_clients}")
-    return n_clients // 2 + 1
-
-
-def _ids(ids: tuple[int, ...]) -> bytes:
-    return _U32.pack(len(ids)) + struct.pack(f">{len(ids)}Q", *ids)
-
-
-def _parse_ids(payload: bytes, offset: int, what: str) -> tuple[tuple[int, ...], int]:
-    (count,) = _fields(_U32, payload, offset)
-    raw, offset = _take(payload, offset + _U32.size, 8 * count, what)
-    return tuple(struct.unpack(f">{count}Q", raw)), offset
-
-
-@dataclass(frozen=True)
-class Ciphertexts:
-    """One client's MASKED_INPUT message, decoded (``signature`` only in the malicious model)."""
-
-    client_id: int
-    round_id: int
-    count: int
-    block: bytes
-    """The ``count`` ciphertexts, fixed width, big endian, concatenated (what the signature hashes)."""
-    signature: bytes | None = None
-
-    def values(self, width: int) -> list[int]:
-        """The ciphertexts as integers (``width`` bytes each)."""
-        return _parse_block(self.block, width, self.count, f"ciphertexts of client {self.client_id}")
-
-    def encode(self) -> bytes:
-        """The wire message (:data:`KIND_SIGNED_CIPHERTEXTS` when signed)."""
-        head = _IDS.pack(self.client_id, self.round_id) + _U32.pack(self.count) + self.block
-        if self.signature is None:
-            return frame(KIND_CIPHERTEXTS, head)
-        return frame(KIND_SIGNED_CIPHERTEXTS, head + self.signature)
-
-
-def decode_ciphertexts(message: bytes) -> Ciphertexts:
-    """Parse a MASKED_INPUT message of either model (checks lengths only, not the signature)."""
-    signed = kind_of(message) == KIND_SIGNED_CIPHERTEXTS
-    payload = unframe(message, KIND_SIGNED_CIPHERTEXTS if signed else KIND_CIPHERTEXTS)
-    sender, rid = _fields(_IDS, payload, 0)
-    (count,) = _fields(_U32, payload, _IDS.size)
-    body = payload[_IDS.size + _U32.size :]
-    signature = None
-    if signed:
-        if len(body) < _SIG:
-            raise DecodeError(f"signed ciphertexts of client {sender}: message truncated")
-        body, signature = body[:-_SIG], body[-_SIG:]
-    return Ciphertexts(sender, rid, count, body, signature)
-
-
-def encode_aggregate(round_id: int, survivors: tuple[int, ...], product: list[Any], width: int) -> bytes:
-    """The honest-but-curious UNMASK request: announced survivor ids and the product ciphertexts."""
-    return frame(
-        KIND_AGGREGATE,
-        struct.pack(">Q", round_id) + _ids(survivors) + _U32.pack(len(product))
-        + _ciphertext_block(product, width),
-    )
-
-
-def encode_verified_aggregate(
-    round_id: int,
-    survivors: tuple[int, ...],
-    signatures: Mapping[int, bytes],
-    ciphertexts: Mapping[int, Ciphertexts],
-    count: int,
-) -> bytes:
-    """The malicious-model UNMASK request: S, signatures on S and every member's signed ciphertexts.
-
-    Layout: ``round | S | signature count | (signer, Ed25519)* | count | (signature, block)``
-    for each client of S in order. The decryptor multiplies the ciphertexts itself.
-    """
-    parts = [struct.pack(">Q", round_id), _ids(survivors), _U32.pack(len(signatures))]
-    parts += [_U64.pack(signer) + sig for signer, sig in sorted(signatures.items())]
-    parts.append(_U32.pack(count))
-    for cid in survivors:
-        c = ciphertexts[cid]
-        parts += [c.signature or bytes(_SIG), c.block]
-    return frame(KIND_VERIFIED_AGGREGATE, b"".join(parts))
-
-
-class PaillierClient:
-    """One client's side of a round (sans-IO: bytes in, bytes out, one method per stage).
-
-    Args:
-        client_id, round_id: who and when (bound into every signature).
-        identity: this client's long-term Ed25519 key.
-        directory: the PKI, client id -> Ed25519 public key.
-        randbytes: source of the round's ephemeral X25519 key (32 bytes); default: a fresh
-            key from the OS. Given the same source and the same messages, a new client
-            reaches the same state, so a party that keeps no objects between messages (a
-            Flower node) can rebuild it by replaying the messages.
-        malicious: run the malicious-server model: sign the ciphertexts, sign one survivor
-            set (:meth:`consistency`) and decrypt only a verified aggregate, once
-            (:meth:`decrypt`). Fixed by the client's own configuration, never by a message,
-            so a server cannot downgrade it.
-        n_clients: the number of clients the round was set up with (the ``n`` of
-            :func:`round_layout`); needed with ``malicious`` for t' (:func:`consistency_threshold`).
-    """
-
-    def __init__(
-        self,
-        client_id: int,
-        identity: Ed25519PrivateKey,
-        directory: Mapping[int, Ed25519PublicKey],
-        round_id: int,
-        *,
-        randbytes: Callable[[int], bytes] | None = None,
-        malicious: bool = False,
-        n_clients: int | None = None,
-    ) -> None:
-        if malicious and n_clients is None:
-            raise ConfigError(f"client {client_id}: the malicious-server model needs n_clients (for t')")
-        self.client_id = client_id
-        self.round_id = round_id
-        self.malicious = malicious
-        self.n_clients = n_clients
-        self._identity = identity
-        self._directory = directory
-        self._randbytes = randbytes
-        self._ephemeral: X25519PrivateKey | None = None
-        self._adverts: dict[int, Advert] = {}
-        self.keypair: PrivateKey | None = None
-        self._stage = -1
-        self._signed: tuple[int, ...] | None = None
-        self._decrypted = False
-
-    def _refuse(self, why: str) -> IntegrityError:
-        return IntegrityError(f"round {self.round_id}: client {self.client_id} {why}")
-
-    def _advance(self, expected: int, name: str) -> None:
-        if self._stage != expected - 1:
-            raise StageError(f"client {self.client_id}, round {self.round_id}: {name} out of order")
-        self._stage = expected
-
-    def advertise(self) -> bytes:
-        """ADVERTISE: a signed fresh X25519 key."""
-        self._advance(0, "advertise")
-        ephemeral = (X25519PrivateKey.from_private_bytes(self._randbytes(32))
-                     if self._randbytes is not None else None)
-        self._ephemeral, payload = keymod.make_advert(
-            self._identity, self.client_id, self.round_id, ephemeral
-        )
-        return frame(KIND_ADVERT, payload)
-
-    def receive_adverts(self, message: bytes) -> None:
-        """The server's relay of all adverts; each is checked against the directory."""
-        self._advance(1, "receive_adverts")
-        payload = unframe(message, KIND_ADVERT_LIST)
-        (count,), off = _fields(_U32, payload, 0), _U32.size
-        size = keymod._ADVERT.size
-        if len(payload) != off + count * size:
-            raise DecodeError(f"advert list of {len(payload)} bytes does not hold {count} adverts")
-        adverts: dict[int, Advert] = {}
-        for i in range(count):
-            advert = keymod.parse_advert(
-                payload[off + i * size : off + (i + 1) * size], dict(self._directory), self.round_id
-            )
-            if self.malicious and advert.client_id in adverts:
-                raise self._refuse(f"received an advert list naming client {advert.client_id} twice")
-            adverts[advert.client_id] = advert
-        if self.malicious:
-            own = adverts.get(self.client_id)
-            if (self._ephemeral is None or own is None
-                    or own.x25519 != keymod._raw(self._ephemeral.public_key())):
-                raise self._refuse("received an advert list without its own advert")
-            if self.n_clients is not None and len(adverts) > self.n_clients:
-                raise self._refuse(
-                    f"received {len(adverts)} adverts for a round set up with {self.n_clients} clients"
-                )
-        self._adverts.update(adverts)
-
-    def share_key(self, keypair: PrivateKey) -> bytes:
-        """SHARE_KEYS as key holder: signed ``n`` and the sealed private key for every other advertiser."""
-        self._advance(2, "share_key")
-        if self._ephemeral is None:
-            raise StageError(f"client {self.client_id}: share_key before advertise")
-        self.keypair = keypair
-        n = keypair.public.n_bytes()
-        parts = [
-            _IDS.pack(self.client_id, self.round_id),
-            _U16.pack(len(n)),
-            n,
-            keymod.sign_public_key(self._identity, keypair.public, self.round_id, self.client_id),
-        ]
-        peers = [a for cid, a in sorted(self._adverts.items()) if cid != self.client_id]
-        parts.append(_U32.pack(len(peers)))
-        for peer in peers:
-            sealed = keymod.seal_private_key(keypair, self._ephemeral, peer, self.round_id, self.client_id)
-            parts += [struct.pack(">Q", peer.client_id), _U16.pack(len(sealed)), sealed]
-        return frame(KIND_KEY_BUNDLE, b"".join(parts))
-
-    def receive_key(self, message: bytes) -> bytes:
-        """SHARE_KEYS as recipient: open the private key, check it, return a signed acknowledgement.
-
-        The client moves on only once every check has passed (a refused delivery changes nothing).
-        """
-        if self._stage != 1:
-            raise StageError(f"client {self.client_id}, round {self.round_id}: receive_key out of order")
-        if self._ephemeral is None:
-            raise StageError(f"client {self.client_id}: receive_key before advertise")
-        payload = unframe(message, KIND_KEY_DELIVERY)
-        holder_id, rid = _fields(_IDS, payload, 0)
-        if rid != self.round_id:
-            raise DecodeError(f"key delivery for round {rid}, this is round {self.round_id}")
-        off = _IDS.size
-        (nlen,) = _fields(_U16, payload, off)
-        n_raw, off = _take(payload, off + _U16.size, nlen, "key delivery")
-        sig, off = _take(payload, off, _SIG, "key delivery")
-        (slen,) = _fields(_U16, payload, off)
-        sealed, off = _take(payload, off + _U16.size, slen, "key delivery")
-        if off != len(payload):
-            raise DecodeError("key delivery: trailing bytes")
-        holder = self._adverts.get(holder_id)
-        identity = self._directory.get(holder_id)
-        if holder is None or identity is None:
-            raise IntegrityError(f"round {self.round_id}: key delivered from unknown holder {holder_id}")
-        public = _public_key(n_raw)
-        keymod.verify_public_key(identity, sig, public, self.round_id, holder_id)
-        keypair = keymod.open_private_key(
-            sealed, public, self._ephemeral, holder, self.round_id, self.client_id
-        )
-        ack = keymod.sign_ack(self._identity, public, self.round_id, self.client_id)
-        self.keypair = keypair
-        self._stage = 2
-        return frame(KIND_KEY_ACK, _IDS.pack(self.client_id, self.round_id) + ack)
-
-    def masked_input(
-        self,
-        vector: np.ndarray,
-        fp: FixedPoint,
-        layout: SlotLayout,
-        rng: np.random.Generator,
-        pool: RandomnessPool,
-    ) -> bytes:
-        """MASKED_INPUT: quantize, pack and encrypt; tops the pool up online if it runs short."""
-        self._advance(3, "masked_input")
-        if self.keypair is None:
-            raise StageError(f"client {self.client_id}: masked_input without a key")
-        public = self.keypair.public
-        plaintexts = pack_offset(layout, fp.quantize(vector, rng))
-        if len(pool) < len(plaintexts):
-            pool.fill(len(plaintexts) - len(pool))
-        rns = pool.take(len(plaintexts))
-        cts = [encrypt_with_obfuscator(public, m, rn) for m, rn in zip(plaintexts, rns, strict=True)]
-        block = _ciphertext_block(cts, public.ciphertext_bytes)
-        signature = (keymod.sign_ciphertexts(self._identity, self.round_id, self.client_id, block)
-                     if self.malicious else None)
-        return Ciphertexts(self.client_id, self.round_id, len(cts), block, signature).encode()
-
-    def consistency(self, message: bytes, threshold: int) -> bytes:
-        """CONSISTENCY (malicious model): sign the announced survivor set S, at most once per round.
-
-        Signs ``(round, sorted S)`` only if S names this client, holds at least
-        ``threshold`` and t' clients, and names only advertisers.
-
-        Raises:
-            IntegrityError: a second request in this round, or an S that fails a check.
-        """
-        if not self.malicious:
-            raise StageError(f"client {self.client_id}: consistency is a stage of the malicious-server model")
-        if self._signed is not None:
-            raise self._refuse("already signed a survivor set in this round; refuses to sign another")
-        if self._stage not in (2, 3) or self.keypair is None:
-            raise StageError(f"client {self.client_id}: consistency without a key")
-        payload = unframe(message, KIND_CONSISTENCY_REQUEST)
-        (rid,) = _fields(_U64, payload, 0)
-        survivors, off = _parse_ids(payload, _U64.size, "consistency request")
-        if off != len(payload):
-            raise DecodeError("consistency request: trailing bytes")
-        if rid != self.round_id:
-            raise self._refuse(f"was asked to sign the survivor set of round {rid}")
-        self._check_survivors(survivors, threshold, "sign")
-        signature = keymod.sign_survivors(self._identity, self.round_id, survivors)
-        self._signed = survivors
-        self._stage = 4
-        return frame(KIND_CONSISTENCY_SIGNATURE, _IDS.pack(self.client_id, self.round_id) + signature)
-
-    def _check_survivors(self, survivors: tuple[int, ...], threshold: int, action: str) -> None:
-        t_prime = consistency_threshold(self.n_clients or 1)
-        if any(a >= b for a, b in itertools.pairwise(survivors)):
-            raise self._refuse(f"refuses to {action} a survivor set that is not sorted and unique")
-        if self.client_id not in survivors:
-            raise self._refuse(f"refuses to {action} a survivor set without itself")
-        if len(survivors) < max(threshold, t_prime):
-            raise self._refuse(
-                f"refuses to {action} a survivor set of {len(survivors)} clients "
-                f"(threshold {threshold}, t' {t_prime})"
-            )
-        unknown = sorted(set(survivors) - set(self._adverts))
-        if unknown:
-            raise self._refuse(f"refuses to {action} a survivor set naming non-advertiser {unknown[0]}")
-
-    def decrypt(self, message: bytes, threshold: int) -> bytes:
-        """UNMASK: decrypt the product of ciphertexts, if it covers at least ``threshold`` advertisers.
-
-        In the malicious model only a verified aggregate (:func:`encode_verified_aggregate`)
-        is accepted, see :meth:`_decrypt_verified`.
-        """
-        if self.malicious:
-            return self._decrypt_verified(message, threshold)
-        if self._stage < 2 or self.keypair is None:
-            raise StageError(f"client {self.client_id}: decrypt without a key")
-        self._stage = 4
-        public = self.keypair.public
-        payload = unframe(message, KIND_AGGREGATE)
-        (rid,) = _fields(_U64, payload, 0)
-        if rid != self.round_id:
-            raise DecodeError(f"aggregate for round {rid}, this is round {self.round_id}")
-        (nsurv,) = _fields(_U32, payload, 8)
-        ids_raw, off = _take(payload, 12, 8 * nsurv, "aggregate")
-        survivors = set(struct.unpack(f">{nsurv}Q", ids_raw))
-        if len(survivors) != nsurv or len(survivors) < threshold or not survivors <= set(self._adverts):
-            raise IntegrityError(
-                f"round {self.round_id}: client {self.client_id} refuses to decrypt a sum announced over "
-                f"{nsurv} clients (threshold {threshold})"
-            )
-        (count,) = _fields(_U32, payload, off)
-        cts = _parse_block(payload[off + 4 :], public.ciphertext_bytes, count, "aggregate")
-        sums = [raw_decrypt(self.keypair, c) for c in cts]
-        return self._plaintext_sum(sums)
-
-    def _plaintext_sum(self, sums: list[MPZ]) -> bytes:
-        if self.keypair is None:
-            raise StageError(f"client {self.client_id}: decrypt without a key")
-        body = (
-            struct.pack(">Q", self.round_id)
-            + _U32.pack(len(sums))
-            + _ciphertext_block(sums, self.keypair.public.plaintext_bytes)
-        )
-        return frame(KIND_PLAINTEXT_SUM, body)
-
-    def _decrypt_verified(self, message: bytes, threshold: int) -> bytes:
-        """Verified decryption (malicious model), at most once per round.
-
-        Checks, before anything is decrypted: S is the set this client signed, holds at
-        least ``threshold`` clients, and carries consistency signatures on S from at least
-        t' distinct members of S (this client counts); every client of S sent ciphertexts
-        signed for this round. Then multiplies them itself and decrypts the product.
-
-        Raises:
-            IntegrityError: any check fails (names this client, the round and the culprit).
-        """
-        if kind_of(message) != KIND_VERIFIED_AGGREGATE:
-            raise self._refuse(
-                "refuses to decrypt an unverified aggregate (the malicious-server model decrypts only S "
-                "with its consistency signatures and every member's signed ciphertexts)"
-            )
-        if self._decrypted:
-            raise self._refuse("already decrypted a sum in this round; refuses a second decryption")
-        if self._signed is None or self.keypair is None:
-            raise self._refuse("has signed no survivor set in this round; refuses to decrypt")
-        public = self.keypair.public
-        width = public.ciphertext_bytes
-        payload = unframe(message, KIND_VERIFIED_AGGREGATE)
-        (rid,) = _fields(_U64, payload, 0)
-        survivors, off = _parse_ids(payload, _U64.size, "verified aggregate")
-        (nsig,) = _fields(_U32, payload, off)
-        off += _U32.size
-        signatures: dict[int, bytes] = {}
-        for _ in range(nsig):
-            (signer,) = _fields(_U64, payload, off)
-            sig, off = _take(payload, off + _U64.size, _SIG, "verified aggregate")
-            if signer in signatures:
-                raise self._refuse(f"got two consistency signatures of client {signer}")
-            signatures[signer] = sig
-        (count,) = _fields(_U32, payload, off)
-        off += _U32.size
-        if len(payload) - off != len(survivors) * (_SIG + count * width):
-            raise DecodeError(
-                f"verified aggregate: {len(payload) - off} bytes do not hold {len(survivors)} signed blocks "
-                f"of {count} ciphertexts"
-            )
-        if rid != self.round_id:
-            raise self._refuse(f"refuses to decrypt an aggregate of round {rid}")
-        if survivors != self._signed:
-            raise self._refuse(
-                f"refuses to decrypt a sum over {len(survivors)} clients: not the survivor set it signed "
-                f"({len(self._signed)} clients)"
-            )
-        self._check_survivors(survivors, threshold, "decrypt")
-        who = f"client {self.client_id} (decryptor)"
-        members = set(survivors)
-        for signer, sig in sorted(signatures.items()):
-            key = self._directory.get(signer)
-            if signer not in members or key is None:
-                raise self._refuse(f"got a consistency signature of client {signer}, not in the survivor set")
-            keymod.verify_survivors(key, sig, rid, survivors, signer, who)
-        t_prime = consistency_threshold(self.n_clients or 1)
-        signers = set(signatures) | {self.client_id}
-        if len(signers) < t_prime:
-            raise self._refuse(
-                f"refuses to decrypt: {len(signers)} consistency signatures on the survivor set, "
-                f"t' is {t_prime}"
-            )
-        nsq = public.nsquare
-        product: list[MPZ] = []
-        for cid in survivors:
-            sig, off = _take(payload, off, _SIG, "verified aggregate")
-            block, off = _take(payload, off, count * width, "verified aggregate")
-            key = self._directory.get(cid)
-            if key is None:
-                raise self._refuse(f"got ciphertexts of unenrolled client {cid}")
-            keymod.verify_ciphertexts(key, sig, rid, cid, block, who)
-            cts = _parse_block(block, width, count, f"ciphertexts of client {cid}")
-            if any(not 0 < c < nsq for c in cts):
-                raise self._refuse(f"got a ciphertext of client {cid} outside (0, n^2)")
-            product = [as_mpz(c) for c in cts] if not product else [
-                a * c % nsq for a, c in zip(product, cts, strict=True)]
-        self._decrypted = True  # every check passed: this is the round's one decryption
-        self._stage = 5
-        return self._plaintext_sum([raw_decrypt(self.keypair, c) for c in product])
-
-
-class PaillierServer:
-    """The server's side: relays, multiplies ciphertexts, never holds the private key.
-
-    With ``malicious=True`` (the malicious-server model) it checks and keeps every
-    client's signed ciphertexts instead of multiplying them, runs the consistency round
-    (:meth:`consistency_request`, :meth:`collect_signatures`) and hands the decryptor S,
-    the signatures and all of S's ciphertexts (:meth:`aggregate_message`).
-    """
-
-    def __init__(
-        self,
-        directory: Mapping[int, Ed25519PublicKey],
-        config: RoundConfig,
-        n_clients: int,
-        *,
-        malicious: bool = False,
-    ) -> None:
-        self.directory = directory
-        self.config = config
-        self.n_clients = n_clients
-        self.malicious = malicious
-        self.consistency_threshold = consistency_threshold(n_clients)
-        """t' (malicious model): consistency signatures the decryptor needs."""
-        self.advertisers: list[int] = []
-        self.public: PublicKey | None = None
-        self.key_holders: set[int] = set()
-        self.survivors: list[int] = []
-        self.signatures: dict[int, bytes] = {}
-        """Consistency signatures on :attr:`survivors` (malicious model), signer -> Ed25519."""
-        self._product: list[MPZ] = []
-        self._signed: dict[int, Ciphertexts] = {}
-        self._count = 0
-        self.layout: SlotLayout | None = None
-
-    def _identity(self, cid: int) -> Ed25519PublicKey:
-        key = self.directory.get(cid)
-        if key is None:
-            raise IntegrityError(f"round {self.config.round_id}: message from unenrolled client {cid}")
-        return key
-
-    def collect_adverts(self, messages: Mapping[int, bytes]) -> bytes:
-        """Check the adverts and return the list every advertiser receives."""
-        payloads = []
-        for cid in sorted(messages):
-            payload = unframe(messages[cid], KIND_ADVERT)
-            advert = keymod.parse_advert(payload, dict(self.directory), self.config.round_id)
-            if advert.client_id != cid:
-                raise IntegrityError(
-                    f"round {self.config.round_id}: client {cid} sent the advert of {advert.client_id}"
-                )
-            payloads.append(payload)
-        self.advertisers = sorted(messages)
-        return frame(KIND_ADVERT_LIST, _U32.pack(len(payloads)) + b"".join(payloads))
-
-    def relay_key(self, holder: int, message: bytes) -> dict[int, bytes]:
-        """Split the holder's bundle into one delivery per recipient (public key + its sealed copy)."""
-        payload = unframe(message, KIND_KEY_BUNDLE)
-        hid, rid = _fields(_IDS, payload, 0)
-        if hid != holder or rid != self.config.round_id:
-            raise DecodeError(
-                f"key bundle from {hid} for round {rid}, expected {holder} / {self.config.round_id}"
-            )
-        off = _IDS.size
-        (nlen,) = _fields(_U16, payload, off)
-        n_raw, off = _take(payload, off + _U16.size, nlen, "key bundle")
-        sig, off = _take(payload, off, _SIG, "key bundle")
-        public = _public_key(n_raw)
-        keymod.verify_public_key(self._identity(holder), sig, public, rid, holder)
-        (count,) = _fields(_U32, payload, off)
-        off += _U32.size
-        head = payload[: off - _U32.size]
-        out: dict[int, bytes] = {}
-        for _ in range(count):
-            (recipient,) = _fields(_U64, payload, off)
-            (slen,) = _fields(_U16, payload, off + 8)
-            sealed, off = _take(payload, off + 10, slen, "key bundle")
-            out[recipient] = frame(KIND_KEY_DELIVERY, head + _U16.pack(slen) + sealed)
-        if off != len(payload):
-            raise DecodeError("key bundle: trailing bytes")
-        self.public = public
-        self.key_holders = {holder}
-        return out
-
-    def collect_acks(self, messages: Mapping[int, bytes]) -> None:
-        """Record the clients that confirmed (signed) that they hold the key."""
-        if self.public is None:
-            raise StageError("collect_acks before relay_key")
-        for cid, message in messages.items():
-            payload = unframe(message, KIND_KEY_ACK)
-            if len(payload) != _IDS.size + _SIG:
-                raise DecodeError(f"key ack of client {cid}: {len(payload)} bytes")
-            sender, rid = _fields(_IDS, payload, 0)
-            if sender != cid or rid != self.config.round_id:
-                raise DecodeError(f"key ack of client {cid} names client {sender}, round {rid}")
-            keymod.verify_ack(self._identity(cid), payload[_IDS.size :], self.public, rid, cid)
-            self.key_holders.add(cid)
-
-    def collect_ciphertexts(self, messages: Mapping[int, bytes]) -> None:
-        """Check every client's ciphertexts and multiply them slot-wise modulo ``n^2``.
-
-        Raises:
-            AggregationAborted: fewer than ``threshold`` clients sent ciphertexts.
-        """
-        if self.public is None:
-            raise StageError("collect_ciphertexts before the key was shared")
-        abort_if_below_threshold(len(messages), self.config, Stage.MASKED_INPUT)
-        if self.malicious:
-            self._collect_signed(messages)
-            return
-        public, width = self.public, self.public.ciphertext_bytes
-        product: list[MPZ] | None = None
-        for cid in sorted(messages):
-            if cid not in self.key_holders:
-                raise IntegrityError(
-                    f"round {self.config.round_id}: ciphertexts from client {cid} without a key"
-                )
-            payload = unframe(messages[cid], KIND_CIPHERTEXTS)
-            sender, rid = _fields(_IDS, payload, 0)
-            (count,) = _fields(_U32, payload, _IDS.size)
-            if sender != cid or rid != self.config.round_id:
-                raise DecodeError(f"ciphertexts of client {cid} name client {sender}, round {rid}")
-            cts = _parse_block(payload[_IDS.size + 4 :], width, count, f"ciphertexts of client {cid}")
-            if product is not None and len(cts) != len(product):
-                raise DecodeError(f"client {cid} sent {len(cts)} ciphertexts, expected {len(product)}")
-            nsq = public.nsquare
-            if any(not 0 < c < nsq for c in cts):
-                raise DecodeError(f"client {cid} sent a ciphertext outside (0, n^2)")
-            if product is None:
-                product = [as_mpz(c) for c in cts]
-            else:
-                product = [a * c % nsq for a, c in zip(product, cts, strict=True)]
-        self._product = product or []
-        self._count = len(self._product)
-        self.survivors = sorted(messages)
-
-    def _collect_signed(self, messages: Mapping[int, bytes]) -> None:
-        """Malicious model: check each client's signed ciphertexts and keep them for the decryptor."""
-        if self.public is None:
-            raise StageError("collect_ciphertexts before the key was shared")
-        rid, width, nsq = self.config.round_id, self.public.ciphertext_bytes, self.public.nsquare
-        kept: dict[int, Ciphertexts] = {}
-        count: int | None = None
-        for cid in sorted(messages):
-            if cid not in self.key_holders:
-                raise IntegrityError(f"round {rid}: ciphertexts from client {cid} without a key")
-            if kind_of(messages[cid]) != KIND_SIGNED_CIPHERTEXTS:
-                raise IntegrityError(f"round {rid}: client {cid} sent unsigned ciphertexts (malicious model)")
-            c = decode_ciphertexts(messages[cid])
-            if c.client_id != cid or c.round_id != rid:
-                raise DecodeError(
-                    f"ciphertexts of client {cid} name client {c.client_id}, round {c.round_id}"
-                )
-            if count is not None and c.count != count:
-                raise DecodeError(f"client {cid} sent {c.count} ciphertexts, expected {count}")
-            if any(not 0 < v < nsq for v in c.values(width)):
-                raise DecodeError(f"client {cid} sent a ciphertext outside (0, n^2)")
-            keymod.verify_ciphertexts(self._identity(cid), c.signature or b"", rid, cid, c.block, "server")
-            kept[cid], count = c, c.count
-        self._signed = kept
-        self._count = count or 0
-        self.survivors = sorted(messages)
-
-    def consistency_request(self) -> bytes:
-        """CONSISTENCY (malicious model): the survivor set S every survivor is asked to sign."""
-        if not self.malicious:
-            raise StageError("consistency_request: the honest-but-curious model has no consistency round")
-        if not self.survivors:
-            raise StageError("consistency_request before collect_ciphertexts")
-        return frame(KIND_CONSISTENCY_REQUEST, _U64.pack(self.config.round_id) + _ids(tuple(self.survivors)))
-
-    def collect_signatures(self, messages: Mapping[int, bytes]) -> None:
-        """Check the survivors' consistency signatures on S.
-
-        Raises:
-            AggregationAborted: fewer than t' (:func:`consistency_threshold`) signed.
-            IntegrityError: a signature from a non-survivor or one that does not verify.
-        """
-        if not self.malicious or not self.survivors:
-            raise StageError("collect_signatures outside the malicious model's consistency round")
-        rid, survivors = self.config.round_id, tuple(self.survivors)
-        signatures: dict[int, bytes] = {}
-        for cid in sorted(messages):
-            payload = unframe(messages[cid], KIND_CONSISTENCY_SIGNATURE)
-            if len(payload) != _IDS.size + _SIG:
-                raise DecodeError(f"consistency signature of client {cid}: {len(payload)} bytes")
-            sender, srid = _fields(_IDS, payload, 0)
-            if sender != cid or srid != rid:
-                raise DecodeError(
-                    f"consistency signature of client {cid} names client {sender}, round {srid}"
-                )
-            if cid not in self.survivors:
-                raise IntegrityError(f"round {rid}: consistency signature from non-survivor {cid}")
-            keymod.verify_survivors(self._identity(cid), payload[_IDS.size :], rid, survivors, cid, "server")
-            signatures[cid] = payload[_IDS.size :]
-        if len(signatures) < self.consistency_threshold:
-            raise AggregationAborted(
-                f"round {rid}: only {len(signatures)} consistency signatures at stage CONSISTENCY, t' is "
-                f"{self.consistency_threshold}; round aborted, nothing revealed",
-                survivors=len(signatures),
-                threshold=self.consistency_threshold,
-                round_id=rid,
-            )
-        self.signatures = signatures
-
-    @property
-    def signers(self) -> list[int]:
-        """Clients whose consistency signature arrived (malicious model), sorted."""
-        return sorted(self.signatures)
-
-    def aggregate_message(self) -> bytes:
-        """What the decryptor receives.
-
-        Honest-but-curious: the survivor ids and the product ciphertexts. Malicious model:
-        S, the consistency signatures and every member's signed ciphertexts (|S| ciphertext
-        vectors instead of one: the price of a decryptor that checks what it decrypts).
-        """
-        if self.public is None:
-            raise StageError("aggregate_message before collect_ciphertexts")
-        if self.malicious:
-            if not self.signatures:
-                raise StageError("aggregate_message before collect_signatures")
-            return encode_verified_aggregate(
-                self.config.round_id, tuple(self.survivors), self.signatures, self._signed, self._count
-            )
-        return encode_aggregate(
-            self.config.round_id, tuple(self.survivors), self._product, self.public.ciphertext_bytes
-        )
-
-    def decode_sum(self, message: bytes, fp: FixedPoint, layout: SlotLayout, length: int) -> np.ndarray:
-        """Unpack the decryptor's plaintext sum into the float sum of the survivors."""
-        if self.public is None:
-            raise StageError("decode_sum before the key was shared")
-        payload = unframe(message, KIND_PLAINTEXT_SUM)
-        (rid,) = _fields(_U64, payload, 0)
-        (count,) = _fields(_U32, payload, 8)
-        if rid != self.config.round_id or count != self._count:
-            raise DecodeError(f"plaintext sum for round {rid} with {count} values does not match the round")
-        plaintexts = _parse_block(payload[12:], self.public.plaintext_bytes, count, "plaintext sum")
-        sums = unpack_sum(layout, plaintexts, length, len(self.survivors))
-        return sums.astype(np.float64) * fp.step
 
 
 class PaillierAggregator(Aggregator):
@@ -882,6 +160,10 @@ class PaillierAggregator(Aggregator):
         malicious: ``False`` (default): the honest-but-curious server of FedMF, the
             cheap path. ``True``: the malicious-server model -- signed ciphertexts, a
             consistency round and verified, once-per-round decryption (module docstring).
+        min_key_bits: the smallest modulus the clients accept from the key holder (default:
+            ``key_bits``, or the given keypair's size when that is smaller).
+        key_holders: the clients allowed to hold the key (default: any); the lowest-id
+            advertiser among them that answers generates or reuses it.
 
     Notes:
         2048-bit keys give about 112-bit security (NIST SP 800-57 Part 1), acceptable
@@ -918,6 +200,14 @@ class PaillierAggregator(Aggregator):
         holds the private key). Also assumed, as in Bonawitz et al. 2017: the round's
         ``n`` is fixed at setup for every client; a server that runs one round id with
         two overlapping client populations could give each its own majority.
+
+        Parameters are each client's own, in both models: every client is built with the
+        round's config, ``n`` and ``min_key_bits`` (and ``key_holders``) and refuses a
+        message or call that lowers the threshold, changes the slot layout or clip range,
+        delivers a smaller key or a key from a holder its configuration does not allow,
+        or names another round (:class:`PaillierClient` Notes;
+        ``attacks.malicious_paillier`` runs one lie per parameter). After any failure a
+        party refuses every further call.
     """
 
     name: ClassVar[str] = "paillier"
@@ -934,12 +224,20 @@ class PaillierAggregator(Aggregator):
         precompute: bool = True,
         key_holder_randomness: bool = True,
         malicious: bool = False,
+        min_key_bits: int | None = None,
+        key_holders: Collection[int] | None = None,
     ) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         if key_bits < keymod.MIN_KEY_BITS or key_bits % 2:
             raise ConfigError(f"key_bits must be an even number >= {keymod.MIN_KEY_BITS}, got {key_bits}")
+        if min_key_bits is not None and min_key_bits < keymod.MIN_KEY_BITS:
+            raise ConfigError(f"min_key_bits must be >= {keymod.MIN_KEY_BITS}, got {min_key_bits}")
+        if key_holders is not None and not key_holders:
+            raise ConfigError("key_holders must name at least one client (or be None: any client)")
         self.key_bits = key_bits
+        self.min_key_bits = min_key_bits
+        self.key_holders = None if key_holders is None else frozenset(key_holders)
         self._keypair = as_private_key(keypair) if keypair is not None else None
         self.workers = workers
         self._randbelow = randbelow
@@ -1016,6 +314,8 @@ class PaillierAggregator(Aggregator):
         t0 = time.perf_counter()
         keypair = self._ensure_keypair()
         offline += time.perf_counter() - t0
+        if self.min_key_bits is not None and keypair.public.bits < self.min_key_bits:
+            raise ConfigError(f"the {keypair.public.bits}-bit key is below min_key_bits={self.min_key_bits}")
         fp, layout = round_layout(len(inputs), config, keypair.public)  # refuses before anything is sent
         for cid in inputs:
             self.enroll(cid)
@@ -1036,9 +336,12 @@ class PaillierAggregator(Aggregator):
 
         n = len(inputs)
         server = PaillierServer(self.directory, config, n, malicious=self.malicious)
-        clients = {
+        min_key_bits = (self.min_key_bits if self.min_key_bits is not None
+                        else min(self.key_bits, keypair.public.bits))  # a given keypair is the caller's
+        clients = {  # each client's own configuration: the round's, n, the key size, the key holders
             cid: PaillierClient(cid, self._identities[cid], self.directory, config.round_id,
-                                malicious=self.malicious, n_clients=n)
+                                malicious=self.malicious, n_clients=n, config=config,
+                                min_key_bits=min_key_bits, key_holders=self.key_holders)
             for cid in sorted(inputs)
         }
 
@@ -1054,8 +357,9 @@ class PaillierAggregator(Aggregator):
             down[cid] += len(advert_list)
             client_call(cid, clients[cid].receive_adverts, advert_list)
 
-        # SHARE_KEYS: the lowest-id advertiser that answers holds the key
-        holder = next((cid for cid in sorted(adverts) if present(cid, Stage.SHARE_KEYS)), None)
+        # SHARE_KEYS: the lowest-id advertiser (allowed to hold it) that answers holds the key
+        holder = next((cid for cid in sorted(adverts) if present(cid, Stage.SHARE_KEYS)
+                       and (self.key_holders is None or cid in self.key_holders)), None)
         if holder is None:
             abort_if_below_threshold(0, config, Stage.SHARE_KEYS)
             raise AggregationAborted(  # threshold >= 1, so unreachable; kept for type checkers

@@ -180,7 +180,19 @@ def parse_advert(payload: bytes, identities: dict[int, Ed25519PublicKey], round_
 
 
 def _pairwise_key(own: X25519PrivateKey, peer: bytes, round_id: int, holder: int, recipient: int) -> bytes:
-    shared = own.exchange(X25519PublicKey.from_public_bytes(peer))
+    """HKDF-SHA256 of the X25519 shared secret, bound to the round and both ids.
+
+    Raises:
+        IntegrityError: the peer's key is malformed or of low order (RFC 7748 section 6.1:
+            the shared secret is all zeros), so a server cannot force a known key.
+    """
+    try:
+        shared = own.exchange(X25519PublicKey.from_public_bytes(peer))
+    except ValueError:
+        raise IntegrityError(
+            f"round {round_id}: key transport {holder} -> {recipient}: the peer's advertised X25519 key "
+            "is invalid or of low order"
+        ) from None
     info = _DOMAIN + b"key-transport" + struct.pack(">QQQ", round_id, holder, recipient)
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
 
@@ -213,7 +225,7 @@ def open_private_key(
     aead = AESGCM(_pairwise_key(own, holder.x25519, round_id, holder.client_id, recipient))
     try:
         plaintext = aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], aad)
-    except InvalidTag:
+    except (InvalidTag, ValueError):  # ValueError: too short to hold a nonce
         raise IntegrityError(
             f"round {round_id}: private key from client {holder.client_id} to {recipient} "
             "failed authentication"

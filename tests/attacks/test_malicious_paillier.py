@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 pytest.importorskip("gmpy2")
 
 from attacks import MaliciousServerAttack
 from attacks import malicious_paillier as mp
-from attacks.malicious_paillier import SCENARIOS, run_scenario
-from protocols.paillier import aggregator as pa
+from attacks.malicious_paillier import LIE_SCENARIOS, SCENARIOS, run_scenario
+from protocols.paillier import PrivateKey, generate_keypair
+from protocols.paillier import client as paillier_client
 from protocols.paillier import keys as keymod
+from protocols.paillier import server as paillier_server
 from securefedrec.errors import ConfigError
 from tests.attacks.conftest import config
 from tests.protocols.test_paillier import small_key
+
+
+@functools.cache
+def weak_key() -> PrivateKey:
+    return generate_keypair(256)
+
 
 LEAKS_WHEN_HONEST_BUT_CURIOUS = ("single-ciphertext", "under-threshold", "split-view", "ciphertext-replay")
 
@@ -34,6 +44,36 @@ def test_honest_but_curious_baseline(scenario: str) -> None:
         assert out.revealed == 0 and out.aborted
 
 
+@pytest.mark.parametrize("malicious", [True, False])
+@pytest.mark.parametrize("scenario", LIE_SCENARIOS)
+def test_each_lie_about_a_clients_own_parameter_reveals_nothing(scenario: str, malicious: bool) -> None:
+    out = run_scenario(scenario, clients=8, threshold=4, malicious=malicious, key=small_key(),
+                       weak_key=weak_key())
+    assert out.revealed == 0
+    assert out.aborted and all(e.startswith("IntegrityError: round ") for e in out.errors)
+
+
+@pytest.mark.parametrize(("scenario", "malicious", "revealed"), [
+    ("threshold-lie", False, 1),  # the decryptor took threshold 1 from the caller
+    ("sybil-key-holder", True, 7), ("sybil-key-holder", False, 7),  # every client but the one replaced
+    ("weak-key", True, 7), ("weak-key", False, 7),  # every recipient of the 256-bit key
+])
+def test_without_their_own_config_clients_fall_for_the_lie(scenario: str, malicious: bool,
+                                                           revealed: int) -> None:
+    """Clients that take the parameter from the caller fall for it: the check is what stops the lie."""
+    out = run_scenario(scenario, clients=8, threshold=4, malicious=malicious, key=small_key(),
+                       weak_key=weak_key(), own_config=False)
+    assert out.revealed == revealed and "input recovered" in out.notes[-1]
+
+
+def test_a_layout_lie_is_refused_and_reveals_nothing_even_when_taken() -> None:
+    out = run_scenario("layout-lie", clients=6, threshold=3, malicious=False, key=small_key())
+    assert sorted(out.aborted) == [1, 2, 3, 4, 5, 6] and out.revealed == 0
+    bare = run_scenario("layout-lie", clients=6, threshold=3, malicious=False, key=small_key(),
+                        own_config=False)
+    assert bare.revealed == 0 and "client 2 told two more value bits: encrypted" in bare.notes
+
+
 def test_split_view_with_a_threshold_below_half_still_fails() -> None:
     out = run_scenario("split-view", clients=10, threshold=2, malicious=True, key=small_key())
     assert out.revealed == 0 and "sums obtained: s1" in out.notes
@@ -46,7 +86,8 @@ def test_without_the_majority_t_prime_split_view_succeeds(monkeypatch: pytest.Mo
     def half(n: int) -> int:
         return n // 2
 
-    monkeypatch.setattr(pa, "consistency_threshold", half)
+    monkeypatch.setattr(paillier_client, "consistency_threshold", half)  # the clients' t'
+    monkeypatch.setattr(paillier_server, "consistency_threshold", half)  # the server's
     monkeypatch.setattr(mp, "consistency_threshold", half)
     out = run_scenario("split-view", clients=8, threshold=4, malicious=True, key=small_key())
     assert out.revealed == 1

@@ -309,9 +309,10 @@ def test_injected_randomness_makes_ciphertexts_reproducible() -> None:
     x = np.linspace(-1, 1, 40)
 
     def ciphertexts(seed: int) -> bytes:
-        client = PaillierClient(1, keymod.Ed25519PrivateKey.generate(), {}, 0)
-        client.advertise()
-        client.receive_adverts(frame(2, struct.pack(">I", 0)))
+        identity = keymod.Ed25519PrivateKey.generate()
+        client = PaillierClient(1, identity, {1: identity.public_key()}, 0)
+        own = unframe(client.advertise(), 1)
+        client.receive_adverts(frame(2, struct.pack(">I", 1) + own))
         client.share_key(key)
         pool = RandomnessPool(key.public, private=key, randbelow=counter_randbelow(seed))
         message: bytes = client.masked_input(x, fp, layout, np.random.default_rng(0), pool)
@@ -405,9 +406,14 @@ def test_stages_out_of_order_raise() -> None:
     _, clients, _ = _two_clients()
     with pytest.raises(StageError):
         clients[1].share_key(small_key())
-    clients[1].advertise()
-    with pytest.raises(StageError):
+    assert clients[1].failed  # terminal: every further call is refused, the right one too
+    with pytest.raises(IntegrityError, match="client 1 refuses advertise: it failed earlier"):
         clients[1].advertise()
+    clients[2].advertise()
+    with pytest.raises(StageError):
+        clients[2].advertise()
+    with pytest.raises(IntegrityError, match="refuses receive_adverts"):
+        clients[2].receive_adverts(b"")
 
 
 def test_tampered_sealed_key_and_forged_advert_are_rejected() -> None:
@@ -423,10 +429,15 @@ def test_tampered_sealed_key_and_forged_advert_are_rejected() -> None:
         clients[2].receive_key(frame(4, bytes(payload)))
     forged = bytearray(unframe(adverts[2], 1))
     forged[20] ^= 1
-    with pytest.raises(IntegrityError):
-        server.collect_adverts({2: frame(1, bytes(forged))})
+    from protocols.paillier import PaillierServer
+
+    fresh = PaillierServer(_agg.directory, RoundConfig(threshold=2), 2)
+    with pytest.raises(IntegrityError, match="advert of client 2 failed authentication"):
+        fresh.collect_adverts({2: frame(1, bytes(forged))})
+    with pytest.raises(IntegrityError, match="server refuses collect_adverts"):  # terminal
+        fresh.collect_adverts(adverts)
     with pytest.raises(DecodeError):
-        server.collect_adverts({2: adverts[2][:-1]})
+        PaillierServer(_agg.directory, RoundConfig(threshold=2), 2).collect_adverts({2: adverts[2][:-1]})
 
 
 def test_decryptor_refuses_a_sum_over_too_few_clients() -> None:
@@ -441,10 +452,26 @@ def test_decryptor_refuses_a_sum_over_too_few_clients() -> None:
         clients[1].decrypt(frame(7, body), threshold=2)
 
 
-def test_server_rejects_ciphertexts_out_of_range() -> None:
-    agg = PaillierAggregator(keypair=small_key())
-    inputs = make_inputs(2, 4)
-    agg.aggregate(inputs, RoundConfig(threshold=2))
+@pytest.mark.parametrize("value", ["zero", "n^2", "n^2 + 1"])
+def test_ciphertexts_out_of_range_are_refused(value: str) -> None:
+    """``0 < c < n^2``: the server checks each client's ciphertexts, the decryptor the aggregate's."""
+    msgs = _exchange()
+    key = small_key()
+    nsq = int(key.public.nsquare)
+    bad = {"zero": 0, "n^2": nsq, "n^2 + 1": nsq + 1}[value]
+    width = key.public.ciphertext_bytes
+    assert bad.bit_length() <= 8 * width  # fits the fixed-width field, so only the range check stops it
+    payload = unframe(msgs["ciphertexts"], 6)  # client 2's: ids (16) | count (4) | block
+    tampered = frame(6, payload[:20] + bad.to_bytes(width, "big") + payload[20 + width :])
+    with pytest.raises(DecodeError, match=r"client 2 sent a ciphertext outside \(0, n\^2\)"):
+        _exchange({"ciphertexts": tampered})
+    payload = unframe(msgs["aggregate"], 7)  # round (8) | 2 ids (4 + 16) | count (4) | product
+    tampered = frame(7, payload[:32] + bad.to_bytes(width, "big") + payload[32 + width :])
+    with pytest.raises(IntegrityError, match=r"client 2 got an aggregate ciphertext outside \(0, n\^2\)"):
+        _exchange({"aggregate": tampered})
+
+
+def test_header_of_a_truncated_frame_is_refused() -> None:
     with pytest.raises(DecodeError, match="header"):
         unframe(frame(6, b"abc")[:-1], 6)
 
@@ -454,8 +481,12 @@ def test_keygen_refuses_small_keys() -> None:
         keymod.generate_keypair(128)
 
 
-def _exchange(replace: dict[str, bytes] | None = None) -> dict[str, bytes]:
-    """A full 2-client exchange through the sans-IO parties; ``replace`` swaps a message in transit."""
+def _exchange(replace: dict[str, bytes] | None = None, check: bool = True) -> dict[str, bytes]:
+    """A full 2-client exchange through the sans-IO parties; ``replace`` swaps a message in transit.
+
+    With ``check`` the decoded sum must be the inputs' (the returned messages then hold it
+    under ``"total"``, float64 bytes, either way).
+    """
     from protocols.paillier import PaillierClient, PaillierServer
     from protocols.paillier.aggregator import round_layout
 
@@ -487,7 +518,9 @@ def _exchange(replace: dict[str, bytes] | None = None) -> dict[str, bytes]:
     server.collect_ciphertexts(cts)
     plain = clients[2].decrypt(send("aggregate", server.aggregate_message()), 2)
     total = server.decode_sum(send("sum", plain), fp, layout, 5)
-    np.testing.assert_allclose(total, np.full(5, 1.0), atol=2 * fp.step)
+    if check:
+        np.testing.assert_allclose(total, np.full(5, 1.0), atol=2 * fp.step)
+    msgs["total"] = total.tobytes()
     return msgs
 
 
@@ -504,14 +537,27 @@ def test_truncated_messages_raise_protocol_errors(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["bundle", "delivery", "ciphertexts", "aggregate"])
 def test_flipped_bytes_raise_only_protocol_errors(kind: str) -> None:
+    """A flipped byte is refused with the project's own error, or leaves the sum exact; nothing else.
+
+    Any other exception (struct, gmpy2, KeyError, ...) fails the test, and so does a flip that
+    silently changes the decoded sum.
+    """
+    from protocols.paillier.aggregator import round_layout
+
     original = _exchange()[kind]
+    step = round_layout(2, RoundConfig(threshold=2), small_key().public)[0].step
+    refused, exact = 0, 0
     for pos in range(9, len(original), max(1, len(original) // 20)):
         garbled = bytearray(original)
         garbled[pos] ^= 0x40
         try:
-            _exchange({kind: bytes(garbled)})
-        except (ProtocolError, AssertionError):  # rejected, or a sum that the check flags as wrong
+            total = np.frombuffer(_exchange({kind: bytes(garbled)}, check=False)["total"])
+        except ProtocolError:
+            refused += 1
             continue
+        np.testing.assert_allclose(total, np.full(5, 1.0), atol=2 * step, err_msg=f"byte {pos}")
+        exact += 1
+    assert refused > 0 and refused + exact == len(range(9, len(original), max(1, len(original) // 20)))
 
 
 def test_round_with_two_workers_matches_one_worker() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import struct
@@ -189,9 +190,10 @@ def test_sans_io_round_decrypts_the_sum_once() -> None:
         r.clients[2].decrypt(aggregate, 3)
     with pytest.raises(IntegrityError, match="round 0: client 3 already signed a survivor set"):
         r.clients[3].consistency(request, 3)
-    total = r.server.decode_sum(
-        r.clients[3].decrypt(aggregate, 3), fp, layout, 6
-    )  # another decryptor: same S
+    with pytest.raises(IntegrityError, match="client 3 refuses decrypt: it failed earlier"):
+        r.clients[3].decrypt(aggregate, 3)  # terminal after its refusal
+    again = r.server.decode_sum(r.clients[4].decrypt(aggregate, 3), fp, layout, 6)  # another decryptor
+    np.testing.assert_array_equal(again, total)
 
 
 def _tamper_cases(r: Round) -> tuple[bytes, dict[str, tuple[int, bytes, str]]]:
@@ -275,7 +277,9 @@ def test_decryptor_refuses_every_tampered_aggregate(case: str) -> None:
     decryptor, message, error = cases[case]
     with pytest.raises(IntegrityError, match=error):
         r.clients[decryptor].decrypt(message, 3)
-    r.clients[decryptor].decrypt(good, 3)  # a refusal changes nothing: the real sum is decrypted, once
+    with pytest.raises(IntegrityError, match=f"client {decryptor} refuses decrypt: it failed earlier"):
+        r.clients[decryptor].decrypt(good, 3)  # terminal: not even the real sum is decrypted now
+    r.clients[decryptor + 1].decrypt(good, 3)  # another signer decrypts the real sum
 
 
 def test_ciphertexts_replayed_from_an_earlier_round_are_refused() -> None:
@@ -311,14 +315,17 @@ def test_split_view_cannot_reach_t_prime_twice() -> None:
     blocks = r.blocks()
     count = blocks[1].count
     r.clients[1].decrypt(encode_verified_aggregate(0, s1, sig1, blocks, count), 3)
-    with pytest.raises(IntegrityError, match="client 4 refuses to decrypt: 2 consistency signatures"):
-        r.clients[4].decrypt(encode_verified_aggregate(0, s2, sig2, blocks, count), 3)
-    with pytest.raises(IntegrityError, match="signature of client 6, not in the survivor set"):
-        r.clients[4].decrypt(encode_verified_aggregate(0, s2, {6: sig1[6], **sig2}, blocks, count), 3)
-    with pytest.raises(IntegrityError, match=r"client 5 .*signature of client 1 does not sign"):
-        r.clients[5].decrypt(encode_verified_aggregate(0, s2, {1: sig1[1], **sig2}, blocks, count), 3)
-    with pytest.raises(IntegrityError, match=r"client 2 refuses .*not the survivor set it signed"):
-        r.clients[2].decrypt(encode_verified_aggregate(0, s2, {1: sig1[1], **sig2}, blocks, count), 3)
+    attempts = [  # (decryptor, signatures on S2, refusal); each on a copy of the decryptor's state
+        (4, sig2, "client 4 refuses to decrypt: 2 consistency signatures"),
+        (4, {6: sig1[6], **sig2}, "signature of client 6, not in the survivor set"),
+        (5, {1: sig1[1], **sig2}, r"client 5 .*signature of client 1 does not sign"),
+        (2, {1: sig1[1], **sig2}, r"client 2 refuses .*not the survivor set it signed"),
+    ]
+    for decryptor, sigs, error in attempts:
+        client = copy.deepcopy(r.clients[decryptor])
+        with pytest.raises(IntegrityError, match=error):
+            client.decrypt(encode_verified_aggregate(0, s2, sigs, blocks, count), 3)
+        assert client.failed
 
 
 @pytest.mark.parametrize(
@@ -332,13 +339,15 @@ def test_split_view_cannot_reach_t_prime_twice() -> None:
 )
 def test_clients_refuse_to_sign_a_bad_survivor_set(survivors: tuple[int, ...], error: str) -> None:
     r = make_round(n=5, threshold=2)  # t' = 3
+    other = copy.deepcopy(r.clients[5])
     with pytest.raises(IntegrityError, match=f"round 0: client 5 .*{error}"):
         r.clients[5].consistency(r.request(survivors), 2)
+    with pytest.raises(IntegrityError, match="client 5 refuses consistency: it failed earlier"):
+        r.clients[5].consistency(r.request((1, 2, 3, 4, 5)), 2)  # terminal: not even the honest S
     with pytest.raises(
         IntegrityError, match="round 0: client 5 was asked to sign the survivor set of round 3"
     ):
-        r.clients[5].consistency(r.request((1, 2, 3, 4, 5), round_id=3), 2)
-    r.clients[5].consistency(r.request((1, 2, 3, 4, 5)), 2)  # a refusal does not use up the one signature
+        other.consistency(r.request((1, 2, 3, 4, 5), round_id=3), 2)
 
 
 def test_decrypt_without_a_signed_survivor_set_is_refused() -> None:
@@ -353,8 +362,11 @@ def test_decrypt_without_a_signed_survivor_set_is_refused() -> None:
 def test_server_checks_signatures_and_refuses_unsigned_ciphertexts() -> None:
     r = make_round()
     plain = Ciphertexts(2, 0, r.blocks()[2].count, r.blocks()[2].block).encode()
+    refusing = copy.deepcopy(r.server)
     with pytest.raises(IntegrityError, match="client 2 sent unsigned ciphertexts"):
-        r.server.collect_ciphertexts({**r.ciphertexts, 2: plain})
+        refusing.collect_ciphertexts({**r.ciphertexts, 2: plain})
+    with pytest.raises(IntegrityError, match="server refuses consistency_request: it failed earlier"):
+        refusing.consistency_request()
     request = r.server.consistency_request()
     good = {c: r.clients[c].consistency(request, 3) for c in (1, 2, 3)}
     bad = bytearray(good[3])
@@ -442,7 +454,10 @@ def test_key_delivery_bindings(malicious: bool, case: str) -> None:
         message, error = _join(ids, n, sig, flipped), "private key from client 1 to 2 failed"
     with pytest.raises(IntegrityError, match=f"round 4: {error}"):
         clients[2].receive_key(message)
-    clients[2].receive_key(deliveries[2])  # a refused delivery changed nothing
+    with pytest.raises(IntegrityError, match="client 2 refuses receive_key: it failed earlier"):
+        clients[2].receive_key(deliveries[2])  # terminal: it takes no key in this round any more
+    assert clients[2].keypair is None
+    clients[3].receive_key(deliveries[3])
 
 
 def test_substituted_advert_key_is_refused_in_both_models() -> None:
@@ -467,17 +482,25 @@ def test_truncated_and_flipped_verified_aggregates_raise_protocol_errors() -> No
     everyone = (1, 2, 3, 4, 5)
     sigs = r.sign(everyone, list(everyone))
     original = encode_verified_aggregate(0, everyone, sigs, r.blocks(), r.blocks()[1].count)
-    for cut in range(9, len(original), max(1, len(original) // 40)):
-        with pytest.raises(ProtocolError):
-            r.clients[2].decrypt(frame(pa.KIND_VERIFIED_AGGREGATE, original[9:cut]), 3)
+    bad = [frame(pa.KIND_VERIFIED_AGGREGATE, original[9:cut])
+           for cut in range(9, len(original), max(1, len(original) // 40))]
     for pos in range(9, len(original), max(1, len(original) // 40)):
         garbled = bytearray(original)
         garbled[pos] ^= 0x40
+        bad.append(bytes(garbled))
+    for message in bad:
+        client = copy.deepcopy(r.clients[2])
         with pytest.raises(ProtocolError):
-            r.clients[2].decrypt(bytes(garbled), 3)
+            client.decrypt(message, 3)
+        with pytest.raises(IntegrityError, match="refuses decrypt: it failed earlier"):
+            client.decrypt(original, 3)
+    r.clients[2].decrypt(original, 3)  # the untouched client decrypts the real aggregate
     fresh = make_round()
     request = fresh.request(everyone)
-    for cut in range(9, len(request)):  # a refused request does not use up the client's one signature
+    for cut in range(9, len(request)):
+        client = copy.deepcopy(fresh.clients[2])
         with pytest.raises(ProtocolError):
-            fresh.clients[2].consistency(frame(pa.KIND_CONSISTENCY_REQUEST, request[9:cut]), 3)
+            client.consistency(frame(pa.KIND_CONSISTENCY_REQUEST, request[9:cut]), 3)
+        with pytest.raises(IntegrityError, match="refuses consistency: it failed earlier"):
+            client.consistency(request, 3)
     fresh.clients[2].consistency(request, 3)
