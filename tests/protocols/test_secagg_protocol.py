@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols import DecodeError, IntegrityError, RoundConfig, Stage, StageError
-from protocols.errors import AggregationAborted
+from protocols.errors import AggregationAborted, ConfigError
 from protocols.secagg import (
     SecAggAggregator,
     SecAggClient,
@@ -255,8 +255,9 @@ def test_client_refuses_overflowing_encoding() -> None:
     setup = m.Setup.decode(rnd.inbox[cid])
     fields = {k: getattr(setup, k) for k in setup.__dataclass_fields__}
     evil = m.Setup(**{**fields, "value_bits": 32}).encode()  # 4 clients * 2^31 overflows Z_2^32
-    with pytest.raises(Exception, match="overflows"):
+    with pytest.raises(IntegrityError, match="overflows"):
         rnd.clients[cid].advertise(evil)
+    assert rnd.clients[cid].stage is None
 
 
 def test_server_rejects_impersonation() -> None:
@@ -286,7 +287,9 @@ def test_abort_below_threshold_before_unmask_reveals_nothing() -> None:
     with pytest.raises(AggregationAborted) as info:
         rnd.server.receive_masked_inputs(replies)
     assert info.value.threshold == 4 and info.value.survivors == 3
-    assert rnd.server.stage is Stage.MASKED_INPUT  # nothing was sent on
+    assert rnd.server.stage is None  # nothing was sent on, and the server is done with the round
+    with pytest.raises(StageError):
+        rnd.server.receive_masked_inputs(replies)
 
 
 # ---- randomness, bytes, results --------------------------------------------------------
@@ -469,5 +472,5 @@ def test_parallel_workers_give_the_same_sum() -> None:
     res = SecAggAggregator(neighbors=4, workers=2).aggregate(inputs, cfg, plan)
     want = np.sum([v for c, v in inputs.items() if c != sorted(inputs)[1]], axis=0)
     np.testing.assert_allclose(res.total, want, atol=7 * 2 / 2**28)
-    with pytest.raises(Exception, match=r"os\.urandom"):
+    with pytest.raises(ConfigError, match=r"os\.urandom"):
         SecAggAggregator(workers=2, randbytes=pinned("x"))
