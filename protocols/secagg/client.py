@@ -105,14 +105,18 @@ class ClientPolicy:
         Threat: a malicious server announcing ``share_threshold = 1`` and showing
         two groups of clients two survivor sets gets the self-mask share of a victim
         from one group and its key share from the other, and unmasks its input
-        (the split-view attack of Bonawitz et al., CCS 2017, Section 6). So the
-        client computes t' itself with :func:`~protocols.secagg.graph.share_threshold`:
-        in the malicious model a strict majority of its neighbourhood, so two sets of
-        t' responders always share an honest client, who never reveals both shares of
-        one peer (Bell et al., CCS 2020). The release threshold bounds how few
-        inputs a released sum may hold; 1/2 of n with at least 2 is the project's
-        default ``threshold_fraction`` (with fewer, a server that declares all but
-        one client dropped learns that client's input as "the sum"). The degree bound
+        (the split view that Bonawitz et al., CCS 2017, defend against with the
+        consistency round). So the client computes t' itself with
+        :func:`~protocols.secagg.graph.share_threshold`: in the malicious model a
+        strict majority of its neighbourhood, so two sets of t' responders always
+        intersect, and an honest client never reveals both shares of one peer (Bell
+        et al., CCS 2020). The release threshold bounds how few inputs a released sum
+        may hold (with fewer, a server that declares all but one client dropped
+        learns that client's input as "the sum"). The default, ``ceil(n / 2)`` and at
+        least 1, is the project's default ``threshold_fraction`` (what
+        ``Simulation.round_config`` asks for); n is the number of clients the Setup
+        invites, so a deployment raises ``min_threshold``, which holds whatever n the
+        server names (a round of one client reveals that client's input). The degree bound
         (gamma = 0.05, 2^-40, the setting of Bell et al.'s tables) keeps the chance
         that corrupted clients reach t' in some neighbourhood negligible; the graph
         itself is derived from public data (:func:`~protocols.secagg.graph.graph_seed`).
@@ -120,7 +124,7 @@ class ClientPolicy:
         (:meth:`~protocols.encoding.FixedPoint.for_sum`).
     """
 
-    min_threshold: int = 2
+    min_threshold: int = 1
     min_threshold_fraction: float = 0.5
     min_degree: int | None = None
     corruption_rate: float | None = 0.05
@@ -168,7 +172,7 @@ class SecAggClient:
         randbytes: source of every secret (key pairs, self-mask seed, share polynomials).
         rng: generator for stochastic rounding only (not secret); default ``default_rng()``.
         policy: the floor this client holds the server's Setup to; default ``ClientPolicy()``
-            (threshold >= max(2, n/2), share threshold computed by the client, degree
+            (threshold >= ceil(n/2), share threshold computed by the client, degree
             within Bell et al.'s bound for 5 % corrupted clients, graph seed derived from
             the round, no overflow).
     """
