@@ -32,10 +32,10 @@ Notes:
     Split view needs two disjoint groups of signers, each reaching the Shamir
     threshold t'. With ``t' > n_v / 2`` (strict majority of v's share holders)
     that is impossible, which is why Bell et al. raise t' to a majority in the
-    malicious model. :func:`protocols.secagg.share_threshold` does so only for
-    sparse graphs: with the complete graph (SecAgg, and SecAgg+ on few clients)
-    t' is the configured threshold, and ``threshold = n / 2`` (the default
-    ``threshold_fraction`` 0.5 with even n) lets the split-view attack succeed.
+    malicious model. :func:`protocols.secagg.share_threshold` does so for every
+    graph, and each client computes t' itself (:class:`protocols.secagg.ClientPolicy`):
+    a server that announces a lower t' is refused at setup
+    (:mod:`attacks.malicious_lies` runs that lie and every other one).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from attacks.base import Attack, AttackResult
 from protocols import Aggregator, ProtocolError, RoundConfig, shamir
 from protocols.prg import MaskExpander
-from protocols.secagg import SecAggClient, SecAggServer, _crypto, choose_degree
+from protocols.secagg import SecAggAggregator, SecAggClient, SecAggServer, _crypto, choose_degree
 from protocols.secagg import messages as msg
 from protocols.secagg.client import raw_public
 from securefedrec.config import ExperimentConfig
@@ -97,7 +97,8 @@ class _Round:
     """One SecAgg round whose server messages the attacker may rewrite."""
 
     def __init__(self, n: int, threshold: int, degree: int | None, malicious: bool, length: int,
-                 rng: np.random.Generator, randbytes: Callable[[int], bytes]) -> None:
+                 rng: np.random.Generator, randbytes: Callable[[int], bytes],
+                 client_class: type[SecAggClient] = SecAggClient) -> None:
         self.ids = list(range(1, n + 1))
         self.cfg = RoundConfig(round_id=7, threshold=threshold, ring_bits=32, clip_range=1.0,
                                neighbors=degree)
@@ -107,17 +108,21 @@ class _Round:
         self.length = length
         self.malicious = malicious
         self.server = SecAggServer(self.cfg, self.ids, length, malicious=malicious, randbytes=randbytes)
+        # the honest clients' own floor, from the same configuration as the honest server's
+        policy = SecAggAggregator(neighbors=degree, malicious=malicious).client_policy(n, self.cfg)
         self.clients = {
-            c: SecAggClient(c, self.inputs[c], malicious=malicious,
+            c: client_class(c, self.inputs[c], malicious=malicious,
                             identity_key=ident[c] if malicious else None,
                             identity_keys=pki if malicious else None, round_id=7, randbytes=randbytes,
-                            rng=np.random.default_rng([c, 1]))
+                            rng=np.random.default_rng([c, 1]), policy=policy)
             for c in self.ids
         }
         self.t = self.server.share_threshold
         self.masked: dict[int, np.ndarray] = {}
         self.ads: dict[int, msg.Advertisement] = {}
         self.aborted: set[int] = set()
+        self.setups: dict[int, bytes] = {}
+        """The Setup messages sent by :meth:`honest_until_masked` (for replays)."""
 
     def call(self, method: str, inbox: Mapping[int, bytes], out: ScenarioOutcome) -> dict[int, bytes]:
         """Deliver ``inbox``; honest clients that detect a deviation abort (recorded in ``out``)."""
@@ -125,7 +130,7 @@ class _Round:
         for c in sorted(inbox):
             try:
                 replies[c] = getattr(self.clients[c], method)(inbox[c])
-            except ProtocolError as exc:
+            except (ProtocolError, ConfigError) as exc:  # the project's own errors; anything else escapes
                 self.aborted.add(c)
                 out.aborted.append(c)
                 out.errors.append(f"{type(exc).__name__}: {exc}")
@@ -133,7 +138,7 @@ class _Round:
 
     def honest_until_masked(self, out: ScenarioOutcome) -> dict[int, bytes]:
         """Run the honest stages up to the masked inputs; keep them; return the server's next messages."""
-        inbox = self.server.setup()
+        inbox = self.setups = self.server.setup()
         ads = self.call("advertise", inbox, out)
         self.ads = {c: msg.Advertisement.decode(a) for c, a in ads.items()}
         inbox = self.server.receive_advertisements(ads)

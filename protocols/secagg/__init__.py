@@ -7,18 +7,28 @@ sans-IO :class:`SecAggClient` and :class:`SecAggServer` are what a transport
 """
 
 from protocols.secagg.aggregator import SecAggAggregator, SecAggPlusAggregator
-from protocols.secagg.client import SecAggClient
-from protocols.secagg.graph import choose_degree, effective_degree, harary_neighbors, share_threshold
+from protocols.secagg.client import ClientPolicy, SecAggClient
+from protocols.secagg.graph import (
+    choose_degree,
+    degree_is_secure,
+    effective_degree,
+    graph_seed,
+    harary_neighbors,
+    share_threshold,
+)
 from protocols.secagg.server import SecAggServer, ServerResult
 
 __all__ = [
+    "ClientPolicy",
     "SecAggAggregator",
     "SecAggClient",
     "SecAggPlusAggregator",
     "SecAggServer",
     "ServerResult",
     "choose_degree",
+    "degree_is_secure",
     "effective_degree",
+    "graph_seed",
     "harary_neighbors",
     "share_threshold",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np
@@ -20,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from protocols.base import AggregationResult, Aggregator, DropoutPlan, RoundConfig, Stage, check_inputs
 from protocols.errors import ConfigError
 from protocols.secagg._runner import ForkedClients, LocalClients, fork_available
-from protocols.secagg.client import SecAggClient, raw_public
-from protocols.secagg.graph import choose_degree
+from protocols.secagg.client import ClientPolicy, SecAggClient, raw_public
+from protocols.secagg.graph import choose_degree, effective_degree
 from protocols.secagg.server import SecAggServer
 
 __all__ = ["SecAggAggregator", "SecAggPlusAggregator"]
@@ -95,6 +96,20 @@ class SecAggAggregator(Aggregator):
         """The requested degree for ``n`` clients (``None``: complete graph)."""
         return config.neighbors if config.neighbors is not None else self.neighbors
 
+    def client_policy(self, n: int, config: RoundConfig) -> ClientPolicy:
+        """The floor each simulated client holds the server's Setup to, from this aggregator's own config.
+
+        The clients' policy comes from the same configuration as the server's
+        parameters, never from the server's messages: the threshold, ring, clipping
+        range and wrap flag of ``config``, and this aggregator's degree for ``n``
+        clients (the complete graph when it asks for none).
+        """
+        return ClientPolicy(
+            min_threshold=config.threshold, min_threshold_fraction=0.0,
+            min_degree=effective_degree(n, self.degree_for(n, config)), corruption_rate=None,
+            ring_bits=config.ring_bits, clip_range=config.clip_range, wrap=config.wrap,
+        )
+
     def aggregate(
         self,
         inputs: Mapping[int, np.ndarray],
@@ -137,12 +152,13 @@ class SecAggAggregator(Aggregator):
         seconds["server"] += time.perf_counter() - t0
         self.last_server = server
         rngs = self.rng.spawn(len(ids))  # one rounding stream per client, also across processes
+        policy = self.client_policy(len(ids), config)
 
         def make_client(c: int) -> SecAggClient:
             return SecAggClient(
                 c, inputs[c], malicious=self.malicious, identity_key=identity.get(c),
                 identity_keys=pki or None, round_id=config.round_id,
-                randbytes=self.randbytes, rng=rngs[ids.index(c)],
+                randbytes=self.randbytes, rng=rngs[ids.index(c)], policy=policy,
             )
 
         parallel = self.workers > 1 and len(ids) > 1 and fork_available()
@@ -230,3 +246,15 @@ class SecAggPlusAggregator(SecAggAggregator):
             return fixed
         return choose_degree(n, self.dropout_rate, self.corruption_rate, threshold=config.threshold,
                              malicious=self.malicious)
+
+    def client_policy(self, n: int, config: RoundConfig) -> ClientPolicy:
+        """As for :class:`SecAggAggregator`; a degree chosen from n is bounded by the corruption rate.
+
+        When no degree is fixed, the clients do not pin the one :func:`choose_degree`
+        returns: each checks the announced degree against Bell et al.'s security
+        bound for this aggregator's ``corruption_rate`` (which that degree meets).
+        """
+        policy = super().client_policy(n, config)
+        if super().degree_for(n, config) is not None:
+            return policy
+        return replace(policy, min_degree=None, corruption_rate=self.corruption_rate)

@@ -11,14 +11,20 @@ and returns this client's reply (bytes)::
 
 Calling a stage out of order raises :class:`~protocols.errors.StageError`.
 Every check that fails raises (``DecodeError`` for malformed bytes,
-``IntegrityError`` for a bad signature, ciphertext or an inconsistent request)
-and leaves the client aborted: it answers nothing more in this round.
+``IntegrityError`` for a bad signature, ciphertext, key, an inconsistent request
+or a setup weaker than the client's :class:`ClientPolicy`) and leaves the
+client aborted: it answers nothing more in this round (h11 style: every
+further call raises ``StageError``). An exception of any other type inside a
+stage is turned into ``IntegrityError``, so nothing but the project's own
+errors ever leaves the client.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from cryptography.hazmat.primitives import serialization
@@ -31,7 +37,13 @@ from protocols.encoding import FixedPoint, is_integer_input
 from protocols.errors import ConfigError, IntegrityError, ProtocolError, StageError
 from protocols.prg import MaskExpander
 from protocols.secagg import _crypto
-from protocols.secagg.graph import effective_degree, neighbors_of
+from protocols.secagg.graph import (
+    degree_is_secure,
+    effective_degree,
+    graph_seed,
+    neighbors_of,
+    share_threshold,
+)
 from protocols.secagg.messages import (
     SHARE_ELEMENTS,
     AdvertiseBroadcast,
@@ -47,7 +59,7 @@ from protocols.secagg.messages import (
     encode_ids,
 )
 
-__all__ = ["SecAggClient", "raw_private", "raw_public"]
+__all__ = ["ClientPolicy", "SecAggClient", "raw_private", "raw_public"]
 
 _RAW = serialization.Encoding.Raw
 _RAW_PUB = serialization.PublicFormat.Raw
@@ -65,6 +77,85 @@ def raw_private(key: X25519PrivateKey) -> bytes:
     return key.private_bytes(_RAW, _RAW_PRIV, _NO_ENC)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ClientPolicy:
+    """The security floor one client holds the server's Setup to (its own configuration).
+
+    A client never takes a security parameter on the server's word: it derives
+    or bounds each one from this policy and refuses (``IntegrityError``, terminal)
+    a Setup that is weaker.
+
+    Attributes:
+        min_threshold: the fewest survivors whose sum this client lets be released.
+        min_threshold_fraction: ... and at least this fraction of the round's n
+            (``threshold >= max(min_threshold, ceil(fraction * n))``).
+        min_degree: the least SecAgg+ degree accepted (``>= n - 1``: only the
+            complete graph). ``None``: derived from ``corruption_rate``.
+        corruption_rate: gamma, the fraction of clients the server may control;
+            the announced degree must meet Bell et al.'s security bound for it
+            (:func:`~protocols.secagg.graph.degree_is_secure`). ``None``: no bound
+            (then ``min_degree`` alone decides).
+        security_bits: the bound's failure probability, ``2^-security_bits``.
+        ring_bits, clip_range, wrap: when set, the Setup must use exactly this
+            ring, clipping range and modular-clipping flag (the ones the client
+            prepared -- and, with distributed DP, noised -- its input for).
+            Unset, any encoding whose sum cannot overflow is accepted.
+
+    Notes:
+        Threat: a malicious server announcing ``share_threshold = 1`` and showing
+        two groups of clients two survivor sets gets the self-mask share of a victim
+        from one group and its key share from the other, and unmasks its input
+        (the split view that Bonawitz et al., CCS 2017, defend against with the
+        consistency round). So the client computes t' itself with
+        :func:`~protocols.secagg.graph.share_threshold`: in the malicious model a
+        strict majority of its neighbourhood, so two sets of t' responders always
+        intersect, and an honest client never reveals both shares of one peer (Bell
+        et al., CCS 2020). The release threshold bounds how few inputs a released sum
+        may hold (with fewer, a server that declares all but one client dropped
+        learns that client's input as "the sum"). The default, ``ceil(n / 2)`` and at
+        least 1, is the project's default ``threshold_fraction`` (what
+        ``Simulation.round_config`` asks for); n is the number of clients the Setup
+        invites, so a deployment raises ``min_threshold``, which holds whatever n the
+        server names (a round of one client reveals that client's input). The degree bound
+        (gamma = 0.05, 2^-40, the setting of Bell et al.'s tables) keeps the chance
+        that corrupted clients reach t' in some neighbourhood negligible; the graph
+        itself is derived from public data (:func:`~protocols.secagg.graph.graph_seed`).
+        Overflow of the ring is refused by construction
+        (:meth:`~protocols.encoding.FixedPoint.for_sum`).
+    """
+
+    min_threshold: int = 1
+    min_threshold_fraction: float = 0.5
+    min_degree: int | None = None
+    corruption_rate: float | None = 0.05
+    security_bits: int = 40
+    ring_bits: int | None = None
+    clip_range: float | None = None
+    wrap: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_threshold < 1:
+            raise ConfigError(f"ClientPolicy.min_threshold must be >= 1, got {self.min_threshold}")
+        if not 0.0 <= self.min_threshold_fraction <= 1.0:
+            raise ConfigError(
+                f"ClientPolicy.min_threshold_fraction must be in [0, 1], got {self.min_threshold_fraction}"
+            )
+        if self.min_degree is not None and self.min_degree < 1:
+            raise ConfigError(f"ClientPolicy.min_degree must be >= 1 or None, got {self.min_degree}")
+        if self.corruption_rate is not None and not 0.0 <= self.corruption_rate < 0.5:
+            raise ConfigError(f"ClientPolicy.corruption_rate must be in [0, 0.5), got {self.corruption_rate}")
+        if not 1 <= self.security_bits <= 128:
+            raise ConfigError(f"ClientPolicy.security_bits must be in [1, 128], got {self.security_bits}")
+        if self.ring_bits is not None and not 8 <= self.ring_bits <= 64:
+            raise ConfigError(f"ClientPolicy.ring_bits must be in [8, 64], got {self.ring_bits}")
+        if self.clip_range is not None and not (math.isfinite(self.clip_range) and self.clip_range > 0):
+            raise ConfigError(f"ClientPolicy.clip_range must be positive and finite, got {self.clip_range}")
+
+    def threshold_floor(self, n: int) -> int:
+        """The least release threshold accepted for a round of ``n`` clients."""
+        return max(self.min_threshold, math.ceil(self.min_threshold_fraction * n))
+
+
 class SecAggClient:
     """One client of one SecAgg / SecAgg+ round.
 
@@ -80,6 +171,10 @@ class SecAggClient:
         round_id: if given, a setup for another round is refused.
         randbytes: source of every secret (key pairs, self-mask seed, share polynomials).
         rng: generator for stochastic rounding only (not secret); default ``default_rng()``.
+        policy: the floor this client holds the server's Setup to; default ``ClientPolicy()``
+            (threshold >= ceil(n/2), share threshold computed by the client, degree
+            within Bell et al.'s bound for 5 % corrupted clients, graph seed derived from
+            the round, no overflow).
     """
 
     def __init__(
@@ -93,6 +188,7 @@ class SecAggClient:
         round_id: int | None = None,
         randbytes: Callable[[int], bytes] = os.urandom,
         rng: np.random.Generator | None = None,
+        policy: ClientPolicy | None = None,
     ) -> None:
         if malicious and (identity_key is None or identity_keys is None):
             raise ConfigError(f"client {client_id}: the malicious model needs identity_key and identity_keys")
@@ -105,10 +201,13 @@ class SecAggClient:
         self._round_id = round_id
         self._randbytes = randbytes
         self._rng = rng if rng is not None else np.random.default_rng()
+        self._policy = policy if policy is not None else ClientPolicy()
+        self._t = 0  # the Shamir threshold t', computed by this client at setup
         self._expect: Stage | None = Stage.ADVERTISE
         self._done = False
         # filled as the round goes
         self._setup: Setup | None = None
+        self._announced_round: int | None = None  # the round id of the setup, once one decoded
         self._neighbors: frozenset[int] = frozenset()
         self._x: dict[int, int] = {}
         self._c_sk: X25519PrivateKey | None = None
@@ -128,6 +227,7 @@ class SecAggClient:
     def _enter(self, stage: Stage) -> None:
         if self._expect is not stage:
             state = "finished or aborted" if self._expect is None else f"expects {self._expect.name}"
+            self._expect = None  # a replayed or reordered stage is a deviation: refuse from now on
             raise StageError(f"client {self.client_id}: {stage.name} called, but the client {state}")
 
     def _run(
@@ -136,12 +236,13 @@ class SecAggClient:
         self._enter(stage)
         try:
             reply, following = step(message)
-        except ProtocolError:
+        except (ProtocolError, ConfigError):
             self._expect = None
             raise
-        except ConfigError:
+        except Exception as exc:  # e.g. cryptography's ValueError on a malformed key: never escapes bare
             self._expect = None
-            raise
+            raise self._fail(stage.name.lower().replace("_", " "),
+                             f"{type(exc).__name__} inside the stage; refused") from exc
         self._expect = following
         return reply
 
@@ -167,11 +268,12 @@ class SecAggClient:
 
     # ---- stages --------------------------------------------------------------------
     def _fail(self, stage: str, why: str) -> IntegrityError:
-        rid = self._setup.round_id if self._setup else "?"
+        rid = self._announced_round if self._announced_round is not None else "?"
         return IntegrityError(f"client {self.client_id}, round {rid}, {stage}: {why}")
 
     def _advertise(self, message: bytes) -> tuple[bytes, Stage | None]:
         setup = Setup.decode(message)
+        self._announced_round = setup.round_id
         if setup.client_id != self.client_id:
             raise self._fail("setup", f"addressed to client {setup.client_id}")
         if self._round_id is not None and setup.round_id != self._round_id:
@@ -180,11 +282,8 @@ class SecAggClient:
             raise self._fail("setup", "the server asked for another threat model")
         if setup.length != self._vector.shape[0]:
             raise self._fail("setup", f"length {setup.length} != input length {self._vector.shape[0]}")
+        self._t = self._enforce_policy(setup)
         n = len(setup.client_ids)
-        if setup.degree != effective_degree(n, setup.degree):
-            raise self._fail("setup", f"no {setup.degree}-regular graph on {n} clients")
-        # overflow impossible by construction: refuse an encoding whose sum could wrap, unless the
-        # round asks for modular clipping (post-processing of the sum, protocols.encoding)
         fp = FixedPoint.for_sum(n, setup.clip_range, setup.ring_bits, setup.value_bits, wrap=setup.wrap)
         if is_integer_input(self._vector):  # units are never clipped: refuse before any key exists
             fp.units(self._vector, who=f"client {self.client_id}, round {setup.round_id}")
@@ -201,6 +300,48 @@ class SecAggClient:
             payload = _crypto.advertisement_payload(setup.round_id, self.client_id, c_pk, s_pk)
             signature = _crypto.sign(self._identity, payload)
         return Advertisement(self.client_id, c_pk, s_pk, signature).encode(), Stage.SHARE_KEYS
+
+    def _enforce_policy(self, setup: Setup) -> int:
+        """Refuse a Setup weaker than this client's policy; return the Shamir threshold t' to use.
+
+        Every security parameter is derived or bounded here, never taken on the
+        server's word (see :class:`ClientPolicy` for the rationale of each).
+        """
+        policy, n = self._policy, len(setup.client_ids)
+        if setup.degree != effective_degree(n, setup.degree):
+            raise self._fail("setup", f"no {setup.degree}-regular graph on {n} clients")
+        floor = policy.threshold_floor(n)
+        if setup.threshold < floor:
+            raise self._fail("setup", f"threshold {setup.threshold} is below this client's floor "
+                                      f"{floor} for {n} clients")
+        if policy.min_degree is not None and setup.degree < effective_degree(n, policy.min_degree):
+            raise self._fail("setup", f"degree {setup.degree} is below this client's floor "
+                                      f"{effective_degree(n, policy.min_degree)} for {n} clients")
+        if policy.corruption_rate is not None and not degree_is_secure(
+            n, setup.degree, setup.threshold, malicious=self._malicious,
+            corruption_rate=policy.corruption_rate, security_bits=policy.security_bits,
+        ):
+            raise self._fail("setup", f"degree {setup.degree} is too small for {n} clients at corruption "
+                                      f"rate {policy.corruption_rate} (2^-{policy.security_bits})")
+        # t' is this client's own: a strict neighbourhood majority in the malicious model
+        t = share_threshold(setup.threshold, n, setup.degree, self._malicious)
+        if setup.share_threshold < t:
+            raise self._fail("setup", f"share threshold {setup.share_threshold} is below {t}, the one this "
+                                      "client computes for the round")
+        if setup.graph_seed != graph_seed(setup.round_id, setup.client_ids):
+            raise self._fail("setup", "the graph seed is not the one derived from the round")
+        for name, mine, theirs in (("ring_bits", policy.ring_bits, setup.ring_bits),
+                                   ("clip_range", policy.clip_range, setup.clip_range),
+                                   ("wrap", policy.wrap, setup.wrap)):
+            if mine is not None and theirs != mine:
+                raise self._fail("setup", f"{name} {theirs} differs from this client's {mine}")
+        # overflow impossible by construction: refuse an encoding whose sum could wrap, unless the
+        # round asks for modular clipping (post-processing of the sum, protocols.encoding)
+        try:
+            FixedPoint.for_sum(n, setup.clip_range, setup.ring_bits, setup.value_bits, wrap=setup.wrap)
+        except ConfigError as exc:
+            raise self._fail("setup", f"encoding refused: {exc}") from None
+        return t
 
     def _share_keys(self, message: bytes) -> tuple[bytes, Stage | None]:
         setup, c_sk, s_sk = self._setup, self._c_sk, self._s_sk
@@ -225,17 +366,15 @@ class SecAggClient:
                 raise self._fail("share keys", f"repeated public key from {ad.client_id}")
             seen_keys.update((ad.c_pk, ad.s_pk))
             ads[ad.client_id] = ad
-        if len(ads) + 1 < setup.share_threshold:
-            raise self._fail(
-                "share keys", f"only {len(ads) + 1} share holders, threshold is {setup.share_threshold}"
-            )
+        if len(ads) + 1 < self._t:
+            raise self._fail("share keys", f"only {len(ads) + 1} share holders, threshold is {self._t}")
         self._ads = ads
         self._self_seed = self._randbytes(32)
         holders = sorted([*ads, self.client_id])
         secret = np.concatenate(
             [shamir.bytes_to_field(raw_private(s_sk)), shamir.bytes_to_field(self._self_seed)]
         )
-        rows = shamir.split(secret, [self._x[c] for c in holders], setup.share_threshold, self._randbytes)
+        rows = shamir.split(secret, [self._x[c] for c in holders], self._t, self._randbytes)
         out = []
         for holder, row in zip(holders, rows, strict=True):
             if holder == self.client_id:
@@ -269,10 +408,8 @@ class SecAggClient:
                 raise self._fail("masked input", f"share from {sender} is not a field element")
             self._shares[sender] = row
         peers = [s for s, _ in received.shares]
-        if len(peers) + 1 < setup.share_threshold:
-            raise self._fail(
-                "masked input", f"only {len(peers) + 1} share holders, threshold is {setup.share_threshold}"
-            )
+        if len(peers) + 1 < self._t:
+            raise self._fail("masked input", f"only {len(peers) + 1} share holders, threshold is {self._t}")
         fp = FixedPoint(clip_range=setup.clip_range, value_bits=setup.value_bits, ring_bits=setup.ring_bits,
                         wrap=setup.wrap)
         expander = MaskExpander(setup.length, setup.ring_bits)
@@ -352,10 +489,8 @@ class SecAggClient:
                     f"client {self.client_id}, round {setup.round_id}, consistency signature of {signer}",
                 )
                 signers.add(signer)
-            if len(signers) < setup.share_threshold:
-                raise self._fail(
-                    "unmask", f"only {len(signers)} consistency signatures, need {setup.share_threshold}"
-                )
+            if len(signers) < self._t:
+                raise self._fail("unmask", f"only {len(signers)} consistency signatures, need {self._t}")
         live_ids = tuple(sorted(alive))
         dead_ids = tuple(sorted(dead))
         empty = np.zeros((0, SHARE_ELEMENTS), dtype=np.uint64)

@@ -10,13 +10,15 @@ plus O(n L) for the self masks.
 Like Bell et al. (their Harary-graph construction, Section 4), the graph is a
 Harary graph H(k, n) -- client ``i`` joins ``i +- 1 .. i +- k/2`` on a cycle,
 plus the antipodal client when k is odd -- laid over a *random permutation*
-of the clients. The permutation comes from a 256-bit seed that the server
-draws and broadcasts, so every client recomputes and checks its own
-neighbourhood.
+of the clients. The permutation comes from a 256-bit seed that every party
+derives from the round's public data (:func:`graph_seed`), so the server
+cannot pick it: each client recomputes the seed and its own neighbourhood and
+refuses a setup that announces another one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -26,11 +28,42 @@ from protocols.prg import expand
 
 __all__ = [
     "choose_degree",
+    "degree_is_secure",
     "effective_degree",
+    "graph_seed",
     "harary_neighbors",
     "neighbors_of",
     "share_threshold",
 ]
+
+_GRAPH_DOMAIN = b"securefedrec/secagg/v1/graph"
+
+
+def graph_seed(round_id: int, client_ids: Sequence[int]) -> bytes:
+    """The 32-byte seed of a round's graph: SHA-256 of the round id and the sorted client ids.
+
+    Every party computes it from public data, so nobody chooses it.
+
+    Notes:
+        Threat: in SecAgg+ a client's secrets are shared among its k neighbours
+        only, so a server that picks the graph (Bell et al., CCS 2020, assume a
+        graph drawn at random *independently of the corrupted set*) can grind
+        seeds until a victim's neighbourhood holds t' clients it controls, and
+        then rebuild both of the victim's secrets. Deriving the seed by hashing
+        the round id and the invited set leaves the server one graph per
+        (round, client set) instead of a free 256-bit choice; a client that pins
+        the round id (``SecAggClient(round_id=...)``) also removes the round id
+        from the server's choices. What remains is the choice of *who* is
+        invited, which the server makes anyway by sampling; a deployment that
+        must exclude it samples clients from a public beacon (Flamingo, Ma et
+        al., S&P 2023, derive neighbourhoods from such a beacon).
+    """
+    order = sorted(client_ids)
+    h = hashlib.sha256(_GRAPH_DOMAIN)
+    h.update(round_id.to_bytes(8, "big"))
+    h.update(len(order).to_bytes(4, "big"))
+    h.update(b"".join(c.to_bytes(8, "big") for c in order))
+    return h.digest()
 
 
 def effective_degree(n: int, neighbors: int | None) -> int:
@@ -130,6 +163,33 @@ def share_threshold(threshold: int, n: int, degree: int, malicious: bool) -> int
     if malicious:
         t = max(t, holders // 2 + 1)
     return max(1, min(t, holders))
+
+
+def degree_is_secure(
+    n: int, degree: int, threshold: int, *, malicious: bool, corruption_rate: float, security_bits: int = 40
+) -> bool:
+    """Whether a ``degree``-regular graph on ``n`` clients meets Bell et al.'s security bound.
+
+    The bound of :func:`choose_degree` alone (no correctness part): with every
+    client corrupted independently with probability ``corruption_rate``, the
+    chance that some neighbourhood of ``degree + 1`` holders contains t' =
+    :func:`share_threshold` ``(threshold, n, degree, malicious)`` corrupted clients
+    is at most ``2^-security_bits`` (union bound over the n neighbourhoods).
+    The complete graph (``degree >= n - 1``) is always accepted: it is plain
+    SecAgg, whose security rests on t' alone. Checked by each client on the
+    degree the server announces (a client never takes the degree on the server's
+    word), and met by every degree :func:`choose_degree` returns for the same
+    ``threshold``, rates and ``security_bits``.
+    """
+    if n < 1 or degree < 1:
+        raise ValueError(f"need n >= 1 and degree >= 1, got n={n}, degree={degree}")
+    if not 0.0 <= corruption_rate < 0.5:
+        raise ValueError(f"corruption_rate must be in [0, 0.5), got {corruption_rate}")
+    if degree >= n - 1 or corruption_rate == 0.0:
+        return True
+    m = degree + 1
+    t = share_threshold(threshold, n, degree, malicious)
+    return _binom_mass(m, corruption_rate, t, m + 1) <= 2.0 ** -security_bits / n
 
 
 def _binom_mass(m: int, p: float, lo: int, hi: int) -> float:

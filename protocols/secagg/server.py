@@ -22,9 +22,11 @@ with the transport's client id raises :class:`~protocols.errors.IntegrityError`.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -32,11 +34,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from protocols import shamir
 from protocols.base import RoundConfig, Stage, abort_if_below_threshold
 from protocols.encoding import FixedPoint
-from protocols.errors import AggregationAborted, ConfigError, IntegrityError, StageError
+from protocols.errors import AggregationAborted, ConfigError, IntegrityError, ProtocolError, StageError
 from protocols.prg import MaskExpander
 from protocols.secagg import _crypto
 from protocols.secagg.client import raw_public
-from protocols.secagg.graph import effective_degree, harary_neighbors, share_threshold
+from protocols.secagg.graph import effective_degree, graph_seed, harary_neighbors, share_threshold
 from protocols.secagg.messages import (
     MAX_ID,
     AdvertiseBroadcast,
@@ -70,6 +72,39 @@ class ServerResult:
         return self.encoding.decode(self.ring_sum)
 
 
+_R = TypeVar("_R")
+
+
+def _terminal(
+    method: Callable[[SecAggServer, Mapping[int, bytes]], _R],
+) -> Callable[[SecAggServer, Mapping[int, bytes]], _R]:
+    """Make a stage of the server terminal on failure (h11 style).
+
+    A stage called out of order raises ``StageError`` and changes nothing (the
+    caller is the server's own driver); any other failure inside the stage ends
+    the round for this server object -- every further stage raises ``StageError``
+    -- and an exception that is not the project's own becomes ``IntegrityError``.
+    """
+
+    @functools.wraps(method)
+    def run(self: SecAggServer, messages: Mapping[int, bytes]) -> _R:
+        try:
+            return method(self, messages)
+        except StageError:  # only _enter raises it: the stage was not run, nothing changed
+            raise
+        except (ProtocolError, ConfigError):
+            self._expect = None
+            raise
+        except Exception as exc:
+            self._expect = None
+            raise IntegrityError(
+                f"server, round {self.config.round_id}, {method.__name__}: {type(exc).__name__} "
+                "inside the stage; round refused"
+            ) from exc
+
+    return run
+
+
 class SecAggServer:
     """The server of one SecAgg / SecAgg+ round.
 
@@ -80,7 +115,8 @@ class SecAggServer:
         neighbors: graph degree; ``None`` means the complete graph. ``config.neighbors``
             overrides it when set.
         malicious: run the malicious-model variant (signed keys, consistency round).
-        randbytes: source of the graph seed.
+        randbytes: unused since the graph seed is derived from the round
+            (:func:`~protocols.secagg.graph.graph_seed`); kept so callers need not change.
     """
 
     def __init__(
@@ -111,7 +147,7 @@ class SecAggServer:
         self.share_threshold = share_threshold(config.threshold, n, self.degree, malicious)
         self.encoding = FixedPoint.for_sum(n, config.clip_range, config.ring_bits, config.value_bits,
                                            wrap=config.wrap)
-        self.graph_seed = randbytes(32)
+        self.graph_seed = graph_seed(config.round_id, ids)  # derived, so clients can check it
         self.neighbors = harary_neighbors(ids, self.degree, self.graph_seed)
         self._x = {c: i + 1 for i, c in enumerate(ids)}
         self._expect: Stage | None = None
@@ -173,6 +209,7 @@ class SecAggServer:
             for c in self.client_ids
         }
 
+    @_terminal
     def receive_advertisements(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
         """U1: forward each advertiser the advertisements of its neighbours that advertised."""
         self._enter(Stage.ADVERTISE)
@@ -202,6 +239,7 @@ class SecAggServer:
                     len(alive),
                 )
 
+    @_terminal
     def receive_shares(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
         """U2: route every encrypted share bundle to its recipient."""
         self._enter(Stage.SHARE_KEYS)
@@ -223,6 +261,7 @@ class SecAggServer:
         self._expect = Stage.MASKED_INPUT
         return {c: SharesIn(tuple(items)).encode() for c, items in inbox.items()}
 
+    @_terminal
     def receive_masked_inputs(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
         """U3: keep the masked vectors; ask for signatures (malicious) or unmask shares (semi-honest)."""
         self._enter(Stage.MASKED_INPUT)
@@ -245,6 +284,7 @@ class SecAggServer:
         self._expect = Stage.UNMASK
         return self._unmask_requests(self._u3, {})
 
+    @_terminal
     def receive_signatures(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
         """U4 (malicious model): pass each client its surviving neighbours' signatures on U3."""
         self._enter(Stage.CONSISTENCY)
@@ -275,6 +315,7 @@ class SecAggServer:
             out[c] = request.encode()
         return out
 
+    @_terminal
     def receive_unmask(self, messages: Mapping[int, bytes]) -> ServerResult:
         """U5: reconstruct self masks of survivors and mask keys of the dropped; return the sum."""
         self._enter(Stage.UNMASK)

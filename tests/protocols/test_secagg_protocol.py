@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable
@@ -14,14 +15,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols import DecodeError, IntegrityError, RoundConfig, Stage, StageError
-from protocols.errors import AggregationAborted
+from protocols.errors import AggregationAborted, ConfigError
 from protocols.secagg import (
+    ClientPolicy,
     SecAggAggregator,
     SecAggClient,
     SecAggPlusAggregator,
     SecAggServer,
     choose_degree,
+    degree_is_secure,
     effective_degree,
+    graph_seed,
     harary_neighbors,
     share_threshold,
 )
@@ -255,8 +259,9 @@ def test_client_refuses_overflowing_encoding() -> None:
     setup = m.Setup.decode(rnd.inbox[cid])
     fields = {k: getattr(setup, k) for k in setup.__dataclass_fields__}
     evil = m.Setup(**{**fields, "value_bits": 32}).encode()  # 4 clients * 2^31 overflows Z_2^32
-    with pytest.raises(Exception, match="overflows"):
+    with pytest.raises(IntegrityError, match="overflows"):
         rnd.clients[cid].advertise(evil)
+    assert rnd.clients[cid].stage is None
 
 
 def test_server_rejects_impersonation() -> None:
@@ -286,7 +291,9 @@ def test_abort_below_threshold_before_unmask_reveals_nothing() -> None:
     with pytest.raises(AggregationAborted) as info:
         rnd.server.receive_masked_inputs(replies)
     assert info.value.threshold == 4 and info.value.survivors == 3
-    assert rnd.server.stage is Stage.MASKED_INPUT  # nothing was sent on
+    assert rnd.server.stage is None  # nothing was sent on, and the server is done with the round
+    with pytest.raises(StageError):
+        rnd.server.receive_masked_inputs(replies)
 
 
 # ---- randomness, bytes, results --------------------------------------------------------
@@ -469,5 +476,137 @@ def test_parallel_workers_give_the_same_sum() -> None:
     res = SecAggAggregator(neighbors=4, workers=2).aggregate(inputs, cfg, plan)
     want = np.sum([v for c, v in inputs.items() if c != sorted(inputs)[1]], axis=0)
     np.testing.assert_allclose(res.total, want, atol=7 * 2 / 2**28)
-    with pytest.raises(Exception, match=r"os\.urandom"):
+    with pytest.raises(ConfigError, match=r"os\.urandom"):
         SecAggAggregator(workers=2, randbytes=pinned("x"))
+
+
+# ---- client-enforced security parameters (issue 14) --------------------------------------------
+def _forged_setup(rnd: Round, cid: int, **changes: object) -> bytes:
+    setup = m.Setup.decode(rnd.inbox[cid])
+    fields = {k: getattr(setup, k) for k in setup.__dataclass_fields__}
+    return m.Setup(**{**fields, **changes}).encode()
+
+
+@pytest.mark.parametrize(("changes", "why"), [
+    ({"share_threshold": 1}, "share threshold 1 is below 3"),
+    ({"threshold": 1, "share_threshold": 1}, "threshold 1 is below this client's floor 2"),
+    ({"degree": 2, "share_threshold": 2}, "degree 2 is too small for 4 clients"),
+    ({"graph_seed": bytes(32)}, "graph seed is not the one derived"),
+])
+@pytest.mark.parametrize("malicious", [True, False])
+def test_client_refuses_a_weakened_setup_and_stays_refused(
+    changes: dict[str, object], why: str, malicious: bool
+) -> None:
+    rnd = Round(malicious=malicious)
+    cid = IDS[0]
+    client = rnd.clients[cid]
+    with pytest.raises(IntegrityError, match=why):
+        client.advertise(_forged_setup(rnd, cid, **changes))
+    assert client.stage is None
+    with pytest.raises(StageError):
+        client.advertise(rnd.inbox[cid])  # not even the honest setup is answered now
+
+
+def test_client_computes_the_share_threshold_itself() -> None:
+    """t' is a strict majority of the neighbourhood in the malicious model, whatever the server says."""
+    rnd = Round(malicious=True, threshold=2)  # 4 clients: t' = max(2, 3) = 3
+    cid = IDS[0]
+    assert m.Setup.decode(rnd.inbox[cid]).share_threshold == 3
+    with pytest.raises(IntegrityError, match="share threshold 2 is below 3"):
+        rnd.clients[cid].advertise(_forged_setup(rnd, cid, share_threshold=2))
+    rnd.clients[IDS[1]].advertise(_forged_setup(rnd, IDS[1], share_threshold=4))  # stronger is accepted
+
+
+def test_policy_pins_ring_clip_and_wrap() -> None:
+    rnd = Round(malicious=False)
+    cid = IDS[0]
+    setup = m.Setup.decode(rnd.inbox[cid])
+    pinned_policy = ClientPolicy(ring_bits=32, clip_range=1.0, wrap=False)
+    for changes, why in (({"ring_bits": 40}, "ring_bits 40 differs"), ({"clip_range": 0.5}, "clip_range 0.5"),
+                         ({"wrap": True}, "wrap True differs")):
+        client = SecAggClient(cid, rnd.inputs[cid], malicious=False, round_id=5, policy=pinned_policy)
+        with pytest.raises(IntegrityError, match=why):
+            client.advertise(_forged_setup(rnd, cid, **changes))
+    # unpinned (the default policy), a wider ring without overflow is accepted
+    SecAggClient(cid, rnd.inputs[cid], malicious=False, round_id=5).advertise(
+        _forged_setup(rnd, cid, ring_bits=40, value_bits=setup.value_bits))
+
+
+def test_policy_degree_floor_and_corruption_bound() -> None:
+    ids = list(range(1, 41))
+    cfg = RoundConfig(threshold=20, round_id=3)
+    server = SecAggServer(cfg, ids, L, neighbors=6, malicious=False)
+    setup = server.setup()[1]
+    vec = np.zeros(L)
+    with pytest.raises(IntegrityError, match="degree 6 is too small for 40 clients"):
+        SecAggClient(1, vec, malicious=False).advertise(setup)  # default: Bell et al.'s bound, gamma = 0.05
+    fixed = ClientPolicy(min_degree=6, corruption_rate=None)  # an operator's own fixed degree
+    SecAggClient(1, vec, malicious=False, policy=fixed).advertise(setup)
+    higher = ClientPolicy(min_degree=8, corruption_rate=None)
+    with pytest.raises(IntegrityError, match="degree 6 is below this client's floor 8"):
+        SecAggClient(1, vec, malicious=False, policy=higher).advertise(setup)
+    with pytest.raises(ConfigError, match="corruption_rate"):
+        ClientPolicy(corruption_rate=0.5)
+
+
+def test_choose_degree_meets_the_bound_the_clients_check() -> None:
+    for n, threshold in ((100, 50), (1000, 500), (5000, 1000)):
+        k = choose_degree(n, 0.05, 0.05, threshold=threshold, malicious=True)
+        assert degree_is_secure(n, k, threshold, malicious=True, corruption_rate=0.05)
+        assert k == n - 1 or not degree_is_secure(n, 4, threshold, malicious=True, corruption_rate=0.05)
+
+
+def test_graph_seed_is_derived_from_the_round() -> None:
+    a = SecAggServer(RoundConfig(round_id=5), IDS, L)
+    assert a.graph_seed == graph_seed(5, IDS) == graph_seed(5, list(reversed(IDS)))
+    assert graph_seed(6, IDS) != a.graph_seed and graph_seed(5, IDS[:3]) != a.graph_seed
+
+
+# ---- terminal state for every failure ------------------------------------------------------------
+@pytest.mark.parametrize("key", ["c_pk", "s_pk"])
+def test_low_order_public_key_is_an_integrity_error(key: str) -> None:
+    """An all-zero X25519 key makes cryptography raise ValueError; the client turns it into a refusal."""
+    rnd = Round(malicious=False)
+    rnd.advance(1)
+    cid = IDS[0]
+    bc = m.AdvertiseBroadcast.decode(rnd.inbox[cid])
+    first = bc.advertisements[0]
+    zero = (dataclasses.replace(first, c_pk=bytes(32)) if key == "c_pk"
+            else dataclasses.replace(first, s_pk=bytes(32)))
+    evil = m.AdvertiseBroadcast((zero, *bc.advertisements[1:])).encode()
+    client = rnd.clients[cid]
+    if key == "c_pk":
+        with pytest.raises(IntegrityError, match="ValueError inside the stage"):
+            client.share_keys(evil)
+    else:  # the s key is used one stage later, to expand the pairwise mask
+        rnd.inbox[cid] = evil
+        rnd.advance(1)
+        with pytest.raises(IntegrityError, match="ValueError inside the stage"):
+            client.masked_input(rnd.inbox[cid])
+    assert client.stage is None
+    with pytest.raises(StageError):
+        client.unmask(b"")
+
+
+def test_a_replayed_stage_makes_the_client_terminal() -> None:
+    rnd = Round(malicious=True)
+    rnd.advance(1)
+    cid = IDS[0]
+    client = rnd.clients[cid]
+    with pytest.raises(StageError):
+        client.advertise(rnd.inbox[cid])  # the setup stage again
+    assert client.stage is None
+    with pytest.raises(StageError):
+        client.share_keys(rnd.inbox[cid])
+
+
+def test_server_is_terminal_after_an_integrity_failure() -> None:
+    rnd = Round(malicious=False)
+    replies = rnd.client_step()
+    forged = dict(replies)
+    forged[IDS[0]] = replies[IDS[1]]
+    with pytest.raises(IntegrityError):
+        rnd.server.receive_advertisements(forged)
+    assert rnd.server.stage is None
+    with pytest.raises(StageError):
+        rnd.server.receive_advertisements(replies)
