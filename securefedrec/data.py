@@ -11,10 +11,9 @@ are predicted from the biases, and :meth:`Dataset.summary` counts them.
 from __future__ import annotations
 
 import csv
-import itertools
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -228,17 +227,18 @@ def _detect_sep(line: str) -> str | None:
     return None
 
 
-def _fields(lines: list[str], sep: str | None) -> Iterator[tuple[int, list[str]]]:
+def _fields(lines: list[str], sep: str | None) -> list[tuple[int, list[str]]]:
     """(1-based line number, stripped fields) of every non-blank line."""
     if sep == ",":  # the csv module, for quoted fields
         reader = csv.reader(lines)
-        for row in reader:
-            if any(f.strip() for f in row):
-                yield reader.line_num, [f.strip() for f in row]
-        return
-    for lineno, line in enumerate(lines, start=1):
-        if line.strip():
-            yield lineno, line.split() if sep is None else [f.strip() for f in line.split(sep)]
+        return [(reader.line_num, [f.strip() for f in row]) for row in reader if any(f.strip() for f in row)]
+    numbered = [(n, line.strip()) for n, line in enumerate(lines, start=1)]
+    numbered = [(n, line) for n, line in numbered if line]
+    if sep is None:
+        return [(n, line.split()) for n, line in numbered]
+    return [(n, [f.strip() for f in line.split(sep)] if " " in line or (sep != "\t" and "\t" in line)
+             else line.split(sep))  # blanks around the separators are stripped
+            for n, line in numbered]
 
 
 def _is_number(text: str) -> bool:
@@ -343,12 +343,10 @@ def read_ratings(
         raise DataError(f"{where}: no ratings in file (it is empty)")
     if sep is None:
         sep = _detect_sep(first_line)
-    rows = _fields(lines, sep)
-    first_no, first = next(rows)
-    index, labels, is_header = _resolve_columns(where, first_no, first, spec, header)
-    if not is_header:
-        rows = itertools.chain([(first_no, first)], rows)
-    records = list(rows)
+    records = _fields(lines, sep)
+    index, labels, is_header = _resolve_columns(where, records[0][0], records[0][1], spec, header)
+    if is_header:
+        records = records[1:]
     if not records:
         raise DataError(f"{where}: no ratings in file (only a header)")
     need = max(index.values()) + 1
