@@ -370,13 +370,14 @@ def read_ratings(
         ((ratings < lo) | (ratings > hi), f"rating {{t}} is outside the scale {lo:g}..{hi:g} {scale_origin}"),
     ]
     if step is not None:
-        checks.append((np.abs(ratings / step - np.rint(ratings / step)) > 1e-9,
-                       f"rating {{t}} is not a multiple of {step:g} (the scale {lo:g}..{hi:g} {scale_origin} "
-                       f"has steps of {step:g})"))
-    for failed, what in checks:
-        if failed.any():
-            k = int(np.argmax(failed))
-            raise bad(k, "rating", what.format(t=text["rating"][k]))
+        with np.errstate(invalid="ignore"):  # inf and nan fail the finite check
+            off_step = np.abs(ratings / step - np.rint(ratings / step)) > 1e-9
+        of_scale = f" (the scale {lo:g}..{hi:g} {scale_origin} has steps of {step:g})" if scale else ""
+        checks.append((off_step, f"rating {{t}} is not a multiple of {step:g}{of_scale}"))
+    first = [(int(np.argmax(failed)), what) for failed, what in checks if failed.any()]
+    if first:  # the earliest line that fails a check
+        k, what = min(first, key=lambda hit: hit[0])
+        raise bad(k, "rating", what.format(t=text["rating"][k]))
     stamps = np.zeros(len(records), np.int64)
     if "timestamp" in text:
         stamps = _numbers(text["timestamp"], np.int64, lambda k, t: bad(

@@ -148,6 +148,9 @@ def test_scale_errors_name_line_column_and_where_the_scale_came_from(tmp_path: P
     with pytest.raises(DataError, match=r"ratings\.csv, line 2, column 'rating': rating 4 is not a "
                                         r"multiple of 3"):
         read_ratings(p, scale=(0.0, 9.0), step=3.0)
+    p = write(tmp_path, "userId,movieId,rating\n1,2,4\n1,3,6.5\n1,4,inf\n", "ratings.csv")
+    with pytest.raises(DataError, match=r"line 3, column 'rating': rating 6\.5 is not a multiple of 1"):
+        read_ratings(p, scale=(1.0, 7.0), step=1.0)  # the earliest bad line, whichever check it fails
 
 
 def test_header_errors_name_the_line_and_the_column(tmp_path: Path) -> None:
