@@ -53,6 +53,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", help="folder with the data set's files (e.g. ../shared/data/ml-100k)")
     g.add_argument("--split", choices=ML100K_SPLITS, help=f"ml-100k official split or per-user hold-out "
                    f"(default {d.split})")
+    # --dataset file: any ratings file (securefedrec.data.read_ratings)
+    g.add_argument("--data-file", help="ratings file of --dataset file: CSV, TSV, '::' or whitespace-"
+                   "separated, header optional; MovieLens header names (userId, movieId, rating, "
+                   "timestamp) are recognised")
+    g.add_argument("--columns", help="--dataset file: columns by header name or 1-based number, e.g. "
+                   "user=userId,item=movieId,rating=rating[,timestamp=timestamp] or user=1,item=2,rating=3")
+    g.add_argument("--rating-scale", metavar="MIN:MAX",
+                   help="--dataset file: rating scale, e.g. 0.5:5 (default: inferred from the file)")
     g.add_argument("--synthetic-users", type=int, help=f"synthetic users (default {d.synthetic_users})")
     g.add_argument("--synthetic-items", type=int, help=f"synthetic items (default {d.synthetic_items})")
     g = p.add_argument_group("federation")

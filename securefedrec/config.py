@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from securefedrec.data import DATASETS, ML100K_SPLITS
-from securefedrec.errors import ConfigError
+from securefedrec.data import DATASETS, ML100K_SPLITS, parse_columns, parse_rating_scale
+from securefedrec.errors import ConfigError, DataError
 from securefedrec.fusion import OPTIMIZERS
 
 if sys.version_info >= (3, 11):
@@ -53,6 +53,9 @@ class ExperimentConfig:
     synthetic_users: int = 500
     synthetic_items: int = 300
     synthetic_ratings_per_user: int = 30
+    data_file: str | None = None  # dataset "file": the ratings file (securefedrec.data.read_ratings)
+    columns: str | None = None  # dataset "file": user=NAME|N,item=..,rating=..[,timestamp=..]; N 1-based
+    rating_scale: str | None = None  # dataset "file": MIN:MAX; default inferred from the file
     # federation
     protocol: str = "secagg+"
     threat_model: str = "default"
@@ -126,10 +129,34 @@ class ExperimentConfig:
              "must be in [0, 1)")
         need(self.seed >= 0, "seed", "must be >= 0")
         self._check_privacy(need)
-        if self.dataset != "synthetic" and self.data_dir is None:
+        self._check_data_file()
+        if self.dataset not in ("synthetic", "file") and self.data_dir is None:
             raise ConfigError(
                 f"data_dir: dataset {self.dataset} needs --data-dir (the folder with its files)"
             )
+
+    def _check_data_file(self) -> None:
+        """The fields of dataset ``file`` (data_file, columns, rating_scale): only with it, well formed."""
+        if self.dataset != "file":
+            for name in ("data_file", "columns", "rating_scale"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{name}: applies to dataset 'file' only (--dataset file), "
+                                      f"not to {self.dataset!r}")
+            return
+        if self.data_file is None:
+            raise ConfigError("data_file: dataset 'file' needs --data-file PATH (the ratings file)")
+        if self.data_dir is not None:
+            raise ConfigError("data_dir: dataset 'file' reads --data-file; --data-dir does not apply")
+        if self.split != "holdout":
+            raise ConfigError(f"split: dataset 'file' is split per user (holdout), got {self.split!r}")
+        parsers: dict[str, Callable[[str], object]] = {"columns": parse_columns,
+                                                       "rating_scale": parse_rating_scale}
+        for name, parse in parsers.items():
+            try:
+                if getattr(self, name) is not None:
+                    parse(getattr(self, name))
+            except DataError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
 
     def _check_privacy(self, need: Callable[[bool, str, str], None]) -> None:
         from securefedrec.privacy import ACCOUNTANTS, DP_MODES

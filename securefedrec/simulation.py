@@ -42,7 +42,7 @@ from securefedrec.compression import Downlink, Uplink, parse_compression
 from securefedrec.compression import load_state as load_compression_state
 from securefedrec.compression import state_arrays as compression_arrays
 from securefedrec.config import ExperimentConfig
-from securefedrec.data import Dataset, load_dataset
+from securefedrec.data import Dataset, load_configured_dataset
 from securefedrec.errors import CheckpointError, PrivacyBudgetExhausted
 from securefedrec.fusion import ServerOptimizer, get_optimizer
 from securefedrec.metrics import Evaluation, evaluate
@@ -94,12 +94,7 @@ class Simulation:
     ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
-        if dataset is None:
-            sizes = dict(num_users=config.synthetic_users, num_items=config.synthetic_items,
-                         ratings_per_user=config.synthetic_ratings_per_user)
-            dataset = load_dataset(config.dataset, config.data_dir, config.split, config.seed,
-                                   **(sizes if config.dataset == "synthetic" else {}))
-        self.dataset = dataset
+        self.dataset = dataset if dataset is not None else load_configured_dataset(config)
         self.layout = Layout(self.dataset.num_items, config.factors)
         self.hyper = Hyper(
             factors=config.factors, lam_user=config.lam_user, lam_item=config.lam_item,
