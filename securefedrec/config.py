@@ -257,7 +257,8 @@ class ExperimentConfig:
         ``--sample-rate``, or ``run.toml: sample-rate`` for a key of its file), else as
         ``"{source}: {key}"`` for a key of ``values``, else by its field name. A key given
         without the mode that uses it (``epsilon`` while ``dp`` is ``none``, ``synthetic_users``
-        with a MovieLens data set, ...) is an error: it would be silently ignored.
+        with a MovieLens data set, ...) is an error: it would be silently ignored. A key
+        whose value is ``None`` counts as not given.
 
         Raises:
             ConfigError: an unknown key, a bad value, or a key without its mode.
@@ -282,7 +283,7 @@ class ExperimentConfig:
             raise ConfigError(f"{source}: {exc}") from None
         for name, rule in _MODE_BOUND.items():
             mode = getattr(config, rule.mode)
-            if name in clean and not rule.applies(mode):
+            if clean.get(name) is not None and not rule.applies(mode):
                 raise ConfigError(f"{named.get(name, name)}: applies only with {rule.needs}; "
                                   f"{named.get(rule.mode, rule.mode)} is {mode!r}")
         return config
@@ -317,6 +318,8 @@ _MODE_BOUND: dict[str, _Bound] = {
        for name in ("synthetic_users", "synthetic_items", "synthetic_ratings_per_user")},
     **{name: _Bound("dataset", _from_files, "a --dataset read from files")
        for name in ("data_dir", "split")},
+    "neighbors": _Bound("protocol", lambda protocol: protocol in ("secagg", "secagg+"),
+                        "--protocol secagg or secagg+ (the masking graph)"),
 }
 """Fields that are an error when given (flag or config key) outside their mode (``from_mapping``)."""
 

@@ -120,6 +120,7 @@ def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
      "--dp-batch-size: applies only with --dp record"),
     (["--data-dir", "x"], "--data-dir: applies only with a --dataset read from files"),
     (["--split", "u1"], "--split: applies only with a --dataset read from files"),
+    (["--neighbors", "3"], "--neighbors: applies only with --protocol secagg or secagg+"),
     (["--resume"], "--resume: needs --checkpoint"),
 ])
 def test_flags_without_their_mode_are_errors(
