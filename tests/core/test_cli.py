@@ -177,7 +177,7 @@ def test_toml_errors_name_the_file_and_key(tmp_path: Path, capsys: pytest.Captur
 
 def test_python_api_refuses_a_budget_without_a_mode() -> None:
     with pytest.raises(ConfigError, match="epsilon: applies only with --dp user or --dp record"):
-        ExperimentConfig(epsilon=1.0)
+        ExperimentConfig.from_mapping({"epsilon": 1.0})
     with pytest.raises(ConfigError, match=r"x\.toml: synthetic_users: applies only with --dataset synthetic"):
         ExperimentConfig.from_mapping({"dataset": "ml-100k", "data_dir": "d", "synthetic_users": 5}, "x.toml")
 
