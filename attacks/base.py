@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from attacks.registry import ATTACKS  # the names, in a module light enough for the CLI parser
 from protocols import AggregationResult, Aggregator, DropoutPlan, RoundConfig, get_aggregator
 from securefedrec.compression import STREAM_SELECT
 from securefedrec.config import ExperimentConfig
@@ -63,14 +64,6 @@ __all__ = [
     "users_by_view",
 ]
 
-ATTACKS: dict[str, str] = {
-    "rated-items": "attacks.rated_items:RatedItemsAttack",
-    "rating-reconstruction": "attacks.reconstruction:RatingReconstructionAttack",
-    "attribute-inference": "attacks.attribute:AttributeInferenceAttack",
-    "poisoning": "attacks.poisoning:PoisoningAttack",
-    "malicious-server": "attacks.malicious_server:MaliciousServerAttack",
-}
-"""Attack name -> ``"module:Class"`` of its :class:`Attack`."""
 
 
 # --------------------------------------------------------------------------- results

@@ -24,7 +24,14 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from securefedrec.simulation import Simulation, run_experiment
 
-from securefedrec.errors import ConfigError, DataError, PrivacyBudgetExhausted, SecureFedRecError
+from securefedrec.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    PrivacyBudgetExhausted,
+    RunInterrupted,
+    SecureFedRecError,
+)
 
 # Imported on first use (PEP 562): ``import securefedrec.flower.client_app`` in a
 # Flower ClientApp process must not pay for torch and opacus in every protocol stage.
@@ -56,6 +63,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "OPTIMIZERS",
+    "CheckpointError",
     "Client",
     "ClientPool",
     "ConfigError",
@@ -69,6 +77,7 @@ __all__ = [
     "PrivacyAccountant",
     "PrivacyBudgetExhausted",
     "Ratings",
+    "RunInterrupted",
     "SecureFedRecError",
     "Simulation",
     "UserLevelPrivacy",

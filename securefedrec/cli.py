@@ -1,53 +1,101 @@
-"""Command line: ``securefedrec run`` (the main job) and ``securefedrec attack NAME``.
+"""Command line: securefedrec run, and the commands other packages register (securefedrec attack).
 
-Every flag maps to a field of :class:`~securefedrec.config.ExperimentConfig`;
+Every flag of ``run`` maps to a field of :class:`~securefedrec.config.ExperimentConfig`;
 a ``--config FILE.toml`` sets fields first and explicit flags override it.
+
+Building the parser imports no torch (only :mod:`securefedrec.config` and the name
+registries), so ``securefedrec --help`` answers at once; a command imports the
+simulation when it runs. Other packages add commands through the entry-point group
+:data:`COMMAND_GROUP` (the attack harness registers ``attack``), so the core never
+imports them.
+
+Exit status: 0 done, 2 a usage or configuration error (one line on stderr), 130
+interrupted (Ctrl-C; ``run`` writes a partial report and says how to resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, NoReturn
 
-from securefedrec.config import DEVICES, ExperimentConfig, load_toml
+from securefedrec import __version__
+from securefedrec.config import (
+    ACCOUNTANT_NAMES,
+    DEVICES,
+    DP_MECHANISMS,
+    DP_MODES,
+    THREAT_MODELS,
+    ExperimentConfig,
+    load_toml,
+)
 from securefedrec.data import DATASETS, ML100K_SPLITS
 from securefedrec.errors import SecureFedRecError
 from securefedrec.fusion import OPTIMIZERS
 
-__all__ = ["build_parser", "main"]
+__all__ = [
+    "COMMAND_GROUP",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "Command",
+    "add_run_flags",
+    "build_parser",
+    "config_from_args",
+    "installed_commands",
+    "main",
+]
 
 DEFAULT_REPORT = "results/report.json"
+COMMAND_GROUP = "securefedrec.commands"
+"""Entry-point group of the sub-commands other packages add (``name = "module:COMMAND"``)."""
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C'd program
+
+_OPTIONAL_COMMANDS = {"attack": "the attack harness (package 'attacks', shipped with securefedrec)"}
+"""Commands the project's own packages register, for a helpful error when one is missing."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A sub-command of ``securefedrec`` that a package registers under :data:`COMMAND_GROUP`.
+
+    Attributes:
+        help: one line for ``securefedrec --help``.
+        configure: adds the command's arguments to its (sub)parser; imports nothing heavy.
+        run: runs the parsed command; returns the exit status. A
+            :class:`~securefedrec.errors.SecureFedRecError` becomes one line on stderr and
+            status 2, a KeyboardInterrupt status 130.
+    """
+
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``securefedrec run: error: ... (see --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _protocols() -> list[str]:
-    from protocols.registry import PROTOCOLS
+    from protocols.registry import PROTOCOLS  # names -> "module:Class" strings; imports no protocol
 
     return list(PROTOCOLS)
 
 
-def _dp_modes() -> list[str]:
-    from securefedrec.privacy import DP_MODES
-
-    return list(DP_MODES)
-
-
-def _accountants() -> list[str]:
-    from securefedrec.privacy import ACCOUNTANTS
-
-    return list(ACCOUNTANTS)
-
-
-def _dp_mechanisms() -> list[str]:
-    from securefedrec.skellam import DP_MECHANISMS
-
-    return list(DP_MECHANISMS)
-
-
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    d = ExperimentConfig()
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of ``securefedrec run`` (each an :class:`ExperimentConfig` field, plus run options)."""
+    # the field defaults, without building (and validating) a config: that would import the codecs
+    d = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(ExperimentConfig)})
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, help=f"data set (default {d.dataset})")
     g.add_argument("--data-dir", help="folder with the data set's files (e.g. ../shared/data/ml-100k)")
@@ -63,9 +111,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="--dataset file: rating scale, e.g. 0.5:5 (default: inferred from the file)")
     g.add_argument("--synthetic-users", type=int, help=f"synthetic users (default {d.synthetic_users})")
     g.add_argument("--synthetic-items", type=int, help=f"synthetic items (default {d.synthetic_items})")
+    g.add_argument("--synthetic-ratings-per-user", type=int,
+                   help=f"ratings of each synthetic user (default {d.synthetic_ratings_per_user})")
     g = p.add_argument_group("federation")
     g.add_argument("--protocol", choices=_protocols(), help=f"aggregation protocol (default {d.protocol})")
-    g.add_argument("--threat-model", choices=["default", "semi-honest", "malicious"],
+    g.add_argument("--threat-model", choices=THREAT_MODELS,
                    help="server threat model of secagg/secagg+/paillier (default: the protocol's own)")
     g.add_argument("--rounds", type=int, help=f"federated rounds (default {d.rounds})")
     g.add_argument("--sample-rate", type=float, help=f"Poisson sampling rate q (default {d.sample_rate})")
@@ -89,8 +139,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="shrink the item part of the global vector by 1 - this after every round "
                         f"(a server-side prior that bounds poisoning; default {d.server_decay})")
     g.add_argument("--eval-every", type=int, help=f"evaluate every N rounds (default {d.eval_every})")
-    g = p.add_argument_group("differential privacy")
-    g.add_argument("--dp", choices=_dp_modes(),
+    g = p.add_argument_group("differential privacy (the other flags of this group need --dp user|record)")
+    g.add_argument("--dp", choices=DP_MODES,
                    help="none; user: DP-FedAvg with distributed Gaussian noise (one user per client); "
                         "record: DP-SGD in each silo, one rating = one record (needs --silos)")
     g.add_argument("--epsilon", type=float, help="privacy budget; calibrates the noise unless "
@@ -99,13 +149,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clip", type=float, help=f"L2 bound C: of a user's delta (user) or of a rating's "
                    f"gradient (record) (default {d.clip})")
     g.add_argument("--noise-multiplier", type=float, help="sigma (noise std / C); default: from --epsilon")
-    g.add_argument("--accountant", choices=_accountants(), help=f"Opacus accountant (default {d.accountant})")
-    g.add_argument("--dp-mechanism", choices=_dp_mechanisms(),
+    g.add_argument("--accountant", choices=ACCOUNTANT_NAMES,
+                   help=f"Opacus accountant (default {d.accountant})")
+    g.add_argument("--dp-mechanism", choices=DP_MECHANISMS,
                    help=f"noise of --dp user: gaussian (floats), or skellam (integer noise added in the "
                         f"secure-aggregation ring, its own RDP accounting) (default {d.dp_mechanism})")
     g.add_argument("--silos", type=int, help="cross-silo: group the users into S clients")
     g.add_argument("--dp-batch-size", type=int,
-                   help=f"expected DP-SGD batch per silo (record; default {d.dp_batch_size})")
+                   help=f"expected DP-SGD batch per silo (--dp record only; default {d.dp_batch_size})")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     g.add_argument("--device", choices=DEVICES, help=f"torch device (default {d.device})")
@@ -114,64 +165,120 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help=f"where the JSON report goes (default {DEFAULT_REPORT})")
     g.add_argument("--plot", type=Path, help="also write a PNG of RMSE per round here")
     g.add_argument("--checkpoint", type=Path, help="checkpoint file, written atomically after each round")
-    g.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    g.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists "
+                   "(needs --checkpoint)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(_flags={a.dest: a.option_strings[0] for a in p._actions if a.option_strings})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``securefedrec`` argument parser."""
-    parser = argparse.ArgumentParser(prog="securefedrec", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def installed_commands() -> dict[str, Command | Exception]:
+    """The commands registered under :data:`COMMAND_GROUP`, by name.
+
+    A command whose entry point cannot be loaded (its package is gone, or the
+    installed metadata is stale) maps to the exception, so ``run`` still works and
+    using that command gives one clear line.
+    """
+    found: dict[str, Command | Exception] = {}
+    for ep in metadata.entry_points(group=COMMAND_GROUP):
+        if ep.name == "run" or ep.name in found:
+            continue
+        try:
+            command = ep.load()
+        except Exception as exc:  # any import failure of a plug-in; reported when it is used
+            found[ep.name] = SecureFedRecError(
+                f"command {ep.name!r} cannot be loaded from {ep.value!r} "
+                f"({type(exc).__name__}: {exc}); reinstall securefedrec (pip install -e .)")
+            continue
+        found[ep.name] = command if isinstance(command, Command) else SecureFedRecError(
+            f"entry point {ep.name} = {ep.value!r} of group {COMMAND_GROUP} is not a "
+            "securefedrec.cli.Command")
+    return found
+
+
+def build_parser(commands: Mapping[str, Command | Exception] | None = None) -> argparse.ArgumentParser:
+    """The ``securefedrec`` parser: ``run`` and ``commands`` (default: :func:`installed_commands`)."""
+    commands = installed_commands() if commands is None else commands
+    parser = _Parser(prog="securefedrec", description="Privacy-preserving federated recommendation: "
+                     "federated matrix factorization with secure aggregation, differential privacy "
+                     "and an attack harness.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     run = sub.add_parser("run", help="run a federated training job and write a JSON report")
-    _add_run_flags(run)
-    _add_attack_parser(sub)
+    add_run_flags(run)
+    for name, command in commands.items():
+        if isinstance(command, Command):
+            command.configure(sub.add_parser(name, help=command.help))
+        else:
+            broken = sub.add_parser(name, help=f"unavailable: {command}", add_help=False)
+            broken.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
-def _add_attack_parser(sub: Any) -> None:
-    """``securefedrec attack NAME [run flags]`` (the harness lives in the ``attacks`` package)."""
-    from attacks.base import ATTACKS  # imported lazily: attacks depends on securefedrec, not the reverse
-
-    attack = sub.add_parser("attack", help="run an attack against a configuration and write a JSON report")
-    attack.add_argument("name", choices=list(ATTACKS), help="the attack")
-    _add_run_flags(attack)
-    g = attack.add_argument_group("attack")
-    g.add_argument("--key-bits", type=int, help="Paillier key size for the attacked run (default 2048)")
-    g.add_argument("--defence", help="poisoning: the defence whose ER@10 is reported "
-                   "(none, clip, row-clip, norm-bound, median, trimmed-mean; default row-clip)")
-    g.add_argument("--row-clip", type=float, help="poisoning: per-item L2 bound of row-clip (default 0.75)")
-    g.add_argument("--fractions", type=float, nargs="+",
-                   help="poisoning: fake clients as fractions of the users (default 0.01 0.03 0.05)")
-    attack.set_defaults(report=Path("results/attack.json"))
-
-
-_NOT_CONFIG = {"command", "config", "report", "plot", "checkpoint", "resume", "quiet"}
+_NOT_CONFIG = {"command", "config", "report", "plot", "checkpoint", "resume", "quiet", "_flags"}
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    """TOML values, then the flags given explicitly."""
-    values: dict[str, Any] = load_toml(args.config) if args.config else {}
-    source = str(args.config) if args.config else "command line"
+    """TOML values, then the flags given explicitly; errors name the flag, or the file and key."""
+    flags: dict[str, str] = getattr(args, "_flags", {})
+    labels = dict(flags)  # a value left at its default is named by its flag
+    values: dict[str, Any] = {}
+    if args.config:
+        known = set(ExperimentConfig.field_names())
+        for key, value in load_toml(args.config).items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise SecureFedRecError(f"{args.config}: unknown key {key!r}; known keys: "
+                                        f"{', '.join(sorted(k.replace('_', '-') for k in known))}")
+            values[name] = value
+            labels[name] = f"{args.config}: {key}"
     for key, value in vars(args).items():
         if key not in _NOT_CONFIG and value is not None:
             values[key] = value
-    return ExperimentConfig.from_mapping(values, source)
+            labels[key] = flags.get(key, "--" + key.replace("_", "-"))
+    return ExperimentConfig.from_mapping(values, str(args.config or "command line"), labels=labels)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _check_run_options(args: argparse.Namespace) -> None:
+    """Options that need no simulation to check: fail before minutes of training, not after."""
+    if args.resume and args.checkpoint is None:
+        raise SecureFedRecError("--resume: needs --checkpoint FILE (the file to continue from)")
+    for flag, path in (("--report", args.report), ("--plot", args.plot), ("--checkpoint", args.checkpoint)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise SecureFedRecError(f"{flag}: {path} is a folder; give a file name")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problem = exc.strerror or exc
+            raise SecureFedRecError(f"{flag}: cannot create the folder of {path} ({problem})") from None
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    _check_run_options(args)
+    config = config_from_args(args)
+    from securefedrec.errors import RunInterrupted
     from securefedrec.report import plot_rounds, write_json
     from securefedrec.simulation import run_experiment
 
-    config = config_from_args(args)
-    if args.resume and args.checkpoint is None:
-        raise SecureFedRecError("--resume needs --checkpoint FILE")
-    report = run_experiment(config, checkpoint=args.checkpoint, resume=args.resume,
-                            progress=not args.quiet)
+    try:
+        report = run_experiment(config, checkpoint=args.checkpoint, resume=args.resume,
+                                progress=not args.quiet)
+    except RunInterrupted as stop:  # inside the rounds: a partial report
+        path = write_json(args.report, stop.report)
+        done = len(stop.report["rounds"])
+        print(f"securefedrec: interrupted after round {done} of {config.rounds} (partial report in {path}); "
+              f"{_how_to_resume(args, argv)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # while loading the data or the checkpoint: nothing to report
+        print(f"securefedrec: interrupted before the first round (no report written); "
+              f"{_how_to_resume(args, argv)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     path = write_json(args.report, report)
     final = report["final"]
     print(f"final: RMSE {final['rmse']:.4f}  MAE {final['mae']:.4f}  "
           f"HR@10 {final['hr@10']:.4f}  NDCG@10 {final['ndcg@10']:.4f}")
-    if report.get("final", {}).get("epsilon") is not None:
+    if final.get("epsilon") is not None:
         print(f"privacy: epsilon {final['epsilon']:.4g} at delta {final['delta']:.3g} "
               f"({report['privacy']['unit']})")
     if report.get("stopped"):
@@ -182,41 +289,61 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _attack(args: argparse.Namespace) -> int:
-    from attacks.base import get_attack
-    from securefedrec.report import write_json
-
-    own = {"name": args.name, "key_bits": args.key_bits, "defence": args.defence, "row_clip": args.row_clip,
-           "fractions": args.fractions}
-    run_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in own})
-    config = config_from_args(run_args)
-    given = {k: v for k, v in own.items() if k in ("defence", "row_clip", "fractions") and v is not None}
-    if given and args.name != "poisoning":
-        flag = "--" + next(iter(given)).replace("_", "-")
-        raise SecureFedRecError(f"{flag} applies to the poisoning attack only")
-    options: dict[str, Any] = dict(given)
-    attack = get_attack(args.name, **options)
-    keys = {"key_bits": args.key_bits} if args.key_bits is not None and config.protocol == "paillier" else {}
-    result = attack.run(config, aggregator_options=keys)
-    path = write_json(args.report, result.to_dict())
-    print(f"{result.attack} vs {result.protocol}: {result.metric} {result.value:.4g} "
-          f"(baseline {result.baseline:.4g}) -> {'SUCCEEDED' if result.success else 'failed'}")
-    print(f"report written to {path}")
-    return 0
+def _how_to_resume(args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """The second half of the interrupt message: the command that continues, or why none can."""
+    if args.checkpoint is None:
+        return "nothing was saved to resume from (run with --checkpoint FILE to be able to resume)"
+    if not Path(args.checkpoint).exists():
+        return f"no round completed, so {args.checkpoint} was not written; start again to resume later"
+    words = ["securefedrec", *argv]
+    if "--resume" not in words:
+        words.append("--resume")
+    return f"resume with: {shlex.join(words)}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``securefedrec`` console script."""
-    args = build_parser().parse_args(argv)
+def _unknown_command(argv: Sequence[str], commands: Mapping[str, Command | Exception]) -> str | None:
+    """One line for ``securefedrec attack`` when the package that registers ``attack`` is not installed."""
+    name = next((a for a in argv if not a.startswith("-")), None)
+    if name in _OPTIONAL_COMMANDS and name not in commands:
+        return (f"securefedrec: error: command {name!r} is not installed: it comes from "
+                f"{_OPTIONAL_COMMANDS[name]} through the entry-point group {COMMAND_GROUP!r}; "
+                "reinstall securefedrec (pip install -e .) to register it")
+    return None
+
+
+def main(
+    argv: Sequence[str] | None = None, *, commands: Mapping[str, Command | Exception] | None = None
+) -> int:
+    """Entry point of the ``securefedrec`` console script; returns the exit status.
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``).
+        commands: the sub-commands besides ``run`` (default: :func:`installed_commands`).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        commands = installed_commands() if commands is None else commands
+        missing = _unknown_command(argv, commands)
+        if missing is not None:
+            print(missing, file=sys.stderr)
+            return EXIT_ERROR
+        args = build_parser(commands).parse_args(argv)
         if args.command == "run":
-            return _run(args)
-        if args.command == "attack":
-            return _attack(args)
+            return _run(args, argv)
+        command = commands[args.command]
+        if not isinstance(command, Command):
+            raise command
+        return command.run(args)
     except SecureFedRecError as exc:
         print(f"securefedrec: error: {exc}", file=sys.stderr)
-        return 2
-    return 1  # pragma: no cover - argparse rejects unknown commands
+        return EXIT_ERROR
+    except OSError as exc:  # a path given on the command line: unreadable, unwritable, a folder
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"securefedrec: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("securefedrec: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

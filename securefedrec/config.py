@@ -2,7 +2,12 @@
 
 Every field can be set in a TOML file (``securefedrec run --config FILE``, keys
 are the field names, ``-`` or ``_``) and overridden by a CLI flag. Values are
-checked in ``__post_init__``, so a bad configuration fails before any work.
+checked in ``__post_init__``, so a bad configuration fails before any work;
+:meth:`ExperimentConfig.from_mapping` names the value at fault as the user wrote
+it (``--sample-rate``, or ``run.toml: sample-rate``) and refuses settings given
+without the mode that uses them (``--epsilon`` without ``--dp user|record``).
+
+This module imports no torch: the CLI builds its parser from the names here.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +29,37 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DEVICES", "THREAT_MODELS", "ExperimentConfig", "load_toml"]
+__all__ = [
+    "ACCOUNTANT_NAMES",
+    "DEVICES",
+    "DP_MECHANISMS",
+    "DP_MODES",
+    "THREAT_MODELS",
+    "ExperimentConfig",
+    "FieldError",
+    "load_toml",
+]
 
 DEVICES = ("auto", "cpu", "cuda")
+
+# The names of the privacy modes, here so that config and the CLI need no torch; the
+# implementations (securefedrec.privacy, securefedrec.skellam) register the same names
+# (tests/core/test_config_names.py keeps them equal).
+DP_MODES = ("none", "user", "record")
+"""``--dp``: none; user-level DP-FedAvg; record-level DP-SGD in silos."""
+ACCOUNTANT_NAMES = ("rdp", "prv")
+"""``--accountant``: the Opacus accountants of :data:`securefedrec.privacy.ACCOUNTANTS`."""
+DP_MECHANISMS = ("gaussian", "skellam")
+"""``--dp-mechanism``: the noise of ``--dp user``."""
+
+
+class FieldError(ConfigError):
+    """A bad value of one field; :meth:`ExperimentConfig.from_mapping` names it as the user wrote it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
 
 
 def _protocol_names() -> tuple[str, ...]:
@@ -99,7 +132,7 @@ class ExperimentConfig:
 
         def need(ok: bool, field: str, rule: str) -> None:
             if not ok:
-                raise ConfigError(f"{field}: {rule}, got {getattr(self, field)!r}")
+                raise FieldError(field, f"{rule}, got {getattr(self, field)!r}")
 
         need(self.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}")
         need(self.split in ML100K_SPLITS, "split", f"must be one of {', '.join(ML100K_SPLITS)}")
@@ -124,31 +157,30 @@ class ExperimentConfig:
             need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("local_lr", "update_clip"):
             need(math.isfinite(getattr(self, name)) and getattr(self, name) > 0, name, "must be > 0")
-        need(self.server_lr is None or self.server_lr > 0, "server_lr", "must be > 0")
+        need(self.server_lr is None or (math.isfinite(self.server_lr) and self.server_lr > 0), "server_lr",
+             "must be > 0 and finite")
         need(math.isfinite(self.server_decay) and 0 <= self.server_decay < 1, "server_decay",
              "must be in [0, 1)")
         need(self.seed >= 0, "seed", "must be >= 0")
         self._check_privacy(need)
         self._check_data_file()
         if self.dataset not in ("synthetic", "file") and self.data_dir is None:
-            raise ConfigError(
-                f"data_dir: dataset {self.dataset} needs --data-dir (the folder with its files)"
-            )
+            raise FieldError("dataset", f"{self.dataset} needs --data-dir (the folder with its files)")
 
     def _check_data_file(self) -> None:
         """The fields of dataset ``file`` (data_file, columns, rating_scale): only with it, well formed."""
         if self.dataset != "file":
             for name in ("data_file", "columns", "rating_scale"):
                 if getattr(self, name) is not None:
-                    raise ConfigError(f"{name}: applies to dataset 'file' only (--dataset file), "
-                                      f"not to {self.dataset!r}")
+                    raise FieldError(name, f"applies to dataset 'file' only (--dataset file), "
+                                           f"not to {self.dataset!r}")
             return
         if self.data_file is None:
-            raise ConfigError("data_file: dataset 'file' needs --data-file PATH (the ratings file)")
+            raise FieldError("data_file", "dataset 'file' needs --data-file PATH (the ratings file)")
         if self.data_dir is not None:
-            raise ConfigError("data_dir: dataset 'file' reads --data-file; --data-dir does not apply")
+            raise FieldError("data_dir", "dataset 'file' reads --data-file; --data-dir does not apply")
         if self.split != "holdout":
-            raise ConfigError(f"split: dataset 'file' is split per user (holdout), got {self.split!r}")
+            raise FieldError("split", f"dataset 'file' is split per user (holdout), got {self.split!r}")
         parsers: dict[str, Callable[[str], object]] = {"columns": parse_columns,
                                                        "rating_scale": parse_rating_scale}
         for name, parse in parsers.items():
@@ -156,15 +188,13 @@ class ExperimentConfig:
                 if getattr(self, name) is not None:
                     parse(getattr(self, name))
             except DataError as exc:
-                raise ConfigError(f"{name}: {exc}") from None
+                raise FieldError(name, str(exc)) from None
 
     def _check_privacy(self, need: Callable[[bool, str, str], None]) -> None:
-        from securefedrec.privacy import ACCOUNTANTS, DP_MODES
-        from securefedrec.skellam import DP_MECHANISMS
-
         need(self.dp in DP_MODES, "dp", f"must be one of {', '.join(DP_MODES)}")
         need(self.dp_mechanism in DP_MECHANISMS, "dp_mechanism", f"must be one of {', '.join(DP_MECHANISMS)}")
-        need(self.accountant in ACCOUNTANTS, "accountant", f"must be one of {', '.join(ACCOUNTANTS)}")
+        need(self.accountant in ACCOUNTANT_NAMES, "accountant",
+             f"must be one of {', '.join(ACCOUNTANT_NAMES)}")
         need(self.epsilon is None or (math.isfinite(self.epsilon) and self.epsilon > 0), "epsilon",
              "must be > 0 and finite")
         need(0 < self.delta < 1, "delta", "must be in (0, 1)")
@@ -177,6 +207,8 @@ class ExperimentConfig:
         if self.dp != "none":
             need(self.epsilon is not None or self.noise_multiplier is not None, "epsilon",
                  f"dp {self.dp!r} needs a budget (--epsilon) or a --noise-multiplier")
+        # a budget with dp 'none' is refused by from_mapping (where the user set it), not here:
+        # dataclasses.replace(config, dp="none") must still give the same run without DP
         need(self.dp != "record" or self.silos is not None, "silos",
              "dp 'record' is cross-silo DP-SGD and needs --silos S")
         need(self.dp != "user" or self.silos is None, "silos",
@@ -198,18 +230,23 @@ class ExperimentConfig:
         from protocols.registry import PROTOCOLS
         from securefedrec.compression import parse_compression
 
-        comp = parse_compression(self.compression)  # ConfigError names the valid choices
+        try:
+            comp = parse_compression(self.compression)  # ConfigError names the valid choices
+        except FieldError:
+            raise
+        except ConfigError as exc:
+            raise FieldError("compression", str(exc).removeprefix("compression: ")) from None
         module, cls = PROTOCOLS[self.protocol].split(":")
         if not comp.secure_ok and getattr(importlib.import_module(module), cls).secure:
-            raise ConfigError(
-                f"compression: {self.compression!r} cannot be used with protocol {self.protocol!r}: "
+            raise FieldError(
+                "compression", f"{self.compression!r} cannot be used with protocol {self.protocol!r}: "
                 "top-k sends each client's own indices, which reveal the items its user rated, and "
                 "secure aggregation needs every client to send the same coordinates; use randk:F "
                 "(coordinates from a public per-round seed) or --protocol plaintext"
             )
         if comp.wraps and self.protocol == "paillier":
-            raise ConfigError(
-                f"compression: {self.compression!r} cannot be used with protocol 'paillier': it lets the "
+            raise FieldError(
+                "compression", f"{self.compression!r} cannot be used with protocol 'paillier': it lets the "
                 "sum wrap around a small ring, and a Paillier slot that overflows carries into its "
                 "neighbour; use q8 or q16, which narrow the slots exactly"
             )
@@ -222,7 +259,7 @@ class ExperimentConfig:
             if value is None and optional:
                 continue
             if isinstance(value, bool) or not isinstance(value, kinds[base]):
-                raise ConfigError(f"{f.name}: expected {f.type}, got {value!r} ({type(value).__name__})")
+                raise FieldError(f.name, f"expected {f.type}, got {value!r} ({type(value).__name__})")
             if base == "float":
                 object.__setattr__(self, f.name, float(value))  # type: ignore[arg-type]
 
@@ -236,19 +273,80 @@ class ExperimentConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_mapping(cls, values: dict[str, Any], source: str = "config") -> ExperimentConfig:
-        """Build from a mapping, naming ``source`` and the key in errors."""
+    def from_mapping(
+        cls, values: Mapping[str, Any], source: str = "config", *, labels: Mapping[str, str] | None = None
+    ) -> ExperimentConfig:
+        """Build from a mapping of field names (``-`` or ``_``) to values.
+
+        Errors name the value at fault as ``labels[field]`` when given (the CLI passes
+        ``--sample-rate``, or ``run.toml: sample-rate`` for a key of its file), else as
+        ``"{source}: {key}"`` for a key of ``values``, else by its field name. A key given
+        without the mode that uses it (``epsilon`` while ``dp`` is ``none``, ``synthetic_users``
+        with a MovieLens data set, ...) is an error: it would be silently ignored. A key
+        whose value is ``None`` counts as not given.
+
+        Raises:
+            ConfigError: an unknown key, a bad value, or a key without its mode.
+        """
         known = set(cls.field_names())
         clean: dict[str, Any] = {}
+        named: dict[str, str] = {}
         for key, value in values.items():
             name = key.replace("-", "_")
             if name not in known:
                 raise ConfigError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+            if name in clean:
+                raise ConfigError(f"{source}: {key!r} sets {name!r} a second time")
             clean[name] = value
+            named[name] = f"{source}: {key}"
+        named.update(labels or {})
         try:
-            return cls(**clean)
+            config = cls(**clean)
+        except FieldError as exc:
+            raise ConfigError(f"{named.get(exc.field, exc.field)}: {exc.problem}") from None
         except TypeError as exc:
             raise ConfigError(f"{source}: {exc}") from None
+        for name, rule in _MODE_BOUND.items():
+            mode = getattr(config, rule.mode)
+            if clean.get(name) is not None and not rule.applies(mode):
+                raise ConfigError(f"{named.get(name, name)}: applies only with {rule.needs}; "
+                                  f"{named.get(rule.mode, rule.mode)} is {mode!r}")
+        return config
+
+
+@dataclass(frozen=True)
+class _Bound:
+    """A field that only means something in some modes: ``applies(getattr(config, mode))``."""
+
+    mode: str
+    applies: Callable[[Any], bool]
+    needs: str
+
+
+def _dp_on(dp: Any) -> bool:
+    return bool(dp != "none")
+
+
+def _synthetic(dataset: Any) -> bool:
+    return bool(dataset == "synthetic")
+
+
+def _from_files(dataset: Any) -> bool:
+    return bool(dataset != "synthetic")
+
+
+_MODE_BOUND: dict[str, _Bound] = {
+    **{name: _Bound("dp", _dp_on, "--dp user or --dp record")
+       for name in ("epsilon", "delta", "clip", "noise_multiplier", "accountant", "dp_mechanism")},
+    "dp_batch_size": _Bound("dp", lambda dp: dp == "record", "--dp record"),
+    **{name: _Bound("dataset", _synthetic, "--dataset synthetic")
+       for name in ("synthetic_users", "synthetic_items", "synthetic_ratings_per_user")},
+    **{name: _Bound("dataset", _from_files, "a --dataset read from files")
+       for name in ("data_dir", "split")},
+    "neighbors": _Bound("protocol", lambda protocol: protocol in ("secagg", "secagg+"),
+                        "--protocol secagg or secagg+ (the masking graph)"),
+}
+"""Fields that are an error when given (flag or config key) outside their mode (``from_mapping``)."""
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from protocols.errors import (
     AggregationAborted,
     ConfigError,
@@ -21,6 +23,7 @@ __all__ = [
     "IntegrityError",
     "PrivacyBudgetExhausted",
     "ProtocolError",
+    "RunInterrupted",
     "SecureFedRecError",
     "StageError",
 ]
@@ -36,3 +39,17 @@ class CheckpointError(SecureFedRecError):
 
 class PrivacyBudgetExhausted(SecureFedRecError):
     """Another round would exceed the privacy budget (epsilon, delta)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (KeyboardInterrupt) between or inside rounds.
+
+    The round in progress was abandoned: the simulation is as after the last completed
+    round (and its checkpoint, if any, was written). :attr:`report` is the partial report,
+    with ``stopped == "interrupted"``. A :class:`KeyboardInterrupt`, so code that does not
+    look for it still stops.
+    """
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        super().__init__("interrupted")
+        self.report = report

@@ -1,4 +1,7 @@
-"""Run reports: environment record, atomic JSON writing, the RMSE-per-round plot."""
+"""Run reports: environment record, atomic JSON writing, the RMSE-per-round plot.
+
+Imports no torch (the CLI writes reports before or without a simulation).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,10 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 __all__ = ["atomic_write_bytes", "environment", "plot_rounds", "write_json"]
 
@@ -30,12 +34,17 @@ def environment(
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     dev = str(device) if device is not None else "cpu"
+    cuda = None
+    if dev.startswith("cuda"):
+        import torch
+
+        cuda = torch.cuda.get_device_name(0)
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "device": dev,
-        "cuda": torch.cuda.get_device_name(0) if dev.startswith("cuda") else None,
+        "cuda": cuda,
         "versions": versions,
     }
 
@@ -78,6 +87,7 @@ def plot_rounds(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = [r for r in report["rounds"] if r.get("rmse") is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
@@ -86,6 +96,7 @@ def plot_rounds(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     cfg = report["config"]
     ax.set_title(f"{report['dataset']['name']} - {cfg['protocol']} - {cfg['server_optimizer']}")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.set_ylabel("test error")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -22,12 +22,16 @@ so a run resumed from a checkpoint reproduces the uninterrupted run.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
 import os
 import time
+import zipfile
+import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +47,7 @@ from securefedrec.compression import load_state as load_compression_state
 from securefedrec.compression import state_arrays as compression_arrays
 from securefedrec.config import ExperimentConfig
 from securefedrec.data import Dataset, load_configured_dataset
-from securefedrec.errors import CheckpointError, PrivacyBudgetExhausted
+from securefedrec.errors import CheckpointError, PrivacyBudgetExhausted, RunInterrupted
 from securefedrec.fusion import ServerOptimizer, get_optimizer
 from securefedrec.metrics import Evaluation, evaluate
 from securefedrec.model import Hyper, Layout
@@ -114,8 +118,7 @@ class Simulation:
         if config.protocol == "secagg+" and config.dropout > 0:  # size the graph for the simulated dropout
             options["dropout_rate"] = dropout_by_unmask(config.dropout)
         self.aggregator = aggregator or get_aggregator(config.protocol, **options)
-        self.optimizer: ServerOptimizer = get_optimizer(config.server_optimizer, config.server_lr).with_decay(
-            config.server_decay, self.layout.length - 1)  # the item part; never the intercept
+        self.optimizer = self._new_optimizer()
         lo, hi = self.dataset.scale
         # the intercept starts at the middle of the public rating scale (no data is peeked at)
         init = self.layout.init((lo + hi) / 2, config.init_std, torch.Generator().manual_seed(config.seed))
@@ -135,6 +138,12 @@ class Simulation:
             and config.compression == "none" and config.local_epochs == 1 and config.silos is None
         )
         self.stopped: str | None = None
+
+    def _new_optimizer(self) -> ServerOptimizer:
+        """The configured server optimizer, before any step."""
+        cfg = self.config
+        return get_optimizer(cfg.server_optimizer, cfg.server_lr).with_decay(
+            cfg.server_decay, self.layout.length - 1)  # the item part; never the intercept
 
     # ------------------------------------------------------------------ one round
     def sample(self, round_id: int) -> list[int]:
@@ -246,34 +255,60 @@ class Simulation:
         progress: bool = True,
         on_round: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Run the remaining rounds (checkpointing after each) and return the report."""
+        """Run the remaining rounds (checkpointing after each) and return the report.
+
+        Raises:
+            RunInterrupted: on Ctrl-C (KeyboardInterrupt). The round in progress is
+                abandoned: this simulation is as after the last completed round, whose
+                checkpoint was written, and the exception carries the partial report
+                (``stopped == "interrupted"``, ``final`` None). ``run`` may be called again.
+        """
         t0 = time.perf_counter()
-        bar = tqdm(range(self.next_round, self.config.rounds), desc=f"{self.config.protocol} rounds",
-                   disable=not progress, unit="round", initial=self.next_round, total=self.config.rounds)
-        for _ in bar:
-            try:
-                record = self.run_round()
-            except PrivacyBudgetExhausted as exc:
-                self.stopped = f"privacy budget exhausted: {exc}"
-                break
-            if record["rmse"] is not None:
-                bar.set_postfix(rmse=f"{record['rmse']:.4f}")
+        try:
+            with tqdm(range(self.next_round, self.config.rounds), desc=f"{self.config.protocol} rounds",
+                      disable=not progress, unit="round", initial=self.next_round,
+                      total=self.config.rounds) as bar:
+                for _ in bar:
+                    try:
+                        record = self._complete_round(checkpoint)
+                    except PrivacyBudgetExhausted as exc:
+                        self.stopped = f"privacy budget exhausted: {exc}"
+                        break
+                    if record["rmse"] is not None:
+                        bar.set_postfix(rmse=f"{record['rmse']:.4f}")
+                    if on_round is not None:
+                        on_round(record)
+            final: dict[str, Any] | None = self.evaluate(ranking=True).as_dict()
+        except KeyboardInterrupt:
+            raise RunInterrupted(self._report(None, "interrupted", t0)) from None
+        return self._report(final, self.stopped, t0)
+
+    def _complete_round(self, checkpoint: str | Path | None) -> dict[str, Any]:
+        """One round and its checkpoint, or neither: any exception restores the state before it."""
+        before = _State.capture(self)
+        try:
+            record = self.run_round()
             if checkpoint is not None:
                 self.save_checkpoint(checkpoint)
-            if on_round is not None:
-                on_round(record)
-        final = self.evaluate(ranking=True)
+        except BaseException:  # Ctrl-C included: the round did not happen
+            before.restore(self)
+            raise
+        return record
+
+    def _report(self, final: dict[str, Any] | None, stopped: str | None, t0: float) -> dict[str, Any]:
+        privacy = self.privacy
         return {
             "config": self.config.to_dict(),
             "dataset": self.dataset.summary(),
             "rounds": self.rounds,
-            "final": {**final.as_dict(),
-                      "epsilon": self.privacy.epsilon() if self.privacy is not None else None,
-                      "delta": self.privacy.delta if self.privacy is not None else None},
-            "privacy": ({**self.privacy.summary(),
+            "final": None if final is None else {
+                **final,
+                "epsilon": privacy.epsilon() if privacy is not None else None,
+                "delta": privacy.delta if privacy is not None else None},
+            "privacy": ({**privacy.summary(),
                          "secure_aggregation": getattr(self.aggregator, "secure", False)}
-                        if self.privacy is not None else None),
-            "stopped": self.stopped,
+                        if privacy is not None else None),
+            "stopped": stopped,
             "environment": environment(self.device),
             "seconds": time.perf_counter() - t0,
         }
@@ -303,41 +338,212 @@ class Simulation:
         return atomic_write_bytes(path, buf.getvalue())
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Continue from ``path``; its configuration must equal ours except for ``rounds``."""
+        """Continue from ``path``; its configuration must equal ours except for ``rounds``.
+
+        Every check passes before anything changes: a file that is empty, truncated,
+        not ours, or written by another configuration leaves this simulation as it was.
+
+        Raises:
+            CheckpointError: one line naming the file and what is wrong with it.
+        """
         p = Path(path)
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                meta = json.loads(z["meta"].tobytes())
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{p}: not a readable securefedrec checkpoint ({exc})") from None
-        if meta.get("version") != _CHECKPOINT_VERSION:
-            raise CheckpointError(
-                f"{p}: checkpoint version {meta.get('version')}, expected {_CHECKPOINT_VERSION}"
-            )
+        arrays = _read_checkpoint(p)
+        meta = _checkpoint_meta(p, arrays)
         # checkpoints written before dp_mechanism existed were Gaussian
         ours, theirs = self.config.to_dict(), {"dp_mechanism": "gaussian", **meta["config"]}
         diff = sorted(k for k in ours if k != "rounds" and ours[k] != theirs.get(k))
         if diff:
             details = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs run {ours[k]!r}" for k in diff)
             raise CheckpointError(f"{p}: checkpoint was written by a different configuration ({details})")
-        if arrays["global_vec"].shape != self.global_vec.shape:
-            raise CheckpointError(f"{p}: global vector has shape {arrays['global_vec'].shape}, "
-                                  f"expected {self.global_vec.shape}")
-        feedback, downlink, spread = load_compression_state(
-            {k[5:]: v for k, v in arrays.items() if k.startswith("comp.")},
-            self.uplink, self.downlink, self.layout.length)
-        if self.privacy is not None:  # first: it validates its state and may refuse; nothing changed yet
-            self.privacy.restore(int(meta["next_round"]), meta.get("privacy"))
+        done = meta["next_round"]
+        if done > self.config.rounds:
+            raise CheckpointError(f"{p}: checkpoint has {done} rounds done, more than the "
+                                  f"{self.config.rounds} rounds of this run (raise --rounds to continue it)")
+        expected = {"global_vec": self.global_vec, "user_factors": self.pool.user_factors.numpy(),
+                    "user_bias": self.pool.user_bias.numpy()}
+        for name, like in expected.items():
+            _check_array(p, arrays, name, like)
+        optimizer = self._new_optimizer()
+        optimizer.load_state_dict(_checked_optimizer_state(p, meta, arrays, optimizer, self.layout.length))
+        try:
+            feedback, downlink, spread = load_compression_state(
+                {k[5:]: v for k, v in arrays.items() if k.startswith("comp.")},
+                self.uplink, self.downlink, self.layout.length)
+            if self.privacy is not None:  # last check: it validates its state and may refuse; nothing changed
+                self.privacy.restore(done, meta["privacy"])
+        except CheckpointError as exc:
+            raise CheckpointError(f"{p}: {exc}") from None
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{p}: malformed compression or privacy state "
+                                  f"({type(exc).__name__}: {exc})") from None
+        # every check passed: change the state (nothing below can fail)
         self.global_vec = arrays["global_vec"]
         self.uplink.feedback, self.downlink, self.uplink.spread = feedback, downlink, spread
         self.pool.user_factors = torch.from_numpy(arrays["user_factors"])
         self.pool.user_bias = torch.from_numpy(arrays["user_bias"])
-        state: dict[str, Any] = dict(meta["optimizer_scalars"])
-        state.update({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")})
-        self.optimizer.load_state_dict(state)
-        self.next_round = int(meta["next_round"])
+        self.optimizer = optimizer
+        self.next_round = done
         self.rounds = list(meta["rounds"])
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _read_checkpoint(p: Path) -> dict[str, np.ndarray]:
+    """Every array of the checkpoint at ``p``; never unpickles, never a raw zipfile/numpy error."""
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(len(_ZIP_MAGIC))
+    except IsADirectoryError:
+        raise CheckpointError(f"{p}: is a folder, not a checkpoint file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{p}: cannot read the checkpoint ({exc.strerror or exc})") from None
+    if not head:
+        raise CheckpointError(f"{p}: checkpoint is empty (0 bytes); delete it, or drop --resume to start "
+                              "over")
+    if head != _ZIP_MAGIC:
+        raise CheckpointError(f"{p}: not a readable securefedrec checkpoint (not an .npz archive)")
+    arrays: dict[str, np.ndarray] = {}
+    name = ""
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            for name in z.files:
+                value = z[name]
+                if not isinstance(value, np.ndarray) or value.dtype.hasobject:
+                    raise CheckpointError(f"{p}: not a readable securefedrec checkpoint (entry {name!r} "
+                                          "is not an array)")
+                arrays[name] = value
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        # ValueError covers pickled entries; numpy's message would advise allow_pickle, which is unsafe
+        where = f"entry {name!r}" if name else "the archive"
+        if isinstance(exc, ValueError):
+            raise CheckpointError(f"{p}: not a readable securefedrec checkpoint ({where} is not a plain "
+                                  "array)") from None
+        raise CheckpointError(f"{p}: checkpoint is damaged or truncated ({where} cannot be read)") from None
+    return arrays
+
+
+def _checkpoint_meta(p: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The checkpoint's JSON record, with the type of every field checked."""
+    raw = arrays.get("meta")
+    if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
+        raise CheckpointError(f"{p}: not a readable securefedrec checkpoint (no 'meta' record)")
+    try:
+        meta = json.loads(raw.tobytes())
+    except ValueError:  # also UnicodeDecodeError
+        raise CheckpointError(f"{p}: not a readable securefedrec checkpoint ('meta' is not JSON)") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{p}: not a readable securefedrec checkpoint ('meta' is not a JSON object)")
+    if meta.get("version") != _CHECKPOINT_VERSION:
+        raise CheckpointError(f"{p}: checkpoint version {meta.get('version')!r}, expected "
+                              f"{_CHECKPOINT_VERSION}")
+    fields: dict[str, type | tuple[type, ...]] = {
+        "config": dict, "next_round": int, "rounds": list, "optimizer_scalars": dict,
+        "privacy": (dict, type(None)),
+    }
+    for field, kind in fields.items():
+        if field not in meta or not isinstance(meta[field], kind) or isinstance(meta[field], bool):
+            raise CheckpointError(f"{p}: damaged checkpoint: 'meta' field {field!r} is missing or of the "
+                                  f"wrong type ({type(meta.get(field)).__name__})")
+    if meta["next_round"] < 0 or len(meta["rounds"]) != meta["next_round"] or not all(
+            isinstance(r, dict) for r in meta["rounds"]):
+        raise CheckpointError(f"{p}: damaged checkpoint: {len(meta['rounds'])} round records for "
+                              f"{meta['next_round']} rounds done")
+    return meta
+
+
+def _check_array(p: Path, arrays: dict[str, np.ndarray], name: str, like: np.ndarray) -> None:
+    value = arrays.get(name)
+    if value is None:
+        raise CheckpointError(f"{p}: damaged checkpoint: no {name!r} array")
+    if value.shape != like.shape or value.dtype != like.dtype:
+        raise CheckpointError(f"{p}: {name} is {value.dtype}{list(value.shape)}, this run has "
+                              f"{like.dtype}{list(like.shape)} (another data set or model size?)")
+
+
+def _checked_optimizer_state(
+    p: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray], fresh: ServerOptimizer, length: int
+) -> dict[str, Any]:
+    """The server optimizer's state from the checkpoint, checked against ``fresh`` (same kind, no step).
+
+    Its scalars must be exactly ``fresh``'s; its arrays (moments, created by the first
+    step) must be attributes ``fresh`` declares, of the vector's length.
+    """
+    scalars = {k: v for k, v in fresh.state_dict().items() if not isinstance(v, np.ndarray)}
+    moments = {k for k, v in vars(fresh).items() if v is None or isinstance(v, np.ndarray)}
+    state: dict[str, Any] = dict(meta["optimizer_scalars"])
+    if set(state) != set(scalars):
+        raise CheckpointError(f"{p}: server optimizer state has {sorted(state)}, expected {sorted(scalars)} "
+                              "(another --server-optimizer?)")
+    for key, like in scalars.items():
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(like, int) and not isinstance(value, int)):
+            raise CheckpointError(f"{p}: server optimizer state {key!r} is {value!r}, expected a "
+                                  f"{type(like).__name__}")
+        state[key] = type(like)(value)
+    for name, value in arrays.items():
+        if not name.startswith("opt."):
+            continue
+        key = name[4:]
+        if key not in moments or value.shape != (length,) or value.dtype.kind not in "fiu":
+            raise CheckpointError(f"{p}: server optimizer state {key!r} does not fit this run")
+        state[key] = value.astype(np.float64)
+    return state
+
+
+@dataclass(frozen=True)
+class _State:
+    """What a round may change, captured before it, so an interrupted round leaves no trace.
+
+    Copies are shallow where the round replaces objects instead of writing into them:
+    the global vector, the error-feedback residual arrays and the downlink view are
+    always new arrays; the user factors, the server optimizer (its moments appear at the
+    first step) and the downlink's per-client sync numbers change in place, so they are
+    copied.
+    """
+
+    global_vec: np.ndarray
+    optimizer: ServerOptimizer
+    user_factors: torch.Tensor
+    user_bias: torch.Tensor
+    residuals: dict[int, np.ndarray]
+    spread: tuple[float, int] | None
+    last_coords: np.ndarray | None
+    downlink: Downlink
+    privacy: dict[str, Any] | None
+    next_round: int
+    rounds: int
+    last_eval: Evaluation | None
+    stopped: str | None
+
+    @classmethod
+    def capture(cls, sim: Simulation) -> _State:
+        downlink = copy.copy(sim.downlink)
+        downlink.last_sync, downlink.sizes = sim.downlink.last_sync.copy(), list(sim.downlink.sizes)
+        return cls(
+            global_vec=sim.global_vec,
+            optimizer=copy.deepcopy(sim.optimizer),
+            user_factors=sim.pool.user_factors.clone(), user_bias=sim.pool.user_bias.clone(),
+            residuals=dict(sim.uplink.feedback.residuals), spread=sim.uplink.spread,
+            last_coords=sim.uplink.last_coords, downlink=downlink,
+            privacy=sim.privacy.state() if sim.privacy is not None else None,
+            next_round=sim.next_round, rounds=len(sim.rounds), last_eval=sim.last_eval, stopped=sim.stopped,
+        )
+
+    def restore(self, sim: Simulation) -> None:
+        if sim.privacy is not None:
+            sim.privacy.restore(self.next_round, self.privacy)
+        sim.global_vec = self.global_vec
+        sim.optimizer = self.optimizer
+        sim.pool.user_factors, sim.pool.user_bias = self.user_factors, self.user_bias
+        sim.uplink.feedback.residuals = self.residuals
+        sim.uplink.spread, sim.uplink.last_coords = self.spread, self.last_coords
+        sim.downlink = self.downlink
+        sim.next_round, sim.last_eval, sim.stopped = self.next_round, self.last_eval, self.stopped
+        del sim.rounds[self.rounds:]
 
 
 def run_experiment(
@@ -348,7 +554,14 @@ def run_experiment(
     progress: bool = False,
     dataset: Dataset | None = None,
 ) -> dict[str, Any]:
-    """Build a :class:`Simulation`, optionally resume it from ``checkpoint``, run it, return the report."""
+    """Build a :class:`Simulation`, optionally resume it from ``checkpoint``, run it, return the report.
+
+    Raises:
+        CheckpointError: ``resume`` and the checkpoint is unreadable, not ours or of another
+            configuration (nothing was run).
+        RunInterrupted: Ctrl-C during the rounds; carries the partial report, and the
+            checkpoint holds the last completed round (:meth:`Simulation.run`).
+    """
     sim = Simulation(config, dataset=dataset)
     if resume:
         if checkpoint is None:

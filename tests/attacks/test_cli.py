@@ -1,13 +1,38 @@
-"""``securefedrec attack NAME [run flags] --report FILE``."""
+"""``securefedrec attack NAME [run flags] --report FILE``.
+
+The command reaches the CLI through the entry point the attacks package registers
+(``securefedrec.commands``: ``attack = "attacks.cli:COMMAND"``). These tests hand
+it to :func:`securefedrec.cli.main` directly, so they do not depend on the installed
+metadata being current; test_entry_point_* check the registration itself.
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from securefedrec.cli import main
+import attacks.cli
+import securefedrec.cli
+from attacks.registry import ATTACKS
+from securefedrec.cli import COMMAND_GROUP, Command
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def main(argv: Sequence[str]) -> int:
+    return securefedrec.cli.main(argv, commands={"attack": attacks.cli.COMMAND})
 
 SMALL = ["--synthetic-users", "60", "--synthetic-items", "30", "--factors", "4", "--sample-rate", "1",
          "--device", "cpu"]
@@ -47,3 +72,67 @@ def test_poisoning_flags_are_refused_for_other_attacks(
     code = main(["attack", "rated-items", "--protocol", "plaintext", *SMALL, "--row-clip", "0.3",
                  "--report", str(tmp_path / "r.json")])
     assert code == 2 and "--row-clip applies to the poisoning attack only" in capsys.readouterr().err
+
+
+def test_key_bits_needs_paillier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["attack", "rated-items", "--protocol", "plaintext", *SMALL, "--key-bits", "1024",
+                 "--report", str(tmp_path / "r.json")])
+    assert code == 2
+    assert "--key-bits: applies only with --protocol paillier" in capsys.readouterr().err
+
+
+def test_entry_point_is_declared_in_pyproject() -> None:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    value = data["project"]["entry-points"][COMMAND_GROUP]["attack"]
+    ep = metadata.EntryPoint(name="attack", value=value, group=COMMAND_GROUP)
+    assert ep.load() is attacks.cli.COMMAND and isinstance(ep.load(), Command)
+
+
+def test_entry_point_is_discovered(monkeypatch: pytest.MonkeyPatch) -> None:
+    ep = metadata.EntryPoint(name="attack", value="attacks.cli:COMMAND", group=COMMAND_GROUP)
+    broken = metadata.EntryPoint(name="gone", value="no_such_package.cli:COMMAND", group=COMMAND_GROUP)
+
+    def entry_points(*, group: str) -> list[metadata.EntryPoint]:
+        return [ep, broken] if group == COMMAND_GROUP else []
+
+    monkeypatch.setattr(metadata, "entry_points", entry_points)
+    found = securefedrec.cli.installed_commands()
+    assert found["attack"] is attacks.cli.COMMAND
+    assert isinstance(found["gone"], Exception) and "no_such_package" in str(found["gone"])
+    help_text = securefedrec.cli.build_parser().format_help()
+    assert "attack" in help_text and "gone" in help_text  # a broken plug-in is listed, not fatal
+
+
+def test_a_broken_command_is_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = metadata.EntryPoint(name="attack", value="no_such_package.cli:COMMAND", group=COMMAND_GROUP)
+    monkeypatch.setattr(metadata, "entry_points", lambda *, group: [broken])
+    assert securefedrec.cli.main(["attack", "rated-items"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be loaded" in err and "pip install -e ." in err
+
+
+def test_missing_attack_command_says_how_to_get_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(metadata, "entry_points", lambda *, group: [])
+    assert securefedrec.cli.main(["attack", "rated-items"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not installed" in err and COMMAND_GROUP in err
+
+
+def test_attack_parser_imports_no_torch() -> None:
+    code = textwrap.dedent("""
+        import sys
+        import attacks.cli, securefedrec.cli
+        securefedrec.cli.build_parser({"attack": attacks.cli.COMMAND}).parse_args(["attack", "poisoning"])
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "opacus", "scipy"))
+        print(heavy or "none")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "none"
+
+
+def test_attack_registry_names_every_attack() -> None:
+    from attacks.base import get_attack
+
+    assert all(get_attack(name).name == name for name in ATTACKS)
