@@ -175,7 +175,7 @@ def test_ctrl_c_while_loading_gives_one_line(
     def interrupted(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(simulation, "load_dataset", interrupted)
+    monkeypatch.setattr(simulation, "load_configured_dataset", interrupted)
     assert main(["run", *FAST, "--report", str(tmp_path / "r.json")]) == EXIT_INTERRUPTED
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "interrupted before the first round" in err
