@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from protocols import Stage
 from securefedrec.flower import FederatedRun, GridLink, experiment_config
@@ -26,6 +27,36 @@ def dropout_plans(monkeypatch: pytest.MonkeyPatch) -> dict[int, dict[int, Stage]
     return plans
 
 
+def train_as_nodes(sim: Simulation, nodes: int) -> Simulation:
+    """Make ``sim`` train each SuperNode's clients in a batched call of their own, as the nodes do.
+
+    The pool trains all sampled clients in one padded batch; a node hosting ``c % nodes == p``
+    trains only its own (:func:`securefedrec.flower.node.train_clients`). A user's float32
+    reductions (normal equations, item gradients, over its chunk's padded length and batch)
+    then run in another order, so per-client deltas differ in the last bits, and how they
+    differ depends on the CPU (tests/core/test_client.py bounds it). Grouped like this, the
+    simulator's training *is* the deployment's computation; everything after it (noise
+    shares, rounding streams, ring sums, the server optimizer) is the same computation
+    replayed, so the fake-grid tests may compare bit for bit.
+    """
+    train = sim.pool.train
+
+    def grouped(clients: Any, global_vec: torch.Tensor, epochs: int, lr: float) -> torch.Tensor:
+        clients = [int(c) for c in clients]
+        out = torch.empty(len(clients), sim.layout.length, dtype=torch.float64)
+        row = {c: j for j, c in enumerate(clients)}
+        for p in range(nodes):
+            hosted = sorted(c for c in clients if c % nodes == p)  # the node trains sorted(payload)
+            if hosted:
+                deltas = train(hosted, global_vec, epochs, lr)
+                for i, c in enumerate(hosted):
+                    out[row[c]] = deltas[i]
+        return out
+
+    sim.pool.train = grouped  # type: ignore[method-assign]
+    return sim
+
+
 def fake_grid_and_simulator(run_config: dict[str, Any], n: int) -> tuple[FederatedRun, dict[str, Any],
                                                                          Simulation, Any]:
     """The same run on ``n`` in-process SuperNodes (reproducible noise) and in the simulator.
@@ -40,6 +71,6 @@ def fake_grid_and_simulator(run_config: dict[str, Any], n: int) -> tuple[Federat
         ctx.node_config["reproducible-noise"] = True
     run = FederatedRun(config, settings, GridLink(grid, poll=0.0))
     report = run.run()
-    sim = Simulation(config)
+    sim = train_as_nodes(Simulation(config), n)
     sim.run(progress=False)
     return run, report, sim, grid

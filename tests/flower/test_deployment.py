@@ -178,11 +178,13 @@ def noise_federation(tmp_path: Path) -> Iterator[Federation]:
 
 
 def _simulation(n: int, rounds: int, **overrides: Any) -> Any:
+    """The simulator of the same run, training each SuperNode's clients in their own batch as the nodes do."""
     from securefedrec.config import ExperimentConfig
     from securefedrec.simulation import Simulation
+    from tests.flower.conftest import train_as_nodes
 
     cfg = ExperimentConfig.from_mapping({**EXPERIMENT, "silos": n, "rounds": rounds, **overrides})
-    return Simulation(cfg)
+    return train_as_nodes(Simulation(cfg), n)
 
 
 def test_deployment_equals_simulator(federation: Federation) -> None:

@@ -38,6 +38,7 @@ from securefedrec.flower import (
 )
 from securefedrec.flower.client_app import handle
 from securefedrec.simulation import Simulation
+from tests.flower.conftest import train_as_nodes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -211,7 +212,7 @@ def test_fake_grid_run_equals_the_simulator(tmp_path: Path) -> None:
     run = FederatedRun(config, settings, GridLink(FakeGrid(n, run_config), poll=0.0))
     report = run.run()
     assert [r["survivors"] for r in report["rounds"]] == [list(range(n))] * 2
-    sim = Simulation(config)
+    sim = train_as_nodes(Simulation(config), n)  # the nodes' training, then everything replayed: bit-exact
     sim.run(progress=False)
     np.testing.assert_array_equal(run.sim.global_vec, sim.global_vec)
     with np.load(tmp_path / "out.npz") as z:
@@ -247,7 +248,8 @@ def test_dropout_at_every_stage_gives_the_survivors_sum(stage: FlowerStage) -> N
     # the in-process protocol with the same dropout and rounding streams gives the same sum
     import torch
 
-    deltas = sim.pool.train(list(range(n)), torch.from_numpy(sim.global_vec), 1, config.local_lr)
+    deltas = train_as_nodes(sim, n).pool.train(list(range(n)), torch.from_numpy(sim.global_vec), 1,
+                                                config.local_lr)
     deltas = deltas.clamp_(-config.update_clip, config.update_clip).to(torch.float64).numpy()
     plan = {4: {FlowerStage.SHARE_KEYS: Stage.SHARE_KEYS, FlowerStage.MASKED_INPUT: Stage.MASKED_INPUT,
                 FlowerStage.UNMASK: Stage.UNMASK}[stage]}

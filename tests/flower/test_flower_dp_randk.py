@@ -31,7 +31,7 @@ from securefedrec.flower import (
 )
 from securefedrec.flower.update import check_dp
 from securefedrec.simulation import Simulation
-from tests.flower.conftest import fake_grid_and_simulator
+from tests.flower.conftest import fake_grid_and_simulator, train_as_nodes
 from tests.flower.test_flower import FakeGrid, FakeLink, _task_identity  # noqa: F401 (autouse fixture)
 
 USERS = {"synthetic_users": 24, "synthetic_items": 20, "factors": 3, "seed": 5, "device": "cpu"}
@@ -144,7 +144,7 @@ def test_dropout_keeps_the_dropped_clients_vector_in_the_residual(
     run.connect()
     dropped = [c for c in range(24) if c % n == 3]
     dropout_plans[0] = dict.fromkeys(dropped, Stage.SHARE_KEYS)
-    sim = Simulation(config)
+    sim = train_as_nodes(Simulation(config), n)
     link.silent = {103: FlowerStage.SHARE_KEYS}
     first, expected_first = run.run_round(), sim.run_round()
     np.testing.assert_array_equal(run.sim.global_vec, sim.global_vec)
@@ -200,7 +200,7 @@ def test_noise_is_fresh_unless_the_node_asks_for_the_public_stream() -> None:
         run.run_round()
         totals.append(run.totals[0])
         globals_.append(run.sim.global_vec)
-    sim = Simulation(config)
+    sim = train_as_nodes(Simulation(config), n)
     sim.run_round()
     seeded, fresh_a, fresh_b = totals
     assert not np.array_equal(fresh_a, fresh_b) and not np.array_equal(fresh_a, seeded)

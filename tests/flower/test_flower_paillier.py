@@ -28,6 +28,7 @@ from securefedrec.flower import (
     paillier_rounding_rng,
 )
 from securefedrec.simulation import Simulation
+from tests.flower.conftest import train_as_nodes
 from tests.flower.test_flower import FakeLink
 
 USERS = {"synthetic_users": 24, "synthetic_items": 20, "factors": 3, "seed": 5, "device": "cpu",
@@ -57,7 +58,7 @@ def test_paillier_dp_user_randk_equals_the_simulator() -> None:
                                                                      reproducible_noise=True)))
     run = FederatedRun(config, settings, link)
     report = run.run()
-    sim = Simulation(config, aggregator=PaillierAggregator(key_bits=512))
+    sim = train_as_nodes(Simulation(config, aggregator=PaillierAggregator(key_bits=512)), n)
     sim.run(progress=False)
     rounds = report["rounds"]
     assert [r["aborted"] for r in rounds] == [False, False]
@@ -94,7 +95,7 @@ def test_paillier_dropouts_give_the_simulators_sum(
     record = run.run_round()
     gone = [c for c in range(24) if c % n == 0]
     dropout_plans[0] = dict.fromkeys(gone, plan_stage)
-    sim = Simulation(config, aggregator=PaillierAggregator(key_bits=512))
+    sim = train_as_nodes(Simulation(config, aggregator=PaillierAggregator(key_bits=512)), n)
     expected = sim.run_round()
     assert not record["aborted"] and record["dropped"] == expected["dropped"]
     in_sum = list(range(24)) if hold is False else [c for c in range(24) if c not in gone]
@@ -120,7 +121,7 @@ def test_paillier_drop_before_encrypting_gives_the_survivors_sum() -> None:
     survivors = [c for c in range(24) if c % n != 0]
     assert not record["aborted"] and record["survivors"] == survivors
     assert record["answered"]["PAILLIER_KEY"] == 23 and record["answered"]["PAILLIER_ENCRYPT"] == 18
-    sim = Simulation(config)
+    sim = train_as_nodes(Simulation(config), n)
     deltas = sim.pool.train(list(range(24)), torch.from_numpy(sim.global_vec), 1, config.local_lr)
     plain = deltas.clamp_(-config.update_clip, config.update_clip).to(torch.float64).numpy()[survivors].sum(0)
     error = np.abs(run.totals[0] - plain).max()
@@ -162,7 +163,8 @@ def test_malicious_paillier_equals_the_simulator() -> None:
     link = FakeLink(_runtimes(config, n, settings))
     run = FederatedRun(config, settings, link)
     report = run.run()
-    sim = Simulation(config, aggregator=PaillierAggregator(key_bits=512, malicious=True))
+    sim = train_as_nodes(Simulation(config, aggregator=PaillierAggregator(key_bits=512, malicious=True)),
+                         n)
     sim.run(progress=False)
     rounds = report["rounds"]
     assert [r["aborted"] for r in rounds] == [False, False] and not link.errors
@@ -188,7 +190,8 @@ def test_malicious_paillier_survives_a_node_lost_at_the_consistency_stage(
     record = run.run_round()
     gone = [c for c in range(24) if c % n == 0]
     dropout_plans[0] = dict.fromkeys(gone, Stage.CONSISTENCY)
-    sim = Simulation(config, aggregator=PaillierAggregator(key_bits=512, malicious=True))
+    sim = train_as_nodes(Simulation(config, aggregator=PaillierAggregator(key_bits=512, malicious=True)),
+                         n)
     sim.run_round()
     assert not record["aborted"] and record["survivors"] == list(range(24))  # their ciphertexts arrived
     assert record["answered"]["PAILLIER_CONSISTENCY"] == 18  # >= t' = 13
