@@ -17,6 +17,7 @@ A node's reply is accepted only for the clients it was asked about.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -462,7 +463,11 @@ class FederatedRun:
         self.config = config
         self.settings = settings
         self.link = link
-        self.sim = Simulation(config)  # calibrates sigma (dp user; each silo's with dp record) before round 1
+        # calibrates sigma (dp user; each silo's with dp record) before round 1; its aggregator sizes the
+        # SecAgg+ graph for the deployment's threat model, as each node checks (node.own_min_degree)
+        model = "malicious" if settings.malicious else "semi-honest"
+        self.sim = Simulation(dataclasses.replace(config, threat_model=model)
+                              if config.threat_model == "default" else config)
         if self.sim.privacy is not None and not isinstance(self.sim.privacy, UserLevelPrivacy | SiloDPSGD):
             raise ConfigError(f"dp: the {type(self.sim.privacy).__name__} mechanism does not run on the "
                               "Flower deployment engine yet; dp 'user' runs with the Gaussian mechanism "

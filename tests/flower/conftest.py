@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,8 +14,47 @@ import pytest
 import torch
 
 from protocols import Stage
-from securefedrec.flower import FederatedRun, GridLink, experiment_config
+from securefedrec.flower import FederatedRun, GridLink, Identity, experiment_config
 from securefedrec.simulation import Simulation
+
+TEST_CLIENTS = 64
+"""Every test client id below this has a (test-only, derived) Ed25519 identity key."""
+
+
+@functools.cache
+def _test_keys() -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """Client id -> raw private key, and -> raw public key; derived from the id (tests only: public)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from protocols.secagg.client import raw_public
+
+    private = {c: hashlib.sha256(f"securefedrec test identity {c}".encode()).digest()
+               for c in range(TEST_CLIENTS)}
+    public = {c: raw_public(Ed25519PrivateKey.from_private_bytes(k)) for c, k in private.items()}
+    return private, public
+
+
+def test_identity(partition: int, nodes: int) -> Identity:
+    """The identity (signing keys of its hosted clients, the whole PKI) of node ``partition`` of ``nodes``."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private, public = _test_keys()
+    keys = {c: Ed25519PrivateKey.from_private_bytes(k) for c, k in private.items() if c % nodes == partition}
+    return Identity(keys, dict(public))
+
+
+test_identity.__test__ = False  # type: ignore[attr-defined]  # not a test
+
+
+def identity_node_config(directory: Path, partition: int, nodes: int) -> dict[str, str]:
+    """Write node ``partition``'s identity-key file and the PKI under ``directory``; its node config keys."""
+    private, public = _test_keys()
+    directory.mkdir(parents=True, exist_ok=True)
+    pki = directory / "pki.json"
+    pki.write_text(json.dumps({c: k.hex() for c, k in public.items()}))
+    key = directory / f"identity-{partition}.json"
+    key.write_text(json.dumps({c: k.hex() for c, k in private.items() if c % nodes == partition}))
+    return {"identity-key": str(key), "pki": str(pki)}
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from flwr.app import RecordDict
 
 from protocols import Stage
 from securefedrec.config import ExperimentConfig
-from securefedrec.errors import ConfigError, DecodeError, PrivacyBudgetExhausted, StageError
+from securefedrec.errors import ConfigError, DecodeError, IntegrityError, PrivacyBudgetExhausted, StageError
 from securefedrec.flower import (
     DeploymentSettings,
     FederatedRun,
@@ -32,7 +32,7 @@ from securefedrec.flower import (
 from securefedrec.flower.update import check_dp
 from securefedrec.simulation import Simulation
 from tests.flower.conftest import fake_grid_and_simulator, train_as_nodes
-from tests.flower.test_flower import FakeGrid, FakeLink, _task_identity  # noqa: F401 (autouse fixture)
+from tests.flower.test_flower import FakeGrid, FakeLink, _task_identity, node_options  # noqa: F401 (autouse)
 
 USERS = {"synthetic_users": 24, "synthetic_items": 20, "factors": 3, "seed": 5, "device": "cpu"}
 RUN = {"synthetic-users": 24, "synthetic-items": 20, "factors": 3, "seed": 5, "device": "cpu",
@@ -41,7 +41,8 @@ RUN = {"synthetic-users": 24, "synthetic-items": 20, "factors": 3, "seed": 5, "d
 
 def _runtimes(config: ExperimentConfig, n: int, settings: DeploymentSettings,
               node: NodeSettings) -> dict[int, NodeRuntime]:
-    return {100 + i: NodeRuntime(config, settings, (i, n), RecordDict(), node=node) for i in range(n)}
+    return {100 + i: NodeRuntime(config, settings, (i, n), RecordDict(),
+                                 **node_options(settings, i, n, node)) for i in range(n)}
 
 
 # ---- the whole loop, through the ClientApp handler -----------------------------------------------
@@ -97,7 +98,8 @@ def test_node_refuses_a_wrapping_round_it_did_not_ask_for() -> None:
     trained, trainer = _recording_trainer()
 
     q8, mod = (ExperimentConfig(**USERS, sample_rate=1.0, rounds=1, compression=c) for c in ("q8", "mod:8"))
-    link = FakeLink({100 + i: NodeRuntime(q8, settings, (i, n), RecordDict(), trainer=trainer)
+    link = FakeLink({100 + i: NodeRuntime(q8, settings, (i, n), RecordDict(), trainer=trainer,
+                                **node_options(settings, i, n))
                      for i in range(n)})
     run = FederatedRun(mod, settings, link)
     run.sim.uplink.spread = (0.1, 24)  # a sum was released before: this round wraps
@@ -223,11 +225,11 @@ GOOD = {"dp.sigma": 1.0, "dp.clip": 0.5, "dp.threshold": 12}
     [
         ({}, 12, 16.5, None, ""),
         ({"dp.sigma": 1.5}, 12, 20.0, None, ""),  # more noise than required is allowed
-        ({"dp.sigma": 0.5}, 12, 16.5, ConfigError, "client 3, round 1, field 'dp.sigma'"),
-        ({"dp.clip": 2.0}, 12, 16.5, ConfigError, "field 'dp.clip'"),
-        ({"dp.threshold": 13}, 12, 16.5, ConfigError, "field 'dp.threshold'"),
-        ({"dp.threshold": 0}, 12, 16.5, ConfigError, "field 'dp.threshold'"),
-        ({}, 12, 0.6, ConfigError, "field 'clip_range'"),
+        ({"dp.sigma": 0.5}, 12, 16.5, IntegrityError, "client 3, round 1, field 'dp.sigma'"),
+        ({"dp.clip": 2.0}, 12, 16.5, IntegrityError, "field 'dp.clip'"),
+        ({"dp.threshold": 13}, 12, 16.5, IntegrityError, "field 'dp.threshold'"),
+        ({"dp.threshold": 0}, 12, 16.5, IntegrityError, "field 'dp.threshold'"),
+        ({}, 12, 0.6, IntegrityError, "field 'clip_range'"),
         ({"dp.sigma": "1.0"}, 12, 16.5, DecodeError, "field 'dp.sigma'"),
         ({"dp.threshold": None}, 12, 16.5, DecodeError, "field 'dp.threshold'"),
     ],
@@ -251,7 +253,8 @@ def test_node_refuses_a_round_with_lowered_noise_before_training() -> None:
     settings = DeploymentSettings(min_nodes=n)
     trained, trainer = _recording_trainer()
 
-    node = NodeRuntime(DP_CONFIG, settings, (0, n), RecordDict(), trainer=trainer)
+    node = NodeRuntime(DP_CONFIG, settings, (0, n), RecordDict(), trainer=trainer,
+                                **node_options(settings, 0, n))
 
     class Tamper(FakeLink):
         """Delivers the server's messages with a lowered noise multiplier."""
@@ -262,7 +265,8 @@ def test_node_refuses_a_round_with_lowered_noise_before_training() -> None:
                                   {**m.info, "dp.sigma": 0.01} if m.stage is FlowerStage.TRAIN else m.info)
                 for nid, m in outbox.items()}, timeout)
 
-    link = Tamper({100: node, 101: NodeRuntime(DP_CONFIG, settings, (1, n), RecordDict(), trainer=trainer)})
+    link = Tamper({100: node, 101: NodeRuntime(DP_CONFIG, settings, (1, n), RecordDict(), trainer=trainer,
+                                **node_options(settings, 1, n))})
     run = FederatedRun(DP_CONFIG, settings, link)
     run.connect()
     record = run.run_round()
