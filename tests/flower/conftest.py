@@ -17,7 +17,7 @@ from protocols import Stage
 from securefedrec.flower import FederatedRun, GridLink, Identity, experiment_config
 from securefedrec.simulation import Simulation
 
-TEST_CLIENTS = 64
+TEST_CLIENTS = 256
 """Every test client id below this has a (test-only, derived) Ed25519 identity key."""
 
 
