@@ -58,6 +58,10 @@ def test_fake_grid_dp_user_randk_equals_the_simulator() -> None:
     assert any(r["clients"] < 24 for r in rounds)
     np.testing.assert_array_equal(run.sim.global_vec, sim.global_vec)
     assert [r["epsilon"] for r in rounds] == [r["epsilon"] for r in sim.rounds]
+    # the epsilon against the server (no amplification, the most-sampled client) is the simulator's too
+    assert [r["server_epsilon"] for r in rounds] == [r["server_epsilon"] for r in sim.rounds]
+    assert all(r["server_epsilon"] > r["epsilon"] for r in rounds)  # q = 0.6: amplification is real
+    assert report["privacy"]["server_epsilon"] == rounds[-1]["server_epsilon"]
     assert [r["noise_std"] for r in rounds] == [r["noise_std"] for r in sim.rounds]
     assert sim.privacy is not None and report["privacy"]["noise_multiplier"] == sim.privacy.summary()[
         "noise_multiplier"]
