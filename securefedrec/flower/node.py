@@ -65,10 +65,11 @@ from securefedrec.flower.update import (
 )
 
 if TYPE_CHECKING:
+    from protocols.secagg.messages import Setup
     from securefedrec.privacy import DistributedGaussian
 
-__all__ = ["Identity", "KeyStream", "NodeRuntime", "hosted_clients", "load_identity", "paillier_rounding_rng",
-           "partition_of", "rounding_rng"]
+__all__ = ["Identity", "KeyStream", "NodeRuntime", "check_setup", "hosted_clients", "load_identity",
+           "own_min_degree", "own_threshold", "paillier_rounding_rng", "partition_of", "rounding_rng"]
 
 STATE, DELTAS, HISTORY, PAILLIER_KEY = "sfr.node", "sfr.deltas", "sfr.history", "sfr.paillier"
 REFUSED = "sfr.refused"
@@ -257,7 +258,7 @@ def own_min_degree(config: ExperimentConfig, n: int, threshold: int, malicious: 
     return min(choose_degree(n, rate, 0.05, threshold=threshold, malicious=malicious), n - 1)
 
 
-def check_setup(config: ExperimentConfig, setup: Any, *, cid: int, round_id: int, sampled: Sequence[int],
+def check_setup(config: ExperimentConfig, setup: Setup, *, cid: int, round_id: int, sampled: Sequence[int],
                 malicious: bool) -> None:
     """Bound a SecAgg ``Setup`` by this node's own configuration, before any client state exists.
 
