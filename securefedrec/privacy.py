@@ -377,7 +377,8 @@ class PrivacyAccountant(BudgetAccountant):
             return _rdp_epsilon(history, self.delta)
         acc = make_accountant(self.name)
         acc.history = history
-        return float(acc.get_epsilon(delta=self.delta))
+        with np.errstate(divide="ignore"):  # PRV at q = 1 (server_epsilon): log(1 - q) = -inf, harmless
+            return float(acc.get_epsilon(delta=self.delta))
 
     def opacus(self) -> IAccountant:
         """An Opacus accountant holding the same history (for cross-checks)."""
