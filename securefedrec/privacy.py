@@ -25,15 +25,32 @@ which is plaintext-only) the server sees each update with only its share
 those who see the released model, not against the server. The report's
 ``privacy.secure_aggregation`` says which case a run is in.
 
-Two caveats of the accounting, stated rather than hidden. (1) Amplification
-by Poisson sampling assumes the adversary does not learn who was sampled; the
-server that runs SecAgg sees who takes part, so against it a round is only
-the unamplified Gaussian mechanism (compute it with ``sample_rate = 1``).
-(2) The realized variance ``survivors / t * (sigma C)^2`` depends on the
-number of sampled clients through ``t``; the accountant credits only the
-``(sigma C)^2`` that is always there and ignores the excess, which is the
-usual simplification in distributed DP but not a formal argument for the
-n-dependent part.
+Two epsilons. (1) ``epsilon``: against an observer of the released models,
+with amplification by Poisson sampling -- which assumes the observer does not
+learn who was sampled. (2) ``server_epsilon``: against the aggregation server,
+which sees who takes part in every round, so amplification does not hold. What
+it sees of a round is the sum of the survivors, with at least ``(sigma C)^2``
+noise when at least ``t`` survive (else nothing), so a round in which a user
+took part is the *unamplified* Gaussian mechanism on that user, and a round in
+which it did not take part does not depend on its data (sampling is
+independent of the data). Per user, the server's view is therefore the
+composition of ``sample_rate = 1`` Gaussian steps over the rounds that user
+was sampled in; ``server_epsilon`` composes them for the worst-case user (the
+client sampled most often; a silo stands for its users), with the same Opacus
+accountant (:meth:`BudgetAccountant.server_epsilon`). It is always
+``>= epsilon``, and equal to it at ``sample_rate = 1``. The budget given by
+``--epsilon`` calibrates sigma and stops the run on the observer's epsilon
+(as every DP-FedAvg paper reports it); the report gives both, so a user who
+needs the budget to hold against the server can read (2).
+
+Two caveats of the accounting, stated rather than hidden. (1) The simulator
+(and the Flower driver, which samples as it does) draws the Poisson sample from
+the run's seed, for reproducibility: whoever knows the seed knows who was
+sampled, and against them only ``server_epsilon`` holds. (2) The realized
+variance ``survivors / t * (sigma C)^2`` depends on the number of sampled
+clients through ``t``; the accountant credits only the ``(sigma C)^2`` that is
+always there and ignores the excess, which is the usual simplification in
+distributed DP but not a formal argument for the n-dependent part.
 
 Accounting: one Opacus accountant (RDP by default, PRV on request; registry
 :data:`ACCOUNTANTS`) stepped once per round with ``(noise_multiplier=sigma,
@@ -297,6 +314,23 @@ class BudgetAccountant:
         self.history = self._with(1)
         return eps
 
+    def server_history(self, participations: int) -> list[tuple[float, float, int]]:
+        """The history as the aggregation server sees a user who took part in ``participations`` steps.
+
+        Each ``(noise, q, steps)`` becomes ``(noise, 1.0, min(steps, participations))``: no
+        amplification (the server knows who was sampled), and the user's steps counted in every
+        segment where it could have fallen -- exact for a run with one noise level, an upper bound
+        when the noise changed (a resumed run).
+        """
+        if participations < 0:
+            raise ConfigError(f"participations: must be >= 0, got {participations}")
+        return [(noise, 1.0, min(steps, participations)) for noise, _, steps in self.history
+                if min(steps, participations) > 0]
+
+    def server_epsilon(self, participations: int) -> float:
+        """Epsilon against the aggregation server for a user sampled in ``participations`` steps."""
+        return self._epsilon_of(self.server_history(participations))
+
 
 class PrivacyAccountant(BudgetAccountant):
     """Counts sampled-Gaussian steps with an Opacus accountant and enforces a budget.
@@ -343,7 +377,8 @@ class PrivacyAccountant(BudgetAccountant):
             return _rdp_epsilon(history, self.delta)
         acc = make_accountant(self.name)
         acc.history = history
-        return float(acc.get_epsilon(delta=self.delta))
+        with np.errstate(divide="ignore"):  # PRV at q = 1 (server_epsilon): log(1 - q) = -inf, harmless
+            return float(acc.get_epsilon(delta=self.delta))
 
     def opacus(self) -> IAccountant:
         """An Opacus accountant holding the same history (for cross-checks)."""
@@ -379,8 +414,19 @@ class RoundPrivacy:
         raise NotImplementedError
 
     def epsilon(self) -> float:
-        """Epsilon spent so far."""
+        """Epsilon spent so far, against an observer of the released models (module docstring)."""
         raise NotImplementedError
+
+    def count_participants(self, clients: Sequence[int]) -> None:
+        """Note the clients sampled in the round about to be committed (for :meth:`server_epsilon`)."""
+
+    def server_epsilon(self) -> float:
+        """Epsilon spent so far against the aggregation server, which knows who was sampled.
+
+        This default returns :meth:`epsilon`: right for a mode whose amplification happens where
+        the server cannot see it (DP-SGD's Poisson batches inside a silo); user-level DP overrides it.
+        """
+        return self.epsilon()
 
     @property
     def delta(self) -> float:
@@ -437,6 +483,10 @@ class AccountedUserPrivacy(RoundPrivacy, Generic[MechanismT, AccountantT]):
         self.accountant = accountant
         self.rng_factory = rng_factory
         self.calibrated = False
+        self.participation: dict[int, int] = {}
+        """Client id -> rounds it was sampled in (and counted)."""
+        self.participation_floor = 0
+        """Rounds restored from a checkpoint without participation counts: every client counted in each."""
 
     def _rng(self, round_id: int, client: int) -> np.random.Generator | None:
         return self.rng_factory(round_id, client) if self.rng_factory is not None else None
@@ -454,11 +504,44 @@ class AccountedUserPrivacy(RoundPrivacy, Generic[MechanismT, AccountantT]):
         if sum(h[2] for h in history) != rounds_done:
             raise CheckpointError(f"checkpoint accounts {sum(h[2] for h in history)} rounds, "
                                   f"but {rounds_done} were run")
+        counts = state.get("participation")
+        floor = state.get("participation_floor", 0)
+        if counts is None:  # written before participation was counted: assume the worst, every round
+            participation, floor = {}, rounds_done
+        else:
+            try:
+                participation = {int(c): int(k) for c, k in dict(counts).items()}
+            except (TypeError, ValueError):
+                raise CheckpointError("checkpoint: privacy 'participation' must map client ids to round "
+                                      "counts") from None
+            if not isinstance(floor, int) or not 0 <= floor <= rounds_done or any(
+                    not 0 <= k <= rounds_done - floor for k in participation.values()):
+                raise CheckpointError(f"checkpoint: privacy participation counts do not fit {rounds_done} "
+                                      "rounds")
         self.accountant.history = history
+        self.participation, self.participation_floor = participation, floor
+
+    def _participation_state(self) -> dict[str, Any]:
+        return {"participation": {str(c): k for c, k in sorted(self.participation.items())},
+                "participation_floor": self.participation_floor}
+
+    def count_participants(self, clients: Sequence[int]) -> None:
+        """Note the clients sampled in the round about to be committed (for :meth:`server_epsilon`)."""
+        for c in clients:
+            self.participation[int(c)] = self.participation.get(int(c), 0) + 1
+
+    @property
+    def worst_participation(self) -> int:
+        """Rounds counted for the client sampled most often (the worst-case user)."""
+        return self.participation_floor + max(self.participation.values(), default=0)
 
     def epsilon(self) -> float:
-        """Epsilon spent so far."""
+        """Epsilon spent so far, against an observer of the released models (with amplification)."""
         return self.accountant.epsilon()
+
+    def server_epsilon(self) -> float:
+        """Epsilon spent so far against the aggregation server: no amplification, worst-case user."""
+        return self.accountant.server_epsilon(self.worst_participation)
 
     @property
     def delta(self) -> float:
@@ -500,7 +583,8 @@ class UserLevelPrivacy(AccountedUserPrivacy[DistributedGaussian, PrivacyAccounta
 
     def state(self) -> dict[str, Any]:
         """The accountant's history (sigma, q, rounds), for checkpoints."""
-        return {"mode": self.mode, "history": [list(h) for h in self.accountant.history]}
+        return {"mode": self.mode, "history": [list(h) for h in self.accountant.history],
+                **self._participation_state()}
 
     def restore(self, rounds_done: int, state: dict[str, Any] | None) -> None:
         """Restore the history saved by :meth:`state`; it must count ``rounds_done`` rounds."""
@@ -540,6 +624,8 @@ class UserLevelPrivacy(AccountedUserPrivacy[DistributedGaussian, PrivacyAccounta
             "budget_epsilon": self.accountant.budget,
             "rounds_accounted": self.accountant.steps,
             "epsilon": self.epsilon(),
+            "server_epsilon": self.server_epsilon(),
+            "server_rounds_worst_user": self.worst_participation,
             "unit": "user (all ratings of one user)",
         }
 

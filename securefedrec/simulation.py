@@ -182,6 +182,7 @@ class Simulation:
         record: dict[str, Any] = {
             "round": r + 1, "clients": len(sampled), "dropped": 0, "aborted": False,
             "bytes_up": 0, "bytes_down": 0, "rmse": None, "mae": None, "epsilon": None,
+            "server_epsilon": None,
         }
         if sampled:
             round_cfg = self.round_config(r, len(sampled))
@@ -229,7 +230,9 @@ class Simulation:
                 record["noise_std"] = self.privacy.realized_std(
                     len(sampled) - record["dropped"], round_cfg.threshold)
         if self.privacy is not None:
+            self.privacy.count_participants(sampled)
             record["epsilon"] = self.privacy.commit_round(r)
+            record["server_epsilon"] = self.privacy.server_epsilon()
         if (r + 1) % cfg.eval_every == 0 or r + 1 == cfg.rounds:
             ev = self.evaluate()
             record.update(rmse=ev.rmse, mae=ev.mae)
@@ -304,8 +307,9 @@ class Simulation:
             "final": None if final is None else {
                 **final,
                 "epsilon": privacy.epsilon() if privacy is not None else None,
+                "server_epsilon": privacy.server_epsilon() if privacy is not None else None,
                 "delta": privacy.delta if privacy is not None else None},
-            "privacy": ({**privacy.summary(),
+            "privacy": ({**privacy.summary(), "server_epsilon": privacy.server_epsilon(),
                          "secure_aggregation": getattr(self.aggregator, "secure", False)}
                         if privacy is not None else None),
             "stopped": stopped,

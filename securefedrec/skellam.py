@@ -631,7 +631,7 @@ class SkellamUserPrivacy(AccountedUserPrivacy[DistributedSkellam, SkellamAccount
     def state(self) -> dict[str, Any]:
         """The accountant's history ``(mu, q, rounds)`` and the sensitivities, for checkpoints."""
         return {"mode": self.mode, "mechanism": "skellam", "l2": self.accountant.l2, "l1": self.accountant.l1,
-                "history": [list(h) for h in self.accountant.history]}
+                "history": [list(h) for h in self.accountant.history], **self._participation_state()}
 
     def restore(self, rounds_done: int, state: dict[str, Any] | None) -> None:
         """Restore the history saved by :meth:`state`; it must count ``rounds_done`` rounds."""
@@ -682,5 +682,7 @@ class SkellamUserPrivacy(AccountedUserPrivacy[DistributedSkellam, SkellamAccount
             "budget_epsilon": self.accountant.budget,
             "rounds_accounted": self.accountant.steps,
             "epsilon": self.epsilon(),
+            "server_epsilon": self.server_epsilon(),
+            "server_rounds_worst_user": self.worst_participation,
             "unit": "user (all ratings of one user)",
         }

@@ -17,6 +17,7 @@ A node's reply is accepted only for the clients it was asked about.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -462,7 +463,11 @@ class FederatedRun:
         self.config = config
         self.settings = settings
         self.link = link
-        self.sim = Simulation(config)  # calibrates sigma (dp user; each silo's with dp record) before round 1
+        # calibrates sigma (dp user; each silo's with dp record) before round 1; its aggregator sizes the
+        # SecAgg+ graph for the deployment's threat model, as each node checks (node.own_min_degree)
+        model = "malicious" if settings.malicious else "semi-honest"
+        self.sim = Simulation(dataclasses.replace(config, threat_model=model)
+                              if config.threat_model == "default" else config)
         if self.sim.privacy is not None and not isinstance(self.sim.privacy, UserLevelPrivacy | SiloDPSGD):
             raise ConfigError(f"dp: the {type(self.sim.privacy).__name__} mechanism does not run on the "
                               "Flower deployment engine yet; dp 'user' runs with the Gaussian mechanism "
@@ -508,7 +513,8 @@ class FederatedRun:
         t0 = time.perf_counter()
         sampled = sim.sample(r)
         record: dict[str, Any] = {"round": r + 1, "clients": len(sampled), "dropped": 0, "aborted": False,
-                                  "bytes_up": 0, "bytes_down": 0, "rmse": None, "mae": None, "epsilon": None}
+                                  "bytes_up": 0, "bytes_down": 0, "rmse": None, "mae": None, "epsilon": None,
+                                  "server_epsilon": None}
         total = np.zeros_like(sim.global_vec)
         if sampled:
             view, bytes_down = sim.downlink.broadcast(
@@ -569,7 +575,9 @@ class FederatedRun:
         if sampled and isinstance(sim.privacy, SiloDPSGD):  # the sampled silos trained on their nodes
             sim.privacy.charge(sampled)
         if sim.privacy is not None:
+            sim.privacy.count_participants(sampled)
             record["epsilon"] = sim.privacy.commit_round(r)
+            record["server_epsilon"] = sim.privacy.server_epsilon()
         record["seconds"] = time.perf_counter() - t0
         sim.next_round = r + 1
         self.rounds.append(record)
@@ -592,7 +600,8 @@ class FederatedRun:
         privacy = self.sim.privacy
         report = {"config": self.config.to_dict(), "transport": self.settings.transport.value,
                   "rounds": self.rounds, "nodes": len(set(self.node_of.values())), "stopped": self.stopped,
-                  "privacy": ({**privacy.summary(), "secure_aggregation": True}
+                  "privacy": ({**privacy.summary(), "server_epsilon": privacy.server_epsilon(),
+                               "secure_aggregation": True}
                               if privacy is not None else None)}
         if self.settings.output:
             write_result(self.settings.output, report, self.sim.global_vec, self.totals)

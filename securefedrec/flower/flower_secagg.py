@@ -36,9 +36,12 @@ def client_train(message: Message, context: Context) -> Message:
     from flwr.compat.common import recorddict_compat as compat
 
     from securefedrec.flower.node import hosted_clients, partition_of, train_clients
-    from securefedrec.flower.settings import experiment_config
+    from securefedrec.flower.settings import experiment_config, node_settings
 
     config, _ = experiment_config(context.run_config, context.node_config)
+    if not node_settings(context.node_config).honest_server:
+        raise ConfigError("transport flower-secaggplus: Flower's SecAgg+ is honest-but-curious only; this "
+                          "node takes part only with honest-server=true in its node config")
     pid, count = partition_of(context.node_config)
     num_clients = config.silos if config.silos is not None else config.synthetic_users
     clients = hosted_clients(pid, count, num_clients)
@@ -83,6 +86,10 @@ def run_flower_secaggplus(grid: Any, context: Context, config: ExperimentConfig,
     from securefedrec.simulation import Simulation
 
     check_flower_secaggplus(config)
+    if settings.malicious:
+        raise ConfigError("transport: flower-secaggplus is Flower's honest-but-curious SecAgg+ (no signed "
+                          "keys, no consistency round); set malicious=false in the run config and "
+                          "honest-server=true in every node's node config, or use transport='securefedrec'")
     sim = Simulation(config)
     n = sim.pool.num_clients
     records: list[dict[str, Any]] = []

@@ -26,8 +26,9 @@ of users with ``silos``) when ``num-partitions`` equals the number of clients.
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -42,7 +43,14 @@ from protocols.secagg.client import raw_public
 from securefedrec import streams
 from securefedrec.compression import rotate
 from securefedrec.config import ExperimentConfig
-from securefedrec.errors import ConfigError, DecodeError, IntegrityError, StageError
+from securefedrec.errors import (
+    ConfigError,
+    DecodeError,
+    IntegrityError,
+    ProtocolError,
+    SecureFedRecError,
+    StageError,
+)
 from securefedrec.flower.messages import PAILLIER_ROUND_KEYS, FlowerStage, StageMessage, paillier_round_config
 from securefedrec.flower.settings import DeploymentSettings, NodeSettings
 from securefedrec.flower.update import (
@@ -57,12 +65,15 @@ from securefedrec.flower.update import (
 )
 
 if TYPE_CHECKING:
+    from protocols.secagg.messages import Setup
     from securefedrec.privacy import DistributedGaussian
 
-__all__ = ["Identity", "KeyStream", "NodeRuntime", "hosted_clients", "load_identity", "paillier_rounding_rng",
-           "partition_of", "rounding_rng"]
+__all__ = ["Identity", "KeyStream", "NodeRuntime", "check_setup", "hosted_clients", "load_identity",
+           "own_min_degree", "own_threshold", "paillier_rounding_rng", "partition_of", "rounding_rng"]
 
 STATE, DELTAS, HISTORY, PAILLIER_KEY = "sfr.node", "sfr.deltas", "sfr.history", "sfr.paillier"
+REFUSED = "sfr.refused"
+"""Node-state record of the last round this node refused (``round``, ``reason``); it answers no more of it."""
 
 _ORDER = {
     False: (FlowerStage.TRAIN, FlowerStage.SHARE_KEYS, FlowerStage.MASKED_INPUT, FlowerStage.UNMASK),
@@ -216,6 +227,85 @@ def train_clients(config: ExperimentConfig, clients: list[int], view: np.ndarray
     return out
 
 
+def own_threshold(config: ExperimentConfig, n: int) -> int:
+    """The smallest release threshold this node accepts for a round of ``n`` clients.
+
+    ``ceil(threshold_fraction * n)`` (at least 1) from the node's own run configuration, exactly
+    the simulator's round config (:meth:`~securefedrec.simulation.Simulation.round_config`).
+    """
+    return max(1, math.ceil(config.threshold_fraction * n))
+
+
+def own_min_degree(config: ExperimentConfig, n: int, threshold: int, malicious: bool) -> int:
+    """The smallest neighbour degree this node accepts for a SecAgg(+) round of ``n`` clients.
+
+    SecAgg: the complete graph (``n - 1``). SecAgg+: the run's fixed ``neighbors``, else
+    :func:`~protocols.secagg.graph.choose_degree` for the dropout rate the simulator sizes
+    the graph for and the default 5 % corruption rate, for the round's threshold and threat
+    model -- the degree an honest server computes, capped at the complete graph.
+    """
+    from protocols.secagg.graph import choose_degree
+
+    if config.protocol == "secagg":
+        return n - 1
+    if config.neighbors is not None:
+        return min(config.neighbors, n - 1)
+    rate = 0.05
+    if config.dropout > 0:
+        from securefedrec.simulation import dropout_by_unmask
+
+        rate = dropout_by_unmask(config.dropout)
+    return min(choose_degree(n, rate, 0.05, threshold=threshold, malicious=malicious), n - 1)
+
+
+def check_setup(config: ExperimentConfig, setup: Setup, *, cid: int, round_id: int, sampled: Sequence[int],
+                malicious: bool) -> None:
+    """Bound a SecAgg ``Setup`` by this node's own configuration, before any client state exists.
+
+    Checked: the round and recipient, the client list against the round's sampled list, the
+    threat model, the release threshold (:func:`own_threshold`), the neighbour degree
+    (:func:`own_min_degree`), the Shamir threshold t' (at least
+    :func:`~protocols.secagg.graph.share_threshold` of the round -- a strict neighbourhood
+    majority in the malicious model) and, unless the round wraps (``mod:B``), a ring that
+    holds the sum of ``n`` clients (no overflow). With ``dp = "user"`` the range must hold the
+    noise share as well (:func:`~securefedrec.flower.update.check_dp`).
+
+    Raises:
+        IntegrityError: a parameter weaker than this node's own (the message names client, round, field).
+    """
+    from protocols.secagg.graph import share_threshold
+
+    where = f"client {cid}, round {round_id}"
+    n = len(setup.client_ids)
+
+    def refuse(field: str, why: str) -> IntegrityError:
+        return IntegrityError(f"{where}, field {field!r}: {why}")
+
+    if setup.round_id != round_id or setup.client_id != cid:
+        raise refuse("round_id", f"the setup is for client {setup.client_id} in round {setup.round_id}")
+    if tuple(setup.client_ids) != tuple(sorted(sampled)):
+        raise refuse("client_ids", f"the setup lists {n} clients, the round's message samples {len(sampled)}")
+    if setup.malicious != malicious:
+        raise refuse("malicious", f"the server runs malicious={setup.malicious}, this node's run "
+                                  f"configuration malicious={malicious}")
+    need = own_threshold(config, n)
+    if setup.threshold < need:
+        raise refuse("threshold", f"the server asks for {setup.threshold} of {n} clients, this node requires "
+                                  f"at least {need}")
+    degree = own_min_degree(config, n, setup.threshold, malicious)
+    if setup.degree < degree:
+        raise refuse("degree", f"the server asks for {setup.degree} neighbours of {n} clients, this node "
+                               f"requires at least {degree}")
+    t_prime = share_threshold(setup.threshold, n, setup.degree, malicious)
+    if setup.share_threshold < t_prime:
+        raise refuse("share_threshold", f"the server asks for t' = {setup.share_threshold} of "
+                                        f"{min(setup.degree, n - 1) + 1} share holders, this node requires "
+                                        f"at least {t_prime}")
+    if not setup.wrap and n * (2 ** (setup.value_bits - 1) - 1) > 2 ** (setup.ring_bits - 1) - 1:
+        raise refuse("ring_bits", f"{n} clients at value_bits {setup.value_bits} overflow a "
+                                  f"{setup.ring_bits}-bit ring")
+
+
 class _RoundParams(NamedTuple):
     """What a node needs of the round's protocol settings before training."""
 
@@ -260,11 +350,22 @@ class NodeRuntime:
             seed = self.config.seed
         self.seed = seed
         self.identity = identity
-        if settings.malicious and identity is None:
-            raise ConfigError("malicious: the malicious-server model needs this node's identity-key and pki "
-                              "(node config)")
-        self.settings = settings
         self.node = node if node is not None else NodeSettings()
+        if settings.malicious and identity is None:
+            raise ConfigError(
+                "malicious: the malicious-server model (run config malicious=true, the default) needs this "
+                "node's identity-key and pki in its node config: identity-key = a JSON file {client id: "
+                "hex Ed25519 private key} for the clients it hosts, pki = a JSON file {client id: hex public "
+                "key} for every client, distributed out of band (README, 'Run on Flower'); to run the "
+                "honest-but-curious model instead, set malicious=false in the run config and "
+                "honest-server=true in every node's node config")
+        if not settings.malicious and not self.node.honest_server:
+            raise ConfigError(
+                "malicious: the run config asks for the honest-but-curious model (malicious=false: unsigned "
+                "keys, a malicious server can read every input); this node takes part only with "
+                "honest-server=true in its node config, or give it identity-key and pki and run with "
+                "malicious=true")
+        self.settings = settings
         self.partition = partition
         self.state = state
         self.trainer = trainer
@@ -287,10 +388,23 @@ class NodeRuntime:
                     if c % count == pid:
                         info[f"pki.{c}"] = raw_public(key).hex()
             return StageMessage(FlowerStage.HELLO, message.round_id, info=info)
+        self._check_not_refused(message)
+        try:
+            return self._handle_round(message)
+        except SecureFedRecError as exc:
+            self._refuse(message.round_id, exc)
+            raise
+        except Exception as exc:  # a library's own error inside a stage is a refusal in our type all the same
+            self._refuse(message.round_id, exc)
+            raise ProtocolError(f"round {message.round_id}, {message.stage.name}: "
+                                f"{type(exc).__name__}: {exc}") from exc
+
+    def _handle_round(self, message: StageMessage) -> StageMessage:
+        pid, count = self.partition
         foreign = sorted(c for c in message.payload if c % count != pid)
         if foreign:
-            raise ConfigError(f"round {message.round_id}: node {pid}/{count} was sent messages for clients "
-                              f"{foreign[:5]} that it does not host")
+            raise IntegrityError(f"round {message.round_id}: node {pid}/{count} was sent messages for "
+                                 f"clients {foreign[:5]} that it does not host")
         if message.stage in (FlowerStage.TRAIN, FlowerStage.PAILLIER_TRAIN):
             self._start_round(message)
         step = self._paillier_step if message.stage in _PAILLIER_STAGES else self._step
@@ -298,6 +412,31 @@ class NodeRuntime:
         if message.stage is FlowerStage.UNMASK:
             self._finish_round()
         return StageMessage(message.stage, message.round_id, replies)
+
+    # ---- a refused round stays refused ------------------------------------------------------------
+    def _check_not_refused(self, message: StageMessage) -> None:
+        """Refuse any message of a round at or before the last round this node refused."""
+        record = self.state.config_records.get(REFUSED)
+        if record is None:
+            return
+        refused, reason = record.get("round"), record.get("reason")
+        if isinstance(refused, int) and message.round_id <= refused:
+            raise StageError(f"round {message.round_id}, {message.stage.name}: this node refused round "
+                             f"{refused} ({reason!s}); it answers no further message of that "
+                             "round or an earlier one")
+
+    def _refuse(self, round_id: int, exc: BaseException) -> None:
+        """Remember the refusal of ``round_id`` and erase the round's secrets (h11 style: terminal)."""
+        record = self.state.config_records.get(REFUSED)
+        before = record.get("round") if record is not None else None
+        if isinstance(before, int) and before >= round_id:
+            return
+        reason = f"{type(exc).__name__}: {exc}"
+        self.state.config_records[REFUSED] = ConfigRecord({"round": round_id, "reason": reason[:300]})
+        current = self.state.config_records.get(STATE)
+        started = current.get("round") if current is not None else None
+        if isinstance(started, int) and started <= round_id:
+            self._finish_round()
 
     # ---- a round's first message: validate, train, privatize, compress -------------------------
     def _round_params(self, cid: int, message: StageMessage, paillier: bool) -> _RoundParams:
@@ -309,8 +448,15 @@ class NodeRuntime:
                 setup = Setup.decode(message.payload[cid])
             except DecodeError as exc:
                 raise DecodeError(f"{where}: {exc}") from None
+            check_setup(self.config, setup, cid=cid, round_id=message.round_id, sampled=message.sampled,
+                        malicious=self.settings.malicious)
             return _RoundParams(setup.clip_range, setup.threshold, setup.length, setup.wrap)
         rc = paillier_round_config(message.info, message.round_id, where)
+        n = len(message.sampled)
+        if rc.threshold < own_threshold(self.config, n):
+            raise IntegrityError(f"{where}, field 'round.threshold': the server asks for {rc.threshold} of "
+                                 f"{n} clients, this node's run configuration requires at least "
+                                 f"{own_threshold(self.config, n)}")
         return _RoundParams(rc.clip_range, rc.threshold, info_int(message.info, "round.length", where))
 
     def _start_round(self, message: StageMessage) -> None:
@@ -326,13 +472,13 @@ class NodeRuntime:
         cfg = self.config
         paillier = message.stage is FlowerStage.PAILLIER_TRAIN
         if paillier != (cfg.protocol == "paillier"):
-            raise ConfigError(f"round {r}, field 'protocol': a {message.stage.name} message, but this node's "
-                              f"run configuration has protocol {cfg.protocol!r}")
+            raise IntegrityError(f"round {r}, field 'protocol': a {message.stage.name} message, but this "
+                                 f"node's run configuration has protocol {cfg.protocol!r}")
         clients = sorted(message.payload)
         ranks = {c: i for i, c in enumerate(sorted(message.sampled))}
         missing = [c for c in clients if c not in ranks]
         if missing:
-            raise ConfigError(f"round {r}: clients {missing} are not in the sampled list")
+            raise IntegrityError(f"round {r}: clients {missing} are not in the sampled list")
         if paillier:
             for c in clients:
                 self._require_identity(c, f"client {c}, round {r}")
@@ -342,8 +488,8 @@ class NodeRuntime:
         comp = uplink_compressor(cfg)
         for c in clients:  # wrap-around cannot weaken privacy, but only mod:B asks for it
             if params[c].wrap and not comp.wraps:
-                raise ConfigError(f"client {c}, round {r}, field 'wrap': the server asks for a wrapping sum, "
-                                  f"but this node's run configuration has compression {comp.spec!r}")
+                raise IntegrityError(f"client {c}, round {r}, field 'wrap': the server asks for a wrapping "
+                                     f"sum, but this node's run configuration has compression {comp.spec!r}")
         if cfg.dp == "user":
             mechanisms = {c: check_dp(cfg, message.info, protocol_threshold=params[c].threshold,
                                       clip_range=params[c].clip_range, wrap=params[c].wrap,
@@ -357,7 +503,7 @@ class NodeRuntime:
         width = int(message.global_vec.shape[0]) if idx is None else int(idx.size)
         for c in clients:
             if params[c].length != width:
-                raise ConfigError(f"client {c}, round {r}, field 'length': the server expects "
+                raise IntegrityError(f"client {c}, round {r}, field 'length': the server expects "
                                   f"{params[c].length} values, this node sends {width} "
                                   f"(compression {comp.spec})")
         # dp record: each silo's DP-SGD, continued from its state on this node (built and checked here)
@@ -559,7 +705,7 @@ class NodeRuntime:
             ack = client.receive_key(payload)
             bits = int(client.keypair.public.bits)
             if bits < self.node.paillier_key_bits:
-                raise ConfigError(f"{where}: the key holder's Paillier key has {bits} bits, below this "
+                raise IntegrityError(f"the key holder's Paillier key has {bits} bits, below this "
                                   f"node's paillier-key-bits {self.node.paillier_key_bits}")
             self._store_keypair(client.keypair)  # a later round's key holder on this node reuses it
             return ack, [(stage, payload)]

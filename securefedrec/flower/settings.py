@@ -59,8 +59,11 @@ class DeploymentSettings:
             nodes that have not answered by then are dropped for the rest of the round.
         train_timeout: the same for the first stage of a round (local training + advertise).
         malicious: run SecAgg (signed keys + consistency round) or Paillier (signed ciphertexts,
-            consistency round, verified decryption) in the malicious-server model;
+            consistency round, verified decryption) in the malicious-server model (the default);
             needs every node's ``identity-key`` and ``pki`` node config (see the README).
+            ``false`` runs the honest-but-curious model, which every node must accept in its own
+            node config (``honest-server = true``, :class:`NodeSettings`): a server that may be
+            malicious then substitutes key adverts and reads every input.
         reproducible_rounding: draw each client's stochastic-rounding stream from the public
             seed, exactly as the in-process simulator does, so a deployment reproduces a
             simulation bit for bit. Rounding noise is not a secret the protocol relies on,
@@ -74,7 +77,7 @@ class DeploymentSettings:
     node_wait: float = 120.0
     stage_timeout: float = 60.0
     train_timeout: float = 300.0
-    malicious: bool = False
+    malicious: bool = True
     reproducible_rounding: bool = False
     output: str = ""
 
@@ -173,25 +176,34 @@ class NodeSettings:
         paillier_key_bits: size of the Paillier key this node generates when one of its clients
             is the key holder, and the smallest key it accepts from another holder (2048 bits:
             ~112-bit security, :mod:`protocols.paillier.keys` Notes).
+        honest_server: this node accepts rounds in the honest-but-curious model (run config
+            ``malicious = false``: unsigned key adverts, no consistency round). Off by default,
+            so that neither a run config nor a server can downgrade a node that was not told
+            to trust the server; a node without ``identity-key`` and ``pki`` can take part in
+            nothing else.
     """
 
     reproducible_noise: bool = False
     paillier_key_bits: int = 2048
+    honest_server: bool = False
 
     def __post_init__(self) -> None:
         bits = self.paillier_key_bits
         if isinstance(bits, bool) or not isinstance(bits, int) or bits < MIN_PAILLIER_KEY_BITS or bits % 2:
             raise ConfigError(f"node config: paillier-key-bits must be an even int >= "
                               f"{MIN_PAILLIER_KEY_BITS}, got {bits!r}")
-        if not isinstance(self.reproducible_noise, bool):
-            raise ConfigError(f"node config: reproducible-noise must be true or false, "
-                              f"got {self.reproducible_noise!r}")
+        for name in ("reproducible_noise", "honest_server"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ConfigError(f"node config: {name.replace('_', '-')} must be true or false, "
+                                  f"got {value!r}")
 
 
 def node_settings(node_config: Mapping[str, Any]) -> NodeSettings:
-    """The :class:`NodeSettings` in a node config (``reproducible-noise``, ``paillier-key-bits``)."""
+    """The :class:`NodeSettings` in a node config (``reproducible-noise``, ``paillier-key-bits``,
+    ``honest-server``)."""
     values: dict[str, Any] = {}
-    for key in ("reproducible-noise", "paillier-key-bits"):
+    for key in ("reproducible-noise", "paillier-key-bits", "honest-server"):
         if key in node_config:
             values[key.replace("-", "_")] = node_config[key]
     return NodeSettings(**values)

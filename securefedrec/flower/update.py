@@ -78,7 +78,7 @@ from flwr.app import Array, ArrayRecord, RecordDict
 
 from securefedrec import streams
 from securefedrec.config import ExperimentConfig
-from securefedrec.errors import ConfigError, DecodeError, StageError
+from securefedrec.errors import ConfigError, DecodeError, IntegrityError, StageError
 
 if TYPE_CHECKING:
     from securefedrec.compression import Compressor
@@ -169,7 +169,8 @@ def check_dp(
 
     Raises:
         DecodeError: a DP field is missing or of the wrong type.
-        ConfigError: a value that would weaken the guarantee (the message names the field).
+        ConfigError: this node's own DP mechanism cannot run on Flower.
+        IntegrityError: a value that would weaken the guarantee (the message names the field).
     """
     from securefedrec.privacy import DistributedGaussian, UserLevelPrivacy
 
@@ -182,19 +183,20 @@ def check_dp(
     threshold = info_int(info, "dp.threshold", where)
     own = UserLevelPrivacy.from_config(config).mechanism  # sigma calibrated exactly as the server did
     if sigma < own.noise_multiplier * (1 - _TOLERANCE):
-        raise ConfigError(f"{where}, field 'dp.sigma': the server asks for noise multiplier {sigma!r}, below "
-                          f"the {own.noise_multiplier!r} that this node's run configuration requires")
+        raise IntegrityError(f"{where}, field 'dp.sigma': the server asks for noise multiplier {sigma!r}, "
+                             f"below the {own.noise_multiplier!r} that this node's run configuration "
+                             "requires")
     if not math.isclose(clip, own.clip, rel_tol=_TOLERANCE):
-        raise ConfigError(f"{where}, field 'dp.clip': the server sent {clip!r}, this node's run "
-                          f"configuration has clip {own.clip!r}")
+        raise IntegrityError(f"{where}, field 'dp.clip': the server sent {clip!r}, this node's run "
+                             f"configuration has clip {own.clip!r}")
     if not 1 <= threshold <= protocol_threshold:
-        raise ConfigError(f"{where}, field 'dp.threshold': {threshold} must be between 1 and the protocol's "
-                          f"release threshold {protocol_threshold} (every released sum must hold at least "
-                          "that many noise shares)")
+        raise IntegrityError(f"{where}, field 'dp.threshold': {threshold} must be between 1 and the "
+                             f"protocol's release threshold {protocol_threshold} (every released sum must "
+                             "hold at least that many noise shares)")
     mechanism = DistributedGaussian(noise_multiplier=sigma, clip=own.clip)
     need = mechanism.encoding_range(threshold, config.update_clip)
     if not wrap and clip_range < need * (1 - _TOLERANCE):
-        raise ConfigError(f"{where}, field 'clip_range': the protocol's range {clip_range!r} would clip "
+        raise IntegrityError(f"{where}, field 'clip_range': the protocol's range {clip_range!r} would clip "
                           f"the noise share (needs {need!r})")
     return mechanism, threshold
 
@@ -207,30 +209,30 @@ def check_record_dp(config: ExperimentConfig, silos: SiloDPSGD, info: Mapping[st
 
     Raises:
         DecodeError: a DP field is missing or of the wrong type.
-        ConfigError: a value that differs from this node's (the message names client, round, field).
+        IntegrityError: a value that differs from this node's (the message names client, round, field).
     """
     where = f"round {round_id}"
     mode = info.get("dp.mode")
     if mode != "record":
-        raise ConfigError(f"{where}, field 'dp.mode': the server sent {mode!r}, this node's run "
+        raise IntegrityError(f"{where}, field 'dp.mode': the server sent {mode!r}, this node's run "
                           "configuration has dp 'record'")
     clip = info_float(info, "dp.clip", where)
     if not math.isclose(clip, config.clip, rel_tol=_TOLERANCE):
-        raise ConfigError(f"{where}, field 'dp.clip': the server sent {clip!r}, this node's run "
+        raise IntegrityError(f"{where}, field 'dp.clip': the server sent {clip!r}, this node's run "
                           f"configuration has clip {config.clip!r}")
     batch = info_int(info, "dp.batch", where)
     if batch != config.dp_batch_size:
-        raise ConfigError(f"{where}, field 'dp.batch': the server sent {batch}, this node's run "
+        raise IntegrityError(f"{where}, field 'dp.batch': the server sent {batch}, this node's run "
                           f"configuration has dp_batch_size {config.dp_batch_size}")
     for j, c in enumerate(silos.silo_ids):
         at = f"client {c}, round {round_id}"
         sigma, own = info_float(info, f"dp.sigma.{c}", at), silos.silos[j].noise_multiplier
         if not math.isclose(sigma, own, rel_tol=_TOLERANCE):
-            raise ConfigError(f"{at}, field 'dp.sigma.{c}': the server sent noise multiplier {sigma!r}, this "
-                              f"node's run configuration gives silo {c} {own!r}")
+            raise IntegrityError(f"{at}, field 'dp.sigma.{c}': the server sent noise multiplier {sigma!r}, "
+                                 f"this node's run configuration gives silo {c} {own!r}")
         steps, own_steps = info_int(info, f"dp.steps.{c}", at), silos.round_steps(j)
         if steps != own_steps:
-            raise ConfigError(f"{at}, field 'dp.steps.{c}': the server accounts {steps} DP-SGD steps per "
+            raise IntegrityError(f"{at}, field 'dp.steps.{c}': the server accounts {steps} DP-SGD steps per "
                               f"round, silo {c} takes {own_steps}")
 
 
@@ -320,7 +322,7 @@ class NodeSilos:
             (the node setting ``reproducible-noise``, module Notes); else from ``secrets``.
 
     Raises:
-        ConfigError, DecodeError: from :func:`check_record_dp`.
+        IntegrityError, DecodeError: from :func:`check_record_dp`.
         StageError: a malformed stored state, or a silo trained in more rounds than the server accounts.
         CheckpointError: a stored state that does not fit the silo (users, sample rate, ...).
         PrivacyBudgetExhausted: the round would take a silo past the budget.

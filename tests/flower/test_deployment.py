@@ -73,6 +73,8 @@ class Federation:
     """A SuperLink and ``n`` SuperNodes on loopback, each in its own process group."""
 
     def __init__(self, root: Path, n: int, node_config: str = "") -> None:
+        """``node_config``: extra node config for every SuperNode; each also gets its clients' identity keys
+        and the PKI (the malicious-server model is the deployment default)."""
         self.root = root
         self.n = n
         self.node_config = node_config
@@ -101,11 +103,15 @@ class Federation:
         self._spawn("superlink", ["flower-superlink", "--insecure", "--host", HOST, "--port", str(self.port),
                                   "--disable-runtime-dependency-installation"])
         _wait_port(self.port, 60)
+        from tests.flower.conftest import identity_node_config
+
         for i in range(self.n):
+            identity = identity_node_config(self.root / "keys", i, self.n)
+            keys = " ".join(f"{k}='{v}'" for k, v in identity.items())
+            config = f"partition-id={i} num-partitions={self.n} {keys} {self.node_config}".strip()
             self._spawn(f"node{i}", [
                 "flower-supernode", "--insecure", "--superlink", f"{HOST}:{self.port}",
-                "--host", HOST, "--port", str(_free_port()),
-                "--node-config", f"partition-id={i} num-partitions={self.n} {self.node_config}".strip(),
+                "--host", HOST, "--port", str(_free_port()), "--node-config", config,
             ])
 
     def run(self, config: dict[str, Any], *, on_line: Any = None) -> dict[str, Any]:
@@ -172,17 +178,25 @@ def federation(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Feder
 
 
 @pytest.fixture
+def honest_federation(tmp_path: Path) -> Iterator[Federation]:
+    """SuperNodes that accept the honest-but-curious model (``honest-server``; Flower's own SecAgg+)."""
+    yield from _started(tmp_path, NODES, "honest-server=true")
+
+
+@pytest.fixture
 def noise_federation(tmp_path: Path) -> Iterator[Federation]:
     """SuperNodes that draw their DP noise from the public seed (``reproducible-noise``), as the simulator."""
     yield from _started(tmp_path, NODES, "reproducible-noise=true")
 
 
 def _simulation(n: int, rounds: int, **overrides: Any) -> Any:
+    """The simulator of the same run, training each SuperNode's clients in their own batch as the nodes do."""
     from securefedrec.config import ExperimentConfig
     from securefedrec.simulation import Simulation
+    from tests.flower.conftest import train_as_nodes
 
     cfg = ExperimentConfig.from_mapping({**EXPERIMENT, "silos": n, "rounds": rounds, **overrides})
-    return Simulation(cfg)
+    return train_as_nodes(Simulation(cfg), n)
 
 
 def test_deployment_equals_simulator(federation: Federation) -> None:
@@ -256,7 +270,7 @@ def test_deployment_survives_a_node_killed_during_key_sharing(federation: Federa
     deltas = deltas.clamp_(-cfg.update_clip, cfg.update_clip).to(torch.float64).numpy()
     inputs = {c: deltas[j] for j, c in enumerate(sampled)}
     rc: RoundConfig = sim.round_config(0, len(sampled))
-    agg = SecAggPlusAggregator(malicious=False, rng=np.random.default_rng([cfg.seed, 0, 2]))
+    agg = SecAggPlusAggregator(malicious=True, rng=np.random.default_rng([cfg.seed, 0, 2]))
     expected = agg.aggregate(inputs, rc, {victim: Stage.SHARE_KEYS})
     assert expected.survivors == frozenset(range(n - 1))
     np.testing.assert_array_equal(result["total_0"], expected.total)
@@ -266,10 +280,11 @@ def test_deployment_survives_a_node_killed_during_key_sharing(federation: Federa
 
 @pytest.mark.skipif(os.environ.get("SFR_DEPLOYMENT_FLOWER") != "1",
                     reason="Flower SecAgg+ on real SuperNodes: set SFR_DEPLOYMENT_FLOWER=1 (adds minutes)")
-def test_deployment_flower_secaggplus_transport(federation: Federation) -> None:
-    n = federation.n
-    result = federation.run({**EXPERIMENT, "silos": n, "rounds": ROUNDS, "min-nodes": n,
-                             "transport": "flower-secaggplus", "stage-timeout": 120.0})
+def test_deployment_flower_secaggplus_transport(honest_federation: Federation) -> None:
+    n = honest_federation.n
+    result = honest_federation.run({**EXPERIMENT, "silos": n, "rounds": ROUNDS, "min-nodes": n,
+                                    "malicious": False, "transport": "flower-secaggplus",
+                                    "stage-timeout": 120.0})
     assert [r["aborted"] for r in result["report"]["rounds"]] == [False] * ROUNDS
     sim = _simulation(n, ROUNDS)
     for _ in range(ROUNDS):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from protocols import RoundConfig, Stage
 from protocols.secagg import SecAggPlusAggregator, SecAggServer
 from securefedrec.config import ExperimentConfig
-from securefedrec.errors import ConfigError, DecodeError, SecureFedRecError, StageError
+from securefedrec.errors import ConfigError, DecodeError, IntegrityError, SecureFedRecError, StageError
 from securefedrec.flower import (
     DeploymentSettings,
     FederatedRun,
@@ -26,6 +28,7 @@ from securefedrec.flower import (
     GridLink,
     KeyStream,
     NodeRuntime,
+    NodeSettings,
     StageMessage,
     discover,
     experiment_config,
@@ -38,6 +41,7 @@ from securefedrec.flower import (
 )
 from securefedrec.flower.client_app import handle
 from securefedrec.simulation import Simulation
+from tests.flower.conftest import identity_node_config, test_identity, train_as_nodes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -172,9 +176,15 @@ class FakeGrid:
     """Flower ``Grid`` stand-in: delivers each message to the ClientApp handler with the node's context."""
 
     def __init__(self, n: int, run_config: dict[str, Any], dead: Iterable[int] = ()) -> None:
+        """Nodes with identity keys (malicious model, the default); with ``malicious=false`` in the run
+        config, nodes that opted in to the honest-but-curious model (``honest-server``) instead."""
+        self._keys = tempfile.TemporaryDirectory()
+        honest = run_config.get("malicious") is False
         self.contexts = {
-            100 + i: Context(run_id=1, node_id=100 + i, node_config={"partition-id": i, "num-partitions": n},
-                             state=RecordDict(), run_config=run_config)
+            100 + i: Context(run_id=1, node_id=100 + i, node_config={
+                "partition-id": i, "num-partitions": n,
+                **({"honest-server": True} if honest else identity_node_config(Path(self._keys.name), i, n))},
+                state=RecordDict(), run_config=run_config)
             for i in range(n)
         }
         self.dead = set(dead)
@@ -197,21 +207,33 @@ class FakeGrid:
         return [self.replies.pop(m) for m in list(message_ids) if m in self.replies]
 
 
+def node_options(settings: DeploymentSettings, i: int, n: int,
+                 node: NodeSettings | None = None) -> dict[str, Any]:
+    """NodeRuntime keywords for node ``i`` of ``n``: identity keys in the malicious model (the default),
+    else ``honest-server`` (the node's explicit opt-in to the honest-but-curious model)."""
+    node = node or NodeSettings()
+    if settings.malicious:
+        return {"identity": test_identity(i, n), "node": node}
+    return {"node": dataclasses.replace(node, honest_server=True)}
+
+
 def _runtimes(config: ExperimentConfig, n: int, settings: DeploymentSettings) -> dict[int, NodeRuntime]:
-    return {100 + i: NodeRuntime(config, settings, (i, n), RecordDict()) for i in range(n)}
+    return {100 + i: NodeRuntime(config, settings, (i, n), RecordDict(), **node_options(settings, i, n))
+            for i in range(n)}
 
 
 # ---- the driver ----------------------------------------------------------------------------
-def test_fake_grid_run_equals_the_simulator(tmp_path: Path) -> None:
+@pytest.mark.parametrize("malicious", [True, False])  # the default, and the explicit opt-out
+def test_fake_grid_run_equals_the_simulator(tmp_path: Path, malicious: bool) -> None:
     n = 4
     run_config = {"synthetic-users": 40, "synthetic-items": 30, "factors": 4, "sample-rate": 1.0, "seed": 5,
                   "device": "cpu", "silos": n, "rounds": 2, "min-nodes": n, "reproducible-rounding": True,
-                  "output": str(tmp_path / "out.npz")}
+                  "output": str(tmp_path / "out.npz"), "malicious": malicious}
     config, settings = experiment_config(run_config)
     run = FederatedRun(config, settings, GridLink(FakeGrid(n, run_config), poll=0.0))
     report = run.run()
     assert [r["survivors"] for r in report["rounds"]] == [list(range(n))] * 2
-    sim = Simulation(config)
+    sim = train_as_nodes(Simulation(config), n)  # the nodes' training, then everything replayed: bit-exact
     sim.run(progress=False)
     np.testing.assert_array_equal(run.sim.global_vec, sim.global_vec)
     with np.load(tmp_path / "out.npz") as z:
@@ -236,8 +258,8 @@ def test_fake_grid_dead_node_is_dropped() -> None:
 @pytest.mark.parametrize("stage", [FlowerStage.SHARE_KEYS, FlowerStage.MASKED_INPUT, FlowerStage.UNMASK])
 def test_dropout_at_every_stage_gives_the_survivors_sum(stage: FlowerStage) -> None:
     n = 5
-    config = ExperimentConfig(**SMALL, silos=n, rounds=1)
-    settings = DeploymentSettings(reproducible_rounding=True)
+    config = ExperimentConfig(**SMALL, silos=n, rounds=1, neighbors=3)  # the nodes accept degree >= 3
+    settings = DeploymentSettings(reproducible_rounding=True, malicious=False)
     link = FakeLink(_runtimes(config, n, settings), silent={104: stage})
     sim = Simulation(config)
     rc = sim.round_config(0, n)
@@ -247,7 +269,8 @@ def test_dropout_at_every_stage_gives_the_survivors_sum(stage: FlowerStage) -> N
     # the in-process protocol with the same dropout and rounding streams gives the same sum
     import torch
 
-    deltas = sim.pool.train(list(range(n)), torch.from_numpy(sim.global_vec), 1, config.local_lr)
+    deltas = train_as_nodes(sim, n).pool.train(list(range(n)), torch.from_numpy(sim.global_vec), 1,
+                                                config.local_lr)
     deltas = deltas.clamp_(-config.update_clip, config.update_clip).to(torch.float64).numpy()
     plan = {4: {FlowerStage.SHARE_KEYS: Stage.SHARE_KEYS, FlowerStage.MASKED_INPUT: Stage.MASKED_INPUT,
                 FlowerStage.UNMASK: Stage.UNMASK}[stage]}
@@ -274,12 +297,12 @@ def test_below_threshold_aborts_and_keeps_the_model() -> None:
 def test_discover_refuses_duplicate_and_missing_partitions() -> None:
     config = ExperimentConfig(**SMALL, silos=3, rounds=1)
     settings = DeploymentSettings(min_nodes=2, node_wait=0.1)
-    dup = {1: NodeRuntime(config, settings, (0, 3), RecordDict()),
-           2: NodeRuntime(config, settings, (0, 3), RecordDict())}
+    dup = {1: NodeRuntime(config, settings, (0, 3), RecordDict(), **node_options(settings, 0, 3)),
+           2: NodeRuntime(config, settings, (0, 3), RecordDict(), **node_options(settings, 0, 3))}
     with pytest.raises(ConfigError, match="both have partition-id 0"):
         discover(FakeLink(dup), 3, settings)
-    partial = {1: NodeRuntime(config, settings, (0, 3), RecordDict()),
-               2: NodeRuntime(config, settings, (1, 3), RecordDict())}
+    partial = {1: NodeRuntime(config, settings, (0, 3), RecordDict(), **node_options(settings, 0, 3)),
+               2: NodeRuntime(config, settings, (1, 3), RecordDict(), **node_options(settings, 1, 3))}
     with pytest.raises(ConfigError, match="hosted by no SuperNode"):
         discover(FakeLink(partial), 3, settings)
     with pytest.raises(ConfigError, match="min-nodes"):
@@ -287,41 +310,72 @@ def test_discover_refuses_duplicate_and_missing_partitions() -> None:
 
 
 # ---- the node --------------------------------------------------------------------------------
-def _first_stage(config: ExperimentConfig, n: int) -> tuple[SecAggServer, NodeRuntime, StageMessage]:
+def _first_stage(config: ExperimentConfig, n: int, round_id: int = 0, threshold: int = 2,
+                 node: NodeRuntime | None = None) -> tuple[SecAggServer, NodeRuntime, StageMessage]:
     sim = Simulation(config)
-    rc = RoundConfig(threshold=2, clip_range=config.update_clip)
+    rc = RoundConfig(round_id=round_id, threshold=threshold, clip_range=config.update_clip)
     server = SecAggServer(rc, range(n), sim.layout.length, neighbors=None, malicious=False)
     setup = server.setup()
-    node = NodeRuntime(config, DeploymentSettings(), (0, n), RecordDict())
-    return server, node, StageMessage(FlowerStage.TRAIN, 0, {0: setup[0]}, tuple(range(n)), sim.global_vec)
+    settings = DeploymentSettings(malicious=False)
+    if node is None:
+        node = NodeRuntime(config, settings, (0, n), RecordDict(), **node_options(settings, 0, n))
+    return server, node, StageMessage(FlowerStage.TRAIN, round_id, {0: setup[0]}, tuple(range(n)),
+                                      sim.global_vec)
 
 
 def test_node_answers_each_stage_once_and_in_order() -> None:
-    config = ExperimentConfig(**SMALL, silos=3, rounds=1)
+    config = ExperimentConfig(**SMALL, silos=3, rounds=2)
     _, node, train = _first_stage(config, 3)
-    with pytest.raises(StageError, match="no state for that round"):
-        node.handle(StageMessage(FlowerStage.SHARE_KEYS, 0, {0: b"x"}))
     reply = node.handle(train)
     assert set(reply.payload) == {0}
     with pytest.raises(StageError, match="out of order"):
         node.handle(StageMessage(FlowerStage.MASKED_INPUT, 0, {0: b"x"}))
+    _, again, train = _first_stage(config, 3)
+    again.handle(train)
+    with pytest.raises(StageError, match="never run twice"):  # no second instance of a round
+        again.handle(train)
+    _, early, train = _first_stage(config, 3)
+    with pytest.raises(StageError, match="no state for that round"):
+        early.handle(StageMessage(FlowerStage.SHARE_KEYS, 0, {0: b"x"}))
+
+
+def test_a_refusal_lasts_for_the_rest_of_the_round() -> None:
+    """h11 style: after any error in a round the node answers nothing more of it (its secrets are gone);
+    the next round starts afresh."""
+    config = ExperimentConfig(**SMALL, silos=3, rounds=3)
+    # an out-of-order stage after training: the legitimate next stage is refused too, the secrets erased
+    _, node, train = _first_stage(config, 3)
+    node.handle(train)
     with pytest.raises(StageError, match="out of order"):
         node.handle(StageMessage(FlowerStage.UNMASK, 0, {0: b"x"}))
-    with pytest.raises(StageError, match="never run twice"):  # no second instance of a round
-        node.handle(train)
+    assert "sfr.node" not in node.state.config_records and "sfr.deltas" not in node.state.array_records
+    with pytest.raises(StageError, match=r"this node refused round 0 .*StageError.*out of order"):
+        node.handle(StageMessage(FlowerStage.SHARE_KEYS, 0, {0: b"x"}))
+    # a setup that lowers the threshold (ceil(0.5 * 3) = 2 is this node's minimum): IntegrityError, then the
+    # round's honest setup is refused as well -- the server cannot retry with the same round
+    _, lowered, weak = _first_stage(config, 3, round_id=1, threshold=1)
+    with pytest.raises(IntegrityError, match="client 0, round 1, field 'threshold'"):
+        lowered.handle(weak)
+    _, _, honest = _first_stage(config, 3, round_id=1, node=lowered)
+    with pytest.raises(StageError, match=r"this node refused round 1 .*IntegrityError"):
+        lowered.handle(honest)
+    with pytest.raises(StageError, match="refused round 1"):  # nor an earlier round
+        lowered.handle(_first_stage(config, 3, round_id=0, node=lowered)[2])
+    _, _, later = _first_stage(config, 3, round_id=2, node=lowered)
+    assert set(lowered.handle(later).payload) == {0}
 
 
 def test_node_refuses_clients_it_does_not_host() -> None:
     config = ExperimentConfig(**SMALL, silos=3, rounds=1)
     _, node, train = _first_stage(config, 3)
-    with pytest.raises(ConfigError, match="does not host"):
+    with pytest.raises(IntegrityError, match="does not host"):
         node.handle(StageMessage(FlowerStage.TRAIN, 0, {1: b"x"}, (0, 1, 2), train.global_vec))
 
 
 def test_node_secrets_stay_in_its_state_and_are_erased_after_the_round() -> None:
     n = 3
     config = ExperimentConfig(**SMALL, silos=n, rounds=1)
-    settings = DeploymentSettings()
+    settings = DeploymentSettings(malicious=False)
     link = FakeLink(_runtimes(config, n, settings))
     sim = Simulation(config)
     server = SecAggServer(sim.round_config(0, n), range(n), sim.layout.length, malicious=False)
@@ -333,8 +387,9 @@ def test_node_secrets_stay_in_its_state_and_are_erased_after_the_round() -> None
 
 
 def test_client_app_handler_speaks_flower_messages() -> None:
-    ctx = Context(run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 3},
-                  state=RecordDict(), run_config={"silos": 3})
+    ctx = Context(run_id=1, node_id=7,
+                  node_config={"partition-id": 1, "num-partitions": 3, "honest-server": True},
+                  state=RecordDict(), run_config={"silos": 3, "malicious": False})
     msg = Message(content=pack(StageMessage(FlowerStage.HELLO, 0)), dst_node_id=7,
                   message_type=FlowerStage.HELLO.value, group_id="0")
     msg.metadata.__dict__["_message_id"] = msg.object_id
@@ -399,7 +454,8 @@ def _flower_run(tmp_path: Path, n: int, rounds: int, dead: Mapping[int, int] | N
 
     run_config = {"synthetic-users": 40, "synthetic-items": 30, "factors": 4, "sample-rate": 1.0, "seed": 5,
                   "device": "cpu", "silos": n, "rounds": rounds, "min-nodes": n, "stage-timeout": 5.0,
-                  "transport": "flower-secaggplus", "output": str(tmp_path / "flower.npz")}
+                  "transport": "flower-secaggplus", "malicious": False,
+                  "output": str(tmp_path / "flower.npz")}
     app(FlowerGrid(n, run_config, dead), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
                                                   run_config=run_config))
     with np.load(tmp_path / "flower.npz") as z:
@@ -495,4 +551,81 @@ def test_flower_secaggplus_transport_refuses_what_it_would_silently_drop(
 def test_flower_run_refuses_a_threat_model_that_contradicts_the_deployment() -> None:
     config = ExperimentConfig(protocol="secagg+", threat_model="malicious", synthetic_users=20)
     with pytest.raises(ConfigError, match=r"^threat-model: 'malicious' disagrees .* malicious=false"):
-        FederatedRun(config, DeploymentSettings(), GridLink(FakeGrid(2, {}), poll=0.0))
+        FederatedRun(config, DeploymentSettings(malicious=False), GridLink(FakeGrid(2, {}), poll=0.0))
+
+
+# ---- the deployment default: the malicious-server model ------------------------------------------
+def test_the_deployment_defaults_to_the_malicious_model_and_says_how_to_configure_it() -> None:
+    table = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert table["malicious"] is True and DeploymentSettings().malicious is True
+    config = ExperimentConfig(**SMALL, silos=3, rounds=1)
+    with pytest.raises(ConfigError, match="needs this node's identity-key and pki") as keys:
+        NodeRuntime(config, DeploymentSettings(), (0, 3), RecordDict())
+    assert "malicious=false" in str(keys.value) and "honest-server=true" in str(keys.value)
+    # the opt-out is two explicit settings: the run's malicious=false and each node's honest-server=true
+    with pytest.raises(ConfigError, match="honest-server=true in its node config"):
+        NodeRuntime(config, DeploymentSettings(malicious=False), (0, 3), RecordDict())
+    with pytest.raises(ConfigError, match="honest-server=true in its node config"):  # keys do not opt in
+        NodeRuntime(config, DeploymentSettings(malicious=False), (0, 3), RecordDict(),
+                    identity=test_identity(0, 3))
+    NodeRuntime(config, DeploymentSettings(malicious=False), (0, 3), RecordDict(),
+                node=NodeSettings(honest_server=True))
+    with pytest.raises(ConfigError, match="honest-server must be true or false"):
+        NodeSettings(honest_server="yes")  # type: ignore[arg-type]
+
+
+def test_flower_secaggplus_transport_needs_the_explicit_opt_out(tmp_path: Path) -> None:
+    from securefedrec.flower.flower_secagg import run_flower_secaggplus
+
+    config = ExperimentConfig(**SMALL, silos=2, rounds=1)
+    with pytest.raises(ConfigError, match=r"^transport: flower-secaggplus is Flower's honest-but-curious"):
+        run_flower_secaggplus(None, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                            run_config={}), config, DeploymentSettings())
+
+
+# ---- what a node bounds before any client exists ------------------------------------------------
+def _setup_lie(field: str) -> Any:
+    """A mutation of a SecAgg Setup that weakens (or misdirects) one parameter."""
+    return {
+        "threshold": lambda s: dataclasses.replace(s, threshold=1),
+        "share_threshold": lambda s: dataclasses.replace(s, share_threshold=1),
+        "degree": lambda s: dataclasses.replace(s, degree=2, share_threshold=2),
+        "malicious": lambda s: dataclasses.replace(s, malicious=False),
+        "ring_bits": lambda s: dataclasses.replace(s, ring_bits=16, value_bits=16),
+        "client_ids": lambda s: dataclasses.replace(s, client_ids=s.client_ids[:5], degree=4,
+                                                    share_threshold=5),
+        "round_id": lambda s: dataclasses.replace(s, round_id=s.round_id + 1),
+    }[field]
+
+
+@pytest.mark.parametrize("field", ["threshold", "share_threshold", "degree", "malicious", "ring_bits",
+                                   "client_ids", "round_id"])
+def test_node_refuses_a_setup_weaker_than_its_own_configuration(field: str) -> None:
+    """Each lie is refused with IntegrityError naming the field, before training; the round stays refused."""
+    from protocols.secagg.messages import Setup
+
+    n = 6
+    config = ExperimentConfig(**SMALL, silos=n, rounds=1, threshold_fraction=0.75)
+    settings = DeploymentSettings(malicious=True)
+    sim = Simulation(config)
+    rc = sim.round_config(0, n)
+    server = SecAggServer(rc, range(n), sim.layout.length, neighbors=None, malicious=True)
+    honest = Setup.decode(server.setup()[0])
+    assert honest.degree == n - 1 and honest.threshold == 5  # the complete graph, t = ceil(0.75 * 6)
+    trained: list[int] = []
+
+    def trainer(cfg: ExperimentConfig, clients: list[int], view: np.ndarray) -> np.ndarray:
+        trained.extend(clients)
+        return np.zeros((len(clients), view.shape[0]))
+
+    node = NodeRuntime(config, settings, (0, n), RecordDict(), identity=test_identity(0, n), trainer=trainer)
+    lie = _setup_lie(field)(honest).encode()
+    with pytest.raises(IntegrityError, match=f"client 0, round 0, field '{field}'"):
+        node.handle(StageMessage(FlowerStage.TRAIN, 0, {0: lie}, tuple(range(n)), sim.global_vec))
+    assert trained == []
+    with pytest.raises(StageError, match="this node refused round 0"):
+        node.handle(StageMessage(FlowerStage.TRAIN, 0, {0: honest.encode()}, tuple(range(n)), sim.global_vec))
+    # the honest setup, on a fresh node, is accepted
+    fresh = NodeRuntime(config, settings, (0, n), RecordDict(), identity=test_identity(0, n), trainer=trainer)
+    fresh.handle(StageMessage(FlowerStage.TRAIN, 0, {0: honest.encode()}, tuple(range(n)), sim.global_vec))
+    assert trained == [0]

@@ -15,7 +15,7 @@ from flwr.app import RecordDict
 
 from protocols import Stage
 from securefedrec.config import ExperimentConfig
-from securefedrec.errors import ConfigError, DecodeError, PrivacyBudgetExhausted, StageError
+from securefedrec.errors import ConfigError, DecodeError, IntegrityError, PrivacyBudgetExhausted, StageError
 from securefedrec.flower import (
     DeploymentSettings,
     FederatedRun,
@@ -31,8 +31,8 @@ from securefedrec.flower import (
 )
 from securefedrec.flower.update import check_dp
 from securefedrec.simulation import Simulation
-from tests.flower.conftest import fake_grid_and_simulator
-from tests.flower.test_flower import FakeGrid, FakeLink, _task_identity  # noqa: F401 (autouse fixture)
+from tests.flower.conftest import fake_grid_and_simulator, train_as_nodes
+from tests.flower.test_flower import FakeGrid, FakeLink, _task_identity, node_options  # noqa: F401 (autouse)
 
 USERS = {"synthetic_users": 24, "synthetic_items": 20, "factors": 3, "seed": 5, "device": "cpu"}
 RUN = {"synthetic-users": 24, "synthetic-items": 20, "factors": 3, "seed": 5, "device": "cpu",
@@ -41,7 +41,8 @@ RUN = {"synthetic-users": 24, "synthetic-items": 20, "factors": 3, "seed": 5, "d
 
 def _runtimes(config: ExperimentConfig, n: int, settings: DeploymentSettings,
               node: NodeSettings) -> dict[int, NodeRuntime]:
-    return {100 + i: NodeRuntime(config, settings, (i, n), RecordDict(), node=node) for i in range(n)}
+    return {100 + i: NodeRuntime(config, settings, (i, n), RecordDict(),
+                                 **node_options(settings, i, n, node)) for i in range(n)}
 
 
 # ---- the whole loop, through the ClientApp handler -----------------------------------------------
@@ -57,6 +58,10 @@ def test_fake_grid_dp_user_randk_equals_the_simulator() -> None:
     assert any(r["clients"] < 24 for r in rounds)
     np.testing.assert_array_equal(run.sim.global_vec, sim.global_vec)
     assert [r["epsilon"] for r in rounds] == [r["epsilon"] for r in sim.rounds]
+    # the epsilon against the server (no amplification, the most-sampled client) is the simulator's too
+    assert [r["server_epsilon"] for r in rounds] == [r["server_epsilon"] for r in sim.rounds]
+    assert all(r["server_epsilon"] > r["epsilon"] for r in rounds)  # q = 0.6: amplification is real
+    assert report["privacy"]["server_epsilon"] == rounds[-1]["server_epsilon"]
     assert [r["noise_std"] for r in rounds] == [r["noise_std"] for r in sim.rounds]
     assert sim.privacy is not None and report["privacy"]["noise_multiplier"] == sim.privacy.summary()[
         "noise_multiplier"]
@@ -97,7 +102,8 @@ def test_node_refuses_a_wrapping_round_it_did_not_ask_for() -> None:
     trained, trainer = _recording_trainer()
 
     q8, mod = (ExperimentConfig(**USERS, sample_rate=1.0, rounds=1, compression=c) for c in ("q8", "mod:8"))
-    link = FakeLink({100 + i: NodeRuntime(q8, settings, (i, n), RecordDict(), trainer=trainer)
+    link = FakeLink({100 + i: NodeRuntime(q8, settings, (i, n), RecordDict(), trainer=trainer,
+                                **node_options(settings, i, n))
                      for i in range(n)})
     run = FederatedRun(mod, settings, link)
     run.sim.uplink.spread = (0.1, 24)  # a sum was released before: this round wraps
@@ -144,7 +150,7 @@ def test_dropout_keeps_the_dropped_clients_vector_in_the_residual(
     run.connect()
     dropped = [c for c in range(24) if c % n == 3]
     dropout_plans[0] = dict.fromkeys(dropped, Stage.SHARE_KEYS)
-    sim = Simulation(config)
+    sim = train_as_nodes(Simulation(config), n)
     link.silent = {103: FlowerStage.SHARE_KEYS}
     first, expected_first = run.run_round(), sim.run_round()
     np.testing.assert_array_equal(run.sim.global_vec, sim.global_vec)
@@ -200,7 +206,7 @@ def test_noise_is_fresh_unless_the_node_asks_for_the_public_stream() -> None:
         run.run_round()
         totals.append(run.totals[0])
         globals_.append(run.sim.global_vec)
-    sim = Simulation(config)
+    sim = train_as_nodes(Simulation(config), n)
     sim.run_round()
     seeded, fresh_a, fresh_b = totals
     assert not np.array_equal(fresh_a, fresh_b) and not np.array_equal(fresh_a, seeded)
@@ -223,11 +229,11 @@ GOOD = {"dp.sigma": 1.0, "dp.clip": 0.5, "dp.threshold": 12}
     [
         ({}, 12, 16.5, None, ""),
         ({"dp.sigma": 1.5}, 12, 20.0, None, ""),  # more noise than required is allowed
-        ({"dp.sigma": 0.5}, 12, 16.5, ConfigError, "client 3, round 1, field 'dp.sigma'"),
-        ({"dp.clip": 2.0}, 12, 16.5, ConfigError, "field 'dp.clip'"),
-        ({"dp.threshold": 13}, 12, 16.5, ConfigError, "field 'dp.threshold'"),
-        ({"dp.threshold": 0}, 12, 16.5, ConfigError, "field 'dp.threshold'"),
-        ({}, 12, 0.6, ConfigError, "field 'clip_range'"),
+        ({"dp.sigma": 0.5}, 12, 16.5, IntegrityError, "client 3, round 1, field 'dp.sigma'"),
+        ({"dp.clip": 2.0}, 12, 16.5, IntegrityError, "field 'dp.clip'"),
+        ({"dp.threshold": 13}, 12, 16.5, IntegrityError, "field 'dp.threshold'"),
+        ({"dp.threshold": 0}, 12, 16.5, IntegrityError, "field 'dp.threshold'"),
+        ({}, 12, 0.6, IntegrityError, "field 'clip_range'"),
         ({"dp.sigma": "1.0"}, 12, 16.5, DecodeError, "field 'dp.sigma'"),
         ({"dp.threshold": None}, 12, 16.5, DecodeError, "field 'dp.threshold'"),
     ],
@@ -251,7 +257,8 @@ def test_node_refuses_a_round_with_lowered_noise_before_training() -> None:
     settings = DeploymentSettings(min_nodes=n)
     trained, trainer = _recording_trainer()
 
-    node = NodeRuntime(DP_CONFIG, settings, (0, n), RecordDict(), trainer=trainer)
+    node = NodeRuntime(DP_CONFIG, settings, (0, n), RecordDict(), trainer=trainer,
+                                **node_options(settings, 0, n))
 
     class Tamper(FakeLink):
         """Delivers the server's messages with a lowered noise multiplier."""
@@ -262,7 +269,8 @@ def test_node_refuses_a_round_with_lowered_noise_before_training() -> None:
                                   {**m.info, "dp.sigma": 0.01} if m.stage is FlowerStage.TRAIN else m.info)
                 for nid, m in outbox.items()}, timeout)
 
-    link = Tamper({100: node, 101: NodeRuntime(DP_CONFIG, settings, (1, n), RecordDict(), trainer=trainer)})
+    link = Tamper({100: node, 101: NodeRuntime(DP_CONFIG, settings, (1, n), RecordDict(), trainer=trainer,
+                                **node_options(settings, 1, n))})
     run = FederatedRun(DP_CONFIG, settings, link)
     run.connect()
     record = run.run_round()

@@ -30,7 +30,7 @@ from securefedrec.flower import (
 from securefedrec.flower.update import SILO_PREFIX, SiloStore, dp_info
 from securefedrec.simulation import Simulation
 from tests.flower.conftest import fake_grid_and_simulator
-from tests.flower.test_flower import FakeGrid, FakeLink, _task_identity  # noqa: F401 (autouse fixture)
+from tests.flower.test_flower import FakeGrid, FakeLink, _task_identity, node_options  # noqa: F401 (autouse)
 
 # 4 silos of 6 users; DP-SGD batches of 16 ratings, a few steps per round
 SILOS: dict[str, Any] = {"synthetic_users": 24, "synthetic_items": 20, "synthetic_ratings_per_user": 12,
@@ -54,7 +54,8 @@ def _dpsgd(privacy: Any) -> SiloDPSGD:
 def _runtimes(config: ExperimentConfig, n: int, settings: DeploymentSettings,
               configs: dict[int, ExperimentConfig] | None = None) -> dict[int, NodeRuntime]:
     node, configs = NodeSettings(reproducible_noise=True), configs or {}
-    return {100 + i: NodeRuntime(configs.get(100 + i, config), settings, (i, n), RecordDict(), node=node)
+    return {100 + i: NodeRuntime(configs.get(100 + i, config), settings, (i, n), RecordDict(),
+                                 **node_options(settings, i, n, node))
             for i in range(n)}
 
 

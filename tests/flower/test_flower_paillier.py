@@ -3,6 +3,8 @@ homomorphic sum on the server, decryption by a key-holding node; equal to the in
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -28,6 +30,7 @@ from securefedrec.flower import (
     paillier_rounding_rng,
 )
 from securefedrec.simulation import Simulation
+from tests.flower.conftest import train_as_nodes
 from tests.flower.test_flower import FakeLink
 
 USERS = {"synthetic_users": 24, "synthetic_items": 20, "factors": 3, "seed": 5, "device": "cpu",
@@ -35,6 +38,7 @@ USERS = {"synthetic_users": 24, "synthetic_items": 20, "factors": 3, "seed": 5, 
 KEYS = {c: Ed25519PrivateKey.generate() for c in range(24)}
 PKI = {c: raw_public(k) for c, k in KEYS.items()}
 SMALL_KEY = NodeSettings(paillier_key_bits=512)  # tests only; the default is 2048
+HONEST_SMALL_KEY = NodeSettings(paillier_key_bits=512, honest_server=True)
 
 
 def _runtimes(config: ExperimentConfig, n: int, settings: DeploymentSettings,
@@ -43,8 +47,9 @@ def _runtimes(config: ExperimentConfig, n: int, settings: DeploymentSettings,
     out = {}
     for i in range(n):
         identity = Identity({c: k for c, k in KEYS.items() if c % n == i}, PKI)
+        own = (nodes or {}).get(100 + i, node)
         out[100 + i] = NodeRuntime(config, settings, (i, n), RecordDict(), identity=identity,
-                                   node=(nodes or {}).get(100 + i, node))
+                                   node=dataclasses.replace(own, honest_server=not settings.malicious))
     return out
 
 
@@ -52,12 +57,12 @@ def test_paillier_dp_user_randk_equals_the_simulator() -> None:
     n = 4
     config = ExperimentConfig(**USERS, sample_rate=0.7, rounds=2, dp="user", noise_multiplier=0.7,
                               compression="randk:0.3")
-    settings = DeploymentSettings(min_nodes=n, reproducible_rounding=True)
+    settings = DeploymentSettings(malicious=False, min_nodes=n, reproducible_rounding=True)
     link = FakeLink(_runtimes(config, n, settings, node=NodeSettings(paillier_key_bits=512,
                                                                      reproducible_noise=True)))
     run = FederatedRun(config, settings, link)
     report = run.run()
-    sim = Simulation(config, aggregator=PaillierAggregator(key_bits=512))
+    sim = train_as_nodes(Simulation(config, aggregator=PaillierAggregator(key_bits=512)), n)
     sim.run(progress=False)
     rounds = report["rounds"]
     assert [r["aborted"] for r in rounds] == [False, False]
@@ -87,14 +92,14 @@ def test_paillier_dropouts_give_the_simulators_sum(
 ) -> None:
     n = 4
     config = ExperimentConfig(**USERS, sample_rate=1.0, rounds=1, dropout=0.01)
-    settings = DeploymentSettings(min_nodes=n, reproducible_rounding=True)
+    settings = DeploymentSettings(malicious=False, min_nodes=n, reproducible_rounding=True)
     link = FakeLink(_runtimes(config, n, settings), silent={100: silent})
     run = FederatedRun(config, settings, link)
     run.connect()
     record = run.run_round()
     gone = [c for c in range(24) if c % n == 0]
     dropout_plans[0] = dict.fromkeys(gone, plan_stage)
-    sim = Simulation(config, aggregator=PaillierAggregator(key_bits=512))
+    sim = train_as_nodes(Simulation(config, aggregator=PaillierAggregator(key_bits=512)), n)
     expected = sim.run_round()
     assert not record["aborted"] and record["dropped"] == expected["dropped"]
     in_sum = list(range(24)) if hold is False else [c for c in range(24) if c not in gone]
@@ -112,7 +117,7 @@ def test_paillier_drop_before_encrypting_gives_the_survivors_sum() -> None:
 
     n = 4
     config = ExperimentConfig(**USERS, sample_rate=1.0, rounds=1)
-    settings = DeploymentSettings(min_nodes=n, reproducible_rounding=True)
+    settings = DeploymentSettings(malicious=False, min_nodes=n, reproducible_rounding=True)
     link = FakeLink(_runtimes(config, n, settings), silent={100: FlowerStage.PAILLIER_ENCRYPT})
     run = FederatedRun(config, settings, link)
     run.connect()
@@ -120,7 +125,7 @@ def test_paillier_drop_before_encrypting_gives_the_survivors_sum() -> None:
     survivors = [c for c in range(24) if c % n != 0]
     assert not record["aborted"] and record["survivors"] == survivors
     assert record["answered"]["PAILLIER_KEY"] == 23 and record["answered"]["PAILLIER_ENCRYPT"] == 18
-    sim = Simulation(config)
+    sim = train_as_nodes(Simulation(config), n)
     deltas = sim.pool.train(list(range(24)), torch.from_numpy(sim.global_vec), 1, config.local_lr)
     plain = deltas.clamp_(-config.update_clip, config.update_clip).to(torch.float64).numpy()[survivors].sum(0)
     error = np.abs(run.totals[0] - plain).max()
@@ -130,7 +135,7 @@ def test_paillier_drop_before_encrypting_gives_the_survivors_sum() -> None:
 def test_a_node_refuses_a_key_below_its_paillier_key_bits() -> None:
     n = 4
     config = ExperimentConfig(**USERS, sample_rate=1.0, rounds=1)
-    settings = DeploymentSettings(min_nodes=n)
+    settings = DeploymentSettings(malicious=False, min_nodes=n)
     strict = NodeSettings(paillier_key_bits=1024)
     link = FakeLink(_runtimes(config, n, settings, nodes={102: strict}))
     run = FederatedRun(config, settings, link)
@@ -145,12 +150,12 @@ def test_a_node_refuses_a_key_below_its_paillier_key_bits() -> None:
 def test_paillier_needs_every_clients_identity_key() -> None:
     n = 2
     config = ExperimentConfig(**USERS, sample_rate=1.0, rounds=1)
-    settings = DeploymentSettings(min_nodes=n)
+    settings = DeploymentSettings(malicious=False, min_nodes=n)
     runtimes = _runtimes(config, n, settings)
-    runtimes[101] = NodeRuntime(config, settings, (1, n), RecordDict(), node=SMALL_KEY)  # no identity-key
+    runtimes[101] = NodeRuntime(config, settings, (1, n), RecordDict(), node=HONEST_SMALL_KEY)  # no identity
     with pytest.raises(ConfigError, match="no identity key for clients \\[1, 3, 5"):
         FederatedRun(config, settings, FakeLink(runtimes)).connect()
-    with pytest.raises(ConfigError, match="malicious-server model needs this node's identity-key"):
+    with pytest.raises(ConfigError, match=r"malicious-server model .* needs this node's identity-key"):
         NodeRuntime(config, DeploymentSettings(malicious=True), (1, n), RecordDict(), node=SMALL_KEY)
 
 
@@ -162,7 +167,8 @@ def test_malicious_paillier_equals_the_simulator() -> None:
     link = FakeLink(_runtimes(config, n, settings))
     run = FederatedRun(config, settings, link)
     report = run.run()
-    sim = Simulation(config, aggregator=PaillierAggregator(key_bits=512, malicious=True))
+    sim = train_as_nodes(Simulation(config, aggregator=PaillierAggregator(key_bits=512, malicious=True)),
+                         n)
     sim.run(progress=False)
     rounds = report["rounds"]
     assert [r["aborted"] for r in rounds] == [False, False] and not link.errors
@@ -172,8 +178,9 @@ def test_malicious_paillier_equals_the_simulator() -> None:
         assert answered["PAILLIER_ENCRYPT"] == answered["PAILLIER_CONSISTENCY"] == r["clients"]
         assert answered["PAILLIER_DECRYPT"] == 1
     # the decryptor downloads every survivor's ciphertexts: the malicious round costs more bytes down
-    honest = FederatedRun(config, DeploymentSettings(min_nodes=n, reproducible_rounding=True),
-                          FakeLink(_runtimes(config, n, DeploymentSettings(min_nodes=n)))).run()
+    plain = DeploymentSettings(malicious=False, min_nodes=n)
+    honest = FederatedRun(config, dataclasses.replace(plain, reproducible_rounding=True),
+                          FakeLink(_runtimes(config, n, plain))).run()
     assert rounds[0]["bytes_down"] > honest["rounds"][0]["bytes_down"]
 
 
@@ -188,7 +195,8 @@ def test_malicious_paillier_survives_a_node_lost_at_the_consistency_stage(
     record = run.run_round()
     gone = [c for c in range(24) if c % n == 0]
     dropout_plans[0] = dict.fromkeys(gone, Stage.CONSISTENCY)
-    sim = Simulation(config, aggregator=PaillierAggregator(key_bits=512, malicious=True))
+    sim = train_as_nodes(Simulation(config, aggregator=PaillierAggregator(key_bits=512, malicious=True)),
+                         n)
     sim.run_round()
     assert not record["aborted"] and record["survivors"] == list(range(24))  # their ciphertexts arrived
     assert record["answered"]["PAILLIER_CONSISTENCY"] == 18  # >= t' = 13
@@ -223,23 +231,27 @@ def test_a_server_in_the_other_model_gets_no_sum() -> None:
 def test_paillier_node_answers_each_stage_once_and_in_order() -> None:
     n = 2
     config = ExperimentConfig(**USERS, sample_rate=1.0, rounds=1)
-    settings = DeploymentSettings(min_nodes=n)
-    node = _runtimes(config, n, settings)[100]
+    settings = DeploymentSettings(malicious=False, min_nodes=n)
     sim = Simulation(config)
     info = {"round.clip_range": 16.0, "round.ring_bits": 32, "round.value_bits": 0, "round.threshold": 12,
             "round.length": sim.layout.length}
     train = StageMessage(FlowerStage.PAILLIER_TRAIN, 0, {0: b"", 2: b""}, tuple(range(24)), sim.global_vec,
                          info)
+
+    def trained() -> NodeRuntime:  # each refusal ends the round on its node: a fresh node per case
+        node = _runtimes(config, n, settings)[100]
+        node.handle(train)
+        return node
+
     with pytest.raises(StageError, match="client 0, round 0, PAILLIER_KEY: this node has no state"):
-        node.handle(StageMessage(FlowerStage.PAILLIER_KEY, 0, {0: b"x"}))
-    node.handle(train)
+        _runtimes(config, n, settings)[100].handle(StageMessage(FlowerStage.PAILLIER_KEY, 0, {0: b"x"}))
     for stage in (FlowerStage.PAILLIER_KEY, FlowerStage.PAILLIER_ENCRYPT, FlowerStage.PAILLIER_DECRYPT):
         with pytest.raises(StageError, match=f"client 0, round 0, {stage.name}: out of order"):
-            node.handle(StageMessage(stage, 0, {0: b"x"}))
+            trained().handle(StageMessage(stage, 0, {0: b"x"}))
     with pytest.raises(StageError, match="never run twice"):
-        node.handle(train)
+        trained().handle(train)
     with pytest.raises(StageError, match="runs the Paillier protocol"):
-        node.handle(StageMessage(FlowerStage.SHARE_KEYS, 0, {0: b"x"}))
+        trained().handle(StageMessage(FlowerStage.SHARE_KEYS, 0, {0: b"x"}))
 
 
 def test_paillier_rounding_stream_is_the_simulators_shared_one() -> None:
