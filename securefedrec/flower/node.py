@@ -661,7 +661,8 @@ class NodeRuntime:
         client = PaillierClient(cid, identity.keys[cid], directory, r,
                                 randbytes=KeyStream(record[f"secret.{cid}"]),  # type: ignore[arg-type]
                                 malicious=self.settings.malicious,
-                                n_clients=int(record["paillier.n"]))  # type: ignore[arg-type]
+                                n_clients=int(record["paillier.n"]),  # type: ignore[arg-type]
+                                min_key_bits=self.node.paillier_key_bits)  # the node's own floor
         try:
             # replay the stages already answered (same ephemeral key, same messages -> same state)
             for done_stage, received in zip(done, log, strict=True):

@@ -143,8 +143,9 @@ def test_a_node_refuses_a_key_below_its_paillier_key_bits() -> None:
     record = run.run_round()  # node 100 (client 0) holds a 512-bit key; node 102 never acknowledges it
     assert record["survivors"] == [c for c in range(24) if c % n != 2]
     assert "sfr.paillier" not in link.runtimes[102].state.config_records
-    assert link.errors == ["node 102: client 2, round 0, PAILLIER_KEY: the key holder's Paillier key has 512 "
-                           "bits, below this node's paillier-key-bits 1024"]
+    # the client itself refuses, holding the node's paillier-key-bits as its own floor
+    assert link.errors == ["node 102: client 2, round 0, PAILLIER_KEY: round 0: client 2 refuses the 512-bit "
+                           "Paillier key of holder 0: below its minimum of 1024 bits"]
 
 
 def test_paillier_needs_every_clients_identity_key() -> None:
