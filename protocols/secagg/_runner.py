@@ -4,12 +4,15 @@ Clients are independent machines in a real deployment; a simulation may run
 them on several cores. Each worker process owns a fixed subset of the client
 objects for the whole round (they are state machines), receives the server's
 messages for them over a pipe and sends back their replies. Workers are forked,
-so inputs and keys are inherited, never pickled.
+so inputs and keys are inherited, never pickled; they ignore SIGINT (the parent
+closes them).
 """
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
@@ -47,6 +50,12 @@ class LocalClients:
 
 
 def _serve(conn: Connection, factory: ClientFactory, ids: Sequence[int]) -> None:
+    # Ctrl-C reaches the whole process group: the parent handles it and closes the workers,
+    # which must not die with a traceback of their own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # what the parent left in memory is never garbage here: keep the collector off those objects,
+    # so it neither spends time on them nor copies their pages (copy-on-write)
+    gc.freeze()
     local = LocalClients(factory, ids)
     pending = local.setup_seconds
     while True:
@@ -80,12 +89,14 @@ class ForkedClients:
             self.conns.append(parent)
             self.procs.append(proc)
         self.setup_seconds = 0.0
+        self._busy = False  # a call is in flight (interrupted calls leave it set)
 
     def call(self, method: str, inbox: Mapping[int, bytes]) -> tuple[dict[int, bytes], float]:
         """Deliver ``inbox`` through the workers; replies and the summed client seconds."""
         parts: list[dict[int, bytes]] = [{} for _ in self.conns]
         for c, msg in inbox.items():
             parts[self.home[c]][c] = msg
+        self._busy = True
         for conn, part in zip(self.conns, parts, strict=True):
             conn.send((method, part))
         replies: dict[int, bytes] = {}
@@ -97,19 +108,27 @@ class ForkedClients:
             else:
                 replies.update(payload)
                 seconds += secs
+        self._busy = False
         if error is not None:
             raise error
         return dict(sorted(replies.items())), seconds
 
     def close(self) -> None:
-        """Stop the workers."""
+        """Stop the workers.
+
+        Idle workers are told to exit and not waited for: they wind down while the
+        server finishes the round (multiprocessing reaps them at the next start, or at
+        exit). Workers of an interrupted call are terminated and joined at once.
+        """
+        if self._busy:
+            for proc in self.procs:
+                proc.terminate()
         for conn in self.conns:
             try:
                 conn.send(None)
                 conn.close()
             except OSError:
                 pass
-        for proc in self.procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
+        if self._busy:
+            for proc in self.procs:
+                proc.join(timeout=5)

@@ -471,3 +471,22 @@ def test_parallel_workers_give_the_same_sum() -> None:
     np.testing.assert_allclose(res.total, want, atol=7 * 2 / 2**28)
     with pytest.raises(Exception, match=r"os\.urandom"):
         SecAggAggregator(workers=2, randbytes=pinned("x"))
+
+
+@pytest.mark.parametrize("malicious", [True, False])
+def test_forked_workers_give_the_ring_sum_of_one_process(malicious: bool) -> None:
+    # same rounding streams, so the same ring sum (and decoded total) wherever the clients run
+    from tests.protocols.contract import make_inputs
+
+    inputs = make_inputs(9, 40, seed=6)
+    cfg = RoundConfig(threshold=5, round_id=3)
+    plan = {sorted(inputs)[2]: Stage.MASKED_INPUT, sorted(inputs)[5]: Stage.UNMASK}
+    results = [
+        SecAggPlusAggregator(neighbors=6, malicious=malicious, workers=w, rng=np.random.default_rng(11))
+        .aggregate(inputs, cfg, plan)
+        for w in (1, 2, 3)
+    ]
+    for res in results[1:]:
+        np.testing.assert_array_equal(res.total, results[0].total)
+        assert res.survivors == results[0].survivors
+        assert res.bytes_up == results[0].bytes_up
