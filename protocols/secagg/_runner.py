@@ -1,11 +1,12 @@
 """Run the clients of an in-process round: one after another, or spread over forked worker processes.
 
 Clients are independent machines in a real deployment; a simulation may run
-them on several cores. Each worker process owns a fixed subset of the client
-objects for the whole round (they are state machines), receives the server's
-messages for them over a pipe and sends back their replies. Workers are forked,
-so inputs and keys are inherited, never pickled; they ignore SIGINT (the parent
-closes them).
+them on several cores. Each process owns a fixed subset of the client objects
+for the whole round (they are state machines). The calling process runs its own
+share of every stage while each forked worker receives the server's messages for
+its clients over a pipe and sends back their replies. Workers are forked, so
+inputs are inherited, never pickled, and every client's secrets are drawn in the
+process that holds the client; workers ignore SIGINT (the parent closes them).
 """
 
 from __future__ import annotations
@@ -74,33 +75,49 @@ def _serve(conn: Connection, factory: ClientFactory, ids: Sequence[int]) -> None
 
 
 class ForkedClients:
-    """Client objects spread over ``workers`` forked processes (``ids[i]`` lives in worker i % workers)."""
+    """Client objects spread over ``workers`` processes: this one and ``workers - 1`` forked ones.
+
+    ``ids[i]`` lives in process ``i % workers``; process 0 is this one, which runs its
+    share of every stage while the forked workers run theirs.
+    """
 
     def __init__(self, factory: ClientFactory, ids: Sequence[int], workers: int) -> None:
+        if workers < 2:
+            raise ValueError(f"ForkedClients needs workers >= 2, got {workers}")
         ctx = mp.get_context("fork")
         self.home = {c: i % workers for i, c in enumerate(ids)}
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
-        for w in range(workers):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(child, factory, list(ids[w::workers])), daemon=True)
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
-        self.setup_seconds = 0.0
         self._busy = False  # a call is in flight (interrupted calls leave it set)
+        try:
+            for w in range(1, workers):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_serve, args=(child, factory, list(ids[w::workers])), daemon=True)
+                proc.start()
+                child.close()
+                self.conns.append(parent)
+                self.procs.append(proc)
+            self.local = LocalClients(factory, ids[0::workers])  # after the forks: never copied to them
+        except BaseException:
+            self._busy = True  # stop what was started, at once
+            self.close()
+            raise
+        self.setup_seconds = self.local.setup_seconds
 
     def call(self, method: str, inbox: Mapping[int, bytes]) -> tuple[dict[int, bytes], float]:
-        """Deliver ``inbox`` through the workers; replies and the summed client seconds."""
-        parts: list[dict[int, bytes]] = [{} for _ in self.conns]
+        """Deliver ``inbox`` to the local share and the workers; replies and the summed client seconds."""
+        parts: list[dict[int, bytes]] = [{} for _ in range(len(self.conns) + 1)]
         for c, msg in inbox.items():
             parts[self.home[c]][c] = msg
         self._busy = True
-        for conn, part in zip(self.conns, parts, strict=True):
+        for conn, part in zip(self.conns, parts[1:], strict=True):
             conn.send((method, part))
         replies: dict[int, bytes] = {}
         seconds, error = 0.0, None
+        try:  # this process's share, while the workers run theirs
+            replies, seconds = self.local.call(method, parts[0])
+        except Exception as exc:  # raised once the workers have answered (the pipes stay in step)
+            error = exc
         for conn in self.conns:
             status, payload, secs = conn.recv()
             if status == "error":
