@@ -8,6 +8,7 @@ naming what was wrong, so garbage never reaches protocol logic.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,8 @@ __all__ = [
 MAGIC = b"SFR"
 VERSION = 1
 HEADER = struct.Struct(">3sBBI")
+_WORDS: dict[int, np.dtype[Any]] = {bits: np.dtype(f"<u{bits // 8}") for bits in (8, 16, 32, 64)}
+"""Widths packed as whole little-endian words (the fast path)."""
 
 
 def frame(kind: int, payload: bytes) -> bytes:
@@ -90,13 +93,21 @@ def packed_size(bits: int, length: int) -> int:
 def pack_uints(values: np.ndarray, bits: int) -> bytes:
     """Unsigned integers below ``2^bits`` as one little-endian bit string, ``bits`` bits each.
 
-    Whole-byte widths take the fast path (the low ``bits / 8`` bytes of each value); other
-    widths are packed bit-exactly, so a 17-bit ring costs 17 bits per value, not 24. The
-    last byte is padded with zero bits.
+    Widths of 8, 16, 32 and 64 bits take the fast path (each value as one little-endian
+    word, converted once from any unsigned dtype); other widths are packed bit-exactly, so
+    a 17-bit ring costs 17 bits per value, not 24. The last byte is padded with zero bits.
     """
-    v = np.ascontiguousarray(values, dtype="<u8").reshape(-1)
-    packed_size(bits, v.size)  # checks bits
-    if bits < 64 and (v >> np.uint64(bits)).any():
+    packed_size(bits, 1)  # checks bits
+    a = np.asarray(values).reshape(-1)
+    if bits in _WORDS:
+        if a.dtype.kind != "u" or a.dtype.itemsize > 8:
+            a = a.astype(np.uint64)
+        if a.dtype.itemsize * 8 > bits and (a >> a.dtype.type(bits)).any():
+            raise ValueError(f"a value is not below 2^{bits}")
+        packed: bytes = a.astype(_WORDS[bits], copy=False).tobytes()
+        return packed
+    v = np.ascontiguousarray(a, dtype="<u8")
+    if (v >> np.uint64(bits)).any():
         raise ValueError(f"a value is not below 2^{bits}")
     if bits % 8 == 0:
         return np.ascontiguousarray(v.view(np.uint8).reshape(-1, 8)[:, : bits // 8]).tobytes()
@@ -114,6 +125,9 @@ def unpack_uints(payload: bytes, bits: int, length: int) -> np.ndarray:
     size = packed_size(bits, length)
     if len(payload) != size:
         raise DecodeError(f"expected {size} bytes for {length} values of {bits} bits, got {len(payload)}")
+    if bits in _WORDS:
+        words: np.ndarray = np.frombuffer(payload, dtype=_WORDS[bits], count=length).astype(np.uint64)
+        return words
     raw = np.frombuffer(payload, dtype=np.uint8)
     if bits % 8 == 0:
         wide = np.zeros((length, 8), dtype=np.uint8)

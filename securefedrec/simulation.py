@@ -113,7 +113,9 @@ class Simulation:
                                groups=groups, device=self.device)
         options: dict[str, Any] = ({} if config.threat_model == "default"
                                    else {"malicious": config.threat_model == "malicious"})
-        if config.protocol == "paillier":  # encryption randomness on every core: ~2x per round on 2 cores
+        if config.protocol in ("paillier", "secagg", "secagg+"):
+            # clients are separate machines: simulate them on every core (paillier: encryption
+            # randomness; secagg: key agreement, signatures, masks), ~2x per round on 2 cores
             options["workers"] = usable_cpus()
         if config.protocol == "secagg+" and config.dropout > 0:  # size the graph for the simulated dropout
             options["dropout_rate"] = dropout_by_unmask(config.dropout)

@@ -1,15 +1,19 @@
 """Run the clients of an in-process round: one after another, or spread over forked worker processes.
 
 Clients are independent machines in a real deployment; a simulation may run
-them on several cores. Each worker process owns a fixed subset of the client
-objects for the whole round (they are state machines), receives the server's
-messages for them over a pipe and sends back their replies. Workers are forked,
-so inputs and keys are inherited, never pickled.
+them on several cores. Each process owns a fixed subset of the client objects
+for the whole round (they are state machines). The calling process runs its own
+share of every stage while each forked worker receives the server's messages for
+its clients over a pipe and sends back their replies. Workers are forked, so
+inputs are inherited, never pickled, and every client's secrets are drawn in the
+process that holds the client; workers ignore SIGINT (the parent closes them).
 """
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
@@ -47,6 +51,12 @@ class LocalClients:
 
 
 def _serve(conn: Connection, factory: ClientFactory, ids: Sequence[int]) -> None:
+    # Ctrl-C reaches the whole process group: the parent handles it and closes the workers,
+    # which must not die with a traceback of their own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # what the parent left in memory is never garbage here: keep the collector off those objects,
+    # so it neither spends time on them nor copies their pages (copy-on-write)
+    gc.freeze()
     local = LocalClients(factory, ids)
     pending = local.setup_seconds
     while True:
@@ -65,31 +75,49 @@ def _serve(conn: Connection, factory: ClientFactory, ids: Sequence[int]) -> None
 
 
 class ForkedClients:
-    """Client objects spread over ``workers`` forked processes (``ids[i]`` lives in worker i % workers)."""
+    """Client objects spread over ``workers`` processes: this one and ``workers - 1`` forked ones.
+
+    ``ids[i]`` lives in process ``i % workers``; process 0 is this one, which runs its
+    share of every stage while the forked workers run theirs.
+    """
 
     def __init__(self, factory: ClientFactory, ids: Sequence[int], workers: int) -> None:
+        if workers < 2:
+            raise ValueError(f"ForkedClients needs workers >= 2, got {workers}")
         ctx = mp.get_context("fork")
         self.home = {c: i % workers for i, c in enumerate(ids)}
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
-        for w in range(workers):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(child, factory, list(ids[w::workers])), daemon=True)
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
-        self.setup_seconds = 0.0
+        self._busy = False  # a call is in flight (interrupted calls leave it set)
+        try:
+            for w in range(1, workers):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_serve, args=(child, factory, list(ids[w::workers])), daemon=True)
+                proc.start()
+                child.close()
+                self.conns.append(parent)
+                self.procs.append(proc)
+            self.local = LocalClients(factory, ids[0::workers])  # after the forks: never copied to them
+        except BaseException:
+            self._busy = True  # stop what was started, at once
+            self.close()
+            raise
+        self.setup_seconds = self.local.setup_seconds
 
     def call(self, method: str, inbox: Mapping[int, bytes]) -> tuple[dict[int, bytes], float]:
-        """Deliver ``inbox`` through the workers; replies and the summed client seconds."""
-        parts: list[dict[int, bytes]] = [{} for _ in self.conns]
+        """Deliver ``inbox`` to the local share and the workers; replies and the summed client seconds."""
+        parts: list[dict[int, bytes]] = [{} for _ in range(len(self.conns) + 1)]
         for c, msg in inbox.items():
             parts[self.home[c]][c] = msg
-        for conn, part in zip(self.conns, parts, strict=True):
+        self._busy = True
+        for conn, part in zip(self.conns, parts[1:], strict=True):
             conn.send((method, part))
         replies: dict[int, bytes] = {}
         seconds, error = 0.0, None
+        try:  # this process's share, while the workers run theirs
+            replies, seconds = self.local.call(method, parts[0])
+        except Exception as exc:  # raised once the workers have answered (the pipes stay in step)
+            error = exc
         for conn in self.conns:
             status, payload, secs = conn.recv()
             if status == "error":
@@ -97,19 +125,27 @@ class ForkedClients:
             else:
                 replies.update(payload)
                 seconds += secs
+        self._busy = False
         if error is not None:
             raise error
         return dict(sorted(replies.items())), seconds
 
     def close(self) -> None:
-        """Stop the workers."""
+        """Stop the workers.
+
+        Idle workers are told to exit and not waited for: they wind down while the
+        server finishes the round (multiprocessing reaps them at the next start, or at
+        exit). Workers of an interrupted call are terminated and joined at once.
+        """
+        if self._busy:
+            for proc in self.procs:
+                proc.terminate()
         for conn in self.conns:
             try:
                 conn.send(None)
                 conn.close()
             except OSError:
                 pass
-        for proc in self.procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
+        if self._busy:
+            for proc in self.procs:
+                proc.join(timeout=5)

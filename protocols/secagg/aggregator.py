@@ -43,9 +43,10 @@ class SecAggAggregator(Aggregator):
         rng: generator for stochastic rounding in the fixed-point encoding only;
             default a fresh ``np.random.default_rng()``. Each client gets its own
             stream (``rng.spawn``).
-        workers: simulate the clients in this many forked processes (clients are
-            independent machines; this only uses more cores). ``1`` (default) runs
-            everything in this process; more needs ``randbytes=os.urandom``.
+        workers: simulate the clients in this many processes, this one and ``workers - 1``
+            forked ones (clients are independent machines; this only uses more cores, and
+            the sum is the same ring sum). ``1`` (default) runs everything in this process;
+            more needs ``randbytes=os.urandom``.
 
     Notes:
         Thresholds: the round aborts when fewer than ``RoundConfig.threshold`` clients

@@ -413,7 +413,8 @@ class SecAggClient:
         fp = FixedPoint(clip_range=setup.clip_range, value_bits=setup.value_bits, ring_bits=setup.ring_bits,
                         wrap=setup.wrap)
         expander = MaskExpander(setup.length, setup.ring_bits)
-        acc = expander.accumulator(fp.encode(self._vector, self._rng))
+        # the signed units modulo the accumulator's word size (2^32 or 2^64), which 2^b divides
+        acc = fp.quantize(self._vector, self._rng).astype(expander.dtype)
         expander.add(acc, self._self_seed)
         for peer in peers:
             seed = _crypto.mask_seed(s_sk, self._ads[peer].s_pk, setup.round_id, self.client_id, peer)
@@ -421,13 +422,13 @@ class SecAggClient:
                 expander.add(acc, seed)
             else:
                 expander.subtract(acc, seed)
-        masked = acc.astype(np.uint64) & fp.modulus_mask
+        acc &= acc.dtype.type(fp.modulus_mask)  # reduce into Z_{2^b} in place (2^b divides the word size)
         # the key pairs and the self-mask seed are never needed again: drop them
         self._self_seed = b""
         self._c_shared = {}
         self._c_sk = self._s_sk = None
         following = Stage.CONSISTENCY if self._malicious else Stage.UNMASK
-        return MaskedInput(self.client_id, setup.ring_bits, masked).encode(), following
+        return MaskedInput(self.client_id, setup.ring_bits, acc).encode(), following
 
     def _consistency(self, message: bytes) -> tuple[bytes, Stage | None]:
         setup = self._setup

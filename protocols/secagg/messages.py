@@ -110,7 +110,7 @@ class _Reader:
             raise DecodeError(f"{self.what}: {name} holds an id above 2^63 - 1")
         if n > 1 and not (arr[1:] > arr[:-1]).all():
             raise DecodeError(f"{self.what}: {name} is not strictly increasing")
-        return tuple(int(v) for v in arr)
+        return tuple(arr.tolist())
 
     def done(self) -> None:
         if self.pos != len(self.data):

@@ -149,10 +149,11 @@ def test_threat_model_reaches_the_protocol(protocol: str, threat: str, malicious
     assert sim.aggregator.malicious is malicious
 
 
-def test_paillier_computes_its_randomness_on_every_usable_cpu() -> None:
+@pytest.mark.parametrize("protocol", ["paillier", "secagg", "secagg+"])
+def test_clients_are_simulated_on_every_usable_cpu(protocol: str) -> None:
     from securefedrec.simulation import usable_cpus
 
-    sim = Simulation(ExperimentConfig(protocol="paillier", synthetic_users=20, rounds=1))
+    sim = Simulation(ExperimentConfig(protocol=protocol, synthetic_users=20, rounds=1))
     assert sim.aggregator.workers == usable_cpus() >= 1
 
 

@@ -70,6 +70,22 @@ def test_stochastic_rounding_is_unbiased() -> None:
     assert abs(q.mean() - 0.3) < 6 * np.sqrt(0.21 / x.size)
 
 
+@pytest.mark.parametrize("ring_bits", [16, 32, 64])
+def test_quantize_is_clip_scale_round_clip_and_leaves_its_input_alone(ring_bits: int) -> None:
+    # quantize rounds in place on its own copy: the same units as the textbook composition
+    from protocols.encoding import stochastic_round
+
+    fp = FixedPoint.for_sum(5, 2.0, ring_bits)
+    x = np.random.default_rng(ring_bits).normal(0.0, 1.5, 5000)
+    x[:6] = [2.0, -2.0, 7.5, -7.5, 0.0, fp.step / 3]
+    before = x.copy()
+    y = np.clip(x, -2.0, 2.0) * fp.scale
+    rounded = stochastic_round(y, np.random.default_rng(3))
+    want = np.clip(rounded, -fp.max_units, fp.max_units).astype(np.int64)
+    np.testing.assert_array_equal(fp.quantize(x, np.random.default_rng(3)), want)
+    np.testing.assert_array_equal(x, before)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(1, 300),

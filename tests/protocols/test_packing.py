@@ -45,3 +45,25 @@ def test_masked_input_is_packed_at_ring_bits() -> None:
     short = frame(kind_of(msg), unframe(msg, kind_of(msg))[:-1])  # a well-framed message, one byte short
     with pytest.raises(DecodeError, match="masked input: truncated at field 'values'"):
         MaskedInput.decode(short, 100)
+
+
+@pytest.mark.parametrize("bits", [8, 16, 32, 64])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64, np.int64])
+def test_word_widths_take_any_integer_dtype(bits: int, dtype: type) -> None:
+    # the fast path converts once from the caller's dtype; the bytes are those of the uint64 values
+    top = min(np.iinfo(dtype).max, np.iinfo(np.uint64).max if bits == 64 else (1 << bits) - 1)
+    values = np.random.default_rng(bits).integers(0, top, size=41, dtype=dtype, endpoint=True)
+    payload = pack_uints(values, bits)
+    assert payload == pack_uints(values.astype(np.uint64), bits)
+    assert len(payload) == packed_size(bits, 41)
+    back = unpack_uints(payload, bits, 41)
+    assert back.dtype == np.uint64
+    np.testing.assert_array_equal(back, values.astype(np.uint64))
+
+
+@pytest.mark.parametrize("bits", [8, 16, 32])
+def test_word_widths_refuse_values_too_wide(bits: int) -> None:
+    with pytest.raises(ValueError, match=f"not below 2\\^{bits}"):
+        pack_uints(np.array([1, 1 << bits], np.uint64), bits)
+    with pytest.raises(ValueError, match=f"not below 2\\^{bits}"):
+        pack_uints(np.array([-1], np.int64), bits)

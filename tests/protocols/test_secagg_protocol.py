@@ -610,3 +610,59 @@ def test_server_is_terminal_after_an_integrity_failure() -> None:
     assert rnd.server.stage is None
     with pytest.raises(StageError):
         rnd.server.receive_advertisements(replies)
+
+
+@pytest.mark.parametrize("malicious", [True, False])
+def test_forked_workers_give_the_ring_sum_of_one_process(malicious: bool) -> None:
+    # same rounding streams, so the same ring sum (and decoded total) wherever the clients run
+    from tests.protocols.contract import make_inputs
+
+    inputs = make_inputs(9, 40, seed=6)
+    cfg = RoundConfig(threshold=5, round_id=3)
+    plan = {sorted(inputs)[2]: Stage.MASKED_INPUT, sorted(inputs)[5]: Stage.UNMASK}
+    results = [
+        SecAggPlusAggregator(neighbors=6, malicious=malicious, workers=w, rng=np.random.default_rng(11))
+        .aggregate(inputs, cfg, plan)
+        for w in (1, 2, 3)
+    ]
+    for res in results[1:]:
+        np.testing.assert_array_equal(res.total, results[0].total)
+        assert res.survivors == results[0].survivors
+        assert res.bytes_up == results[0].bytes_up
+
+
+class _Echo:
+    """A stand-in client for the runner: echoes its message, or fails for one id."""
+
+    def __init__(self, cid: int, bad: int) -> None:
+        self.cid, self.bad = cid, bad
+
+    def go(self, message: bytes) -> bytes:
+        if self.cid == self.bad:
+            raise IntegrityError(f"client {self.cid} refuses")
+        return message + bytes([self.cid])
+
+
+@pytest.mark.parametrize("bad", [None, 0, 1, 5])  # 0: a client of this process; 1 and 5: of a worker
+def test_forked_runner_answers_for_every_client_or_raises_the_clients_error(bad: int | None) -> None:
+    from protocols.secagg._runner import ForkedClients, fork_available
+
+    if not fork_available():
+        pytest.skip("no fork on this platform")
+    ids = list(range(9))
+    runner = ForkedClients(lambda c: _Echo(c, -1 if bad is None else bad), ids, 3)  # type: ignore[arg-type,return-value]
+    try:
+        inbox = {c: b"m" for c in ids}
+        if bad is None:
+            replies, _ = runner.call("go", inbox)
+            assert replies == {c: b"m" + bytes([c]) for c in ids}
+            assert list(replies) == ids
+            replies, _ = runner.call("go", {2: b"x", 4: b"y"})  # the pipes stay in step
+            assert replies == {2: b"x\x02", 4: b"y\x04"}
+        else:
+            with pytest.raises(IntegrityError, match=f"client {bad} refuses"):
+                runner.call("go", inbox)
+            replies, _ = runner.call("go", {c: b"z" for c in ids if c != bad})  # still in step
+            assert set(replies) == set(ids) - {bad}
+    finally:
+        runner.close()
