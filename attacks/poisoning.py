@@ -165,6 +165,8 @@ class PoisonedAggregator(ObservingAggregator):
         self.layout = layout
         self.row_clip = row_clip
         self.fake_participations = 0
+        self.joined: dict[int, int] = {}
+        """round id -> how many fake clients took part."""
 
     def aggregate(
         self,
@@ -175,6 +177,7 @@ class PoisonedAggregator(ObservingAggregator):
         """Add the fake clients' inputs, apply the defence, aggregate."""
         rng = np.random.default_rng([self.seed, config.round_id, 31])
         joined = [f for f in self.fake_ids if rng.random() < self.sample_rate]
+        self.joined[config.round_id] = len(joined)
         x = dict(inputs)
         if joined:
             vec = np.clip(self.craft(config.round_id), -config.clip_range, config.clip_range)
@@ -273,8 +276,13 @@ class PoisoningAttack(Attack):
         self.trim = trim
         self.rounds = rounds
 
-    def _one_run(self, config: ExperimentConfig, dataset: Dataset, make_inner: Callable[[], Aggregator],
-                 target: int, fraction: float, defence: str) -> tuple[dict[int, float], int, float]:
+    def simulation(self, config: ExperimentConfig, dataset: Dataset, make_inner: Callable[[], Aggregator],
+                   target: int, fraction: float, defence: str) -> tuple[Simulation, PoisonedAggregator]:
+        """A fresh run of ``config`` with fake clients (``fraction`` of the users) behind ``defence``.
+
+        Returns the simulation (not yet run) and its :class:`PoisonedAggregator`, whose
+        ``joined`` records how many fake clients took part in each round.
+        """
         holder: dict[str, Simulation] = {}
 
         def craft(round_id: int) -> np.ndarray:
@@ -293,9 +301,8 @@ class PoisoningAttack(Attack):
             delta[m * k + target] = big
             return delta
 
-        inner = make_inner()
         wrapper: PoisonedAggregator = PoisonedAggregator.around(
-            inner, fake_ids=[], craft=craft, sample_rate=config.sample_rate, defence=defence,
+            make_inner(), fake_ids=[], craft=craft, sample_rate=config.sample_rate, defence=defence,
             clip=config.clip, trim=self.trim, seed=self.seed,
             layout=Layout(dataset.num_items, config.factors), row_clip=self.row_clip)
         sim = Simulation(dataclasses.replace(config, eval_every=10**6), dataset=dataset, aggregator=wrapper)
@@ -303,6 +310,11 @@ class PoisoningAttack(Attack):
         n_users = sim.dataset.num_users
         n_fake = max(1, round(fraction * n_users)) if fraction > 0 else 0
         wrapper.fake_ids = list(range(n_users, n_users + n_fake))  # after every benign id
+        return sim, wrapper
+
+    def _one_run(self, config: ExperimentConfig, dataset: Dataset, make_inner: Callable[[], Aggregator],
+                 target: int, fraction: float, defence: str) -> tuple[dict[int, float], int, float]:
+        sim, wrapper = self.simulation(config, dataset, make_inner, target, fraction, defence)
         for _ in range(self.rounds or config.rounds):
             sim.run_round()
         return exposure_ratio(sim, target), wrapper.fake_participations, sim.evaluate().rmse
