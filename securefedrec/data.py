@@ -16,14 +16,11 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from securefedrec.errors import DataError
-
-if TYPE_CHECKING:
-    from securefedrec.config import ExperimentConfig
 
 __all__ = [
     "DATASETS",
@@ -36,7 +33,6 @@ __all__ = [
     "check_columns",
     "holdout_split",
     "infer_step",
-    "load_configured_dataset",
     "load_dataset",
     "load_ml1m",
     "load_ml100k",
@@ -662,12 +658,3 @@ def load_dataset(
     if name == "ml-1m":
         return load_ml1m(data_dir, seed)
     return load_ml_latest_small(data_dir, seed)
-
-
-def load_configured_dataset(config: ExperimentConfig) -> Dataset:
-    """The data set an :class:`~securefedrec.config.ExperimentConfig` names."""
-    if config.dataset == "synthetic":
-        return synthetic(config.synthetic_users, config.synthetic_items, config.synthetic_ratings_per_user,
-                         seed=config.seed)
-    return load_dataset(config.dataset, config.data_dir, config.split, config.seed,
-                        data_file=config.data_file, columns=config.columns, rating_scale=config.rating_scale)

@@ -46,7 +46,7 @@ from securefedrec.compression import Downlink, Uplink, parse_compression
 from securefedrec.compression import load_state as load_compression_state
 from securefedrec.compression import state_arrays as compression_arrays
 from securefedrec.config import ExperimentConfig
-from securefedrec.data import Dataset, load_configured_dataset
+from securefedrec.data import Dataset, load_dataset, synthetic
 from securefedrec.errors import CheckpointError, PrivacyBudgetExhausted, RunInterrupted
 from securefedrec.fusion import ServerOptimizer, get_optimizer
 from securefedrec.metrics import Evaluation, evaluate
@@ -58,6 +58,15 @@ from securefedrec.skellam import SkellamUserPrivacy
 __all__ = ["Simulation", "run_experiment"]
 
 _CHECKPOINT_VERSION = 1
+
+
+def load_configured_dataset(config: ExperimentConfig) -> Dataset:
+    """The data set an :class:`~securefedrec.config.ExperimentConfig` names."""
+    if config.dataset == "synthetic":
+        return synthetic(config.synthetic_users, config.synthetic_items, config.synthetic_ratings_per_user,
+                         seed=config.seed)
+    return load_dataset(config.dataset, config.data_dir, config.split, config.seed,
+                        data_file=config.data_file, columns=config.columns, rating_scale=config.rating_scale)
 
 
 def usable_cpus() -> int:
