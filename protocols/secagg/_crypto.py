@@ -40,13 +40,21 @@ def _hkdf(secret: bytes, label: bytes, round_id: int, a: int, b: int) -> bytes:
 
 def mask_seed(s_sk: X25519PrivateKey, peer_s_pk: bytes, round_id: int, u: int, v: int) -> bytes:
     """256-bit PRG seed of the pairwise mask between clients u and v (symmetric in u, v)."""
-    shared = s_sk.exchange(X25519PublicKey.from_public_bytes(peer_s_pk))
-    return _hkdf(shared, b"pairwise-mask", round_id, min(u, v), max(u, v))
+    return _hkdf(agree(s_sk, peer_s_pk), b"pairwise-mask", round_id, min(u, v), max(u, v))
 
 
 def agree(sk: X25519PrivateKey, peer_pk: bytes) -> bytes:
-    """Raw X25519 shared secret (never used directly as a key)."""
-    return sk.exchange(X25519PublicKey.from_public_bytes(peer_pk))
+    """Raw X25519 shared secret (never used directly as a key).
+
+    Raises:
+        IntegrityError: ``peer_pk`` is not 32 bytes or is a low-order point (RFC 7748,
+            section 6.1: the all-zero shared secret must be refused; a server that
+            substitutes such a key would fix the pairwise mask to a known value).
+    """
+    try:
+        return sk.exchange(X25519PublicKey.from_public_bytes(peer_pk))
+    except ValueError as exc:  # cryptography refuses short keys and the all-zero shared secret
+        raise IntegrityError(f"X25519 peer key refused: {exc}") from None
 
 
 def share_key(shared: bytes, round_id: int, sender: int, recipient: int) -> bytes:

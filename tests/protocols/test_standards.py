@@ -172,12 +172,6 @@ def test_x25519_low_order_points_give_no_key(vector: dict[str, Any]) -> None:
         keymod._pairwise_key(own, X(vector["u"]), 7, 1, 4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="protocols/secagg/_crypto.py agree() and mask_seed() let cryptography's bare ValueError out for a "
-    "low-order peer key instead of a ProtocolError (reported to the lead; _crypto.py is another helper's)",
-)
 @vectors("x25519_low_order")
 def test_secagg_key_agreement_refuses_low_order_points(vector: dict[str, Any]) -> None:
     own = X25519PrivateKey.from_private_bytes(X(_vector("x25519_dh_rfc7748")["alice_private"]))
