@@ -58,7 +58,8 @@ COMMAND_GROUP = "securefedrec.commands"
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C'd program
 
-_OPTIONAL_COMMANDS = {"attack": "the attack harness (package 'attacks', shipped with securefedrec)"}
+_OPTIONAL_COMMANDS = {"attack": "the attack harness (package 'attacks', shipped with securefedrec)",
+                      "keys": "the Flower deployment's identity keys (module securefedrec.keys)"}
 """Commands the project's own packages register, for a helpful error when one is missing."""
 
 

@@ -283,7 +283,8 @@ class ExperimentConfig:
         ``"{source}: {key}"`` for a key of ``values``, else by its field name. A key given
         without the mode that uses it (``epsilon`` while ``dp`` is ``none``, ``synthetic_users``
         with a MovieLens data set, ...) is an error: it would be silently ignored. A key
-        whose value is ``None`` counts as not given.
+        whose value is ``None`` counts as not given. ``data_file`` without ``dataset`` means
+        ``dataset = "file"``.
 
         Raises:
             ConfigError: an unknown key, a bad value, or a key without its mode.
@@ -300,6 +301,8 @@ class ExperimentConfig:
             clean[name] = value
             named[name] = f"{source}: {key}"
         named.update(labels or {})
+        if clean.get("data_file") is not None and clean.get("dataset") is None:
+            clean["dataset"] = "file"  # a ratings file is all a user needs to name
         try:
             config = cls(**clean)
         except FieldError as exc:

@@ -31,7 +31,8 @@ def test_a_movielens_csv_trains_with_only_data_file(
 ) -> None:
     data = movielens_csv(tmp_path / "ratings.csv")
     report = tmp_path / "r.json"
-    assert main(["run", "--dataset", "file", "--data-file", str(data), *TINY, "--report", str(report)]) == 0
+    # --data-file alone implies --dataset file
+    assert main(["run", "--data-file", str(data), *TINY, "--report", str(report)]) == 0
     out = json.loads(report.read_text())
     assert out["dataset"]["name"] == "ratings.csv"
     assert (out["dataset"]["users"], out["dataset"]["items"]) == (6, 8)
@@ -69,7 +70,8 @@ def test_toml_takes_the_same_names(tmp_path: Path) -> None:
 
 
 BAD_FLAGS = [  # (flags, what the one-line error must say)
-    (["--data-file", "x.csv"], r"data[_-]file.*applies to dataset 'file' only.*not to 'synthetic'"),
+    (["--dataset", "synthetic", "--data-file", "x.csv"],
+     r"data[_-]file.*applies to dataset 'file' only.*not to 'synthetic'"),
     (["--dataset", "ml-100k", "--data-dir", ".", "--columns", "user=1,item=2,rating=3"],
      r"columns.*applies to dataset 'file' only.*not to 'ml-100k'"),
     (["--dataset", "ml-1m", "--data-dir", ".", "--rating-scale", "1:5"],
