@@ -107,9 +107,8 @@ def test_fewer_than_threshold_shares_give_garbage() -> None:
     secret = bytes(range(32))
     shares = shamir.split(shamir.bytes_to_field(secret), [1, 2, 3, 4], 3, os.urandom)
     rec = shamir.reconstruct([1, 2], shares[:2])
-    with pytest.raises(ValueError):
-        assert shamir.field_to_bytes(rec, 32) != secret
-        raise ValueError("wrong secret")
+    # t - 1 shares leave the secret uniform: the interpolation at 0 misses it (2^-56 per element)
+    assert not np.array_equal(np.asarray(rec), np.asarray(shamir.bytes_to_field(secret)))
 
 
 def test_batch_reconstruction() -> None:
