@@ -348,4 +348,8 @@ def main(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m securefedrec.cli`: run the imported module's main, so that the commands other
+    # packages register (built from securefedrec.cli.Command) are recognised as ours
+    from securefedrec.cli import main as _installed_main
+
+    sys.exit(_installed_main())
