@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -529,6 +530,40 @@ def test_uplink_refuses_topk_with_a_secure_aggregator() -> None:
     inputs = {c: vector(50, c) for c in range(3)}
     with pytest.raises(ConfigError, match="rated"):
         Uplink(TopK(0.1), 0).aggregate(SecAggAggregator(), inputs, RoundConfig(threshold=2))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize(("secure", "supports_wrap"),
+                         [(False, True), (True, True), (True, False), (False, False)])
+def test_codec_refusal_asks_the_protocol_capabilities(spec: str, secure: bool, supports_wrap: bool) -> None:
+    """Top-k needs a protocol that is not secure, mod:B one carrying wrapping sums; others run anywhere."""
+    comp = parse_compression(spec)
+    reason = comp.refused_by(SimpleNamespace(name="stub", secure=secure, supports_wrap=supports_wrap))
+    expected = (spec.startswith("topk") and secure) or (spec.startswith("mod") and not supports_wrap)
+    assert (reason is not None) == expected
+    assert comp.refused_by(PlaintextAggregator) is None
+    assert (comp.refused_by(SecAggAggregator) is not None) == spec.startswith("topk")
+
+
+def test_uplink_refuses_mod_with_a_protocol_that_cannot_wrap() -> None:
+    class NoWrap(PlaintextAggregator):
+        supports_wrap = False
+
+    inputs = {c: vector(50, c) for c in range(3)}
+    up = Uplink(ModularQuantizer(8), 0)
+    with pytest.raises(ConfigError, match="wrap"):
+        up.aggregate(NoWrap(), inputs, up.round_config(RoundConfig(threshold=2), 3))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_round_config_follows_the_codec_ring(spec: str) -> None:
+    """Every codec's exact ring is ``ring_bits(n)``; a codec without value bits leaves the config alone."""
+    comp, base = parse_compression(spec), RoundConfig(threshold=1)
+    cfg = Uplink(comp, 0).round_config(base, 100)
+    if comp.value_bits is None:
+        assert comp.ring_bits(100) is None and cfg == base
+    else:
+        assert (cfg.value_bits, cfg.ring_bits, cfg.wrap) == (comp.value_bits, comp.ring_bits(100), False)
 
 
 def test_randk_selection_is_public_and_data_independent() -> None:
