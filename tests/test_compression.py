@@ -571,3 +571,17 @@ def test_randk_selection_is_public_and_data_independent() -> None:
     a = comp.select(np.zeros(1000), np.random.default_rng(public))
     b = comp.select(np.ones(1000), np.random.default_rng(public))
     assert np.array_equal(a, b) and a.size == 50 and np.all(np.diff(a) > 0)
+
+
+def test_public_coords_come_from_the_run_seed_and_only_for_shared_selections() -> None:
+    """A round's public coordinates: ``select`` on ``[seed, round, STREAM_SELECT]``; the Uplink sends them."""
+    a = RandomK(0.05).public_coords(1000, 7, 3)
+    expected = RandomK(0.05).select(np.ones(1000), np.random.default_rng([7, 3, 101]))
+    assert a is not None and np.array_equal(a, expected)
+    assert not np.array_equal(a, RandomK(0.05).public_coords(1000, 7, 4))
+    for spec in ("none", "q8", "mod:8", "topk:0.1"):
+        assert parse_compression(spec).public_coords(1000, 7, 3) is None
+    up = Uplink(RandomK(0.05), seed=7)
+    inputs = {c: vector(1000, c) for c in range(3)}
+    up.aggregate(PlaintextAggregator(), inputs, RoundConfig(round_id=3, threshold=1))
+    assert up.last_coords is not None and np.array_equal(up.last_coords, a)

@@ -186,6 +186,17 @@ class Compressor(abc.ABC):
         """Coordinates to send (sorted int64), or ``None`` for all. ``rng`` is the round's public seed."""
         return None
 
+    def public_coords(self, length: int, seed: int, round_id: int) -> np.ndarray | None:
+        """The coordinates every client sends in round ``round_id`` of a run seeded ``seed`` (sorted
+        int64), drawn from the public stream ``default_rng([seed, round_id, STREAM_SELECT])``.
+
+        ``None``: all coordinates, or a codec whose coordinates are not public (they depend on the
+        client's data: top-k).
+        """
+        if not (self.feedback and self.secure_ok):
+            return None
+        return self.select(np.zeros(length), np.random.default_rng([seed, round_id, STREAM_SELECT]))
+
     @abc.abstractmethod
     def encode(self, x: np.ndarray, rng: np.random.Generator) -> bytes:
         """Compress ``x`` into a self-contained framed message (randomness from ``rng``)."""

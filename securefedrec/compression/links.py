@@ -18,7 +18,6 @@ from protocols import AggregationAborted, AggregationResult, Aggregator, Dropout
 from protocols.base import abort_if_below_threshold, check_inputs
 from securefedrec.compression.codecs import (
     STREAM_ROTATE,
-    STREAM_SELECT,
     Compressor,
     Quantizer,
     Spread,
@@ -97,8 +96,7 @@ class Uplink:
         if not comp.secure_ok:
             return self._sparse_plaintext(aggregator, full, length, config, dropout or {})
         clip = config.clip_range
-        public = np.random.default_rng([self.seed, config.round_id, STREAM_SELECT])
-        idx = comp.select(np.zeros(length), public)
+        idx = comp.public_coords(length, self.seed, config.round_id)
         if idx is None:
             idx = np.arange(length)
         else:
