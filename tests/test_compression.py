@@ -109,6 +109,12 @@ def test_parse_rejects_bad_specs_naming_the_choices(bad: str) -> None:
         parse_compression(bad)
 
 
+def test_unknown_spec_lists_every_registered_codec() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_compression("gzip")
+    assert all(name in str(info.value) for name in COMPRESSORS)
+
+
 # ---- stochastic quantization is unbiased ---------------------------------------------------------
 FALSE_FAILURE = 1e-6
 """Bound on the chance that the statistical tests below fail for a correct (unbiased) quantizer."""

@@ -124,6 +124,8 @@ class Compressor(abc.ABC):
     """
 
     name: ClassVar[str]
+    usage: ClassVar[str] = ""
+    """How ``--compression`` names it, with its argument (empty: just :attr:`name`)."""
     secure_ok: ClassVar[bool] = True
     value_bits: int | None = None
     feedback: bool = False
@@ -296,6 +298,7 @@ class ModularQuantizer(Compressor):
     """
 
     name: ClassVar[str] = "mod"
+    usage: ClassVar[str] = "mod:B (8 <= B <= 32)"
     wraps: ClassVar[bool] = True
     rotates: ClassVar[bool] = True
     margin: ClassVar[float] = 4.5
@@ -393,6 +396,7 @@ class RandomK(_Fraction):
     """
 
     name: ClassVar[str] = "randk"
+    usage: ClassVar[str] = "randk:F (0 < F <= 1)"
 
     def select(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``ceil(F L)`` coordinates drawn from ``rng`` (the same for all clients given the same seed)."""
@@ -425,6 +429,7 @@ class TopK(_Fraction):
     """
 
     name: ClassVar[str] = "topk"
+    usage: ClassVar[str] = "topk:F (0 < F <= 1)"
     secure_ok: ClassVar[bool] = False
 
     def select(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -465,9 +470,6 @@ COMPRESSORS: dict[str, type[Compressor]] = {
 }
 """Registry: ``--compression`` name -> class (``randk`` and ``topk`` take ``:F``, ``mod`` takes ``:B``)."""
 
-_USAGE = "none, q8, q16, randk:F, topk:F (0 < F <= 1), mod:B (8 <= B <= 32)"
-
-
 def parse_compression(spec: str) -> Compressor:
     """Build the compressor named by ``spec`` (``"none"``, ``"q8"``, ``"randk:0.1"``, ...).
 
@@ -477,9 +479,8 @@ def parse_compression(spec: str) -> Compressor:
     name, sep, arg = spec.strip().partition(":")
     cls = COMPRESSORS.get(name)
     if cls is None:
-        raise ConfigError(
-            f"compression: unknown {spec!r}; valid: {_USAGE} (registry: {', '.join(COMPRESSORS)})"
-        )
+        valid = ", ".join(c.usage or n for n, c in COMPRESSORS.items())
+        raise ConfigError(f"compression: unknown {spec!r}; valid: {valid}")
     return cls.parse(arg if sep else None, spec)
 
 
