@@ -10,7 +10,8 @@ are predicted from the biases, and :meth:`Dataset.summary` counts them.
 Layout: :mod:`~securefedrec.data.dataset` (the data model and the hold-out split),
 :mod:`~securefedrec.data.readers` (any ratings file), :mod:`~securefedrec.data.movielens`,
 :mod:`~securefedrec.data.synthetic_data`, :mod:`~securefedrec.data.loader` (by name). A new data set
-is a loader module plus one entry in :data:`DATASETS` and :func:`load_dataset`.
+read from a folder is a loader module plus one entry in
+:data:`~securefedrec.data.loader.FOLDER_LOADERS`.
 """
 
 from securefedrec.data.dataset import Dataset, Ratings, RawRows, holdout_mask, holdout_split

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from securefedrec.data.dataset import Dataset
 from securefedrec.data.movielens import load_ml1m, load_ml100k, load_ml_latest_small
@@ -10,11 +11,19 @@ from securefedrec.data.readers import ColumnSpec, load_ratings_file, parse_ratin
 from securefedrec.data.synthetic_data import synthetic
 from securefedrec.errors import DataError
 
-__all__ = ["DATASETS", "load_dataset"]
+__all__ = ["DATASETS", "FOLDER_LOADERS", "load_dataset"]
 
-DATASETS = ("synthetic", "ml-100k", "ml-1m", "ml-latest-small", "file")
-"""``file``: any ratings file (:func:`~securefedrec.data.readers.load_ratings_file`; CLI ``--dataset file
---data-file PATH``)."""
+FOLDER_LOADERS: dict[str, Callable[[str | os.PathLike[str], str, int], Dataset]] = {
+    "ml-100k": load_ml100k,
+    "ml-1m": lambda data_dir, split, seed: load_ml1m(data_dir, seed),
+    "ml-latest-small": lambda data_dir, split, seed: load_ml_latest_small(data_dir, seed),
+}
+"""Registry: data sets read from a folder (``--data-dir``) -> loader ``(folder, split, seed)``. Only
+ml-100k has official splits; the others take ``split="holdout"``."""
+
+DATASETS = ("synthetic", *FOLDER_LOADERS, "file")
+"""Every ``--dataset`` name. ``file``: any ratings file (:func:`~securefedrec.data.readers.load_ratings_file`;
+CLI ``--dataset file --data-file PATH``)."""
 
 
 def load_dataset(
@@ -45,8 +54,4 @@ def load_dataset(
                                  scale_origin="given by --rating-scale")
     if data_dir is None:
         raise DataError(f"dataset {name} needs --data-dir (the folder holding its files)")
-    if name == "ml-100k":
-        return load_ml100k(data_dir, split, seed)
-    if name == "ml-1m":
-        return load_ml1m(data_dir, seed)
-    return load_ml_latest_small(data_dir, seed)
+    return FOLDER_LOADERS[name](data_dir, split, seed)
