@@ -20,7 +20,7 @@ at the round's number of clients.
 Targets checked (printed as PASS / MISS with the measured figure):
 secagg+ q8 bytes_up <= 30% of secagg+ none and RMSE within 0.005 (exact q8
 cannot reach 30 %: its ring needs 8 + ceil(log2 n) bits, see
-securefedrec/compression.py Notes; the same bounds are checked for ``mod:8``,
+securefedrec/compression/__init__.py Notes; the same bounds are checked for ``mod:8``,
 which sizes an 8-bit ring for the sum and lets rare overflows wrap); secagg+
 randk:0.1 bytes_up <= 12% and RMSE within 0.01; paillier q8 >= 2x values per
 ciphertext. ``mod:B`` is skipped with Paillier, which refuses it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -106,6 +107,12 @@ class TestRoundTrip:
 def test_parse_rejects_bad_specs_naming_the_choices(bad: str) -> None:
     with pytest.raises(ConfigError, match="compression"):
         parse_compression(bad)
+
+
+def test_unknown_spec_lists_every_registered_codec() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_compression("gzip")
+    assert all(name in str(info.value) for name in COMPRESSORS)
 
 
 # ---- stochastic quantization is unbiased ---------------------------------------------------------
@@ -531,8 +538,56 @@ def test_uplink_refuses_topk_with_a_secure_aggregator() -> None:
         Uplink(TopK(0.1), 0).aggregate(SecAggAggregator(), inputs, RoundConfig(threshold=2))
 
 
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize(("secure", "supports_wrap"),
+                         [(False, True), (True, True), (True, False), (False, False)])
+def test_codec_refusal_asks_the_protocol_capabilities(spec: str, secure: bool, supports_wrap: bool) -> None:
+    """Top-k needs a protocol that is not secure, mod:B one carrying wrapping sums; others run anywhere."""
+    comp = parse_compression(spec)
+    reason = comp.refused_by(SimpleNamespace(name="stub", secure=secure, supports_wrap=supports_wrap))
+    expected = (spec.startswith("topk") and secure) or (spec.startswith("mod") and not supports_wrap)
+    assert (reason is not None) == expected
+    assert comp.refused_by(PlaintextAggregator) is None
+    assert (comp.refused_by(SecAggAggregator) is not None) == spec.startswith("topk")
+
+
+def test_uplink_refuses_mod_with_a_protocol_that_cannot_wrap() -> None:
+    class NoWrap(PlaintextAggregator):
+        supports_wrap = False
+
+    inputs = {c: vector(50, c) for c in range(3)}
+    up = Uplink(ModularQuantizer(8), 0)
+    with pytest.raises(ConfigError, match="wrap"):
+        up.aggregate(NoWrap(), inputs, up.round_config(RoundConfig(threshold=2), 3))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_round_config_follows_the_codec_ring(spec: str) -> None:
+    """Every codec's exact ring is ``ring_bits(n)``; a codec without value bits leaves the config alone."""
+    comp, base = parse_compression(spec), RoundConfig(threshold=1)
+    cfg = Uplink(comp, 0).round_config(base, 100)
+    if comp.value_bits is None:
+        assert comp.ring_bits(100) is None and cfg == base
+    else:
+        assert (cfg.value_bits, cfg.ring_bits, cfg.wrap) == (comp.value_bits, comp.ring_bits(100), False)
+
+
 def test_randk_selection_is_public_and_data_independent() -> None:
     comp, public = RandomK(0.05), [7, 3, 101]
     a = comp.select(np.zeros(1000), np.random.default_rng(public))
     b = comp.select(np.ones(1000), np.random.default_rng(public))
     assert np.array_equal(a, b) and a.size == 50 and np.all(np.diff(a) > 0)
+
+
+def test_public_coords_come_from_the_run_seed_and_only_for_shared_selections() -> None:
+    """A round's public coordinates: ``select`` on ``[seed, round, STREAM_SELECT]``; the Uplink sends them."""
+    a = RandomK(0.05).public_coords(1000, 7, 3)
+    expected = RandomK(0.05).select(np.ones(1000), np.random.default_rng([7, 3, 101]))
+    assert a is not None and np.array_equal(a, expected)
+    assert not np.array_equal(a, RandomK(0.05).public_coords(1000, 7, 4))
+    for spec in ("none", "q8", "mod:8", "topk:0.1"):
+        assert parse_compression(spec).public_coords(1000, 7, 3) is None
+    up = Uplink(RandomK(0.05), seed=7)
+    inputs = {c: vector(1000, c) for c in range(3)}
+    up.aggregate(PlaintextAggregator(), inputs, RoundConfig(round_id=3, threshold=1))
+    assert up.last_coords is not None and np.array_equal(up.last_coords, a)

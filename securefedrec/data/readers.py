@@ -1,11 +1,5 @@
-"""Ratings data: MovieLens loaders, generic files, splits and a synthetic generator.
-
-Every loader returns a :class:`Dataset` whose users and items are dense
-indices ``0..n-1`` with the original ids kept in ``user_ids`` / ``item_ids``.
-Users and items that appear only in the test part are kept (they get an index
-too): a test user never seen in training is a client with no training
-ratings, a test item never seen in training keeps its initial factors; both
-are predicted from the biases, and :meth:`Dataset.summary` counts them.
+"""Reading ratings files: CSV, TSV, ``::`` or whitespace; header detection, columns by name or number,
+rating scale given or inferred. Every error names the file, the line and the column at fault.
 """
 
 from __future__ import annotations
@@ -13,112 +7,26 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
+from securefedrec.data.dataset import Dataset, RawRows, holdout_split
 from securefedrec.errors import DataError
 
 __all__ = [
-    "DATASETS",
     "HEADER_NAMES",
-    "ML100K_SPLITS",
     "ROLES",
-    "Dataset",
-    "RawRows",
-    "Ratings",
+    "ColumnSpec",
     "check_columns",
-    "holdout_split",
     "infer_step",
-    "load_dataset",
-    "load_ml1m",
-    "load_ml100k",
-    "load_ml_latest_small",
     "load_ratings_file",
     "parse_columns",
     "parse_rating_scale",
-    "read_ml100k_udata",
     "read_ratings",
-    "synthetic",
 ]
 
-ML100K_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub", "holdout")
-DATASETS = ("synthetic", "ml-100k", "ml-1m", "ml-latest-small", "file")
-"""``file``: any ratings file (:func:`load_ratings_file`; CLI ``--dataset file --data-file PATH``)."""
-
-
-@dataclass(frozen=True)
-class Ratings:
-    """Parallel arrays of (user index, item index, rating, timestamp)."""
-
-    users: np.ndarray
-    items: np.ndarray
-    ratings: np.ndarray
-    timestamps: np.ndarray
-
-    def __post_init__(self) -> None:
-        n = len(self.users)
-        if not (len(self.items) == len(self.ratings) == len(self.timestamps) == n):
-            raise DataError("ratings arrays must all have the same length")
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    def subset(self, mask: np.ndarray) -> Ratings:
-        """The ratings where ``mask`` is true."""
-        return Ratings(self.users[mask], self.items[mask], self.ratings[mask], self.timestamps[mask])
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A train/test split of a ratings data set with dense ids."""
-
-    name: str
-    train: Ratings
-    test: Ratings
-    user_ids: tuple[str, ...]
-    item_ids: tuple[str, ...]
-    scale: tuple[float, float]
-    step: float | None = None
-    """Ratings are multiples of this (1 = whole stars, 0.5 = half stars); ``None``: any value."""
-    scale_inferred: bool = False
-    """The scale was inferred from the file (its smallest and largest rating), not given."""
-
-    @property
-    def num_users(self) -> int:
-        """Number of users (clients in the per-user setting)."""
-        return len(self.user_ids)
-
-    @property
-    def num_items(self) -> int:
-        """Number of items."""
-        return len(self.item_ids)
-
-    def summary(self) -> dict[str, int | str | float | bool | None]:
-        """Sizes, plus test users/items never seen in training."""
-        seen_users = np.zeros(self.num_users, bool)
-        seen_users[self.train.users] = True
-        seen_items = np.zeros(self.num_items, bool)
-        seen_items[self.train.items] = True
-        return {
-            "name": self.name,
-            "users": self.num_users,
-            "items": self.num_items,
-            "train_ratings": len(self.train),
-            "test_ratings": len(self.test),
-            "cold_test_users": len(np.unique(self.test.users[~seen_users[self.test.users]])),
-            "cold_test_items": len(np.unique(self.test.items[~seen_items[self.test.items]])),
-            "rating_min": self.scale[0],
-            "rating_max": self.scale[1],
-            "rating_step": self.step,
-            "rating_scale_inferred": self.scale_inferred,
-        }
-
-
-# --------------------------------------------------------------------------- reading files
 ROLES = ("user", "item", "rating", "timestamp")
 """What a column can hold; ``timestamp`` is optional (seconds since 1970, 0 when absent)."""
 
@@ -132,15 +40,6 @@ HEADER_NAMES: dict[str, tuple[str, ...]] = {
 
 ColumnSpec = Mapping[str, "str | int"]
 """Role -> column: a header name, or a 1-based column number (``user=1`` is the first field)."""
-
-
-class RawRows(NamedTuple):
-    """A ratings file as read: original ids (strings), ratings, timestamps (0 when absent)."""
-
-    users: list[str]
-    items: list[str]
-    ratings: np.ndarray
-    timestamps: np.ndarray
 
 
 def parse_columns(text: str) -> dict[str, str | int]:
@@ -397,65 +296,6 @@ def _numbers(values: list[str], dtype: type[np.float64] | type[np.int64],
     return out
 
 
-def _index(ids: Sequence[str], known: dict[str, int]) -> np.ndarray:
-    out = np.empty(len(ids), np.int64)
-    for n, raw in enumerate(ids):
-        idx = known.get(raw)
-        if idx is None:
-            idx = known[raw] = len(known)
-        out[n] = idx
-    return out
-
-
-def _build(
-    name: str, train: RawRows, test: RawRows, scale: tuple[float, float], step: float | None = None,
-    scale_inferred: bool = False,
-) -> Dataset:
-    """Dense ids over train then test (so test-only users/items get the highest indices)."""
-    umap: dict[str, int] = {}
-    imap: dict[str, int] = {}
-    tr = Ratings(_index(train[0], umap), _index(train[1], imap), train[2], train[3])
-    te = Ratings(_index(test[0], umap), _index(test[1], imap), test[2], test[3])
-    return Dataset(name, tr, te, tuple(umap), tuple(imap), scale, step, scale_inferred)
-
-
-def _split_rows(rows: RawRows, mask: np.ndarray) -> tuple[RawRows, RawRows]:
-    users, items, ratings, stamps = rows
-    keep = np.flatnonzero(mask)
-    drop = np.flatnonzero(~mask)
-    return (
-        RawRows([users[k] for k in keep], [items[k] for k in keep], ratings[keep], stamps[keep]),
-        RawRows([users[k] for k in drop], [items[k] for k in drop], ratings[drop], stamps[drop]),
-    )
-
-
-def holdout_mask(users: Sequence[str] | np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Per-user hold-out: True = train. Each user with >= 2 ratings keeps at least one in training
-    and holds out ``round(fraction * count)`` (at least one) at random, seeded."""
-    if not 0.0 < fraction < 1.0:
-        raise DataError(f"hold-out fraction must be in (0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
-    codes = np.unique(np.asarray(users), return_inverse=True)[1]
-    train = np.ones(len(codes), bool)
-    order = np.argsort(codes, kind="stable")
-    bounds = np.flatnonzero(np.diff(codes[order])) + 1
-    for group in np.split(order, bounds):
-        if len(group) < 2:
-            continue
-        k = min(len(group) - 1, max(1, round(fraction * len(group))))
-        train[rng.choice(group, size=k, replace=False)] = False
-    return train
-
-
-def holdout_split(
-    name: str, rows: RawRows, scale: tuple[float, float], fraction: float = 0.2, seed: int = 0,
-    *, step: float | None = None, scale_inferred: bool = False,
-) -> Dataset:
-    """Split rows into train/test by :func:`holdout_mask`."""
-    train, test = _split_rows(rows, holdout_mask(rows[0], fraction, seed))
-    return _build(name, train, test, scale, step, scale_inferred)
-
-
 def load_ratings_file(
     path: str | os.PathLike[str],
     *,
@@ -496,165 +336,3 @@ def load_ratings_file(
     step = step if step is not None else infer_step(rows.ratings)
     return holdout_split(Path(path).name, rows, (float(scale[0]), float(scale[1])), test_fraction, seed,
                          step=step, scale_inferred=inferred)
-
-
-ML100K_SIZE = (100_000, 943, 1682)
-"""Ratings, users, items of MovieLens 100K's ``u.data``."""
-ML100K_MD5 = "6e47046882bad158b0efbb84cd5cb987"
-_ML100K_URL = "https://grouplens.org/datasets/movielens/100k/"
-_BY_NUMBER: dict[str, str | int] = {"user": 1, "item": 2, "rating": 3, "timestamp": 4}
-
-
-def _need_file(path: Path, what: str, url: str, folder_option: str = "--data-dir") -> None:
-    if not path.is_file():
-        raise DataError(f"{path.parent}: no {what} here ({path.name} missing). Download it from {url} , "
-                        f"unzip it and pass {folder_option} to its folder")
-
-
-def _read_ml100k(path: Path) -> RawRows:
-    return read_ratings(path, sep="\t", header=False, columns=_BY_NUMBER, scale=(1.0, 5.0), step=1.0,
-                        scale_origin="of MovieLens 100K")
-
-
-def read_ml100k_udata(data_dir: str | os.PathLike[str]) -> RawRows:
-    """MovieLens 100K's whole ``u.data``, checked complete: 100,000 ratings by 943 users of
-    1,682 items, 1..5 stars, no (user, item) pair twice.
-
-    Raises:
-        DataError: a missing, malformed (file and line named) or truncated file.
-    """
-    path = Path(data_dir) / "u.data"
-    _need_file(path, "MovieLens 100K", _ML100K_URL)
-    rows = _read_ml100k(path)
-    size = (len(rows.users), len(set(rows.users)), len(set(rows.items)))
-    pairs = len(set(zip(rows.users, rows.items, strict=True)))
-    if size != ML100K_SIZE or pairs != size[0]:
-        raise DataError(
-            f"{path}: {size[0]:,} ratings ({pairs:,} distinct user-item pairs) by {size[1]:,} users of "
-            f"{size[2]:,} items, where MovieLens 100K has {ML100K_SIZE[0]:,} ratings by {ML100K_SIZE[1]:,} "
-            f"users of {ML100K_SIZE[2]:,} items (md5 {ML100K_MD5}): the file is truncated or damaged; "
-            f"download ml-100k.zip again from {_ML100K_URL}")
-    return rows
-
-
-def load_ml100k(data_dir: str | os.PathLike[str], split: str = "u1", seed: int = 0) -> Dataset:
-    """MovieLens 100K with an official split (u1..u5, ua, ub) or a seeded per-user hold-out of ``u.data``.
-
-    Raises:
-        DataError: unknown split or a missing/malformed file.
-    """
-    d = Path(data_dir)
-    if split not in ML100K_SPLITS:
-        raise DataError(f"unknown ml-100k split {split!r}; choose one of: {', '.join(ML100K_SPLITS)}")
-    if split == "holdout":
-        return holdout_split("ml-100k/holdout", read_ml100k_udata(d), (1.0, 5.0), seed=seed, step=1.0)
-    _need_file(d / f"{split}.base", "MovieLens 100K", _ML100K_URL)
-    train = _read_ml100k(d / f"{split}.base")
-    test = _read_ml100k(d / f"{split}.test")
-    return _build(f"ml-100k/{split}", train, test, (1.0, 5.0), 1.0)
-
-
-def load_ml1m(data_dir: str | os.PathLike[str], seed: int = 0) -> Dataset:
-    """MovieLens 1M (``ratings.dat``, ``UserID::MovieID::Rating::Timestamp``), per-user hold-out."""
-    path = Path(data_dir) / "ratings.dat"
-    _need_file(path, "MovieLens 1M", "https://grouplens.org/datasets/movielens/1m/")
-    rows = read_ratings(path, sep="::", header=False, columns=_BY_NUMBER, scale=(1.0, 5.0), step=1.0,
-                        scale_origin="of MovieLens 1M")
-    return holdout_split("ml-1m", rows, (1.0, 5.0), seed=seed, step=1.0)
-
-
-def load_ml_latest_small(data_dir: str | os.PathLike[str], seed: int = 0) -> Dataset:
-    """MovieLens latest-small (``ratings.csv``: header ``userId,movieId,rating,timestamp``, half
-    stars 0.5..5), per-user hold-out."""
-    path = Path(data_dir) / "ratings.csv"
-    _need_file(path, "MovieLens latest-small", "https://grouplens.org/datasets/movielens/latest/")
-    rows = read_ratings(path, sep=",", header=True,
-                        columns={"user": "userId", "item": "movieId", "rating": "rating",
-                                 "timestamp": "timestamp"},
-                        scale=(0.5, 5.0), step=0.5, scale_origin="of MovieLens latest-small")
-    return holdout_split("ml-latest-small", rows, (0.5, 5.0), seed=seed, step=0.5)
-
-
-# --------------------------------------------------------------------------- synthetic
-def synthetic(
-    num_users: int = 1000,
-    num_items: int = 500,
-    ratings_per_user: int = 40,
-    rank: int = 8,
-    noise: float = 0.5,
-    popularity_exponent: float = 1.0,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-) -> Dataset:
-    """Low-rank ratings on a 1..5 star scale with a long-tail item popularity.
-
-    Item popularity follows a Zipf law (probability of item of rank r ~ r^-a);
-    user activity is log-normal around ``ratings_per_user``. True rating =
-    3.5 + user bias + item bias + <u, v> + Gaussian noise, rounded and clipped
-    to 1..5. Split per user with :func:`holdout_mask`.
-    """
-    if min(num_users, num_items, ratings_per_user, rank) < 1:
-        raise DataError("synthetic data needs num_users, num_items, ratings_per_user and rank >= 1")
-    rng = np.random.default_rng(seed)
-    pop = 1.0 / np.arange(1, num_items + 1) ** popularity_exponent
-    pop = pop[rng.permutation(num_items)]
-    pop /= pop.sum()
-    counts = np.clip(rng.lognormal(np.log(ratings_per_user), 0.6, num_users).astype(int), 2, num_items)
-    U = rng.normal(0, 1 / np.sqrt(rank), (num_users, rank))
-    V = rng.normal(0, 1 / np.sqrt(rank), (num_items, rank)) * 1.2
-    bu = rng.normal(0, 0.4, num_users)
-    bi = rng.normal(0, 0.5, num_items)
-    users_l, items_l = [], []
-    for u, c in enumerate(counts):
-        # Gumbel top-k: c distinct items drawn with probability ~ popularity, vectorised
-        keys = np.log(pop) - np.log(-np.log(rng.random(num_items)))
-        items_l.append(np.argpartition(-keys, c - 1)[:c])
-        users_l.append(np.full(c, u))
-    users = np.concatenate(users_l)
-    items = np.concatenate(items_l)
-    raw = 3.5 + bu[users] + bi[items] + np.einsum("nk,nk->n", U[users], V[items]) * 1.5
-    ratings = np.clip(np.rint(raw + rng.normal(0, noise, len(users))), 1, 5).astype(np.float32)
-    train = holdout_mask(users, test_fraction, seed)
-    stamps = np.zeros(len(users), np.int64)
-    uid = tuple(str(u) for u in range(num_users))
-    iid = tuple(str(i) for i in range(num_items))
-    full = Ratings(users.astype(np.int64), items.astype(np.int64), ratings, stamps)
-    return Dataset(
-        f"synthetic-{num_users}x{num_items}", full.subset(train), full.subset(~train), uid, iid,
-        (1.0, 5.0), 1.0,
-    )
-
-
-def load_dataset(
-    name: str,
-    data_dir: str | os.PathLike[str] | None = None,
-    split: str = "holdout",
-    seed: int = 0,
-    *,
-    data_file: str | os.PathLike[str] | None = None,
-    columns: ColumnSpec | str | None = None,
-    rating_scale: tuple[float, float] | str | None = None,
-    **synthetic_options: int,
-) -> Dataset:
-    """Load a data set by name (one of :data:`DATASETS`); ``file`` reads ``data_file`` with
-    ``columns`` and ``rating_scale`` (``MIN:MAX`` or a pair; default inferred), see
-    :func:`load_ratings_file`."""
-    if name == "synthetic":
-        return synthetic(seed=seed, **synthetic_options)
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    if name != "ml-100k" and split != "holdout":
-        raise DataError(f"dataset {name} has no official split {split!r}; use --split holdout")
-    if name == "file":
-        if data_file is None:
-            raise DataError("dataset file needs --data-file PATH (the ratings file)")
-        scale = parse_rating_scale(rating_scale) if isinstance(rating_scale, str) else rating_scale
-        return load_ratings_file(data_file, columns=columns, scale=scale, seed=seed,
-                                 scale_origin="given by --rating-scale")
-    if data_dir is None:
-        raise DataError(f"dataset {name} needs --data-dir (the folder holding its files)")
-    if name == "ml-100k":
-        return load_ml100k(data_dir, split, seed)
-    if name == "ml-1m":
-        return load_ml1m(data_dir, seed)
-    return load_ml_latest_small(data_dir, seed)
