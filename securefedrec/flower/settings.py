@@ -10,6 +10,9 @@ The app's ``[tool.flwr.app.config]`` table (overridable with ``flwr run
   ``stage-timeout``, ...).
 
 Any other key is an error that names it.
+
+A SuperNode's ``--node-config`` holds its own :class:`NodeSettings` and its partition
+(:func:`partition_of`; the clients it hosts: :func:`hosted_clients`).
 """
 
 from __future__ import annotations
