@@ -7,7 +7,7 @@ Paillier, and the node's own settings ``reproducible-noise`` and
 Flower's simulation engine. Each protocol stage is
 its own message type (``train.sfr_advertise``, ``query.sfr_share_keys``, ...;
 see :class:`~securefedrec.flower.messages.FlowerStage`); the work is done by
-:class:`~securefedrec.flower.node.NodeRuntime`. The default ``train`` action
+:class:`~securefedrec.flower.node.runtime.NodeRuntime`. The default ``train`` action
 serves Flower's own ``SecAggPlusWorkflow`` (``transport = "flower-secaggplus"``).
 """
 
@@ -19,8 +19,8 @@ from flwr.clientapp import ClientApp
 
 from securefedrec.errors import DecodeError
 from securefedrec.flower.messages import FlowerStage, pack, unpack
-from securefedrec.flower.node import NodeRuntime, load_identity, partition_of
-from securefedrec.flower.settings import deployment_settings, experiment_config, node_settings
+from securefedrec.flower.node import NodeRuntime, load_identity
+from securefedrec.flower.settings import deployment_settings, experiment_config, node_settings, partition_of
 
 __all__ = ["app", "handle"]
 

@@ -9,7 +9,7 @@ hosts exactly one client (``num-partitions`` = number of clients).
 
 Flower's workflow averages the (weight-1) updates of the nodes that survived;
 the strategy below turns that mean back into the survivors' sum and applies the
-server optimizer exactly as :class:`~securefedrec.flower.driver.FederatedRun` does.
+server optimizer exactly as :class:`~securefedrec.flower.rounds.run.FederatedRun` does.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def client_train(message: Message, context: Context) -> Message:
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.compat.common import recorddict_compat as compat
 
-    from securefedrec.flower.node import hosted_clients, partition_of, train_clients
-    from securefedrec.flower.settings import experiment_config, node_settings
+    from securefedrec.flower.node import train_clients
+    from securefedrec.flower.settings import experiment_config, hosted_clients, node_settings, partition_of
 
     config, _ = experiment_config(context.run_config, context.node_config)
     if not node_settings(context.node_config).honest_server:
@@ -82,7 +82,7 @@ def run_flower_secaggplus(grid: Any, context: Context, config: ExperimentConfig,
     from flwr.server.strategy import FedAvg
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-    from securefedrec.flower.driver import write_result
+    from securefedrec.flower.rounds.run import write_result
     from securefedrec.simulation import Simulation
 
     check_flower_secaggplus(config)

@@ -23,6 +23,7 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
@@ -35,6 +36,8 @@ __all__ = [
     "PAILLIER_ROUND_KEYS",
     "FlowerStage",
     "StageMessage",
+    "info_float",
+    "info_int",
     "pack",
     "paillier_round_config",
     "paillier_round_info",
@@ -225,3 +228,20 @@ def paillier_round_config(info: Mapping[str, object], round_id: int, where: str)
                            threshold=int(values["threshold"]))
     except ConfigError as exc:
         raise ConfigError(f"{where}: the server's round configuration: {exc}") from None
+
+
+def info_int(info: Mapping[str, Any], key: str, where: str) -> int:
+    """``info[key]`` as an int; :class:`DecodeError` naming the field when missing or of another type."""
+    value = info.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DecodeError(f"{where}: field {key!r} must be an int, got {value!r}")
+    return value
+
+
+def info_float(info: Mapping[str, Any], key: str, where: str) -> float:
+    """``info[key]`` as a finite float; :class:`DecodeError` naming the field otherwise."""
+    value = info.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DecodeError(f"{where}: field {key!r} must be a finite number, got {value!r}")
+    return float(value)
+

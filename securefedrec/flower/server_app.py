@@ -1,7 +1,7 @@
 """The Flower ServerApp: federated MF with our secure aggregation over the deployment engine.
 
 ``transport = "securefedrec"`` (default) drives :class:`~protocols.secagg.SecAggServer`
-stage by stage (:class:`~securefedrec.flower.driver.FederatedRun`);
+stage by stage (:class:`~securefedrec.flower.rounds.run.FederatedRun`);
 ``transport = "flower-secaggplus"`` runs Flower's own ``SecAggPlusWorkflow``
 instead, for comparison.
 """
@@ -13,8 +13,9 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from securefedrec.flower.driver import FederatedRun, GridLink
+from securefedrec.flower.rounds import FederatedRun
 from securefedrec.flower.settings import Transport, experiment_config
+from securefedrec.flower.transport import GridLink
 
 __all__ = ["app"]
 

@@ -10,6 +10,9 @@ The app's ``[tool.flwr.app.config]`` table (overridable with ``flwr run
   ``stage-timeout``, ...).
 
 Any other key is an error that names it.
+
+A SuperNode's ``--node-config`` holds its own :class:`NodeSettings` and its partition
+(:func:`partition_of`; the clients it hosts: :func:`hosted_clients`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ __all__ = [
     "Transport",
     "deployment_settings",
     "experiment_config",
+    "hosted_clients",
     "node_settings",
+    "partition_of",
     "split_run_config",
 ]
 
@@ -207,3 +212,25 @@ def node_settings(node_config: Mapping[str, Any]) -> NodeSettings:
         if key in node_config:
             values[key.replace("-", "_")] = node_config[key]
     return NodeSettings(**values)
+
+
+def partition_of(node_config: Mapping[str, Any]) -> tuple[int, int]:
+    """``(partition-id, num-partitions)`` from a node config, validated."""
+    try:
+        pid, count = node_config["partition-id"], node_config["num-partitions"]
+    except KeyError as exc:
+        raise ConfigError(
+            f"node config: {exc.args[0]!r} is missing; start the SuperNode with "
+            "--node-config 'partition-id=I num-partitions=N'"
+        ) from None
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (pid, count)):
+        raise ConfigError(
+            f"node config: partition-id and num-partitions must be ints, got {pid!r}, {count!r}")
+    if not 0 <= pid < count:
+        raise ConfigError(f"node config: need 0 <= partition-id < num-partitions, got {pid}, {count}")
+    return pid, count
+
+
+def hosted_clients(partition_id: int, num_partitions: int, num_clients: int) -> list[int]:
+    """The clients a node hosts: every ``c`` with ``c % num_partitions == partition_id``."""
+    return list(range(partition_id, num_clients, num_partitions))

@@ -74,7 +74,7 @@ def train_as_nodes(sim: Simulation, nodes: int) -> Simulation:
     """Make ``sim`` train each SuperNode's clients in a batched call of their own, as the nodes do.
 
     The pool trains all sampled clients in one padded batch; a node hosting ``c % nodes == p``
-    trains only its own (:func:`securefedrec.flower.node.train_clients`). A user's normal
+    trains only its own (:func:`securefedrec.flower.node.runtime.train_clients`). A user's normal
     equations ``X^T X`` (:func:`securefedrec.model.solve_users`, a batched float32 matmul that
     reduces over the padded ratings axis) then come from a batch of another size, for which
     the BLAS picks another kernel and another summation order: per-client deltas differ in the

@@ -27,7 +27,8 @@ from securefedrec.flower import (
     NodeSettings,
     StageMessage,
 )
-from securefedrec.flower.update import SILO_PREFIX, SiloStore, dp_info
+from securefedrec.flower.node.silos import SILO_PREFIX, SiloStore
+from securefedrec.flower.update import dp_info
 from securefedrec.simulation import Simulation
 from tests.flower.conftest import fake_grid_and_simulator
 from tests.flower.test_flower import FakeGrid, FakeLink, _task_identity, node_options  # noqa: F401 (autouse)
