@@ -381,7 +381,7 @@ def test_record_level_silos_report_opacus_epsilon_and_stay_in_budget() -> None:
                            dp_batch_size=32, sample_rate=1.0, **{**SMALL, "synthetic_users": 45})
     sim = Simulation(cfg)
     report = sim.run(progress=False)
-    from securefedrec.dpsgd import SiloDPSGD
+    from securefedrec.privacy import SiloDPSGD
 
     assert isinstance(sim.privacy, SiloDPSGD)
     opacus_eps = [s.engine.get_epsilon(1e-5) for s in sim.privacy.silos]
@@ -426,7 +426,7 @@ def test_ghost_clipping_equals_materialized_per_sample_gradients() -> None:
     warnings.simplefilter("ignore")
     import torch
 
-    from securefedrec.dpsgd import SiloDPSGD
+    from securefedrec.privacy import SiloDPSGD
 
     cfg = ExperimentConfig(rounds=1, silos=2, sample_rate=1.0, **{**SMALL, "synthetic_users": 30})
     sim = Simulation(cfg)

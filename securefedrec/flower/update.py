@@ -33,11 +33,11 @@ that round's released sum. A pending round the server does not report was never
 received, so the whole vector stays in the residual -- exactly the simulator's
 rule (a client that dropped, or a round that aborted, keeps everything).
 
-``dp = "record"`` (DP-SGD inside each silo, :mod:`securefedrec.dpsgd`) replaces
+``dp = "record"`` (DP-SGD inside each silo, :mod:`securefedrec.privacy.dpsgd`) replaces
 step 2: the node trains each sampled silo it hosts with the silo's own Opacus
 engine (:class:`NodeSilos`), continued from the silo's state in the node's
 ``Context.state`` (:class:`SiloStore`: user factors and biases, accountant
-history, generator states -- :class:`~securefedrec.dpsgd.SiloState`), and the
+history, generator states -- :class:`~securefedrec.privacy.SiloState`), and the
 released delta is the trained minus the received global part, as in the
 simulator. The server keeps its own view of every silo's accountant (sigma,
 sample rate and steps per round are public) for the budget stop, and sends in
@@ -82,8 +82,7 @@ from securefedrec.errors import ConfigError, DecodeError, IntegrityError, StageE
 
 if TYPE_CHECKING:
     from securefedrec.compression import Compressor
-    from securefedrec.dpsgd import SiloDPSGD, SiloState
-    from securefedrec.privacy import DistributedGaussian, RoundPrivacy
+    from securefedrec.privacy import DistributedGaussian, RoundPrivacy, SiloDPSGD, SiloState
 
 __all__ = [
     "FEEDBACK_PREFIX",
@@ -133,8 +132,7 @@ def dp_info(privacy: RoundPrivacy | None, threshold: int,
     ``sampled``: the round's clients (``dp = "record"`` sends each silo's sigma, steps per round and
     rounds accounted so far; all public).
     """
-    from securefedrec.dpsgd import SiloDPSGD
-    from securefedrec.privacy import UserLevelPrivacy
+    from securefedrec.privacy import SiloDPSGD, UserLevelPrivacy
 
     if privacy is None:
         return {}
@@ -243,7 +241,7 @@ _SILO_ARRAYS = ("user", "user_bias", "sampler_rng", "noise_rng", "history", "sca
 
 
 class SiloStore:
-    """Each hosted silo's :class:`~securefedrec.dpsgd.SiloState` in a node's state, kept across rounds.
+    """Each hosted silo's :class:`~securefedrec.privacy.SiloState` in a node's state, kept across rounds.
 
     Record ``sfr.silo.<client>`` (an ``ArrayRecord``): ``user`` and ``user_bias`` (float32),
     ``sampler_rng`` and ``noise_rng`` (uint8 generator states), ``history`` (float64 rows
@@ -260,7 +258,7 @@ class SiloStore:
         Raises:
             StageError: the record is malformed (the message names the field).
         """
-        from securefedrec.dpsgd import SiloState
+        from securefedrec.privacy import SiloState
 
         key = f"{SILO_PREFIX}{cid}"
         record = self.state.array_records.get(key)
@@ -333,7 +331,7 @@ class NodeSilos:
         import dataclasses
         import secrets
 
-        from securefedrec.dpsgd import SiloDPSGD
+        from securefedrec.privacy import SiloDPSGD
         from securefedrec.simulation import Simulation
 
         plain = Simulation(dataclasses.replace(config, dp="none"))  # data, silo groups, layout; no DP built
