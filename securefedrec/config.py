@@ -43,12 +43,12 @@ __all__ = [
 DEVICES = ("auto", "cpu", "cuda")
 
 # The names of the privacy modes, here so that config and the CLI need no torch; the
-# implementations (securefedrec.privacy, securefedrec.skellam) register the same names
-# (tests/core/test_config_names.py keeps them equal).
+# implementations (securefedrec.privacy.registry) register the same names
+# (tests/core/test_cli.py keeps them equal).
 DP_MODES = ("none", "user", "record")
 """``--dp``: none; user-level DP-FedAvg; record-level DP-SGD in silos."""
 ACCOUNTANT_NAMES = ("rdp", "prv")
-"""``--accountant``: the Opacus accountants of :data:`securefedrec.privacy.ACCOUNTANTS`."""
+"""``--accountant``: the Opacus accountants of :data:`securefedrec.privacy.accountants.ACCOUNTANTS`."""
 DP_MECHANISMS = ("gaussian", "skellam")
 """``--dp-mechanism``: the noise of ``--dp user``."""
 
@@ -108,7 +108,7 @@ class ExperimentConfig:
     local_epochs: int = 1
     local_lr: float = 1.0
     update_clip: float = 16.0
-    # differential privacy (securefedrec.privacy, securefedrec.dpsgd)
+    # differential privacy (securefedrec.privacy)
     dp: str = "none"
     epsilon: float | None = None
     delta: float = 1e-5
@@ -213,7 +213,7 @@ class ExperimentConfig:
              "dp 'record' is cross-silo DP-SGD and needs --silos S")
         need(self.dp != "user" or self.silos is None, "silos",
              "dp 'user' protects one user per client; it does not apply to silos (use dp 'record')")
-        if self.dp_mechanism == "skellam":  # integer noise in the ring (securefedrec.skellam)
+        if self.dp_mechanism == "skellam":  # integer noise in the ring (privacy.mechanisms.skellam)
             need(self.dp == "user", "dp_mechanism",
                  f"skellam is the integer-noise form of user-level DP and needs --dp user "
                  f"(dp is {self.dp!r})")

@@ -51,9 +51,8 @@ from securefedrec.errors import CheckpointError, PrivacyBudgetExhausted, RunInte
 from securefedrec.fusion import ServerOptimizer, get_optimizer
 from securefedrec.metrics import Evaluation, evaluate
 from securefedrec.model import Hyper, Layout
-from securefedrec.privacy import RoundPrivacy, build_privacy
+from securefedrec.privacy import RoundPrivacy, SkellamUserPrivacy, build_privacy
 from securefedrec.report import atomic_write_bytes, environment
-from securefedrec.skellam import SkellamUserPrivacy
 
 __all__ = ["Simulation", "run_experiment"]
 
@@ -115,7 +114,7 @@ class Simulation:
         )
         groups = None
         if config.silos is not None:  # cross-silo: --silos S groups the users into S clients
-            from securefedrec.dpsgd import silo_groups
+            from securefedrec.privacy import silo_groups
 
             groups = silo_groups(self.dataset.num_users, config.silos, config.seed)
         self.pool = ClientPool(self.dataset.train, self.dataset.num_users, self.layout, self.hyper,

@@ -15,8 +15,8 @@ import torch
 from opacus.accountants import RDPAccountant
 
 from securefedrec import ExperimentConfig, Simulation
-from securefedrec.dpsgd import SiloDPSGD
 from securefedrec.errors import CheckpointError
+from securefedrec.privacy import SiloDPSGD
 
 # three silos of 30 users, Poisson-sampled at 0.7: some silos sit rounds out, so their counts differ
 SMALL: dict[str, Any] = dict(synthetic_users=90, synthetic_items=40, synthetic_ratings_per_user=12, factors=4,

@@ -24,10 +24,13 @@ from securefedrec.privacy import (
     ENCODING_SIGMAS,
     DistributedGaussian,
     PrivacyAccountant,
+    SiloDPSGD,
+    SkellamUserPrivacy,
     UserLevelPrivacy,
     calibrate_noise_multiplier,
     clip_l2,
     make_accountant,
+    privacy_class,
     secure_generator,
 )
 
@@ -338,6 +341,17 @@ def test_noise_reaches_the_aggregator_not_added_by_the_server() -> None:
 
 
 # --------------------------------------------------------------------------- validation
+def test_the_registry_picks_each_mode_and_lists_its_own_names_for_an_unknown_one() -> None:
+    assert privacy_class("none", "gaussian") is None
+    assert privacy_class("user", "gaussian") is UserLevelPrivacy
+    assert privacy_class("user", "skellam") is SkellamUserPrivacy
+    assert privacy_class("record", "gaussian") is SiloDPSGD
+    with pytest.raises(ConfigError, match=r"^dp: must be one of none, user, record, got 'central'$"):
+        privacy_class("central")
+    with pytest.raises(ConfigError, match=r"^dp_mechanism: must be one of gaussian, skellam, got 'laplace'$"):
+        privacy_class("user", "laplace")
+
+
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
@@ -381,8 +395,6 @@ def test_record_level_silos_report_opacus_epsilon_and_stay_in_budget() -> None:
                            dp_batch_size=32, sample_rate=1.0, **{**SMALL, "synthetic_users": 45})
     sim = Simulation(cfg)
     report = sim.run(progress=False)
-    from securefedrec.dpsgd import SiloDPSGD
-
     assert isinstance(sim.privacy, SiloDPSGD)
     opacus_eps = [s.engine.get_epsilon(1e-5) for s in sim.privacy.silos]
     assert report["privacy"]["silo_epsilon"] == pytest.approx(opacus_eps, rel=1e-12)
@@ -425,8 +437,6 @@ def test_ghost_clipping_equals_materialized_per_sample_gradients() -> None:
     """Opacus ghost clipping (default) and hooks mode give the same DP-SGD step (same noise, same batches)."""
     warnings.simplefilter("ignore")
     import torch
-
-    from securefedrec.dpsgd import SiloDPSGD
 
     cfg = ExperimentConfig(rounds=1, silos=2, sample_rate=1.0, **{**SMALL, "synthetic_users": 30})
     sim = Simulation(cfg)

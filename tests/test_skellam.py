@@ -23,19 +23,21 @@ from protocols.secagg import SecAggPlusAggregator
 from securefedrec import ExperimentConfig, Simulation
 from securefedrec.cli import build_parser, config_from_args, main
 from securefedrec.errors import CheckpointError, ConfigError, PrivacyBudgetExhausted
-from securefedrec.skellam import (
+from securefedrec.privacy import SkellamUserPrivacy
+from securefedrec.privacy.accountants import (
     ORDERS,
+    SkellamAccountant,
+    calibrate_mu,
+    poisson_subsampled_rdp,
+    skellam_rdp,
+)
+from securefedrec.privacy.mechanisms import (
     SKELLAM_TAIL,
     DistributedSkellam,
-    SkellamAccountant,
-    SkellamUserPrivacy,
-    calibrate_mu,
     conditional_round,
     plan_skellam,
-    poisson_subsampled_rdp,
     rounded_l1_bound,
     rounded_l2_bound,
-    skellam_rdp,
     skellam_tail,
 )
 

@@ -96,8 +96,7 @@ def dp_info(privacy: RoundPrivacy | None, threshold: int,
     ``sampled``: the round's clients (``dp = "record"`` sends each silo's sigma, steps per round and
     rounds accounted so far; all public).
     """
-    from securefedrec.dpsgd import SiloDPSGD
-    from securefedrec.privacy import UserLevelPrivacy
+    from securefedrec.privacy import SiloDPSGD, UserLevelPrivacy
 
     if privacy is None:
         return {}

@@ -90,8 +90,7 @@ def test_version_and_plain_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_config_names_match_their_registries() -> None:
     """config holds the mode names without torch; the implementations register the same ones."""
-    from securefedrec.privacy import ACCOUNTANTS, DP_MODES
-    from securefedrec.skellam import DP_MECHANISMS
+    from securefedrec.privacy import ACCOUNTANTS, DP_MECHANISMS, DP_MODES
 
     assert config.DP_MODES == DP_MODES
     assert tuple(ACCOUNTANTS) == config.ACCOUNTANT_NAMES

@@ -17,7 +17,6 @@ pytest.importorskip("flwr")
 from flwr.app import Array, RecordDict
 
 from securefedrec.config import ExperimentConfig
-from securefedrec.dpsgd import SiloDPSGD
 from securefedrec.errors import PrivacyBudgetExhausted
 from securefedrec.flower import (
     DeploymentSettings,
@@ -29,6 +28,7 @@ from securefedrec.flower import (
 )
 from securefedrec.flower.node.silos import SILO_PREFIX, SiloStore
 from securefedrec.flower.update import dp_info
+from securefedrec.privacy import SiloDPSGD
 from securefedrec.simulation import Simulation
 from tests.flower.conftest import fake_grid_and_simulator
 from tests.flower.test_flower import FakeGrid, FakeLink, _task_identity, node_options  # noqa: F401 (autouse)

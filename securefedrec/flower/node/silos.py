@@ -1,10 +1,10 @@
 """``dp = "record"`` on a node: each hosted silo's DP-SGD, its state kept in the node's ``Context.state``.
 
-DP-SGD inside each silo (:mod:`securefedrec.dpsgd`) replaces the noise share of
+DP-SGD inside each silo (:mod:`securefedrec.privacy.dpsgd`) replaces the noise share of
 ``dp = "user"`` (:mod:`securefedrec.flower.update`): the node trains each sampled silo it
 hosts with the silo's own Opacus engine (:class:`NodeSilos`), continued from the silo's
 state in the node's ``Context.state`` (:class:`SiloStore`: user factors and biases,
-accountant history, generator states -- :class:`~securefedrec.dpsgd.SiloState`), and the
+accountant history, generator states -- :class:`~securefedrec.privacy.SiloState`), and the
 released delta is the trained minus the received global part, as in the simulator. The
 server keeps its own view of every silo's accountant (sigma, sample rate and steps per
 round are public) for the budget stop, and sends in the round's first message
@@ -41,7 +41,7 @@ from securefedrec.flower.messages import info_float, info_int
 from securefedrec.flower.update import TOLERANCE
 
 if TYPE_CHECKING:
-    from securefedrec.dpsgd import SiloDPSGD, SiloState
+    from securefedrec.privacy import SiloDPSGD, SiloState
 
 __all__ = ["SILO_PREFIX", "NodeSilos", "SiloStore", "check_record_dp"]
 
@@ -88,7 +88,7 @@ _SILO_ARRAYS = ("user", "user_bias", "sampler_rng", "noise_rng", "history", "sca
 
 
 class SiloStore:
-    """Each hosted silo's :class:`~securefedrec.dpsgd.SiloState` in a node's state, kept across rounds.
+    """Each hosted silo's :class:`~securefedrec.privacy.SiloState` in a node's state, kept across rounds.
 
     Record ``sfr.silo.<client>`` (an ``ArrayRecord``): ``user`` and ``user_bias`` (float32),
     ``sampler_rng`` and ``noise_rng`` (uint8 generator states), ``history`` (float64 rows
@@ -105,7 +105,7 @@ class SiloStore:
         Raises:
             StageError: the record is malformed (the message names the field).
         """
-        from securefedrec.dpsgd import SiloState
+        from securefedrec.privacy import SiloState
 
         key = f"{SILO_PREFIX}{cid}"
         record = self.state.array_records.get(key)
@@ -178,7 +178,7 @@ class NodeSilos:
         import dataclasses
         import secrets
 
-        from securefedrec.dpsgd import SiloDPSGD
+        from securefedrec.privacy import SiloDPSGD
         from securefedrec.simulation import Simulation
 
         plain = Simulation(dataclasses.replace(config, dp="none"))  # data, silo groups, layout; no DP built

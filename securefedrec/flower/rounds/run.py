@@ -63,8 +63,7 @@ class FederatedRun:
 
     def __init__(self, config: ExperimentConfig, settings: DeploymentSettings, link: NodeLink) -> None:
         from securefedrec.compression import parse_compression
-        from securefedrec.dpsgd import SiloDPSGD
-        from securefedrec.privacy import UserLevelPrivacy
+        from securefedrec.privacy import SiloDPSGD, UserLevelPrivacy
         from securefedrec.simulation import Simulation
 
         if config.threat_model != "default" and (config.threat_model == "malicious") != settings.malicious:
@@ -126,8 +125,8 @@ class FederatedRun:
         """
         from securefedrec import streams
         from securefedrec.compression import unrotate
-        from securefedrec.dpsgd import SiloDPSGD
         from securefedrec.flower.update import dp_info, feedback_info, rotation, selection
+        from securefedrec.privacy import SiloDPSGD
 
         sim, cfg = self.sim, self.config
         r = sim.next_round

@@ -64,9 +64,7 @@ Notes:
 from __future__ import annotations
 
 import base64
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -79,29 +77,24 @@ from securefedrec import streams
 from securefedrec.client import RatingsByUser
 from securefedrec.errors import CheckpointError, ConfigError, PrivacyBudgetExhausted
 from securefedrec.model import Hyper, Layout
-from securefedrec.privacy import PrivacyAccountant, RoundPrivacy, calibrate_noise_multiplier, make_accountant
+from securefedrec.privacy.accountants.gaussian import PrivacyAccountant, calibrate_noise_multiplier
+from securefedrec.privacy.accountants.registry import make_accountant
+from securefedrec.privacy.base import RoundPrivacy
+from securefedrec.privacy.dpsgd.model import SiloLoss, SiloMF
+from securefedrec.privacy.dpsgd.state import (
+    STATE_VERSION,
+    SiloState,
+    byte_tensor,
+    decode_array,
+    decode_bytes,
+    decode_history,
+    encode_array,
+)
 
-__all__ = ["GRAD_SAMPLE_MODES", "SiloDPSGD", "SiloLoss", "SiloMF", "SiloState", "silo_groups"]
+__all__ = ["GRAD_SAMPLE_MODES", "SiloDPSGD", "silo_groups"]
 
 GRAD_SAMPLE_MODES = ("ghost", "hooks")
 """Opacus per-sample gradient modes supported here; ``ghost`` is the default (module Notes)."""
-
-
-class SiloLoss(nn.Module):
-    """Per-rating loss: squared error plus the rating's L2 term (columns of :class:`SiloMF` output).
-
-    Has a ``reduction`` attribute (``sum`` / ``none``) so Opacus' ghost clipping can ask for
-    per-sample losses.
-    """
-
-    def __init__(self, reduction: str = "sum") -> None:
-        super().__init__()
-        self.reduction = reduction
-
-    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Loss of predictions ``out`` (B, 2) against ratings ``target`` (B,)."""
-        per = (out[:, 0] - target) ** 2 + out[:, 1]
-        return per if self.reduction == "none" else per.sum()
 
 _SILO_STREAM = streams.SILO
 
@@ -112,52 +105,6 @@ def silo_groups(num_users: int, silos: int, seed: int) -> list[np.ndarray]:
         raise ConfigError(f"silos: must be in [1, {num_users}] (the number of users), got {silos}")
     perm = np.random.default_rng([seed, _SILO_STREAM]).permutation(num_users)
     return [np.sort(part) for part in np.array_split(perm, silos)]
-
-
-class SiloMF(nn.Module):
-    """Biased MF of one silo: global item part + the silo's local user part, all nn.Embedding.
-
-    ``forward`` takes a (B, 2) long tensor of (local user, item) and returns (B, 2): the
-    predictions and each rating's L2 term (one embedding lookup each, so Opacus sees one
-    activation per layer and the L2 term is part of every per-sample gradient).
-    """
-
-    def __init__(self, num_users: int, num_items: int, factors: int, hyper: Hyper,
-                 generator: torch.Generator) -> None:
-        super().__init__()
-        self.hyper = hyper
-        self.item = nn.Embedding(num_items, factors)
-        self.item_bias = nn.Embedding(num_items, 1)
-        self.mean = nn.Embedding(1, 1)
-        self.user = nn.Embedding(num_users, factors)
-        self.user_bias = nn.Embedding(num_users, 1)
-        with torch.no_grad():
-            self.user.weight.copy_(torch.randn(num_users, factors, generator=generator) * hyper.init_std)
-            self.user_bias.weight.zero_()
-        # the intercept is touched by every rating: a step that suits the item rows would make it
-        # oscillate, so silos leave it at the broadcast value (the biases absorb any offset)
-        self.mean.weight.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Columns: prediction mu + b_u + b_i + <p_u, q_i>, and the rating's L2 term."""
-        u, i, h = x[:, 0], x[:, 1], self.hyper
-        p, q, bu, bi = self.user(u), self.item(i), self.user_bias(u)[:, 0], self.item_bias(i)[:, 0]
-        pred = self.mean(torch.zeros_like(u))[:, 0] + bu + bi + (p * q).sum(-1)
-        reg = (h.lam_item * (q**2).sum(-1) + h.lam_bias * bi**2
-               + h.lam_user * (p**2).sum(-1) + h.lam_bias * bu**2)
-        return torch.stack([pred, reg], 1)
-
-    def load_global(self, Q: torch.Tensor, b: torch.Tensor, mu: torch.Tensor) -> None:
-        """Overwrite the global part with the broadcast values."""
-        with torch.no_grad():
-            self.item.weight.copy_(Q)
-            self.item_bias.weight.copy_(b[:, None])
-            self.mean.weight.fill_(float(mu))
-
-    def global_vector(self) -> torch.Tensor:
-        """The global part flattened in :class:`~securefedrec.model.Layout` order."""
-        return torch.cat([self.item.weight.detach().reshape(-1), self.item_bias.weight.detach()[:, 0],
-                          self.mean.weight.detach().reshape(1)])
 
 
 class _RatingsDataset(TensorDataset):
@@ -172,82 +119,8 @@ def _collate_batch(batch: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor,
     return batch[0]
 
 
-@dataclass(frozen=True, eq=False)
-class SiloState:
-    """One silo's DP-SGD state between rounds: what continuing it bit for bit needs.
-
-    Attributes:
-        silo: the silo's id (its client id).
-        noise_multiplier: sigma of the steps to come; sample_rate: Poisson rate q of each step.
-        rounds: rounds this silo trained in.
-        history: the Opacus accountant's ``(sigma, q, steps)`` entries.
-        user, user_bias: the silo's local part, float32 ``(users, k)`` and ``(users,)``.
-        sampler_rng, noise_rng: ``torch.Generator.get_state()`` of the Poisson sampler's and
-            the noise's generator (module Notes: one generator here, so the same bytes).
-    """
-
-    silo: int
-    noise_multiplier: float
-    sample_rate: float
-    rounds: int
-    history: tuple[tuple[float, float, int], ...]
-    user: np.ndarray
-    user_bias: np.ndarray
-    sampler_rng: bytes
-    noise_rng: bytes
-
-
-_STATE_VERSION = 1
 _SETTINGS = ("accountant", "delta", "clip", "batch_size", "epochs", "lr", "grad_sample_mode")
 """The :meth:`SiloDPSGD.state` settings a restoring run must share (``lr`` etc. change the trajectory)."""
-
-
-def _encode_array(a: np.ndarray) -> dict[str, Any]:
-    a = np.ascontiguousarray(a, dtype="<f4")
-    return {"dtype": "float32", "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode("ascii")}
-
-
-def _decode_bytes(value: Any, where: str) -> bytes:
-    if not isinstance(value, str):
-        raise CheckpointError(f"{where}: must be a base64 string, got {type(value).__name__}")
-    try:
-        return base64.b64decode(value.encode("ascii"), validate=True)
-    except (ValueError, UnicodeEncodeError):
-        raise CheckpointError(f"{where}: not valid base64") from None
-
-
-def _decode_array(value: Any, where: str) -> np.ndarray:
-    if (not isinstance(value, dict) or value.get("dtype") != "float32"
-            or not isinstance(value.get("shape"), list)):
-        raise CheckpointError(f"{where}: must be {{dtype: float32, shape, data}}")
-    shape = tuple(value["shape"])
-    if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
-        raise CheckpointError(f"{where}: shape {list(shape)} is not a list of sizes")
-    raw = _decode_bytes(value.get("data"), where)
-    if len(raw) != 4 * math.prod(shape):
-        raise CheckpointError(f"{where}: {len(raw)} bytes do not hold float32 {list(shape)}")
-    return np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
-
-
-def _byte_tensor(raw: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-
-
-def _history(value: Any, where: str) -> tuple[tuple[float, float, int], ...]:
-    out = []
-    entries: list[Any] = list(value) if isinstance(value, list | tuple) else [None]
-    for entry in entries:
-        ok = isinstance(entry, list | tuple) and len(entry) == 3
-        if ok:
-            sigma, q, steps = entry
-            ok = (all(isinstance(v, int | float) and not isinstance(v, bool) for v in (sigma, q))
-                  and isinstance(steps, int) and not isinstance(steps, bool)
-                  and math.isfinite(sigma) and sigma >= 0 and 0 < q <= 1 and steps >= 0)
-        if not ok:
-            raise CheckpointError(f"{where}: must be a list of [sigma >= 0, 0 < q <= 1, steps >= 0], "
-                                  f"got {value!r:.80}")
-        out.append((float(sigma), float(q), int(steps)))
-    return tuple(out)
 
 
 class _Silo:
@@ -336,6 +209,11 @@ class SiloDPSGD(RoundPrivacy):
         for s, users in zip(self.silo_ids, groups, strict=True):
             self.silos.append(self._make_silo(s, data, np.asarray(users, np.int64), noise_multiplier,
                                               epsilon, rounds, seed))
+
+    @classmethod
+    def build(cls, config: Any, pool: Any, layout: Any) -> SiloDPSGD:
+        """:meth:`from_config` for every silo of the pool (the registry's entry point)."""
+        return cls.from_config(config, pool, layout)
 
     @classmethod
     def from_config(cls, config: Any, pool: Any, layout: Layout,
@@ -489,7 +367,7 @@ class SiloDPSGD(RoundPrivacy):
                 raise CheckpointError(f"{at}, field {name!r}: {len(getattr(st, name))} bytes, a generator "
                                       f"state has {size}")
             try:  # on a scratch generator: nothing changes before every check has passed
-                torch.Generator(device=gen.device).set_state(_byte_tensor(getattr(st, name)))
+                torch.Generator(device=gen.device).set_state(byte_tensor(getattr(st, name)))
             except RuntimeError as exc:
                 raise CheckpointError(f"{at}, field {name!r}: not a generator state ({exc})") from None
         if silo.generators["sampler_rng"] is silo.generators["noise_rng"] and st.sampler_rng != st.noise_rng:
@@ -518,7 +396,7 @@ class SiloDPSGD(RoundPrivacy):
                 silo.model.user.weight.copy_(torch.from_numpy(st.user))
                 silo.model.user_bias.weight.copy_(torch.from_numpy(st.user_bias)[:, None])
             for name, gen in silo.generators.items():
-                gen.set_state(_byte_tensor(getattr(st, name)))
+                gen.set_state(byte_tensor(getattr(st, name)))
             silo.engine.accountant.history = list(st.history)
             silo.rounds = st.rounds
 
@@ -530,11 +408,11 @@ class SiloDPSGD(RoundPrivacy):
             silos.append({
                 "silo": st.silo, "noise_multiplier": st.noise_multiplier, "sample_rate": st.sample_rate,
                 "rounds": st.rounds, "history": [list(h) for h in st.history],
-                "user": _encode_array(st.user), "user_bias": _encode_array(st.user_bias),
+                "user": encode_array(st.user), "user_bias": encode_array(st.user_bias),
                 "sampler_rng": base64.b64encode(st.sampler_rng).decode("ascii"),
                 "noise_rng": base64.b64encode(st.noise_rng).decode("ascii"),
             })
-        return {"mode": self.mode, "version": _STATE_VERSION, "rounds_done": self.rounds_done,
+        return {"mode": self.mode, "version": STATE_VERSION, "rounds_done": self.rounds_done,
                 "planned_rounds": self.planned_rounds, "calibrated": self.calibrated,
                 **{k: getattr(self, k) for k in _SETTINGS}, "silos": silos}
 
@@ -549,9 +427,9 @@ class SiloDPSGD(RoundPrivacy):
         if state is None or state.get("mode") != self.mode:
             raise CheckpointError(f"{where}: holds no record-level DP-SGD state; it was written by a run "
                                   "without --dp record")
-        if state.get("version") != _STATE_VERSION:
+        if state.get("version") != STATE_VERSION:
             raise CheckpointError(f"{where}, field 'version': {state.get('version')!r}, expected "
-                                  f"{_STATE_VERSION} (written before --dp record runs could resume?)")
+                                  f"{STATE_VERSION} (written before --dp record runs could resume?)")
         if state.get("rounds_done") != rounds_done:
             raise CheckpointError(f"{where}, field 'rounds_done': {state.get('rounds_done')!r}, but "
                                   f"{rounds_done} rounds were run")
@@ -594,11 +472,11 @@ class SiloDPSGD(RoundPrivacy):
         return SiloState(
             silo=entry["silo"], noise_multiplier=float(entry["noise_multiplier"]),
             sample_rate=float(entry["sample_rate"]), rounds=entry["rounds"],
-            history=_history(entry["history"], f"{at}, field 'history'"),
-            user=_decode_array(entry["user"], f"{at}, field 'user'"),
-            user_bias=_decode_array(entry["user_bias"], f"{at}, field 'user_bias'"),
-            sampler_rng=_decode_bytes(entry["sampler_rng"], f"{at}, field 'sampler_rng'"),
-            noise_rng=_decode_bytes(entry["noise_rng"], f"{at}, field 'noise_rng'"),
+            history=decode_history(entry["history"], f"{at}, field 'history'"),
+            user=decode_array(entry["user"], f"{at}, field 'user'"),
+            user_bias=decode_array(entry["user_bias"], f"{at}, field 'user_bias'"),
+            sampler_rng=decode_bytes(entry["sampler_rng"], f"{at}, field 'sampler_rng'"),
+            noise_rng=decode_bytes(entry["noise_rng"], f"{at}, field 'noise_rng'"),
         )
 
     def epsilon(self) -> float:
