@@ -21,7 +21,7 @@ rounds). *All* trainable parameters train with DP-SGD: the user factors feed
 the item gradients of other ratings, so training them without noise would
 leak. Loss per rating: squared error plus ``lam_item ||q_i||^2 + lam_bias b_i^2
 + lam_user ||p_u||^2 + lam_bias b_u^2`` (the frequency-weighted L2 of
-:mod:`securefedrec.model`), summed over the batch; the SGD step is
+:mod:`securefedrec.models.mf`), summed over the batch; the SGD step is
 ``local_lr / dp_batch_size`` times the noisy sum (so ``local_lr`` is the step
 on the mean gradient of an expected batch).
 
@@ -76,9 +76,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from securefedrec import streams
-from securefedrec.client import RatingsByUser
 from securefedrec.errors import CheckpointError, ConfigError, PrivacyBudgetExhausted
-from securefedrec.model import Hyper, Layout
+from securefedrec.models.base import RatingsByUser
+from securefedrec.models.mf import Hyper, Layout
 from securefedrec.privacy import PrivacyAccountant, RoundPrivacy, calibrate_noise_multiplier, make_accountant
 
 __all__ = ["GRAD_SAMPLE_MODES", "SiloDPSGD", "SiloLoss", "SiloMF", "SiloState", "silo_groups"]
@@ -155,7 +155,7 @@ class SiloMF(nn.Module):
             self.mean.weight.fill_(float(mu))
 
     def global_vector(self) -> torch.Tensor:
-        """The global part flattened in :class:`~securefedrec.model.Layout` order."""
+        """The global part flattened in :class:`~securefedrec.models.mf.Layout` order."""
         return torch.cat([self.item.weight.detach().reshape(-1), self.item_bias.weight.detach()[:, 0],
                           self.mean.weight.detach().reshape(1)])
 

@@ -4,7 +4,7 @@
 these nodes, give me the replies that came back in time"; :func:`secagg_round`
 drives a :class:`~protocols.secagg.SecAggServer` through it, :func:`paillier_round`
 a :class:`~protocols.paillier.PaillierServer`; :class:`FederatedRun` is the
-federated loop (the in-process :class:`~securefedrec.simulation.Simulation`'s
+federated loop (the in-process :class:`~securefedrec.server.simulation.Simulation`'s
 sampling, broadcast, round config, DP accounting and server optimizer, with the
 clients -- training, noise shares, error feedback -- on SuperNodes).
 
@@ -417,7 +417,7 @@ def discover(link: NodeLink, num_clients: int, settings: DeploymentSettings,
 class FederatedRun:
     """The federated loop of a deployment: sample, broadcast, secure round, server optimizer.
 
-    The server builds the same :class:`~securefedrec.simulation.Simulation` as an
+    The server builds the same :class:`~securefedrec.server.simulation.Simulation` as an
     in-process run, but uses only its public parts (item count and layout,
     initial global vector, Poisson sampling, round configuration, broadcast
     codec, server optimizer, the DP accountant); the clients train on the SuperNodes.
@@ -442,7 +442,7 @@ class FederatedRun:
         from securefedrec.compression import parse_compression
         from securefedrec.dpsgd import SiloDPSGD
         from securefedrec.privacy import UserLevelPrivacy
-        from securefedrec.simulation import Simulation
+        from securefedrec.server.simulation import Simulation
 
         if config.threat_model != "default" and (config.threat_model == "malicious") != settings.malicious:
             raise ConfigError(

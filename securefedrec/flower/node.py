@@ -129,7 +129,7 @@ def rounding_rng(seed: int, round_id: int, rank: int) -> np.random.Generator:
     """The stochastic-rounding stream the simulator gives the ``rank``-th sampled client of a round.
 
     Equals ``default_rng([seed, round_id, streams.ROUNDING]).spawn(n)[rank]`` (what
-    :class:`~securefedrec.simulation.Simulation` hands its aggregator).
+    :class:`~securefedrec.server.simulation.Simulation` hands its aggregator).
     """
     sequence = np.random.SeedSequence([seed, round_id, streams.ROUNDING], spawn_key=(rank,))
     return np.random.default_rng(sequence)
@@ -218,7 +218,7 @@ def train_clients(config: ExperimentConfig, clients: list[int], view: np.ndarray
     """
     import torch
 
-    from securefedrec.simulation import Simulation
+    from securefedrec.server.simulation import Simulation
 
     sim = Simulation(config)
     trained = sim.pool.train(clients, torch.from_numpy(np.asarray(view, np.float64)),
@@ -231,7 +231,7 @@ def own_threshold(config: ExperimentConfig, n: int) -> int:
     """The smallest release threshold this node accepts for a round of ``n`` clients.
 
     ``ceil(threshold_fraction * n)`` (at least 1) from the node's own run configuration, exactly
-    the simulator's round config (:meth:`~securefedrec.simulation.Simulation.round_config`).
+    the simulator's round config (:meth:`~securefedrec.server.simulation.Simulation.round_config`).
     """
     return max(1, math.ceil(config.threshold_fraction * n))
 
@@ -252,7 +252,7 @@ def own_min_degree(config: ExperimentConfig, n: int, threshold: int, malicious: 
         return min(config.neighbors, n - 1)
     rate = 0.05
     if config.dropout > 0:
-        from securefedrec.simulation import dropout_by_unmask
+        from securefedrec.server.simulation import dropout_by_unmask
 
         rate = dropout_by_unmask(config.dropout)
     return min(choose_degree(n, rate, 0.05, threshold=threshold, malicious=malicious), n - 1)

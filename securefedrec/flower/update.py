@@ -1,6 +1,6 @@
 """A client's update on its SuperNode: DP noise share, then random-k with error feedback.
 
-The in-process :class:`~securefedrec.simulation.Simulation` turns the trained
+The in-process :class:`~securefedrec.server.simulation.Simulation` turns the trained
 deltas into protocol inputs in three steps; a node does the same for the
 clients it hosts, in the same order and with the same arithmetic, so a
 deployment reproduces a simulation:
@@ -334,7 +334,7 @@ class NodeSilos:
         import secrets
 
         from securefedrec.dpsgd import SiloDPSGD
-        from securefedrec.simulation import Simulation
+        from securefedrec.server.simulation import Simulation
 
         plain = Simulation(dataclasses.replace(config, dp="none"))  # data, silo groups, layout; no DP built
         self.silos = SiloDPSGD.from_config(config, plain.pool, plain.layout, silo_ids=list(clients))

@@ -28,7 +28,7 @@ from securefedrec.flower import (
     StageMessage,
 )
 from securefedrec.flower.update import SILO_PREFIX, SiloStore, dp_info
-from securefedrec.simulation import Simulation
+from securefedrec.server.simulation import Simulation
 from tests.flower.conftest import fake_grid_and_simulator
 from tests.flower.test_flower import FakeGrid, FakeLink, _task_identity, node_options  # noqa: F401 (autouse)
 
