@@ -17,9 +17,13 @@ One local epoch of a user:
    to the item parameters it rated, and the *mean* residual for ``mu`` (so a
    heavy rater does not own the intercept).
 
-:func:`local_train` and :func:`local_train_sparse` batch it over many clients;
-:class:`MF` is this model behind the :class:`~securefedrec.models.base.Model`
-interface. Everything here is pure tensor math on padded batches; no state.
+A client's local training (:func:`local_train`, batched over many clients), per
+epoch (full batch over the client's ratings): solve every user's factor and bias,
+then take one gradient step of size ``lr`` on the client's *local copy* of the
+global vector; the delta is ``local copy - global`` after ``epochs`` epochs.
+:func:`local_train_sparse` is one such epoch as sparse deltas. :class:`MF` is
+this model behind the :class:`~securefedrec.models.base.Model` interface.
+Everything here is pure tensor math on padded batches; no state.
 """
 
 from __future__ import annotations
