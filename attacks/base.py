@@ -40,8 +40,8 @@ from securefedrec.compression import STREAM_SELECT
 from securefedrec.config import ExperimentConfig
 from securefedrec.data import Dataset
 from securefedrec.errors import ConfigError
-from securefedrec.model import Layout
-from securefedrec.simulation import Simulation
+from securefedrec.models.mf import Layout
+from securefedrec.server.simulation import Simulation
 
 __all__ = [
     "ATTACKS",

@@ -50,7 +50,7 @@ by tau, proven like ``clip``; Yuan et al., SIGIR 2023, bound per-item
 gradients the same way), a non-adaptive server optimizer (``fedavg``: FedAdam
 and server momentum turn any *consistent* push into full-size steps), and
 server weight decay ``lambda`` on the item part (``--server-decay``,
-:mod:`securefedrec.fusion`). Fake clients that are a fraction f of the
+:mod:`securefedrec.server.optimizers`). Fake clients that are a fraction f of the
 population then add ``lr * f * tau`` (in expectation) to the target's row per
 round, and the decay holds its norm below ``lr * f * tau / lambda`` for good;
 without the decay the bound grows linearly with the rounds, so ``row-clip``
@@ -109,9 +109,9 @@ from protocols import AggregationResult, Aggregator, DropoutPlan, RoundConfig, g
 from securefedrec.config import ExperimentConfig
 from securefedrec.data import Dataset
 from securefedrec.errors import ConfigError
-from securefedrec.model import Layout, solve_users
+from securefedrec.models.mf import Layout, solve_users
 from securefedrec.privacy import clip_l2
-from securefedrec.simulation import Simulation
+from securefedrec.server.simulation import Simulation
 
 __all__ = [
     "DEFENCES", "SECURE_DEFENCES", "PoisonedAggregator", "PoisoningAttack", "clip_rows", "exposure_ratio",

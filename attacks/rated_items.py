@@ -2,7 +2,7 @@
 
 Our client's update touches only the rows of the items its user rated: the
 gradient of item i's factor and bias is zero unless the user rated i
-(:func:`securefedrec.model.item_gradients`). So from an individual update the
+(:func:`securefedrec.models.mf.item_gradients`). So from an individual update the
 rated set is simply the non-zero rows; when noise (DP) fills every row, the
 attacker ranks items by row norm and predicts the ``n`` largest, ``n`` being
 the public mean number of ratings per user.

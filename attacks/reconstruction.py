@@ -2,7 +2,7 @@
 
 Chai et al. 2020 (FedMF, "Secure Federated Matrix Factorization") show that a
 server seeing two consecutive gradients of one user can solve for its ratings.
-For *our* client (:mod:`securefedrec.client`, one local epoch) a single update
+For *our* client (:mod:`securefedrec.models.pool`, one local epoch) a single update
 already suffices; the derivation:
 
 The client solves ``p_u, b_u`` in closed form (ridge, weight ``lam_user * n``
@@ -49,7 +49,7 @@ from protocols import Aggregator
 from securefedrec.config import ExperimentConfig
 from securefedrec.data import Dataset
 from securefedrec.errors import ConfigError
-from securefedrec.model import Hyper, Layout
+from securefedrec.models.mf import Hyper, Layout
 
 __all__ = ["RatingReconstructionAttack", "reconstruct_ratings"]
 

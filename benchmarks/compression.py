@@ -5,7 +5,7 @@
 
 For every protocol in ``--protocols`` and compression in ``--compressions``
 (``topk`` only with plaintext: it is refused with secure protocols) one
-federated run of the simulator (:class:`securefedrec.simulation.Simulation`)
+federated run of the simulator (:class:`securefedrec.server.simulation.Simulation`)
 on ml-100k split ``--split`` (default u1): mean ``bytes_up`` / ``bytes_down`` per
 round (counted by the simulator from the real encoded messages) and the test
 RMSE after ``--rounds`` rounds (``--randk-rounds`` for the sparsifiers, which
@@ -57,7 +57,7 @@ def values_per_ciphertext(n: int, compression: str, key_bits: int = 2048) -> int
 
 def run_one(base: dict[str, Any], protocol: str, compression: str, rounds: int) -> dict[str, Any]:
     """One simulated run; mean bytes per round and the final RMSE."""
-    from securefedrec.simulation import Simulation
+    from securefedrec.server.simulation import Simulation
 
     cfg = ExperimentConfig.from_mapping(
         {**base, "protocol": protocol, "compression": compression, "rounds": rounds, "eval_every": rounds}

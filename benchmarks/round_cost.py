@@ -30,7 +30,7 @@ import numpy as np
 from benchmarks._common import table, write_json
 from securefedrec import ExperimentConfig, Simulation
 from securefedrec.data import load_ml100k
-from securefedrec.simulation import usable_cpus
+from securefedrec.server.simulation import usable_cpus
 
 
 def _cpu_seconds() -> tuple[float, float]:

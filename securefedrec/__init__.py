@@ -9,12 +9,11 @@ fuses only their sum. Start with :class:`ExperimentConfig` and
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from securefedrec.client import Client, ClientPool
     from securefedrec.config import ExperimentConfig, load_toml
     from securefedrec.data import Dataset, Ratings, load_dataset, synthetic
-    from securefedrec.fusion import OPTIMIZERS, get_optimizer
     from securefedrec.metrics import Evaluation, evaluate
-    from securefedrec.model import Hyper, Layout
+    from securefedrec.models.mf import Hyper, Layout
+    from securefedrec.models.pool import Client, ClientPool
     from securefedrec.privacy import (
         DistributedGaussian,
         PrivacyAccountant,
@@ -22,7 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
         calibrate_noise_multiplier,
         clip_l2,
     )
-    from securefedrec.simulation import Simulation, run_experiment
+    from securefedrec.server.optimizers import OPTIMIZERS, get_optimizer
+    from securefedrec.server.simulation import Simulation, run_experiment
 
 from securefedrec.errors import (
     CheckpointError,
@@ -36,15 +36,15 @@ from securefedrec.errors import (
 # Imported on first use (PEP 562): ``import securefedrec.flower.client_app`` in a
 # Flower ClientApp process must not pay for torch and opacus in every protocol stage.
 _LAZY = {
-    "Client": "client", "ClientPool": "client",
+    "Client": "models.pool", "ClientPool": "models.pool",
     "ExperimentConfig": "config", "load_toml": "config",
     "Dataset": "data", "Ratings": "data", "load_dataset": "data", "synthetic": "data",
-    "OPTIMIZERS": "fusion", "get_optimizer": "fusion",
+    "OPTIMIZERS": "server.optimizers", "get_optimizer": "server.optimizers",
     "Evaluation": "metrics", "evaluate": "metrics",
-    "Hyper": "model", "Layout": "model",
+    "Hyper": "models.mf", "Layout": "models.mf",
     "DistributedGaussian": "privacy", "PrivacyAccountant": "privacy", "UserLevelPrivacy": "privacy",
     "calibrate_noise_multiplier": "privacy", "clip_l2": "privacy",
-    "Simulation": "simulation", "run_experiment": "simulation",
+    "Simulation": "server.simulation", "run_experiment": "server.simulation",
 }
 
 

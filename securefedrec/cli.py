@@ -38,7 +38,8 @@ from securefedrec.config import (
 )
 from securefedrec.data import DATASETS, ML100K_SPLITS
 from securefedrec.errors import SecureFedRecError
-from securefedrec.fusion import OPTIMIZERS
+from securefedrec.models.names import MODEL_NAMES
+from securefedrec.server.optimizers import OPTIMIZERS
 
 __all__ = [
     "COMMAND_GROUP",
@@ -128,6 +129,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help=f"uplink/downlink compression (default {d.compression}); topk: plaintext only; "
                    "mod:B: B-bit ring sized for the sum, lossy (not with paillier)")
     g = p.add_argument_group("model")
+    g.add_argument("--model", choices=MODEL_NAMES, help=f"model to train (default {d.model})")
     g.add_argument("--factors", type=int, help=f"latent factors k (default {d.factors})")
     g.add_argument("--local-epochs", type=int, help=f"local epochs per round (default {d.local_epochs})")
     g.add_argument("--local-lr", type=float, help=f"local step size (default {d.local_lr})")
@@ -260,7 +262,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = config_from_args(args)
     from securefedrec.errors import RunInterrupted
     from securefedrec.report import plot_rounds, write_json
-    from securefedrec.simulation import run_experiment
+    from securefedrec.server.simulation import run_experiment
 
     try:
         report = run_experiment(config, checkpoint=args.checkpoint, resume=args.resume,

@@ -22,7 +22,8 @@ from typing import Any
 
 from securefedrec.data import DATASETS, ML100K_SPLITS, parse_columns, parse_rating_scale
 from securefedrec.errors import ConfigError, DataError
-from securefedrec.fusion import OPTIMIZERS
+from securefedrec.models.names import MODEL_NAMES
+from securefedrec.server.optimizers import OPTIMIZERS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -100,6 +101,7 @@ class ExperimentConfig:
     neighbors: int | None = None
     compression: str = "none"
     # model and local training
+    model: str = "mf"  # securefedrec.models.registry
     factors: int = 32
     lam_user: float = 0.1
     lam_item: float = 0.15
@@ -141,6 +143,7 @@ class ExperimentConfig:
         need(self.threat_model in THREAT_MODELS, "threat_model", f"must be one of {', '.join(THREAT_MODELS)}")
         need(self.threat_model == "default" or self.protocol in ("secagg", "secagg+", "paillier"),
              "threat_model", f"applies to secagg, secagg+ and paillier, not {self.protocol!r}")
+        need(self.model in MODEL_NAMES, "model", f"must be one of {', '.join(MODEL_NAMES)}")
         need(self.server_optimizer in OPTIMIZERS, "server_optimizer",
              f"must be one of {', '.join(OPTIMIZERS)}")
         need(self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")

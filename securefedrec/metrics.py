@@ -21,9 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from securefedrec.client import CHUNK, RatingsByUser
 from securefedrec.data import Ratings
-from securefedrec.model import Hyper, Layout, solve_users
+from securefedrec.models.base import CHUNK, Model, RatingsByUser
 
 __all__ = ["Evaluation", "evaluate", "leave_one_out_targets"]
 
@@ -57,8 +56,7 @@ def leave_one_out_targets(test: Ratings, num_users: int, relevant: float = 4.0) 
 
 def evaluate(
     global_vec: torch.Tensor,
-    layout: Layout,
-    hyper: Hyper,
+    model: Model,
     train: RatingsByUser,
     test: Ratings,
     scale: tuple[float, float],
@@ -67,11 +65,10 @@ def evaluate(
     ranking: bool = True,
     device: torch.device | None = None,
 ) -> Evaluation:
-    """Every user re-solves its own factor for the current global model, then predicts locally."""
+    """Every user fits its local part to the current global model on its device, then predicts locally."""
     device = device or torch.device("cpu")
     num_users = len(train.counts)
     g = global_vec.to(device=device, dtype=torch.float32)
-    Q, b, mu = layout.split(g)
     test_by_user = RatingsByUser(test, num_users)
     targets = leave_one_out_targets(test, num_users) if ranking else np.full(num_users, -1)
     sq = ab = 0.0
@@ -81,9 +78,9 @@ def evaluate(
     for start in range(0, num_users, CHUNK):
         chunk = users[start : start + CHUNK]
         batch = train.padded(chunk, device, torch.float32)
-        p, bu = solve_users(Q, b, mu, batch, hyper.lam_user)
+        local = model.fit_local(g, batch)
         tb = test_by_user.padded(chunk, device, torch.float32)
-        pred = (mu + b[tb.items] + bu[:, None] + (Q[tb.items] * p[:, None, :]).sum(-1)).clamp(*scale)
+        pred = model.predict(g, local, tb.items, scale)
         err = (pred - tb.ratings) * tb.mask
         sq += float((err**2).sum())
         ab += float(err.abs().sum())
@@ -93,7 +90,7 @@ def evaluate(
         has = tgt >= 0
         if not bool(has.any()):
             continue
-        scores = mu + b[None, :] + bu[:, None] + p @ Q.T
+        scores = model.scores(g, local)
         # exclude training items and the other held-out items; keep the target
         exclude = torch.zeros_like(scores, dtype=torch.bool)
         rows = torch.arange(len(chunk), device=device)[:, None]

@@ -487,7 +487,7 @@ def _track_uplink(sim: Any) -> list[tuple[float, float]]:
                                                ("plaintext", "topk:0.2"), ("secagg+", "q8"),
                                                ("secagg+", "mod:8")])
 def test_simulation_counts_fewer_bytes_and_sums_within_the_codec_bound(protocol: str, spec: str) -> None:
-    from securefedrec.simulation import Simulation
+    from securefedrec.server.simulation import Simulation
 
     base = Simulation(_small(rounds=2, protocol=protocol)).run(progress=False)
     sim = Simulation(_small(rounds=2, protocol=protocol, compression=spec))
@@ -503,7 +503,7 @@ def test_simulation_counts_fewer_bytes_and_sums_within_the_codec_bound(protocol:
 def test_checkpoint_keeps_residuals_and_downlink(tmp_path: object, spec: str) -> None:
     from pathlib import Path
 
-    from securefedrec.simulation import Simulation
+    from securefedrec.server.simulation import Simulation
 
     path = Path(str(tmp_path)) / "ck.npz"
     cfg = _small(compression=spec, sample_rate=0.5, protocol="plaintext")

@@ -83,7 +83,7 @@ def run_flower_secaggplus(grid: Any, context: Context, config: ExperimentConfig,
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
     from securefedrec.flower.rounds.run import write_result
-    from securefedrec.simulation import Simulation
+    from securefedrec.server.simulation import Simulation
 
     check_flower_secaggplus(config)
     if settings.malicious:

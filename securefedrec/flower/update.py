@@ -1,6 +1,6 @@
 """A client's update on its SuperNode: DP noise share, then random-k with error feedback.
 
-The in-process :class:`~securefedrec.simulation.Simulation` turns the trained
+The in-process :class:`~securefedrec.server.simulation.Simulation` turns the trained
 deltas into protocol inputs in three steps; a node does the same for the
 clients it hosts, in the same order and with the same arithmetic, so a
 deployment reproduces a simulation:

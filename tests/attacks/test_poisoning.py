@@ -14,7 +14,7 @@ from protocols import get_aggregator
 from securefedrec.config import ExperimentConfig
 from securefedrec.data import Dataset
 from securefedrec.errors import ConfigError
-from securefedrec.model import Layout
+from securefedrec.models.mf import Layout
 from tests.attacks.conftest import config
 
 

@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from securefedrec.client import ClientPool
 from securefedrec.data import synthetic
-from securefedrec.model import Hyper, Layout
+from securefedrec.models.mf import MF, Hyper, Layout
+from securefedrec.models.pool import ClientPool
 
 
 @pytest.fixture(scope="module")
 def setup() -> tuple[ClientPool, torch.Tensor]:
     ds = synthetic(120, 60, 15, seed=2)
     layout = Layout(ds.num_items, 8)
-    pool = ClientPool(ds.train, ds.num_users, layout, Hyper(factors=8), dtype=torch.float64)
+    pool = ClientPool(ds.train, ds.num_users, MF(layout, Hyper(factors=8)), dtype=torch.float64)
     g = layout.init(3.0, 0.1, torch.Generator().manual_seed(0))
     return pool, g
 
@@ -48,9 +48,10 @@ def test_delta_touches_only_rated_items_and_user_state_stays_local(
     pool, g = setup
     client = pool.client(5)
     delta = client.train(g, 1, 0.05)
-    Q, b, _ = pool.layout.split(delta)
+    layout = Layout(60, 8)
+    Q, b, _ = layout.split(delta)
     rated = set(pool.data.user_items(5).tolist())
     touched = set(torch.nonzero(b).flatten().tolist()) | set(torch.nonzero(Q.abs().sum(1)).flatten().tolist())
     assert touched <= rated and touched
-    assert delta.shape == (pool.layout.length,)
-    assert client.user_factors.abs().sum() > 0  # the user factor was solved, and kept locally
+    assert delta.shape == (layout.length,)
+    assert client.local["user_factors"].abs().sum() > 0  # the user factor was solved, and kept locally

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from securefedrec.errors import ConfigError
-from securefedrec.fusion import OPTIMIZERS, FedAdam, get_optimizer
+from securefedrec.server.optimizers import OPTIMIZERS, FedAdam, get_optimizer
 
 
 def test_registry_lists_names_in_errors() -> None:

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from securefedrec import ExperimentConfig, Simulation
-from securefedrec.client import ClientPool, resolve_device
 from securefedrec.data import synthetic
-from securefedrec.model import Hyper, Layout
+from securefedrec.models.mf import MF, Hyper, Layout
+from securefedrec.models.pool import ClientPool, resolve_device
 
 pytestmark = [
     pytest.mark.gpu,
@@ -38,10 +38,10 @@ def _pools(device: torch.device) -> tuple[ClientPool, ClientPool, ClientPool, to
     """float32 pools on the CPU and on ``device``, a float64 CPU reference pool, a global vector."""
     ds = synthetic(300, 120, 25, seed=4)
     layout = Layout(ds.num_items, 16)
-    hyper = Hyper(factors=16)
+    model = MF(layout, Hyper(factors=16))
 
     def pool(dev: torch.device, dtype: torch.dtype) -> ClientPool:
-        return ClientPool(ds.train, ds.num_users, layout, hyper, device=dev, dtype=dtype)
+        return ClientPool(ds.train, ds.num_users, model, device=dev, dtype=dtype)
 
     g = layout.init(3.5, 0.1, torch.Generator().manual_seed(0))
     cpu = torch.device("cpu")
@@ -59,8 +59,9 @@ def _compare(device: torch.device, epochs: int) -> tuple[float, float, float]:
     err_cpu = float((on_cpu - ref).abs().max())
     err_dev = float((on_dev.cpu() - ref).abs().max())
     # the user state the pool keeps comes back to the host, from the device's solve
-    err_p = float((cpu32.user_factors - ref64.user_factors.float()).abs().max())
-    torch.testing.assert_close(dev32.user_factors, cpu32.user_factors, rtol=0, atol=SLACK * err_p + 1e-7)
+    p_cpu, p_dev, p_ref = (pool.local["user_factors"] for pool in (cpu32, dev32, ref64))
+    err_p = float((p_cpu - p_ref.float()).abs().max())
+    torch.testing.assert_close(p_dev, p_cpu, rtol=0, atol=SLACK * err_p + 1e-7)
     return err_cpu, err_dev, float(ref.abs().max())
 
 

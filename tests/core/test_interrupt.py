@@ -18,12 +18,12 @@ import pytest
 import torch
 
 import securefedrec.report
-import securefedrec.simulation as simulation
+import securefedrec.server.simulation as simulation
 from protocols import AggregationResult, Aggregator, DropoutPlan, RoundConfig, get_aggregator
 from securefedrec.cli import EXIT_INTERRUPTED, main
 from securefedrec.config import ExperimentConfig
 from securefedrec.errors import CheckpointError, RunInterrupted
-from securefedrec.simulation import Simulation
+from securefedrec.server.simulation import Simulation
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = dict(synthetic_users=60, synthetic_items=40, synthetic_ratings_per_user=12, factors=4,
@@ -64,7 +64,7 @@ def _state(sim: Simulation) -> dict[str, Any]:
     """Everything a round may change, as plain copies."""
     return {
         "global": sim.global_vec.copy(),
-        "users": sim.pool.user_factors.clone(), "bias": sim.pool.user_bias.clone(),
+        "users": sim.pool.local["user_factors"].clone(), "bias": sim.pool.local["user_bias"].clone(),
         "optimizer": {k: np.copy(v) for k, v in sim.optimizer.state_dict().items()},
         "residuals": {c: r.copy() for c, r in sim.uplink.feedback.residuals.items()},
         "view": sim.downlink.view.copy(), "sync": sim.downlink.last_sync.copy(),

@@ -191,14 +191,14 @@ def test_threat_model_reaches_the_protocol(protocol: str, threat: str, malicious
 
 @pytest.mark.parametrize("protocol", ["paillier", "secagg", "secagg+"])
 def test_clients_are_simulated_on_every_usable_cpu(protocol: str) -> None:
-    from securefedrec.simulation import usable_cpus
+    from securefedrec.server.simulation import usable_cpus
 
     sim = Simulation(ExperimentConfig(protocol=protocol, synthetic_users=20, rounds=1))
     assert sim.aggregator.workers == usable_cpus() >= 1
 
 
 def test_secagg_plus_graph_is_sized_for_the_simulated_dropout() -> None:
-    from securefedrec.simulation import dropout_by_unmask
+    from securefedrec.server.simulation import dropout_by_unmask
 
     sim = Simulation(ExperimentConfig(protocol="secagg+", dropout=0.1, synthetic_users=20, rounds=1))
     assert sim.aggregator.dropout_rate == pytest.approx(1 - 0.9**5) == dropout_by_unmask(0.1)

@@ -15,7 +15,7 @@ import torch
 
 from protocols import Stage
 from securefedrec.flower import FederatedRun, GridLink, Identity, experiment_config
-from securefedrec.simulation import Simulation
+from securefedrec.server.simulation import Simulation
 
 TEST_CLIENTS = 256
 """Every test client id below this has a (test-only, derived) Ed25519 identity key."""
@@ -66,7 +66,7 @@ def dropout_plans(monkeypatch: pytest.MonkeyPatch) -> dict[int, dict[int, Stage]
     def planned(clients: Any, probability: float, rng: np.random.Generator) -> dict[int, Stage]:
         return plans.get(next(calls), {})
 
-    monkeypatch.setattr("securefedrec.simulation.sample_dropouts", planned)
+    monkeypatch.setattr("securefedrec.server.simulation.sample_dropouts", planned)
     return plans
 
 
@@ -75,7 +75,7 @@ def train_as_nodes(sim: Simulation, nodes: int) -> Simulation:
 
     The pool trains all sampled clients in one padded batch; a node hosting ``c % nodes == p``
     trains only its own (:func:`securefedrec.flower.node.runtime.train_clients`). A user's normal
-    equations ``X^T X`` (:func:`securefedrec.model.solve_users`, a batched float32 matmul that
+    equations ``X^T X`` (:func:`securefedrec.models.mf.solve_users`, a batched float32 matmul that
     reduces over the padded ratings axis) then come from a batch of another size, for which
     the BLAS picks another kernel and another summation order: per-client deltas differ in the
     last bits (measured: 13 of 151 values of the 4-node test's model, up to 8.6e-9), and how

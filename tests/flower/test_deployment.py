@@ -192,7 +192,7 @@ def noise_federation(tmp_path: Path) -> Iterator[Federation]:
 def _simulation(n: int, rounds: int, **overrides: Any) -> Any:
     """The simulator of the same run, training each SuperNode's clients in their own batch as the nodes do."""
     from securefedrec.config import ExperimentConfig
-    from securefedrec.simulation import Simulation
+    from securefedrec.server.simulation import Simulation
     from tests.flower.conftest import train_as_nodes
 
     cfg = ExperimentConfig.from_mapping({**EXPERIMENT, "silos": n, "rounds": rounds, **overrides})

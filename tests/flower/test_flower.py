@@ -40,7 +40,7 @@ from securefedrec.flower import (
     unpack,
 )
 from securefedrec.flower.client_app import handle
-from securefedrec.simulation import Simulation
+from securefedrec.server.simulation import Simulation
 from tests.flower.conftest import identity_node_config, test_identity, train_as_nodes
 
 if sys.version_info >= (3, 11):

@@ -30,7 +30,7 @@ from securefedrec.flower import (
     unpack,
 )
 from securefedrec.flower.update import check_dp
-from securefedrec.simulation import Simulation
+from securefedrec.server.simulation import Simulation
 from tests.flower.conftest import fake_grid_and_simulator, train_as_nodes
 from tests.flower.test_flower import FakeGrid, FakeLink, _task_identity, node_options  # noqa: F401 (autouse)
 

@@ -29,7 +29,7 @@ from securefedrec.flower import (
 from securefedrec.flower.node.silos import SILO_PREFIX, SiloStore
 from securefedrec.flower.update import dp_info
 from securefedrec.privacy import SiloDPSGD
-from securefedrec.simulation import Simulation
+from securefedrec.server.simulation import Simulation
 from tests.flower.conftest import fake_grid_and_simulator
 from tests.flower.test_flower import FakeGrid, FakeLink, _task_identity, node_options  # noqa: F401 (autouse)
 

@@ -29,7 +29,7 @@ from securefedrec.flower import (
     StageMessage,
     paillier_rounding_rng,
 )
-from securefedrec.simulation import Simulation
+from securefedrec.server.simulation import Simulation
 from tests.flower.conftest import train_as_nodes
 from tests.flower.test_flower import FakeLink
 

@@ -27,7 +27,7 @@ def own_threshold(config: ExperimentConfig, n: int) -> int:
     """The smallest release threshold this node accepts for a round of ``n`` clients.
 
     ``ceil(threshold_fraction * n)`` (at least 1) from the node's own run configuration, exactly
-    the simulator's round config (:meth:`~securefedrec.simulation.Simulation.round_config`).
+    the simulator's round config (:meth:`~securefedrec.server.simulation.Simulation.round_config`).
     """
     return max(1, math.ceil(config.threshold_fraction * n))
 
@@ -48,7 +48,7 @@ def own_min_degree(config: ExperimentConfig, n: int, threshold: int, malicious: 
         return min(config.neighbors, n - 1)
     rate = 0.05
     if config.dropout > 0:
-        from securefedrec.simulation import dropout_by_unmask
+        from securefedrec.server.simulation import dropout_by_unmask
 
         rate = dropout_by_unmask(config.dropout)
     return min(choose_degree(n, rate, 0.05, threshold=threshold, malicious=malicious), n - 1)

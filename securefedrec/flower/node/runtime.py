@@ -64,7 +64,7 @@ def train_clients(config: ExperimentConfig, clients: list[int], view: np.ndarray
     """
     import torch
 
-    from securefedrec.simulation import Simulation
+    from securefedrec.server.simulation import Simulation
 
     sim = Simulation(config)
     trained = sim.pool.train(clients, torch.from_numpy(np.asarray(view, np.float64)),

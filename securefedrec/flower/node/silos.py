@@ -179,7 +179,7 @@ class NodeSilos:
         import secrets
 
         from securefedrec.privacy import SiloDPSGD
-        from securefedrec.simulation import Simulation
+        from securefedrec.server.simulation import Simulation
 
         plain = Simulation(dataclasses.replace(config, dp="none"))  # data, silo groups, layout; no DP built
         self.silos = SiloDPSGD.from_config(config, plain.pool, plain.layout, silo_ids=list(clients))

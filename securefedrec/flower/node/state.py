@@ -53,7 +53,7 @@ def rounding_rng(seed: int, round_id: int, rank: int) -> np.random.Generator:
     """The stochastic-rounding stream the simulator gives the ``rank``-th sampled client of a round.
 
     Equals ``default_rng([seed, round_id, streams.ROUNDING]).spawn(n)[rank]`` (what
-    :class:`~securefedrec.simulation.Simulation` hands its aggregator).
+    :class:`~securefedrec.server.simulation.Simulation` hands its aggregator).
     """
     sequence = np.random.SeedSequence([seed, round_id, streams.ROUNDING], spawn_key=(rank,))
     return np.random.default_rng(sequence)

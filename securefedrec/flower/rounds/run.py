@@ -1,6 +1,6 @@
 """The federated loop of a deployment (:class:`FederatedRun`) and its result file (:func:`write_result`).
 
-The server builds the same :class:`~securefedrec.simulation.Simulation` as an in-process
+The server builds the same :class:`~securefedrec.server.simulation.Simulation` as an in-process
 run and drives each round with :func:`~securefedrec.flower.rounds.secagg.secagg_round` or
 :func:`~securefedrec.flower.rounds.paillier.paillier_round`; the clients -- training,
 noise shares, error feedback -- run on the SuperNodes (:mod:`securefedrec.flower.node`).
@@ -40,7 +40,7 @@ FLOWER_PROTOCOLS = ("secagg", "secagg+", "paillier")
 class FederatedRun:
     """The federated loop of a deployment: sample, broadcast, secure round, server optimizer.
 
-    The server builds the same :class:`~securefedrec.simulation.Simulation` as an
+    The server builds the same :class:`~securefedrec.server.simulation.Simulation` as an
     in-process run, but uses only its public parts (item count and layout,
     initial global vector, Poisson sampling, round configuration, broadcast
     codec, server optimizer, the DP accountant); the clients train on the SuperNodes.
@@ -64,7 +64,7 @@ class FederatedRun:
     def __init__(self, config: ExperimentConfig, settings: DeploymentSettings, link: NodeLink) -> None:
         from securefedrec.compression import parse_compression
         from securefedrec.privacy import SiloDPSGD, UserLevelPrivacy
-        from securefedrec.simulation import Simulation
+        from securefedrec.server.simulation import Simulation
 
         if config.threat_model != "default" and (config.threat_model == "malicious") != settings.malicious:
             raise ConfigError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from securefedrec.model import Hyper
+from securefedrec.models.mf import Hyper
 
 __all__ = ["SiloLoss", "SiloMF"]
 
@@ -74,6 +74,6 @@ class SiloMF(nn.Module):
             self.mean.weight.fill_(float(mu))
 
     def global_vector(self) -> torch.Tensor:
-        """The global part flattened in :class:`~securefedrec.model.Layout` order."""
+        """The global part flattened in :class:`~securefedrec.models.mf.Layout` order."""
         return torch.cat([self.item.weight.detach().reshape(-1), self.item_bias.weight.detach()[:, 0],
                           self.mean.weight.detach().reshape(1)])

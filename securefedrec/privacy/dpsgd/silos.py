@@ -21,7 +21,7 @@ rounds). *All* trainable parameters train with DP-SGD: the user factors feed
 the item gradients of other ratings, so training them without noise would
 leak. Loss per rating: squared error plus ``lam_item ||q_i||^2 + lam_bias b_i^2
 + lam_user ||p_u||^2 + lam_bias b_u^2`` (the frequency-weighted L2 of
-:mod:`securefedrec.model`), summed over the batch; the SGD step is
+:mod:`securefedrec.models.mf`), summed over the batch; the SGD step is
 ``local_lr / dp_batch_size`` times the noisy sum (so ``local_lr`` is the step
 on the mean gradient of an expected batch).
 
@@ -74,9 +74,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from securefedrec import streams
-from securefedrec.client import RatingsByUser
 from securefedrec.errors import CheckpointError, ConfigError, PrivacyBudgetExhausted
-from securefedrec.model import Hyper, Layout
+from securefedrec.models.base import RatingsByUser
+from securefedrec.models.mf import Hyper, Layout
 from securefedrec.privacy.accountants.gaussian import PrivacyAccountant, calibrate_noise_multiplier
 from securefedrec.privacy.accountants.registry import make_accountant
 from securefedrec.privacy.base import RoundPrivacy

@@ -1,11 +1,12 @@
-"""The in-process federated simulator: sampling, local training, aggregation, fusion, evaluation.
+"""The in-process federated simulator: sampling, local training, aggregation, the server step, evaluation.
 
-One round (DESIGN.md "The data path of one round"):
+One round (docs/ARCHITECTURE.md "The data path of one round"):
 
 1. Poisson sampling: each client joins with probability ``sample_rate``
    (independently, so DP accounting with rate q is exact).
-2. The sampled clients receive the global vector and train locally
-   (:class:`~securefedrec.client.ClientPool`); each delta is clipped to
+2. The sampled clients receive the global vector and train the model
+   (``--model``, :mod:`securefedrec.models.registry`) locally
+   (:class:`~securefedrec.models.pool.ClientPool`); each delta is clipped to
    ``[-update_clip, update_clip]`` per coordinate, the range the protocols
    encode, so every protocol computes the same function.
    With ``compression`` (:mod:`securefedrec.compression`) the broadcast is a
@@ -13,25 +14,20 @@ One round (DESIGN.md "The data path of one round"):
    error feedback, and q8 / q16 narrow the protocol's ring.
 3. The aggregator (``protocols``) returns the survivors' sum, or aborts; an
    aborted round leaves the model unchanged and training goes on.
-4. The server optimizer applies ``sum / (q * N)``.
+4. The server optimizer (:mod:`securefedrec.server.optimizers`) applies ``sum / (q * N)``.
 5. Every ``eval_every`` rounds, each client evaluates locally.
 
 All randomness of round r comes from ``numpy.random.default_rng([seed, r, stream])``,
-so a run resumed from a checkpoint reproduces the uninterrupted run.
+so a run resumed from a checkpoint (:mod:`securefedrec.server.checkpoint`)
+reproduces the uninterrupted run.
 """
 
 from __future__ import annotations
 
-import copy
-import io
-import json
 import math
 import os
 import time
-import zipfile
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +37,22 @@ from tqdm import tqdm
 
 from protocols import AggregationAborted, Aggregator, RoundConfig, Stage, get_aggregator, sample_dropouts
 from securefedrec import streams
-from securefedrec.client import ClientPool, resolve_device
 from securefedrec.compression import Downlink, Uplink, parse_compression
-from securefedrec.compression import load_state as load_compression_state
-from securefedrec.compression import state_arrays as compression_arrays
 from securefedrec.config import ExperimentConfig
 from securefedrec.data import Dataset, load_dataset, synthetic
-from securefedrec.errors import CheckpointError, PrivacyBudgetExhausted, RunInterrupted
-from securefedrec.fusion import ServerOptimizer, get_optimizer
+from securefedrec.errors import CheckpointError, ConfigError, PrivacyBudgetExhausted, RunInterrupted
 from securefedrec.metrics import Evaluation, evaluate
-from securefedrec.model import Hyper, Layout
+from securefedrec.models.base import Model
+from securefedrec.models.mf import MF, Hyper, Layout
+from securefedrec.models.pool import ClientPool, resolve_device
+from securefedrec.models.registry import build_model
 from securefedrec.privacy import RoundPrivacy, SkellamUserPrivacy, build_privacy
-from securefedrec.report import atomic_write_bytes, environment
+from securefedrec.report import environment
+from securefedrec.server import checkpoint as checkpoints
+from securefedrec.server.checkpoint import Snapshot
+from securefedrec.server.optimizers import ServerOptimizer, get_optimizer
 
 __all__ = ["Simulation", "run_experiment"]
-
-_CHECKPOINT_VERSION = 1
 
 
 def load_configured_dataset(config: ExperimentConfig) -> Dataset:
@@ -89,7 +85,7 @@ def _round_rng(seed: int, round_id: int, stream: int) -> np.random.Generator:
 
 
 class Simulation:
-    """A federated MF run that can be stepped, checkpointed and resumed.
+    """A federated run of the configured model that can be stepped, checkpointed and resumed.
 
     Args:
         config: the experiment.
@@ -107,17 +103,13 @@ class Simulation:
         self.config = config
         self.device = resolve_device(config.device)
         self.dataset = dataset if dataset is not None else load_configured_dataset(config)
-        self.layout = Layout(self.dataset.num_items, config.factors)
-        self.hyper = Hyper(
-            factors=config.factors, lam_user=config.lam_user, lam_item=config.lam_item,
-            lam_bias=config.lam_bias, init_std=config.init_std,
-        )
+        self.model: Model = build_model(config, self.dataset.num_items)
         groups = None
         if config.silos is not None:  # cross-silo: --silos S groups the users into S clients
             from securefedrec.privacy import silo_groups
 
             groups = silo_groups(self.dataset.num_users, config.silos, config.seed)
-        self.pool = ClientPool(self.dataset.train, self.dataset.num_users, self.layout, self.hyper,
+        self.pool = ClientPool(self.dataset.train, self.dataset.num_users, self.model,
                                groups=groups, device=self.device)
         options: dict[str, Any] = ({} if config.threat_model == "default"
                                    else {"malicious": config.threat_model == "malicious"})
@@ -129,9 +121,8 @@ class Simulation:
             options["dropout_rate"] = dropout_by_unmask(config.dropout)
         self.aggregator = aggregator or get_aggregator(config.protocol, **options)
         self.optimizer = self._new_optimizer()
-        lo, hi = self.dataset.scale
-        # the intercept starts at the middle of the public rating scale (no data is peeked at)
-        init = self.layout.init((lo + hi) / 2, config.init_std, torch.Generator().manual_seed(config.seed))
+        # from the public rating scale only (no data is peeked at)
+        init = self.model.init_global(self.dataset.scale, torch.Generator().manual_seed(config.seed))
         self.global_vec: np.ndarray = init.numpy()
         # compression (securefedrec.compression): uplink with error feedback, compressed broadcast
         self.uplink = Uplink(parse_compression(config.compression), config.seed)
@@ -149,11 +140,27 @@ class Simulation:
         )
         self.stopped: str | None = None
 
+    @property
+    def layout(self) -> Layout:
+        """Where MF's parameters sit in the global vector (DP, DP-SGD silos and the attacks read it)."""
+        return self._mf().layout
+
+    @property
+    def hyper(self) -> Hyper:
+        """MF's hyper-parameters (the attacks re-solve user factors with them)."""
+        return self._mf().hyper
+
+    def _mf(self) -> MF:
+        if not isinstance(self.model, MF):
+            raise ConfigError(f"this part of securefedrec reads biased MF's parameters and needs --model mf, "
+                              f"not {self.model.name!r}")
+        return self.model
+
     def _new_optimizer(self) -> ServerOptimizer:
         """The configured server optimizer, before any step."""
         cfg = self.config
-        return get_optimizer(cfg.server_optimizer, cfg.server_lr).with_decay(
-            cfg.server_decay, self.layout.length - 1)  # the item part; never the intercept
+        return get_optimizer(cfg.server_optimizer, cfg.server_lr).with_decay(cfg.server_decay,
+                                                                             self.model.decay_span)
 
     # ------------------------------------------------------------------ one round
     def sample(self, round_id: int) -> list[int]:
@@ -226,7 +233,7 @@ class Simulation:
                 record.update(aborted=True, dropped=len(sampled) - exc.survivors, error=str(exc))
             else:
                 mean = result.total / (cfg.sample_rate * self.pool.num_clients)
-                # random-k: only the public selection carries information (lazy step, fusion.py)
+                # random-k: only the public selection carries information (lazy step, server/optimizers.py)
                 self.global_vec = self.optimizer.step(self.global_vec, mean, coords=self.uplink.last_coords)
                 record.update(
                     dropped=len(sampled) - len(result.survivors),
@@ -254,7 +261,7 @@ class Simulation:
     def evaluate(self, ranking: bool = False) -> Evaluation:
         """Every client evaluates the current global model locally."""
         ev = evaluate(
-            torch.from_numpy(self.global_vec), self.layout, self.hyper, self.pool.data,
+            torch.from_numpy(self.global_vec), self.model, self.pool.data,
             self.dataset.test, self.dataset.scale, ranking=ranking, device=self.device,
         )
         self.last_eval = ev
@@ -298,7 +305,7 @@ class Simulation:
 
     def _complete_round(self, checkpoint: str | Path | None) -> dict[str, Any]:
         """One round and its checkpoint, or neither: any exception restores the state before it."""
-        before = _State.capture(self)
+        before = Snapshot.capture(self)
         try:
             record = self.run_round()
             if checkpoint is not None:
@@ -330,26 +337,7 @@ class Simulation:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str | Path) -> Path:
         """Atomically write everything needed to continue this run to ``path`` (.npz)."""
-        meta = {
-            "version": _CHECKPOINT_VERSION,
-            "config": self.config.to_dict(),
-            "next_round": self.next_round,
-            "rounds": self.rounds,
-            "privacy": self.privacy.state() if self.privacy is not None else None,
-            "optimizer_scalars": {k: v for k, v in self.optimizer.state_dict().items()
-                                  if not isinstance(v, np.ndarray)},
-        }
-        arrays = {f"opt.{k}": v for k, v in self.optimizer.state_dict().items() if isinstance(v, np.ndarray)}
-        arrays.update(
-            meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
-            global_vec=self.global_vec,
-            user_factors=self.pool.user_factors.numpy(),
-            user_bias=self.pool.user_bias.numpy(),
-        )
-        arrays.update({f"comp.{k}": v for k, v in compression_arrays(self.uplink, self.downlink).items()})
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)  # type: ignore[arg-type]
-        return atomic_write_bytes(path, buf.getvalue())
+        return checkpoints.save(self, path)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Continue from ``path``; its configuration must equal ours except for ``rounds``.
@@ -360,205 +348,7 @@ class Simulation:
         Raises:
             CheckpointError: one line naming the file and what is wrong with it.
         """
-        p = Path(path)
-        arrays = _read_checkpoint(p)
-        meta = _checkpoint_meta(p, arrays)
-        # checkpoints written before dp_mechanism existed were Gaussian
-        ours, theirs = self.config.to_dict(), {"dp_mechanism": "gaussian", **meta["config"]}
-        diff = sorted(k for k in ours if k != "rounds" and ours[k] != theirs.get(k))
-        if diff:
-            details = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs run {ours[k]!r}" for k in diff)
-            raise CheckpointError(f"{p}: checkpoint was written by a different configuration ({details})")
-        done = meta["next_round"]
-        if done > self.config.rounds:
-            raise CheckpointError(f"{p}: checkpoint has {done} rounds done, more than the "
-                                  f"{self.config.rounds} rounds of this run (raise --rounds to continue it)")
-        expected = {"global_vec": self.global_vec, "user_factors": self.pool.user_factors.numpy(),
-                    "user_bias": self.pool.user_bias.numpy()}
-        for name, like in expected.items():
-            _check_array(p, arrays, name, like)
-        optimizer = self._new_optimizer()
-        optimizer.load_state_dict(_checked_optimizer_state(p, meta, arrays, optimizer, self.layout.length))
-        try:
-            feedback, downlink, spread = load_compression_state(
-                {k[5:]: v for k, v in arrays.items() if k.startswith("comp.")},
-                self.uplink, self.downlink, self.layout.length)
-            if self.privacy is not None:  # last check: it validates its state and may refuse; nothing changed
-                self.privacy.restore(done, meta["privacy"])
-        except CheckpointError as exc:
-            raise CheckpointError(f"{p}: {exc}") from None
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{p}: malformed compression or privacy state "
-                                  f"({type(exc).__name__}: {exc})") from None
-        # every check passed: change the state (nothing below can fail)
-        self.global_vec = arrays["global_vec"]
-        self.uplink.feedback, self.downlink, self.uplink.spread = feedback, downlink, spread
-        self.pool.user_factors = torch.from_numpy(arrays["user_factors"])
-        self.pool.user_bias = torch.from_numpy(arrays["user_bias"])
-        self.optimizer = optimizer
-        self.next_round = done
-        self.rounds = list(meta["rounds"])
-
-
-_ZIP_MAGIC = b"PK\x03\x04"
-
-
-def _read_checkpoint(p: Path) -> dict[str, np.ndarray]:
-    """Every array of the checkpoint at ``p``; never unpickles, never a raw zipfile/numpy error."""
-    try:
-        with p.open("rb") as fh:
-            head = fh.read(len(_ZIP_MAGIC))
-    except IsADirectoryError:
-        raise CheckpointError(f"{p}: is a folder, not a checkpoint file") from None
-    except OSError as exc:
-        raise CheckpointError(f"{p}: cannot read the checkpoint ({exc.strerror or exc})") from None
-    if not head:
-        raise CheckpointError(f"{p}: checkpoint is empty (0 bytes); delete it, or drop --resume to start "
-                              "over")
-    if head != _ZIP_MAGIC:
-        raise CheckpointError(f"{p}: not a readable securefedrec checkpoint (not an .npz archive)")
-    arrays: dict[str, np.ndarray] = {}
-    name = ""
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            for name in z.files:
-                value = z[name]
-                if not isinstance(value, np.ndarray) or value.dtype.hasobject:
-                    raise CheckpointError(f"{p}: not a readable securefedrec checkpoint (entry {name!r} "
-                                          "is not an array)")
-                arrays[name] = value
-    except CheckpointError:
-        raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
-        # ValueError covers pickled entries; numpy's message would advise allow_pickle, which is unsafe
-        where = f"entry {name!r}" if name else "the archive"
-        if isinstance(exc, ValueError):
-            raise CheckpointError(f"{p}: not a readable securefedrec checkpoint ({where} is not a plain "
-                                  "array)") from None
-        raise CheckpointError(f"{p}: checkpoint is damaged or truncated ({where} cannot be read)") from None
-    return arrays
-
-
-def _checkpoint_meta(p: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The checkpoint's JSON record, with the type of every field checked."""
-    raw = arrays.get("meta")
-    if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
-        raise CheckpointError(f"{p}: not a readable securefedrec checkpoint (no 'meta' record)")
-    try:
-        meta = json.loads(raw.tobytes())
-    except ValueError:  # also UnicodeDecodeError
-        raise CheckpointError(f"{p}: not a readable securefedrec checkpoint ('meta' is not JSON)") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{p}: not a readable securefedrec checkpoint ('meta' is not a JSON object)")
-    if meta.get("version") != _CHECKPOINT_VERSION:
-        raise CheckpointError(f"{p}: checkpoint version {meta.get('version')!r}, expected "
-                              f"{_CHECKPOINT_VERSION}")
-    fields: dict[str, type | tuple[type, ...]] = {
-        "config": dict, "next_round": int, "rounds": list, "optimizer_scalars": dict,
-        "privacy": (dict, type(None)),
-    }
-    for field, kind in fields.items():
-        if field not in meta or not isinstance(meta[field], kind) or isinstance(meta[field], bool):
-            raise CheckpointError(f"{p}: damaged checkpoint: 'meta' field {field!r} is missing or of the "
-                                  f"wrong type ({type(meta.get(field)).__name__})")
-    if meta["next_round"] < 0 or len(meta["rounds"]) != meta["next_round"] or not all(
-            isinstance(r, dict) for r in meta["rounds"]):
-        raise CheckpointError(f"{p}: damaged checkpoint: {len(meta['rounds'])} round records for "
-                              f"{meta['next_round']} rounds done")
-    return meta
-
-
-def _check_array(p: Path, arrays: dict[str, np.ndarray], name: str, like: np.ndarray) -> None:
-    value = arrays.get(name)
-    if value is None:
-        raise CheckpointError(f"{p}: damaged checkpoint: no {name!r} array")
-    if value.shape != like.shape or value.dtype != like.dtype:
-        raise CheckpointError(f"{p}: {name} is {value.dtype}{list(value.shape)}, this run has "
-                              f"{like.dtype}{list(like.shape)} (another data set or model size?)")
-
-
-def _checked_optimizer_state(
-    p: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray], fresh: ServerOptimizer, length: int
-) -> dict[str, Any]:
-    """The server optimizer's state from the checkpoint, checked against ``fresh`` (same kind, no step).
-
-    Its scalars must be exactly ``fresh``'s; its arrays (moments, created by the first
-    step) must be attributes ``fresh`` declares, of the vector's length.
-    """
-    scalars = {k: v for k, v in fresh.state_dict().items() if not isinstance(v, np.ndarray)}
-    moments = {k for k, v in vars(fresh).items() if v is None or isinstance(v, np.ndarray)}
-    state: dict[str, Any] = dict(meta["optimizer_scalars"])
-    if set(state) != set(scalars):
-        raise CheckpointError(f"{p}: server optimizer state has {sorted(state)}, expected {sorted(scalars)} "
-                              "(another --server-optimizer?)")
-    for key, like in scalars.items():
-        value = state[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                isinstance(like, int) and not isinstance(value, int)):
-            raise CheckpointError(f"{p}: server optimizer state {key!r} is {value!r}, expected a "
-                                  f"{type(like).__name__}")
-        state[key] = type(like)(value)
-    for name, value in arrays.items():
-        if not name.startswith("opt."):
-            continue
-        key = name[4:]
-        if key not in moments or value.shape != (length,) or value.dtype.kind not in "fiu":
-            raise CheckpointError(f"{p}: server optimizer state {key!r} does not fit this run")
-        state[key] = value.astype(np.float64)
-    return state
-
-
-@dataclass(frozen=True)
-class _State:
-    """What a round may change, captured before it, so an interrupted round leaves no trace.
-
-    Copies are shallow where the round replaces objects instead of writing into them:
-    the global vector, the error-feedback residual arrays and the downlink view are
-    always new arrays; the user factors, the server optimizer (its moments appear at the
-    first step) and the downlink's per-client sync numbers change in place, so they are
-    copied.
-    """
-
-    global_vec: np.ndarray
-    optimizer: ServerOptimizer
-    user_factors: torch.Tensor
-    user_bias: torch.Tensor
-    residuals: dict[int, np.ndarray]
-    spread: tuple[float, int] | None
-    last_coords: np.ndarray | None
-    downlink: Downlink
-    privacy: dict[str, Any] | None
-    next_round: int
-    rounds: int
-    last_eval: Evaluation | None
-    stopped: str | None
-
-    @classmethod
-    def capture(cls, sim: Simulation) -> _State:
-        downlink = copy.copy(sim.downlink)
-        downlink.last_sync, downlink.sizes = sim.downlink.last_sync.copy(), list(sim.downlink.sizes)
-        return cls(
-            global_vec=sim.global_vec,
-            optimizer=copy.deepcopy(sim.optimizer),
-            user_factors=sim.pool.user_factors.clone(), user_bias=sim.pool.user_bias.clone(),
-            residuals=dict(sim.uplink.feedback.residuals), spread=sim.uplink.spread,
-            last_coords=sim.uplink.last_coords, downlink=downlink,
-            privacy=sim.privacy.state() if sim.privacy is not None else None,
-            next_round=sim.next_round, rounds=len(sim.rounds), last_eval=sim.last_eval, stopped=sim.stopped,
-        )
-
-    def restore(self, sim: Simulation) -> None:
-        if sim.privacy is not None:
-            sim.privacy.restore(self.next_round, self.privacy)
-        sim.global_vec = self.global_vec
-        sim.optimizer = self.optimizer
-        sim.pool.user_factors, sim.pool.user_bias = self.user_factors, self.user_bias
-        sim.uplink.feedback.residuals = self.residuals
-        sim.uplink.spread, sim.uplink.last_coords = self.spread, self.last_coords
-        sim.downlink = self.downlink
-        sim.next_round, sim.last_eval, sim.stopped = self.next_round, self.last_eval, self.stopped
-        del sim.rounds[self.rounds:]
-
+        checkpoints.load(self, path, self._new_optimizer())
 
 def run_experiment(
     config: ExperimentConfig,
