@@ -39,6 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the attack named in ``args`` and write its JSON report; 0 when done."""
     from attacks.base import get_attack
+    from protocols import aggregator_class
     from securefedrec.report import write_json
 
     run_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in _OWN})
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if given and args.name != "poisoning":
         flag = "--" + next(iter(given)).replace("_", "-")
         raise SecureFedRecError(f"{flag} applies to the poisoning attack only")
-    if args.key_bits is not None and config.protocol != "paillier":
+    if args.key_bits is not None and not aggregator_class(config.protocol).homomorphic:
         raise SecureFedRecError(f"--key-bits: applies only with --protocol paillier; --protocol is "
                                 f"{config.protocol!r}")
     options: dict[str, Any] = dict(given)

@@ -81,6 +81,7 @@ class PlaintextAggregator(Aggregator):
     name: ClassVar[str] = "plaintext"
     secure: ClassVar[bool] = False
     accepts_sparse: ClassVar[bool] = True
+    supports_wrap: ClassVar[bool] = True
 
     def __init__(self, *, rng: np.random.Generator | None = None) -> None:
         self.rng = rng if rng is not None else np.random.default_rng()

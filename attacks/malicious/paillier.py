@@ -1,7 +1,7 @@
 """``malicious-server`` against packed Paillier: a server that deviates to decrypt one client's update.
 
 Registered behind the ``malicious-server`` attack (:class:`attacks.MaliciousServerAttack`
-runs these scenarios when ``config.protocol == "paillier"``). The attack drives the
+runs these scenarios against a Paillier-family aggregator). The attack drives the
 sans-IO parties of :mod:`protocols.paillier` directly: honest
 :class:`~protocols.paillier.PaillierClient` objects and a
 :class:`~protocols.paillier.PaillierServer` whose messages the attacker rewrites. Every
@@ -78,11 +78,12 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from attacks.malicious_server import PAILLIER_SCENARIOS, ScenarioOutcome
+from attacks.malicious.outcomes import PAILLIER_LIES, PAILLIER_SCENARIOS, ScenarioOutcome, summarize
 from protocols import ProtocolError, RoundConfig
 from protocols.paillier import PaillierClient, PaillierServer, PrivateKey, RandomnessPool, generate_keypair
 from protocols.paillier import aggregator as pa
 from protocols.paillier import keys as keymod
+from protocols.paillier import messages as pm
 from protocols.paillier.aggregator import (
     Ciphertexts,
     consistency_threshold,
@@ -98,7 +99,7 @@ from securefedrec.errors import ConfigError
 
 __all__ = ["LIE_SCENARIOS", "SCENARIOS", "run_scenario"]
 
-LIE_SCENARIOS = ("threshold-lie", "sybil-key-holder", "weak-key", "layout-lie", "round-id-lie")
+LIE_SCENARIOS = PAILLIER_LIES
 """Lies about a parameter each client derives from its own configuration (module docstring)."""
 SCENARIOS = (*PAILLIER_SCENARIOS, *LIE_SCENARIOS)
 HONEST_MODEL = "honest-but-curious"
@@ -219,12 +220,12 @@ class _Round:
         """Ask each client to sign its (possibly forged) survivor set; return the signatures it gave."""
         sigs = {}
         for c, survivors in sorted(views.items()):
-            request = frame(pa.KIND_CONSISTENCY_REQUEST,
+            request = frame(pm.KIND_CONSISTENCY_REQUEST,
                             struct.pack(">QI", self.rid, len(survivors)) + struct.pack(
                                 f">{len(survivors)}Q", *survivors))
             reply = self.call(c, "consistency", out, request, self.cfg.threshold)
             if reply is not None:
-                sigs[c] = unframe(reply, pa.KIND_CONSISTENCY_SIGNATURE)[16:]
+                sigs[c] = unframe(reply, pm.KIND_CONSISTENCY_SIGNATURE)[16:]
         return sigs
 
     def verified(self, survivors: tuple[int, ...], sigs: Mapping[int, bytes],
@@ -240,7 +241,7 @@ class _Round:
         reply = self.call(decryptor, "decrypt", out, message, told)
         if reply is None:
             return None
-        payload = unframe(reply, pa.KIND_PLAINTEXT_SUM)
+        payload = unframe(reply, pm.KIND_PLAINTEXT_SUM)
         (count,) = struct.unpack_from(">I", payload, 8)
         w = self.public.plaintext_bytes
         return [int.from_bytes(payload[12 + i * w : 12 + (i + 1) * w], "big") for i in range(count)]
@@ -368,12 +369,12 @@ def _key_substitution(make: Callable[[], _Round], server_key: PrivateKey, out: S
     rnd = make()
     fake = {c: X25519PrivateKey.from_private_bytes(rnd.randbytes(32)) for c in rnd.ids}
     rnd.advertise()
-    payloads = {c: unframe(rnd.adverts[c], pa.KIND_ADVERT) for c in rnd.ids}
+    payloads = {c: unframe(rnd.adverts[c], pm.KIND_ADVERT) for c in rnd.ids}
     swapped = {c: p[:16] + keymod._raw(fake[c].public_key()) + p[48:] for c, p in payloads.items()}
     before = set(out.aborted)
     for c in rnd.ids:  # each client sees its own advert intact and everyone else's key swapped
         forged = [payloads[a] if a == c else swapped[a] for a in rnd.ids]
-        listing = frame(pa.KIND_ADVERT_LIST, struct.pack(">I", len(forged)) + b"".join(forged))
+        listing = frame(pm.KIND_ADVERT_LIST, struct.pack(">I", len(forged)) + b"".join(forged))
         rnd.call(c, "receive_adverts", out, listing)
     accepted = [c for c in rnd.ids if c not in set(out.aborted) - before]
     out.notes.append(f"advert lists with every peer's X25519 key swapped for the server's: accepted by "
@@ -386,10 +387,10 @@ def _key_substitution(make: Callable[[], _Round], server_key: PrivateKey, out: S
     n_own = server_key.public.n_bytes()
     took = []
     for c, message in sorted(deliveries.items()):
-        payload = unframe(message, pa.KIND_KEY_DELIVERY)
+        payload = unframe(message, pm.KIND_KEY_DELIVERY)
         (nlen,) = struct.unpack_from(">H", payload, 16)
         substituted = payload[:18] + n_own + payload[18 + nlen :]
-        if rnd.call(c, "receive_key", out, frame(pa.KIND_KEY_DELIVERY, substituted)) is not None:
+        if rnd.call(c, "receive_key", out, frame(pm.KIND_KEY_DELIVERY, substituted)) is not None:
             took.append(c)
     out.notes.append(f"substituted public key: accepted by {len(took)} of {len(deliveries)} clients")
     for c in took:  # a client that took the server's key encrypts under it: the server decrypts
@@ -403,10 +404,10 @@ def _finish_mitm(rnd: _Round, fake: Mapping[int, X25519PrivateKey], accepted: li
     """The holder sealed the key to the server's X25519 keys: open it; re-seal it to the recipients."""
     bundle = rnd.clients[rnd.holder].share_key(rnd.key)
     deliveries = rnd.server.relay_key(rnd.holder, bundle)
-    holder_ad = keymod.parse_advert(unframe(rnd.adverts[rnd.holder], pa.KIND_ADVERT), rnd.directory, rnd.rid)
+    holder_ad = keymod.parse_advert(unframe(rnd.adverts[rnd.holder], pm.KIND_ADVERT), rnd.directory, rnd.rid)
     stolen: PrivateKey | None = None
     for c, message in sorted(deliveries.items()):
-        payload = unframe(message, pa.KIND_KEY_DELIVERY)
+        payload = unframe(message, pm.KIND_KEY_DELIVERY)
         (nlen,) = struct.unpack_from(">H", payload, 16)
         n_raw = payload[18 : 18 + nlen]
         (slen,) = struct.unpack_from(">H", payload, 18 + nlen + 64)
@@ -417,11 +418,11 @@ def _finish_mitm(rnd: _Round, fake: Mapping[int, X25519PrivateKey], accepted: li
         except ProtocolError:
             continue
         # re-seal to c's real key as "the holder" (c saw fake[holder] as the holder's advert)
-        real = keymod.parse_advert(unframe(rnd.adverts[c], pa.KIND_ADVERT), rnd.directory, rnd.rid)
+        real = keymod.parse_advert(unframe(rnd.adverts[c], pm.KIND_ADVERT), rnd.directory, rnd.rid)
         resealed = keymod.seal_private_key(stolen, fake[rnd.holder], real, rnd.rid, rnd.holder)
         body = payload[: 18 + nlen + 64] + struct.pack(">H", len(resealed)) + resealed
         if c in accepted:
-            rnd.call(c, "receive_key", out, frame(pa.KIND_KEY_DELIVERY, body))
+            rnd.call(c, "receive_key", out, frame(pm.KIND_KEY_DELIVERY, body))
     if stolen is None:
         return
     for c in accepted:
@@ -438,13 +439,13 @@ def _bundle_tampering(make: Callable[..., _Round], server_key: PrivateKey, out: 
     recipients = sorted(deliveries)
 
     def parts(message: bytes) -> tuple[bytes, bytes, bytes]:
-        payload = unframe(message, pa.KIND_KEY_DELIVERY)
+        payload = unframe(message, pm.KIND_KEY_DELIVERY)
         (nlen,) = struct.unpack_from(">H", payload, 16)
         cut = 18 + nlen + 64
         return payload[:16], payload[16:cut], payload[cut + 2 :]  # ids, n + signature, sealed
 
     def build(ids: bytes, signed: bytes, sealed: bytes) -> bytes:
-        return frame(pa.KIND_KEY_DELIVERY, ids + signed + struct.pack(">H", len(sealed)) + sealed)
+        return frame(pm.KIND_KEY_DELIVERY, ids + signed + struct.pack(">H", len(sealed)) + sealed)
 
     attacks: list[tuple[str, bytes]] = []
     r = recipients
@@ -463,7 +464,7 @@ def _bundle_tampering(make: Callable[..., _Round], server_key: PrivateKey, out: 
     # the server's own key pair, sealed under a key it agreed with the recipient's real advert
     target = r[5 % len(r)]
     ephemeral = X25519PrivateKey.from_private_bytes(rnd.randbytes(32))
-    advert = keymod.parse_advert(unframe(rnd.adverts[target], pa.KIND_ADVERT), rnd.directory, rnd.rid)
+    advert = keymod.parse_advert(unframe(rnd.adverts[target], pm.KIND_ADVERT), rnd.directory, rnd.rid)
     own_sealed = keymod.seal_private_key(server_key, ephemeral, advert, rnd.rid, rnd.holder)
     n_own = server_key.public.n_bytes()
     unsigned = struct.pack(">H", len(n_own)) + n_own + bytes(64)
@@ -488,7 +489,7 @@ def _ciphertext_replay(make: Callable[..., _Round], victim: int, out: ScenarioOu
     if earlier.malicious:
         sigs = earlier.consistency(dict.fromkeys(everyone, everyone), out)
         earlier.server.collect_signatures(
-            {c: frame(pa.KIND_CONSISTENCY_SIGNATURE, struct.pack(">QQ", c, earlier.rid) + s)
+            {c: frame(pm.KIND_CONSISTENCY_SIGNATURE, struct.pack(">QQ", c, earlier.rid) + s)
              for c, s in sigs.items()})
     before = earlier.decrypt(d, earlier.server.aggregate_message(), out)  # the honest sum of round 6
     rnd = make(round_id=7, identities=earlier.identities)
@@ -518,10 +519,10 @@ def _threshold_lie(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
         pair = tuple(sorted((d[0], victim)))
         sigs: dict[int, bytes] = {}
         for c in pair:
-            request = frame(pa.KIND_CONSISTENCY_REQUEST, struct.pack(">QI2Q", rnd.rid, 2, *pair))
+            request = frame(pm.KIND_CONSISTENCY_REQUEST, struct.pack(">QI2Q", rnd.rid, 2, *pair))
             reply = rnd.call(c, "consistency", out, request, 1)
             if reply is not None:
-                sigs[c] = unframe(reply, pa.KIND_CONSISTENCY_SIGNATURE)[16:]
+                sigs[c] = unframe(reply, pm.KIND_CONSISTENCY_SIGNATURE)[16:]
         out.notes.append(f"S = {{d, v}} signed by {len(sigs)} of 2 clients told threshold 1")
     message = encode_aggregate(rnd.rid, alone, rnd.product([victim]), rnd.width)
     plain = rnd.decrypt(d[-1], message, out, threshold=1)
@@ -540,9 +541,9 @@ def _sybil_key_holder(rnd: _Round, server_key: PrivateKey, out: ScenarioOutcome)
                            n_clients=len(rnd.ids) + 1000)
     replaced = rnd.ids[-1]  # the Sybil takes client n's place, so the list still holds n adverts
     rnd.advertise()
-    listed = {c: unframe(rnd.adverts[c], pa.KIND_ADVERT) for c in rnd.ids if c != replaced}
-    listed[sybil_id] = unframe(sybil.advertise(), pa.KIND_ADVERT)
-    listing = frame(pa.KIND_ADVERT_LIST, struct.pack(">I", len(listed)) + b"".join(
+    listed = {c: unframe(rnd.adverts[c], pm.KIND_ADVERT) for c in rnd.ids if c != replaced}
+    listed[sybil_id] = unframe(sybil.advertise(), pm.KIND_ADVERT)
+    listing = frame(pm.KIND_ADVERT_LIST, struct.pack(">I", len(listed)) + b"".join(
         listed[c] for c in sorted(listed)))
     sybil.receive_adverts(listing)
     receivers = [c for c in rnd.ids if c != replaced]
@@ -622,7 +623,7 @@ def _round_id_lie(make: Callable[..., _Round], victim: int, out: ScenarioOutcome
         message = relabelled.get(c, deliveries[c])
         rnd.call(c, "receive_key", out, message)
     rest = tuple(_others(rnd, victim))
-    request = frame(pa.KIND_CONSISTENCY_REQUEST, struct.pack(f">QI{len(rest)}Q", 6, len(rest), *rest))
+    request = frame(pm.KIND_CONSISTENCY_REQUEST, struct.pack(f">QI{len(rest)}Q", 6, len(rest), *rest))
     signed = [c for c in rest if rnd.malicious and rnd.call(c, "consistency", out, request) is not None]
     replay = encode_aggregate(6, rest, earlier.product(list(rest)), earlier.width)
     decryptor = next((c for c in rest if rnd.clients[c].keypair is not None and not rnd.clients[c].failed),
@@ -710,7 +711,7 @@ def attack_details(clients: int, threshold_fraction: float, scenarios: tuple[str
                    options: Mapping[str, Any], seed: int) -> tuple[int, int, dict[str, Any]]:
     """Every scenario in both models: (revealed in the malicious model, baseline, details).
 
-    The default set (:data:`~attacks.malicious_server.PAILLIER_SCENARIOS`, what the attack
+    The default set (:data:`~attacks.malicious.outcomes.PAILLIER_SCENARIOS`, what the attack
     runs unless told otherwise) also runs the :data:`LIE_SCENARIOS`.
     """
     if tuple(scenarios) == PAILLIER_SCENARIOS:
@@ -720,16 +721,13 @@ def attack_details(clients: int, threshold_fraction: float, scenarios: tuple[str
     key = pa.as_private_key(keypair) if keypair is not None else generate_keypair(
         int(options.get("key_bits", 512)))
     own = generate_keypair(key.public.bits)  # the server's key for the substitution scenarios
-    outcomes = [run_scenario(s, clients=clients, threshold=threshold, malicious=m, key=key, server_key=own,
-                             seed=seed)
-                for s in scenarios for m in (True, False)]
-    value = sum(o.revealed for o in outcomes if o.malicious)
-    baseline = sum(o.revealed for o in outcomes if not o.malicious)
-    return value, baseline, {
+    summary = summarize(run_scenario(s, clients=clients, threshold=threshold, malicious=m, key=key,
+                                     server_key=own, seed=seed)
+                        for s in scenarios for m in (True, False))
+    return summary.value, summary.baseline, {
         "clients": clients, "threshold": threshold, "consistency_threshold": consistency_threshold(clients),
         "key_bits": key.public.bits,
-        "scenarios": {o.scenario: o.as_dict() for o in outcomes if o.malicious},
-        "semi_honest": {o.scenario: o.as_dict() for o in outcomes if not o.malicious},
+        **summary.details,
         "baseline_is": "the same scenarios against the honest-but-curious Paillier protocol "
                        "(malicious=False: no ciphertext signatures, no consistency round, the decryptor "
                        "checks only the announced survivor count)",

@@ -66,6 +66,10 @@ class SecAggAggregator(Aggregator):
 
     name: ClassVar[str] = "secagg"
     secure: ClassVar[bool] = True
+    supports_wrap: ClassVar[bool] = True
+    threat_models: ClassVar[frozenset[str]] = frozenset({"semi-honest", "malicious"})
+    parallel_clients: ClassVar[bool] = True
+    pairwise_masks: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -220,6 +224,7 @@ class SecAggPlusAggregator(SecAggAggregator):
     """
 
     name: ClassVar[str] = "secagg+"
+    sparse_graph: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from protocols import aggregator_class
 from protocols.secagg import SecAggClient
 from protocols.secagg.client import raw_public
 from securefedrec import streams
@@ -246,7 +247,7 @@ def own_min_degree(config: ExperimentConfig, n: int, threshold: int, malicious: 
     """
     from protocols.secagg.graph import choose_degree
 
-    if config.protocol == "secagg":
+    if not aggregator_class(config.protocol).sparse_graph:
         return n - 1
     if config.neighbors is not None:
         return min(config.neighbors, n - 1)
@@ -471,7 +472,7 @@ class NodeRuntime:
                              "a round is never run twice")
         cfg = self.config
         paillier = message.stage is FlowerStage.PAILLIER_TRAIN
-        if paillier != (cfg.protocol == "paillier"):
+        if paillier != aggregator_class(cfg.protocol).homomorphic:
             raise IntegrityError(f"round {r}, field 'protocol': a {message.stage.name} message, but this "
                                  f"node's run configuration has protocol {cfg.protocol!r}")
         clients = sorted(message.payload)
