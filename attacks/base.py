@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from attacks.registry import ATTACKS  # the names, in a module light enough for the CLI parser
-from protocols import AggregationResult, Aggregator, DropoutPlan, RoundConfig, get_aggregator
+from protocols import AggregationResult, Aggregator, RoundConfig, Stage, get_aggregator
 from protocols.base import CAPABILITIES
 from securefedrec.compression import STREAM_SELECT
 from securefedrec.config import ExperimentConfig
@@ -212,11 +212,8 @@ class ObservingAggregator(Aggregator):
         """Tell the wrapper which round the next messages belong to (top-k bypasses ``aggregate``)."""
         self._round = round_id
 
-    def aggregate(
-        self,
-        inputs: Mapping[int, np.ndarray],
-        config: RoundConfig,
-        dropout: DropoutPlan | None = None,
+    def _aggregate(
+        self, inputs: Mapping[int, np.ndarray], config: RoundConfig, dropout: dict[int, Stage], length: int
     ) -> AggregationResult:
         """Run the wrapped protocol; record the sum (and, for plaintext only, the messages)."""
         result = self.inner.aggregate(inputs, config, dropout)

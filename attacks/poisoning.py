@@ -105,7 +105,7 @@ import numpy as np
 import torch
 
 from attacks.base import Attack, AttackResult, ObservingAggregator, Target
-from protocols import AggregationResult, Aggregator, DropoutPlan, RoundConfig, get_aggregator
+from protocols import AggregationResult, Aggregator, RoundConfig, Stage, get_aggregator
 from securefedrec.config import ExperimentConfig
 from securefedrec.data import Dataset
 from securefedrec.errors import ConfigError
@@ -177,11 +177,8 @@ class PoisonedAggregator(ObservingAggregator):
         self.joined: dict[int, int] = {}
         """round id -> how many fake clients took part."""
 
-    def aggregate(
-        self,
-        inputs: Mapping[int, np.ndarray],
-        config: RoundConfig,
-        dropout: DropoutPlan | None = None,
+    def _aggregate(
+        self, inputs: Mapping[int, np.ndarray], config: RoundConfig, dropout: dict[int, Stage], length: int
     ) -> AggregationResult:
         """Add the fake clients' inputs, apply the defence, aggregate."""
         rng = np.random.default_rng([self.seed, config.round_id, 31])

@@ -25,7 +25,7 @@ import enum
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import numpy as np
 
@@ -281,7 +281,8 @@ class Aggregator(abc.ABC):
     :func:`protocols.registry.aggregator_class`, never for a protocol's name, so a
     new protocol that declares the same capabilities is handled the same way.
     Inputs are dense float vectors, or :class:`SparseVector` where ``accepts_sparse``
-    is true.
+    is true. Subclasses implement :meth:`_aggregate`; :meth:`aggregate` runs the check
+    every protocol shares first.
     """
 
     name: ClassVar[str]
@@ -307,11 +308,33 @@ class Aggregator(abc.ABC):
     distributes to every client (which therefore needs an identity key in every threat
     model); the constructor takes ``key_bits=``."""
 
-    @abc.abstractmethod
     def aggregate(
         self,
-        inputs: Mapping[int, np.ndarray],
+        inputs: Mapping[int, np.ndarray] | Mapping[int, np.ndarray | SparseVector],
         config: RoundConfig,
         dropout: DropoutPlan | None = None,
     ) -> AggregationResult:
-        """Run one round; return the survivors' sum or raise ``AggregationAborted``."""
+        """Run one round; return the survivors' sum or raise ``AggregationAborted``.
+
+        The check every protocol shares runs here, before anything is sent: the inputs
+        against ``config`` (:func:`check_inputs`) and against ``accepts_sparse``. Then
+        :meth:`_aggregate` runs the protocol.
+
+        Raises:
+            ConfigError: inputs that fail the check (the message names the client and round).
+            AggregationAborted: fewer than ``threshold`` clients survived.
+        """
+        length = check_inputs(inputs, config)
+        if not type(self).accepts_sparse:
+            sparse = next((c for c, v in inputs.items() if isinstance(v, SparseVector)), None)
+            if sparse is not None:
+                raise ConfigError(f"round {config.round_id}: client {sparse} sent a SparseVector; protocol "
+                                  f"{type(self).name} takes dense vectors only (accepts_sparse is False)")
+        # checked: only a protocol that declares accepts_sparse is handed SparseVector inputs
+        return self._aggregate(cast("Mapping[int, np.ndarray]", inputs), config, dict(dropout or {}), length)
+
+    @abc.abstractmethod
+    def _aggregate(
+        self, inputs: Mapping[int, np.ndarray], config: RoundConfig, dropout: dict[int, Stage], length: int
+    ) -> AggregationResult:
+        """The protocol's round on checked inputs of ``length`` each; ``dropout`` is the plan (or empty)."""

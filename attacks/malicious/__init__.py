@@ -6,29 +6,15 @@
 - :mod:`.secagg`: deviations from SecAgg / SecAgg+ (drop claims, key substitution,
   share tampering, split views);
 - :mod:`.secagg_lies`: one lie per field a SecAgg server sends;
-- :mod:`.paillier`: deviations from packed Paillier and its lies (needs the
-  ``securefedrec[paillier]`` extras, imported only when run).
+- :mod:`.paillier`: deviations from packed Paillier and its lies, on the attacker's
+  round of :mod:`.paillier_round` (needs the ``securefedrec[paillier]`` extras,
+  imported only when run).
 
 Every family reports :class:`~attacks.malicious.outcomes.ScenarioOutcome` objects,
-defined with every scenario name in :mod:`.outcomes`.
+defined with every scenario name (``SECAGG_SCENARIOS``, ``SECAGG_LIES``,
+``PAILLIER_SCENARIOS``, ``PAILLIER_LIES``) in :mod:`.outcomes`.
 """
 
-from attacks.malicious.outcomes import (
-    PAILLIER_LIES,
-    PAILLIER_SCENARIOS,
-    SECAGG_LIES,
-    SECAGG_SCENARIOS,
-    ScenarioOutcome,
-    Summary,
-    summarize,
-)
+from attacks.malicious.outcomes import ScenarioOutcome, Summary, summarize
 
-__all__ = [
-    "PAILLIER_LIES",
-    "PAILLIER_SCENARIOS",
-    "SECAGG_LIES",
-    "SECAGG_SCENARIOS",
-    "ScenarioOutcome",
-    "Summary",
-    "summarize",
-]
+__all__ = ["ScenarioOutcome", "Summary", "summarize"]

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from securefedrec.errors import ConfigError
+
 __all__ = [
     "PAILLIER_LIES",
     "PAILLIER_SCENARIOS",
@@ -19,6 +21,7 @@ __all__ = [
     "SECAGG_SCENARIOS",
     "ScenarioOutcome",
     "Summary",
+    "check_scenario",
     "summarize",
 ]
 
@@ -84,3 +87,16 @@ def summarize(outcomes: Iterable[ScenarioOutcome]) -> Summary:
                  "semi_honest": {o.scenario: o.as_dict() for o in baseline},
                  "inputs_revealed": {o.scenario: o.revealed for o in defended}},
     )
+
+
+def check_scenario(scenario: str, known: tuple[str, ...], clients: int, minimum: int, needs: str,
+                   what: str = "scenario") -> None:
+    """Refuse an unknown ``scenario`` or fewer than ``minimum`` clients, before any round starts.
+
+    Raises:
+        ConfigError: ``unknown <what> ...; choose one of: <known>`` or ``<needs> >= <minimum> clients``.
+    """
+    if scenario not in known:
+        raise ConfigError(f"unknown {what} {scenario!r}; choose one of: {', '.join(known)}")
+    if clients < minimum:
+        raise ConfigError(f"{needs} >= {minimum} clients, got {clients}")

@@ -47,7 +47,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from attacks.malicious.outcomes import SECAGG_SCENARIOS, ScenarioOutcome
+from attacks.malicious.outcomes import SECAGG_SCENARIOS, ScenarioOutcome, check_scenario
 from protocols import ProtocolError, RoundConfig, shamir
 from protocols.prg import MaskExpander
 from protocols.secagg import SecAggAggregator, SecAggClient, SecAggServer, _crypto
@@ -315,10 +315,7 @@ def run_scenario(
     Raises:
         ConfigError: unknown scenario (the message lists them) or too few clients.
     """
-    if scenario not in SCENARIOS:
-        raise ConfigError(f"unknown scenario {scenario!r}; choose one of: {', '.join(SCENARIOS)}")
-    if clients < 3:
-        raise ConfigError(f"malicious-server needs >= 3 clients, got {clients}")
+    check_scenario(scenario, SCENARIOS, clients, 3, "malicious-server needs")
     out = ScenarioOutcome(scenario, malicious)
     rng = np.random.default_rng(seed)
 

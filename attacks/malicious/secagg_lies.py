@@ -44,12 +44,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from attacks.malicious.outcomes import SECAGG_LIES, ScenarioOutcome
+from attacks.malicious.outcomes import SECAGG_LIES, ScenarioOutcome, check_scenario
 from attacks.malicious.secagg import _collect, _consistency, _Round, _signatures, _split_view
 from protocols import FixedPoint, ProtocolError
 from protocols.secagg import SecAggClient, effective_degree, harary_neighbors, share_threshold
 from protocols.secagg import messages as msg
-from securefedrec.errors import ConfigError
 
 __all__ = ["LIES", "TrustingClient", "run_lie"]
 
@@ -197,10 +196,7 @@ def run_lie(
     Raises:
         ConfigError: unknown lie (the message lists them) or fewer than 4 clients.
     """
-    if lie not in LIES:
-        raise ConfigError(f"unknown lie {lie!r}; choose one of: {', '.join(LIES)}")
-    if clients < 4:
-        raise ConfigError(f"the lies need >= 4 clients, got {clients}")
+    check_scenario(lie, LIES, clients, 4, "the lies need", what="lie")
     trusting = client_class is not SecAggClient
     out = ScenarioOutcome(lie, not trusting, honest_model="trusting client")
     threshold = (clients + 1) // 2

@@ -61,11 +61,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from protocols.base import (
     AggregationResult,
     Aggregator,
-    DropoutPlan,
     RoundConfig,
     Stage,
     abort_if_below_threshold,
-    check_inputs,
 )
 from protocols.errors import AggregationAborted, ConfigError, StageError
 from protocols.paillier import keys as keymod
@@ -276,15 +274,10 @@ class PaillierAggregator(Aggregator):
             self._keypair = keymod.generate_keypair(self.key_bits)
         return self._keypair
 
-    def aggregate(
-        self,
-        inputs: Mapping[int, np.ndarray],
-        config: RoundConfig,
-        dropout: DropoutPlan | None = None,
+    def _aggregate(
+        self, inputs: Mapping[int, np.ndarray], config: RoundConfig, plan: dict[int, Stage], length: int
     ) -> AggregationResult:
         """Run one round of packed Paillier aggregation; see the module docstring."""
-        length = check_inputs(inputs, config)
-        plan = dropout or {}
 
         def present(cid: int, stage: Stage) -> bool:
             s = plan.get(cid)

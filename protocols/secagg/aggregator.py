@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocols.base import AggregationResult, Aggregator, DropoutPlan, RoundConfig, Stage, check_inputs
+from protocols.base import AggregationResult, Aggregator, RoundConfig, Stage
 from protocols.errors import ConfigError
 from protocols.secagg._runner import ForkedClients, LocalClients, fork_available
 from protocols.secagg.client import ClientPolicy, SecAggClient, raw_public
@@ -115,15 +115,10 @@ class SecAggAggregator(Aggregator):
             ring_bits=config.ring_bits, clip_range=config.clip_range, wrap=config.wrap,
         )
 
-    def aggregate(
-        self,
-        inputs: Mapping[int, np.ndarray],
-        config: RoundConfig,
-        dropout: DropoutPlan | None = None,
+    def _aggregate(
+        self, inputs: Mapping[int, np.ndarray], config: RoundConfig, plan: dict[int, Stage], length: int
     ) -> AggregationResult:
         """Run one SecAgg(+) round in process; raise ``AggregationAborted`` below threshold."""
-        length = check_inputs(inputs, config)
-        plan = dict(dropout or {})
         ids = sorted(inputs)
         if any(not 0 <= c < 2**63 for c in ids):
             raise ConfigError(f"round {config.round_id}: client ids must be in [0, 2^63)")

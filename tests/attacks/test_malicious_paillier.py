@@ -10,6 +10,7 @@ pytest.importorskip("gmpy2")
 
 from attacks import MaliciousServerAttack
 from attacks.malicious import paillier as mp
+from attacks.malicious import paillier_round
 from attacks.malicious.paillier import LIE_SCENARIOS, SCENARIOS, run_scenario
 from protocols.paillier import PrivateKey, generate_keypair
 from protocols.paillier import client as paillier_client
@@ -88,7 +89,8 @@ def test_without_the_majority_t_prime_split_view_succeeds(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(paillier_client, "consistency_threshold", half)  # the clients' t'
     monkeypatch.setattr(paillier_server, "consistency_threshold", half)  # the server's
-    monkeypatch.setattr(mp, "consistency_threshold", half)
+    monkeypatch.setattr(mp, "consistency_threshold", half)  # the attack's report
+    monkeypatch.setattr(paillier_round, "consistency_threshold", half)  # the attacker's round
     out = run_scenario("split-view", clients=8, threshold=4, malicious=True, key=small_key())
     assert out.revealed == 1
 
