@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
         observe,
         run_attack,
     )
-    from attacks.malicious_server import MaliciousServerAttack
+    from attacks.malicious.attack import MaliciousServerAttack
     from attacks.poisoning import PoisoningAttack
     from attacks.rated_items import RatedItemsAttack
     from attacks.reconstruction import RatingReconstructionAttack
@@ -38,7 +38,7 @@ _LAZY = {
     "AttributeInferenceAttack": "attribute",
     **{name: "base" for name in ("Attack", "AttackResult", "Observation", "ObservingAggregator", "ServerView",
                                  "auc", "f1_score", "get_attack", "item_scores", "observe", "run_attack")},
-    "MaliciousServerAttack": "malicious_server",
+    "MaliciousServerAttack": "malicious.attack",
     "PoisoningAttack": "poisoning",
     "RatedItemsAttack": "rated_items",
     "RatingReconstructionAttack": "reconstruction",

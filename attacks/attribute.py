@@ -21,15 +21,13 @@ Metric: AUC on the users whose label the attacker did not know. Baseline: 0.5 (c
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from attacks.base import AttackResult, ObservingAttack, auc, item_scores
+from attacks.base import AttackResult, Observed, ObservingAttack, auc, item_scores
 from attacks.rated_items import predict_rated
-from protocols import Aggregator
 from securefedrec.config import ExperimentConfig
 from securefedrec.data import Dataset
 from securefedrec.errors import ConfigError, DataError
@@ -120,16 +118,8 @@ class AttributeInferenceAttack(ObservingAttack):
             return ml100k_gender(config.data_dir, dataset.user_ids), "ml-100k u.user gender (1 = female)"
         return planted_attribute(dataset, self.seed), "planted attribute (share of ratings on a item half)"
 
-    def run(
-        self,
-        config: ExperimentConfig,
-        *,
-        dataset: Dataset | None = None,
-        aggregator: Aggregator | None = None,
-        aggregator_options: Mapping[str, Any] | None = None,
-    ) -> AttackResult:
+    def infer(self, config: ExperimentConfig, obs: Observed) -> AttackResult:
         """Run, train on the labelled subset, report the AUC on the rest."""
-        obs = self.observe(config, dataset, aggregator, aggregator_options)
         sim = obs.simulation
         labels, source = self.labels(config, sim.dataset)
         first = obs.first_view_of()

@@ -35,7 +35,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from attacks.registry import ATTACKS  # the names, in a module light enough for the CLI parser
-from protocols import AggregationResult, Aggregator, DropoutPlan, RoundConfig, get_aggregator
+from protocols import AggregationResult, Aggregator, RoundConfig, Stage, get_aggregator
+from protocols.base import CAPABILITIES
 from securefedrec.compression import STREAM_SELECT
 from securefedrec.config import ExperimentConfig
 from securefedrec.data import Dataset
@@ -52,6 +53,7 @@ __all__ = [
     "ObservingAggregator",
     "ObservingAttack",
     "ServerView",
+    "Target",
     "auc",
     "derangement",
     "f1_score",
@@ -69,7 +71,7 @@ __all__ = [
 # --------------------------------------------------------------------------- results
 @dataclass(frozen=True, kw_only=True)
 class AttackResult:
-    """One attack against one configuration (the keys of DESIGN.md's attack report).
+    """One attack against one configuration (the keys of the attack report, docs/ARCHITECTURE.md).
 
     ``success`` is True when the attacker beat ``baseline`` by the attack's margin
     (for ``malicious-server``: when any secret was revealed).
@@ -156,7 +158,7 @@ class ServerView:
 class ObservingAggregator(Aggregator):
     """Wraps a protocol and records, per round, only what that protocol reveals to the server.
 
-    Use :meth:`around` (it copies the wrapped class's ``name`` and ``secure``).
+    Use :meth:`around` (it copies the wrapped class's ``name`` and capabilities).
     ``rng`` and ``last_messages`` are forwarded, so the simulator and the
     top-k uplink treat the wrapper like the protocol itself.
     """
@@ -171,9 +173,10 @@ class ObservingAggregator(Aggregator):
 
     @classmethod
     def around(cls, inner: Aggregator, **options: Any) -> Any:
-        """A ``cls`` wrapping ``inner``, of a subclass carrying ``inner``'s ``name`` and ``secure``."""
-        sub = type(f"{cls.__name__}{type(inner).__name__}", (cls,),
-                   {"name": type(inner).name, "secure": type(inner).secure})
+        """A ``cls`` wrapping ``inner``, of a subclass carrying ``inner``'s ``name`` and capabilities."""
+        copied = {c: getattr(type(inner), c) for c in CAPABILITIES if c != "accepts_sparse"}
+        # accepts_sparse stays False: the views are built from dense vectors
+        sub = type(f"{cls.__name__}{type(inner).__name__}", (cls,), {"name": type(inner).name, **copied})
         return sub(inner, **options)
 
     # forwarded attributes ------------------------------------------------------------
@@ -209,11 +212,8 @@ class ObservingAggregator(Aggregator):
         """Tell the wrapper which round the next messages belong to (top-k bypasses ``aggregate``)."""
         self._round = round_id
 
-    def aggregate(
-        self,
-        inputs: Mapping[int, np.ndarray],
-        config: RoundConfig,
-        dropout: DropoutPlan | None = None,
+    def _aggregate(
+        self, inputs: Mapping[int, np.ndarray], config: RoundConfig, dropout: dict[int, Stage], length: int
     ) -> AggregationResult:
         """Run the wrapped protocol; record the sum (and, for plaintext only, the messages)."""
         result = self.inner.aggregate(inputs, config, dropout)
@@ -368,10 +368,22 @@ def item_scores(update: np.ndarray, layout: Layout) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- attacks
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """What :meth:`Attack.run` was told to use instead of what the configuration would build."""
+
+    dataset: Dataset | None = None
+    """The data set (default: load ``config.dataset``)."""
+    aggregator: Aggregator | None = None
+    """The protocol object (default: ``get_aggregator(config.protocol, **aggregator_options)``)."""
+    aggregator_options: Mapping[str, Any] = field(default_factory=dict)
+    """Options for the protocol registry."""
+
+
 class Attack(abc.ABC):
     """An attack: run a configuration, infer from the server's view, score against a baseline.
 
-    Subclasses set ``name`` (registry key) and ``metric`` and implement :meth:`run`.
+    Subclasses set ``name`` (registry key) and ``metric`` and implement :meth:`attack`.
 
     Args:
         margin: the attack succeeds when its value beats the baseline by more than this.
@@ -389,7 +401,6 @@ class Attack(abc.ABC):
         self.margin = margin
         self.seed = seed
 
-    @abc.abstractmethod
     def run(
         self,
         config: ExperimentConfig,
@@ -398,7 +409,17 @@ class Attack(abc.ABC):
         aggregator: Aggregator | None = None,
         aggregator_options: Mapping[str, Any] | None = None,
     ) -> AttackResult:
-        """Attack ``config``; ``dataset``/``aggregator`` override what the config would build."""
+        """Attack ``config``; ``dataset``/``aggregator`` override what the config would build.
+
+        ``aggregator_options`` go to the protocol registry (e.g. ``{"key_bits": 512}`` for
+        Paillier). Subclasses implement :meth:`attack`.
+        """
+        return self.attack(config, Target(dataset=dataset, aggregator=aggregator,
+                                          aggregator_options=dict(aggregator_options or {})))
+
+    @abc.abstractmethod
+    def attack(self, config: ExperimentConfig, target: Target) -> AttackResult:
+        """Attack ``config`` with the overrides of ``target`` (see :meth:`run`)."""
 
     def result(
         self, config: ExperimentConfig, value: float, baseline: float, success: bool, **details: Any
@@ -424,16 +445,15 @@ class ObservingAttack(Attack):
             raise ConfigError(f"rounds must be >= 1, got {rounds}")
         self.rounds = rounds
 
-    def observe(
-        self,
-        config: ExperimentConfig,
-        dataset: Dataset | None,
-        aggregator: Aggregator | None,
-        aggregator_options: Mapping[str, Any] | None,
-    ) -> Observed:
-        """Run :attr:`rounds` rounds through :func:`observe`."""
-        return observe(config, dataset=dataset, aggregator=aggregator, rounds=self.rounds,
-                       aggregator_options=aggregator_options)
+    def attack(self, config: ExperimentConfig, target: Target) -> AttackResult:
+        """Run :attr:`rounds` rounds through :func:`observe`, then :meth:`infer` from the views."""
+        return self.infer(config, observe(config, dataset=target.dataset, aggregator=target.aggregator,
+                                          rounds=self.rounds, aggregator_options=target.aggregator_options))
+
+    @abc.abstractmethod
+    def infer(self, config: ExperimentConfig, obs: Observed) -> AttackResult:
+        """Infer from the server's views of the run and score against the baseline."""
+
 
 def get_attack(name: str, **options: Any) -> Attack:
     """Build the attack registered as ``name`` with its ``options``.

@@ -18,7 +18,7 @@ from securefedrec.errors import SecureFedRecError
 __all__ = ["COMMAND", "configure", "run"]
 
 _POISONING_ONLY = ("defence", "row_clip", "fractions")
-_OWN = ("name", "key_bits", *_POISONING_ONLY)
+_OWN = ("name", "key_bits", "scenarios", *_POISONING_ONLY)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -33,12 +33,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--row-clip", type=float, help="poisoning: per-item L2 bound of row-clip (default 0.75)")
     g.add_argument("--fractions", type=float, nargs="+",
                    help="poisoning: fake clients as fractions of the users (default 0.01 0.03 0.05)")
+    g.add_argument("--scenarios", nargs="+", metavar="NAME",
+                   help="malicious-server: the scenarios to run, by name (default: the protocol's "
+                   "deviations); also the SecAgg lies (e.g. share-threshold, graph-seed) and the "
+                   "Paillier lies (e.g. threshold-lie), listed in attacks.malicious.outcomes")
     parser.set_defaults(report=Path("results/attack.json"))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the attack named in ``args`` and write its JSON report; 0 when done."""
     from attacks.base import get_attack
+    from protocols import aggregator_class
     from securefedrec.report import write_json
 
     run_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in _OWN})
@@ -50,10 +55,14 @@ def run(args: argparse.Namespace) -> int:
     if given and args.name != "poisoning":
         flag = "--" + next(iter(given)).replace("_", "-")
         raise SecureFedRecError(f"{flag} applies to the poisoning attack only")
-    if args.key_bits is not None and config.protocol != "paillier":
+    if args.key_bits is not None and not aggregator_class(config.protocol).homomorphic:
         raise SecureFedRecError(f"--key-bits: applies only with --protocol paillier; --protocol is "
                                 f"{config.protocol!r}")
     options: dict[str, Any] = dict(given)
+    if args.scenarios is not None:
+        if args.name != "malicious-server":
+            raise SecureFedRecError("--scenarios applies to the malicious-server attack only")
+        options["scenarios"] = tuple(args.scenarios)
     attack = get_attack(args.name, **options)
     keys = {"key_bits": args.key_bits} if args.key_bits is not None else {}
     result = attack.run(config, aggregator_options=keys)

@@ -99,13 +99,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from attacks.base import Attack, AttackResult, ObservingAggregator
-from protocols import AggregationResult, Aggregator, DropoutPlan, RoundConfig, get_aggregator
+from attacks.base import Attack, AttackResult, ObservingAggregator, Target
+from protocols import AggregationResult, Aggregator, RoundConfig, Stage, get_aggregator
 from securefedrec.config import ExperimentConfig
 from securefedrec.data import Dataset
 from securefedrec.errors import ConfigError
@@ -177,11 +177,8 @@ class PoisonedAggregator(ObservingAggregator):
         self.joined: dict[int, int] = {}
         """round id -> how many fake clients took part."""
 
-    def aggregate(
-        self,
-        inputs: Mapping[int, np.ndarray],
-        config: RoundConfig,
-        dropout: DropoutPlan | None = None,
+    def _aggregate(
+        self, inputs: Mapping[int, np.ndarray], config: RoundConfig, dropout: dict[int, Stage], length: int
     ) -> AggregationResult:
         """Add the fake clients' inputs, apply the defence, aggregate."""
         rng = np.random.default_rng([self.seed, config.round_id, 31])
@@ -328,22 +325,15 @@ class PoisoningAttack(Attack):
             sim.run_round()
         return exposure_ratio(sim, target), wrapper.fake_participations, sim.evaluate().rmse
 
-    def run(
-        self,
-        config: ExperimentConfig,
-        *,
-        dataset: Dataset | None = None,
-        aggregator: Aggregator | None = None,
-        aggregator_options: Mapping[str, Any] | None = None,
-    ) -> AttackResult:
+    def attack(self, config: ExperimentConfig, given: Target) -> AttackResult:
         """Train once without and once per (fraction, defence) with fake clients; report ER@K."""
         if config.silos is not None:
             raise ConfigError("silos: poisoning targets the cross-device setting; run it without --silos")
-        if aggregator is not None:
+        if given.aggregator is not None:
             raise ConfigError("poisoning builds a fresh protocol per run; pass aggregator_options instead")
 
         def make_inner() -> Aggregator:
-            return get_aggregator(config.protocol, **dict(aggregator_options or {}))
+            return get_aggregator(config.protocol, **given.aggregator_options)
 
         secure = type(make_inner()).secure
         defences = self.defences or (SECURE_DEFENCES if secure else DEFENCES)
@@ -354,7 +344,7 @@ class PoisoningAttack(Attack):
                                   f"{config.protocol}; choose from {', '.join(SECURE_DEFENCES)}")
         if self.defence not in defences:
             defences = (*defences, self.defence)
-        data = dataset if dataset is not None else Simulation(
+        data = given.dataset if given.dataset is not None else Simulation(
             dataclasses.replace(config, rounds=1), aggregator=make_inner()).dataset
         target = self.target if self.target is not None else self._pick_target(data)
         if not 0 <= target < data.num_items:

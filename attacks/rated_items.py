@@ -21,15 +21,12 @@ guessing) F1 and AUC 0.5.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from attacks.base import AttackResult, ObservingAttack, auc, f1_score, item_scores, mean, other_user
-from protocols import Aggregator
+from attacks.base import AttackResult, Observed, ObservingAttack, auc, f1_score, item_scores, mean, other_user
 from securefedrec.config import ExperimentConfig
-from securefedrec.data import Dataset
 from securefedrec.errors import ConfigError
 
 __all__ = ["RatedItemsAttack", "predict_rated"]
@@ -59,16 +56,8 @@ class RatedItemsAttack(ObservingAttack):
     def __init__(self, *, rounds: int = 1, margin: float = 0.05, seed: int = 0) -> None:
         super().__init__(rounds=rounds, margin=margin, seed=seed)
 
-    def run(
-        self,
-        config: ExperimentConfig,
-        *,
-        dataset: Dataset | None = None,
-        aggregator: Aggregator | None = None,
-        aggregator_options: Mapping[str, Any] | None = None,
-    ) -> AttackResult:
+    def infer(self, config: ExperimentConfig, obs: Observed) -> AttackResult:
         """Run ``rounds`` rounds, infer every attacked user's rated items, compare with the baseline."""
-        obs = self.observe(config, dataset, aggregator, aggregator_options)
         layout, data = obs.layout, obs.simulation.pool.data
         m = layout.num_items
         expected = round(float(np.mean(data.counts)))  # public: the mean activity of a user

@@ -39,15 +39,12 @@ update, ``round(mu + b_i)`` from the broadcast model.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from attacks.base import AttackResult, ObservingAttack
-from protocols import Aggregator
+from attacks.base import AttackResult, Observed, ObservingAttack
 from securefedrec.config import ExperimentConfig
-from securefedrec.data import Dataset
 from securefedrec.errors import ConfigError
 from securefedrec.models.mf import Hyper, Layout
 
@@ -99,16 +96,8 @@ class RatingReconstructionAttack(ObservingAttack):
     def __init__(self, *, rounds: int = 2, margin: float = 0.05, seed: int = 0) -> None:
         super().__init__(rounds=rounds, margin=margin, seed=seed)
 
-    def run(
-        self,
-        config: ExperimentConfig,
-        *,
-        dataset: Dataset | None = None,
-        aggregator: Aggregator | None = None,
-        aggregator_options: Mapping[str, Any] | None = None,
-    ) -> AttackResult:
+    def infer(self, config: ExperimentConfig, obs: Observed) -> AttackResult:
         """Run the rounds, reconstruct, score against the model-only baseline."""
-        obs = self.observe(config, dataset, aggregator, aggregator_options)
         sim = obs.simulation
         layout, hyper, data = sim.layout, sim.hyper, sim.pool.data
         lo, hi = sim.dataset.scale

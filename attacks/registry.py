@@ -12,6 +12,6 @@ ATTACKS: dict[str, str] = {
     "rating-reconstruction": "attacks.reconstruction:RatingReconstructionAttack",
     "attribute-inference": "attacks.attribute:AttributeInferenceAttack",
     "poisoning": "attacks.poisoning:PoisoningAttack",
-    "malicious-server": "attacks.malicious_server:MaliciousServerAttack",
+    "malicious-server": "attacks.malicious.attack:MaliciousServerAttack",
 }
 """Attack name -> ``"module:Class"`` of its :class:`Attack`."""

@@ -24,7 +24,7 @@ from protocols.errors import (
     StageError,
 )
 from protocols.plaintext import PlaintextAggregator
-from protocols.registry import PROTOCOLS, get_aggregator
+from protocols.registry import PROTOCOLS, aggregator_class, get_aggregator, protocols_where
 
 __all__ = [
     "PROTOCOLS",
@@ -43,6 +43,8 @@ __all__ = [
     "SparseVector",
     "Stage",
     "StageError",
+    "aggregator_class",
     "get_aggregator",
+    "protocols_where",
     "sample_dropouts",
 ]

@@ -25,7 +25,7 @@ import enum
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from protocols.encoding import FixedPoint, is_integer_input
 from protocols.errors import AggregationAborted, ConfigError
 
 __all__ = [
+    "CAPABILITIES",
     "AggregationResult",
     "Aggregator",
     "DropoutPlan",
@@ -266,24 +267,74 @@ def abort_if_below_threshold(survivors: int, config: RoundConfig, stage: Stage) 
         )
 
 
+CAPABILITIES = ("secure", "accepts_sparse", "supports_wrap", "threat_models", "parallel_clients",
+                "pairwise_masks", "sparse_graph", "homomorphic")
+"""The capability class variables every :class:`Aggregator` declares (docs/ARCHITECTURE.md)."""
+
+
 class Aggregator(abc.ABC):
     """A protocol that turns per-client vectors into their sum.
 
-    Subclasses set ``name`` (the registry key) and ``secure`` (whether the
-    server sees only the sum). Inputs are dense float vectors, or
-    :class:`SparseVector` where ``accepts_sparse`` is true.
+    Subclasses set ``name`` (the registry key) and declare their capabilities as
+    class variables (:data:`CAPABILITIES`; each defaults to "no", so a protocol sets those it
+    has). Callers ask for a capability through
+    :func:`protocols.registry.aggregator_class`, never for a protocol's name, so a
+    new protocol that declares the same capabilities is handled the same way.
+    Inputs are dense float vectors, or :class:`SparseVector` where ``accepts_sparse``
+    is true. Subclasses implement :meth:`_aggregate`; :meth:`aggregate` runs the check
+    every protocol shares first.
     """
 
     name: ClassVar[str]
     secure: ClassVar[bool]
+    """Whether the server sees only the survivors' sum (else every client's own vector)."""
     accepts_sparse: ClassVar[bool] = False
     """Whether ``aggregate`` takes :class:`SparseVector` inputs (only protocols that may reveal them)."""
+    supports_wrap: ClassVar[bool] = False
+    """Whether ``RoundConfig.wrap`` (a sum modulo the ring) is allowed; else ``aggregate`` refuses it."""
+    threat_models: ClassVar[frozenset[str]] = frozenset()
+    """The server threat models the constructor can be set to (``malicious=``): a subset of
+    ``{"semi-honest", "malicious"}``; empty when there is nothing to choose."""
+    parallel_clients: ClassVar[bool] = False
+    """Whether the constructor takes ``workers=`` to simulate the clients on that many processes."""
+    pairwise_masks: ClassVar[bool] = False
+    """Whether inputs are hidden by pairwise masks over a neighbour graph (``RoundConfig.neighbors``
+    and the constructor's ``neighbors=`` apply)."""
+    sparse_graph: ClassVar[bool] = False
+    """Whether that graph is sparse, its degree chosen per round for the dropout rate the
+    constructor takes (``dropout_rate=``); else it is complete."""
+    homomorphic: ClassVar[bool] = False
+    """Whether inputs are encrypted under an additively homomorphic key that a key holder
+    distributes to every client (which therefore needs an identity key in every threat
+    model); the constructor takes ``key_bits=``."""
 
-    @abc.abstractmethod
     def aggregate(
         self,
-        inputs: Mapping[int, np.ndarray],
+        inputs: Mapping[int, np.ndarray] | Mapping[int, np.ndarray | SparseVector],
         config: RoundConfig,
         dropout: DropoutPlan | None = None,
     ) -> AggregationResult:
-        """Run one round; return the survivors' sum or raise ``AggregationAborted``."""
+        """Run one round; return the survivors' sum or raise ``AggregationAborted``.
+
+        The check every protocol shares runs here, before anything is sent: the inputs
+        against ``config`` (:func:`check_inputs`) and against ``accepts_sparse``. Then
+        :meth:`_aggregate` runs the protocol.
+
+        Raises:
+            ConfigError: inputs that fail the check (the message names the client and round).
+            AggregationAborted: fewer than ``threshold`` clients survived.
+        """
+        length = check_inputs(inputs, config)
+        if not type(self).accepts_sparse:
+            sparse = next((c for c, v in inputs.items() if isinstance(v, SparseVector)), None)
+            if sparse is not None:
+                raise ConfigError(f"round {config.round_id}: client {sparse} sent a SparseVector; protocol "
+                                  f"{type(self).name} takes dense vectors only (accepts_sparse is False)")
+        # checked: only a protocol that declares accepts_sparse is handed SparseVector inputs
+        return self._aggregate(cast("Mapping[int, np.ndarray]", inputs), config, dict(dropout or {}), length)
+
+    @abc.abstractmethod
+    def _aggregate(
+        self, inputs: Mapping[int, np.ndarray], config: RoundConfig, dropout: dict[int, Stage], length: int
+    ) -> AggregationResult:
+        """The protocol's round on checked inputs of ``length`` each; ``dropout`` is the plan (or empty)."""

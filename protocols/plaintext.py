@@ -28,12 +28,10 @@ import numpy as np
 from protocols.base import (
     AggregationResult,
     Aggregator,
-    DropoutPlan,
     RoundConfig,
     SparseVector,
     Stage,
     abort_if_below_threshold,
-    check_inputs,
 )
 from protocols.encoding import FixedPoint
 from protocols.errors import DecodeError
@@ -81,21 +79,21 @@ class PlaintextAggregator(Aggregator):
     name: ClassVar[str] = "plaintext"
     secure: ClassVar[bool] = False
     accepts_sparse: ClassVar[bool] = True
+    supports_wrap: ClassVar[bool] = True
 
     def __init__(self, *, rng: np.random.Generator | None = None) -> None:
         self.rng = rng if rng is not None else np.random.default_rng()
         self.last_messages: dict[int, np.ndarray | SparseVector] = {}
         """The individual vectors the server received last round (what an attacker sees)."""
 
-    def aggregate(
+    def _aggregate(
         self,
         inputs: Mapping[int, np.ndarray] | Mapping[int, np.ndarray | SparseVector],
         config: RoundConfig,
-        dropout: DropoutPlan | None = None,
+        dropout: dict[int, Stage],
+        length: int,
     ) -> AggregationResult:
         """Sum the vectors of the clients that reach the masked-input stage."""
-        length = check_inputs(inputs, config)
-        dropout = dropout or {}
         fp: FixedPoint | None = None
         if config.wrap:
             fp = FixedPoint.for_sum(len(inputs), config.clip_range, config.ring_bits,

@@ -2,11 +2,13 @@
 
 Every message on the wire is ``MAGIC (3) | version (1) | kind (1) | length (4, big endian) | payload``.
 :func:`unframe` refuses anything else with :class:`~protocols.errors.DecodeError`,
-naming what was wrong, so garbage never reaches protocol logic.
+naming what was wrong, so garbage never reaches protocol logic. :class:`Kind` is the one
+registry of the secure protocols' message kinds.
 """
 
 from __future__ import annotations
 
+import enum
 import struct
 from typing import Any
 
@@ -15,13 +17,50 @@ import numpy as np
 from protocols.errors import DecodeError
 
 __all__ = [
-    "HEADER", "MAGIC", "VERSION", "frame", "kind_of", "pack_array", "pack_uints", "packed_size", "unframe",
-    "unpack_array", "unpack_uints",
+    "HEADER", "MAGIC", "VERSION", "Kind", "frame", "kind_of", "pack_array", "pack_uints", "packed_size",
+    "unframe", "unpack_array", "unpack_uints",
 ]
 
 MAGIC = b"SFR"
 VERSION = 1
 HEADER = struct.Struct(">3sBBI")
+
+
+class Kind(enum.IntEnum):
+    """The kind byte of every SecAgg / SecAgg+ and packed-Paillier message: one table, one byte each.
+
+    A new protocol's messages take fresh values here, so that a message of one protocol
+    can never decode as another's. (The plaintext baseline and the compression codecs
+    frame their own messages with private kinds.) Values are part of the wire format
+    (tests/vectors/): never renumber.
+    """
+
+    # packed Paillier (protocols.paillier.messages)
+    PAILLIER_ADVERT = 1
+    PAILLIER_ADVERT_LIST = 2
+    PAILLIER_KEY_BUNDLE = 3
+    PAILLIER_KEY_DELIVERY = 4
+    PAILLIER_KEY_ACK = 5
+    PAILLIER_CIPHERTEXTS = 6
+    PAILLIER_AGGREGATE = 7
+    PAILLIER_PLAINTEXT_SUM = 8
+    PAILLIER_SIGNED_CIPHERTEXTS = 9
+    PAILLIER_CONSISTENCY_REQUEST = 10
+    PAILLIER_CONSISTENCY_SIGNATURE = 11
+    PAILLIER_VERIFIED_AGGREGATE = 12
+    # SecAgg / SecAgg+ (protocols.secagg.messages)
+    SECAGG_SETUP = 0x20
+    SECAGG_ADVERTISE = 0x21
+    SECAGG_BROADCAST = 0x22
+    SECAGG_SHARES_OUT = 0x23
+    SECAGG_SHARES_IN = 0x24
+    SECAGG_MASKED = 0x25
+    SECAGG_CONSISTENCY_REQUEST = 0x26
+    SECAGG_CONSISTENCY_SIGNATURE = 0x27
+    SECAGG_UNMASK_REQUEST = 0x28
+    SECAGG_UNMASK_RESPONSE = 0x29
+
+
 _WORDS: dict[int, np.dtype[Any]] = {bits: np.dtype(f"<u{bits // 8}") for bits in (8, 16, 32, 64)}
 """Widths packed as whole little-endian words (the fast path)."""
 

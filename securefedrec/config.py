@@ -18,12 +18,15 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from securefedrec.data import DATASETS, ML100K_SPLITS, parse_columns, parse_rating_scale
 from securefedrec.errors import ConfigError, DataError
 from securefedrec.models.names import MODEL_NAMES
 from securefedrec.server.optimizers import OPTIMIZERS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from protocols.base import Aggregator
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,6 +70,18 @@ def _protocol_names() -> tuple[str, ...]:
     from protocols.registry import PROTOCOLS
 
     return tuple(PROTOCOLS)
+
+
+def _aggregator_class(name: str) -> type[Aggregator]:
+    """The protocol's aggregator class, for its capabilities (protocols is torch-free)."""
+    from protocols.registry import aggregator_class
+
+    return aggregator_class(name)
+
+
+def _and(names: tuple[str, ...]) -> str:
+    """``a, b and c``."""
+    return f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 THREAT_MODELS = ("default", "semi-honest", "malicious")
@@ -141,8 +156,12 @@ class ExperimentConfig:
         protocols = _protocol_names()
         need(self.protocol in protocols, "protocol", f"must be one of {', '.join(protocols)}")
         need(self.threat_model in THREAT_MODELS, "threat_model", f"must be one of {', '.join(THREAT_MODELS)}")
-        need(self.threat_model == "default" or self.protocol in ("secagg", "secagg+", "paillier"),
-             "threat_model", f"applies to secagg, secagg+ and paillier, not {self.protocol!r}")
+        chosen = self.threat_model
+        if chosen != "default" and chosen not in _aggregator_class(self.protocol).threat_models:
+            from protocols.registry import protocols_where
+
+            names = protocols_where(lambda cls: chosen in cls.threat_models)
+            need(False, "threat_model", f"applies to {_and(names)}, not {self.protocol!r}")
         need(self.model in MODEL_NAMES, "model", f"must be one of {', '.join(MODEL_NAMES)}")
         need(self.server_optimizer in OPTIMIZERS, "server_optimizer",
              f"must be one of {', '.join(OPTIMIZERS)}")
@@ -228,9 +247,6 @@ class ExperimentConfig:
                  "(use --accountant rdp)")
 
     def _check_compression(self) -> None:
-        import importlib
-
-        from protocols.registry import PROTOCOLS
         from securefedrec.compression import parse_compression
 
         try:
@@ -239,19 +255,19 @@ class ExperimentConfig:
             raise
         except ConfigError as exc:
             raise FieldError("compression", str(exc).removeprefix("compression: ")) from None
-        module, cls = PROTOCOLS[self.protocol].split(":")
-        if not comp.secure_ok and getattr(importlib.import_module(module), cls).secure:
+        protocol = _aggregator_class(self.protocol)
+        if not comp.secure_ok and protocol.secure:
             raise FieldError(
                 "compression", f"{self.compression!r} cannot be used with protocol {self.protocol!r}: "
                 "top-k sends each client's own indices, which reveal the items its user rated, and "
                 "secure aggregation needs every client to send the same coordinates; use randk:F "
                 "(coordinates from a public per-round seed) or --protocol plaintext"
             )
-        if comp.wraps and self.protocol == "paillier":
+        if comp.wraps and not protocol.supports_wrap:
             raise FieldError(
-                "compression", f"{self.compression!r} cannot be used with protocol 'paillier': it lets the "
-                "sum wrap around a small ring, and a Paillier slot that overflows carries into its "
-                "neighbour; use q8 or q16, which narrow the slots exactly"
+                "compression", f"{self.compression!r} cannot be used with protocol {self.protocol!r}: "
+                "it lets the sum wrap around a small ring, and a Paillier slot that overflows carries into "
+                "its neighbour; use q8 or q16, which narrow the slots exactly"
             )
 
     def _check_types(self) -> None:
@@ -349,7 +365,7 @@ _MODE_BOUND: dict[str, _Bound] = {
        for name in ("synthetic_users", "synthetic_items", "synthetic_ratings_per_user")},
     **{name: _Bound("dataset", _from_files, "a --dataset read from files")
        for name in ("data_dir", "split")},
-    "neighbors": _Bound("protocol", lambda protocol: protocol in ("secagg", "secagg+"),
+    "neighbors": _Bound("protocol", lambda protocol: _aggregator_class(protocol).pairwise_masks,
                         "--protocol secagg or secagg+ (the masking graph)"),
 }
 """Fields that are an error when given (flag or config key) outside their mode (``from_mapping``)."""

@@ -61,29 +61,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from protocols.base import (
     AggregationResult,
     Aggregator,
-    DropoutPlan,
     RoundConfig,
     Stage,
     abort_if_below_threshold,
-    check_inputs,
 )
 from protocols.errors import AggregationAborted, ConfigError, StageError
 from protocols.paillier import keys as keymod
 from protocols.paillier.client import PaillierClient, consistency_threshold, round_layout
 from protocols.paillier.keys import DEFAULT_KEY_BITS
 from protocols.paillier.messages import (
-    KIND_ADVERT,
-    KIND_ADVERT_LIST,
-    KIND_AGGREGATE,
-    KIND_CIPHERTEXTS,
-    KIND_CONSISTENCY_REQUEST,
-    KIND_CONSISTENCY_SIGNATURE,
-    KIND_KEY_ACK,
-    KIND_KEY_BUNDLE,
-    KIND_KEY_DELIVERY,
-    KIND_PLAINTEXT_SUM,
-    KIND_SIGNED_CIPHERTEXTS,
-    KIND_VERIFIED_AGGREGATE,
     Ciphertexts,
     decode_ciphertexts,
     encode_aggregate,
@@ -94,20 +80,8 @@ from protocols.paillier.raw import PrivateKey, PublicKey
 from protocols.paillier.server import PaillierServer
 from protocols.wire import kind_of
 
-__all__ = [  # the messages, parties and parameters are re-exported: this module is where they began
-    "KIND_ADVERT",
-    "KIND_ADVERT_LIST",
-    "KIND_AGGREGATE",
-    "KIND_CIPHERTEXTS",
-    "KIND_CONSISTENCY_REQUEST",
-    "KIND_CONSISTENCY_SIGNATURE",
-    "KIND_KEY_ACK",
-    "KIND_KEY_BUNDLE",
-    "KIND_KEY_DELIVERY",
-    "KIND_PLAINTEXT_SUM",
-    "KIND_SIGNED_CIPHERTEXTS",
-    "KIND_VERIFIED_AGGREGATE",
-    "Ciphertexts",
+__all__ = [  # parties and parameters are re-exported (this module is where they began); the message
+    "Ciphertexts",  # kinds are in protocols.paillier.messages
     "PaillierAggregator",
     "PaillierClient",
     "PaillierServer",
@@ -176,7 +150,7 @@ class PaillierAggregator(Aggregator):
         handed as long as the *announced* survivor list reaches ``threshold``. A
         malicious server then reads any client's update: it hands the decryptor that
         client's ciphertexts alone, or has two decryptors decrypt sums over S and
-        S minus v and subtracts (``attacks.malicious_paillier`` does both).
+        S minus v and subtracts (``attacks.malicious.paillier`` does both).
 
         ``malicious=True`` closes that. Each client signs (Ed25519, its enrolment
         identity) its round, id and ``SHA-256`` of its ciphertext block; each survivor
@@ -206,12 +180,16 @@ class PaillierAggregator(Aggregator):
         message or call that lowers the threshold, changes the slot layout or clip range,
         delivers a smaller key or a key from a holder its configuration does not allow,
         or names another round (:class:`PaillierClient` Notes;
-        ``attacks.malicious_paillier`` runs one lie per parameter). After any failure a
+        ``attacks.malicious.paillier`` runs one lie per parameter). After any failure a
         party refuses every further call.
     """
 
     name: ClassVar[str] = "paillier"
     secure: ClassVar[bool] = True
+    homomorphic: ClassVar[bool] = True
+    threat_models: ClassVar[frozenset[str]] = frozenset({"semi-honest", "malicious"})
+    """No ``supports_wrap``: a slot that overflows would carry into its neighbour (:mod:`.packing`)."""
+    parallel_clients: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -296,15 +274,10 @@ class PaillierAggregator(Aggregator):
             self._keypair = keymod.generate_keypair(self.key_bits)
         return self._keypair
 
-    def aggregate(
-        self,
-        inputs: Mapping[int, np.ndarray],
-        config: RoundConfig,
-        dropout: DropoutPlan | None = None,
+    def _aggregate(
+        self, inputs: Mapping[int, np.ndarray], config: RoundConfig, plan: dict[int, Stage], length: int
     ) -> AggregationResult:
         """Run one round of packed Paillier aggregation; see the module docstring."""
-        length = check_inputs(inputs, config)
-        plan = dropout or {}
 
         def present(cid: int, stage: Stage) -> bool:
             s = plan.get(cid)

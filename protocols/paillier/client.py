@@ -89,7 +89,7 @@ def consistency_threshold(n_clients: int) -> int:
         signatures. A server that wants the sums over S1 and S2 = S1 minus v (whose
         difference is v's input) from two decryptors therefore gets at most one. A
         smaller t' (e.g. ``threshold`` = n / 2) would let two disjoint halves each sign
-        one set -- the split view that ``attacks.malicious_paillier`` runs.
+        one set -- the split view that ``attacks.malicious.paillier`` runs.
     """
     if n_clients < 1:
         raise ConfigError(f"number of clients must be >= 1, got {n_clients}")

@@ -21,7 +21,7 @@ Key distribution (one key-holder client, the server only relays):
    key-holding survivor decrypts the sum.
 
 Threat model. What binds what, in both server models (a malicious server
-cannot get around it, ``attacks.malicious_paillier`` key-substitution and
+cannot get around it, ``attacks.malicious.paillier`` key-substitution and
 bundle-tampering scenarios):
 
 - an advert signs ``(client id, round, X25519 key)``: the server cannot swap in

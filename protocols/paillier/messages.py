@@ -16,7 +16,7 @@ from typing import Any
 
 from protocols.errors import ConfigError, DecodeError
 from protocols.paillier.raw import MPZ, PublicKey
-from protocols.wire import frame, kind_of, unframe
+from protocols.wire import Kind, frame, kind_of, unframe
 
 __all__ = [
     "KIND_ADVERT",
@@ -37,18 +37,19 @@ __all__ = [
     "encode_verified_aggregate",
 ]
 
-KIND_ADVERT = 1
-KIND_ADVERT_LIST = 2
-KIND_KEY_BUNDLE = 3
-KIND_KEY_DELIVERY = 4
-KIND_KEY_ACK = 5
-KIND_CIPHERTEXTS = 6
-KIND_AGGREGATE = 7
-KIND_PLAINTEXT_SUM = 8
-KIND_SIGNED_CIPHERTEXTS = 9
-KIND_CONSISTENCY_REQUEST = 10
-KIND_CONSISTENCY_SIGNATURE = 11
-KIND_VERIFIED_AGGREGATE = 12
+# the kind bytes, from the one registry (protocols.wire.Kind); the short names are this package's
+KIND_ADVERT = Kind.PAILLIER_ADVERT
+KIND_ADVERT_LIST = Kind.PAILLIER_ADVERT_LIST
+KIND_KEY_BUNDLE = Kind.PAILLIER_KEY_BUNDLE
+KIND_KEY_DELIVERY = Kind.PAILLIER_KEY_DELIVERY
+KIND_KEY_ACK = Kind.PAILLIER_KEY_ACK
+KIND_CIPHERTEXTS = Kind.PAILLIER_CIPHERTEXTS
+KIND_AGGREGATE = Kind.PAILLIER_AGGREGATE
+KIND_PLAINTEXT_SUM = Kind.PAILLIER_PLAINTEXT_SUM
+KIND_SIGNED_CIPHERTEXTS = Kind.PAILLIER_SIGNED_CIPHERTEXTS
+KIND_CONSISTENCY_REQUEST = Kind.PAILLIER_CONSISTENCY_REQUEST
+KIND_CONSISTENCY_SIGNATURE = Kind.PAILLIER_CONSISTENCY_SIGNATURE
+KIND_VERIFIED_AGGREGATE = Kind.PAILLIER_VERIFIED_AGGREGATE
 
 _IDS = struct.Struct(">QQ")
 _U16 = struct.Struct(">H")

@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocols.base import AggregationResult, Aggregator, DropoutPlan, RoundConfig, Stage, check_inputs
+from protocols.base import AggregationResult, Aggregator, RoundConfig, Stage
 from protocols.errors import ConfigError
 from protocols.secagg._runner import ForkedClients, LocalClients, fork_available
 from protocols.secagg.client import ClientPolicy, SecAggClient, raw_public
@@ -66,6 +66,10 @@ class SecAggAggregator(Aggregator):
 
     name: ClassVar[str] = "secagg"
     secure: ClassVar[bool] = True
+    supports_wrap: ClassVar[bool] = True
+    threat_models: ClassVar[frozenset[str]] = frozenset({"semi-honest", "malicious"})
+    parallel_clients: ClassVar[bool] = True
+    pairwise_masks: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -111,15 +115,10 @@ class SecAggAggregator(Aggregator):
             ring_bits=config.ring_bits, clip_range=config.clip_range, wrap=config.wrap,
         )
 
-    def aggregate(
-        self,
-        inputs: Mapping[int, np.ndarray],
-        config: RoundConfig,
-        dropout: DropoutPlan | None = None,
+    def _aggregate(
+        self, inputs: Mapping[int, np.ndarray], config: RoundConfig, plan: dict[int, Stage], length: int
     ) -> AggregationResult:
         """Run one SecAgg(+) round in process; raise ``AggregationAborted`` below threshold."""
-        length = check_inputs(inputs, config)
-        plan = dict(dropout or {})
         ids = sorted(inputs)
         if any(not 0 <= c < 2**63 for c in ids):
             raise ConfigError(f"round {config.round_id}: client ids must be in [0, 2^63)")
@@ -220,6 +219,7 @@ class SecAggPlusAggregator(SecAggAggregator):
     """
 
     name: ClassVar[str] = "secagg+"
+    sparse_graph: ClassVar[bool] = True
 
     def __init__(
         self,

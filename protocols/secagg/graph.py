@@ -141,7 +141,7 @@ def share_threshold(threshold: int, n: int, degree: int, malicious: bool) -> int
     to a strict majority ``n // 2 + 1`` against a malicious server: with t' = n/2
     a server showing two disjoint halves different survivor lists gets the
     self-mask shares from one half and the key shares from the other (found by
-    ``attacks.malicious_server``'s split-view scenario).
+    ``attacks.malicious.secagg``'s split-view scenario).
 
     Sparse graph (SecAgg+): the global threshold is scaled to the neighbourhood,
     t' = ceil(threshold * (degree + 1) / n): the same *fraction* of share holders

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocols.errors import DecodeError
-from protocols.wire import frame, pack_uints, packed_size, unframe, unpack_uints
+from protocols.wire import Kind, frame, pack_uints, packed_size, unframe, unpack_uints
 
 __all__ = [
     "CIPHERTEXT_BYTES",
@@ -47,17 +47,6 @@ SHARE_PLAINTEXT_BYTES = 16 + 2 * SHARE_ELEMENTS * 8
 """sender, recipient, key-share and self-mask-share elements."""
 CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + 16
 """AES-GCM adds a 16-byte tag."""
-
-KIND_SETUP = 0x20
-KIND_ADVERTISE = 0x21
-KIND_BROADCAST = 0x22
-KIND_SHARES_OUT = 0x23
-KIND_SHARES_IN = 0x24
-KIND_MASKED = 0x25
-KIND_CONSISTENCY_REQUEST = 0x26
-KIND_CONSISTENCY_SIGNATURE = 0x27
-KIND_UNMASK_REQUEST = 0x28
-KIND_UNMASK_RESPONSE = 0x29
 
 _U8 = struct.Struct(">B")
 _U32 = struct.Struct(">I")
@@ -162,12 +151,12 @@ class Setup:
             + _U8.pack(int(self.malicious) | int(self.wrap) << 1)  # flags
             + self.graph_seed + encode_ids(self.client_ids)
         )
-        return frame(KIND_SETUP, body)
+        return frame(Kind.SECAGG_SETUP, body)
 
     @classmethod
     def decode(cls, message: bytes) -> Setup:
         """Parse and range-check; raises DecodeError."""
-        r = _Reader(unframe(message, KIND_SETUP), "setup")
+        r = _Reader(unframe(message, Kind.SECAGG_SETUP), "setup")
         round_id, client_id, length = r.u64("round_id"), r.u64("client_id"), r.u32("length")
         ring_bits, value_bits, clip_range = r.u8("ring_bits"), r.u8("value_bits"), r.f64("clip_range")
         threshold, share_threshold, degree = r.u32("threshold"), r.u32("share_threshold"), r.u32("degree")
@@ -217,7 +206,7 @@ class Advertisement:
 
     def encode(self) -> bytes:
         """Framed bytes."""
-        return frame(KIND_ADVERTISE, self._body())
+        return frame(Kind.SECAGG_ADVERTISE, self._body())
 
     @classmethod
     def _read(cls, r: _Reader) -> Advertisement:
@@ -231,7 +220,7 @@ class Advertisement:
     @classmethod
     def decode(cls, message: bytes) -> Advertisement:
         """Parse; raises DecodeError."""
-        r = _Reader(unframe(message, KIND_ADVERTISE), "advertisement")
+        r = _Reader(unframe(message, Kind.SECAGG_ADVERTISE), "advertisement")
         out = cls._read(r)
         r.done()
         return out
@@ -249,12 +238,12 @@ class AdvertiseBroadcast:
         if not _increasing(ids):
             raise ValueError("advertisements must be sorted by client id, without repeats")
         body = _U32.pack(len(self.advertisements)) + b"".join(a._body() for a in self.advertisements)
-        return frame(KIND_BROADCAST, body)
+        return frame(Kind.SECAGG_BROADCAST, body)
 
     @classmethod
     def decode(cls, message: bytes) -> AdvertiseBroadcast:
         """Parse; raises DecodeError."""
-        r = _Reader(unframe(message, KIND_BROADCAST), "advertise broadcast")
+        r = _Reader(unframe(message, Kind.SECAGG_BROADCAST), "advertise broadcast")
         n = r.count(8 + 2 * KEY_BYTES + 1, "advertisements")
         ads = tuple(Advertisement._read(r) for _ in range(n))
         r.done()
@@ -293,12 +282,12 @@ class SharesOut:
 
     def encode(self) -> bytes:
         """Framed bytes."""
-        return _encode_ct_list(KIND_SHARES_OUT, _U64.pack(self.client_id), self.shares)
+        return _encode_ct_list(Kind.SECAGG_SHARES_OUT, _U64.pack(self.client_id), self.shares)
 
     @classmethod
     def decode(cls, message: bytes) -> SharesOut:
         """Parse; raises DecodeError."""
-        r = _Reader(unframe(message, KIND_SHARES_OUT), "shares out")
+        r = _Reader(unframe(message, Kind.SECAGG_SHARES_OUT), "shares out")
         cid = r.u64("client_id")
         return cls(cid, _decode_ct_list(r))
 
@@ -311,12 +300,12 @@ class SharesIn:
 
     def encode(self) -> bytes:
         """Framed bytes."""
-        return _encode_ct_list(KIND_SHARES_IN, b"", self.shares)
+        return _encode_ct_list(Kind.SECAGG_SHARES_IN, b"", self.shares)
 
     @classmethod
     def decode(cls, message: bytes) -> SharesIn:
         """Parse; raises DecodeError."""
-        return cls(_decode_ct_list(_Reader(unframe(message, KIND_SHARES_IN), "shares in")))
+        return cls(_decode_ct_list(_Reader(unframe(message, Kind.SECAGG_SHARES_IN), "shares in")))
 
 
 @dataclass(frozen=True)
@@ -330,14 +319,14 @@ class MaskedInput:
     def encode(self) -> bytes:
         """Framed bytes."""
         return frame(
-            KIND_MASKED,
+            Kind.SECAGG_MASKED,
             _U64.pack(self.client_id) + _U8.pack(self.ring_bits) + pack_uints(self.values, self.ring_bits),
         )
 
     @classmethod
     def decode(cls, message: bytes, length: int) -> MaskedInput:
         """Parse a vector of exactly ``length`` values below 2^ring_bits; raises DecodeError."""
-        r = _Reader(unframe(message, KIND_MASKED), "masked input")
+        r = _Reader(unframe(message, Kind.SECAGG_MASKED), "masked input")
         cid, bits = r.u64("client_id"), r.u8("ring_bits")
         if not 8 <= bits <= 64:
             raise DecodeError(f"masked input: ring_bits {bits}")
@@ -358,12 +347,12 @@ class ConsistencyRequest:
 
     def encode(self) -> bytes:
         """Framed bytes."""
-        return frame(KIND_CONSISTENCY_REQUEST, encode_ids(self.survivors))
+        return frame(Kind.SECAGG_CONSISTENCY_REQUEST, encode_ids(self.survivors))
 
     @classmethod
     def decode(cls, message: bytes) -> ConsistencyRequest:
         """Parse; raises DecodeError."""
-        r = _Reader(unframe(message, KIND_CONSISTENCY_REQUEST), "consistency request")
+        r = _Reader(unframe(message, Kind.SECAGG_CONSISTENCY_REQUEST), "consistency request")
         out = cls(r.ids("survivors"))
         r.done()
         return out
@@ -380,12 +369,12 @@ class ConsistencySignature:
         """Framed bytes."""
         if len(self.signature) != SIGNATURE_BYTES:
             raise ValueError("signature must be 64 bytes")
-        return frame(KIND_CONSISTENCY_SIGNATURE, _U64.pack(self.client_id) + self.signature)
+        return frame(Kind.SECAGG_CONSISTENCY_SIGNATURE, _U64.pack(self.client_id) + self.signature)
 
     @classmethod
     def decode(cls, message: bytes) -> ConsistencySignature:
         """Parse; raises DecodeError."""
-        r = _Reader(unframe(message, KIND_CONSISTENCY_SIGNATURE), "consistency signature")
+        r = _Reader(unframe(message, Kind.SECAGG_CONSISTENCY_SIGNATURE), "consistency signature")
         out = cls(r.u64("client_id"), r.raw(SIGNATURE_BYTES, "signature"))
         r.done()
         return out
@@ -408,12 +397,12 @@ class UnmaskRequest:
         if not _increasing(ids):
             raise ValueError("signatures must be sorted by client id, without repeats")
         sigs = _U32.pack(len(self.signatures)) + b"".join(_U64.pack(i) + s for i, s in self.signatures)
-        return frame(KIND_UNMASK_REQUEST, encode_ids(self.survivors) + encode_ids(self.dropped) + sigs)
+        return frame(Kind.SECAGG_UNMASK_REQUEST, encode_ids(self.survivors) + encode_ids(self.dropped) + sigs)
 
     @classmethod
     def decode(cls, message: bytes) -> UnmaskRequest:
         """Parse; raises DecodeError."""
-        r = _Reader(unframe(message, KIND_UNMASK_REQUEST), "unmask request")
+        r = _Reader(unframe(message, Kind.SECAGG_UNMASK_REQUEST), "unmask request")
         survivors, dropped = r.ids("survivors"), r.ids("dropped")
         n = r.count(8 + SIGNATURE_BYTES, "signatures")
         sigs = tuple((r.u64("signer"), r.raw(SIGNATURE_BYTES, "signature")) for _ in range(n))
@@ -448,7 +437,7 @@ class UnmaskResponse:
     def encode(self) -> bytes:
         """Framed bytes."""
         return frame(
-            KIND_UNMASK_RESPONSE,
+            Kind.SECAGG_UNMASK_RESPONSE,
             _U64.pack(self.client_id)
             + _encode_share_block(self.self_mask_peers, self.self_mask_shares)
             + _encode_share_block(self.key_peers, self.key_shares),
@@ -457,7 +446,7 @@ class UnmaskResponse:
     @classmethod
     def decode(cls, message: bytes) -> UnmaskResponse:
         """Parse; raises DecodeError."""
-        r = _Reader(unframe(message, KIND_UNMASK_RESPONSE), "unmask response")
+        r = _Reader(unframe(message, Kind.SECAGG_UNMASK_RESPONSE), "unmask response")
         cid = r.u64("client_id")
         sp, ss = _decode_share_block(r, "self-mask shares")
         kp, ks = _decode_share_block(r, "key shares")

@@ -35,7 +35,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from protocols import AggregationAborted, Aggregator, RoundConfig, Stage, get_aggregator, sample_dropouts
+from protocols import (
+    AggregationAborted,
+    Aggregator,
+    RoundConfig,
+    Stage,
+    aggregator_class,
+    get_aggregator,
+    sample_dropouts,
+)
 from securefedrec import streams
 from securefedrec.compression import Downlink, Uplink, parse_compression
 from securefedrec.config import ExperimentConfig
@@ -113,11 +121,12 @@ class Simulation:
                                groups=groups, device=self.device)
         options: dict[str, Any] = ({} if config.threat_model == "default"
                                    else {"malicious": config.threat_model == "malicious"})
-        if config.protocol in ("paillier", "secagg", "secagg+"):
+        protocol = aggregator_class(config.protocol)
+        if protocol.parallel_clients:
             # clients are separate machines: simulate them on every core (paillier: encryption
             # randomness; secagg: key agreement, signatures, masks), ~2x per round on 2 cores
             options["workers"] = usable_cpus()
-        if config.protocol == "secagg+" and config.dropout > 0:  # size the graph for the simulated dropout
+        if protocol.sparse_graph and config.dropout > 0:  # size the graph for the simulated dropout
             options["dropout_rate"] = dropout_by_unmask(config.dropout)
         self.aggregator = aggregator or get_aggregator(config.protocol, **options)
         self.optimizer = self._new_optimizer()

@@ -136,3 +136,16 @@ def test_attack_registry_names_every_attack() -> None:
     from attacks.base import get_attack
 
     assert all(get_attack(name).name == name for name in ATTACKS)
+
+
+def test_malicious_server_runs_lies_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "m.json"
+    code = main(["attack", "malicious-server", "--protocol", "secagg", "--scenarios", "share-threshold",
+                 "graph-seed", "--report", str(report)])
+    assert code == 0
+    details = json.loads(report.read_text())["details"]
+    assert details["inputs_revealed"] == {"share-threshold": 0, "graph-seed": 0}
+    assert details["semi_honest"]["share-threshold"]["revealed"] == 1  # the client that trusts the Setup
+    code = main(["attack", "rated-items", "--protocol", "plaintext", *SMALL, "--scenarios", "graph-seed",
+                 "--report", str(report)])
+    assert code == 2 and "--scenarios applies to the malicious-server attack only" in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from attacks.malicious_lies import LIES, TrustingClient, run_lie
+from attacks.malicious.secagg_lies import LIES, TrustingClient, run_lie
 from securefedrec.errors import ConfigError
 
 
@@ -50,3 +50,21 @@ def test_unknown_lie_and_too_few_clients() -> None:
         run_lie("nope")
     with pytest.raises(ConfigError, match=">= 4 clients"):
         run_lie("degree", clients=3)
+
+
+def test_the_harness_runs_the_lies_by_name_and_lists_the_inputs_revealed() -> None:
+    from attacks import MaliciousServerAttack
+    from tests.attacks.conftest import config
+
+    chosen = ("split-view-low-threshold", "share-threshold", "drop-claim")
+    res = MaliciousServerAttack(clients=6, scenarios=chosen).run(config("secagg"))
+    assert res.value == 0 and not res.success
+    assert res.details["inputs_revealed"] == dict.fromkeys(chosen, 0)
+    # against the client that trusts the Setup, both threshold lies unmask the victim
+    assert res.baseline >= 2
+    trusting = res.details["semi_honest"]
+    assert trusting["share-threshold"]["revealed"] == 1
+    assert trusting["share-threshold"]["model"] == "trusting client"
+    assert "for the lies" in res.details["baseline_is"]
+    with pytest.raises(ConfigError, match="does not apply to protocol 'secagg'"):
+        MaliciousServerAttack(scenarios=("threshold-lie",)).run(config("secagg"))

@@ -9,8 +9,9 @@ import pytest
 pytest.importorskip("gmpy2")
 
 from attacks import MaliciousServerAttack
-from attacks import malicious_paillier as mp
-from attacks.malicious_paillier import LIE_SCENARIOS, SCENARIOS, run_scenario
+from attacks.malicious import paillier as mp
+from attacks.malicious import paillier_round
+from attacks.malicious.paillier import LIE_SCENARIOS, SCENARIOS, run_scenario
 from protocols.paillier import PrivateKey, generate_keypair
 from protocols.paillier import client as paillier_client
 from protocols.paillier import keys as keymod
@@ -88,7 +89,8 @@ def test_without_the_majority_t_prime_split_view_succeeds(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(paillier_client, "consistency_threshold", half)  # the clients' t'
     monkeypatch.setattr(paillier_server, "consistency_threshold", half)  # the server's
-    monkeypatch.setattr(mp, "consistency_threshold", half)
+    monkeypatch.setattr(mp, "consistency_threshold", half)  # the attack's report
+    monkeypatch.setattr(paillier_round, "consistency_threshold", half)  # the attacker's round
     out = run_scenario("split-view", clients=8, threshold=4, malicious=True, key=small_key())
     assert out.revealed == 1
 
@@ -117,8 +119,18 @@ def test_attack_report_for_paillier() -> None:
     honest = res.details["semi_honest"]
     assert {s for s, o in honest.items() if o["revealed"]} == set(LEAKS_WHEN_HONEST_BUT_CURIOUS)
     assert honest["split-view"]["model"] == "honest-but-curious"
+    assert res.details["inputs_revealed"] == dict.fromkeys(SCENARIOS, 0)
     with pytest.raises(ConfigError, match="does not apply to protocol 'paillier'"):
         MaliciousServerAttack(scenarios=("drop-claim",)).run(config("paillier"))
+    with pytest.raises(ConfigError, match="does not apply to protocol 'paillier'"):
+        MaliciousServerAttack(scenarios=("share-threshold",)).run(config("paillier"))
+
+
+def test_the_harness_runs_a_paillier_lie_by_name() -> None:
+    res = MaliciousServerAttack(clients=5, scenarios=("threshold-lie",)).run(
+        config("paillier", threshold_fraction=0.5), aggregator_options={"keypair": small_key()})
+    assert set(res.details["scenarios"]) == {"threshold-lie"}
+    assert res.details["inputs_revealed"] == {"threshold-lie": 0} and res.value == 0
     with pytest.raises(ConfigError, match="unknown scenario"):
         MaliciousServerAttack(scenarios=("nope",))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from attacks import MaliciousServerAttack
-from attacks.malicious_server import SCENARIOS, run_scenario
+from attacks.malicious.secagg import SCENARIOS, run_scenario
 from securefedrec.errors import ConfigError
 from tests.attacks.conftest import config
 

@@ -19,6 +19,7 @@ Rules every protocol obeys:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 from collections.abc import Mapping
 
@@ -32,8 +33,11 @@ from protocols import (
     ConfigError,
     FixedPoint,
     RoundConfig,
+    SparseVector,
     Stage,
+    aggregator_class,
 )
+from protocols.base import CAPABILITIES
 
 STAGES_PLUS_NONE: list[Stage | None] = [None, *Stage]
 
@@ -239,6 +243,7 @@ class AggregatorContract:
         exact = np.sum([units[c] for c in sorted(senders(units, plan))], axis=0)
         assert np.abs(exact).max() > 128  # some coordinates do wrap
         want = ((exact + 128) % 256 - 128) / 64
+        assert type(self.make_aggregator()).supports_wrap is self.wraps
         for inputs in (units, {c: u / 64 for c, u in units.items()}):
             if not self.wraps:
                 with pytest.raises(ConfigError, match="cannot wrap"):
@@ -247,3 +252,48 @@ class AggregatorContract:
             result = self.make_aggregator().aggregate(inputs, cfg, plan)
             assert result.survivors == frozenset(senders(units, plan))
             np.testing.assert_array_equal(result.total, want)
+
+    # ---- capabilities: what callers ask instead of the protocol's name (protocols.base.CAPABILITIES) ----
+    def test_declares_its_capabilities_and_the_registry_resolves_its_class(self) -> None:
+        cls = type(self.make_aggregator())
+        assert aggregator_class(cls.name) in cls.__mro__  # the registered class or this subclass of it
+        for capability in CAPABILITIES:
+            value = getattr(cls, capability)
+            if capability == "threat_models":
+                assert isinstance(value, frozenset) and value <= {"semi-honest", "malicious"}
+            else:
+                assert isinstance(value, bool), capability
+        assert not (cls.sparse_graph and not cls.pairwise_masks)
+
+    def test_capabilities_match_the_constructor(self) -> None:
+        """Each capability that names a constructor option: the option exists exactly when declared."""
+        cls = type(self.make_aggregator())
+        options = inspect.signature(cls).parameters
+        assert ("workers" in options) is cls.parallel_clients
+        assert ("neighbors" in options) is cls.pairwise_masks
+        assert ("dropout_rate" in options) is cls.sparse_graph
+        assert ("key_bits" in options) is cls.homomorphic
+        assert ("malicious" in options) is bool(cls.threat_models)
+
+    def test_sparse_inputs_follow_accepts_sparse(self) -> None:
+        dense = make_inputs(4, 12, seed=5)
+        for v in dense.values():
+            v[::2] = 0.0
+        sparse = {c: SparseVector(np.flatnonzero(v), v[v != 0], len(v)) for c, v in dense.items()}
+        cfg = self.config(4, threshold=3)
+        agg = self.make_aggregator()
+        if not type(agg).accepts_sparse:
+            with pytest.raises(ConfigError, match=f"client {min(sparse)} sent a SparseVector"):
+                agg.aggregate(sparse, cfg)
+            return
+        self.check_sum(agg.aggregate(sparse, cfg), dense, set(dense), cfg)
+
+    def test_only_an_insecure_protocol_hands_the_server_the_inputs(self) -> None:
+        inputs = make_inputs(4, 9, seed=6)
+        agg = self.make_aggregator()
+        agg.aggregate(inputs, self.config(4, threshold=3))
+        received = getattr(agg, "last_messages", {})
+        if type(agg).secure:
+            assert not received
+        else:
+            assert sorted(received) == sorted(inputs)

@@ -24,6 +24,7 @@ from protocols import (
 )
 from protocols.paillier import PaillierAggregator, PaillierClient, PaillierServer, RandomnessPool
 from protocols.paillier import aggregator as pa
+from protocols.paillier import messages as pm
 from protocols.paillier.aggregator import (
     Ciphertexts,
     consistency_threshold,
@@ -126,14 +127,14 @@ class Round:
     def request(self, survivors: tuple[int, ...], round_id: int | None = None) -> bytes:
         rid = self.cfg.round_id if round_id is None else round_id
         return frame(
-            pa.KIND_CONSISTENCY_REQUEST, struct.pack(f">QI{len(survivors)}Q", rid, len(survivors), *survivors)
+            pm.KIND_CONSISTENCY_REQUEST, struct.pack(f">QI{len(survivors)}Q", rid, len(survivors), *survivors)
         )
 
     def sign(self, survivors: tuple[int, ...], who: list[int]) -> dict[int, bytes]:
         return {
             c: unframe(
                 self.clients[c].consistency(self.request(survivors), self.cfg.threshold),
-                pa.KIND_CONSISTENCY_SIGNATURE,
+                pm.KIND_CONSISTENCY_SIGNATURE,
             )[16:]
             for c in who
         }
@@ -298,10 +299,10 @@ def test_ciphertexts_replayed_from_an_earlier_round_are_refused() -> None:
             {
                 **now.ciphertexts,
                 2: frame(
-                    pa.KIND_SIGNED_CIPHERTEXTS,
-                    unframe(earlier.ciphertexts[2], pa.KIND_SIGNED_CIPHERTEXTS)[:8]
+                    pm.KIND_SIGNED_CIPHERTEXTS,
+                    unframe(earlier.ciphertexts[2], pm.KIND_SIGNED_CIPHERTEXTS)[:8]
                     + struct.pack(">Q", 5)
-                    + unframe(earlier.ciphertexts[2], pa.KIND_SIGNED_CIPHERTEXTS)[16:],
+                    + unframe(earlier.ciphertexts[2], pm.KIND_SIGNED_CIPHERTEXTS)[16:],
                 ),
             }
         )
@@ -380,7 +381,7 @@ def test_server_checks_signatures_and_refuses_unsigned_ciphertexts() -> None:
 
 def test_honest_mode_client_has_no_consistency_stage_and_sends_the_old_message() -> None:
     r = make_round(malicious=False)
-    assert all(pa.kind_of(m) == pa.KIND_CIPHERTEXTS for m in r.ciphertexts.values())
+    assert all(pa.kind_of(m) == pm.KIND_CIPHERTEXTS for m in r.ciphertexts.values())
     with pytest.raises(StageError, match="malicious-server model"):
         r.clients[2].consistency(r.request((1, 2, 3, 4, 5)), 3)
 
@@ -407,7 +408,7 @@ def _deliveries(
 
 
 def _split(message: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-    payload = unframe(message, pa.KIND_KEY_DELIVERY)
+    payload = unframe(message, pm.KIND_KEY_DELIVERY)
     (nlen,) = struct.unpack_from(">H", payload, 16)
     return (
         payload[:16],
@@ -419,7 +420,7 @@ def _split(message: bytes) -> tuple[bytes, bytes, bytes, bytes]:
 
 def _join(ids: bytes, n: bytes, sig: bytes, sealed: bytes) -> bytes:
     return frame(
-        pa.KIND_KEY_DELIVERY,
+        pm.KIND_KEY_DELIVERY,
         ids + struct.pack(">H", len(n)) + n + sig + struct.pack(">H", len(sealed)) + sealed,
     )
 
@@ -469,9 +470,9 @@ def test_substituted_advert_key_is_refused_in_both_models() -> None:
             c: PaillierClient(c, agg._identities[c], agg.directory, 0, malicious=malicious, n_clients=2)
             for c in (1, 2)
         }
-        adverts = {c: unframe(x.advertise(), pa.KIND_ADVERT) for c, x in clients.items()}
+        adverts = {c: unframe(x.advertise(), pm.KIND_ADVERT) for c, x in clients.items()}
         forged = adverts[2][:16] + bytes(32) + adverts[2][48:]
-        listing = frame(pa.KIND_ADVERT_LIST, struct.pack(">I", 2) + adverts[1] + forged)
+        listing = frame(pm.KIND_ADVERT_LIST, struct.pack(">I", 2) + adverts[1] + forged)
         with pytest.raises(IntegrityError, match="advert of client 2 failed authentication"):
             clients[1].receive_adverts(listing)
 
@@ -482,7 +483,7 @@ def test_truncated_and_flipped_verified_aggregates_raise_protocol_errors() -> No
     everyone = (1, 2, 3, 4, 5)
     sigs = r.sign(everyone, list(everyone))
     original = encode_verified_aggregate(0, everyone, sigs, r.blocks(), r.blocks()[1].count)
-    bad = [frame(pa.KIND_VERIFIED_AGGREGATE, original[9:cut])
+    bad = [frame(pm.KIND_VERIFIED_AGGREGATE, original[9:cut])
            for cut in range(9, len(original), max(1, len(original) // 40))]
     for pos in range(9, len(original), max(1, len(original) // 40)):
         garbled = bytearray(original)
@@ -500,7 +501,7 @@ def test_truncated_and_flipped_verified_aggregates_raise_protocol_errors() -> No
     for cut in range(9, len(request)):
         client = copy.deepcopy(fresh.clients[2])
         with pytest.raises(ProtocolError):
-            client.consistency(frame(pa.KIND_CONSISTENCY_REQUEST, request[9:cut]), 3)
+            client.consistency(frame(pm.KIND_CONSISTENCY_REQUEST, request[9:cut]), 3)
         with pytest.raises(IntegrityError, match="refuses consistency: it failed earlier"):
             client.consistency(request, 3)
     fresh.clients[2].consistency(request, 3)

@@ -35,6 +35,7 @@ from protocols.paillier import (
 )
 from protocols.paillier import aggregator as pa
 from protocols.paillier import keys as keymod
+from protocols.paillier import messages as pm
 from protocols.paillier.aggregator import encode_aggregate, round_layout
 from protocols.wire import frame, unframe
 from tests.protocols.test_paillier import small_key
@@ -105,7 +106,7 @@ def setup(stage: str, malicious: bool = False, extra: int = 0) -> Party:
 
 def _listed(party: Party) -> dict[int, bytes]:
     """The advert payloads in the server's honest list, by client id."""
-    payload = unframe(party.listing, pa.KIND_ADVERT_LIST)
+    payload = unframe(party.listing, pm.KIND_ADVERT_LIST)
     size = keymod._ADVERT.size
     out = {}
     for i in range(struct.unpack_from(">I", payload)[0]):
@@ -115,14 +116,14 @@ def _listed(party: Party) -> dict[int, bytes]:
 
 
 def _listing(adverts: list[bytes]) -> bytes:
-    return frame(pa.KIND_ADVERT_LIST, struct.pack(">I", len(adverts)) + b"".join(adverts))
+    return frame(pm.KIND_ADVERT_LIST, struct.pack(">I", len(adverts)) + b"".join(adverts))
 
 
 def _with_holder(party: Party, holder: int, key: PrivateKey) -> dict[int, bytes]:
     """Deliveries of ``key`` from ``holder``, made by a copy of the holder whose config lets it hold."""
     source = party.client(holder, key_holders=None, min_key_bits=256)
     advert = source.advertise()
-    adverts = {**_listed(party), holder: unframe(advert, pa.KIND_ADVERT)}
+    adverts = {**_listed(party), holder: unframe(advert, pm.KIND_ADVERT)}
     listing = _listing([adverts[c] for c in sorted(adverts)])
     source.receive_adverts(listing)
     for c, x in party.clients.items():
@@ -132,10 +133,10 @@ def _with_holder(party: Party, holder: int, key: PrivateKey) -> dict[int, bytes]
 
 
 def _delivery_field(message: bytes, round_id: int | None = None, holder: int | None = None) -> bytes:
-    payload = unframe(message, pa.KIND_KEY_DELIVERY)
+    payload = unframe(message, pm.KIND_KEY_DELIVERY)
     hid, rid = struct.unpack_from(">QQ", payload)
     ids = struct.pack(">QQ", hid if holder is None else holder, rid if round_id is None else round_id)
-    return frame(pa.KIND_KEY_DELIVERY, ids + payload[16:])
+    return frame(pm.KIND_KEY_DELIVERY, ids + payload[16:])
 
 
 Case = tuple[PaillierClient, Callable[[], object], Callable[[], object]]
@@ -143,7 +144,7 @@ Case = tuple[PaillierClient, Callable[[], object], Callable[[], object]]
 
 
 def _request(survivors: tuple[int, ...], round_id: int = 3) -> bytes:
-    return frame(pa.KIND_CONSISTENCY_REQUEST,
+    return frame(pm.KIND_CONSISTENCY_REQUEST,
                  struct.pack(f">QI{len(survivors)}Q", round_id, len(survivors), *survivors))
 
 
@@ -158,7 +159,7 @@ def _receive_adverts(party: Party, listing: bytes, cid: int = 2) -> Case:
 
 def lie_advert_list_longer_than_n(party: Party) -> Case:
     stranger = party.client(N + 1, n_clients=N + 1)  # enrolled, but not one of this round's n clients
-    adverts = [*_listed(party).values(), unframe(stranger.advertise(), pa.KIND_ADVERT)]
+    adverts = [*_listed(party).values(), unframe(stranger.advertise(), pm.KIND_ADVERT)]
     return _receive_adverts(party, _listing(adverts))
 
 

@@ -40,9 +40,10 @@ def own_min_degree(config: ExperimentConfig, n: int, threshold: int, malicious: 
     the graph for and the default 5 % corruption rate, for the round's threshold and threat
     model -- the degree an honest server computes, capped at the complete graph.
     """
+    from protocols import aggregator_class
     from protocols.secagg.graph import choose_degree
 
-    if config.protocol == "secagg":
+    if not aggregator_class(config.protocol).sparse_graph:
         return n - 1
     if config.neighbors is not None:
         return min(config.neighbors, n - 1)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from protocols import aggregator_class
 from protocols.secagg.client import raw_public
 from securefedrec.compression import rotate
 from securefedrec.config import ExperimentConfig
@@ -213,7 +214,7 @@ class NodeRuntime:
                              "a round is never run twice")
         cfg = self.config
         paillier = message.stage is FlowerStage.PAILLIER_TRAIN
-        if paillier != (cfg.protocol == "paillier"):
+        if paillier != aggregator_class(cfg.protocol).homomorphic:
             raise IntegrityError(f"round {r}, field 'protocol': a {message.stage.name} message, but this "
                                  f"node's run configuration has protocol {cfg.protocol!r}")
         clients = sorted(message.payload)

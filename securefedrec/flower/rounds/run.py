@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols import AggregationAborted
+from protocols import AggregationAborted, aggregator_class, protocols_where
 from protocols.secagg import SecAggAggregator, SecAggServer
 from securefedrec.config import ExperimentConfig
 from securefedrec.errors import ConfigError, PrivacyBudgetExhausted, SecureFedRecError
@@ -29,13 +29,9 @@ from securefedrec.flower.rounds.secagg import secagg_round
 from securefedrec.flower.settings import DeploymentSettings
 from securefedrec.flower.transport import NodeLink, discover
 
-__all__ = ["FLOWER_PROTOCOLS", "FederatedRun", "write_result"]
+__all__ = ["FederatedRun", "write_result"]
 
 log = logging.getLogger("securefedrec.flower")
-
-FLOWER_PROTOCOLS = ("secagg", "secagg+", "paillier")
-"""The protocols (names of :data:`protocols.registry.PROTOCOLS`) that run over the securefedrec transport."""
-
 
 class FederatedRun:
     """The federated loop of a deployment: sample, broadcast, secure round, server optimizer.
@@ -76,9 +72,9 @@ class FederatedRun:
             raise ConfigError(f"compression: {compressor.spec} cannot run over the securefedrec Flower "
                               "transport: its indices reveal which items each user rated; use randk:F, q8, "
                               "q16, mod:B or none")
-        if config.protocol not in FLOWER_PROTOCOLS:
+        if not aggregator_class(config.protocol).secure:
             raise ConfigError(f"protocol: {config.protocol!r} cannot run over the securefedrec Flower "
-                              f"transport; use one of {', '.join(FLOWER_PROTOCOLS)}")
+                              f"transport; use one of {', '.join(protocols_where(lambda cls: cls.secure))}")
         if config.dropout > 0:
             log.warning("dropout %.2f is a simulation setting; on the deployment engine only real "
                         "dropouts happen", config.dropout)
@@ -110,10 +106,11 @@ class FederatedRun:
     def connect(self) -> None:
         """Discover the nodes (and, for Paillier, the clients' identity keys)."""
         self.node_of = discover(self.link, self.sim.pool.num_clients, self.settings, self.directory)
-        if self.config.protocol == "paillier":
+        if aggregator_class(self.config.protocol).homomorphic:
             missing = sorted(set(self.node_of) - set(self.directory))
             if missing:
-                raise ConfigError(f"protocol paillier: no identity key for clients {missing[:10]} "
+                raise ConfigError(f"protocol {self.config.protocol}: no identity key for clients "
+                                  f"{missing[:10]} "
                                   f"({len(missing)} in all); give their nodes identity-key and pki "
                                   "(node config)")
 

@@ -1,7 +1,7 @@
-"""``malicious-server``: a server that deviates from SecAgg / SecAgg+ to unmask one client's input.
+"""``malicious-server`` against SecAgg / SecAgg+: a server that deviates to unmask one client's input.
 
-(For ``protocol = "paillier"`` the same attack runs the scenarios of
-:mod:`attacks.malicious_paillier`, :data:`PAILLIER_SCENARIOS`.)
+(:class:`~attacks.malicious.attack.MaliciousServerAttack` runs these scenarios, the lies of
+:mod:`attacks.malicious.secagg_lies` and, for ``paillier``, those of :mod:`attacks.malicious.paillier`.)
 
 The attack drives the sans-IO state machines of :mod:`protocols.secagg`
 directly: honest :class:`~protocols.secagg.SecAggClient` objects and a
@@ -35,62 +35,31 @@ Notes:
     malicious model. :func:`protocols.secagg.share_threshold` does so for every
     graph, and each client computes t' itself (:class:`protocols.secagg.ClientPolicy`):
     a server that announces a lower t' is refused at setup
-    (:mod:`attacks.malicious_lies` runs that lie and every other one).
+    (:mod:`attacks.malicious.secagg_lies` runs that lie and every other one).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from attacks.base import Attack, AttackResult
-from protocols import Aggregator, ProtocolError, RoundConfig, shamir
+from attacks.malicious.outcomes import SECAGG_SCENARIOS, ScenarioOutcome, check_scenario
+from protocols import ProtocolError, RoundConfig, shamir
 from protocols.prg import MaskExpander
-from protocols.secagg import SecAggAggregator, SecAggClient, SecAggServer, _crypto, choose_degree
+from protocols.secagg import SecAggAggregator, SecAggClient, SecAggServer, _crypto
 from protocols.secagg import messages as msg
 from protocols.secagg.client import raw_public
-from securefedrec.config import ExperimentConfig
-from securefedrec.data import Dataset
 from securefedrec.errors import ConfigError
 
-__all__ = ["PAILLIER_SCENARIOS", "SCENARIOS", "MaliciousServerAttack", "ScenarioOutcome", "run_scenario"]
+__all__ = ["SCENARIOS", "run_scenario"]
 
-SCENARIOS = ("drop-claim", "key-substitution", "share-tampering", "split-view")
-"""SecAgg / SecAgg+ scenarios (this module)."""
-PAILLIER_SCENARIOS = ("single-ciphertext", "under-threshold", "split-view", "key-substitution",
-                      "bundle-tampering", "ciphertext-replay")
-"""Packed-Paillier scenarios (:mod:`attacks.malicious_paillier`)."""
+SCENARIOS = SECAGG_SCENARIOS
+"""The scenarios of this module."""
 _E = msg.SHARE_ELEMENTS
-
-
-@dataclass
-class ScenarioOutcome:
-    """What one malicious-server scenario achieved against one threat model."""
-
-    scenario: str
-    malicious: bool
-    revealed: int = 0
-    """Clients whose input the server unmasked (verified against the true input)."""
-    aborted: list[int] = field(default_factory=list)
-    """Honest clients that raised an error and stopped."""
-    errors: list[str] = field(default_factory=list)
-    """Their error messages (first few)."""
-    notes: list[str] = field(default_factory=list)
-    honest_model: str = "semi-honest"
-    """What the baseline (``malicious=False``) model is called for this protocol."""
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return {"scenario": self.scenario, "model": "malicious" if self.malicious else self.honest_model,
-                "revealed": self.revealed, "clients_aborted": len(self.aborted),
-                "errors": self.errors[:3], "notes": self.notes}
 
 
 class _Round:
@@ -346,10 +315,7 @@ def run_scenario(
     Raises:
         ConfigError: unknown scenario (the message lists them) or too few clients.
     """
-    if scenario not in SCENARIOS:
-        raise ConfigError(f"unknown scenario {scenario!r}; choose one of: {', '.join(SCENARIOS)}")
-    if clients < 3:
-        raise ConfigError(f"malicious-server needs >= 3 clients, got {clients}")
+    check_scenario(scenario, SCENARIOS, clients, 3, "malicious-server needs")
     out = ScenarioOutcome(scenario, malicious)
     rng = np.random.default_rng(seed)
 
@@ -368,96 +334,3 @@ def run_scenario(
         _split_view(fresh(), victim, out)
     out.aborted = sorted(set(out.aborted))
     return out
-
-
-class MaliciousServerAttack(Attack):
-    """All malicious-server scenarios against the configured SecAgg / SecAgg+ or packed-Paillier round.
-
-    Args:
-        clients: clients in the attacked round (the threshold is
-            ``ceil(threshold_fraction * clients)`` from the configuration).
-        scenarios: which scenarios to run (default: all of the protocol's, :data:`SCENARIOS`
-            or :data:`PAILLIER_SCENARIOS`).
-        margin, seed: see :class:`~attacks.base.Attack` (``margin`` is unused: any
-            revealed secret is a success).
-    """
-
-    name: ClassVar[str] = "malicious-server"
-    metric: ClassVar[str] = "secrets_revealed"
-
-    def __init__(self, *, clients: int = 10, scenarios: tuple[str, ...] | None = None,
-                 margin: float = 0.0, seed: int = 0) -> None:
-        super().__init__(margin=margin, seed=seed)
-        known = (*SCENARIOS, *(s for s in PAILLIER_SCENARIOS if s not in SCENARIOS))
-        unknown = [s for s in scenarios or () if s not in known]
-        if unknown:
-            raise ConfigError(f"unknown scenario {unknown[0]!r}; choose from: {', '.join(known)}")
-        if clients < 3:
-            raise ConfigError(f"clients must be >= 3, got {clients}")
-        self.clients = clients
-        self.scenarios = None if scenarios is None else tuple(scenarios)
-
-    def _scenarios(self, protocol: str, names: tuple[str, ...]) -> tuple[str, ...]:
-        if self.scenarios is None:
-            return names
-        wrong = [s for s in self.scenarios if s not in names]
-        if wrong:
-            raise ConfigError(f"scenario {wrong[0]!r} does not apply to protocol {protocol!r}; "
-                              f"choose from: {', '.join(names)}")
-        return self.scenarios
-
-    def run(
-        self,
-        config: ExperimentConfig,
-        *,
-        dataset: Dataset | None = None,
-        aggregator: Aggregator | None = None,
-        aggregator_options: Mapping[str, Any] | None = None,
-    ) -> AttackResult:
-        """Run every scenario against the malicious model and (baseline) the semi-honest model.
-
-        For ``paillier`` the baseline is the honest-but-curious Paillier protocol and
-        ``aggregator_options`` may give ``key_bits`` (default 512 here) or ``keypair``.
-        """
-        n = self.clients
-        threshold = max(1, math.ceil(config.threshold_fraction * n))
-        if config.protocol == "plaintext":
-            return self.result(config, n, n, True, note="plaintext: the server reads every input; "
-                               "no deviation is needed", clients=n)
-        if config.protocol == "paillier":
-            from attacks.malicious_paillier import attack_details
-
-            if n < 4:
-                raise ConfigError(f"malicious-server against paillier needs clients >= 4, got {n}")
-            value, baseline, details = attack_details(
-                n, config.threshold_fraction, self._scenarios("paillier", PAILLIER_SCENARIOS),
-                aggregator_options or {}, self.seed)
-            return self.result(config, value, baseline, value > 0, **details)
-        if config.protocol not in ("secagg", "secagg+"):
-            raise ConfigError(f"malicious-server drives the SecAgg or Paillier state machines; protocol "
-                              f"{config.protocol!r} is not supported (choose secagg, secagg+, paillier or "
-                              "plaintext)")
-        degree = None if config.protocol == "secagg" else (
-            config.neighbors if config.neighbors is not None else choose_degree(n))
-        outcomes = []
-        for scenario in self._scenarios(config.protocol, SCENARIOS):
-            for malicious in (True, False):
-                outcomes.append(run_scenario(scenario, clients=n, threshold=threshold, degree=degree,
-                                             malicious=malicious, seed=self.seed))
-        value = sum(o.revealed for o in outcomes if o.malicious)
-        baseline = sum(o.revealed for o in outcomes if not o.malicious)
-        return self.result(
-            config, value, baseline, value > 0, clients=n, threshold=threshold,
-            share_threshold=_share_threshold(n, threshold, degree),
-            scenarios={o.scenario: o.as_dict() for o in outcomes if o.malicious},
-            semi_honest={o.scenario: o.as_dict() for o in outcomes if not o.malicious},
-            baseline_is="the same scenarios against the semi-honest protocol (no signatures, "
-                        "no consistency round)",
-        )
-
-
-def _share_threshold(n: int, threshold: int, degree: int | None) -> int:
-    from protocols.secagg import effective_degree, share_threshold
-
-    d = effective_degree(n, degree)
-    return share_threshold(threshold, n, d, True)

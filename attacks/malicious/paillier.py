@@ -1,7 +1,7 @@
 """``malicious-server`` against packed Paillier: a server that deviates to decrypt one client's update.
 
 Registered behind the ``malicious-server`` attack (:class:`attacks.MaliciousServerAttack`
-runs these scenarios when ``config.protocol == "paillier"``). The attack drives the
+runs these scenarios against a Paillier-family aggregator). The attack drives the
 sans-IO parties of :mod:`protocols.paillier` directly: honest
 :class:`~protocols.paillier.PaillierClient` objects and a
 :class:`~protocols.paillier.PaillierServer` whose messages the attacker rewrites. Every
@@ -78,196 +78,43 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from attacks.malicious_server import PAILLIER_SCENARIOS, ScenarioOutcome
-from protocols import ProtocolError, RoundConfig
-from protocols.paillier import PaillierClient, PaillierServer, PrivateKey, RandomnessPool, generate_keypair
+from attacks.malicious.outcomes import (
+    PAILLIER_LIES,
+    PAILLIER_SCENARIOS,
+    ScenarioOutcome,
+    check_scenario,
+    summarize,
+)
+from attacks.malicious.paillier_round import PaillierRound
+from protocols import ProtocolError
+from protocols.paillier import PaillierClient, PrivateKey, RandomnessPool, generate_keypair
 from protocols.paillier import aggregator as pa
 from protocols.paillier import keys as keymod
+from protocols.paillier import messages as pm
 from protocols.paillier.aggregator import (
     Ciphertexts,
     consistency_threshold,
     decode_ciphertexts,
     encode_aggregate,
-    encode_verified_aggregate,
-    round_layout,
 )
-from protocols.paillier.packing import unpack_sum
-from protocols.paillier.raw import PublicKey, encrypt_with_obfuscator, obfuscator, raw_decrypt
+from protocols.paillier.raw import PublicKey
 from protocols.wire import frame, unframe
 from securefedrec.errors import ConfigError
 
 __all__ = ["LIE_SCENARIOS", "SCENARIOS", "run_scenario"]
 
-LIE_SCENARIOS = ("threshold-lie", "sybil-key-holder", "weak-key", "layout-lie", "round-id-lie")
+LIE_SCENARIOS = PAILLIER_LIES
 """Lies about a parameter each client derives from its own configuration (module docstring)."""
 SCENARIOS = (*PAILLIER_SCENARIOS, *LIE_SCENARIOS)
 HONEST_MODEL = "honest-but-curious"
 
 
-class _Round:
-    """One packed-Paillier round whose server messages the attacker may rewrite."""
-
-    def __init__(self, n: int, threshold: int, malicious: bool, key: PrivateKey, length: int,
-                 rng: np.random.Generator, randbytes: Callable[[int], bytes], *, round_id: int = 7,
-                 identities: Mapping[int, Ed25519PrivateKey] | None = None, own_config: bool = True) -> None:
-        self.ids = list(range(1, n + 1))
-        self.cfg = RoundConfig(round_id=round_id, threshold=threshold, ring_bits=32, clip_range=1.0)
-        self.rid = round_id
-        self.inputs = {c: rng.uniform(-1, 1, length) for c in self.ids}
-        self.identities = dict(identities) if identities is not None else {
-            c: Ed25519PrivateKey.from_private_bytes(randbytes(32)) for c in self.ids}
-        self.directory = {c: k.public_key() for c, k in self.identities.items()}
-        self.key = key
-        self.public = key.public
-        self.width = key.public.ciphertext_bytes
-        self.length = length
-        self.malicious = malicious
-        self.randbytes = randbytes
-        self.t_prime = consistency_threshold(n)
-        self.fp, self.layout = round_layout(n, self.cfg, key.public)
-        self.server = PaillierServer(self.directory, self.cfg, n, malicious=malicious)
-        self.holder = self.ids[0]
-        self.own_config = own_config
-        self.clients = {c: self.client(c) for c in self.ids}
-        self.adverts: dict[int, bytes] = {}
-        self.ciphertexts: dict[int, bytes] = {}
-
-    def client(self, cid: int, **overrides: Any) -> PaillierClient:
-        """An honest client; with ``own_config`` it holds the round's parameters as its own."""
-        options: dict[str, Any] = {"malicious": self.malicious, "n_clients": len(self.ids),
-                                   "randbytes": self.randbytes}
-        if self.own_config:
-            options |= {"config": self.cfg, "min_key_bits": self.key.public.bits,
-                        "key_holders": {self.holder}}
-        return PaillierClient(cid, self.identities[cid], self.directory, self.rid, **(options | overrides))
-
-    # ---- delivering messages to honest clients ------------------------------------------------
-    def call(self, cid: int, method: str, out: ScenarioOutcome, *args: Any) -> Any:
-        """Deliver to client ``cid``; an honest client that detects a deviation aborts (kept in ``out``)."""
-        try:
-            return getattr(self.clients[cid], method)(*args)
-        except ProtocolError as exc:
-            out.aborted.append(cid)
-            out.errors.append(f"{type(exc).__name__}: {exc}")
-            return None
-
-    def advertise(self) -> bytes:
-        """ADVERTISE: every client's signed advert; return the server's honest relay."""
-        self.adverts = {c: self.clients[c].advertise() for c in self.ids}
-        return self.server.collect_adverts(self.adverts)
-
-    def share(self, out: ScenarioOutcome) -> dict[int, bytes]:
-        """SHARE_KEYS up to the relayed deliveries (honest): recipient -> its delivery."""
-        listing = self.advertise()
-        for c in self.ids:
-            self.call(c, "receive_adverts", out, listing)
-        return self.server.relay_key(self.holder, self.clients[self.holder].share_key(self.key))
-
-    def honest_until_masked(self, out: ScenarioOutcome) -> None:
-        """Every honest stage up to MASKED_INPUT; the server keeps each client's ciphertexts."""
-        deliveries = self.share(out)
-        acks = {c: self.call(c, "receive_key", out, m) for c, m in deliveries.items()}
-        self.server.collect_acks({c: a for c, a in acks.items() if a is not None})
-        for c in self.ids:
-            self.ciphertexts[c] = self.encrypt(c)
-        self.server.collect_ciphertexts(self.ciphertexts)
-
-    def encrypt(self, cid: int) -> bytes:
-        """Client ``cid``'s MASKED_INPUT message (it must hold a key)."""
-        client = self.clients[cid]
-        keypair = client.keypair
-        if keypair is None:
-            raise ConfigError(f"client {cid} holds no key")
-        fp, layout = round_layout(len(self.ids), self.cfg, keypair.public)
-        rng = np.random.default_rng([cid, self.rid])
-        pool = RandomnessPool(keypair.public)
-        message: bytes = client.masked_input(self.inputs[cid], fp, layout, rng, pool)
-        return message
-
-    def read_with(self, cid: int, key: PrivateKey, out: ScenarioOutcome, how: str) -> None:
-        """Client ``cid`` encrypts under the key it accepted; the server decrypts with ``key``."""
-        message = decode_ciphertexts(self.encrypt(cid))
-        plain = [int(raw_decrypt(key, v)) for v in message.values(key.public.ciphertext_bytes)]
-        fp, layout = round_layout(len(self.ids), self.cfg, key.public)
-        values = unpack_sum(layout, plain, self.length, 1).astype(np.float64) * fp.step
-        self.score(cid, values, self.inputs[cid], out, how)
-
-    # ---- the attacker's tools -----------------------------------------------------------------
-    def cts(self, cid: int, messages: Mapping[int, bytes] | None = None) -> Ciphertexts:
-        """Client ``cid``'s decoded ciphertexts (this round's unless ``messages`` says otherwise)."""
-        return decode_ciphertexts((messages or self.ciphertexts)[cid])
-
-    def zeros(self, count: int) -> list[int]:
-        """``count`` fresh encryptions of 0 under the round key (anyone can make them)."""
-        n = int(self.public.n)
-        out = []
-        for _ in range(count):
-            r = 2 + int.from_bytes(self.randbytes(self.public.plaintext_bytes), "big") % (n - 3)
-            out.append(int(encrypt_with_obfuscator(self.public, 0, obfuscator(self.public, r))))
-        return out
-
-    def product(self, members: list[int], messages: Mapping[int, bytes] | None = None) -> list[int]:
-        """The slot-wise product of ``members``' ciphertexts (what the honest server computes)."""
-        nsq = int(self.public.nsquare)
-        acc: list[int] | None = None
-        for c in members:
-            values = self.cts(c, messages).values(self.width)
-            acc = values if acc is None else [a * b % nsq for a, b in zip(acc, values, strict=True)]
-        return acc or []
-
-    def consistency(self, views: Mapping[int, tuple[int, ...]], out: ScenarioOutcome) -> dict[int, bytes]:
-        """Ask each client to sign its (possibly forged) survivor set; return the signatures it gave."""
-        sigs = {}
-        for c, survivors in sorted(views.items()):
-            request = frame(pa.KIND_CONSISTENCY_REQUEST,
-                            struct.pack(">QI", self.rid, len(survivors)) + struct.pack(
-                                f">{len(survivors)}Q", *survivors))
-            reply = self.call(c, "consistency", out, request, self.cfg.threshold)
-            if reply is not None:
-                sigs[c] = unframe(reply, pa.KIND_CONSISTENCY_SIGNATURE)[16:]
-        return sigs
-
-    def verified(self, survivors: tuple[int, ...], sigs: Mapping[int, bytes],
-                 blocks: Mapping[int, Ciphertexts]) -> bytes:
-        """A verified aggregate as the malicious server builds it."""
-        count = next(iter(blocks.values())).count
-        return encode_verified_aggregate(self.rid, survivors, sigs, blocks, count)
-
-    def decrypt(self, decryptor: int, message: bytes, out: ScenarioOutcome,
-                threshold: int | None = None) -> list[int] | None:
-        """Hand ``decryptor`` an aggregate; return the packed plaintexts it sent back (None: refused)."""
-        told = self.cfg.threshold if threshold is None else threshold
-        reply = self.call(decryptor, "decrypt", out, message, told)
-        if reply is None:
-            return None
-        payload = unframe(reply, pa.KIND_PLAINTEXT_SUM)
-        (count,) = struct.unpack_from(">I", payload, 8)
-        w = self.public.plaintext_bytes
-        return [int.from_bytes(payload[12 + i * w : 12 + (i + 1) * w], "big") for i in range(count)]
-
-    def recover(self, plaintexts: list[int], count: int) -> np.ndarray:
-        """The float sum of ``count`` clients packed in ``plaintexts``."""
-        sums = unpack_sum(self.layout, plaintexts, self.length, count).astype(np.float64)
-        values: np.ndarray = sums * self.fp.step
-        return values
-
-    def score(self, victim: int, recovered: np.ndarray, truth: np.ndarray, out: ScenarioOutcome,
-              how: str) -> None:
-        """Count the victim as revealed when ``recovered`` is its input to the quantization step."""
-        err = float(np.max(np.abs(recovered - truth)))
-        if err <= 2 * self.fp.step:
-            out.revealed += 1
-            out.notes.append(f"client {victim}'s input recovered ({how}; max error {err:.2e})")
-        else:
-            out.notes.append(f"{how}: decrypted, but not client {victim}'s input (max error {err:.2e})")
-
-
-def _others(rnd: _Round, *exclude: int) -> list[int]:
+def _others(rnd: PaillierRound, *exclude: int) -> list[int]:
     return [c for c in rnd.ids if c not in exclude]
 
 
 # ---- scenarios ------------------------------------------------------------------------------------
-def _first_decryption(rnd: _Round, victim: int, attempts: list[tuple[str, int, bytes]],
+def _first_decryption(rnd: PaillierRound, victim: int, attempts: list[tuple[str, int, bytes]],
                       out: ScenarioOutcome) -> None:
     """Send each ``(how, decryptor, message)`` in turn; score the first plaintext that comes back."""
     for how, decryptor, message in attempts:
@@ -277,7 +124,7 @@ def _first_decryption(rnd: _Round, victim: int, attempts: list[tuple[str, int, b
             return
 
 
-def _single_ciphertext(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
+def _single_ciphertext(rnd: PaillierRound, victim: int, out: ScenarioOutcome) -> None:
     rnd.honest_until_masked(out)
     everyone = tuple(rnd.ids)
     d = _others(rnd, victim)
@@ -293,7 +140,7 @@ def _single_ciphertext(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
     _first_decryption(rnd, victim, attempts, out)
 
 
-def _under_threshold(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
+def _under_threshold(rnd: PaillierRound, victim: int, out: ScenarioOutcome) -> None:
     rnd.honest_until_masked(out)
     threshold = rnd.cfg.threshold
     others = _others(rnd, victim)
@@ -327,7 +174,7 @@ def _under_threshold(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
     _first_decryption(rnd, victim, attempts, out)
 
 
-def _split_view(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
+def _split_view(rnd: PaillierRound, victim: int, out: ScenarioOutcome) -> None:
     rnd.honest_until_masked(out)
     s1 = tuple(rnd.ids)
     s2 = tuple(_others(rnd, victim))
@@ -363,17 +210,18 @@ def _split_view(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
         rnd.score(victim, diff, rnd.inputs[victim], out, "sum over S minus sum over S minus v")
 
 
-def _key_substitution(make: Callable[[], _Round], server_key: PrivateKey, out: ScenarioOutcome) -> None:
+def _key_substitution(make: Callable[[], PaillierRound], server_key: PrivateKey,
+                      out: ScenarioOutcome) -> None:
     # (a) man in the middle on the sealed key: every advertised X25519 key replaced by the server's
     rnd = make()
     fake = {c: X25519PrivateKey.from_private_bytes(rnd.randbytes(32)) for c in rnd.ids}
     rnd.advertise()
-    payloads = {c: unframe(rnd.adverts[c], pa.KIND_ADVERT) for c in rnd.ids}
+    payloads = {c: unframe(rnd.adverts[c], pm.KIND_ADVERT) for c in rnd.ids}
     swapped = {c: p[:16] + keymod._raw(fake[c].public_key()) + p[48:] for c, p in payloads.items()}
     before = set(out.aborted)
     for c in rnd.ids:  # each client sees its own advert intact and everyone else's key swapped
         forged = [payloads[a] if a == c else swapped[a] for a in rnd.ids]
-        listing = frame(pa.KIND_ADVERT_LIST, struct.pack(">I", len(forged)) + b"".join(forged))
+        listing = frame(pm.KIND_ADVERT_LIST, struct.pack(">I", len(forged)) + b"".join(forged))
         rnd.call(c, "receive_adverts", out, listing)
     accepted = [c for c in rnd.ids if c not in set(out.aborted) - before]
     out.notes.append(f"advert lists with every peer's X25519 key swapped for the server's: accepted by "
@@ -386,10 +234,10 @@ def _key_substitution(make: Callable[[], _Round], server_key: PrivateKey, out: S
     n_own = server_key.public.n_bytes()
     took = []
     for c, message in sorted(deliveries.items()):
-        payload = unframe(message, pa.KIND_KEY_DELIVERY)
+        payload = unframe(message, pm.KIND_KEY_DELIVERY)
         (nlen,) = struct.unpack_from(">H", payload, 16)
         substituted = payload[:18] + n_own + payload[18 + nlen :]
-        if rnd.call(c, "receive_key", out, frame(pa.KIND_KEY_DELIVERY, substituted)) is not None:
+        if rnd.call(c, "receive_key", out, frame(pm.KIND_KEY_DELIVERY, substituted)) is not None:
             took.append(c)
     out.notes.append(f"substituted public key: accepted by {len(took)} of {len(deliveries)} clients")
     for c in took:  # a client that took the server's key encrypts under it: the server decrypts
@@ -398,15 +246,15 @@ def _key_substitution(make: Callable[[], _Round], server_key: PrivateKey, out: S
             rnd.read_with(c, server_key, out, "encrypted under the server's key")
 
 
-def _finish_mitm(rnd: _Round, fake: Mapping[int, X25519PrivateKey], accepted: list[int],
+def _finish_mitm(rnd: PaillierRound, fake: Mapping[int, X25519PrivateKey], accepted: list[int],
                  out: ScenarioOutcome) -> None:
     """The holder sealed the key to the server's X25519 keys: open it; re-seal it to the recipients."""
     bundle = rnd.clients[rnd.holder].share_key(rnd.key)
     deliveries = rnd.server.relay_key(rnd.holder, bundle)
-    holder_ad = keymod.parse_advert(unframe(rnd.adverts[rnd.holder], pa.KIND_ADVERT), rnd.directory, rnd.rid)
+    holder_ad = keymod.parse_advert(unframe(rnd.adverts[rnd.holder], pm.KIND_ADVERT), rnd.directory, rnd.rid)
     stolen: PrivateKey | None = None
     for c, message in sorted(deliveries.items()):
-        payload = unframe(message, pa.KIND_KEY_DELIVERY)
+        payload = unframe(message, pm.KIND_KEY_DELIVERY)
         (nlen,) = struct.unpack_from(">H", payload, 16)
         n_raw = payload[18 : 18 + nlen]
         (slen,) = struct.unpack_from(">H", payload, 18 + nlen + 64)
@@ -417,11 +265,11 @@ def _finish_mitm(rnd: _Round, fake: Mapping[int, X25519PrivateKey], accepted: li
         except ProtocolError:
             continue
         # re-seal to c's real key as "the holder" (c saw fake[holder] as the holder's advert)
-        real = keymod.parse_advert(unframe(rnd.adverts[c], pa.KIND_ADVERT), rnd.directory, rnd.rid)
+        real = keymod.parse_advert(unframe(rnd.adverts[c], pm.KIND_ADVERT), rnd.directory, rnd.rid)
         resealed = keymod.seal_private_key(stolen, fake[rnd.holder], real, rnd.rid, rnd.holder)
         body = payload[: 18 + nlen + 64] + struct.pack(">H", len(resealed)) + resealed
         if c in accepted:
-            rnd.call(c, "receive_key", out, frame(pa.KIND_KEY_DELIVERY, body))
+            rnd.call(c, "receive_key", out, frame(pm.KIND_KEY_DELIVERY, body))
     if stolen is None:
         return
     for c in accepted:
@@ -430,7 +278,8 @@ def _finish_mitm(rnd: _Round, fake: Mapping[int, X25519PrivateKey], accepted: li
         rnd.read_with(c, stolen, out, "private key taken from the sealed bundle")
 
 
-def _bundle_tampering(make: Callable[..., _Round], server_key: PrivateKey, out: ScenarioOutcome) -> None:
+def _bundle_tampering(make: Callable[..., PaillierRound], server_key: PrivateKey,
+                      out: ScenarioOutcome) -> None:
     earlier = make(round_id=6)
     old = earlier.share(out)  # the previous round's deliveries (same identities, same key)
     rnd = make(round_id=7, identities=earlier.identities)
@@ -438,13 +287,13 @@ def _bundle_tampering(make: Callable[..., _Round], server_key: PrivateKey, out: 
     recipients = sorted(deliveries)
 
     def parts(message: bytes) -> tuple[bytes, bytes, bytes]:
-        payload = unframe(message, pa.KIND_KEY_DELIVERY)
+        payload = unframe(message, pm.KIND_KEY_DELIVERY)
         (nlen,) = struct.unpack_from(">H", payload, 16)
         cut = 18 + nlen + 64
         return payload[:16], payload[16:cut], payload[cut + 2 :]  # ids, n + signature, sealed
 
     def build(ids: bytes, signed: bytes, sealed: bytes) -> bytes:
-        return frame(pa.KIND_KEY_DELIVERY, ids + signed + struct.pack(">H", len(sealed)) + sealed)
+        return frame(pm.KIND_KEY_DELIVERY, ids + signed + struct.pack(">H", len(sealed)) + sealed)
 
     attacks: list[tuple[str, bytes]] = []
     r = recipients
@@ -463,7 +312,7 @@ def _bundle_tampering(make: Callable[..., _Round], server_key: PrivateKey, out: 
     # the server's own key pair, sealed under a key it agreed with the recipient's real advert
     target = r[5 % len(r)]
     ephemeral = X25519PrivateKey.from_private_bytes(rnd.randbytes(32))
-    advert = keymod.parse_advert(unframe(rnd.adverts[target], pa.KIND_ADVERT), rnd.directory, rnd.rid)
+    advert = keymod.parse_advert(unframe(rnd.adverts[target], pm.KIND_ADVERT), rnd.directory, rnd.rid)
     own_sealed = keymod.seal_private_key(server_key, ephemeral, advert, rnd.rid, rnd.holder)
     n_own = server_key.public.n_bytes()
     unsigned = struct.pack(">H", len(n_own)) + n_own + bytes(64)
@@ -480,7 +329,7 @@ def _bundle_tampering(make: Callable[..., _Round], server_key: PrivateKey, out: 
     out.notes.extend(verdicts)
 
 
-def _ciphertext_replay(make: Callable[..., _Round], victim: int, out: ScenarioOutcome) -> None:
+def _ciphertext_replay(make: Callable[..., PaillierRound], victim: int, out: ScenarioOutcome) -> None:
     earlier = make(round_id=6)
     earlier.honest_until_masked(out)
     everyone = tuple(earlier.ids)
@@ -488,7 +337,7 @@ def _ciphertext_replay(make: Callable[..., _Round], victim: int, out: ScenarioOu
     if earlier.malicious:
         sigs = earlier.consistency(dict.fromkeys(everyone, everyone), out)
         earlier.server.collect_signatures(
-            {c: frame(pa.KIND_CONSISTENCY_SIGNATURE, struct.pack(">QQ", c, earlier.rid) + s)
+            {c: frame(pm.KIND_CONSISTENCY_SIGNATURE, struct.pack(">QQ", c, earlier.rid) + s)
              for c, s in sigs.items()})
     before = earlier.decrypt(d, earlier.server.aggregate_message(), out)  # the honest sum of round 6
     rnd = make(round_id=7, identities=earlier.identities)
@@ -510,7 +359,7 @@ def _ciphertext_replay(make: Callable[..., _Round], victim: int, out: ScenarioOu
 
 
 # ---- lies about the clients' own parameters ------------------------------------------------------
-def _threshold_lie(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
+def _threshold_lie(rnd: PaillierRound, victim: int, out: ScenarioOutcome) -> None:
     rnd.honest_until_masked(out)
     d = _others(rnd, victim)
     alone = (victim,)
@@ -518,10 +367,10 @@ def _threshold_lie(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
         pair = tuple(sorted((d[0], victim)))
         sigs: dict[int, bytes] = {}
         for c in pair:
-            request = frame(pa.KIND_CONSISTENCY_REQUEST, struct.pack(">QI2Q", rnd.rid, 2, *pair))
+            request = frame(pm.KIND_CONSISTENCY_REQUEST, struct.pack(">QI2Q", rnd.rid, 2, *pair))
             reply = rnd.call(c, "consistency", out, request, 1)
             if reply is not None:
-                sigs[c] = unframe(reply, pa.KIND_CONSISTENCY_SIGNATURE)[16:]
+                sigs[c] = unframe(reply, pm.KIND_CONSISTENCY_SIGNATURE)[16:]
         out.notes.append(f"S = {{d, v}} signed by {len(sigs)} of 2 clients told threshold 1")
     message = encode_aggregate(rnd.rid, alone, rnd.product([victim]), rnd.width)
     plain = rnd.decrypt(d[-1], message, out, threshold=1)
@@ -531,7 +380,7 @@ def _threshold_lie(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
         rnd.score(victim, rnd.recover(plain, 1), rnd.inputs[victim], out, "threshold 1: S = {v} decrypted")
 
 
-def _sybil_key_holder(rnd: _Round, server_key: PrivateKey, out: ScenarioOutcome) -> None:
+def _sybil_key_holder(rnd: PaillierRound, server_key: PrivateKey, out: ScenarioOutcome) -> None:
     sybil_id = max(rnd.ids) + 1000
     sybil_identity = Ed25519PrivateKey.from_private_bytes(rnd.randbytes(32))
     rnd.directory[sybil_id] = sybil_identity.public_key()  # enrolled by the server: the PKI is its
@@ -540,9 +389,9 @@ def _sybil_key_holder(rnd: _Round, server_key: PrivateKey, out: ScenarioOutcome)
                            n_clients=len(rnd.ids) + 1000)
     replaced = rnd.ids[-1]  # the Sybil takes client n's place, so the list still holds n adverts
     rnd.advertise()
-    listed = {c: unframe(rnd.adverts[c], pa.KIND_ADVERT) for c in rnd.ids if c != replaced}
-    listed[sybil_id] = unframe(sybil.advertise(), pa.KIND_ADVERT)
-    listing = frame(pa.KIND_ADVERT_LIST, struct.pack(">I", len(listed)) + b"".join(
+    listed = {c: unframe(rnd.adverts[c], pm.KIND_ADVERT) for c in rnd.ids if c != replaced}
+    listed[sybil_id] = unframe(sybil.advertise(), pm.KIND_ADVERT)
+    listing = frame(pm.KIND_ADVERT_LIST, struct.pack(">I", len(listed)) + b"".join(
         listed[c] for c in sorted(listed)))
     sybil.receive_adverts(listing)
     receivers = [c for c in rnd.ids if c != replaced]
@@ -557,7 +406,7 @@ def _sybil_key_holder(rnd: _Round, server_key: PrivateKey, out: ScenarioOutcome)
         rnd.read_with(c, server_key, out, "encrypted under the Sybil holder's key")
 
 
-def _weak_key(rnd: _Round, weak: PrivateKey, out: ScenarioOutcome) -> None:
+def _weak_key(rnd: PaillierRound, weak: PrivateKey, out: ScenarioOutcome) -> None:
     listing = rnd.advertise()
     for c in rnd.ids:
         rnd.call(c, "receive_adverts", out, listing)
@@ -565,7 +414,7 @@ def _weak_key(rnd: _Round, weak: PrivateKey, out: ScenarioOutcome) -> None:
     out.notes.append(f"holder handed a {weak.public.bits}-bit key: "
                      f"{'shared it' if bundle is not None else 'refused'}")
     # a holder configured to accept it (or compromised) delivers it; the recipients decide for themselves
-    lenient = _Round(len(rnd.ids), rnd.cfg.threshold, rnd.malicious, rnd.key, rnd.length,
+    lenient = PaillierRound(len(rnd.ids), rnd.cfg.threshold, rnd.malicious, rnd.key, rnd.length,
                      np.random.default_rng(1), rnd.randbytes, round_id=rnd.rid, identities=rnd.identities,
                      own_config=rnd.own_config)
     lenient.inputs = rnd.inputs
@@ -581,7 +430,7 @@ def _weak_key(rnd: _Round, weak: PrivateKey, out: ScenarioOutcome) -> None:
         lenient.read_with(c, weak, out, f"encrypted under a {weak.public.bits}-bit key the server chose")
 
 
-def _layout_lie(rnd: _Round, out: ScenarioOutcome) -> None:
+def _layout_lie(rnd: PaillierRound, out: ScenarioOutcome) -> None:
     deliveries = rnd.share(out)
     for c, m in deliveries.items():
         rnd.call(c, "receive_key", out, m)
@@ -603,7 +452,7 @@ def _layout_lie(rnd: _Round, out: ScenarioOutcome) -> None:
         out.notes.append(f"client {c} told {how}: {'encrypted' if sent is not None else 'refused'}")
 
 
-def _round_id_lie(make: Callable[..., _Round], victim: int, out: ScenarioOutcome) -> None:
+def _round_id_lie(make: Callable[..., PaillierRound], victim: int, out: ScenarioOutcome) -> None:
     earlier = make(round_id=6)
     old_deliveries = earlier.share(out)
     for c, m in old_deliveries.items():
@@ -622,7 +471,7 @@ def _round_id_lie(make: Callable[..., _Round], victim: int, out: ScenarioOutcome
         message = relabelled.get(c, deliveries[c])
         rnd.call(c, "receive_key", out, message)
     rest = tuple(_others(rnd, victim))
-    request = frame(pa.KIND_CONSISTENCY_REQUEST, struct.pack(f">QI{len(rest)}Q", 6, len(rest), *rest))
+    request = frame(pm.KIND_CONSISTENCY_REQUEST, struct.pack(f">QI{len(rest)}Q", 6, len(rest), *rest))
     signed = [c for c in rest if rnd.malicious and rnd.call(c, "consistency", out, request) is not None]
     replay = encode_aggregate(6, rest, earlier.product(list(rest)), earlier.width)
     decryptor = next((c for c in rest if rnd.clients[c].keypair is not None and not rnd.clients[c].failed),
@@ -665,18 +514,15 @@ def run_scenario(
     Raises:
         ConfigError: unknown scenario (the message lists them) or too few clients.
     """
-    if scenario not in SCENARIOS:
-        raise ConfigError(f"unknown scenario {scenario!r}; choose one of: {', '.join(SCENARIOS)}")
-    if clients < 4:
-        raise ConfigError(f"malicious-server against paillier needs >= 4 clients, got {clients}")
+    check_scenario(scenario, SCENARIOS, clients, 4, "malicious-server against paillier needs")
     if not 2 <= threshold <= clients:
         raise ConfigError(f"threshold must be in [2, {clients}], got {threshold}")
     out = ScenarioOutcome(scenario, malicious, honest_model=HONEST_MODEL)
     rng = np.random.default_rng(seed)
     key = key if key is not None else generate_keypair(key_bits)
 
-    def make(round_id: int = 7, identities: Mapping[int, Ed25519PrivateKey] | None = None) -> _Round:
-        return _Round(clients, threshold, malicious, key, length, rng, randbytes, round_id=round_id,
+    def make(round_id: int = 7, identities: Mapping[int, Ed25519PrivateKey] | None = None) -> PaillierRound:
+        return PaillierRound(clients, threshold, malicious, key, length, rng, randbytes, round_id=round_id,
                       identities=identities, own_config=own_config)
 
     victim = clients  # neither the key holder (client 1) nor the first decryptor
@@ -710,7 +556,7 @@ def attack_details(clients: int, threshold_fraction: float, scenarios: tuple[str
                    options: Mapping[str, Any], seed: int) -> tuple[int, int, dict[str, Any]]:
     """Every scenario in both models: (revealed in the malicious model, baseline, details).
 
-    The default set (:data:`~attacks.malicious_server.PAILLIER_SCENARIOS`, what the attack
+    The default set (:data:`~attacks.malicious.outcomes.PAILLIER_SCENARIOS`, what the attack
     runs unless told otherwise) also runs the :data:`LIE_SCENARIOS`.
     """
     if tuple(scenarios) == PAILLIER_SCENARIOS:
@@ -720,16 +566,13 @@ def attack_details(clients: int, threshold_fraction: float, scenarios: tuple[str
     key = pa.as_private_key(keypair) if keypair is not None else generate_keypair(
         int(options.get("key_bits", 512)))
     own = generate_keypair(key.public.bits)  # the server's key for the substitution scenarios
-    outcomes = [run_scenario(s, clients=clients, threshold=threshold, malicious=m, key=key, server_key=own,
-                             seed=seed)
-                for s in scenarios for m in (True, False)]
-    value = sum(o.revealed for o in outcomes if o.malicious)
-    baseline = sum(o.revealed for o in outcomes if not o.malicious)
-    return value, baseline, {
+    summary = summarize(run_scenario(s, clients=clients, threshold=threshold, malicious=m, key=key,
+                                     server_key=own, seed=seed)
+                        for s in scenarios for m in (True, False))
+    return summary.value, summary.baseline, {
         "clients": clients, "threshold": threshold, "consistency_threshold": consistency_threshold(clients),
         "key_bits": key.public.bits,
-        "scenarios": {o.scenario: o.as_dict() for o in outcomes if o.malicious},
-        "semi_honest": {o.scenario: o.as_dict() for o in outcomes if not o.malicious},
+        **summary.details,
         "baseline_is": "the same scenarios against the honest-but-curious Paillier protocol "
                        "(malicious=False: no ciphertext signatures, no consistency round, the decryptor "
                        "checks only the announced survivor count)",

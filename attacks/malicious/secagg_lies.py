@@ -6,7 +6,7 @@ server rewriting one field of its messages, and then follows up with the
 attack that the lie is meant to enable -- a split view (half of the victim's
 share holders told it survived, the other half that it dropped), or a request
 for both of its secrets -- and counts the clients whose input it unmasked
-(verified against the true input, as in :mod:`attacks.malicious_server`).
+(verified against the true input, as in :mod:`attacks.malicious.secagg`).
 
 Setup lies (the server's parameters, refused at the advertise stage by a client
 whose :class:`~protocols.secagg.ClientPolicy` bounds them):
@@ -44,18 +44,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from attacks.malicious_server import ScenarioOutcome, _collect, _consistency, _Round, _signatures, _split_view
+from attacks.malicious.outcomes import SECAGG_LIES, ScenarioOutcome, check_scenario
+from attacks.malicious.secagg import _collect, _consistency, _Round, _signatures, _split_view
 from protocols import FixedPoint, ProtocolError
 from protocols.secagg import SecAggClient, effective_degree, harary_neighbors, share_threshold
 from protocols.secagg import messages as msg
-from securefedrec.errors import ConfigError
 
 __all__ = ["LIES", "TrustingClient", "run_lie"]
 
-LIES = (
-    "split-view-low-threshold", "threshold", "share-threshold", "degree", "graph-seed", "ring-bits",
-    "clip-range", "round-id", "survivor-list", "dropout-list", "replayed-stage", "reordered-stage",
-)
+LIES = SECAGG_LIES
 """Every lie, one scenario each (module docstring)."""
 _SETUP_LIES = LIES[:8]
 _Shares = dict[int, list[tuple[int, np.ndarray]]]
@@ -199,10 +196,7 @@ def run_lie(
     Raises:
         ConfigError: unknown lie (the message lists them) or fewer than 4 clients.
     """
-    if lie not in LIES:
-        raise ConfigError(f"unknown lie {lie!r}; choose one of: {', '.join(LIES)}")
-    if clients < 4:
-        raise ConfigError(f"the lies need >= 4 clients, got {clients}")
+    check_scenario(lie, LIES, clients, 4, "the lies need", what="lie")
     trusting = client_class is not SecAggClient
     out = ScenarioOutcome(lie, not trusting, honest_model="trusting client")
     threshold = (clients + 1) // 2
