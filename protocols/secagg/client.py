@@ -375,16 +375,17 @@ class SecAggClient:
             [shamir.bytes_to_field(raw_private(s_sk)), shamir.bytes_to_field(self._self_seed)]
         )
         rows = shamir.split(secret, [self._x[c] for c in holders], self._t, self._randbytes)
+        wire_rows = rows.astype(">u8")  # big-endian field elements, as the share plaintext carries them
         out = []
-        for holder, row in zip(holders, rows, strict=True):
+        for i, holder in enumerate(holders):
             if holder == self.client_id:
-                self._shares[self.client_id] = row
+                self._shares[self.client_id] = rows[i]
                 continue
             head = _crypto.share_header(setup.round_id, self.client_id, holder)
             shared = _crypto.agree(c_sk, ads[holder].c_pk)
             self._c_shared[holder] = shared
             key = _crypto.share_key(shared, setup.round_id, self.client_id, holder)
-            out.append((holder, _crypto.encrypt_share(key, head, head[8:] + row.astype(">u8").tobytes())))
+            out.append((holder, _crypto.encrypt_share(key, head, head[8:] + wire_rows[i].tobytes())))
         return SharesOut(self.client_id, tuple(out)).encode(), Stage.MASKED_INPUT
 
     def _masked_input(self, message: bytes) -> tuple[bytes, Stage | None]:
@@ -392,6 +393,7 @@ class SecAggClient:
         if setup is None or c_sk is None or s_sk is None:
             raise StageError("client state incomplete")
         received = SharesIn.decode(message)
+        peers, plains = [], []
         for sender, ct in received.shares:
             ad = self._ads.get(sender)
             if ad is None:
@@ -403,11 +405,15 @@ class SecAggClient:
             )
             if plain[:16] != head[8:]:
                 raise self._fail("masked input", f"share from {sender} names other parties")
-            row = np.frombuffer(plain[16:], dtype=">u8").astype(np.uint64)
-            if (row >= np.uint64(shamir.PRIME)).any():
-                raise self._fail("masked input", f"share from {sender} is not a field element")
-            self._shares[sender] = row
-        peers = [s for s, _ in received.shares]
+            peers.append(sender)
+            plains.append(plain[16:])
+        # every share's field elements at once: (peers, 2 * SHARE_ELEMENTS)
+        rows = np.frombuffer(b"".join(plains), dtype=">u8").astype(np.uint64)
+        rows = rows.reshape(len(peers), 2 * SHARE_ELEMENTS)
+        bad = np.flatnonzero((rows >= np.uint64(shamir.PRIME)).any(axis=1))
+        if bad.size:
+            raise self._fail("masked input", f"share from {peers[bad[0]]} is not a field element")
+        self._shares.update(zip(peers, rows, strict=True))
         if len(peers) + 1 < self._t:
             raise self._fail("masked input", f"only {len(peers) + 1} share holders, threshold is {self._t}")
         fp = FixedPoint(clip_range=setup.clip_range, value_bits=setup.value_bits, ring_bits=setup.ring_bits,
