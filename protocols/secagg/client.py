@@ -214,6 +214,7 @@ class SecAggClient:
         self._s_sk: X25519PrivateKey | None = None
         self._ads: dict[int, Advertisement] = {}
         self._c_shared: dict[int, bytes] = {}  # X25519 agreement of c keys, per neighbour
+        self._own_keys: frozenset[bytes] = frozenset()  # this client's two public keys of the round
         self._shares: dict[int, np.ndarray] = {}  # peer -> 2*SHARE_ELEMENTS field elements it gave us
         self._survivors: tuple[int, ...] | None = None
         self._survivors_encoded = b""
@@ -293,6 +294,7 @@ class SecAggClient:
         self._c_sk = X25519PrivateKey.from_private_bytes(self._randbytes(32))
         self._s_sk = X25519PrivateKey.from_private_bytes(self._randbytes(32))
         c_pk, s_pk = raw_public(self._c_sk), raw_public(self._s_sk)
+        self._own_keys = frozenset((c_pk, s_pk))
         signature = b""
         if self._malicious:
             if self._identity is None:  # checked in __init__; kept for the type checker
@@ -349,7 +351,7 @@ class SecAggClient:
             raise StageError("client state incomplete")
         broadcast = AdvertiseBroadcast.decode(message)
         ads: dict[int, Advertisement] = {}
-        seen_keys = {raw_public(c_sk), raw_public(s_sk)}
+        seen_keys = set(self._own_keys)
         for ad in broadcast.advertisements:
             if ad.client_id not in self._neighbors:
                 raise self._fail("share keys", f"advertisement of non-neighbour {ad.client_id}")
