@@ -1,4 +1,4 @@
-"""The copy-free and vectorised decoding paths agree with the field-by-field ones and refuse the same bytes."""
+"""The copy-free and vectorised decoding paths agree with the field-by-field ones and refuse the same."""
 
 from __future__ import annotations
 
