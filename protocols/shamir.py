@@ -9,8 +9,9 @@ A byte string is cut into 7-byte little-endian chunks, each an element of the
 prime field p = 2^61 - 1 (a Mersenne prime, so reduction is shifts and
 masks); a 32-byte secret is 5 field elements. :func:`split` shares many field
 elements at once with one random polynomial each, evaluated at the holders'
-nonzero x-coordinates by Horner's rule on uint64 arrays; :func:`reconstruct`
-interpolates at 0 (Lagrange) for a batch of secrets.
+nonzero x-coordinates as one product of the power matrix and the coefficients
+(:func:`matmul_mod`, exact limb arithmetic); :func:`reconstruct` interpolates
+at 0 (Lagrange) for a batch of secrets.
 
 Notes:
     Coefficients are drawn uniformly from the field by rejection sampling
@@ -29,6 +30,7 @@ __all__ = [
     "bytes_to_field",
     "field_to_bytes",
     "lagrange_at_zero",
+    "matmul_mod",
     "mulmod",
     "random_field",
     "reconstruct",
@@ -48,6 +50,11 @@ _S29 = np.uint64(29)
 _LO32 = np.uint64(0xFFFFFFFF)
 _LO29 = np.uint64((1 << 29) - 1)
 _THREE = np.uint64(3)
+_TWO = np.uint64(2)
+_S21 = np.uint64(21)
+_S42 = np.uint64(42)
+_LIMB = np.uint64((1 << 21) - 1)
+_MAX_TERMS = 1 << 10
 
 
 def _reduce(x: np.ndarray) -> np.ndarray:
@@ -68,13 +75,6 @@ def mulmod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     mid = (mid >> _S29) + ((mid & _LO29) << _S32)  # mid*2^32 = (mid>>29)*2^61 + (mid&(2^29-1))*2^32
     low = _reduce(a0 * b0)
     return _reduce(_reduce(high + mid) + low)
-
-
-def _mul_small(a: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``a * x mod p`` for field elements ``a`` and multipliers ``x < 2^32`` (fewer steps than mulmod)."""
-    a0, a1 = a & _LO32, a >> _S32  # a1 < 2^29
-    m = a1 * x  # < 2^61; m * 2^32 = (m >> 29) * 2^61 + (m & (2^29 - 1)) * 2^32
-    return _reduce(_reduce(a0 * x) + (m >> _S29) + ((m & _LO29) << _S32))
 
 
 def random_field(shape: tuple[int, ...], randbytes: Callable[[int], bytes]) -> np.ndarray:
@@ -136,12 +136,54 @@ def split(
     if (s >= _P).any():
         raise ValueError("secrets must be field elements below p")
     coeffs = random_field((threshold - 1, s.size), randbytes)
-    x = np.asarray(xs, dtype=np.uint64)[:, None]
-    mul = _mul_small if max(xs) < (1 << 32) else mulmod
-    acc = np.zeros((len(xs), s.size), dtype=np.uint64)
-    for c in coeffs[::-1]:  # Horner: ((c_{t-1} x + c_{t-2}) x + ...) x + s
-        acc = _reduce(mul(acc, x) + c)
-    return _reduce(mul(acc, x) + s) if threshold > 1 else np.broadcast_to(s, acc.shape).copy()
+    # f(x) = s + sum_k coeffs[k] x^(k+1): the shares are the power matrix times the coefficients
+    poly = np.concatenate([s[None, :], coeffs])
+    return matmul_mod(_powers(xs, threshold), poly)
+
+
+def _powers(xs: Sequence[int], count: int) -> np.ndarray:
+    """``x^k mod p`` for each x of ``xs`` and k < ``count``: shape ``(len(xs), count)``."""
+    rows = []
+    for x in xs:
+        row, v = [1] * count, 1
+        for k in range(1, count):
+            v = v * x % PRIME
+            row[k] = v
+        rows.append(row)
+    return np.asarray(rows, dtype=np.uint64).reshape(len(xs), count)
+
+
+def _shift_mod(x: np.ndarray, k: int) -> np.ndarray:
+    """``x * 2^k mod p`` for uint64 ``x`` below 2^58 and 0 < k < 61 (2^61 = 1 mod p)."""
+    return _reduce(((x << np.uint64(k)) & _P) + (x >> np.uint64(61 - k)))
+
+
+def matmul_mod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b mod p`` for field elements (uint64 below p), batched over leading axes like ``np.matmul``.
+
+    Each element is cut into three 21-bit limbs; the nine limb products are one float64
+    matrix product whose every sum stays below 2^53 (at most 2^10 terms of 2^42 each), so
+    it is exact, and the limbs are recombined with ``2^61 = 1 (mod p)``.
+    """
+    a = np.asarray(a, dtype=np.uint64)
+    b = np.asarray(b, dtype=np.uint64)
+    terms = a.shape[-1]
+    if terms > _MAX_TERMS:  # keep every float sum exact: split the inner dimension
+        out = matmul_mod(a[..., :_MAX_TERMS], b[..., :_MAX_TERMS, :])
+        return _reduce(out + matmul_mod(a[..., _MAX_TERMS:], b[..., _MAX_TERMS:, :]))
+    n, m = a.shape[-2], b.shape[-1]
+    al = np.stack([a & _LIMB, (a >> _S21) & _LIMB, a >> _S42], axis=-3).astype(np.float64)
+    bl = np.concatenate([b & _LIMB, (b >> _S21) & _LIMB, b >> _S42], axis=-1).astype(np.float64)
+    lead = al.shape[:-3]
+    r = np.matmul(al.reshape(*lead, 3 * n, terms), bl).astype(np.uint64).reshape(*lead, 3, n, 3, m)
+    # limb pair (i, j) carries weight 2^(21 (i + j)); 2^63 = 4 and 2^84 = 2^23 (mod p)
+    t0 = r[..., 0, :, 0, :]
+    t1 = r[..., 0, :, 1, :] + r[..., 1, :, 0, :]
+    t2 = r[..., 0, :, 2, :] + r[..., 1, :, 1, :] + r[..., 2, :, 0, :]
+    t3 = r[..., 1, :, 2, :] + r[..., 2, :, 1, :]
+    t4 = r[..., 2, :, 2, :]
+    total = _reduce(t0) + _shift_mod(t1, 21) + _shift_mod(t2, 42) + _reduce(t3 << _TWO) + _shift_mod(t4, 23)
+    return _reduce(total)
 
 
 def lagrange_at_zero(xs: Sequence[int]) -> list[int]:
@@ -156,6 +198,42 @@ def lagrange_at_zero(xs: Sequence[int]) -> list[int]:
                 num = num * xj % PRIME
                 den = den * (xj - xi) % PRIME
         out.append(num * pow(den, -1, PRIME) % PRIME)
+    return out
+
+
+def _lagrange_batch(xs: np.ndarray) -> np.ndarray:
+    """:func:`lagrange_at_zero` of every row of ``xs`` (shape ``(B, t)``), vectorised over the batch.
+
+    ``l_i = N / q_i`` with ``N`` the product of the row and ``q_i = x_i prod_{j != i} (x_j - x_i)``;
+    the ``q_i`` of a row are inverted together (Montgomery's trick: one modular inverse per row).
+    """
+    if xs.size and (np.any(xs <= 0) or np.any(xs >= PRIME)):
+        raise ValueError("share points must be distinct integers in [1, p)")
+    x = np.asarray(xs, dtype=np.uint64)
+    rows, t = x.shape
+    if t > 1 and np.any(np.diff(np.sort(x, axis=1), axis=1) == 0):
+        raise ValueError("share points must be distinct integers in [1, p)")
+    if rows == 0 or t == 0:
+        return np.zeros((rows, t), dtype=np.uint64)
+    diff = _reduce(x[:, None, :] + (_P - x[:, :, None]))  # [b, i, j] = x_j - x_i mod p
+    diag = np.arange(t)
+    diff[:, diag, diag] = x  # so that row i multiplies to q_i
+    q = diff[:, :, 0]
+    total = x[:, 0]
+    for j in range(1, t):
+        q = mulmod(q, diff[:, :, j])
+        total = mulmod(total, x[:, j])
+    prefix = np.empty_like(q)
+    prefix[:, 0] = q[:, 0]
+    for k in range(1, t):
+        prefix[:, k] = mulmod(prefix[:, k - 1], q[:, k])
+    inv = np.asarray([pow(int(v), -1, PRIME) for v in prefix[:, -1]], dtype=np.uint64)
+    inv_q = np.empty_like(q)
+    for k in range(t - 1, 0, -1):
+        inv_q[:, k] = mulmod(inv, prefix[:, k - 1])
+        inv = mulmod(inv, q[:, k])
+    inv_q[:, 0] = inv
+    out: np.ndarray = mulmod(total[:, None], inv_q)
     return out
 
 
@@ -184,8 +262,6 @@ def reconstruct_batch(xs: np.ndarray, shares: np.ndarray) -> np.ndarray:
         raise ValueError(f"shapes do not match: xs {xs.shape}, shares {ys.shape}")
     if (ys >= _P).any():
         raise ValueError("shares must be field elements below p")
-    lam = np.asarray([lagrange_at_zero([int(v) for v in row]) for row in xs], dtype=np.uint64)
-    acc = np.zeros((ys.shape[0], ys.shape[2]), dtype=np.uint64)
-    for i in range(ys.shape[1]):
-        acc = _reduce(acc + mulmod(ys[:, i, :], lam[:, i : i + 1]))
-    return acc
+    lam = _lagrange_batch(xs)
+    out: np.ndarray = matmul_mod(lam[:, None, :], ys)[:, 0, :]
+    return out

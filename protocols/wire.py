@@ -17,8 +17,8 @@ import numpy as np
 from protocols.errors import DecodeError
 
 __all__ = [
-    "HEADER", "MAGIC", "VERSION", "Kind", "frame", "kind_of", "pack_array", "pack_uints", "packed_size",
-    "unframe", "unpack_array", "unpack_uints",
+    "HEADER", "MAGIC", "VERSION", "Kind", "frame", "frame_parts", "kind_of", "pack_array", "pack_uints",
+    "packed_size", "uint_words", "unframe", "unframe_view", "unpack_array", "unpack_uints",
 ]
 
 MAGIC = b"SFR"
@@ -86,24 +86,36 @@ def unframe(message: bytes, expected_kind: int) -> bytes:
     Raises:
         DecodeError: short message, wrong magic, version, kind or length.
     """
+    return bytes(unframe_view(message, expected_kind))
+
+
+def unframe_view(message: bytes | bytearray | memoryview, expected_kind: int) -> memoryview:
+    """As :func:`unframe`, but the payload is a view into ``message`` (no copy; for large payloads)."""
     if not isinstance(message, (bytes, bytearray, memoryview)):
         raise DecodeError(f"message must be bytes, got {type(message).__name__}")
-    if not isinstance(message, bytes):
-        message = bytes(message)
-    if len(message) < HEADER.size:
-        raise DecodeError(f"message of {len(message)} bytes is shorter than the {HEADER.size}-byte header")
-    magic, version, kind, length = HEADER.unpack_from(message)
+    view = memoryview(message).cast("B")
+    if len(view) < HEADER.size:
+        raise DecodeError(f"message of {len(view)} bytes is shorter than the {HEADER.size}-byte header")
+    magic, version, kind, length = HEADER.unpack_from(view)
     if magic != MAGIC:
         raise DecodeError(f"bad magic {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
         raise DecodeError(f"unsupported message version {version}, this code speaks {VERSION}")
     if kind != expected_kind:
         raise DecodeError(f"message kind {kind}, expected {expected_kind}")
-    if length != len(message) - HEADER.size:
+    if length != len(view) - HEADER.size:
         raise DecodeError(
-            f"header announces {length} payload bytes, message carries {len(message) - HEADER.size}"
+            f"header announces {length} payload bytes, message carries {len(view) - HEADER.size}"
         )
-    return message[HEADER.size :]
+    return view[HEADER.size :]
+
+
+def frame_parts(kind: int, *parts: bytes | memoryview) -> bytes:
+    """:func:`frame` of the concatenation of ``parts``, copying each part once."""
+    if not 0 <= kind <= 255:
+        raise ValueError(f"message kind must fit in one byte, got {kind}")
+    size = sum(memoryview(p).nbytes for p in parts)
+    return b"".join([HEADER.pack(MAGIC, VERSION, kind, size), *parts])
 
 
 def pack_array(values: np.ndarray, dtype: str) -> bytes:
@@ -155,18 +167,34 @@ def pack_uints(values: np.ndarray, bits: int) -> bytes:
     return np.packbits(bit_matrix.reshape(-1), bitorder="little").tobytes()
 
 
-def unpack_uints(payload: bytes, bits: int, length: int) -> np.ndarray:
+def uint_words(payload: bytes | memoryview, bits: int, length: int) -> np.ndarray:
+    """As :func:`unpack_uints`, without widening: for 8, 16, 32 and 64 bits a read-only view.
+
+    The values of the fast-path widths come back as little-endian words of that width viewing
+    ``payload`` (no copy: what a sum accumulates without converting first); other widths as a
+    new uint64 array.
+    """
+    if bits not in _WORDS:
+        return unpack_uints(payload, bits, length)
+    size = packed_size(bits, length)
+    if len(payload) != size:
+        raise DecodeError(f"expected {size} bytes for {length} values of {bits} bits, got {len(payload)}")
+    words: np.ndarray = np.frombuffer(payload, dtype=_WORDS[bits], count=length)
+    return words
+
+
+def unpack_uints(payload: bytes | memoryview, bits: int, length: int) -> np.ndarray:
     """Inverse of :func:`pack_uints`: ``length`` uint64 values; checks the size and the padding.
 
     Raises:
         DecodeError: wrong byte count, or non-zero padding bits.
     """
+    if bits in _WORDS:
+        words: np.ndarray = uint_words(payload, bits, length).astype(np.uint64)
+        return words
     size = packed_size(bits, length)
     if len(payload) != size:
         raise DecodeError(f"expected {size} bytes for {length} values of {bits} bits, got {len(payload)}")
-    if bits in _WORDS:
-        words: np.ndarray = np.frombuffer(payload, dtype=_WORDS[bits], count=length).astype(np.uint64)
-        return words
     raw = np.frombuffer(payload, dtype=np.uint8)
     if bits % 8 == 0:
         wide = np.zeros((length, 8), dtype=np.uint8)

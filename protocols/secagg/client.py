@@ -214,6 +214,7 @@ class SecAggClient:
         self._s_sk: X25519PrivateKey | None = None
         self._ads: dict[int, Advertisement] = {}
         self._c_shared: dict[int, bytes] = {}  # X25519 agreement of c keys, per neighbour
+        self._own_keys: frozenset[bytes] = frozenset()  # this client's two public keys of the round
         self._shares: dict[int, np.ndarray] = {}  # peer -> 2*SHARE_ELEMENTS field elements it gave us
         self._survivors: tuple[int, ...] | None = None
         self._survivors_encoded = b""
@@ -293,6 +294,7 @@ class SecAggClient:
         self._c_sk = X25519PrivateKey.from_private_bytes(self._randbytes(32))
         self._s_sk = X25519PrivateKey.from_private_bytes(self._randbytes(32))
         c_pk, s_pk = raw_public(self._c_sk), raw_public(self._s_sk)
+        self._own_keys = frozenset((c_pk, s_pk))
         signature = b""
         if self._malicious:
             if self._identity is None:  # checked in __init__; kept for the type checker
@@ -349,7 +351,7 @@ class SecAggClient:
             raise StageError("client state incomplete")
         broadcast = AdvertiseBroadcast.decode(message)
         ads: dict[int, Advertisement] = {}
-        seen_keys = {raw_public(c_sk), raw_public(s_sk)}
+        seen_keys = set(self._own_keys)
         for ad in broadcast.advertisements:
             if ad.client_id not in self._neighbors:
                 raise self._fail("share keys", f"advertisement of non-neighbour {ad.client_id}")
@@ -375,16 +377,17 @@ class SecAggClient:
             [shamir.bytes_to_field(raw_private(s_sk)), shamir.bytes_to_field(self._self_seed)]
         )
         rows = shamir.split(secret, [self._x[c] for c in holders], self._t, self._randbytes)
+        wire_rows = rows.astype(">u8")  # big-endian field elements, as the share plaintext carries them
         out = []
-        for holder, row in zip(holders, rows, strict=True):
+        for i, holder in enumerate(holders):
             if holder == self.client_id:
-                self._shares[self.client_id] = row
+                self._shares[self.client_id] = rows[i]
                 continue
             head = _crypto.share_header(setup.round_id, self.client_id, holder)
             shared = _crypto.agree(c_sk, ads[holder].c_pk)
             self._c_shared[holder] = shared
             key = _crypto.share_key(shared, setup.round_id, self.client_id, holder)
-            out.append((holder, _crypto.encrypt_share(key, head, head[8:] + row.astype(">u8").tobytes())))
+            out.append((holder, _crypto.encrypt_share(key, head, head[8:] + wire_rows[i].tobytes())))
         return SharesOut(self.client_id, tuple(out)).encode(), Stage.MASKED_INPUT
 
     def _masked_input(self, message: bytes) -> tuple[bytes, Stage | None]:
@@ -392,6 +395,7 @@ class SecAggClient:
         if setup is None or c_sk is None or s_sk is None:
             raise StageError("client state incomplete")
         received = SharesIn.decode(message)
+        peers, plains = [], []
         for sender, ct in received.shares:
             ad = self._ads.get(sender)
             if ad is None:
@@ -403,11 +407,15 @@ class SecAggClient:
             )
             if plain[:16] != head[8:]:
                 raise self._fail("masked input", f"share from {sender} names other parties")
-            row = np.frombuffer(plain[16:], dtype=">u8").astype(np.uint64)
-            if (row >= np.uint64(shamir.PRIME)).any():
-                raise self._fail("masked input", f"share from {sender} is not a field element")
-            self._shares[sender] = row
-        peers = [s for s, _ in received.shares]
+            peers.append(sender)
+            plains.append(plain[16:])
+        # every share's field elements at once: (peers, 2 * SHARE_ELEMENTS)
+        rows = np.frombuffer(b"".join(plains), dtype=">u8").astype(np.uint64)
+        rows = rows.reshape(len(peers), 2 * SHARE_ELEMENTS)
+        bad = np.flatnonzero((rows >= np.uint64(shamir.PRIME)).any(axis=1))
+        if bad.size:
+            raise self._fail("masked input", f"share from {peers[bad[0]]} is not a field element")
+        self._shares.update(zip(peers, rows, strict=True))
         if len(peers) + 1 < self._t:
             raise self._fail("masked input", f"only {len(peers) + 1} share holders, threshold is {self._t}")
         fp = FixedPoint(clip_range=setup.clip_range, value_bits=setup.value_bits, ring_bits=setup.ring_bits,

@@ -10,6 +10,7 @@ rely on), and trailing bytes are refused. Any violation raises
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from dataclasses import dataclass, field
@@ -17,7 +18,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocols.errors import DecodeError
-from protocols.wire import Kind, frame, pack_uints, packed_size, unframe, unpack_uints
+from protocols.wire import (
+    Kind,
+    frame,
+    frame_parts,
+    pack_uints,
+    packed_size,
+    uint_words,
+    unframe,
+    unframe_view,
+)
 
 __all__ = [
     "CIPHERTEXT_BYTES",
@@ -52,6 +62,7 @@ _U8 = struct.Struct(">B")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")
+_MASKED_HEAD = struct.Struct(">QB")
 MAX_ID = (1 << 63) - 1
 
 
@@ -100,6 +111,18 @@ class _Reader:
         if n > 1 and not (arr[1:] > arr[:-1]).all():
             raise DecodeError(f"{self.what}: {name} is not strictly increasing")
         return tuple(arr.tolist())
+
+    def records(self, n: int, item_bytes: int) -> tuple[np.ndarray, list[bytes]]:
+        """``n`` records of a u64 id and ``item_bytes`` raw bytes: the ids (uint64) and the items.
+
+        The caller has checked ``n`` with :meth:`count` (at least ``n`` whole records remain).
+        """
+        size = 8 + item_bytes
+        start, data = self.pos, self.data
+        ids = np.ndarray((n,), dtype=">u8", buffer=data, offset=start, strides=(size,)).astype(np.uint64)
+        items = [data[p + 8 : p + size] for p in range(start, start + n * size, size)]
+        self.pos = start + n * size
+        return ids, items
 
     def done(self) -> None:
         if self.pos != len(self.data):
@@ -193,7 +216,9 @@ class Advertisement:
     s_pk: bytes
     signature: bytes = b""
 
+    @functools.cached_property
     def _body(self) -> bytes:
+        """The encoded fields (checked once: a server forwards each advertisement to every neighbour)."""
         _check_id(self.client_id, "client_id")
         if len(self.c_pk) != KEY_BYTES or len(self.s_pk) != KEY_BYTES:
             raise ValueError("public keys must be 32 bytes")
@@ -206,7 +231,7 @@ class Advertisement:
 
     def encode(self) -> bytes:
         """Framed bytes."""
-        return frame(Kind.SECAGG_ADVERTISE, self._body())
+        return frame(Kind.SECAGG_ADVERTISE, self._body)
 
     @classmethod
     def _read(cls, r: _Reader) -> Advertisement:
@@ -237,7 +262,7 @@ class AdvertiseBroadcast:
         ids = [a.client_id for a in self.advertisements]
         if not _increasing(ids):
             raise ValueError("advertisements must be sorted by client id, without repeats")
-        body = _U32.pack(len(self.advertisements)) + b"".join(a._body() for a in self.advertisements)
+        body = _U32.pack(len(self.advertisements)) + b"".join(a._body for a in self.advertisements)
         return frame(Kind.SECAGG_BROADCAST, body)
 
     @classmethod
@@ -245,12 +270,35 @@ class AdvertiseBroadcast:
         """Parse; raises DecodeError."""
         r = _Reader(unframe(message, Kind.SECAGG_BROADCAST), "advertise broadcast")
         n = r.count(8 + 2 * KEY_BYTES + 1, "advertisements")
-        ads = tuple(Advertisement._read(r) for _ in range(n))
+        ads = tuple(_read_advertisements(r, n))
         r.done()
         ids = [a.client_id for a in ads]
         if not _increasing(ids):
             raise DecodeError("advertise broadcast: ids not strictly increasing")
         return cls(ads)
+
+
+_AD_HEAD = 8 + 2 * KEY_BYTES + 1
+"""client id, the two keys and the signature length."""
+
+
+def _read_advertisements(r: _Reader, n: int) -> list[Advertisement]:
+    """``n`` advertisements from ``r`` as :meth:`Advertisement._read` reads them, without a call per field."""
+    data, pos, end, out = r.data, r.pos, len(r.data), []
+    for _ in range(n):
+        sig_len = data[pos + _AD_HEAD - 1] if pos + _AD_HEAD <= end else -1
+        if sig_len not in (0, SIGNATURE_BYTES) or pos + _AD_HEAD + sig_len > end:
+            r.pos = pos  # the field-by-field reader names what is wrong
+            Advertisement._read(r)
+            raise DecodeError(f"{r.what}: malformed advertisement")  # not reached
+        (cid,) = _U64.unpack_from(data, pos)
+        stop = pos + _AD_HEAD + sig_len
+        c_pk, s_pk = pos + 8, pos + 8 + KEY_BYTES
+        signature = data[pos + _AD_HEAD : stop]
+        out.append(Advertisement(cid, data[c_pk:s_pk], data[s_pk : s_pk + KEY_BYTES], signature))
+        pos = stop
+    r.pos = pos
+    return out
 
 
 def _encode_ct_list(kind: int, head: bytes, items: tuple[tuple[int, bytes], ...]) -> bytes:
@@ -265,12 +313,11 @@ def _encode_ct_list(kind: int, head: bytes, items: tuple[tuple[int, bytes], ...]
 
 def _decode_ct_list(r: _Reader) -> tuple[tuple[int, bytes], ...]:
     n = r.count(8 + CIPHERTEXT_BYTES, "entries")
-    items = tuple((r.u64("peer"), r.raw(CIPHERTEXT_BYTES, "ciphertext")) for _ in range(n))
+    ids, items = r.records(n, CIPHERTEXT_BYTES)
     r.done()
-    ids = [i for i, _ in items]
-    if not _increasing(ids):
+    if n > 1 and not (ids[1:] > ids[:-1]).all():
         raise DecodeError(f"{r.what}: peer ids not strictly increasing")
-    return items
+    return tuple(zip(ids.tolist(), items, strict=True))
 
 
 @dataclass(frozen=True)
@@ -318,25 +365,40 @@ class MaskedInput:
 
     def encode(self) -> bytes:
         """Framed bytes."""
-        return frame(
-            Kind.SECAGG_MASKED,
-            _U64.pack(self.client_id) + _U8.pack(self.ring_bits) + pack_uints(self.values, self.ring_bits),
-        )
+        head = _U64.pack(self.client_id) + _U8.pack(self.ring_bits)
+        return frame_parts(Kind.SECAGG_MASKED, head, pack_uints(self.values, self.ring_bits))
 
     @classmethod
     def decode(cls, message: bytes, length: int) -> MaskedInput:
         """Parse a vector of exactly ``length`` values below 2^ring_bits; raises DecodeError."""
-        r = _Reader(unframe(message, Kind.SECAGG_MASKED), "masked input")
-        cid, bits = r.u64("client_id"), r.u8("ring_bits")
+        cid, bits, words = cls.decode_words(message, length)
+        return cls(cid, bits, words.astype(np.uint64))
+
+    @staticmethod
+    def decode_words(message: bytes, length: int) -> tuple[int, int, np.ndarray]:
+        """As :meth:`decode`, but return ``(client_id, ring_bits, values)`` without converting the values.
+
+        For ring widths of 8, 16, 32 and 64 bits the values are a read-only view of
+        ``message`` as little-endian words of that width (no copy: what a server adds
+        into its sum); other widths come back as uint64. Raises DecodeError.
+        """
+        view = unframe_view(message, Kind.SECAGG_MASKED)  # the values stay in the message's buffer
+        for name, end in (("client_id", 8), ("ring_bits", 9)):
+            if len(view) < end:
+                raise DecodeError(f"masked input: truncated at field {name!r}")
+        cid, bits = _MASKED_HEAD.unpack_from(view)
         if not 8 <= bits <= 64:
             raise DecodeError(f"masked input: ring_bits {bits}")
-        payload = r.raw(packed_size(bits, length), "values")
+        end = _MASKED_HEAD.size + packed_size(bits, length)
+        if len(view) < end:
+            raise DecodeError("masked input: truncated at field 'values'")
         try:
-            values = unpack_uints(payload, bits, length)
+            values = uint_words(view[_MASKED_HEAD.size : end], bits, length)
         except DecodeError as exc:
             raise DecodeError(f"masked input: {exc}") from None
-        r.done()
-        return cls(cid, bits, values)
+        if len(view) != end:
+            raise DecodeError(f"masked input: {len(view) - end} trailing bytes")
+        return int(cid), int(bits), values
 
 
 @dataclass(frozen=True)
@@ -405,12 +467,11 @@ class UnmaskRequest:
         r = _Reader(unframe(message, Kind.SECAGG_UNMASK_REQUEST), "unmask request")
         survivors, dropped = r.ids("survivors"), r.ids("dropped")
         n = r.count(8 + SIGNATURE_BYTES, "signatures")
-        sigs = tuple((r.u64("signer"), r.raw(SIGNATURE_BYTES, "signature")) for _ in range(n))
+        ids, items = r.records(n, SIGNATURE_BYTES)
         r.done()
-        ids = [i for i, _ in sigs]
-        if not _increasing(ids):
+        if n > 1 and not (ids[1:] > ids[:-1]).all():
             raise DecodeError("unmask request: signer ids not strictly increasing")
-        return cls(survivors, dropped, sigs)
+        return cls(survivors, dropped, tuple(zip(ids.tolist(), items, strict=True)))
 
 
 def _encode_share_block(ids: tuple[int, ...], shares: np.ndarray) -> bytes:

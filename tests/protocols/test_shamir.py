@@ -72,13 +72,31 @@ def test_mulmod_matches_python(a: list[int], b: list[int]) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(a=st.lists(st.integers(0, P - 1), min_size=1, max_size=20), x=st.integers(0, 2**32 - 1))
-def test_small_multiplier_path_matches_python(a: list[int], x: int) -> None:
-    from protocols.shamir import _mul_small
+@given(data=st.data(), n=st.integers(1, 5), t=st.integers(1, 6), m=st.integers(1, 4), batch=st.integers(0, 2))
+def test_matmul_mod_matches_python(data: st.DataObject, n: int, t: int, m: int, batch: int) -> None:
+    lead = (batch,) if batch else ()
+    field = st.one_of(st.integers(0, P - 1), st.sampled_from([0, 1, P - 1, P - 2, 2**61 - 2**21]))
+    a = np.asarray(data.draw(st.lists(field, min_size=n * t * max(batch, 1), max_size=n * t * max(batch, 1))),
+                   dtype=np.uint64).reshape(*lead, n, t)
+    b = np.asarray(data.draw(st.lists(field, min_size=t * m * max(batch, 1), max_size=t * m * max(batch, 1))),
+                   dtype=np.uint64).reshape(*lead, t, m)
+    got = shamir.matmul_mod(a, b)
+    aa, bb = a.reshape(-1, n, t).tolist(), b.reshape(-1, t, m).tolist()
+    want = [[[sum(x[i][k] * y[k][j] for k in range(t)) % P for j in range(m)] for i in range(n)]
+            for x, y in zip(aa, bb, strict=True)]
+    assert got.shape == (*lead, n, m)
+    assert got.reshape(-1, n, m).tolist() == want
 
-    a = [*a, P - 1]
-    got = _mul_small(np.asarray(a, dtype=np.uint64), np.uint64(x))
-    assert got.tolist() == [v * x % P for v in a]
+
+def test_matmul_mod_long_inner_dimension_stays_exact() -> None:
+    # more terms than one exact float64 sum holds: the product is split and summed mod p
+    rng = np.random.default_rng(5)
+    t = 2500
+    a = np.full((2, t), P - 1, dtype=np.uint64)
+    a[1] = rng.integers(0, P, t, dtype=np.uint64)
+    b = np.full((t, 1), P - 1, dtype=np.uint64)
+    want = [sum(int(x) * (P - 1) for x in row) % P for row in a]
+    assert shamir.matmul_mod(a, b)[:, 0].tolist() == want
 
 
 def test_large_share_points_use_the_general_path() -> None:
@@ -147,3 +165,19 @@ def test_rejects_values_outside_the_field() -> None:
 
 def test_docstring_opens_with_hazmat_warning() -> None:
     assert (shamir.__doc__ or "").startswith("HAZMAT")
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.lists(st.integers(1, P - 1), min_size=1, max_size=8, unique=True),
+                     min_size=1, max_size=4))
+def test_batched_lagrange_matches_the_scalar_one(rows: list[list[int]]) -> None:
+    t = min(len(r) for r in rows)
+    xs = [r[:t] for r in rows]
+    got = shamir._lagrange_batch(np.asarray(xs, dtype=np.uint64))
+    assert got.tolist() == [shamir.lagrange_at_zero(r) for r in xs]
+
+
+@pytest.mark.parametrize("xs", [[[1, 2, 2]], [[0, 1, 2]], [[1, 2, P]]])
+def test_batched_reconstruction_refuses_bad_share_points(xs: list[list[int]]) -> None:
+    with pytest.raises(ValueError, match="distinct integers"):
+        shamir.reconstruct_batch(np.asarray(xs, dtype=np.uint64), np.zeros((1, 3, 2), dtype=np.uint64))
