@@ -6,12 +6,10 @@ which parameters are the client's own and how a lie about one is refused.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import struct
 from collections.abc import Callable, Collection, Mapping
-from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -19,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from protocols.base import RoundConfig
 from protocols.encoding import FixedPoint
-from protocols.errors import ConfigError, DecodeError, IntegrityError, SecureFedRecError, StageError
+from protocols.errors import ConfigError, DecodeError, IntegrityError, StageError
 from protocols.paillier import keys as keymod
 from protocols.paillier.keys import Advert
 from protocols.paillier.messages import (
@@ -47,107 +45,15 @@ from protocols.paillier.messages import (
     _take,
 )
 from protocols.paillier.packing import SlotLayout, pack_offset
+from protocols.paillier.party import Party, consistency_threshold, guarded, round_layout
 from protocols.paillier.pool import RandomnessPool
 from protocols.paillier.raw import MPZ, PrivateKey, PublicKey, as_mpz, encrypt_with_obfuscator, raw_decrypt
 from protocols.wire import frame, kind_of, unframe
 
-__all__ = ["PaillierClient", "consistency_threshold", "round_layout"]
+__all__ = ["PaillierClient", "consistency_threshold", "round_layout"]  # the last two from party.py
 
 
-def round_layout(n_clients: int, config: RoundConfig, public: PublicKey) -> tuple[FixedPoint, SlotLayout]:
-    """The encoding and slot layout of a round with ``n_clients`` participants.
-
-    Values use the same :class:`FixedPoint` as every other protocol (``value_bits``
-    from the config, or the most that ``ring_bits`` allows for ``n`` clients), so
-    results agree to the quantization step; a slot adds ``ceil(log2 n)`` bits.
-
-    Raises:
-        ConfigError: the layout cannot hold the sum (message says what to change), or the
-            round asks for wrap-around, which packed slots cannot do.
-    """
-    if config.wrap:
-        raise ConfigError(f"round {config.round_id}: paillier cannot wrap sums (RoundConfig.wrap): a slot "
-                          "that overflows carries into its neighbour; its slots hold the exact sum "
-                          "instead -- use q8/q16")
-    fp = FixedPoint.for_sum(n_clients, config.clip_range, config.ring_bits, config.value_bits)
-    return fp, SlotLayout.for_sum(n_clients, fp.value_bits, public.plaintext_bits)
-
-
-def consistency_threshold(n_clients: int) -> int:
-    """t': the consistency signatures a decryptor needs in the malicious-server model, ``n // 2 + 1``.
-
-    ``n_clients`` is the number of clients the round was set up with (the same ``n``
-    that sizes the slot layout, :func:`round_layout`), so every advertiser set is a
-    subset of it and t' is a strict majority of the advertisers whatever advert list
-    the server shows a client.
-
-    Notes:
-        The argument of :func:`protocols.secagg.share_threshold` in the malicious model
-        (Bonawitz et al. 2017; Bell et al. 2020): every honest client signs at most one
-        survivor set per round, and two sets of more than ``n / 2`` signers always
-        share a client, so two *different* survivor sets can never both collect t'
-        signatures. A server that wants the sums over S1 and S2 = S1 minus v (whose
-        difference is v's input) from two decryptors therefore gets at most one. A
-        smaller t' (e.g. ``threshold`` = n / 2) would let two disjoint halves each sign
-        one set -- the split view that ``attacks.malicious.paillier`` runs.
-    """
-    if n_clients < 1:
-        raise ConfigError(f"number of clients must be >= 1, got {n_clients}")
-    return n_clients // 2 + 1
-
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-_PartyT = TypeVar("_PartyT", bound="_Party")
-
-
-class _Party:
-    """Terminal error state shared by both parties (h11 style).
-
-    After any exception leaves a stage, the party remembers it and refuses every
-    further call with :class:`~protocols.errors.IntegrityError`; an exception that is
-    not the project's own (``cryptography``, ``gmpy2``, ``struct``, numpy, ...) leaves
-    as an :class:`~protocols.errors.IntegrityError` naming its type, so a malformed
-    message can never surface as a foreign exception or leave a stage half open.
-    """
-
-    _failure: str | None = None
-
-    def _who(self) -> str:
-        raise NotImplementedError
-
-    @property
-    def failed(self) -> bool:
-        """Whether a stage of this party failed: it then refuses every further call."""
-        return self._failure is not None
-
-
-def _guarded(method: Callable[Concatenate[_PartyT, _P], _R]) -> Callable[Concatenate[_PartyT, _P], _R]:
-    """Make ``method`` a stage of a :class:`_Party`: refused after a failure, failures made terminal."""
-    name = method.__name__
-
-    @functools.wraps(method)
-    def stage(self: _PartyT, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        if self._failure is not None:
-            raise IntegrityError(
-                f"{self._who()} refuses {name}: it failed earlier in this round ({self._failure}) "
-                "and refuses every further call"
-            )
-        try:
-            return method(self, *args, **kwargs)
-        except SecureFedRecError as exc:
-            self._failure = f"{type(exc).__name__} in {name}"
-            raise
-        except Exception as exc:  # anything foreign: a party never leaks it, nor stays open
-            self._failure = f"{type(exc).__name__} in {name}"
-            raise IntegrityError(
-                f"{self._who()}: {name} refused a message that raised {type(exc).__name__}"
-            ) from exc
-
-    return stage
-
-
-class PaillierClient(_Party):
+class PaillierClient(Party):
     """One client's side of a round (sans-IO: bytes in, bytes out, one method per stage).
 
     Args:
@@ -181,7 +87,7 @@ class PaillierClient(_Party):
         slot width against the key's plaintext), the clip range, the minimum key size and
         the key holder come from the arguments above; a message or call that weakens one
         raises :class:`~protocols.errors.IntegrityError`. After any failure the client is
-        terminal: every further call is refused (:class:`_Party`).
+        terminal: every further call is refused (:class:`~protocols.paillier.party.Party`).
     """
 
     def __init__(
@@ -285,7 +191,7 @@ class PaillierClient(_Party):
                 f"{self.n_clients} clients needs {need}"
             )
 
-    @_guarded
+    @guarded
     def advertise(self) -> bytes:
         """ADVERTISE: a signed fresh X25519 key."""
         self._advance(0, "advertise")
@@ -296,7 +202,7 @@ class PaillierClient(_Party):
         )
         return frame(KIND_ADVERT, payload)
 
-    @_guarded
+    @guarded
     def receive_adverts(self, message: bytes) -> None:
         """The server's relay of all adverts; each is checked against the directory.
 
@@ -331,7 +237,7 @@ class PaillierClient(_Party):
             )
         self._adverts.update(adverts)
 
-    @_guarded
+    @guarded
     def share_key(self, keypair: PrivateKey) -> bytes:
         """SHARE_KEYS as key holder: signed ``n`` and the sealed private key for every other advertiser.
 
@@ -360,7 +266,7 @@ class PaillierClient(_Party):
             parts += [struct.pack(">Q", peer.client_id), _U16.pack(len(sealed)), sealed]
         return frame(KIND_KEY_BUNDLE, b"".join(parts))
 
-    @_guarded
+    @guarded
     def receive_key(self, message: bytes) -> bytes:
         """SHARE_KEYS as recipient: open the private key, check it, return a signed acknowledgement.
 
@@ -405,7 +311,7 @@ class PaillierClient(_Party):
         self._stage = 2
         return frame(KIND_KEY_ACK, _IDS.pack(self.client_id, self.round_id) + ack)
 
-    @_guarded
+    @guarded
     def masked_input(
         self,
         vector: np.ndarray,
@@ -438,7 +344,7 @@ class PaillierClient(_Party):
         self._sent_count = len(cts)
         return Ciphertexts(self.client_id, self.round_id, len(cts), block, signature).encode()
 
-    @_guarded
+    @guarded
     def consistency(self, message: bytes, threshold: int | None = None) -> bytes:
         """CONSISTENCY (malicious model): sign the announced survivor set S, at most once per round.
 
@@ -483,7 +389,7 @@ class PaillierClient(_Party):
         if unknown:
             raise self._refuse(f"refuses to {action} a survivor set naming non-advertiser {unknown[0]}")
 
-    @_guarded
+    @guarded
     def decrypt(self, message: bytes, threshold: int | None = None) -> bytes:
         """UNMASK: decrypt the product of ciphertexts, if it covers at least the threshold of advertisers.
 

@@ -11,7 +11,6 @@ from protocols.base import RoundConfig, Stage, abort_if_below_threshold
 from protocols.encoding import FixedPoint
 from protocols.errors import AggregationAborted, DecodeError, IntegrityError, StageError
 from protocols.paillier import keys as keymod
-from protocols.paillier.client import _guarded, _Party, consistency_threshold
 from protocols.paillier.messages import (
     _IDS,
     _SIG,
@@ -39,13 +38,14 @@ from protocols.paillier.messages import (
     encode_verified_aggregate,
 )
 from protocols.paillier.packing import SlotLayout, unpack_sum
+from protocols.paillier.party import Party, consistency_threshold, guarded
 from protocols.paillier.raw import MPZ, PublicKey, as_mpz
 from protocols.wire import frame, kind_of, unframe
 
 __all__ = ["PaillierServer"]
 
 
-class PaillierServer(_Party):
+class PaillierServer(Party):
     """The server's side: relays, multiplies ciphertexts, never holds the private key.
 
     With ``malicious=True`` (the malicious-server model) it checks and keeps every
@@ -91,7 +91,7 @@ class PaillierServer(_Party):
             raise IntegrityError(f"round {self.config.round_id}: message from unenrolled client {cid}")
         return key
 
-    @_guarded
+    @guarded
     def collect_adverts(self, messages: Mapping[int, bytes]) -> bytes:
         """Check the adverts and return the list every advertiser receives."""
         payloads = []
@@ -106,7 +106,7 @@ class PaillierServer(_Party):
         self.advertisers = sorted(messages)
         return frame(KIND_ADVERT_LIST, _U32.pack(len(payloads)) + b"".join(payloads))
 
-    @_guarded
+    @guarded
     def relay_key(self, holder: int, message: bytes) -> dict[int, bytes]:
         """Split the holder's bundle into one delivery per recipient (public key + its sealed copy)."""
         payload = unframe(message, KIND_KEY_BUNDLE)
@@ -136,7 +136,7 @@ class PaillierServer(_Party):
         self.key_holders = {holder}
         return out
 
-    @_guarded
+    @guarded
     def collect_acks(self, messages: Mapping[int, bytes]) -> None:
         """Record the clients that confirmed (signed) that they hold the key."""
         if self.public is None:
@@ -151,7 +151,7 @@ class PaillierServer(_Party):
             keymod.verify_ack(self._identity(cid), payload[_IDS.size :], self.public, rid, cid)
             self.key_holders.add(cid)
 
-    @_guarded
+    @guarded
     def collect_ciphertexts(self, messages: Mapping[int, bytes]) -> None:
         """Check every client's ciphertexts and multiply them slot-wise modulo ``n^2``.
 
@@ -217,7 +217,7 @@ class PaillierServer(_Party):
         self._count = count or 0
         self.survivors = sorted(messages)
 
-    @_guarded
+    @guarded
     def consistency_request(self) -> bytes:
         """CONSISTENCY (malicious model): the survivor set S every survivor is asked to sign."""
         if not self.malicious:
@@ -226,7 +226,7 @@ class PaillierServer(_Party):
             raise StageError("consistency_request before collect_ciphertexts")
         return frame(KIND_CONSISTENCY_REQUEST, _U64.pack(self.config.round_id) + _ids(tuple(self.survivors)))
 
-    @_guarded
+    @guarded
     def collect_signatures(self, messages: Mapping[int, bytes]) -> None:
         """Check the survivors' consistency signatures on S.
 
@@ -266,7 +266,7 @@ class PaillierServer(_Party):
         """Clients whose consistency signature arrived (malicious model), sorted."""
         return sorted(self.signatures)
 
-    @_guarded
+    @guarded
     def aggregate_message(self) -> bytes:
         """What the decryptor receives.
 
@@ -286,7 +286,7 @@ class PaillierServer(_Party):
             self.config.round_id, tuple(self.survivors), self._product, self.public.ciphertext_bytes
         )
 
-    @_guarded
+    @guarded
     def decode_sum(self, message: bytes, fp: FixedPoint, layout: SlotLayout, length: int) -> np.ndarray:
         """Unpack the decryptor's plaintext sum into the float sum of the survivors."""
         if self.public is None:
