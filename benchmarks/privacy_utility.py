@@ -43,7 +43,8 @@ import torch
 
 from benchmarks._common import save_figure, table, write_json
 from securefedrec import ExperimentConfig, Simulation
-from securefedrec.data import Dataset, load_dataset
+from securefedrec.data import Dataset
+from securefedrec.server.simulation import load_configured_dataset
 
 EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, math.inf)
 QUICK_EPSILONS = (1.0, 4.0, math.inf)
@@ -192,10 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         epsilons = sorted(set(base_eps) | set(part.extra_epsilons))
         first = _config(part, math.inf, args.data_dir, args.quick, args.seed)
-        dataset = load_dataset(first.dataset, first.data_dir, first.split, first.seed,
-                               **({"num_users": first.synthetic_users, "num_items": first.synthetic_items,
-                                   "ratings_per_user": first.synthetic_ratings_per_user}
-                                  if first.dataset == "synthetic" else {}))
+        dataset = load_configured_dataset(first)
         for eps in epsilons:
             row = run_point(part, eps, dataset, _config(part, eps, args.data_dir, args.quick, args.seed))
             rows.append(row)
