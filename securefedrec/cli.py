@@ -264,6 +264,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from securefedrec.report import plot_rounds, write_json
     from securefedrec.server.simulation import run_experiment
 
+    if args.resume and not args.checkpoint.exists():  # documented: --resume continues if it exists
+        print(f"securefedrec: {args.checkpoint} does not exist yet; --resume starts from round 1",
+              file=sys.stderr)
     try:
         report = run_experiment(config, checkpoint=args.checkpoint, resume=args.resume,
                                 progress=not args.quiet)

@@ -50,10 +50,15 @@ def test_errors_are_one_line_with_the_field(tmp_path: Path, capsys: pytest.Captu
     assert "needs --data-dir" in capsys.readouterr().err
 
 
-def test_resume_from_checkpoint(tmp_path: Path) -> None:
+def test_resume_from_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ckpt = tmp_path / "ck.npz"
     report = tmp_path / "r.json"
+    # --resume with no checkpoint yet starts from round 1, and says so
+    assert main(["run", *FAST, "--checkpoint", str(ckpt), "--resume", "--report", str(report)]) == 0
+    assert f"{ckpt} does not exist yet; --resume starts from round 1" in capsys.readouterr().err
+    ckpt.unlink()
     assert main(["run", *FAST, "--checkpoint", str(ckpt), "--report", str(report)]) == 0
+    assert "does not exist" not in capsys.readouterr().err
     args = [a if a != "3" else "5" for a in FAST]
     assert main(["run", *args, "--checkpoint", str(ckpt), "--resume", "--report", str(report)]) == 0
     assert [r["round"] for r in json.loads(report.read_text())["rounds"]] == [1, 2, 3, 4, 5]
