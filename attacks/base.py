@@ -37,7 +37,6 @@ import numpy as np
 from attacks.registry import ATTACKS  # the names, in a module light enough for the CLI parser
 from protocols import AggregationResult, Aggregator, RoundConfig, Stage, get_aggregator
 from protocols.base import CAPABILITIES
-from securefedrec.compression import STREAM_SELECT
 from securefedrec.config import ExperimentConfig
 from securefedrec.data import Dataset
 from securefedrec.errors import ConfigError
@@ -256,12 +255,7 @@ class Observed:
 
 def _public_index(sim: Simulation, round_id: int) -> np.ndarray | None:
     """The coordinates a random-k round sends (drawn from a public seed), else ``None``."""
-    comp = sim.uplink.compressor
-    if not (comp.feedback and comp.secure_ok):
-        return None
-    public = np.random.default_rng([sim.config.seed, round_id, STREAM_SELECT])
-    idx = comp.select(np.zeros(sim.layout.length), public)
-    return None if idx is None else np.asarray(idx)
+    return sim.uplink.compressor.public_coords(sim.layout.length, sim.config.seed, round_id)
 
 
 def _scatter(vec: np.ndarray, length: int, idx: np.ndarray | None, what: str) -> np.ndarray:

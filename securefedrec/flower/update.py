@@ -187,11 +187,11 @@ def uplink_compressor(config: ExperimentConfig) -> Compressor:
 def selection(comp: Compressor, length: int, seed: int, round_id: int) -> np.ndarray | None:
     """The coordinates the round sends (sorted int64), or ``None`` for all (no error feedback).
 
-    The simulator's public choice: ``comp.select`` from ``default_rng([seed, round_id, SELECT])``.
+    The simulator's public choice (:meth:`~securefedrec.compression.Compressor.public_coords`).
     """
     if not comp.feedback:
         return None
-    idx = comp.select(np.zeros(length), np.random.default_rng([seed, round_id, streams.SELECT]))
+    idx = comp.public_coords(length, seed, round_id)
     return np.arange(length, dtype=np.int64) if idx is None else np.asarray(idx, dtype=np.int64)
 
 

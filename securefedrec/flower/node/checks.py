@@ -12,8 +12,9 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+from protocols.encoding import FixedPoint
 from securefedrec.config import ExperimentConfig
-from securefedrec.errors import DecodeError, IntegrityError
+from securefedrec.errors import ConfigError, DecodeError, IntegrityError
 from securefedrec.flower.messages import StageMessage, info_int, paillier_round_config
 
 if TYPE_CHECKING:
@@ -98,9 +99,11 @@ def check_setup(config: ExperimentConfig, setup: Setup, *, cid: int, round_id: i
         raise refuse("share_threshold", f"the server asks for t' = {setup.share_threshold} of "
                                         f"{min(setup.degree, n - 1) + 1} share holders, this node requires "
                                         f"at least {t_prime}")
-    if not setup.wrap and n * (2 ** (setup.value_bits - 1) - 1) > 2 ** (setup.ring_bits - 1) - 1:
-        raise refuse("ring_bits", f"{n} clients at value_bits {setup.value_bits} overflow a "
-                                  f"{setup.ring_bits}-bit ring")
+    if not setup.wrap:  # the encoding every protocol uses refuses a ring the sum could overflow
+        try:
+            FixedPoint.for_sum(n, setup.clip_range, setup.ring_bits, setup.value_bits)
+        except ConfigError as exc:
+            raise refuse("ring_bits", str(exc)) from None
 
 
 class RoundParams(NamedTuple):
