@@ -255,20 +255,10 @@ class ExperimentConfig:
             raise
         except ConfigError as exc:
             raise FieldError("compression", str(exc).removeprefix("compression: ")) from None
-        protocol = _aggregator_class(self.protocol)
-        if not comp.secure_ok and protocol.secure:
-            raise FieldError(
-                "compression", f"{self.compression!r} cannot be used with protocol {self.protocol!r}: "
-                "top-k sends each client's own indices, which reveal the items its user rated, and "
-                "secure aggregation needs every client to send the same coordinates; use randk:F "
-                "(coordinates from a public per-round seed) or --protocol plaintext"
-            )
-        if comp.wraps and not protocol.supports_wrap:
-            raise FieldError(
-                "compression", f"{self.compression!r} cannot be used with protocol {self.protocol!r}: "
-                "it lets the sum wrap around a small ring, and a Paillier slot that overflows carries into "
-                "its neighbour; use q8 or q16, which narrow the slots exactly"
-            )
+        refusal = comp.refused_by(_aggregator_class(self.protocol))  # the codec's own rule (Uplink's too)
+        if refusal is not None:
+            raise FieldError("compression", f"{self.compression!r} cannot be used with protocol "
+                                            f"{self.protocol!r}: {refusal}")
 
     def _check_types(self) -> None:
         kinds: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}

@@ -157,9 +157,13 @@ class Compressor(abc.ABC):
         (a sum that may wrap, :attr:`wraps`; a protocol without that flag is taken to carry it).
         """
         if not self.secure_ok and getattr(protocol, "secure", True):
-            return "its indices reveal which items each user rated; use randk:F"
+            return ("top-k sends each client's own indices, which reveal the items its user rated, and "
+                    "secure aggregation needs every client to send the same coordinates; use randk:F "
+                    "(coordinates from a public per-round seed) or --protocol plaintext")
         if self.wraps and not getattr(protocol, "supports_wrap", True):
-            return "it lets the sum wrap around a small ring, which this protocol cannot carry; use q8 or q16"
+            return ("it lets the sum wrap around a small ring, which this protocol cannot carry (a "
+                    "Paillier slot that overflows carries into its neighbour); use q8 or q16, which "
+                    "narrow the ring exactly")
         return None
 
     def ring_bits(self, n: int) -> int | None:
