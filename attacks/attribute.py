@@ -132,7 +132,7 @@ class AttributeInferenceAttack(ObservingAttack):
         for c in users:
             view = first[int(c)]
             update = view.update_of(int(c))
-            s = item_scores(view.total if update is None else update, obs.layout)
+            s = item_scores(view.total if update is None else update, obs.model)
             feats.append(predict_rated(s, expected).astype(np.float64))
         x = np.asarray(feats)
         y = labels[users].astype(np.float64)

@@ -40,7 +40,7 @@ from protocols.base import CAPABILITIES
 from securefedrec.config import ExperimentConfig
 from securefedrec.data import Dataset
 from securefedrec.errors import ConfigError
-from securefedrec.models.mf import Layout
+from securefedrec.models.base import Model
 from securefedrec.server.simulation import Simulation
 
 __all__ = [
@@ -240,9 +240,9 @@ class Observed:
     views: list[ServerView]
 
     @property
-    def layout(self) -> Layout:
-        """The model layout (public)."""
-        return self.simulation.layout
+    def model(self) -> Model:
+        """The model (public: its global vector's layout, :meth:`Model.item_rows`)."""
+        return self.simulation.model
 
     def first_view_of(self) -> dict[int, ServerView]:
         """client -> the first view in which it is a survivor."""
@@ -255,7 +255,7 @@ class Observed:
 
 def _public_index(sim: Simulation, round_id: int) -> np.ndarray | None:
     """The coordinates a random-k round sends (drawn from a public seed), else ``None``."""
-    return sim.uplink.compressor.public_coords(sim.layout.length, sim.config.seed, round_id)
+    return sim.uplink.compressor.public_coords(sim.model.length, sim.config.seed, round_id)
 
 
 def _scatter(vec: np.ndarray, length: int, idx: np.ndarray | None, what: str) -> np.ndarray:
@@ -300,7 +300,7 @@ def observe(
     sim = Simulation(dataclasses.replace(config, eval_every=max(config.eval_every, 10**6)),
                      dataset=dataset, aggregator=spy)
     views: list[ServerView] = []
-    L = sim.layout.length
+    L = sim.model.length
     for _ in range(n_rounds):
         r = sim.next_round
         sampled = tuple(sim.sample(r))
@@ -352,12 +352,10 @@ def f1_score(predicted: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if denom == 0 else 2.0 * tp / denom
 
 
-def item_scores(update: np.ndarray, layout: Layout) -> np.ndarray:
-    """Per item, the L2 norm of the update's row (item factors and item bias); shape (items,)."""
-    m, k = layout.num_items, layout.factors
-    q = update[: m * k].reshape(m, k)
-    b = update[m * k : m * (k + 1)]
-    scores: np.ndarray = np.sqrt((q * q).sum(1) + b * b)
+def item_scores(update: np.ndarray, model: Model) -> np.ndarray:
+    """Per item, the L2 norm of the update's row (:meth:`Model.item_rows`, e.g. MF's factors and bias)."""
+    rows = model.item_rows(update)
+    scores: np.ndarray = np.sqrt((rows * rows).sum(1))
     return scores
 
 

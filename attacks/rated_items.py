@@ -58,15 +58,15 @@ class RatedItemsAttack(ObservingAttack):
 
     def infer(self, config: ExperimentConfig, obs: Observed) -> AttackResult:
         """Run ``rounds`` rounds, infer every attacked user's rated items, compare with the baseline."""
-        layout, data = obs.layout, obs.simulation.pool.data
-        m = layout.num_items
+        model, data = obs.model, obs.simulation.pool.data
+        m = obs.simulation.dataset.num_items
         expected = round(float(np.mean(data.counts)))  # public: the mean activity of a user
         first = obs.first_view_of()
         # the attacker's per-user scores: its own update if revealed, else the round's sum
         scores: dict[int, np.ndarray] = {}
         for c, view in first.items():
             update = view.update_of(c)
-            scores[c] = item_scores(view.total if update is None else update, layout)
+            scores[c] = item_scores(view.total if update is None else update, model)
         truth = {c: np.isin(np.arange(m), data.user_items(c)) for c in first}
         attacked = [c for c in sorted(first) if 0 < truth[c].sum() < m]
         if not attacked:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from securefedrec.data import Ratings
-from securefedrec.models.base import CHUNK, Model, RatingsByUser
+from securefedrec.models.base import CHUNK, LocalPart, Model, RatingsByUser
 
 __all__ = ["Evaluation", "evaluate", "leave_one_out_targets"]
 
@@ -64,12 +64,19 @@ def evaluate(
     k: int = 10,
     ranking: bool = True,
     device: torch.device | None = None,
+    local: LocalPart | None = None,
 ) -> Evaluation:
-    """Every user fits its local part to the current global model on its device, then predicts locally."""
+    """Every user fits its local part to the current global model on its device, then predicts locally.
+
+    ``local`` is every user's kept local part (first axis = user id); default: the model's
+    initial one (seeded 0).
+    """
     device = device or torch.device("cpu")
     num_users = len(train.counts)
     g = global_vec.to(device=device, dtype=torch.float32)
     test_by_user = RatingsByUser(test, num_users)
+    if local is None:
+        local = model.init_local(num_users, torch.float32, torch.Generator().manual_seed(0))
     targets = leave_one_out_targets(test, num_users) if ranking else np.full(num_users, -1)
     sq = ab = 0.0
     hits = ndcg = 0.0
@@ -78,9 +85,11 @@ def evaluate(
     for start in range(0, num_users, CHUNK):
         chunk = users[start : start + CHUNK]
         batch = train.padded(chunk, device, torch.float32)
-        local = model.fit_local(g, batch)
+        kept = {name: value[torch.as_tensor(chunk)].to(device=device, dtype=torch.float32)
+                for name, value in local.items()}
+        fitted = model.fit_local(g, batch, kept)
         tb = test_by_user.padded(chunk, device, torch.float32)
-        pred = model.predict(g, local, tb.items, scale)
+        pred = model.predict(g, fitted, tb.items, scale)
         err = (pred - tb.ratings) * tb.mask
         sq += float((err**2).sum())
         ab += float(err.abs().sum())
@@ -90,7 +99,7 @@ def evaluate(
         has = tgt >= 0
         if not bool(has.any()):
             continue
-        scores = model.scores(g, local)
+        scores = model.scores(g, fitted)
         # exclude training items and the other held-out items; keep the target
         exclude = torch.zeros_like(scores, dtype=torch.bool)
         rows = torch.arange(len(chunk), device=device)[:, None]

@@ -6,7 +6,7 @@ uninterrupted one. Simulation only: secrets (keys, masks) never come from here.
 This module imports nothing, so light processes (Flower ClientApps) can use it.
 """
 
-__all__ = ["DOWNLINK", "DROPOUT", "NOISE", "ROTATE", "ROUNDING", "SAMPLING", "SELECT", "SILO"]
+__all__ = ["DOWNLINK", "DROPOUT", "NOISE", "ROTATE", "ROUNDING", "SAMPLING", "SELECT", "SILO", "TRAINING"]
 
 SAMPLING = 0
 """Poisson client sampling."""
@@ -16,6 +16,8 @@ ROUNDING = 2
 """Stochastic rounding of the fixed-point encoding (spawned per client)."""
 NOISE = 3
 """Per-client DP noise, ``[seed, r, NOISE, client]`` (when not cryptographic)."""
+TRAINING = 4
+"""What local training samples (negative items, dropout), one torch generator per round."""
 SILO = 11
 """Silo grouping and per-silo seeds (``[seed, SILO, ...]``, not per round)."""
 SELECT = 101

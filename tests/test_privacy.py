@@ -442,13 +442,13 @@ def test_ghost_clipping_equals_materialized_per_sample_gradients() -> None:
     sim = Simulation(cfg)
     g = torch.from_numpy(sim.global_vec)
     out = [
-        SiloDPSGD(data=sim.pool.data, groups=sim.pool.groups, layout=sim.layout, hyper=sim.pool.hyper,
+        SiloDPSGD(data=sim.pool.data, groups=sim.pool.groups, layout=sim.layout, hyper=sim.hyper,
                   epochs=1, lr=1.0, batch_size=16, clip=0.3, noise_multiplier=1.0, epsilon=None,
                   delta=1e-5, rounds=1, grad_sample_mode=mode).train([0, 1], g, 0)
         for mode in ("ghost", "hooks")
     ]
     torch.testing.assert_close(out[0], out[1], rtol=0, atol=1e-6)
     with pytest.raises(ConfigError, match="grad_sample_mode"):
-        SiloDPSGD(data=sim.pool.data, groups=sim.pool.groups, layout=sim.layout, hyper=sim.pool.hyper,
+        SiloDPSGD(data=sim.pool.data, groups=sim.pool.groups, layout=sim.layout, hyper=sim.hyper,
                   epochs=1, lr=1.0, batch_size=16, clip=0.3, noise_multiplier=1.0, epsilon=None,
                   delta=1e-5, rounds=1, grad_sample_mode="ew")

@@ -5,8 +5,18 @@ A model (docs/ARCHITECTURE.md "How to add a model") splits its parameters in two
 - the *global part*: one flat float64 vector of :attr:`Model.length` values, the
   only thing that leaves a client (as a delta). Protocols, DP, compression, the
   server optimizers and the attacks see nothing else;
-- the *local part*: per-user tensors (:meth:`Model.local_shapes`) that never leave
-  the device, e.g. a user's factor and bias.
+- the *local part*: per-user tensors (:meth:`Model.init_local`) that never leave
+  the device, e.g. a user's factor and bias, a user embedding, a personal head.
+  The pool keeps them between rounds and hands them back to :meth:`Model.train`
+  and :meth:`Model.fit_local`.
+
+A model declares the feedback it learns from (:attr:`Model.feedback`: explicit
+ratings or implicit interactions), whether it can send sparse deltas
+(:attr:`Model.sparse_updates`), and where each item's coordinates sit in the
+global vector (:meth:`Model.item_rows`, read by the attacks and by item-level
+model compression). Randomness a model needs while training (negative sampling,
+dropout) comes from the ``generator`` the caller passes, seeded per round, so a
+resumed run replays the uninterrupted one.
 
 The model does the math of many clients at once on padded batches of their
 users' ratings (:class:`RatingsByUser`, :class:`PaddedRatings`);
@@ -26,6 +36,7 @@ import torch
 
 from protocols.base import SparseVector
 from securefedrec.data import Ratings
+from securefedrec.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from securefedrec.config import ExperimentConfig
@@ -112,6 +123,10 @@ class Model(abc.ABC):
     """
 
     name: ClassVar[str]
+    feedback: ClassVar[tuple[str, ...]] = ("explicit",)
+    """The kinds of data it learns from: ``explicit`` ratings and/or ``implicit`` interactions."""
+    sparse_updates: ClassVar[bool] = False
+    """Whether :meth:`train_sparse` is implemented (a delta non-zero only on the user's items)."""
 
     @classmethod
     @abc.abstractmethod
@@ -133,10 +148,23 @@ class Model(abc.ABC):
     def init_global(self, scale: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
         """A fresh global vector (L,) float64; ``scale`` is the public rating scale."""
 
+    @abc.abstractmethod
+    def item_rows(self, vec: np.ndarray) -> np.ndarray:
+        """The coordinates of each item in a global vector (or a delta): a view (items, w).
+
+        An item that a client's data never touches has a zero row in its delta, for every
+        model: the rated-items attack and item-level model compression rely on it.
+        """
+
     # ---- the local part
     @abc.abstractmethod
     def local_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Name -> shape of one user's entry of each local tensor (the pool starts them at zero)."""
+        """Name -> shape of one user's entry of each local tensor."""
+
+    def init_local(self, num_users: int, dtype: torch.dtype, generator: torch.Generator) -> LocalPart:
+        """The local part of ``num_users`` users before any training (default: zeros)."""
+        shapes = self.local_shapes()
+        return {name: torch.zeros(num_users, *shape, dtype=dtype) for name, shape in shapes.items()}
 
     @abc.abstractmethod
     def train(
@@ -148,10 +176,18 @@ class Model(abc.ABC):
         lr: float,
         device: torch.device,
         dtype: torch.dtype,
+        *,
+        local: LocalPart,
+        generator: torch.Generator,
     ) -> Trained[torch.Tensor]:
-        """Local training of clients (each a set of users) from ``global_vec``: dense (C, L) deltas."""
+        """Local training of clients (each a set of users) from ``global_vec``: dense (C, L) deltas.
 
-    @abc.abstractmethod
+        ``local`` is the users' local part as their clients kept it from their last round, rows
+        in the order of ``np.concatenate(client_users)`` (on the CPU); the returned
+        :attr:`Trained.local` holds their new rows in :attr:`Trained.users` order.
+        ``generator`` (CPU) draws whatever the training samples.
+        """
+
     def train_sparse(
         self,
         global_vec: torch.Tensor,
@@ -161,13 +197,25 @@ class Model(abc.ABC):
         clip: float,
         device: torch.device,
         dtype: torch.dtype,
+        *,
+        local: LocalPart,
+        generator: torch.Generator,
     ) -> Trained[list[SparseVector]]:
-        """One local epoch of one-user clients: sparse deltas clipped to ``[-clip, clip]``, client order."""
+        """One local epoch of one-user clients: sparse deltas clipped to ``[-clip, clip]``, client order.
+
+        Only models with :attr:`sparse_updates` implement it.
+        """
+        raise ConfigError(f"model {self.name!r} has no sparse updates")
 
     # ---- local prediction (evaluation, on the device)
     @abc.abstractmethod
-    def fit_local(self, global_vec: torch.Tensor, batch: PaddedRatings) -> LocalPart:
-        """The local part each user of ``batch`` fits on its training ratings for this global vector."""
+    def fit_local(self, global_vec: torch.Tensor, batch: PaddedRatings, local: LocalPart) -> LocalPart:
+        """The local part each user of ``batch`` predicts with, for this global vector.
+
+        ``local`` holds the users' kept local part (rows in ``batch`` order, on the device);
+        a model may re-fit it on the training ratings of ``batch`` (MF solves it in closed
+        form) or use it as it is.
+        """
 
     @abc.abstractmethod
     def predict(
@@ -176,5 +224,7 @@ class Model(abc.ABC):
         """Predicted ratings (B, n) of the users of ``local`` on ``items`` (B, n), within ``scale``."""
 
     @abc.abstractmethod
-    def scores(self, global_vec: torch.Tensor, local: LocalPart) -> torch.Tensor:
-        """Ranking scores (B, items) of the users of ``local`` for every item."""
+    def scores(
+        self, global_vec: torch.Tensor, local: LocalPart, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Ranking scores of the users of ``local``: (B, items) for every item, or (B, n) on ``items``."""

@@ -291,6 +291,8 @@ class MF(Model):
     """
 
     name: ClassVar[str] = "mf"
+    feedback: ClassVar[tuple[str, ...]] = ("explicit",)
+    sparse_updates: ClassVar[bool] = True
 
     def __init__(self, layout: Layout, hyper: Hyper) -> None:
         if layout.factors != hyper.factors:
@@ -320,6 +322,11 @@ class MF(Model):
         lo, hi = scale
         return self.layout.init((lo + hi) / 2, self.hyper.init_std, generator)
 
+    def item_rows(self, vec: np.ndarray) -> np.ndarray:
+        """Item ``i``'s row: its factors ``q_i`` and its bias ``b_i`` (items, k + 1)."""
+        m, k = self.layout.num_items, self.layout.factors
+        return np.concatenate([vec[: m * k].reshape(m, k), vec[m * k : m * (k + 1), None]], axis=1)
+
     def local_shapes(self) -> dict[str, tuple[int, ...]]:
         """A user's factor (k,) and bias ()."""
         return {"user_factors": (self.layout.factors,), "user_bias": ()}
@@ -333,8 +340,11 @@ class MF(Model):
         lr: float,
         device: torch.device,
         dtype: torch.dtype,
+        *,
+        local: LocalPart,
+        generator: torch.Generator,
     ) -> Trained[torch.Tensor]:
-        """:func:`local_train`."""
+        """:func:`local_train` (the user's factor and bias are re-solved: ``local`` is not read)."""
         deltas, users, p, bu = local_train(global_vec, data, client_users, self.layout, self.hyper,
                                            epochs, lr, device, dtype)
         return Trained(deltas, users, {"user_factors": p, "user_bias": bu})
@@ -348,14 +358,17 @@ class MF(Model):
         clip: float,
         device: torch.device,
         dtype: torch.dtype,
+        *,
+        local: LocalPart,
+        generator: torch.Generator,
     ) -> Trained[list[SparseVector]]:
         """:func:`local_train_sparse`."""
         deltas, users, p, bu = local_train_sparse(global_vec, data, users_of_clients, self.layout,
                                                   self.hyper, lr, clip, device, dtype)
         return Trained(deltas, users, {"user_factors": p, "user_bias": bu})
 
-    def fit_local(self, global_vec: torch.Tensor, batch: PaddedRatings) -> LocalPart:
-        """Each user's factor and bias in closed form (:func:`solve_users`)."""
+    def fit_local(self, global_vec: torch.Tensor, batch: PaddedRatings, local: LocalPart) -> LocalPart:
+        """Each user's factor and bias in closed form (:func:`solve_users`); ``local`` is not read."""
         Q, b, mu = self.layout.split(global_vec)
         p, bu = solve_users(Q, b, mu, batch, self.hyper.lam_user)
         return {"user_factors": p, "user_bias": bu}
@@ -367,8 +380,14 @@ class MF(Model):
         Q, b, mu = self.layout.split(global_vec)
         return predict(Q, b, mu, local["user_factors"], local["user_bias"], items, scale)
 
-    def scores(self, global_vec: torch.Tensor, local: LocalPart) -> torch.Tensor:
-        """Unclamped ``mu + b_u + b_i + <p_u, q_i>`` for every item."""
+    def scores(
+        self, global_vec: torch.Tensor, local: LocalPart, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Unclamped ``mu + b_u + b_i + <p_u, q_i>``, for every item or on ``items`` (B, n)."""
         Q, b, mu = self.layout.split(global_vec)
-        scores: torch.Tensor = mu + b[None, :] + local["user_bias"][:, None] + local["user_factors"] @ Q.T
-        return scores
+        p, bu = local["user_factors"], local["user_bias"]
+        if items is None:
+            every: torch.Tensor = mu + b[None, :] + bu[:, None] + p @ Q.T
+            return every
+        some: torch.Tensor = mu + b[items] + bu[:, None] + (Q[items] * p[:, None, :]).sum(-1)
+        return some

@@ -18,7 +18,6 @@ from protocols.base import SparseVector
 from securefedrec.data import Ratings
 from securefedrec.errors import ConfigError
 from securefedrec.models.base import LocalPart, Model, RatingsByUser
-from securefedrec.models.mf import MF, Hyper
 
 __all__ = ["Client", "ClientPool", "resolve_device"]
 
@@ -34,11 +33,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _zeros(model: Model, num_users: int, dtype: torch.dtype) -> LocalPart:
-    """A fresh local part of ``num_users`` users."""
-    return {name: torch.zeros(num_users, *shape, dtype=dtype) for name, shape in model.local_shapes().items()}
-
-
 class ClientPool:
     """All clients of a simulation; trains any sampled subset in one batched call.
 
@@ -48,6 +42,7 @@ class ClientPool:
         model: the model every client trains (:mod:`securefedrec.models.registry`).
         groups: client -> its users; ``None`` = one client per user (cross-device).
         device: torch device for the math.
+        seed: seeds the model's initial local part (:meth:`~securefedrec.models.base.Model.init_local`).
 
     Attributes:
         local: the model's local part of every user, on the CPU; each row stays "on the
@@ -63,6 +58,7 @@ class ClientPool:
         groups: Sequence[np.ndarray] | None = None,
         device: torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        seed: int = 0,
     ) -> None:
         self.data = RatingsByUser(train, num_users)
         self.model = model
@@ -71,40 +67,46 @@ class ClientPool:
         self.groups = [np.asarray(g, np.int64) for g in groups] if groups is not None else [
             np.array([u]) for u in range(num_users)
         ]
-        self.local = _zeros(model, num_users, dtype)
+        self.local = model.init_local(num_users, dtype, torch.Generator().manual_seed(seed))
 
     @property
     def num_clients(self) -> int:
         """Number of clients."""
         return len(self.groups)
 
-    @property
-    def hyper(self) -> Hyper:
-        """The MF hyper-parameters (DP-SGD's silo model reads them); an error for another model."""
-        if not isinstance(self.model, MF):
-            raise ConfigError(f"this part reads biased MF's hyper-parameters; model {self.model.name!r} "
-                              "has none (use --model mf)")
-        return self.model.hyper
-
     def train(
-        self, clients: Sequence[int], global_vec: torch.Tensor, epochs: int, lr: float
+        self, clients: Sequence[int], global_vec: torch.Tensor, epochs: int, lr: float,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Deltas (len(clients), L) of the sampled clients, in the order given."""
-        trained = self.model.train(global_vec, self.data, [self.groups[c] for c in clients], epochs, lr,
-                                   self.device, self.dtype)
+        """Deltas (len(clients), L) of the sampled clients, in the order given.
+
+        ``generator`` draws what the model samples while training (default: seeded 0).
+        """
+        client_users = [self.groups[c] for c in clients]
+        trained = self.model.train(global_vec, self.data, client_users, epochs, lr, self.device, self.dtype,
+                                   local=self.rows(np.concatenate(client_users) if client_users else []),
+                                   generator=generator or torch.Generator().manual_seed(0))
         self._keep(trained.users, trained.local)
         return trained.deltas
 
     def train_sparse(
-        self, clients: Sequence[int], global_vec: torch.Tensor, lr: float, clip: float
+        self, clients: Sequence[int], global_vec: torch.Tensor, lr: float, clip: float,
+        generator: torch.Generator | None = None,
     ) -> list[SparseVector]:
         """One local epoch of one-user clients as clipped sparse deltas, in the order given."""
         users = [int(self.groups[c][0]) for c in clients]
         if any(len(self.groups[c]) != 1 for c in clients):
             raise ConfigError("sparse updates need one user per client (no --silos)")
-        trained = self.model.train_sparse(global_vec, self.data, users, lr, clip, self.device, self.dtype)
+        trained = self.model.train_sparse(global_vec, self.data, users, lr, clip, self.device, self.dtype,
+                                          local=self.rows(users),
+                                          generator=generator or torch.Generator().manual_seed(0))
         self._keep(trained.users, trained.local)
         return trained.deltas
+
+    def rows(self, users: Sequence[int] | np.ndarray) -> LocalPart:
+        """The kept local part of ``users`` (rows in that order, CPU copies)."""
+        idx = torch.as_tensor(np.asarray(users, np.int64))
+        return {name: value[idx] for name, value in self.local.items()}
 
     def _keep(self, users: np.ndarray, local: LocalPart) -> None:
         idx = torch.as_tensor(users)
@@ -113,7 +115,8 @@ class ClientPool:
 
     def client(self, cid: int) -> Client:
         """A stand-alone :class:`Client` for client ``cid`` (same data, same math)."""
-        return Client(self.data, self.groups[cid], self.model, self.device, self.dtype)
+        return Client(self.data, self.groups[cid], self.model, self.device, self.dtype,
+                      local=self.rows(self.groups[cid]))
 
 
 class Client:
@@ -130,17 +133,22 @@ class Client:
         model: Model,
         device: torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        local: LocalPart | None = None,
     ) -> None:
         self.data = data
         self.users = np.asarray(users, np.int64)
         self.model = model
         self.device = device or torch.device("cpu")
         self.dtype = dtype
-        self.local = _zeros(model, len(self.users), dtype)
+        self.local = local if local is not None else model.init_local(
+            len(self.users), dtype, torch.Generator().manual_seed(0))
 
-    def train(self, global_vec: torch.Tensor, epochs: int, lr: float) -> torch.Tensor:
+    def train(
+        self, global_vec: torch.Tensor, epochs: int, lr: float, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Train locally; return the delta of the global vector (L,). The local part stays here."""
-        trained = self.model.train(global_vec, self.data, [self.users], epochs, lr, self.device, self.dtype)
+        trained = self.model.train(global_vec, self.data, [self.users], epochs, lr, self.device, self.dtype,
+                                   local=self.local, generator=generator or torch.Generator().manual_seed(0))
         pos = {u: n for n, u in enumerate(self.users.tolist())}
         idx = torch.as_tensor([pos[u] for u in trained.users.tolist()], dtype=torch.long)
         for name, value in trained.local.items():

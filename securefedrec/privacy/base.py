@@ -27,13 +27,13 @@ class RoundPrivacy:
     mode: str = "none"
 
     @classmethod
-    def build(cls, config: Any, pool: Any, layout: Any) -> RoundPrivacy:
+    def build(cls, config: Any, pool: Any, model: Any) -> RoundPrivacy:
         """This mode for a run (what :func:`~securefedrec.privacy.registry.build_privacy` calls).
 
         Args:
             config: the :class:`~securefedrec.config.ExperimentConfig`.
             pool: the simulator's clients (their number; for DP-SGD their data and silos).
-            layout: the model's layout (the length of a delta).
+            model: the model (:class:`~securefedrec.models.base.Model`; its length is a delta's).
         """
         raise NotImplementedError
 

@@ -65,13 +65,13 @@ def privacy_class(mode: str, mechanism: str = "gaussian") -> type[RoundPrivacy] 
         raise ConfigError(f"dp_mechanism: must be one of {', '.join(entry)}, got {mechanism!r}") from None
 
 
-def build_privacy(config: Any, pool: Any, layout: Any) -> RoundPrivacy | None:
+def build_privacy(config: Any, pool: Any, model: Any) -> RoundPrivacy | None:
     """The DP mode of an :class:`~securefedrec.config.ExperimentConfig` (``None`` for ``dp = "none"``).
 
     Args:
         config: the experiment (its ``dp`` and ``dp_mechanism`` pick the class).
         pool: the simulator's clients.
-        layout: the model's layout.
+        model: the model clients train.
     """
     cls = privacy_class(config.dp, config.dp_mechanism)
-    return None if cls is None else cls.build(config, pool, layout)
+    return None if cls is None else cls.build(config, pool, model)

@@ -232,8 +232,8 @@ class UserLevelPrivacy(AccountedUserPrivacy[DistributedGaussian, PrivacyAccounta
     description = "distributed Gaussian (DP-FedAvg, noise shares sized for the threshold)"
 
     @classmethod
-    def build(cls, config: Any, pool: Any, layout: Any) -> UserLevelPrivacy:
-        """:meth:`from_config` (the registry's entry point; the pool and layout are not needed)."""
+    def build(cls, config: Any, pool: Any, model: Any) -> UserLevelPrivacy:
+        """:meth:`from_config` (the registry's entry point; the pool and model are not needed)."""
         return cls.from_config(config)
 
     @classmethod
@@ -291,9 +291,9 @@ class SkellamUserPrivacy(AccountedUserPrivacy[DistributedSkellam, SkellamAccount
     description = "distributed Skellam (integer noise in the ring, shares sized for the threshold)"
 
     @classmethod
-    def build(cls, config: Any, pool: Any, layout: Any) -> SkellamUserPrivacy:
-        """:meth:`from_config` for the pool's population and the layout's delta length."""
-        return cls.from_config(config, pool.num_clients, layout.length)
+    def build(cls, config: Any, pool: Any, model: Any) -> SkellamUserPrivacy:
+        """:meth:`from_config` for the pool's population and the model's delta length."""
+        return cls.from_config(config, pool.num_clients, model.length)
 
     @classmethod
     def from_config(

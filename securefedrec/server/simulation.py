@@ -92,6 +92,12 @@ def _round_rng(seed: int, round_id: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, round_id, stream])
 
 
+def _round_generator(seed: int, round_id: int) -> torch.Generator:
+    """The torch generator of round ``round_id``'s local training (negative sampling, ...)."""
+    draw = int(_round_rng(seed, round_id, streams.TRAINING).integers(2**62))
+    return torch.Generator().manual_seed(draw)
+
+
 class Simulation:
     """A federated run of the configured model that can be stepped, checkpointed and resumed.
 
@@ -118,7 +124,7 @@ class Simulation:
 
             groups = silo_groups(self.dataset.num_users, config.silos, config.seed)
         self.pool = ClientPool(self.dataset.train, self.dataset.num_users, self.model,
-                               groups=groups, device=self.device)
+                               groups=groups, device=self.device, seed=config.seed)
         options: dict[str, Any] = ({} if config.threat_model == "default"
                                    else {"malicious": config.threat_model == "malicious"})
         protocol = aggregator_class(config.protocol)
@@ -140,11 +146,12 @@ class Simulation:
         self.rounds: list[dict[str, Any]] = []
         self.last_eval: Evaluation | None = None
         # differential privacy (securefedrec.privacy); sigma is calibrated here, before any training
-        self.privacy: RoundPrivacy | None = build_privacy(config, self.pool, self.layout)
+        self.privacy: RoundPrivacy | None = build_privacy(config, self.pool, self.model)
         # sparse client messages only where the protocol may reveal which coordinates are non-zero
         # and nothing downstream needs the dense vector (noise, compression, several epochs, silos)
         self.sparse_updates = bool(
-            getattr(type(self.aggregator), "accepts_sparse", False) and self.privacy is None
+            getattr(type(self.aggregator), "accepts_sparse", False) and self.model.sparse_updates
+            and self.privacy is None
             and config.compression == "none" and config.local_epochs == 1 and config.silos is None
         )
         self.stopped: str | None = None
@@ -217,13 +224,14 @@ class Simulation:
                 self.global_vec, sampled, _round_rng(cfg.seed, r, streams.DOWNLINK))
             g = torch.from_numpy(view)
             inputs: dict[int, Any]
+            generator = _round_generator(cfg.seed, r)
             if self.sparse_updates:  # the insecure baseline: clients send only their non-zeros
-                sparse = self.pool.train_sparse(sampled, g, cfg.local_lr, cfg.update_clip)
+                sparse = self.pool.train_sparse(sampled, g, cfg.local_lr, cfg.update_clip, generator)
                 inputs = dict(zip(sampled, sparse, strict=True))
             else:
                 dp_trained = self.privacy.train(sampled, g, r) if self.privacy is not None else None
                 trained = (dp_trained if dp_trained is not None
-                           else self.pool.train(sampled, g, cfg.local_epochs, cfg.local_lr))
+                           else self.pool.train(sampled, g, cfg.local_epochs, cfg.local_lr, generator))
                 deltas = trained.clamp_(-cfg.update_clip, cfg.update_clip).to("cpu", torch.float64).numpy()
                 if self.privacy is not None:  # each client clips and adds its noise share (skellam: int64)
                     deltas = self.privacy.privatize(
@@ -272,6 +280,7 @@ class Simulation:
         ev = evaluate(
             torch.from_numpy(self.global_vec), self.model, self.pool.data,
             self.dataset.test, self.dataset.scale, ranking=ranking, device=self.device,
+            local=self.pool.local,
         )
         self.last_eval = ev
         return ev

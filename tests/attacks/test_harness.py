@@ -69,7 +69,7 @@ def test_wrapper_forwards_the_rounding_generator() -> None:
 def test_randk_views_are_scattered_to_full_length(small: Dataset) -> None:
     obs = observe(config("plaintext", compression="randk:0.5"), dataset=small, rounds=1)
     view = obs.views[0]
-    L = obs.layout.length
+    L = obs.model.length
     assert view.total.shape == (L,)
     assert view.individual is not None and all(v.shape == (L,) for v in view.individual.values())
 
@@ -95,4 +95,4 @@ def test_topk_messages_reach_the_plaintext_view(small: Dataset) -> None:
     view = obs.views[0]
     assert view.individual is not None and len(view.individual) == small.num_users
     kept = [int((v != 0).sum()) for v in view.individual.values()]
-    assert max(kept) <= int(np.ceil(0.1 * obs.layout.length))
+    assert max(kept) <= int(np.ceil(0.1 * obs.model.length))

@@ -80,13 +80,14 @@ def test_mf_local_prediction_is_its_closed_form_and_scores_rank_like_predictions
     model = MF(layout, Hyper(factors=4))
     g = model.init_global(ds.scale, torch.Generator().manual_seed(0)).float()
     batch = RatingsByUser(ds.train, ds.num_users).padded(np.arange(10), torch.device("cpu"), torch.float32)
-    local = model.fit_local(g, batch)
+    local = model.fit_local(g, batch, model.init_local(10, torch.float32, torch.Generator()))
     p, bu = solve_users(*layout.split(g), batch, model.hyper.lam_user)
     assert torch.equal(local["user_factors"], p) and torch.equal(local["user_bias"], bu)
     items = torch.arange(ds.num_items).expand(10, -1)
     scores = model.scores(g, local)  # another reduction order than predict: equal to float32 rounding
     wide = (-100.0, 100.0)
     torch.testing.assert_close(model.predict(g, local, items, wide), scores, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.scores(g, local, items[:, 3:7]), scores[:, 3:7], rtol=1e-5, atol=1e-5)
     mid = float(scores.median())  # half the predictions lie beyond it and are clamped to it
     clamped = model.predict(g, local, items, (-100.0, mid))
     torch.testing.assert_close(clamped, scores.clamp(max=mid), rtol=1e-5, atol=1e-5)

@@ -86,9 +86,10 @@ def train_as_nodes(sim: Simulation, nodes: int) -> Simulation:
     """
     train = sim.pool.train
 
-    def grouped(clients: Any, global_vec: torch.Tensor, epochs: int, lr: float) -> torch.Tensor:
+    def grouped(clients: Any, global_vec: torch.Tensor, epochs: int, lr: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
         clients = [int(c) for c in clients]
-        out = torch.empty(len(clients), sim.layout.length, dtype=torch.float64)
+        out = torch.empty(len(clients), sim.model.length, dtype=torch.float64)
         row = {c: j for j, c in enumerate(clients)}
         for p in range(nodes):
             hosted = sorted(c for c in clients if c % nodes == p)  # the node trains sorted(payload)

@@ -182,7 +182,7 @@ class NodeSilos:
         from securefedrec.server.simulation import Simulation
 
         plain = Simulation(dataclasses.replace(config, dp="none"))  # data, silo groups, layout; no DP built
-        self.silos = SiloDPSGD.from_config(config, plain.pool, plain.layout, silo_ids=list(clients))
+        self.silos = SiloDPSGD.from_config(config, plain.pool, plain.model, silo_ids=list(clients))
         self.config, self.round_id = config, round_id
         self.store = SiloStore(state)
         check_record_dp(config, self.silos, info, round_id)

@@ -76,7 +76,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from securefedrec import streams
 from securefedrec.errors import CheckpointError, ConfigError, PrivacyBudgetExhausted
 from securefedrec.models.base import RatingsByUser
-from securefedrec.models.mf import Hyper, Layout
+from securefedrec.models.mf import MF, Hyper, Layout
 from securefedrec.privacy.accountants.gaussian import PrivacyAccountant, calibrate_noise_multiplier
 from securefedrec.privacy.accountants.registry import make_accountant
 from securefedrec.privacy.base import RoundPrivacy
@@ -211,20 +211,26 @@ class SiloDPSGD(RoundPrivacy):
                                               epsilon, rounds, seed))
 
     @classmethod
-    def build(cls, config: Any, pool: Any, layout: Any) -> SiloDPSGD:
+    def build(cls, config: Any, pool: Any, model: Any) -> SiloDPSGD:
         """:meth:`from_config` for every silo of the pool (the registry's entry point)."""
-        return cls.from_config(config, pool, layout)
+        return cls.from_config(config, pool, model)
 
     @classmethod
-    def from_config(cls, config: Any, pool: Any, layout: Layout,
+    def from_config(cls, config: Any, pool: Any, model: Any,
                     silo_ids: Sequence[int] | None = None) -> SiloDPSGD:
         """Build from an :class:`~securefedrec.config.ExperimentConfig` and the simulator's pool.
 
         ``silo_ids``: build only these silos (a Flower node's); default all of ``pool.groups``.
+
+        Raises:
+            ConfigError: ``model`` is not biased MF (the per-record model of DP-SGD is MF's).
         """
+        if not isinstance(model, MF):
+            raise ConfigError(f"dp 'record' (DP-SGD in silos) trains biased MF per record; model "
+                              f"{getattr(model, 'name', model)!r} is not supported (use --model mf)")
         groups = pool.groups if silo_ids is None else [pool.groups[s] for s in silo_ids]
         return cls(
-            data=pool.data, groups=groups, layout=layout, hyper=pool.hyper,
+            data=pool.data, groups=groups, layout=model.layout, hyper=model.hyper,
             epochs=config.local_epochs, lr=config.local_lr, batch_size=config.dp_batch_size,
             clip=config.clip, noise_multiplier=config.noise_multiplier, epsilon=config.epsilon,
             delta=config.delta, rounds=config.rounds, accountant=config.accountant, seed=config.seed,
