@@ -50,7 +50,8 @@ def client_train(message: Message, context: Context) -> Message:
                           "clients; start one SuperNode per client (num-partitions = number of clients)")
     fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
     (view,) = parameters_to_ndarrays(fitins.parameters)
-    delta = train_clients(config, clients, np.asarray(view, np.float64))[0]
+    round_id = int(fitins.config.get("round", 0))  # seeds only what training samples (no security role)
+    delta = train_clients(config, clients, np.asarray(view, np.float64), round_id, context.state)[0]
     res = FitRes(status=Status(Code.OK, ""), parameters=ndarrays_to_parameters([delta]), num_examples=1,
                  metrics={"client": clients[0]})
     return Message(compat.fitres_to_recorddict(res, keep_input=True), reply_to=message)
@@ -121,7 +122,8 @@ def run_flower_secaggplus(grid: Any, context: Context, config: ExperimentConfig,
             return []
 
     strategy = MFStrategy(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=settings.min_nodes,
-                          min_available_clients=settings.min_nodes)
+                          min_available_clients=settings.min_nodes,
+                          on_fit_config_fn=lambda server_round: {"round": server_round - 1})
     shares = n if config.neighbors is None else min(n, config.neighbors + 1)
     threshold = max(shares // 2 + 1, math.ceil(config.threshold_fraction * shares))
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=config.rounds), strategy=strategy)

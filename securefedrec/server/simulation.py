@@ -60,7 +60,7 @@ from securefedrec.server import checkpoint as checkpoints
 from securefedrec.server.checkpoint import Snapshot
 from securefedrec.server.optimizers import ServerOptimizer, get_optimizer
 
-__all__ = ["Simulation", "run_experiment"]
+__all__ = ["Simulation", "round_generator", "run_experiment"]
 
 
 def load_configured_dataset(config: ExperimentConfig) -> Dataset:
@@ -92,7 +92,7 @@ def _round_rng(seed: int, round_id: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, round_id, stream])
 
 
-def _round_generator(seed: int, round_id: int) -> torch.Generator:
+def round_generator(seed: int, round_id: int) -> torch.Generator:
     """The torch generator of round ``round_id``'s local training (negative sampling, ...)."""
     draw = int(_round_rng(seed, round_id, streams.TRAINING).integers(2**62))
     return torch.Generator().manual_seed(draw)
@@ -224,7 +224,7 @@ class Simulation:
                 self.global_vec, sampled, _round_rng(cfg.seed, r, streams.DOWNLINK))
             g = torch.from_numpy(view)
             inputs: dict[int, Any]
-            generator = _round_generator(cfg.seed, r)
+            generator = round_generator(cfg.seed, r)
             if self.sparse_updates:  # the insecure baseline: clients send only their non-zeros
                 sparse = self.pool.train_sparse(sampled, g, cfg.local_lr, cfg.update_clip, generator)
                 inputs = dict(zip(sampled, sparse, strict=True))

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("flwr")
 
@@ -614,7 +615,8 @@ def test_node_refuses_a_setup_weaker_than_its_own_configuration(field: str) -> N
     assert honest.degree == n - 1 and honest.threshold == 5  # the complete graph, t = ceil(0.75 * 6)
     trained: list[int] = []
 
-    def trainer(cfg: ExperimentConfig, clients: list[int], view: np.ndarray) -> np.ndarray:
+    def trainer(cfg: ExperimentConfig, clients: list[int], view: np.ndarray, r: int,
+                state: Any) -> np.ndarray:
         trained.extend(clients)
         return np.zeros((len(clients), view.shape[0]))
 
@@ -629,3 +631,29 @@ def test_node_refuses_a_setup_weaker_than_its_own_configuration(field: str) -> N
     fresh = NodeRuntime(config, settings, (0, n), RecordDict(), identity=test_identity(0, n), trainer=trainer)
     fresh.handle(StageMessage(FlowerStage.TRAIN, 0, {0: honest.encode()}, tuple(range(n)), sim.global_vec))
     assert trained == [0]
+
+
+def test_node_keeps_its_users_local_part_across_rounds() -> None:
+    """The model's local part stays on the node (its state) between rounds, as in the simulator's pool."""
+    from securefedrec.flower.node.runtime import train_clients
+    from securefedrec.flower.node.state import kept_local
+
+    config = ExperimentConfig(**SMALL, protocol="plaintext", rounds=2)
+    sim = Simulation(config)
+    state = RecordDict()
+    first, second = [0, 2, 4], [2, 6]
+    train_clients(config, first, sim.global_vec, 0, state)
+    users, local = kept_local(state)
+    assert users.tolist() == first and set(local) == set(sim.model.local_shapes())
+    before = {name: rows.copy() for name, rows in local.items()}
+    train_clients(config, second, sim.global_vec + 0.01, 1, state)
+    users, local = kept_local(state)
+    assert users.tolist() == [0, 2, 4, 6]
+    for name, rows in local.items():  # users 0 and 4 did not train again: their rows are as kept
+        np.testing.assert_array_equal(rows[[0, 2]], before[name][[0, 2]])
+        assert not np.array_equal(rows[1], before[name][1])  # user 2 trained from another global vector
+    # the same clients trained in the simulator's pool from the same vectors: the same rows
+    sim.pool.train(first, torch.from_numpy(sim.global_vec), 1, config.local_lr)
+    sim.pool.train(second, torch.from_numpy(sim.global_vec + 0.01), 1, config.local_lr)
+    for name, rows in local.items():
+        np.testing.assert_allclose(rows, sim.pool.local[name][[0, 2, 4, 6]].numpy(), rtol=1e-5, atol=1e-6)

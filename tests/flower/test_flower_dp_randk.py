@@ -3,7 +3,6 @@ the error feedback; the result must equal the in-process simulator at the same s
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from securefedrec.flower import (
     pack,
     unpack,
 )
+from securefedrec.flower.node.runtime import Trainer
 from securefedrec.flower.update import check_dp
 from securefedrec.server.simulation import Simulation
 from tests.flower.conftest import fake_grid_and_simulator, train_as_nodes
@@ -84,11 +84,12 @@ def test_fake_grid_dp_user_mod_equals_the_simulator() -> None:
     assert run.sim.uplink.spread == sim.uplink.spread is not None  # rounds 2 and 3 wrapped
 
 
-def _recording_trainer() -> tuple[list[int], Callable[[ExperimentConfig, list[int], np.ndarray], np.ndarray]]:
+def _recording_trainer() -> tuple[list[int], Trainer]:
     """A node trainer that returns zero deltas and records which clients it trained."""
     trained: list[int] = []
 
-    def trainer(config: ExperimentConfig, clients: list[int], view: np.ndarray) -> np.ndarray:
+    def trainer(config: ExperimentConfig, clients: list[int], view: np.ndarray, r: int,
+                state: Any) -> np.ndarray:
         trained.extend(clients)
         return np.zeros((len(clients), view.shape[0]))
 

@@ -37,7 +37,7 @@ from securefedrec.flower.node.identity import Identity
 from securefedrec.flower.node.paillier import PAILLIER_STAGES, PaillierSession, require_identity
 from securefedrec.flower.node.secagg import SecAggSession
 from securefedrec.flower.node.silos import NodeSilos
-from securefedrec.flower.node.state import DELTAS, HISTORY, REFUSED, STATE
+from securefedrec.flower.node.state import DELTAS, HISTORY, REFUSED, STATE, keep_local, kept_local
 from securefedrec.flower.settings import DeploymentSettings, NodeSettings
 from securefedrec.flower.update import (
     FeedbackStore,
@@ -54,25 +54,37 @@ if TYPE_CHECKING:
 __all__ = ["NodeRuntime", "Trainer", "train_clients"]
 
 
-Trainer = Callable[[ExperimentConfig, list[int], np.ndarray], np.ndarray]
-"""(config, clients, global view) -> their clipped deltas (len(clients), L) float64."""
+Trainer = Callable[[ExperimentConfig, list[int], np.ndarray, int, RecordDict], np.ndarray]
+"""(config, clients, global view, round id, node state) -> their clipped deltas (len(clients), L) float64."""
 
 
-def train_clients(config: ExperimentConfig, clients: list[int], view: np.ndarray) -> np.ndarray:
+def train_clients(
+    config: ExperimentConfig, clients: list[int], view: np.ndarray, round_id: int, state: RecordDict
+) -> np.ndarray:
     """Train ``clients`` locally from ``view`` with the simulator's math; clip to ``update_clip``.
 
-    Loads the configured dataset on this node and keeps only the hosted clients' rows.
+    Loads the configured dataset on this node. The model's local part of the hosted users
+    (user embeddings, ...) is read from and written back to the node's state
+    (:func:`~securefedrec.flower.node.state.kept_local`), so it persists across rounds on the
+    node as it does in the simulator; what training samples comes from the simulator's
+    generator of the round (:func:`~securefedrec.server.simulation.round_generator`).
     """
     import torch
 
-    from securefedrec.server.simulation import Simulation
+    from securefedrec.server.simulation import Simulation, round_generator
 
     sim = Simulation(config)
+    users, kept = kept_local(state)
+    if len(users):
+        idx = torch.as_tensor(users)
+        for name, rows in kept.items():
+            sim.pool.local[name][idx] = torch.from_numpy(rows).to(sim.pool.local[name].dtype)
     trained = sim.pool.train(clients, torch.from_numpy(np.asarray(view, np.float64)),
-                             config.local_epochs, config.local_lr)
+                             config.local_epochs, config.local_lr, round_generator(config.seed, round_id))
+    hosted = np.union1d(users, np.concatenate([sim.pool.groups[c] for c in clients]))
+    keep_local(state, hosted, {name: value.numpy() for name, value in sim.pool.rows(hosted).items()})
     out: np.ndarray = trained.clamp_(-config.update_clip, config.update_clip).to("cpu", torch.float64).numpy()
     return out
-
 
 
 class NodeRuntime:
@@ -262,7 +274,7 @@ class NodeRuntime:
             deltas = silos.train(message.global_vec)
             silos.keep()  # the privacy is spent once trained, whatever happens to the round
         else:
-            deltas = self.trainer(cfg, clients, message.global_vec)
+            deltas = self.trainer(cfg, clients, message.global_vec, r, self.state)
         vectors: dict[int, np.ndarray] = {}
         pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for j, c in enumerate(clients):

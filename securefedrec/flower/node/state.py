@@ -7,23 +7,28 @@ each hosted client a fresh 256-bit secret (``secret.<c>``, seeding :class:`KeySt
 the client's only source of secret randomness), a rounding seed (``rounding.<c>``), its
 rank among the sampled clients and the transcript of protocol messages it has received
 (``log.<c>``; Paillier also ``stages.<c>``); record :data:`DELTAS` holds the vectors
-the clients contribute. Both are deleted when the round ends.
+the clients contribute. Both are deleted when the round ends. Record :data:`LOCAL`
+holds the model's local part of the users this node has trained (user embeddings,
+personal heads) and is kept across rounds: it never leaves the node.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from securefedrec import streams
 from securefedrec.errors import ConfigError, StageError
 from securefedrec.flower.messages import StageMessage
 
-__all__ = ["DELTAS", "HISTORY", "PAILLIER_KEY", "REFUSED", "STATE", "KeyStream", "client_vector",
-           "paillier_rounding_rng", "round_record", "rounding_rng", "secret_rounding_rng"]
+__all__ = ["DELTAS", "HISTORY", "LOCAL", "PAILLIER_KEY", "REFUSED", "STATE", "KeyStream", "client_vector",
+           "keep_local", "kept_local", "paillier_rounding_rng", "round_record", "rounding_rng",
+           "secret_rounding_rng"]
 
 STATE, DELTAS, HISTORY, PAILLIER_KEY = "sfr.node", "sfr.deltas", "sfr.history", "sfr.paillier"
+LOCAL = "sfr.local"
+"""Node-state record of the model's local part: ``users`` (their ids) and one array per local tensor."""
 REFUSED = "sfr.refused"
 """Node-state record of the last round this node refused (``round``, ``reason``); it answers no more of it."""
 
@@ -92,3 +97,19 @@ def round_record(state: RecordDict, cid: int, message: StageMessage) -> ConfigRe
 def client_vector(state: RecordDict, cid: int) -> np.ndarray:
     """The vector client ``cid`` contributes this round (float64)."""
     return np.asarray(state.array_records[DELTAS][str(cid)].numpy(), dtype=np.float64)
+
+
+def kept_local(state: RecordDict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The local part this node kept: user ids and, per local tensor, their rows (empty at first)."""
+    record = state.array_records.get(LOCAL)
+    if record is None:
+        return np.zeros(0, np.int64), {}
+    users = np.asarray(record["users"].numpy(), dtype=np.int64)
+    return users, {name: np.asarray(a.numpy()) for name, a in record.items() if name != "users"}
+
+
+def keep_local(state: RecordDict, users: np.ndarray, local: dict[str, np.ndarray]) -> None:
+    """Replace the kept local part by the rows of ``users``."""
+    arrays = {"users": Array.from_numpy_ndarray(np.ascontiguousarray(users, np.int64))}
+    arrays.update({name: Array.from_numpy_ndarray(np.ascontiguousarray(v)) for name, v in local.items()})
+    state.array_records[LOCAL] = ArrayRecord(array_dict=arrays)
