@@ -268,8 +268,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except RunInterrupted as stop:  # inside the rounds: a partial report
         path = write_json(args.report, stop.report)
         done = len(stop.report["rounds"])
-        print(f"securefedrec: interrupted after round {done} of {config.rounds} (partial report in {path}); "
-              f"{_how_to_resume(args, argv)}", file=sys.stderr)
+        print(f"securefedrec: interrupted after round {done} of {config.federation.rounds} "
+              f"(partial report in {path}); {_how_to_resume(args, argv)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:  # while loading the data or the checkpoint: nothing to report
         print(f"securefedrec: interrupted before the first round (no report written); "

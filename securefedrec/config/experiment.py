@@ -105,7 +105,8 @@ class ExperimentConfig:
                  "compression": compression, "server": server, "run": run}
         sections, fields = _group({**{k: v for k, v in named.items() if v is not None}, **flat})
         for name, cls in SECTIONS.items():
-            object.__setattr__(self, name, sections[name] if name in sections else cls(**fields.get(name, {})))
+            part = sections[name] if name in sections else cls(**fields.get(name, {}))
+            object.__setattr__(self, name, part)
         self._check_across()
 
     def _check_across(self) -> None:
@@ -113,7 +114,8 @@ class ExperimentConfig:
         compression, protocol = self.compression.codec, self.federation.protocol
         from securefedrec.compression import parse_compression
 
-        refusal = parse_compression(compression).refused_by(aggregator_class(protocol))  # the codec's own rule
+        # the codec's own rule (the Uplink asks it too)
+        refusal = parse_compression(compression).refused_by(aggregator_class(protocol))
         if refusal is not None:
             raise FieldError("compression", f"{compression!r} cannot be used with protocol "
                                             f"{protocol!r}: {refusal}")

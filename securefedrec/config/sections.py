@@ -106,7 +106,8 @@ def _and(names: tuple[str, ...]) -> str:
 
 def _type_name(annotation: Any) -> str:
     """``int``, ``float | None``: the annotation as the user reads it."""
-    return " | ".join("None" if a is type(None) else a.__name__ for a in get_args(annotation) or (annotation,))
+    parts = get_args(annotation) or (annotation,)
+    return " | ".join("None" if a is type(None) else a.__name__ for a in parts)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -330,7 +331,8 @@ class ServerConfig(Section):
 
     def _rules(self) -> None:
         self._one_of("optimizer", tuple(OPTIMIZERS))
-        self._need(self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "lr", "must be > 0 and finite")
+        self._need(self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "lr",
+                   "must be > 0 and finite")
         self._need(math.isfinite(self.decay) and 0 <= self.decay < 1, "decay", "must be in [0, 1)")
 
 

@@ -104,9 +104,9 @@ def test_pyproject_app_config_is_valid() -> None:
     assert table["components"] == {"serverapp": "securefedrec.flower.server_app:app",
                                    "clientapp": "securefedrec.flower.client_app:app"}
     config, settings = experiment_config(table["config"])
-    assert config.protocol == "secagg+" and settings.transport.value == "securefedrec"
+    assert config.federation.protocol == "secagg+" and settings.transport.value == "securefedrec"
     # "default" keeps ExperimentConfig's default
-    assert config.factors == ExperimentConfig().factors
+    assert config.model.factors == ExperimentConfig().model.factors
 
 
 def test_run_config_errors_name_the_key() -> None:
@@ -117,7 +117,7 @@ def test_run_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match="stage-timeout"):
         experiment_config({"stage-timeout": 0})
     config, _ = experiment_config({"neighbors": "none", "silos": 4, "sample-rate": 1})
-    assert config.neighbors is None and config.silos == 4
+    assert config.federation.neighbors is None and config.privacy.silos == 4
 
 
 def test_partition_and_hosting() -> None:
@@ -270,8 +270,8 @@ def test_dropout_at_every_stage_gives_the_survivors_sum(stage: FlowerStage) -> N
     import torch
 
     deltas = train_as_nodes(sim, n).pool.train(list(range(n)), torch.from_numpy(sim.global_vec), 1,
-                                                config.local_lr)
-    deltas = deltas.clamp_(-config.update_clip, config.update_clip).to(torch.float64).numpy()
+                                                config.model.local_lr)
+    deltas = deltas.clamp_(-config.model.update_clip, config.model.update_clip).to(torch.float64).numpy()
     plan = {4: {FlowerStage.SHARE_KEYS: Stage.SHARE_KEYS, FlowerStage.MASKED_INPUT: Stage.MASKED_INPUT,
                 FlowerStage.UNMASK: Stage.UNMASK}[stage]}
     agg = SecAggPlusAggregator(neighbors=3, malicious=False, rng=np.random.default_rng([5, 0, 2]))
@@ -313,7 +313,7 @@ def test_discover_refuses_duplicate_and_missing_partitions() -> None:
 def _first_stage(config: ExperimentConfig, n: int, round_id: int = 0, threshold: int = 2,
                  node: NodeRuntime | None = None) -> tuple[SecAggServer, NodeRuntime, StageMessage]:
     sim = Simulation(config)
-    rc = RoundConfig(round_id=round_id, threshold=threshold, clip_range=config.update_clip)
+    rc = RoundConfig(round_id=round_id, threshold=threshold, clip_range=config.model.update_clip)
     server = SecAggServer(rc, range(n), sim.layout.length, neighbors=None, malicious=False)
     setup = server.setup()
     settings = DeploymentSettings(malicious=False)
@@ -471,7 +471,7 @@ def test_flower_secaggplus_transport_trains_the_same_model(tmp_path: Path) -> No
     sim.run(progress=False)
     # Flower quantizes to 2^22 levels over [-update_clip, update_clip] with its own rounding: each of the
     # 4 updates is off by < 1 step, so the sum by < 4 steps
-    step = 2 * sim.config.update_clip / 2**22
+    step = 2 * sim.config.model.update_clip / 2**22
     assert np.abs(result["global_vec"] - sim.global_vec).max() <= 4 * step
 
 
