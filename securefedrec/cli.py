@@ -95,7 +95,7 @@ def _protocols() -> list[str]:
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
-    """The flags of ``securefedrec run`` (each an :class:`ExperimentConfig` field, plus run options)."""
+    """The flags of ``securefedrec run`` (each a flat key of :class:`ExperimentConfig`, plus run options)."""
     # the defaults, without building (and validating) a config: that would import the codecs
     d = SimpleNamespace(**ExperimentConfig.defaults())
     g = p.add_argument_group("data")

@@ -29,7 +29,7 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Union, get_args, get_origin
 
 from securefedrec.data import DATASETS, ML100K_SPLITS, parse_columns, parse_rating_scale
 from securefedrec.errors import ConfigError, DataError
@@ -124,7 +124,7 @@ class Section:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            allowed = get_args(f.type) if isinstance(f.type, types.UnionType) else (f.type,)
+            allowed = get_args(f.type) if get_origin(f.type) in (types.UnionType, Union) else (f.type,)
             if value is None and type(None) in allowed:
                 continue
             number = isinstance(value, int | float) and not isinstance(value, bool)

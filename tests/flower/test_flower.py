@@ -523,13 +523,11 @@ def test_malicious_model_signed_keys_and_consistency_round(tmp_path: Path) -> No
 
 def test_every_experiment_field_is_in_the_flower_app_config() -> None:
     # the SuperLink refuses a --run-config override for a key the app's table does not list
-    import dataclasses
-
     import tomllib
 
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     table = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
-    fields = {f.name.replace("_", "-") for f in dataclasses.fields(ExperimentConfig)}
+    fields = {name.replace("_", "-") for name in ExperimentConfig.field_names()}
     assert fields - set(table) == set()
 
 
