@@ -114,8 +114,8 @@ class AttributeInferenceAttack(ObservingAttack):
 
     def labels(self, config: ExperimentConfig, dataset: Dataset) -> tuple[np.ndarray, str]:
         """Per-user labels (-1 = unknown) and where they come from."""
-        if dataset.name.startswith("ml-100k") and config.data_dir is not None:
-            return ml100k_gender(config.data_dir, dataset.user_ids), "ml-100k u.user gender (1 = female)"
+        if dataset.name.startswith("ml-100k") and config.data.data_dir is not None:
+            return ml100k_gender(config.data.data_dir, dataset.user_ids), "ml-100k u.user gender (1 = female)"
         return planted_attribute(dataset, self.seed), "planted attribute (share of ratings on a item half)"
 
     def infer(self, config: ExperimentConfig, obs: Observed) -> AttackResult:

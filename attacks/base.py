@@ -25,7 +25,6 @@ and its errors list the registered names.
 from __future__ import annotations
 
 import abc
-import dataclasses
 import importlib
 import math
 from collections.abc import Mapping, Sequence
@@ -255,7 +254,7 @@ class Observed:
 
 def _public_index(sim: Simulation, round_id: int) -> np.ndarray | None:
     """The coordinates a random-k round sends (drawn from a public seed), else ``None``."""
-    return sim.uplink.compressor.public_coords(sim.model.length, sim.config.seed, round_id)
+    return sim.uplink.compressor.public_coords(sim.model.length, sim.config.run.seed, round_id)
 
 
 def _scatter(vec: np.ndarray, length: int, idx: np.ndarray | None, what: str) -> np.ndarray:
@@ -277,27 +276,28 @@ def observe(
     aggregator_options: Mapping[str, Any] | None = None,
     wrapper: ObservingAggregator | None = None,
 ) -> Observed:
-    """Run ``rounds`` rounds (default ``config.rounds``) of ``config`` and record the server's views.
+    """Run ``rounds`` rounds (default ``config.federation.rounds``) of ``config``; record the server's views.
 
     Args:
         config: the configuration under attack.
-        dataset: use this instead of loading ``config.dataset``.
-        aggregator: the protocol object (default ``get_aggregator(config.protocol, **aggregator_options)``).
+        dataset: use this instead of loading ``config.data.dataset``.
+        aggregator: the protocol object (default
+            ``get_aggregator(config.federation.protocol, **aggregator_options)``).
         rounds: how many rounds to run.
         aggregator_options: options for the registry, e.g. ``{"key_bits": 512}`` for Paillier.
         wrapper: a custom :class:`ObservingAggregator` (already wrapping the protocol), for
             attacks that also act as clients (poisoning).
     """
-    if config.silos is not None:
+    if config.privacy.silos is not None:
         raise ConfigError("silos: the attacks target one user per client; run them without --silos")
     if wrapper is None:
-        inner = aggregator or get_aggregator(config.protocol, **dict(aggregator_options or {}))
+        inner = aggregator or get_aggregator(config.federation.protocol, **dict(aggregator_options or {}))
         wrapper = ObservingAggregator.around(inner)
     spy: ObservingAggregator = wrapper
-    n_rounds = config.rounds if rounds is None else rounds
+    n_rounds = config.federation.rounds if rounds is None else rounds
     if n_rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {n_rounds}")
-    sim = Simulation(dataclasses.replace(config, eval_every=max(config.eval_every, 10**6)),
+    sim = Simulation(config.replace(eval_every=max(config.run.eval_every, 10**6)),
                      dataset=dataset, aggregator=spy)
     views: list[ServerView] = []
     L = sim.model.length
@@ -315,7 +315,7 @@ def observe(
         individual = None if obs.individual is None else {
             c: _scatter(v, L, idx, f"round {r}, client {c}") for c, v in obs.individual.items()}
         views.append(ServerView(
-            round_id=r, protocol=config.protocol, secure=type(spy).secure, broadcast=broadcast,
+            round_id=r, protocol=config.federation.protocol, secure=type(spy).secure, broadcast=broadcast,
             sampled=sampled, survivors=obs.survivors, total=_scatter(obs.total, L, idx, f"round {r}"),
             bytes_up=obs.bytes_up, individual=individual,
         ))
@@ -365,9 +365,9 @@ class Target:
     """What :meth:`Attack.run` was told to use instead of what the configuration would build."""
 
     dataset: Dataset | None = None
-    """The data set (default: load ``config.dataset``)."""
+    """The data set (default: load ``config.data.dataset``)."""
     aggregator: Aggregator | None = None
-    """The protocol object (default: ``get_aggregator(config.protocol, **aggregator_options)``)."""
+    """The protocol object (default: the configured protocol with ``aggregator_options``)."""
     aggregator_options: Mapping[str, Any] = field(default_factory=dict)
     """Options for the protocol registry."""
 
@@ -417,7 +417,7 @@ class Attack(abc.ABC):
         self, config: ExperimentConfig, value: float, baseline: float, success: bool, **details: Any
     ) -> AttackResult:
         """An :class:`AttackResult` for this attack."""
-        return AttackResult(attack=self.name, protocol=config.protocol, metric=self.metric,
+        return AttackResult(attack=self.name, protocol=config.federation.protocol, metric=self.metric,
                             value=float(value), baseline=float(baseline), success=bool(success),
                             details=details, config=config.to_dict())
 

@@ -55,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
     if given and args.name != "poisoning":
         flag = "--" + next(iter(given)).replace("_", "-")
         raise SecureFedRecError(f"{flag} applies to the poisoning attack only")
-    if args.key_bits is not None and not aggregator_class(config.protocol).homomorphic:
+    if args.key_bits is not None and not aggregator_class(config.federation.protocol).homomorphic:
         raise SecureFedRecError(f"--key-bits: applies only with --protocol paillier; --protocol is "
-                                f"{config.protocol!r}")
+                                f"{config.federation.protocol!r}")
     options: dict[str, Any] = dict(given)
     if args.scenarios is not None:
         if args.name != "malicious-server":

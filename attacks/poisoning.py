@@ -80,7 +80,7 @@ Defences (``defences``):
 ``row-clip``     every item's row of every update (factors and bias) bounded in L2
                  by ``row_clip``, enforced like ``clip`` (see above for why it needs
                  ``fedavg`` and ``--server-decay`` to hold over many rounds).
-``clip``         every update's L2 norm bounded by ``config.clip`` (the DP clip),
+``clip``         every update's L2 norm bounded by ``config.privacy.clip`` (the DP clip),
                  *enforced*: a malicious client would simply skip a clip that
                  is only a client-side convention, so this models a check the
                  server can trust. Under SecAgg / SecAgg+ / Paillier the server
@@ -250,7 +250,7 @@ class PoisoningAttack(Attack):
         popular: how many publicly popular items approximate the user profiles.
         trim: per-side trim fraction of ``trimmed-mean``.
         row_clip: the per-item L2 bound of ``row-clip``.
-        rounds: rounds per run (default ``config.rounds``).
+        rounds: rounds per run (default ``config.federation.rounds``).
         margin, seed: see :class:`~attacks.base.Attack`.
     """
 
@@ -302,16 +302,16 @@ class PoisoningAttack(Attack):
             d = Q[top].mean(0)
             d = d / max(float(np.linalg.norm(d)), 1e-12)
             delta = np.zeros(layout.length)
-            big = config.update_clip
+            big = config.model.update_clip
             delta[target * k : (target + 1) * k] = big * d
             delta[m * k + target] = big
             return delta
 
         wrapper: PoisonedAggregator = PoisonedAggregator.around(
-            make_inner(), fake_ids=[], craft=craft, sample_rate=config.sample_rate, defence=defence,
-            clip=config.clip, trim=self.trim, seed=self.seed,
-            layout=Layout(dataset.num_items, config.factors), row_clip=self.row_clip)
-        sim = Simulation(dataclasses.replace(config, eval_every=10**6), dataset=dataset, aggregator=wrapper)
+            make_inner(), fake_ids=[], craft=craft, sample_rate=config.federation.sample_rate,
+            defence=defence, clip=config.privacy.clip, trim=self.trim, seed=self.seed,
+            layout=Layout(dataset.num_items, config.model.factors), row_clip=self.row_clip)
+        sim = Simulation(config.replace(eval_every=10**6), dataset=dataset, aggregator=wrapper)
         holder["sim"] = sim
         n_users = sim.dataset.num_users
         n_fake = max(1, round(fraction * n_users)) if fraction > 0 else 0
@@ -321,19 +321,19 @@ class PoisoningAttack(Attack):
     def _one_run(self, config: ExperimentConfig, dataset: Dataset, make_inner: Callable[[], Aggregator],
                  target: int, fraction: float, defence: str) -> tuple[dict[int, float], int, float]:
         sim, wrapper = self.simulation(config, dataset, make_inner, target, fraction, defence)
-        for _ in range(self.rounds or config.rounds):
+        for _ in range(self.rounds or config.federation.rounds):
             sim.run_round()
         return exposure_ratio(sim, target), wrapper.fake_participations, sim.evaluate().rmse
 
     def attack(self, config: ExperimentConfig, given: Target) -> AttackResult:
         """Train once without and once per (fraction, defence) with fake clients; report ER@K."""
-        if config.silos is not None:
+        if config.privacy.silos is not None:
             raise ConfigError("silos: poisoning targets the cross-device setting; run it without --silos")
         if given.aggregator is not None:
             raise ConfigError("poisoning builds a fresh protocol per run; pass aggregator_options instead")
 
         def make_inner() -> Aggregator:
-            return get_aggregator(config.protocol, **given.aggregator_options)
+            return get_aggregator(config.federation.protocol, **given.aggregator_options)
 
         secure = type(make_inner()).secure
         defences = self.defences or (SECURE_DEFENCES if secure else DEFENCES)
@@ -341,11 +341,11 @@ class PoisoningAttack(Attack):
             bad = [d for d in (*defences, self.defence) if d not in SECURE_DEFENCES]
             if bad:
                 raise ConfigError(f"defence {bad[0]!r} needs individual updates, hidden by protocol "
-                                  f"{config.protocol}; choose from {', '.join(SECURE_DEFENCES)}")
+                                  f"{config.federation.protocol}; choose from {', '.join(SECURE_DEFENCES)}")
         if self.defence not in defences:
             defences = (*defences, self.defence)
         data = given.dataset if given.dataset is not None else Simulation(
-            dataclasses.replace(config, rounds=1), aggregator=make_inner()).dataset
+            config.replace(rounds=1), aggregator=make_inner()).dataset
         target = self.target if self.target is not None else self._pick_target(data)
         if not 0 <= target < data.num_items:
             raise ConfigError(f"target item {target} is outside 0..{data.num_items - 1}")

@@ -114,10 +114,11 @@ class RatingReconstructionAttack(ObservingAttack):
                 if update is None:  # secure: only the sum, the same for every survivor
                     if pseudo is None:
                         pseudo = reconstruct_ratings(view.total, view.broadcast, layout, hyper,
-                                                     config.local_lr)
+                                                     config.model.local_lr)
                     rows, est = pseudo
                 else:
-                    rows, est = reconstruct_ratings(update, view.broadcast, layout, hyper, config.local_lr)
+                    rows, est = reconstruct_ratings(update, view.broadcast, layout, hyper,
+                                                    config.model.local_lr)
                 s = sums.setdefault(c, np.zeros(m))
                 n = counts.setdefault(c, np.zeros(m))
                 s[rows] += est
@@ -149,7 +150,7 @@ class RatingReconstructionAttack(ObservingAttack):
             rmse=math.sqrt(float(np.mean(e * e))), rmse_baseline=math.sqrt(float(np.mean(be * be))),
             ratings=len(h), users_attacked=len(sums),
             updates_per_user=float(np.mean(list(updates_used.values()))),
-            ratings_without_nonzero_row=missing, local_epochs=config.local_epochs,
-            exact_algebra=config.local_epochs == 1 and config.dp == "none",
+            ratings_without_nonzero_row=missing, local_epochs=config.model.local_epochs,
+            exact_algebra=config.model.local_epochs == 1 and config.privacy.mode == "none",
             baseline_is="round(mu + b_i) from the broadcast model (no information from the user)",
         )

@@ -32,7 +32,6 @@ ER@10 at 1 / 3 / 5 % fake clients, undefended and defended.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -81,7 +80,7 @@ def run_cell(args: argparse.Namespace, attack: str, protocol: str, dp: str, data
     cfg = base_config(args, protocol, dp)
     options: dict[str, Any] = {}
     if attack == "poisoning":
-        cfg = dataclasses.replace(cfg, rounds=args.poison_rounds, **POISON_SERVERS[server])
+        cfg = cfg.replace(rounds=args.poison_rounds, **POISON_SERVERS[server])
     keys = {"key_bits": args.key_bits} if protocol == "paillier" else {}
     t0 = time.perf_counter()
     try:

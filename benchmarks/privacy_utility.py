@@ -126,7 +126,8 @@ def run_point(part: Part, epsilon: float, dataset: Dataset, config: ExperimentCo
         "part": part.name,
         "target_epsilon": epsilon,
         "epsilon": final["epsilon"] if final["epsilon"] is not None else math.inf,
-        "delta": config.delta if final["epsilon"] is not None and math.isfinite(final["epsilon"]) else None,
+        "delta": (config.privacy.delta if final["epsilon"] is not None and math.isfinite(final["epsilon"])
+                  else None),
         "noise_multiplier": sigma,
         "rmse": final["rmse"],
         "hr@10": final["hr@10"],

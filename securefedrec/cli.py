@@ -1,7 +1,8 @@
 """Command line: securefedrec run, and the commands other packages register (securefedrec attack).
 
-Every flag of ``run`` maps to a field of :class:`~securefedrec.config.ExperimentConfig`;
-a ``--config FILE.toml`` sets fields first and explicit flags override it.
+Every flag of ``run`` is a flat key of :class:`~securefedrec.config.ExperimentConfig`
+(:data:`securefedrec.config.FLAT_KEYS`); a ``--config FILE.toml`` sets values first and
+explicit flags override it.
 
 Building the parser imports no torch (only :mod:`securefedrec.config` and the name
 registries), so ``securefedrec --help`` answers at once; a command imports the
@@ -16,7 +17,6 @@ interrupted (Ctrl-C; ``run`` writes a partial report and says how to resume).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +34,7 @@ from securefedrec.config import (
     DP_MODES,
     THREAT_MODELS,
     ExperimentConfig,
-    load_toml,
+    read_toml,
 )
 from securefedrec.data import DATASETS, ML100K_SPLITS
 from securefedrec.errors import SecureFedRecError
@@ -95,9 +95,9 @@ def _protocols() -> list[str]:
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
-    """The flags of ``securefedrec run`` (each an :class:`ExperimentConfig` field, plus run options)."""
-    # the field defaults, without building (and validating) a config: that would import the codecs
-    d = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(ExperimentConfig)})
+    """The flags of ``securefedrec run`` (each a flat key of :class:`ExperimentConfig`, plus run options)."""
+    # the defaults, without building (and validating) a config: that would import the codecs
+    d = SimpleNamespace(**ExperimentConfig.defaults())
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, help=f"data set (default {d.dataset})")
     g.add_argument("--data-dir", help="folder with the data set's files (e.g. ../shared/data/ml-100k)")
@@ -225,15 +225,10 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     flags: dict[str, str] = getattr(args, "_flags", {})
     labels = dict(flags)  # a value left at its default is named by its flag
     values: dict[str, Any] = {}
-    if args.config:
-        known = set(ExperimentConfig.field_names())
-        for key, value in load_toml(args.config).items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise SecureFedRecError(f"{args.config}: unknown key {key!r}; known keys: "
-                                        f"{', '.join(sorted(k.replace('_', '-') for k in known))}")
-            values[name] = value
-            labels[name] = f"{args.config}: {key}"
+    if args.config:  # flat keys, a [run] table or section tables (securefedrec.config.toml)
+        from_file, named = read_toml(args.config)
+        values.update(from_file)
+        labels.update(named)
     for key, value in vars(args).items():
         if key not in _NOT_CONFIG and value is not None:
             values[key] = value
@@ -273,8 +268,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except RunInterrupted as stop:  # inside the rounds: a partial report
         path = write_json(args.report, stop.report)
         done = len(stop.report["rounds"])
-        print(f"securefedrec: interrupted after round {done} of {config.rounds} (partial report in {path}); "
-              f"{_how_to_resume(args, argv)}", file=sys.stderr)
+        print(f"securefedrec: interrupted after round {done} of {config.federation.rounds} "
+              f"(partial report in {path}); {_how_to_resume(args, argv)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:  # while loading the data or the checkpoint: nothing to report
         print(f"securefedrec: interrupted before the first round (no report written); "

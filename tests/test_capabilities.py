@@ -24,7 +24,7 @@ def test_a_protocol_under_a_new_name_is_handled_by_its_capabilities(monkeypatch:
     monkeypatch.setitem(PROTOCOLS, "clear", "protocols.plaintext:PlaintextAggregator")
     masked = ExperimentConfig.from_mapping(
         {"protocol": "masked", "threat_model": "semi-honest", "neighbors": 4, "compression": "mod:12"})
-    assert masked.neighbors == 4
+    assert masked.federation.neighbors == 4
     with pytest.raises(ConfigError, match="threat_model: applies to secagg, secagg\\+, paillier and masked"):
         ExperimentConfig(protocol="clear", threat_model="malicious")
     with pytest.raises(ConfigError, match="neighbors: applies only with --protocol secagg or secagg\\+"):

@@ -529,7 +529,7 @@ def test_cli_flag_reaches_the_config() -> None:
     from securefedrec.cli import build_parser, config_from_args
 
     args = build_parser().parse_args(["run", "--protocol", "plaintext", "--compression", "topk:0.05"])
-    assert config_from_args(args).compression == "topk:0.05"
+    assert config_from_args(args).compression.codec == "topk:0.05"
 
 
 def test_uplink_refuses_topk_with_a_secure_aggregator() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -74,7 +73,7 @@ def test_a_record_run_checkpointed_after_k_rounds_and_resumed_to_r_equals_the_un
         tmp_path: Path) -> None:
     full = _full()
     ckpt = tmp_path / "short.npz"
-    Simulation(dataclasses.replace(FULL, rounds=2)).run(progress=False, checkpoint=ckpt)
+    Simulation(FULL.replace(rounds=2)).run(progress=False, checkpoint=ckpt)
     resumed = Simulation(FULL)
     resumed.load_checkpoint(ckpt)
     third = resumed.run_round()["round"]
@@ -116,7 +115,7 @@ def test_calibrated_sigma_resumes_and_a_longer_run_is_recalibrated_with_both_sig
     _same_silos(_dpsgd(resumed), _dpsgd(full))
     assert _dpsgd(resumed).epsilon() == _dpsgd(full).epsilon() <= 6.0
 
-    longer = Simulation(dataclasses.replace(cfg, rounds=4))
+    longer = Simulation(cfg.replace(rounds=4))
     _dpsgd(longer).restore(1, state)
     longer.next_round = 1
     longer.run_round()

@@ -266,7 +266,7 @@ def test_budget_stop_ends_the_run_gracefully_before_overspending() -> None:
     sim = Simulation(cfg)
     report = sim.run(progress=False)
     done = len(report["rounds"])
-    acc = PrivacyAccountant(noise_multiplier=1.0, sample_rate=0.5, delta=cfg.delta)
+    acc = PrivacyAccountant(noise_multiplier=1.0, sample_rate=0.5, delta=cfg.privacy.delta)
     assert 0 < done < 20
     assert acc.epsilon(done) <= 8.0 < acc.epsilon(done + 1)
     assert report["final"]["epsilon"] <= 8.0

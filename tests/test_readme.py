@@ -45,7 +45,7 @@ def test_every_run_and_attack_command_is_a_valid_configuration(line: str) -> Non
     if args.command == "attack":  # the attack's own options are not run flags (attacks.cli)
         args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in attack_options})
     config = config_from_args(args)  # validates every value and every flag's mode
-    assert config.rounds >= 1
+    assert config.federation.rounds >= 1
 
 
 def test_the_protocol_example_runs_as_printed() -> None:

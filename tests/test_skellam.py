@@ -308,8 +308,9 @@ def test_cli_flag_sets_the_mechanism() -> None:
     args = build_parser().parse_args(["run", "--dp", "user", "--dp-mechanism", "skellam", "--epsilon", "4",
                                       "--protocol", "secagg+"])
     cfg = config_from_args(args)
-    assert (cfg.dp, cfg.dp_mechanism, cfg.protocol, cfg.epsilon) == ("user", "skellam", "secagg+", 4.0)
-    assert ExperimentConfig().dp_mechanism == "gaussian"
+    assert (cfg.privacy.mode, cfg.privacy.mechanism, cfg.federation.protocol, cfg.privacy.epsilon) == (
+        "user", "skellam", "secagg+", 4.0)
+    assert ExperimentConfig().privacy.mechanism == "gaussian"
 
 
 # --------------------------------------------------------------------------- the run

@@ -85,28 +85,30 @@ class MaliciousServerAttack(Attack):
         with the pre-issue-14 trusting client as their baseline.
         """
         n = self.clients
-        threshold = max(1, math.ceil(config.threshold_fraction * n))
-        protocol = aggregator_class(config.protocol)
+        fed = config.federation
+        name = fed.protocol
+        threshold = max(1, math.ceil(fed.threshold_fraction * n))
+        protocol = aggregator_class(name)
         if not protocol.secure:
-            return self.result(config, n, n, True, note=f"{config.protocol}: the server reads every input; "
+            return self.result(config, n, n, True, note=f"{name}: the server reads every input; "
                                "no deviation is needed", clients=n)
         if protocol.homomorphic:
             from attacks.malicious.paillier import attack_details
 
             if n < 4:
-                raise ConfigError(f"malicious-server against {config.protocol} needs clients >= 4, got {n}")
-            scenarios = self._scenarios(config.protocol, PAILLIER_SCENARIOS, _PAILLIER_ALL)
+                raise ConfigError(f"malicious-server against {name} needs clients >= 4, got {n}")
+            scenarios = self._scenarios(name, PAILLIER_SCENARIOS, _PAILLIER_ALL)
             value, baseline, details = attack_details(
-                n, config.threshold_fraction, scenarios, target.aggregator_options, self.seed)
+                n, fed.threshold_fraction, scenarios, target.aggregator_options, self.seed)
             return self.result(config, value, baseline, value > 0, **details)
         if not protocol.pairwise_masks:
             supported = protocols_where(lambda cls: cls.pairwise_masks or cls.homomorphic or not cls.secure)
             raise ConfigError(f"malicious-server drives the SecAgg or Paillier state machines; protocol "
-                              f"{config.protocol!r} is not supported (choose {', '.join(supported)})")
+                              f"{name!r} is not supported (choose {', '.join(supported)})")
         degree = None if not protocol.sparse_graph else (
-            config.neighbors if config.neighbors is not None else choose_degree(n))
+            fed.neighbors if fed.neighbors is not None else choose_degree(n))
         outcomes: list[ScenarioOutcome] = []
-        ran = self._scenarios(config.protocol, SECAGG_SCENARIOS, _SECAGG_ALL)
+        ran = self._scenarios(config.federation.protocol, SECAGG_SCENARIOS, _SECAGG_ALL)
         lies_baseline = "; for the lies, the client that takes every parameter from the server's Setup"
         for scenario in ran:
             if scenario in SECAGG_LIES:

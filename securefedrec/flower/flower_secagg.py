@@ -43,7 +43,7 @@ def client_train(message: Message, context: Context) -> Message:
         raise ConfigError("transport flower-secaggplus: Flower's SecAgg+ is honest-but-curious only; this "
                           "node takes part only with honest-server=true in its node config")
     pid, count = partition_of(context.node_config)
-    num_clients = config.silos if config.silos is not None else config.synthetic_users
+    num_clients = config.privacy.silos if config.privacy.silos is not None else config.data.synthetic_users
     clients = hosted_clients(pid, count, num_clients)
     if len(clients) != 1:
         raise ConfigError(f"transport flower-secaggplus: node {pid}/{count} would host {len(clients)} "
@@ -65,14 +65,14 @@ def check_flower_secaggplus(config: ExperimentConfig) -> None:
             transport sends the plain update through Flower's masking: a DP run would
             silently train without noise, a compressed one uncompressed).
     """
-    if config.sample_rate != 1.0:
+    if config.federation.sample_rate != 1.0:
         raise ConfigError("sample-rate: transport flower-secaggplus runs every node every round; use 1.0")
-    if config.dp != "none":
-        raise ConfigError(f"dp: transport flower-secaggplus adds no noise, so dp {config.dp!r} would run "
-                          "without privacy; use transport 'securefedrec'")
-    if config.compression != "none":
+    if config.privacy.mode != "none":
+        raise ConfigError(f"dp: transport flower-secaggplus adds no noise, so dp {config.privacy.mode!r} "
+                          "would run without privacy; use transport 'securefedrec'")
+    if config.compression.codec != "none":
         raise ConfigError(f"compression: transport flower-secaggplus sends uncompressed updates; "
-                          f"{config.compression!r} needs transport 'securefedrec'")
+                          f"{config.compression.codec!r} needs transport 'securefedrec'")
 
 
 def run_flower_secaggplus(grid: Any, context: Context, config: ExperimentConfig,
@@ -109,7 +109,7 @@ def run_flower_secaggplus(grid: Any, context: Context, config: ExperimentConfig,
                 return None, {}
             (mean,) = parameters_to_ndarrays(results[0][1].parameters)
             total = np.asarray(mean, np.float64) * len(results)  # weight-1 mean of the survivors -> sum
-            sim.global_vec = sim.optimizer.step(sim.global_vec, total / (config.sample_rate * n))
+            sim.global_vec = sim.optimizer.step(sim.global_vec, total / (config.federation.sample_rate * n))
             sim.next_round = server_round
             survivors = sorted(int(res.metrics.get("client", -1)) for _, res in results)
             records.append({"round": server_round, "aborted": False, "clients": n,
@@ -124,15 +124,16 @@ def run_flower_secaggplus(grid: Any, context: Context, config: ExperimentConfig,
     strategy = MFStrategy(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=settings.min_nodes,
                           min_available_clients=settings.min_nodes,
                           on_fit_config_fn=lambda server_round: {"round": server_round - 1})
-    shares = n if config.neighbors is None else min(n, config.neighbors + 1)
-    threshold = max(shares // 2 + 1, math.ceil(config.threshold_fraction * shares))
-    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=config.rounds), strategy=strategy)
+    shares = n if config.federation.neighbors is None else min(n, config.federation.neighbors + 1)
+    threshold = max(shares // 2 + 1, math.ceil(config.federation.threshold_fraction * shares))
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=config.federation.rounds),
+                           strategy=strategy)
     workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
         num_shares=shares, reconstruction_threshold=threshold, max_weight=1.0,
-        clipping_range=config.update_clip, timeout=settings.stage_timeout))
+        clipping_range=config.model.update_clip, timeout=settings.stage_timeout))
     workflow(grid, legacy)
     done = {r["round"] for r in records}
-    for r in range(1, config.rounds + 1):  # Flower skips aggregate_fit when its unmasking fails
+    for r in range(1, config.federation.rounds + 1):  # Flower skips aggregate_fit when its unmasking fails
         if r not in done:
             records.append({"round": r, "aborted": True, "clients": n, "dropped": None,
                             "error": "Flower's SecAggPlusWorkflow did not produce an aggregate"})

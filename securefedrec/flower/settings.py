@@ -3,9 +3,10 @@
 The app's ``[tool.flwr.app.config]`` table (overridable with ``flwr run
 --run-config``) holds two kinds of keys:
 
-- every :class:`~securefedrec.config.ExperimentConfig` field, spelt with ``-``
-  (``sample-rate``, ``update-clip``, ...); a value ``"none"`` stands for ``None``
-  (TOML has no null) and ``"default"`` for the field's default;
+- every flat key of :class:`~securefedrec.config.ExperimentConfig`
+  (:data:`~securefedrec.config.FLAT_KEYS`), spelt with ``-`` (``sample-rate``,
+  ``update-clip``, ...); a value ``"none"`` stands for ``None`` (TOML has no null)
+  and ``"default"`` for the field's default;
 - the deployment keys of :class:`DeploymentSettings` (``transport``,
   ``stage-timeout``, ...).
 

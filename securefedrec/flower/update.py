@@ -156,7 +156,7 @@ def check_dp(
                              f"protocol's release threshold {protocol_threshold} (every released sum must "
                              "hold at least that many noise shares)")
     mechanism = DistributedGaussian(noise_multiplier=sigma, clip=own.clip)
-    need = mechanism.encoding_range(threshold, config.update_clip)
+    need = mechanism.encoding_range(threshold, config.model.update_clip)
     if not wrap and clip_range < need * (1 - TOLERANCE):
         raise IntegrityError(f"{where}, field 'clip_range': the protocol's range {clip_range!r} would clip "
                           f"the noise share (needs {need!r})")
@@ -177,10 +177,11 @@ def uplink_compressor(config: ExperimentConfig) -> Compressor:
     """The run's compressor, refusing one that cannot go through secure aggregation."""
     from securefedrec.compression import parse_compression
 
-    comp = parse_compression(config.compression)
+    comp = parse_compression(config.compression.codec)
     if not comp.secure_ok:
-        raise ConfigError(f"compression: {comp.spec} cannot be used with protocol {config.protocol!r}: its "
-                          "indices reveal which items each user rated; use randk:F")
+        raise ConfigError(f"compression: {comp.spec} cannot be used with protocol "
+                          f"{config.federation.protocol!r}: its indices reveal which items each user "
+                          "rated; use randk:F")
     return comp
 
 

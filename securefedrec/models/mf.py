@@ -303,9 +303,10 @@ class MF(Model):
     @classmethod
     def from_config(cls, config: ExperimentConfig, num_items: int) -> MF:
         """MF with ``config``'s factors and regularization."""
-        hyper = Hyper(factors=config.factors, lam_user=config.lam_user, lam_item=config.lam_item,
-                      lam_bias=config.lam_bias, init_std=config.init_std)
-        return cls(Layout(num_items, config.factors), hyper)
+        m = config.model
+        hyper = Hyper(factors=m.factors, lam_user=m.lam_user, lam_item=m.lam_item, lam_bias=m.lam_bias,
+                      init_std=m.init_std)
+        return cls(Layout(num_items, config.model.factors), hyper)
 
     @property
     def length(self) -> int:

@@ -31,5 +31,5 @@ def get_model(name: str) -> type[Model]:
 
 
 def build_model(config: ExperimentConfig, num_items: int) -> Model:
-    """The model ``config.model`` names, configured for ``num_items`` items."""
-    return get_model(config.model).from_config(config, num_items)
+    """The model ``config.model.name`` names, configured for ``num_items`` items."""
+    return get_model(config.model.name).from_config(config, num_items)

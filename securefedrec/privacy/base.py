@@ -8,10 +8,13 @@ registry (:mod:`securefedrec.privacy.registry`) picks one by name.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from securefedrec.config import ExperimentConfig
 
 __all__ = ["RoundPrivacy"]
 
@@ -27,7 +30,7 @@ class RoundPrivacy:
     mode: str = "none"
 
     @classmethod
-    def build(cls, config: Any, pool: Any, model: Any) -> RoundPrivacy:
+    def build(cls, config: ExperimentConfig, pool: Any, model: Any) -> RoundPrivacy:
         """This mode for a run (what :func:`~securefedrec.privacy.registry.build_privacy` calls).
 
         Args:

@@ -17,12 +17,15 @@ A new mode is a :class:`~securefedrec.privacy.base.RoundPrivacy` with a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from securefedrec.errors import ConfigError
 from securefedrec.privacy.base import RoundPrivacy
 from securefedrec.privacy.dpsgd.silos import SiloDPSGD
 from securefedrec.privacy.user import SkellamUserPrivacy, UserLevelPrivacy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from securefedrec.config import ExperimentConfig
 
 __all__ = ["DP_MECHANISMS", "DP_MODES", "MECHANISMS", "MODES", "build_privacy", "privacy_class"]
 
@@ -65,7 +68,7 @@ def privacy_class(mode: str, mechanism: str = "gaussian") -> type[RoundPrivacy] 
         raise ConfigError(f"dp_mechanism: must be one of {', '.join(entry)}, got {mechanism!r}") from None
 
 
-def build_privacy(config: Any, pool: Any, model: Any) -> RoundPrivacy | None:
+def build_privacy(config: ExperimentConfig, pool: Any, model: Any) -> RoundPrivacy | None:
     """The DP mode of an :class:`~securefedrec.config.ExperimentConfig` (``None`` for ``dp = "none"``).
 
     Args:
@@ -73,5 +76,5 @@ def build_privacy(config: Any, pool: Any, model: Any) -> RoundPrivacy | None:
         pool: the simulator's clients.
         model: the model clients train.
     """
-    cls = privacy_class(config.dp, config.dp_mechanism)
+    cls = privacy_class(config.privacy.mode, config.privacy.mechanism)
     return None if cls is None else cls.build(config, pool, model)

@@ -67,7 +67,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 
@@ -81,6 +81,9 @@ from securefedrec.privacy.base import RoundPrivacy
 from securefedrec.privacy.mechanisms.base import NoiseMechanism
 from securefedrec.privacy.mechanisms.gaussian import DistributedGaussian
 from securefedrec.privacy.mechanisms.skellam import DistributedSkellam, plan_skellam
+
+if TYPE_CHECKING:  # pragma: no cover
+    from securefedrec.config import ExperimentConfig
 
 __all__ = ["AccountedUserPrivacy", "SkellamUserPrivacy", "UserLevelPrivacy", "seeded_noise"]
 
@@ -232,30 +235,31 @@ class UserLevelPrivacy(AccountedUserPrivacy[DistributedGaussian, PrivacyAccounta
     description = "distributed Gaussian (DP-FedAvg, noise shares sized for the threshold)"
 
     @classmethod
-    def build(cls, config: Any, pool: Any, model: Any) -> UserLevelPrivacy:
+    def build(cls, config: ExperimentConfig, pool: Any, model: Any) -> UserLevelPrivacy:
         """:meth:`from_config` (the registry's entry point; the pool and model are not needed)."""
         return cls.from_config(config)
 
     @classmethod
-    def from_config(cls, config: Any, noise_stream: int = streams.NOISE) -> UserLevelPrivacy:
+    def from_config(cls, config: ExperimentConfig, noise_stream: int = streams.NOISE) -> UserLevelPrivacy:
         """Build from an :class:`~securefedrec.config.ExperimentConfig` (``dp == "user"``).
 
-        sigma = ``config.noise_multiplier``, else calibrated so that
-        ``config.rounds`` rounds spend at most ``(config.epsilon, config.delta)``.
+        sigma = ``config.privacy.noise_multiplier``, else calibrated so that
+        ``config.federation.rounds`` rounds spend at most ``(epsilon, delta)`` of ``config.privacy``.
         Noise is seeded per (seed, round, noise_stream, client) for reproducible runs.
         """
-        sigma = config.noise_multiplier
+        dp, fed = config.privacy, config.federation
+        sigma = dp.noise_multiplier
         calibrated = sigma is None
         if sigma is None:
-            if config.epsilon is None:
+            if dp.epsilon is None:
                 raise ConfigError("dp: 'user' needs epsilon (a budget) or noise_multiplier")
-            sigma = calibrate_noise_multiplier(config.epsilon, config.delta, config.sample_rate,
-                                               config.rounds, config.accountant)
+            sigma = calibrate_noise_multiplier(dp.epsilon, dp.delta, fed.sample_rate, fed.rounds,
+                                               dp.accountant)
         self = cls(
-            DistributedGaussian(noise_multiplier=sigma, clip=config.clip),
-            PrivacyAccountant(noise_multiplier=sigma, sample_rate=config.sample_rate, delta=config.delta,
-                              accountant=config.accountant, budget=config.epsilon),
-            seeded_noise(config.seed, noise_stream),
+            DistributedGaussian(noise_multiplier=sigma, clip=dp.clip),
+            PrivacyAccountant(noise_multiplier=sigma, sample_rate=fed.sample_rate, delta=dp.delta,
+                              accountant=dp.accountant, budget=dp.epsilon),
+            seeded_noise(config.run.seed, noise_stream),
         )
         self.calibrated = calibrated
         return self
@@ -291,13 +295,13 @@ class SkellamUserPrivacy(AccountedUserPrivacy[DistributedSkellam, SkellamAccount
     description = "distributed Skellam (integer noise in the ring, shares sized for the threshold)"
 
     @classmethod
-    def build(cls, config: Any, pool: Any, model: Any) -> SkellamUserPrivacy:
+    def build(cls, config: ExperimentConfig, pool: Any, model: Any) -> SkellamUserPrivacy:
         """:meth:`from_config` for the pool's population and the model's delta length."""
         return cls.from_config(config, pool.num_clients, model.length)
 
     @classmethod
     def from_config(
-        cls, config: Any, num_clients: int, dim: int, noise_stream: int = streams.NOISE
+        cls, config: ExperimentConfig, num_clients: int, dim: int, noise_stream: int = streams.NOISE
     ) -> SkellamUserPrivacy:
         """Build from an :class:`~securefedrec.config.ExperimentConfig` (``dp_mechanism == "skellam"``).
 
@@ -307,19 +311,20 @@ class SkellamUserPrivacy(AccountedUserPrivacy[DistributedSkellam, SkellamAccount
             dim: length of a client's delta.
             noise_stream: random stream id; noise is seeded per (seed, round, stream, client).
         """
+        dp, fed = config.privacy, config.federation
         mech = plan_skellam(
-            clip=config.clip, dim=dim, max_clients=num_clients, ring_bits=config.ring_bits,
-            sample_rate=config.sample_rate, rounds=config.rounds, delta=config.delta,
-            epsilon=config.epsilon, noise_multiplier=config.noise_multiplier,
-            coordinate_bound=config.update_clip,
+            clip=dp.clip, dim=dim, max_clients=num_clients, ring_bits=fed.ring_bits,
+            sample_rate=fed.sample_rate, rounds=fed.rounds, delta=dp.delta,
+            epsilon=dp.epsilon, noise_multiplier=dp.noise_multiplier,
+            coordinate_bound=config.model.update_clip,
         )
         self = cls(
             mech,
             SkellamAccountant(mu=mech.mu, l2=mech.l2_sensitivity, l1=mech.l1_sensitivity,
-                              sample_rate=config.sample_rate, delta=config.delta, budget=config.epsilon),
-            seeded_noise(config.seed, noise_stream),
+                              sample_rate=fed.sample_rate, delta=dp.delta, budget=dp.epsilon),
+            seeded_noise(config.run.seed, noise_stream),
         )
-        self.calibrated = config.noise_multiplier is None
+        self.calibrated = dp.noise_multiplier is None
         return self
 
     def round_config(self, config: RoundConfig, n: int) -> RoundConfig:

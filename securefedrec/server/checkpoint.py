@@ -101,9 +101,10 @@ def load(run: Run, path: str | Path, optimizer: ServerOptimizer) -> None:
         details = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs run {ours[k]!r}" for k in diff)
         raise CheckpointError(f"{p}: checkpoint was written by a different configuration ({details})")
     done = meta["next_round"]
-    if done > run.config.rounds:
+    if done > run.config.federation.rounds:
         raise CheckpointError(f"{p}: checkpoint has {done} rounds done, more than the "
-                              f"{run.config.rounds} rounds of this run (raise --rounds to continue it)")
+                              f"{run.config.federation.rounds} rounds of this run "
+                              "(raise --rounds to continue it)")
     expected = {"global_vec": run.global_vec, **{name: v.numpy() for name, v in run.pool.local.items()}}
     for name, like in expected.items():
         _check_array(p, arrays, name, like)

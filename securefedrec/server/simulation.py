@@ -65,11 +65,12 @@ __all__ = ["Simulation", "round_generator", "run_experiment"]
 
 def load_configured_dataset(config: ExperimentConfig) -> Dataset:
     """The data set an :class:`~securefedrec.config.ExperimentConfig` names."""
-    if config.dataset == "synthetic":
-        return synthetic(config.synthetic_users, config.synthetic_items, config.synthetic_ratings_per_user,
-                         seed=config.seed)
-    return load_dataset(config.dataset, config.data_dir, config.split, config.seed,
-                        data_file=config.data_file, columns=config.columns, rating_scale=config.rating_scale)
+    data = config.data
+    if data.dataset == "synthetic":
+        return synthetic(data.synthetic_users, data.synthetic_items, data.synthetic_ratings_per_user,
+                         seed=config.run.seed)
+    return load_dataset(data.dataset, data.data_dir, data.split, config.run.seed,
+                        data_file=data.data_file, columns=data.columns, rating_scale=data.rating_scale)
 
 
 def usable_cpus() -> int:
@@ -103,8 +104,8 @@ class Simulation:
 
     Args:
         config: the experiment.
-        dataset: use this instead of loading ``config.dataset``.
-        aggregator: use this instead of ``get_aggregator(config.protocol)``.
+        dataset: use this instead of loading ``config.data.dataset``.
+        aggregator: use this instead of ``get_aggregator(config.federation.protocol)``.
     """
 
     def __init__(
@@ -115,32 +116,32 @@ class Simulation:
         aggregator: Aggregator | None = None,
     ) -> None:
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(config.run.device)
         self.dataset = dataset if dataset is not None else load_configured_dataset(config)
         self.model: Model = build_model(config, self.dataset.num_items)
         groups = None
-        if config.silos is not None:  # cross-silo: --silos S groups the users into S clients
+        if config.privacy.silos is not None:  # cross-silo: --silos S groups the users into S clients
             from securefedrec.privacy import silo_groups
 
-            groups = silo_groups(self.dataset.num_users, config.silos, config.seed)
+            groups = silo_groups(self.dataset.num_users, config.privacy.silos, config.run.seed)
         self.pool = ClientPool(self.dataset.train, self.dataset.num_users, self.model,
-                               groups=groups, device=self.device, seed=config.seed)
-        options: dict[str, Any] = ({} if config.threat_model == "default"
-                                   else {"malicious": config.threat_model == "malicious"})
-        protocol = aggregator_class(config.protocol)
+                               groups=groups, device=self.device, seed=config.run.seed)
+        options: dict[str, Any] = ({} if config.federation.threat_model == "default"
+                                   else {"malicious": config.federation.threat_model == "malicious"})
+        protocol = aggregator_class(config.federation.protocol)
         if protocol.parallel_clients:
             # clients are separate machines: simulate them on every core (paillier: encryption
             # randomness; secagg: key agreement, signatures, masks), ~2x per round on 2 cores
             options["workers"] = usable_cpus()
-        if protocol.sparse_graph and config.dropout > 0:  # size the graph for the simulated dropout
-            options["dropout_rate"] = dropout_by_unmask(config.dropout)
-        self.aggregator = aggregator or get_aggregator(config.protocol, **options)
+        if protocol.sparse_graph and config.federation.dropout > 0:  # size the graph for the dropout
+            options["dropout_rate"] = dropout_by_unmask(config.federation.dropout)
+        self.aggregator = aggregator or get_aggregator(config.federation.protocol, **options)
         self.optimizer = self._new_optimizer()
         # from the public rating scale only (no data is peeked at)
-        init = self.model.init_global(self.dataset.scale, torch.Generator().manual_seed(config.seed))
+        init = self.model.init_global(self.dataset.scale, torch.Generator().manual_seed(config.run.seed))
         self.global_vec: np.ndarray = init.numpy()
         # compression (securefedrec.compression): uplink with error feedback, compressed broadcast
-        self.uplink = Uplink(parse_compression(config.compression), config.seed)
+        self.uplink = Uplink(parse_compression(config.compression.codec), config.run.seed)
         self.downlink = Downlink(self.uplink.compressor, self.global_vec, self.pool.num_clients)
         self.next_round = 0
         self.rounds: list[dict[str, Any]] = []
@@ -152,7 +153,8 @@ class Simulation:
         self.sparse_updates = bool(
             getattr(type(self.aggregator), "accepts_sparse", False) and self.model.sparse_updates
             and self.privacy is None
-            and config.compression == "none" and config.local_epochs == 1 and config.silos is None
+            and config.compression.codec == "none" and config.model.local_epochs == 1
+            and config.privacy.silos is None
         )
         self.stopped: str | None = None
 
@@ -175,30 +177,30 @@ class Simulation:
     def _new_optimizer(self) -> ServerOptimizer:
         """The configured server optimizer, before any step."""
         cfg = self.config
-        return get_optimizer(cfg.server_optimizer, cfg.server_lr).with_decay(cfg.server_decay,
+        return get_optimizer(cfg.server.optimizer, cfg.server.lr).with_decay(cfg.server.decay,
                                                                              self.model.decay_span)
 
     # ------------------------------------------------------------------ one round
     def sample(self, round_id: int) -> list[int]:
         """Poisson sampling of the clients for ``round_id``."""
         n = self.pool.num_clients
-        if self.config.sample_rate >= 1.0:
+        if self.config.federation.sample_rate >= 1.0:
             return list(range(n))
-        draws = _round_rng(self.config.seed, round_id, streams.SAMPLING).random(n)
-        return np.flatnonzero(draws < self.config.sample_rate).tolist()
+        draws = _round_rng(self.config.run.seed, round_id, streams.SAMPLING).random(n)
+        return np.flatnonzero(draws < self.config.federation.sample_rate).tolist()
 
     def round_config(self, round_id: int, n: int) -> RoundConfig:
         """The protocol settings for a round with ``n`` sampled clients."""
         cfg = self.config
-        threshold = max(1, math.ceil(cfg.threshold_fraction * n))
+        threshold = max(1, math.ceil(cfg.federation.threshold_fraction * n))
         config = self.uplink.round_config(RoundConfig(  # q8/q16 narrow the ring to 8/16 + ceil(log2 n)
             round_id=round_id,
             # with user-level DP the range must also hold each client's noise share (privacy.py Notes)
-            clip_range=cfg.update_clip if self.privacy is None else self.privacy.encoding_range(
-                threshold, cfg.update_clip),
-            ring_bits=cfg.ring_bits,
+            clip_range=cfg.model.update_clip if self.privacy is None else self.privacy.encoding_range(
+                threshold, cfg.model.update_clip),
+            ring_bits=cfg.federation.ring_bits,
             threshold=threshold,
-            neighbors=cfg.neighbors,
+            neighbors=cfg.federation.neighbors,
         ), n)
         if isinstance(self.privacy, SkellamUserPrivacy):  # integer units at the mechanism's scale
             config = self.privacy.round_config(config, n)
@@ -221,27 +223,31 @@ class Simulation:
             round_cfg = self.round_config(r, len(sampled))
             # clients train on what the (compressed) broadcast gave them
             view, bytes_down = self.downlink.broadcast(
-                self.global_vec, sampled, _round_rng(cfg.seed, r, streams.DOWNLINK))
+                self.global_vec, sampled, _round_rng(cfg.run.seed, r, streams.DOWNLINK))
             g = torch.from_numpy(view)
             inputs: dict[int, Any]
-            generator = round_generator(cfg.seed, r)
+            generator = round_generator(cfg.run.seed, r)
             if self.sparse_updates:  # the insecure baseline: clients send only their non-zeros
-                sparse = self.pool.train_sparse(sampled, g, cfg.local_lr, cfg.update_clip, generator)
+                sparse = self.pool.train_sparse(sampled, g, cfg.model.local_lr, cfg.model.update_clip,
+                                                generator)
                 inputs = dict(zip(sampled, sparse, strict=True))
             else:
                 dp_trained = self.privacy.train(sampled, g, r) if self.privacy is not None else None
                 trained = (dp_trained if dp_trained is not None
-                           else self.pool.train(sampled, g, cfg.local_epochs, cfg.local_lr, generator))
-                deltas = trained.clamp_(-cfg.update_clip, cfg.update_clip).to("cpu", torch.float64).numpy()
+                           else self.pool.train(sampled, g, cfg.model.local_epochs, cfg.model.local_lr,
+                                                generator))
+                bound = cfg.model.update_clip
+                deltas = trained.clamp_(-bound, bound).to("cpu", torch.float64).numpy()
                 if self.privacy is not None:  # each client clips and adds its noise share (skellam: int64)
                     deltas = self.privacy.privatize(
                         deltas, sampled, round_cfg.threshold, r)
                 inputs = {cid: deltas[j] for j, cid in enumerate(sampled)}
             t_train = time.perf_counter()
-            plan = (sample_dropouts(sampled, cfg.dropout, _round_rng(cfg.seed, r, streams.DROPOUT))
-                    if cfg.dropout > 0 else {})
+            dropout = cfg.federation.dropout
+            plan = (sample_dropouts(sampled, dropout, _round_rng(cfg.run.seed, r, streams.DROPOUT))
+                    if dropout > 0 else {})
             if hasattr(self.aggregator, "rng"):
-                self.aggregator.rng = _round_rng(cfg.seed, r, streams.ROUNDING)
+                self.aggregator.rng = _round_rng(cfg.run.seed, r, streams.ROUNDING)
             record.update(bytes_down=bytes_down, bytes_broadcast=bytes_down)  # from the encoded broadcast
             try:
                 result = self.uplink.aggregate(  # compress (randk/topk + error feedback), then aggregate
@@ -249,7 +255,7 @@ class Simulation:
             except AggregationAborted as exc:
                 record.update(aborted=True, dropped=len(sampled) - exc.survivors, error=str(exc))
             else:
-                mean = result.total / (cfg.sample_rate * self.pool.num_clients)
+                mean = result.total / (cfg.federation.sample_rate * self.pool.num_clients)
                 # random-k: only the public selection carries information (lazy step, server/optimizers.py)
                 self.global_vec = self.optimizer.step(self.global_vec, mean, coords=self.uplink.last_coords)
                 record.update(
@@ -267,7 +273,7 @@ class Simulation:
             self.privacy.count_participants(sampled)
             record["epsilon"] = self.privacy.commit_round(r)
             record["server_epsilon"] = self.privacy.server_epsilon()
-        if (r + 1) % cfg.eval_every == 0 or r + 1 == cfg.rounds:
+        if (r + 1) % cfg.run.eval_every == 0 or r + 1 == cfg.federation.rounds:
             ev = self.evaluate()
             record.update(rmse=ev.rmse, mae=ev.mae)
         record["seconds"] = time.perf_counter() - t0
@@ -303,9 +309,10 @@ class Simulation:
         """
         t0 = time.perf_counter()
         try:
-            with tqdm(range(self.next_round, self.config.rounds), desc=f"{self.config.protocol} rounds",
+            with tqdm(range(self.next_round, self.config.federation.rounds),
+                      desc=f"{self.config.federation.protocol} rounds",
                       disable=not progress, unit="round", initial=self.next_round,
-                      total=self.config.rounds) as bar:
+                      total=self.config.federation.rounds) as bar:
                 for _ in bar:
                     try:
                         record = self._complete_round(checkpoint)

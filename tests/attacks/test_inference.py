@@ -42,7 +42,8 @@ class _InputRecorder(ObservingAggregator):
 def _real_and_leaked(cfg: ExperimentConfig, dataset: Dataset, rounds: int,
                      options: Mapping[str, Any] | None = None) -> tuple[Observed, Observed]:
     """One run of the secure protocol: the server's real views, and the same views with the inputs leaked."""
-    spy: _InputRecorder = _InputRecorder.around(get_aggregator(cfg.protocol, **dict(options or {})))
+    inner = get_aggregator(cfg.federation.protocol, **dict(options or {}))
+    spy: _InputRecorder = _InputRecorder.around(inner)
     real = observe(cfg, dataset=dataset, rounds=rounds, wrapper=spy)
     assert real.views and all(v.secure and v.individual is None for v in real.views)
     leaked_views = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -81,11 +80,11 @@ def _target_row_norms(attack: PoisoningAttack, cfg: ExperimentConfig, data: Data
     moves the row by at most ``lr * n_r * tau / (q N)`` (FedAvg on the mean over ``q N``), and
     the decay then shrinks the whole row by ``1 - lambda``.
     """
-    sim, wrapper = attack.simulation(cfg, data, lambda: get_aggregator(cfg.protocol), target, fraction,
-                                     "row-clip")
-    m, k = data.num_items, cfg.factors
+    sim, wrapper = attack.simulation(cfg, data, lambda: get_aggregator(cfg.federation.protocol), target,
+                                     fraction, "row-clip")
+    m, k = data.num_items, cfg.model.factors
     raters = {u for u in range(data.num_users) if target in set(sim.pool.data.user_items(u).tolist())}
-    lr, decay, qn = sim.optimizer.lr, cfg.server_decay, cfg.sample_rate * sim.pool.num_clients
+    lr, decay, qn = sim.optimizer.lr, cfg.server.decay, cfg.federation.sample_rate * sim.pool.num_clients
 
     def norm() -> float:
         g = sim.global_vec
@@ -118,10 +117,10 @@ def test_row_clip_and_server_decay_hold_the_target_row_at_lr_f_tau_over_lambda(s
     norms, bounds, joined = _target_row_norms(attack, cfg, small, target, f, 40)
     assert all(n <= b * (1 + 1e-9) for n, b in zip(norms, bounds, strict=True))
     # the fakes' own share of the bound, at the rate they really joined
-    f_joined = float(np.mean(joined)) / (cfg.sample_rate * small.num_users)
+    f_joined = float(np.mean(joined)) / (cfg.federation.sample_rate * small.num_users)
     held = lr * f_joined * tau * (1 - decay) / decay
     assert max(norms[20:]) <= held  # measured 0.054 against 0.086: honest raters pull elsewhere
-    undecayed, bounds0, _ = _target_row_norms(attack, dataclasses.replace(cfg, server_decay=0.0), small,
+    undecayed, bounds0, _ = _target_row_norms(attack, cfg.replace(server_decay=0.0), small,
                                               target, f, 40)
     assert all(n <= b * (1 + 1e-9) for n, b in zip(undecayed, bounds0, strict=True))
     assert undecayed[-1] > 2 * held  # without the decay the same push keeps growing (0.23 after 40 rounds)

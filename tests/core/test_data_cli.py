@@ -65,7 +65,7 @@ def test_toml_takes_the_same_names(tmp_path: Path) -> None:
     cfg.write_text('[run]\ndataset = "file"\ndata-file = "r.csv"\ncolumns = "user=a,item=b,rating=c"\n'
                    'rating-scale = "0.5:5"\n')
     config = config_from_args(build_parser().parse_args(["run", "--config", str(cfg)]))
-    assert (config.data_file, config.columns, config.rating_scale) == (
+    assert (config.data.data_file, config.data.columns, config.data.rating_scale) == (
         "r.csv", "user=a,item=b,rating=c", "0.5:5")
 
 

@@ -148,10 +148,10 @@ def test_secure_protocols_train_the_same_model_as_plaintext(protocol: str) -> No
     plain.run_round()
     (err, bound, size), = secure.aggregator.errors
     assert 0 < err <= bound < 1e-4 * size  # rounding happened, and the bound is tight next to the sum
-    tol = secure.optimizer.lr * bound / (cfg.sample_rate * secure.pool.num_clients)
+    tol = secure.optimizer.lr * bound / (cfg.federation.sample_rate * secure.pool.num_clients)
     np.testing.assert_allclose(secure.global_vec, plain.global_vec, rtol=0, atol=tol)
     secure.run(progress=False)
-    assert len(secure.aggregator.errors) == cfg.rounds
+    assert len(secure.aggregator.errors) == cfg.federation.rounds
     assert all(e <= b for e, b, _ in secure.aggregator.errors)
     assert secure.rounds[-1]["bytes_up"] > 0
 
@@ -163,7 +163,7 @@ def test_secagg_plus_with_dropout_sums_the_survivors_and_keeps_training() -> Non
     assert sum(r["dropped"] for r in report["rounds"]) > 0
     assert not any(r["aborted"] for r in report["rounds"])
     # the decoded sum is the survivors' sum, to the quantization bound, in every round
-    assert len(sim.aggregator.errors) == cfg.rounds
+    assert len(sim.aggregator.errors) == cfg.federation.rounds
     assert all(e <= b for e, b, _ in sim.aggregator.errors)
     rmse = [r["rmse"] for r in report["rounds"]]
     assert rmse[-1] < rmse[0]

@@ -266,11 +266,11 @@ def test_deployment_survives_a_node_killed_during_key_sharing(federation: Federa
     import torch
 
     cfg = sim.config
-    deltas = sim.pool.train(sampled, torch.from_numpy(view), cfg.local_epochs, cfg.local_lr)
-    deltas = deltas.clamp_(-cfg.update_clip, cfg.update_clip).to(torch.float64).numpy()
+    deltas = sim.pool.train(sampled, torch.from_numpy(view), cfg.model.local_epochs, cfg.model.local_lr)
+    deltas = deltas.clamp_(-cfg.model.update_clip, cfg.model.update_clip).to(torch.float64).numpy()
     inputs = {c: deltas[j] for j, c in enumerate(sampled)}
     rc: RoundConfig = sim.round_config(0, len(sampled))
-    agg = SecAggPlusAggregator(malicious=True, rng=np.random.default_rng([cfg.seed, 0, 2]))
+    agg = SecAggPlusAggregator(malicious=True, rng=np.random.default_rng([cfg.run.seed, 0, 2]))
     expected = agg.aggregate(inputs, rc, {victim: Stage.SHARE_KEYS})
     assert expected.survivors == frozenset(range(n - 1))
     np.testing.assert_array_equal(result["total_0"], expected.total)
@@ -291,5 +291,5 @@ def test_deployment_flower_secaggplus_transport(honest_federation: Federation) -
         sim.run_round()
     # Flower quantizes to 2^22 levels over [-update_clip, update_clip] with its own (unseeded) rounding:
     # each client's update is off by < 1 step, so the sum by < n steps; FedAdam carries that over rounds
-    step = 2 * sim.config.update_clip / 2**22
+    step = 2 * sim.config.model.update_clip / 2**22
     assert np.abs(result["global_vec"] - sim.global_vec).max() <= n * step

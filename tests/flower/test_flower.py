@@ -105,9 +105,9 @@ def test_pyproject_app_config_is_valid() -> None:
     assert table["components"] == {"serverapp": "securefedrec.flower.server_app:app",
                                    "clientapp": "securefedrec.flower.client_app:app"}
     config, settings = experiment_config(table["config"])
-    assert config.protocol == "secagg+" and settings.transport.value == "securefedrec"
+    assert config.federation.protocol == "secagg+" and settings.transport.value == "securefedrec"
     # "default" keeps ExperimentConfig's default
-    assert config.factors == ExperimentConfig().factors
+    assert config.model.factors == ExperimentConfig().model.factors
 
 
 def test_run_config_errors_name_the_key() -> None:
@@ -118,7 +118,7 @@ def test_run_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match="stage-timeout"):
         experiment_config({"stage-timeout": 0})
     config, _ = experiment_config({"neighbors": "none", "silos": 4, "sample-rate": 1})
-    assert config.neighbors is None and config.silos == 4
+    assert config.federation.neighbors is None and config.privacy.silos == 4
 
 
 def test_partition_and_hosting() -> None:
@@ -271,8 +271,8 @@ def test_dropout_at_every_stage_gives_the_survivors_sum(stage: FlowerStage) -> N
     import torch
 
     deltas = train_as_nodes(sim, n).pool.train(list(range(n)), torch.from_numpy(sim.global_vec), 1,
-                                                config.local_lr)
-    deltas = deltas.clamp_(-config.update_clip, config.update_clip).to(torch.float64).numpy()
+                                                config.model.local_lr)
+    deltas = deltas.clamp_(-config.model.update_clip, config.model.update_clip).to(torch.float64).numpy()
     plan = {4: {FlowerStage.SHARE_KEYS: Stage.SHARE_KEYS, FlowerStage.MASKED_INPUT: Stage.MASKED_INPUT,
                 FlowerStage.UNMASK: Stage.UNMASK}[stage]}
     agg = SecAggPlusAggregator(neighbors=3, malicious=False, rng=np.random.default_rng([5, 0, 2]))
@@ -314,7 +314,7 @@ def test_discover_refuses_duplicate_and_missing_partitions() -> None:
 def _first_stage(config: ExperimentConfig, n: int, round_id: int = 0, threshold: int = 2,
                  node: NodeRuntime | None = None) -> tuple[SecAggServer, NodeRuntime, StageMessage]:
     sim = Simulation(config)
-    rc = RoundConfig(round_id=round_id, threshold=threshold, clip_range=config.update_clip)
+    rc = RoundConfig(round_id=round_id, threshold=threshold, clip_range=config.model.update_clip)
     server = SecAggServer(rc, range(n), sim.layout.length, neighbors=None, malicious=False)
     setup = server.setup()
     settings = DeploymentSettings(malicious=False)
@@ -472,7 +472,7 @@ def test_flower_secaggplus_transport_trains_the_same_model(tmp_path: Path) -> No
     sim.run(progress=False)
     # Flower quantizes to 2^22 levels over [-update_clip, update_clip] with its own rounding: each of the
     # 4 updates is off by < 1 step, so the sum by < 4 steps
-    step = 2 * sim.config.update_clip / 2**22
+    step = 2 * sim.config.model.update_clip / 2**22
     assert np.abs(result["global_vec"] - sim.global_vec).max() <= 4 * step
 
 
@@ -524,13 +524,11 @@ def test_malicious_model_signed_keys_and_consistency_round(tmp_path: Path) -> No
 
 def test_every_experiment_field_is_in_the_flower_app_config() -> None:
     # the SuperLink refuses a --run-config override for a key the app's table does not list
-    import dataclasses
-
     import tomllib
 
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     table = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
-    fields = {f.name.replace("_", "-") for f in dataclasses.fields(ExperimentConfig)}
+    fields = {name.replace("_", "-") for name in ExperimentConfig.field_names()}
     assert fields - set(table) == set()
 
 
@@ -653,7 +651,7 @@ def test_node_keeps_its_users_local_part_across_rounds() -> None:
         np.testing.assert_array_equal(rows[[0, 2]], before[name][[0, 2]])
         assert not np.array_equal(rows[1], before[name][1])  # user 2 trained from another global vector
     # the same clients trained in the simulator's pool from the same vectors: the same rows
-    sim.pool.train(first, torch.from_numpy(sim.global_vec), 1, config.local_lr)
-    sim.pool.train(second, torch.from_numpy(sim.global_vec + 0.01), 1, config.local_lr)
+    sim.pool.train(first, torch.from_numpy(sim.global_vec), 1, config.model.local_lr)
+    sim.pool.train(second, torch.from_numpy(sim.global_vec + 0.01), 1, config.model.local_lr)
     for name, rows in local.items():
         np.testing.assert_allclose(rows, sim.pool.local[name][[0, 2, 4, 6]].numpy(), rtol=1e-5, atol=1e-6)

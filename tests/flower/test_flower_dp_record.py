@@ -122,8 +122,8 @@ def test_the_round_message_carries_each_sampled_silos_public_dp_parameters() -> 
     config = ExperimentConfig(**SILOS, sample_rate=1.0, rounds=1, noise_multiplier=1.2)
     privacy = _dpsgd(Simulation(config).privacy)
     info = dp_info(privacy, 3, [1, 3])
-    steps = {c: config.local_epochs * len(privacy.silos[c].loader) for c in (1, 3)}
-    assert info == {"dp.mode": "record", "dp.clip": config.clip, "dp.batch": 16,
+    steps = {c: config.model.local_epochs * len(privacy.silos[c].loader) for c in (1, 3)}
+    assert info == {"dp.mode": "record", "dp.clip": config.privacy.clip, "dp.batch": 16,
                     "dp.sigma.1": 1.2, "dp.steps.1": steps[1], "dp.rounds.1": 0,
                     "dp.sigma.3": 1.2, "dp.steps.3": steps[3], "dp.rounds.3": 0}
 

@@ -126,8 +126,9 @@ def test_paillier_drop_before_encrypting_gives_the_survivors_sum() -> None:
     assert not record["aborted"] and record["survivors"] == survivors
     assert record["answered"]["PAILLIER_KEY"] == 23 and record["answered"]["PAILLIER_ENCRYPT"] == 18
     sim = train_as_nodes(Simulation(config), n)
-    deltas = sim.pool.train(list(range(24)), torch.from_numpy(sim.global_vec), 1, config.local_lr)
-    plain = deltas.clamp_(-config.update_clip, config.update_clip).to(torch.float64).numpy()[survivors].sum(0)
+    deltas = sim.pool.train(list(range(24)), torch.from_numpy(sim.global_vec), 1, config.model.local_lr)
+    bound = config.model.update_clip
+    plain = deltas.clamp_(-bound, bound).to(torch.float64).numpy()[survivors].sum(0)
     error = np.abs(run.totals[0] - plain).max()
     assert 0 < error <= len(survivors) * record["quantization_step"]
 

@@ -30,7 +30,7 @@ def own_threshold(config: ExperimentConfig, n: int) -> int:
     ``ceil(threshold_fraction * n)`` (at least 1) from the node's own run configuration, exactly
     the simulator's round config (:meth:`~securefedrec.server.simulation.Simulation.round_config`).
     """
-    return max(1, math.ceil(config.threshold_fraction * n))
+    return max(1, math.ceil(config.federation.threshold_fraction * n))
 
 
 def own_min_degree(config: ExperimentConfig, n: int, threshold: int, malicious: bool) -> int:
@@ -44,15 +44,15 @@ def own_min_degree(config: ExperimentConfig, n: int, threshold: int, malicious: 
     from protocols import aggregator_class
     from protocols.secagg.graph import choose_degree
 
-    if not aggregator_class(config.protocol).sparse_graph:
+    if not aggregator_class(config.federation.protocol).sparse_graph:
         return n - 1
-    if config.neighbors is not None:
-        return min(config.neighbors, n - 1)
+    if config.federation.neighbors is not None:
+        return min(config.federation.neighbors, n - 1)
     rate = 0.05
-    if config.dropout > 0:
+    if config.federation.dropout > 0:
         from securefedrec.server.simulation import dropout_by_unmask
 
-        rate = dropout_by_unmask(config.dropout)
+        rate = dropout_by_unmask(config.federation.dropout)
     return min(choose_degree(n, rate, 0.05, threshold=threshold, malicious=malicious), n - 1)
 
 

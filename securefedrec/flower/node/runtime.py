@@ -80,10 +80,12 @@ def train_clients(
         for name, rows in kept.items():
             sim.pool.local[name][idx] = torch.from_numpy(rows).to(sim.pool.local[name].dtype)
     trained = sim.pool.train(clients, torch.from_numpy(np.asarray(view, np.float64)),
-                             config.local_epochs, config.local_lr, round_generator(config.seed, round_id))
+                             config.model.local_epochs, config.model.local_lr,
+                             round_generator(config.run.seed, round_id))
     hosted = np.union1d(users, np.concatenate([sim.pool.groups[c] for c in clients]))
     keep_local(state, hosted, {name: value.numpy() for name, value in sim.pool.rows(hosted).items()})
-    out: np.ndarray = trained.clamp_(-config.update_clip, config.update_clip).to("cpu", torch.float64).numpy()
+    bound = config.model.update_clip
+    out: np.ndarray = trained.clamp_(-bound, bound).to("cpu", torch.float64).numpy()
     return out
 
 
@@ -96,7 +98,7 @@ class NodeRuntime:
         settings: the deployment settings.
         partition: ``(partition-id, num-partitions)`` of this node.
         state: the node's ``Context.state`` (read and updated in place).
-        seed: the run's seed (for ``reproducible_rounding``); default ``config.seed``.
+        seed: the run's seed (for ``reproducible_rounding``); default ``config.run.seed``.
         identity: the node's signing keys and the PKI (malicious-server model, Paillier).
         node: this node's own settings (its node config); default :class:`NodeSettings()`.
         trainer: local training (default :func:`train_clients`; tests inject a fake); with
@@ -120,7 +122,7 @@ class NodeRuntime:
     ) -> None:
         self._config = config
         if seed is None:
-            seed = self.config.seed
+            seed = self.config.run.seed
         self.seed = seed
         self.identity = identity
         self.node = node if node is not None else NodeSettings()
@@ -226,9 +228,9 @@ class NodeRuntime:
                              "a round is never run twice")
         cfg = self.config
         paillier = message.stage is FlowerStage.PAILLIER_TRAIN
-        if paillier != aggregator_class(cfg.protocol).homomorphic:
+        if paillier != aggregator_class(cfg.federation.protocol).homomorphic:
             raise IntegrityError(f"round {r}, field 'protocol': a {message.stage.name} message, but this "
-                                 f"node's run configuration has protocol {cfg.protocol!r}")
+                                 f"node's run configuration has protocol {cfg.federation.protocol!r}")
         clients = sorted(message.payload)
         ranks = {c: i for i, c in enumerate(sorted(message.sampled))}
         missing = [c for c in clients if c not in ranks]
@@ -247,14 +249,14 @@ class NodeRuntime:
             if params[c].wrap and not comp.wraps:
                 raise IntegrityError(f"client {c}, round {r}, field 'wrap': the server asks for a wrapping "
                                      f"sum, but this node's run configuration has compression {comp.spec!r}")
-        if cfg.dp == "user":
+        if cfg.privacy.mode == "user":
             mechanisms = {c: check_dp(cfg, message.info, protocol_threshold=params[c].threshold,
                                       clip_range=params[c].clip_range, wrap=params[c].wrap,
                                       where=f"client {c}, round {r}")
                           for c in clients}
-        elif cfg.dp not in ("none", "record"):
-            raise ConfigError(f"round {r}, field 'dp': {cfg.dp!r} does not run on the Flower deployment "
-                              "engine")
+        elif cfg.privacy.mode not in ("none", "record"):
+            raise ConfigError(f"round {r}, field 'dp': {cfg.privacy.mode!r} does not run on the Flower "
+                              "deployment engine")
         idx = selection(comp, int(message.global_vec.shape[0]), self.seed, r)
         signs = rotation(comp, int(message.global_vec.shape[0]), self.seed, r)
         width = int(message.global_vec.shape[0]) if idx is None else int(idx.size)
@@ -264,8 +266,9 @@ class NodeRuntime:
                                   f"{params[c].length} values, this node sends {width} "
                                   f"(compression {comp.spec})")
         # dp record: each silo's DP-SGD, continued from its state on this node (built and checked here)
+        dp_record = cfg.privacy.mode == "record"
         silos = (NodeSilos(cfg, clients, message.info, self.state, r,
-                           reproducible=self.node.reproducible_noise) if cfg.dp == "record" else None)
+                           reproducible=self.node.reproducible_noise) if dp_record else None)
         feedback = FeedbackStore(self.state)
         residuals = ({c: feedback.residual(c, message.info, f"client {c}, round {r}") for c in clients}
                      if idx is not None else {})

@@ -62,13 +62,13 @@ def check_record_dp(config: ExperimentConfig, silos: SiloDPSGD, info: Mapping[st
         raise IntegrityError(f"{where}, field 'dp.mode': the server sent {mode!r}, this node's run "
                           "configuration has dp 'record'")
     clip = info_float(info, "dp.clip", where)
-    if not math.isclose(clip, config.clip, rel_tol=TOLERANCE):
+    if not math.isclose(clip, config.privacy.clip, rel_tol=TOLERANCE):
         raise IntegrityError(f"{where}, field 'dp.clip': the server sent {clip!r}, this node's run "
-                          f"configuration has clip {config.clip!r}")
+                          f"configuration has clip {config.privacy.clip!r}")
     batch = info_int(info, "dp.batch", where)
-    if batch != config.dp_batch_size:
+    if batch != config.privacy.batch_size:
         raise IntegrityError(f"{where}, field 'dp.batch': the server sent {batch}, this node's run "
-                          f"configuration has dp_batch_size {config.dp_batch_size}")
+                          f"configuration has dp_batch_size {config.privacy.batch_size}")
     for j, c in enumerate(silos.silo_ids):
         at = f"client {c}, round {round_id}"
         sigma, own = info_float(info, f"dp.sigma.{c}", at), silos.silos[j].noise_multiplier
@@ -175,13 +175,12 @@ class NodeSilos:
 
     def __init__(self, config: ExperimentConfig, clients: Sequence[int], info: Mapping[str, Any],
                  state: RecordDict, round_id: int, *, reproducible: bool) -> None:
-        import dataclasses
         import secrets
 
         from securefedrec.privacy import SiloDPSGD
         from securefedrec.server.simulation import Simulation
 
-        plain = Simulation(dataclasses.replace(config, dp="none"))  # data, silo groups, layout; no DP built
+        plain = Simulation(config.replace(dp="none"))  # data, silo groups, model; no DP built
         self.silos = SiloDPSGD.from_config(config, plain.pool, plain.model, silo_ids=list(clients))
         self.config, self.round_id = config, round_id
         self.store = SiloStore(state)
@@ -212,7 +211,7 @@ class NodeSilos:
 
         trained = self.silos.train(list(range(len(self.silos.silos))),
                                    torch.from_numpy(np.asarray(view, np.float64)), self.round_id)
-        clip = self.config.update_clip
+        clip = self.config.model.update_clip
         out: np.ndarray = trained.clamp_(-clip, clip).to("cpu", torch.float64).numpy()
         return out
 

@@ -8,7 +8,6 @@ noise shares, error feedback -- run on the SuperNodes (:mod:`securefedrec.flower
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -62,30 +61,32 @@ class FederatedRun:
         from securefedrec.privacy import SiloDPSGD, UserLevelPrivacy
         from securefedrec.server.simulation import Simulation
 
-        if config.threat_model != "default" and (config.threat_model == "malicious") != settings.malicious:
+        threat_model = config.federation.threat_model
+        if threat_model != "default" and (threat_model == "malicious") != settings.malicious:
             raise ConfigError(
-                f"threat-model: {config.threat_model!r} disagrees with the deployment key "
+                f"threat-model: {config.federation.threat_model!r} disagrees with the deployment key "
                 f"malicious={str(settings.malicious).lower()}; on Flower the deployment key decides (set "
                 "malicious=true and the nodes' identity-key and pki, or leave threat-model at 'default')")
-        compressor = parse_compression(config.compression)
+        compressor = parse_compression(config.compression.codec)
         if not compressor.secure_ok:
             raise ConfigError(f"compression: {compressor.spec} cannot run over the securefedrec Flower "
                               "transport: its indices reveal which items each user rated; use randk:F, q8, "
                               "q16, mod:B or none")
-        if not aggregator_class(config.protocol).secure:
-            raise ConfigError(f"protocol: {config.protocol!r} cannot run over the securefedrec Flower "
-                              f"transport; use one of {', '.join(protocols_where(lambda cls: cls.secure))}")
-        if config.dropout > 0:
+        if not aggregator_class(config.federation.protocol).secure:
+            raise ConfigError(f"protocol: {config.federation.protocol!r} cannot run over the securefedrec "
+                              f"Flower transport; use one of "
+                              f"{', '.join(protocols_where(lambda cls: cls.secure))}")
+        if config.federation.dropout > 0:
             log.warning("dropout %.2f is a simulation setting; on the deployment engine only real "
-                        "dropouts happen", config.dropout)
+                        "dropouts happen", config.federation.dropout)
         self.config = config
         self.settings = settings
         self.link = link
         # calibrates sigma (dp user; each silo's with dp record) before round 1; its aggregator sizes the
         # SecAgg+ graph for the deployment's threat model, as each node checks (node.own_min_degree)
         model = "malicious" if settings.malicious else "semi-honest"
-        self.sim = Simulation(dataclasses.replace(config, threat_model=model)
-                              if config.threat_model == "default" else config)
+        self.sim = Simulation(config.replace(threat_model=model)
+                              if config.federation.threat_model == "default" else config)
         if self.sim.privacy is not None and not isinstance(self.sim.privacy, UserLevelPrivacy | SiloDPSGD):
             raise ConfigError(f"dp: the {type(self.sim.privacy).__name__} mechanism does not run on the "
                               "Flower deployment engine yet; dp 'user' runs with the Gaussian mechanism "
@@ -106,10 +107,10 @@ class FederatedRun:
     def connect(self) -> None:
         """Discover the nodes (and, for Paillier, the clients' identity keys)."""
         self.node_of = discover(self.link, self.sim.pool.num_clients, self.settings, self.directory)
-        if aggregator_class(self.config.protocol).homomorphic:
+        if aggregator_class(self.config.federation.protocol).homomorphic:
             missing = sorted(set(self.node_of) - set(self.directory))
             if missing:
-                raise ConfigError(f"protocol {self.config.protocol}: no identity key for clients "
+                raise ConfigError(f"protocol {self.config.federation.protocol}: no identity key for clients "
                                   f"{missing[:10]} "
                                   f"({len(missing)} in all); give their nodes identity-key and pki "
                                   "(node config)")
@@ -137,10 +138,10 @@ class FederatedRun:
         total = np.zeros_like(sim.global_vec)
         if sampled:
             view, bytes_down = sim.downlink.broadcast(
-                sim.global_vec, sampled, np.random.default_rng([cfg.seed, r, streams.DOWNLINK]))
+                sim.global_vec, sampled, np.random.default_rng([cfg.run.seed, r, streams.DOWNLINK]))
             rc = sim.round_config(r, len(sampled))
-            idx = selection(self.compressor, sim.layout.length, cfg.seed, r)
-            signs = rotation(self.compressor, sim.layout.length, cfg.seed, r)
+            idx = selection(self.compressor, sim.layout.length, cfg.run.seed, r)
+            signs = rotation(self.compressor, sim.layout.length, cfg.run.seed, r)
             length = sim.layout.length if idx is None else int(idx.size)
             info = dp_info(sim.privacy, rc.threshold, sampled)
             client_info = feedback_info(self.outcomes, sampled) if idx is not None else None
@@ -175,7 +176,7 @@ class FederatedRun:
                     total = outcome.total
                 else:  # random-k: scatter the sum of the selected coordinates back
                     total[idx] = outcome.total
-                mean = total / (cfg.sample_rate * sim.pool.num_clients)
+                mean = total / (cfg.federation.sample_rate * sim.pool.num_clients)
                 sim.global_vec = sim.optimizer.step(sim.global_vec, mean, coords=idx)
                 record.update(
                     dropped=len(sampled) - len(survivors),
@@ -207,7 +208,7 @@ class FederatedRun:
         """Discover the nodes, run every round, write ``settings.output``; return the report."""
         self.connect()
         log.info("%d clients on %d SuperNodes", len(self.node_of), len(set(self.node_of.values())))
-        for _ in range(self.sim.next_round, self.config.rounds):
+        for _ in range(self.sim.next_round, self.config.federation.rounds):
             try:
                 record = self.run_round()
             except PrivacyBudgetExhausted as exc:

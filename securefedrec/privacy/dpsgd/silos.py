@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -90,6 +90,9 @@ from securefedrec.privacy.dpsgd.state import (
     decode_history,
     encode_array,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from securefedrec.config import ExperimentConfig
 
 __all__ = ["GRAD_SAMPLE_MODES", "SiloDPSGD", "silo_groups"]
 
@@ -211,12 +214,12 @@ class SiloDPSGD(RoundPrivacy):
                                               epsilon, rounds, seed))
 
     @classmethod
-    def build(cls, config: Any, pool: Any, model: Any) -> SiloDPSGD:
+    def build(cls, config: ExperimentConfig, pool: Any, model: Any) -> SiloDPSGD:
         """:meth:`from_config` for every silo of the pool (the registry's entry point)."""
         return cls.from_config(config, pool, model)
 
     @classmethod
-    def from_config(cls, config: Any, pool: Any, model: Any,
+    def from_config(cls, config: ExperimentConfig, pool: Any, model: Any,
                     silo_ids: Sequence[int] | None = None) -> SiloDPSGD:
         """Build from an :class:`~securefedrec.config.ExperimentConfig` and the simulator's pool.
 
@@ -229,11 +232,12 @@ class SiloDPSGD(RoundPrivacy):
             raise ConfigError(f"dp 'record' (DP-SGD in silos) trains biased MF per record; model "
                               f"{getattr(model, 'name', model)!r} is not supported (use --model mf)")
         groups = pool.groups if silo_ids is None else [pool.groups[s] for s in silo_ids]
+        dp = config.privacy
         return cls(
             data=pool.data, groups=groups, layout=model.layout, hyper=model.hyper,
-            epochs=config.local_epochs, lr=config.local_lr, batch_size=config.dp_batch_size,
-            clip=config.clip, noise_multiplier=config.noise_multiplier, epsilon=config.epsilon,
-            delta=config.delta, rounds=config.rounds, accountant=config.accountant, seed=config.seed,
+            epochs=config.model.local_epochs, lr=config.model.local_lr, batch_size=dp.batch_size,
+            clip=dp.clip, noise_multiplier=dp.noise_multiplier, epsilon=dp.epsilon,
+            delta=dp.delta, rounds=config.federation.rounds, accountant=dp.accountant, seed=config.run.seed,
             silo_ids=silo_ids,
         )
 

@@ -1,0 +1,244 @@
+"""ExperimentConfig: the sections of one run, built from flat keys or from section objects.
+
+See :mod:`securefedrec.config` for the sections and the flat-key table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from securefedrec.config.sections import (
+    FLAT_KEYS,
+    SECTIONS,
+    CompressionConfig,
+    DataConfig,
+    FederationConfig,
+    FieldError,
+    ModelConfig,
+    PrivacyConfig,
+    RunConfig,
+    Section,
+    ServerConfig,
+    aggregator_class,
+)
+from securefedrec.config.toml import read_toml
+from securefedrec.errors import ConfigError
+
+__all__ = ["ExperimentConfig"]
+
+
+def _group(
+    values: Mapping[str, Any]
+) -> tuple[dict[str, Section], dict[str, dict[str, Any]]]:
+    """Split keyword arguments into whole sections and flat keys per section (their section's fields).
+
+    A section name that is also a flat key (``model``, ``compression``) is the section when its
+    value is a :class:`Section`, else the flat key. A flat key whose section is given whole is
+    refused: it would be silently lost (or silently win).
+    """
+    sections: dict[str, Section] = {}
+    flat: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        if name in SECTIONS and (name not in FLAT_KEYS or isinstance(value, Section)):
+            if not isinstance(value, SECTIONS[name]):
+                raise ConfigError(f"{name}: expected {SECTIONS[name].__name__}, got {value!r}")
+            sections[name] = value
+            continue
+        if name not in FLAT_KEYS:
+            raise ConfigError(f"unknown key {name!r}; known keys: {', '.join(FLAT_KEYS)} "
+                              f"and the sections {', '.join(SECTIONS)}")
+        section, field = FLAT_KEYS[name]
+        flat.setdefault(section, {})[field] = value
+    for section, fields in flat.items():
+        if section in sections:
+            key = SECTIONS[section].key(next(iter(fields)))
+            raise FieldError(key, f"given both on its own and inside {section}=; set it in one place "
+                                  f"(config.replace({key}=...) changes one value of a config)")
+    return sections, flat
+
+
+@dataclass(frozen=True, init=False)
+class ExperimentConfig:
+    """Everything that defines a run. Same config + same seed = same result.
+
+    Build it from flat keys (the TOML keys and CLI flag names), from sections, or both::
+
+        ExperimentConfig(protocol="secagg+", rounds=3, dp="user", epsilon=4.0)
+        ExperimentConfig(privacy=PrivacyConfig(mode="user", epsilon=4.0), rounds=3)
+
+    A flat key and the whole section that holds it cannot both be given. ``model`` and
+    ``compression`` are both a flat key (a string: the model's name, the codec) and a section
+    (a :class:`ModelConfig`, a :class:`CompressionConfig`). Read values through the sections
+    (``config.federation.rounds``, ``config.privacy.epsilon``); change them with
+    :meth:`replace`; :meth:`to_dict` is the flat form of reports and checkpoints.
+
+    Raises:
+        ConfigError: a bad value (:class:`~securefedrec.config.FieldError` names its flat key), an
+            unknown key, or a flat key given together with its section.
+    """
+
+    data: DataConfig
+    federation: FederationConfig
+    model: ModelConfig
+    privacy: PrivacyConfig
+    compression: CompressionConfig
+    server: ServerConfig
+    run: RunConfig
+
+    def __init__(
+        self,
+        *,
+        data: DataConfig | None = None,
+        federation: FederationConfig | None = None,
+        model: ModelConfig | str | None = None,
+        privacy: PrivacyConfig | None = None,
+        compression: CompressionConfig | str | None = None,
+        server: ServerConfig | None = None,
+        run: RunConfig | None = None,
+        **flat: Any,
+    ) -> None:
+        named = {"data": data, "federation": federation, "model": model, "privacy": privacy,
+                 "compression": compression, "server": server, "run": run}
+        sections, fields = _group({**{k: v for k, v in named.items() if v is not None}, **flat})
+        for name, cls in SECTIONS.items():
+            part = sections[name] if name in sections else cls(**fields.get(name, {}))
+            object.__setattr__(self, name, part)
+        self._check_across()
+
+    def _check_across(self) -> None:
+        """The rules that join two sections."""
+        compression, protocol = self.compression.codec, self.federation.protocol
+        from securefedrec.compression import parse_compression
+
+        # the codec's own rule (the Uplink asks it too)
+        refusal = parse_compression(compression).refused_by(aggregator_class(protocol))
+        if refusal is not None:
+            raise FieldError("compression", f"{compression!r} cannot be used with protocol "
+                                            f"{protocol!r}: {refusal}")
+        if self.privacy.mechanism == "skellam" and compression != "none":
+            raise FieldError("dp_mechanism", f"skellam hands the protocol integer units with their own "
+                                             f"encoding; compression {compression!r} would re-quantize or "
+                                             f"drop them (use --compression none), got 'skellam'")
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        """A copy with some values changed: flat keys (``rounds=5``) and/or whole sections.
+
+        Raises:
+            ConfigError: as the constructor.
+        """
+        sections, fields = _group(changes)
+        merged: dict[str, Any] = {name: getattr(self, name) for name in SECTIONS}
+        merged.update(sections)
+        for name, values in fields.items():
+            merged[name] = dataclasses.replace(merged[name], **values)
+        return ExperimentConfig(**merged)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat form (for reports and checkpoints): flat key -> value, in :data:`FLAT_KEYS` order."""
+        return {key: getattr(getattr(self, section), field) for key, (section, field) in FLAT_KEYS.items()}
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """All flat keys (TOML keys, CLI flag names)."""
+        return tuple(FLAT_KEYS)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The default of every flat key, without building (and validating) a config."""
+        found: dict[str, Any] = {}
+        for key, (section, name) in FLAT_KEYS.items():
+            field = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
+            found[key] = field.default
+        return found
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> ExperimentConfig:
+        """Build from a TOML file (:func:`~securefedrec.config.read_toml`); errors name the key as written.
+
+        Raises:
+            ConfigError: as :func:`~securefedrec.config.read_toml` and :meth:`from_mapping`.
+        """
+        values, labels = read_toml(path)
+        return cls.from_mapping(values, str(path), labels=labels)
+
+    @classmethod
+    def from_mapping(
+        cls, values: Mapping[str, Any], source: str = "config", *, labels: Mapping[str, str] | None = None
+    ) -> ExperimentConfig:
+        """Build from a mapping of flat keys (``-`` or ``_``) to values.
+
+        Errors name the value at fault as ``labels[key]`` when given (the CLI passes
+        ``--sample-rate``, or ``run.toml: sample-rate`` for a key of its file), else as
+        ``"{source}: {key}"`` for a key of ``values``, else by its flat key. A key given
+        without the mode that uses it (``epsilon`` while ``dp`` is ``none``, ``synthetic_users``
+        with a MovieLens data set, ...) is an error: it would be silently ignored. A key
+        whose value is ``None`` counts as not given. ``data_file`` without ``dataset`` means
+        ``dataset = "file"``.
+
+        Raises:
+            ConfigError: an unknown key, a bad value, or a key without its mode.
+        """
+        known = set(cls.field_names())
+        clean: dict[str, Any] = {}
+        named: dict[str, str] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+            if name in clean:
+                raise ConfigError(f"{source}: {key!r} sets {name!r} a second time")
+            clean[name] = value
+            named[name] = f"{source}: {key}"
+        named.update(labels or {})
+        if clean.get("data_file") is not None and clean.get("dataset") is None:
+            clean["dataset"] = "file"  # a ratings file is all a user needs to name
+        try:
+            config = cls(**clean)
+        except FieldError as exc:
+            raise ConfigError(f"{named.get(exc.field, exc.field)}: {exc.problem}") from None
+        flat = config.to_dict()
+        for name, rule in _MODE_BOUND.items():
+            mode = flat[rule.mode]
+            if clean.get(name) is not None and not rule.applies(mode):
+                raise ConfigError(f"{named.get(name, name)}: applies only with {rule.needs}; "
+                                  f"{named.get(rule.mode, rule.mode)} is {mode!r}")
+        return config
+
+
+@dataclass(frozen=True)
+class _Bound:
+    """A flat key that only means something in some modes: ``applies(<value of the flat key mode>)``."""
+
+    mode: str
+    applies: Callable[[Any], bool]
+    needs: str
+
+
+def _dp_on(dp: Any) -> bool:
+    return bool(dp != "none")
+
+
+def _synthetic(dataset: Any) -> bool:
+    return bool(dataset == "synthetic")
+
+
+def _from_files(dataset: Any) -> bool:
+    return bool(dataset != "synthetic")
+
+
+_MODE_BOUND: dict[str, _Bound] = {
+    **{name: _Bound("dp", _dp_on, "--dp user or --dp record")
+       for name in ("epsilon", "delta", "clip", "noise_multiplier", "accountant", "dp_mechanism")},
+    "dp_batch_size": _Bound("dp", lambda dp: dp == "record", "--dp record"),
+    **{name: _Bound("dataset", _synthetic, "--dataset synthetic")
+       for name in ("synthetic_users", "synthetic_items", "synthetic_ratings_per_user")},
+    **{name: _Bound("dataset", _from_files, "a --dataset read from files")
+       for name in ("data_dir", "split")},
+    "neighbors": _Bound("protocol", lambda protocol: aggregator_class(protocol).pairwise_masks,
+                        "--protocol secagg or secagg+ (the masking graph)"),
+}
+"""Flat keys that are an error when given (flag or config key) outside their mode (``from_mapping``)."""
