@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from securefedrec.data import DATASETS, ML100K_SPLITS, parse_columns, parse_rating_scale
+from securefedrec.data import (
+    DATASETS,
+    FEEDBACK_KINDS,
+    ML100K_SPLITS,
+    SPLITS,
+    parse_columns,
+    parse_rating_scale,
+)
 from securefedrec.errors import ConfigError, DataError
 from securefedrec.models.names import MODEL_NAMES
 from securefedrec.server.optimizers import OPTIMIZERS
@@ -105,6 +112,10 @@ class ExperimentConfig:
     data_file: str | None = None  # dataset "file": the ratings file (securefedrec.data.read_ratings)
     columns: str | None = None  # dataset "file": user=NAME|N,item=..,rating=..[,timestamp=..]; N 1-based
     rating_scale: str | None = None  # dataset "file": MIN:MAX; default inferred from the file
+    # --- issue #16, data and evaluation (h-data): feedback kind and the sampled-negative evaluation
+    feedback: str = "explicit"  # explicit ratings, or implicit: every rating becomes an interaction (1.0)
+    eval_negatives: int = 99  # sampled negatives per test user for HR@10 / NDCG@10 (securefedrec.metrics)
+    # --- end issue #16 data fields
     # federation
     protocol: str = "secagg+"
     threat_model: str = "default"
@@ -153,6 +164,15 @@ class ExperimentConfig:
 
         need(self.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}")
         need(self.split in ML100K_SPLITS, "split", f"must be one of {', '.join(ML100K_SPLITS)}")
+        # issue #16 (h-data): every data set has holdout and loo; only ml-100k has official folds
+        if self.dataset == "synthetic":
+            need(self.split in SPLITS, "split", f"applies only with a --dataset read from files, except "
+                 f"{' and '.join(SPLITS)} (synthetic data has no official split)")
+        elif self.dataset not in ("ml-100k", "file"):
+            need(self.split in SPLITS, "split", f"{self.dataset} has no official split; use one of "
+                 f"{', '.join(SPLITS)}")
+        need(self.feedback in FEEDBACK_KINDS, "feedback", f"must be one of {', '.join(FEEDBACK_KINDS)}")
+        need(self.eval_negatives >= 1, "eval_negatives", "must be >= 1")
         protocols = _protocol_names()
         need(self.protocol in protocols, "protocol", f"must be one of {', '.join(protocols)}")
         need(self.threat_model in THREAT_MODELS, "threat_model", f"must be one of {', '.join(THREAT_MODELS)}")
@@ -201,8 +221,9 @@ class ExperimentConfig:
             raise FieldError("data_file", "dataset 'file' needs --data-file PATH (the ratings file)")
         if self.data_dir is not None:
             raise FieldError("data_dir", "dataset 'file' reads --data-file; --data-dir does not apply")
-        if self.split != "holdout":
-            raise FieldError("split", f"dataset 'file' is split per user (holdout), got {self.split!r}")
+        if self.split not in SPLITS:
+            raise FieldError("split", f"dataset 'file' is split per user (holdout) or by leave-one-out "
+                                      f"(loo), got {self.split!r}")
         parsers: dict[str, Callable[[str], object]] = {"columns": parse_columns,
                                                        "rating_scale": parse_rating_scale}
         for name, parse in parsers.items():
@@ -354,7 +375,7 @@ _MODE_BOUND: dict[str, _Bound] = {
     **{name: _Bound("dataset", _synthetic, "--dataset synthetic")
        for name in ("synthetic_users", "synthetic_items", "synthetic_ratings_per_user")},
     **{name: _Bound("dataset", _from_files, "a --dataset read from files")
-       for name in ("data_dir", "split")},
+       for name in ("data_dir",)},
     "neighbors": _Bound("protocol", lambda protocol: _aggregator_class(protocol).pairwise_masks,
                         "--protocol secagg or secagg+ (the masking graph)"),
 }
