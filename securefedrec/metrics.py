@@ -60,9 +60,10 @@ class Evaluation:
     """Users with a target (the users HR@k and NDCG@k average over)."""
 
     def as_dict(self) -> dict[str, float | None]:
-        """Report keys: rmse, mae, hr@K, ndcg@K, recall@K', ndcg@K'."""
+        """Report keys: rmse, mae, hr@K, ndcg@K, recall@K', ndcg@K', ranked_users."""
         return {"rmse": self.rmse, "mae": self.mae, f"hr@{self.k}": self.hr, f"ndcg@{self.k}": self.ndcg,
-                f"recall@{self.k_full}": self.recall, f"ndcg@{self.k_full}": self.ndcg_full}
+                f"recall@{self.k_full}": self.recall, f"ndcg@{self.k_full}": self.ndcg_full,
+                "ranked_users": self.ranked_users}
 
 
 def leave_one_out_targets(test: Ratings, num_users: int, relevant: float | None = RELEVANT) -> np.ndarray:

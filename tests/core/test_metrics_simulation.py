@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,22 @@ import securefedrec.data.negatives
 from securefedrec import ExperimentConfig, Simulation, run_experiment
 from securefedrec.cli import main
 from securefedrec.data import sample_negatives
-from securefedrec.errors import ConfigError
+from securefedrec.errors import CheckpointError, ConfigError
 from securefedrec.models import registry
 from tests.data.fake_models import Popularity, Shuffled
+
+
+def _rewrite_meta(path: Path, drop: str) -> None:
+    """Remove ``drop`` from a checkpoint's saved configuration (as a checkpoint before it existed)."""
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    del meta["config"][drop]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    path.write_bytes(buf.getvalue())
+
 
 SMALL = dict(synthetic_users=120, synthetic_items=150, synthetic_ratings_per_user=15, device="cpu",
              split="loo")
@@ -115,3 +130,14 @@ def test_config_checks_feedback_split_and_negatives() -> None:
         ExperimentConfig.from_mapping({"dataset": "ml-1m", "data_dir": "x", "split": "u2"})
     assert ExperimentConfig.from_mapping({"split": "loo"}).split == "loo"
     assert ExperimentConfig.from_mapping({"dataset": "file", "data_file": "x", "split": "loo"}).split == "loo"
+
+
+def test_a_checkpoint_from_before_the_feedback_fields_is_explicit_with_99_negatives(tmp_path: Path) -> None:
+    small = dict(SMALL, protocol="plaintext", factors=4)
+    ckpt = tmp_path / "c.npz"
+    Simulation(ExperimentConfig(rounds=1, **small)).run(checkpoint=ckpt, progress=False)
+    for field in ("feedback", "eval_negatives"):
+        _rewrite_meta(ckpt, field)
+    Simulation(ExperimentConfig(rounds=2, **small)).load_checkpoint(ckpt)
+    with pytest.raises(CheckpointError, match="eval_negatives: checkpoint 99 vs run 50"):
+        Simulation(ExperimentConfig(rounds=2, eval_negatives=50, **small)).load_checkpoint(ckpt)
