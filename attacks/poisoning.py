@@ -323,7 +323,8 @@ class PoisoningAttack(Attack):
         sim, wrapper = self.simulation(config, dataset, make_inner, target, fraction, defence)
         for _ in range(self.rounds or config.federation.rounds):
             sim.run_round()
-        return exposure_ratio(sim, target), wrapper.fake_participations, sim.evaluate().rmse
+        rmse = sim.evaluate().rmse  # None on implicit data (judged by ranking)
+        return exposure_ratio(sim, target), wrapper.fake_participations, math.nan if rmse is None else rmse
 
     def attack(self, config: ExperimentConfig, given: Target) -> AttackResult:
         """Train once without and once per (fraction, defence) with fake clients; report ER@K."""

@@ -36,7 +36,7 @@ from securefedrec.config import (
     ExperimentConfig,
     read_toml,
 )
-from securefedrec.data import DATASETS, ML100K_SPLITS
+from securefedrec.data import DATASETS, FEEDBACK_KINDS, ML100K_SPLITS
 from securefedrec.errors import SecureFedRecError
 from securefedrec.models.names import MODEL_NAMES
 from securefedrec.server.optimizers import OPTIMIZERS
@@ -101,8 +101,14 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, help=f"data set (default {d.dataset})")
     g.add_argument("--data-dir", help="folder with the data set's files (e.g. ../shared/data/ml-100k)")
-    g.add_argument("--split", choices=ML100K_SPLITS, help=f"ml-100k official split or per-user hold-out "
-                   f"(default {d.split})")
+    g.add_argument("--split", choices=ML100K_SPLITS, help=f"ml-100k official split, per-user hold-out, or "
+                   f"loo (leave-one-out: each user's latest interaction is the test item, the second latest "
+                   f"validation; any data set) (default {d.split})")
+    # issue #16 (h-data): feedback kind and the sampled-negative evaluation
+    g.add_argument("--feedback", choices=FEEDBACK_KINDS, help=f"explicit ratings, or implicit: every rating "
+                   f"becomes an interaction of value 1, judged by HR@10 / NDCG@10 (default {d.feedback})")
+    g.add_argument("--eval-negatives", type=int, help=f"sampled negatives each test user ranks its held-out "
+                   f"item among, for HR@10 / NDCG@10 (default {d.eval_negatives})")
     # --dataset file: any ratings file (securefedrec.data.read_ratings)
     g.add_argument("--data-file", help="ratings file of --dataset file: CSV, TSV, '::' or whitespace-"
                    "separated, header optional; MovieLens header names (userId, movieId, rating, "
@@ -276,9 +282,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
               f"{_how_to_resume(args, argv)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     path = write_json(args.report, report)
+    print(final_summary(report))
     final = report["final"]
-    print(f"final: RMSE {final['rmse']:.4f}  MAE {final['mae']:.4f}  "
-          f"HR@10 {final['hr@10']:.4f}  NDCG@10 {final['ndcg@10']:.4f}")
     if final.get("epsilon") is not None:
         print(f"privacy: epsilon {final['epsilon']:.4g} at delta {final['delta']:.3g} "
               f"({report['privacy']['unit']})")
@@ -288,6 +293,22 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.plot:
         print(f"plot written to {plot_rounds(report, args.plot)}")
     return 0
+
+
+def final_summary(report: Mapping[str, Any]) -> str:
+    """One line of the report's final metrics: RMSE / MAE on explicit data, then the ranking metrics."""
+    final = report["final"]
+
+    def show(key: str, label: str) -> str:
+        value = final.get(key)
+        return f"{label} {value:.4f}" if value is not None else f"{label} -"
+
+    parts = [] if final.get("rmse") is None else [show("rmse", "RMSE"), show("mae", "MAE")]
+    parts += [show("hr@10", "HR@10"), show("ndcg@10", "NDCG@10"), show("recall@20", "Recall@20"),
+              show("ndcg@20", "NDCG@20")]
+    negatives = report.get("config", {}).get("eval_negatives")
+    kind = report.get("dataset", {}).get("feedback", "explicit")
+    return f"final: {'  '.join(parts)}  ({kind} feedback; @10 among {negatives} sampled negatives)"
 
 
 def _how_to_resume(args: argparse.Namespace, argv: Sequence[str]) -> str:

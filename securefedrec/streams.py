@@ -6,7 +6,10 @@ uninterrupted one. Simulation only: secrets (keys, masks) never come from here.
 This module imports nothing, so light processes (Flower ClientApps) can use it.
 """
 
-__all__ = ["DOWNLINK", "DROPOUT", "NOISE", "ROTATE", "ROUNDING", "SAMPLING", "SELECT", "SILO", "TRAINING"]
+__all__ = [
+    "DOWNLINK", "DROPOUT", "EVAL_NEGATIVES", "NOISE", "ROTATE", "ROUNDING", "SAMPLING", "SELECT", "SILO",
+    "TRAINING",
+]
 
 SAMPLING = 0
 """Poisson client sampling."""
@@ -20,6 +23,8 @@ TRAINING = 4
 """What local training samples (negative items, dropout), one torch generator per round."""
 SILO = 11
 """Silo grouping and per-silo seeds (``[seed, SILO, ...]``, not per round)."""
+EVAL_NEGATIVES = 12
+"""The evaluation negatives (``[seed, EVAL_NEGATIVES]``, once per run, not per round)."""
 SELECT = 101
 """The public random-k coordinate selection."""
 DOWNLINK = 102

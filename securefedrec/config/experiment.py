@@ -237,7 +237,7 @@ _MODE_BOUND: dict[str, _Bound] = {
     **{name: _Bound("dataset", _synthetic, "--dataset synthetic")
        for name in ("synthetic_users", "synthetic_items", "synthetic_ratings_per_user")},
     **{name: _Bound("dataset", _from_files, "a --dataset read from files")
-       for name in ("data_dir", "split")},
+       for name in ("data_dir",)},
     "neighbors": _Bound("protocol", lambda protocol: aggregator_class(protocol).pairwise_masks,
                         "--protocol secagg or secagg+ (the masking graph)"),
 }

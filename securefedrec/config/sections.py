@@ -31,7 +31,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Union, get_args, get_origin
 
-from securefedrec.data import DATASETS, ML100K_SPLITS, parse_columns, parse_rating_scale
+from securefedrec.data import (
+    DATASETS,
+    FEEDBACK_KINDS,
+    ML100K_SPLITS,
+    SPLITS,
+    parse_columns,
+    parse_rating_scale,
+)
 from securefedrec.errors import ConfigError, DataError
 from securefedrec.models.names import MODEL_NAMES
 from securefedrec.server.optimizers import OPTIMIZERS
@@ -165,10 +172,21 @@ class DataConfig(Section):
     data_file: str | None = None  # dataset "file": the ratings file (securefedrec.data.read_ratings)
     columns: str | None = None  # dataset "file": user=NAME|N,item=..,rating=..[,timestamp=..]; N 1-based
     rating_scale: str | None = None  # dataset "file": MIN:MAX; default inferred from the file
+    feedback: str = "explicit"  # explicit ratings, or implicit: every rating becomes an interaction (1.0)
+    eval_negatives: int = 99  # sampled negatives per test user for HR@10 / NDCG@10 (securefedrec.metrics)
 
     def _rules(self) -> None:
         self._one_of("dataset", DATASETS)
         self._one_of("split", ML100K_SPLITS)
+        # every data set has holdout and loo; only ml-100k has official folds
+        if self.dataset == "synthetic":
+            self._need(self.split in SPLITS, "split", f"applies only with a --dataset read from files, "
+                       f"except {' and '.join(SPLITS)} (synthetic data has no official split)")
+        elif self.dataset not in ("ml-100k", "file"):
+            self._need(self.split in SPLITS, "split", f"{self.dataset} has no official split; use one of "
+                       f"{', '.join(SPLITS)}")
+        self._one_of("feedback", FEEDBACK_KINDS)
+        self._need(self.eval_negatives >= 1, "eval_negatives", "must be >= 1")
         for name in ("synthetic_users", "synthetic_items", "synthetic_ratings_per_user"):
             self._need(getattr(self, name) >= 1, name, "must be >= 1")
         self._check_data_file()
@@ -187,8 +205,9 @@ class DataConfig(Section):
             raise FieldError("data_file", "dataset 'file' needs --data-file PATH (the ratings file)")
         if self.data_dir is not None:
             raise FieldError("data_dir", "dataset 'file' reads --data-file; --data-dir does not apply")
-        if self.split != "holdout":
-            raise FieldError("split", f"dataset 'file' is split per user (holdout), got {self.split!r}")
+        if self.split not in SPLITS:
+            raise FieldError("split", f"dataset 'file' is split per user (holdout) or by leave-one-out "
+                                      f"(loo), got {self.split!r}")
         parsers: dict[str, Callable[[str], object]] = {"columns": parse_columns,
                                                        "rating_scale": parse_rating_scale}
         for name, parse in parsers.items():
@@ -365,6 +384,8 @@ FLAT_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "data_file": ("data", "data_file"),
     "columns": ("data", "columns"),
     "rating_scale": ("data", "rating_scale"),
+    "feedback": ("data", "feedback"),
+    "eval_negatives": ("data", "eval_negatives"),
     "protocol": ("federation", "protocol"),
     "threat_model": ("federation", "threat_model"),
     "rounds": ("federation", "rounds"),

@@ -9,14 +9,31 @@ predicted from the biases, and :meth:`Dataset.summary` counts them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
 
 from securefedrec.errors import DataError
 
-__all__ = ["Dataset", "RawRows", "Ratings", "build_dataset", "holdout_mask", "holdout_split"]
+__all__ = [
+    "FEEDBACK_KINDS",
+    "SPLITS",
+    "Dataset",
+    "RawRows",
+    "Ratings",
+    "binarize",
+    "build_dataset",
+    "holdout_mask",
+    "holdout_split",
+    "loo_masks",
+    "loo_split",
+]
+
+FEEDBACK_KINDS = ("explicit", "implicit")
+"""``--feedback``: ``explicit`` ratings, or ``implicit`` interactions (every rating becomes a 1)."""
+SPLITS = ("holdout", "loo")
+"""The splits every data set has: a seeded per-user hold-out, and leave-one-out (:func:`loo_masks`)."""
 
 
 @dataclass(frozen=True)
@@ -40,10 +57,22 @@ class Ratings:
         """The ratings where ``mask`` is true."""
         return Ratings(self.users[mask], self.items[mask], self.ratings[mask], self.timestamps[mask])
 
+    @classmethod
+    def empty(cls) -> Ratings:
+        """No ratings."""
+        none = np.zeros(0, np.int64)
+        return cls(none, none, np.zeros(0, np.float32), none)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Ratings]) -> Ratings:
+        """The ratings of ``parts``, one after the other."""
+        return cls(*(np.concatenate([getattr(p, f) for p in parts])
+                     for f in ("users", "items", "ratings", "timestamps")))
+
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train/test split of a ratings data set with dense ids."""
+    """A train/test (and, for leave-one-out, validation) split of a ratings data set with dense ids."""
 
     name: str
     train: Ratings
@@ -55,6 +84,15 @@ class Dataset:
     """Ratings are multiples of this (1 = whole stars, 0.5 = half stars); ``None``: any value."""
     scale_inferred: bool = False
     """The scale was inferred from the file (its smallest and largest rating), not given."""
+    validation: Ratings = field(default_factory=Ratings.empty)
+    """Held out for model selection (leave-one-out: each user's second-latest interaction); empty
+    for the other splits. Never trained on, never a test target."""
+    feedback: str = "explicit"
+    """``explicit`` ratings, or ``implicit`` interactions (every value 1.0, scale 0..1; :func:`binarize`)."""
+
+    def all_ratings(self) -> Ratings:
+        """Train, validation and test together."""
+        return Ratings.concat([self.train, self.validation, self.test])
 
     @property
     def num_users(self) -> int:
@@ -76,7 +114,9 @@ class Dataset:
             "name": self.name,
             "users": self.num_users,
             "items": self.num_items,
+            "feedback": self.feedback,
             "train_ratings": len(self.train),
+            "validation_ratings": len(self.validation),
             "test_ratings": len(self.test),
             "cold_test_users": len(np.unique(self.test.users[~seen_users[self.test.users]])),
             "cold_test_items": len(np.unique(self.test.items[~seen_items[self.test.items]])),
@@ -154,3 +194,72 @@ def holdout_split(
     """Split rows into train/test by :func:`holdout_mask`."""
     train, test = _split_rows(rows, holdout_mask(rows[0], fraction, seed))
     return build_dataset(name, train, test, scale, step, scale_inferred)
+
+
+def binarize(dataset: Dataset) -> Dataset:
+    """The implicit-feedback form of ``dataset``: every rating, of any value, becomes an interaction
+    with value 1.0 (as FCF, FedMF, NCF and PFedRec do), on the scale 0..1 (0 = no interaction).
+
+    Train, validation and test keep their rows; a pair rated twice stays twice (leave-one-out
+    keeps each pair once, :func:`loo_masks`).
+    """
+    def ones(r: Ratings) -> Ratings:
+        return Ratings(r.users, r.items, np.ones(len(r), np.float32), r.timestamps)
+
+    return replace(dataset, train=ones(dataset.train), validation=ones(dataset.validation),
+                   test=ones(dataset.test), scale=(0.0, 1.0), step=1.0, scale_inferred=False,
+                   feedback="implicit")
+
+
+def loo_masks(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Leave-one-out by time: boolean (train, validation, test) masks over the rows, disjoint.
+
+    Each (user, item) pair counts once: when a user rated an item more than once, only its
+    latest row is kept (the others are in no part). The user's interactions are ordered by
+    timestamp; rows with the same timestamp by their order in the arrays (a later row is later,
+    so a file without timestamps is in time order line by line). Then:
+
+    - 3 or more interactions: the latest is the test item, the second latest the validation
+      item, the rest train;
+    - 2 interactions: the latest is the test item, the other train (no validation item);
+    - 1 interaction: it stays in train (no test item: the user is not evaluated).
+
+    ``users`` and ``items`` are integer codes (any ids as long as equal ids are equal codes).
+    """
+    n = len(users)
+    row = np.arange(n)
+    train = np.zeros(n, bool)
+    validation = np.zeros(n, bool)
+    test = np.zeros(n, bool)
+    if n == 0:
+        return train, validation, test
+    # the latest row of each (user, item) pair
+    order = np.lexsort((row, timestamps, items, users))
+    u, i = users[order], items[order]
+    last_of_pair = np.r_[(u[1:] != u[:-1]) | (i[1:] != i[:-1]), True]
+    kept = order[last_of_pair]
+    # each user's kept rows in time order; position from the end: 0 = latest
+    kept = kept[np.lexsort((kept, timestamps[kept], users[kept]))]
+    ku = users[kept]
+    starts = np.flatnonzero(np.r_[True, ku[1:] != ku[:-1]])
+    counts = np.diff(np.r_[starts, len(kept)])
+    size = np.repeat(counts, counts)
+    from_end = size - 1 - (np.arange(len(kept)) - np.repeat(starts, counts))
+    test[kept[(from_end == 0) & (size >= 2)]] = True
+    validation[kept[(from_end == 1) & (size >= 3)]] = True
+    train[kept[~(test[kept] | validation[kept])]] = True
+    return train, validation, test
+
+
+def loo_split(
+    name: str, rows: RawRows, scale: tuple[float, float], *, step: float | None = None,
+    scale_inferred: bool = False,
+) -> Dataset:
+    """Split rows by leave-one-out (:func:`loo_masks`); dense ids in the order of first appearance."""
+    umap: dict[str, int] = {}
+    imap: dict[str, int] = {}
+    users, items = _index(rows.users, umap), _index(rows.items, imap)
+    full = Ratings(users, items, rows.ratings, rows.timestamps)
+    train, validation, test = loo_masks(users, items, rows.timestamps)
+    return Dataset(f"{name}/loo", full.subset(train), full.subset(test), tuple(umap), tuple(imap), scale,
+                   step, scale_inferred, validation=full.subset(validation))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from securefedrec.data.dataset import Dataset, RawRows, holdout_split
+from securefedrec.data.dataset import SPLITS, Dataset, RawRows, holdout_split, loo_split
 from securefedrec.errors import DataError
 
 __all__ = [
@@ -307,8 +307,11 @@ def load_ratings_file(
     test_fraction: float = 0.2,
     seed: int = 0,
     scale_origin: str = "given by scale=",
+    split: str = "holdout",
 ) -> Dataset:
-    """Any ratings file (see :func:`read_ratings`), split per user (seeded, :func:`holdout_mask`).
+    """Any ratings file (see :func:`read_ratings`), split per user: ``split`` ``holdout`` (seeded,
+    :func:`holdout_mask`) or ``loo`` (leave-one-out by timestamp, :func:`loo_masks`; without a
+    timestamp column the file's line order is the time order).
 
     String ids are mapped to dense indices (the originals are kept in ``user_ids`` /
     ``item_ids``). Without ``scale`` the rating scale is inferred: the smallest and largest
@@ -324,6 +327,8 @@ def load_ratings_file(
         DataError: see :func:`read_ratings`; also when every rating is the same value and no
             ``scale`` is given (the scale cannot be inferred).
     """
+    if split not in SPLITS:
+        raise DataError(f"{path}: a ratings file has no split {split!r}; choose one of: {', '.join(SPLITS)}")
     rows = read_ratings(path, sep=sep, header=header, columns=columns, scale=scale, step=step,
                         scale_origin=scale_origin)
     inferred = scale is None
@@ -334,5 +339,8 @@ def load_ratings_file(
                             "give it (--rating-scale MIN:MAX, or scale=)")
         scale = (lo, hi)
     step = step if step is not None else infer_step(rows.ratings)
+    if split == "loo":
+        return loo_split(Path(path).name, rows, (float(scale[0]), float(scale[1])), step=step,
+                         scale_inferred=inferred)
     return holdout_split(Path(path).name, rows, (float(scale[0]), float(scale[1])), test_fraction, seed,
                          step=step, scale_inferred=inferred)

@@ -94,8 +94,10 @@ def load(run: Run, path: str | Path, optimizer: ServerOptimizer) -> None:
     p = Path(path)
     arrays = _read_checkpoint(p)
     meta = _checkpoint_meta(p, arrays)
-    # checkpoints written before dp_mechanism and model existed were Gaussian and MF
-    ours, theirs = run.config.to_dict(), {"dp_mechanism": "gaussian", "model": "mf", **meta["config"]}
+    # checkpoints written before dp_mechanism, model, feedback and eval_negatives existed were Gaussian
+    # and MF on explicit data (eval_negatives: the evaluation's, not the training's; the default)
+    ours, theirs = run.config.to_dict(), {"dp_mechanism": "gaussian", "model": "mf", "feedback": "explicit",
+                                          "eval_negatives": 99, **meta["config"]}
     diff = sorted(k for k in ours if k != "rounds" and ours[k] != theirs.get(k))
     if diff:
         details = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs run {ours[k]!r}" for k in diff)

@@ -15,7 +15,9 @@ One round (docs/ARCHITECTURE.md "The data path of one round"):
 3. The aggregator (``protocols``) returns the survivors' sum, or aborts; an
    aborted round leaves the model unchanged and training goes on.
 4. The server optimizer (:mod:`securefedrec.server.optimizers`) applies ``sum / (q * N)``.
-5. Every ``eval_every`` rounds, each client evaluates locally.
+5. Every ``eval_every`` rounds, each client evaluates locally (:mod:`securefedrec.metrics`):
+   RMSE / MAE on explicit data, HR@10 / NDCG@10 against the run's sampled negatives on
+   implicit data; after the last round, every metric (the report's ``final``).
 
 All randomness of round r comes from ``numpy.random.default_rng([seed, r, stream])``,
 so a run resumed from a checkpoint (:mod:`securefedrec.server.checkpoint`)
@@ -49,11 +51,11 @@ from securefedrec.compression import Downlink, Uplink, parse_compression
 from securefedrec.config import ExperimentConfig
 from securefedrec.data import Dataset, load_dataset, synthetic
 from securefedrec.errors import CheckpointError, ConfigError, PrivacyBudgetExhausted, RunInterrupted
-from securefedrec.metrics import Evaluation, evaluate
+from securefedrec.metrics import Evaluation, RankingTask, evaluate
 from securefedrec.models.base import Model
 from securefedrec.models.mf import MF, Hyper, Layout
 from securefedrec.models.pool import ClientPool, resolve_device
-from securefedrec.models.registry import build_model
+from securefedrec.models.registry import MODELS, build_model
 from securefedrec.privacy import RoundPrivacy, SkellamUserPrivacy, build_privacy
 from securefedrec.report import environment
 from securefedrec.server import checkpoint as checkpoints
@@ -68,9 +70,24 @@ def load_configured_dataset(config: ExperimentConfig) -> Dataset:
     data = config.data
     if data.dataset == "synthetic":
         return synthetic(data.synthetic_users, data.synthetic_items, data.synthetic_ratings_per_user,
-                         seed=config.run.seed)
+                         seed=config.run.seed, split=data.split, feedback=data.feedback)
     return load_dataset(data.dataset, data.data_dir, data.split, config.run.seed,
-                        data_file=data.data_file, columns=data.columns, rating_scale=data.rating_scale)
+                        data_file=data.data_file, columns=data.columns, rating_scale=data.rating_scale,
+                        feedback=data.feedback)
+
+
+def check_feedback(model: type[Model], feedback: str) -> None:
+    """Refuse a model that does not learn from ``feedback`` data (its :attr:`Model.feedback`).
+
+    Raises:
+        ConfigError: naming --model and --feedback, and the models that fit.
+    """
+    if feedback in model.feedback:
+        return
+    fits = [name for name, cls in MODELS.items() if feedback in cls.feedback]
+    raise ConfigError(
+        f"--model {model.name} learns from {' and '.join(model.feedback)} feedback only, not --feedback "
+        f"{feedback}; models for {feedback} feedback: {', '.join(fits) if fits else 'none registered'}")
 
 
 def usable_cpus() -> int:
@@ -118,7 +135,12 @@ class Simulation:
         self.config = config
         self.device = resolve_device(config.run.device)
         self.dataset = dataset if dataset is not None else load_configured_dataset(config)
+        if self.dataset.feedback != config.data.feedback:
+            raise ConfigError(f"--feedback {config.data.feedback}: the data set given holds "
+                              f"{self.dataset.feedback} feedback")
         self.model: Model = build_model(config, self.dataset.num_items)
+        check_feedback(type(self.model), self.dataset.feedback)
+        self._ranking: RankingTask | None = None  # the evaluation negatives, drawn at the first use
         groups = None
         if config.privacy.silos is not None:  # cross-silo: --silos S groups the users into S clients
             from securefedrec.privacy import silo_groups
@@ -216,8 +238,8 @@ class Simulation:
         sampled = self.sample(r)
         record: dict[str, Any] = {
             "round": r + 1, "clients": len(sampled), "dropped": 0, "aborted": False,
-            "bytes_up": 0, "bytes_down": 0, "rmse": None, "mae": None, "epsilon": None,
-            "server_epsilon": None,
+            "bytes_up": 0, "bytes_down": 0, "rmse": None, "mae": None, "hr@10": None, "ndcg@10": None,
+            "epsilon": None, "server_epsilon": None,
         }
         if sampled:
             round_cfg = self.round_config(r, len(sampled))
@@ -275,18 +297,38 @@ class Simulation:
             record["server_epsilon"] = self.privacy.server_epsilon()
         if (r + 1) % cfg.run.eval_every == 0 or r + 1 == cfg.federation.rounds:
             ev = self.evaluate()
-            record.update(rmse=ev.rmse, mae=ev.mae)
+            record.update({"rmse": ev.rmse, "mae": ev.mae, "hr@10": ev.hr, "ndcg@10": ev.ndcg})
         record["seconds"] = time.perf_counter() - t0
         self.rounds.append(record)
         self.next_round = r + 1
         return record
 
+    @property
+    def implicit(self) -> bool:
+        """Whether the run learns from implicit feedback (judged by ranking, not by RMSE)."""
+        return self.dataset.feedback == "implicit"
+
+    @property
+    def ranking_task(self) -> RankingTask:
+        """Targets and sampled negatives of the evaluation, drawn once per run from the data set and
+        the seed only (the same for every model and protocol of the run)."""
+        if self._ranking is None:
+            cfg = self.config
+            self._ranking = RankingTask.build(self.dataset, cfg.data.eval_negatives, cfg.run.seed)
+        return self._ranking
+
     def evaluate(self, ranking: bool = False) -> Evaluation:
-        """Every client evaluates the current global model locally."""
+        """Every client evaluates the current global model locally.
+
+        ``ranking=False`` (each round): RMSE / MAE on explicit data, HR@10 / NDCG@10 on implicit
+        data. ``ranking=True`` (the final evaluation): every metric of the feedback kind, the
+        full-catalogue Recall@20 / NDCG@20 included (RMSE / MAE: explicit only).
+        """
         ev = evaluate(
             torch.from_numpy(self.global_vec), self.model, self.pool.data,
-            self.dataset.test, self.dataset.scale, ranking=ranking, device=self.device,
-            local=self.pool.local,
+            self.dataset.test, self.dataset.scale,
+            task=self.ranking_task if ranking or self.implicit else None,
+            errors=not self.implicit, full_ranking=ranking, device=self.device, local=self.pool.local,
         )
         self.last_eval = ev
         return ev
@@ -321,6 +363,8 @@ class Simulation:
                         break
                     if record["rmse"] is not None:
                         bar.set_postfix(rmse=f"{record['rmse']:.4f}")
+                    elif record["hr@10"] is not None:
+                        bar.set_postfix({"hr@10": f"{record['hr@10']:.4f}"})
                     if on_round is not None:
                         on_round(record)
             final: dict[str, Any] | None = self.evaluate(ranking=True).as_dict()
