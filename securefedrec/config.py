@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from securefedrec.data import DATASETS, ML100K_SPLITS, parse_columns, parse_rating_scale
 from securefedrec.errors import ConfigError, DataError
-from securefedrec.models.names import MODEL_NAMES
+from securefedrec.models.names import IMPLICIT_MODELS, LOCAL_OPTIMIZERS, LOSSES, MODEL_NAMES, parse_layers
 from securefedrec.server.optimizers import OPTIMIZERS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,6 +125,13 @@ class ExperimentConfig:
     local_epochs: int = 1
     local_lr: float = 1.0
     update_clip: float = 16.0
+    # ---- implicit-feedback models (securefedrec.models.implicit); lead: port this block into the
+    # model section. Each field applies only to the models named after it (_MODE_BOUND).
+    loss: str = "bce"  # implicit-mf, ncf: bce | bpr
+    negatives: int = 4  # implicit-mf, ncf: sampled non-interacted items per positive, every local epoch
+    weight_decay: float = 0.0  # implicit-mf, ncf: L2 on the item rows and user embeddings each sample reads
+    local_optimizer: str = "adam"  # implicit-mf, ncf: adam | sgd, the client's steps (of size local_lr)
+    mlp_layers: str = "64,32,16"  # ncf: MLP widths, the first = user + item MLP embedding sizes
     # differential privacy (securefedrec.privacy)
     dp: str = "none"
     epsilon: float | None = None
@@ -175,6 +182,7 @@ class ExperimentConfig:
         need(8 <= self.ring_bits <= 64, "ring_bits", "must be in [8, 64]")
         need(self.neighbors is None or self.neighbors >= 1, "neighbors", "must be >= 1")
         self._check_compression()
+        self._check_implicit(need)
         for name in ("lam_user", "lam_item", "lam_bias", "init_std"):
             need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("local_lr", "update_clip"):
@@ -188,6 +196,18 @@ class ExperimentConfig:
         self._check_data_file()
         if self.dataset not in ("synthetic", "file") and self.data_dir is None:
             raise FieldError("dataset", f"{self.dataset} needs --data-dir (the folder with its files)")
+
+    def _check_implicit(self, need: Callable[[bool, str, str], None]) -> None:
+        """The fields of the implicit-feedback models (implicit-mf, ncf)."""
+        need(self.loss in LOSSES, "loss", f"must be one of {', '.join(LOSSES)}")
+        need(self.local_optimizer in LOCAL_OPTIMIZERS, "local_optimizer",
+             f"must be one of {', '.join(LOCAL_OPTIMIZERS)}")
+        need(self.negatives >= 1, "negatives", "must be >= 1")
+        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        try:
+            parse_layers(self.mlp_layers)
+        except ValueError as exc:
+            raise FieldError("mlp_layers", str(exc)) from None
 
     def _check_data_file(self) -> None:
         """The fields of dataset ``file`` (data_file, columns, rating_scale): only with it, well formed."""
@@ -355,6 +375,12 @@ _MODE_BOUND: dict[str, _Bound] = {
        for name in ("synthetic_users", "synthetic_items", "synthetic_ratings_per_user")},
     **{name: _Bound("dataset", _from_files, "a --dataset read from files")
        for name in ("data_dir", "split")},
+    **{name: _Bound("model", lambda model: model in IMPLICIT_MODELS,
+                    f"--model {' or '.join(IMPLICIT_MODELS)}")
+       for name in ("loss", "negatives", "weight_decay", "local_optimizer")},
+    "mlp_layers": _Bound("model", lambda model: model == "ncf", "--model ncf"),
+    **{name: _Bound("model", lambda model: model == "mf", "--model mf")
+       for name in ("lam_user", "lam_item", "lam_bias")},
     "neighbors": _Bound("protocol", lambda protocol: _aggregator_class(protocol).pairwise_masks,
                         "--protocol secagg or secagg+ (the masking graph)"),
 }

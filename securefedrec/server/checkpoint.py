@@ -94,8 +94,12 @@ def load(run: Run, path: str | Path, optimizer: ServerOptimizer) -> None:
     p = Path(path)
     arrays = _read_checkpoint(p)
     meta = _checkpoint_meta(p, arrays)
-    # checkpoints written before dp_mechanism and model existed were Gaussian and MF
-    ours, theirs = run.config.to_dict(), {"dp_mechanism": "gaussian", "model": "mf", **meta["config"]}
+    # checkpoints written before dp_mechanism and model existed were Gaussian and MF (and had the
+    # implicit models' fields at their defaults, which MF does not read)
+    implicit = {"loss": "bce", "negatives": 4, "weight_decay": 0.0, "local_optimizer": "adam",
+                "mlp_layers": "64,32,16"}
+    ours, theirs = run.config.to_dict(), {"dp_mechanism": "gaussian", "model": "mf", **implicit,
+                                          **meta["config"]}
     diff = sorted(k for k in ours if k != "rounds" and ours[k] != theirs.get(k))
     if diff:
         details = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs run {ours[k]!r}" for k in diff)
