@@ -35,8 +35,9 @@ LOSSES = ("bce", "bpr")
 """``--loss`` of the implicit models: binary cross-entropy on positives and sampled negatives, or
 Bayesian personalized ranking on (positive, sampled negative) pairs."""
 
-LOCAL_OPTIMIZERS = ("adam", "sgd")
-"""``--local-optimizer`` of the implicit models: the steps a client takes on its local copy."""
+LOCAL_OPTIMIZERS = ("sgd", "adam")
+"""``--local-optimizer`` of the implicit models: the steps a client takes on its local copy
+(sgd is the default; :mod:`securefedrec.models.implicit` says why)."""
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
