@@ -38,7 +38,7 @@ from securefedrec.config import (
 )
 from securefedrec.data import DATASETS, FEEDBACK_KINDS, ML100K_SPLITS
 from securefedrec.errors import SecureFedRecError
-from securefedrec.models.names import MODEL_NAMES
+from securefedrec.models.names import LOCAL_OPTIMIZERS, LOSSES, MODEL_NAMES
 from securefedrec.server.optimizers import OPTIMIZERS
 
 __all__ = [
@@ -139,6 +139,16 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--factors", type=int, help=f"latent factors k (default {d.factors})")
     g.add_argument("--local-epochs", type=int, help=f"local epochs per round (default {d.local_epochs})")
     g.add_argument("--local-lr", type=float, help=f"local step size (default {d.local_lr})")
+    # the implicit-feedback models (implicit-mf, ncf)
+    g.add_argument("--loss", choices=LOSSES, help=f"implicit-mf, ncf: training loss (default {d.loss})")
+    g.add_argument("--negatives", type=int, help=f"implicit-mf, ncf: sampled negatives per positive, "
+                   f"every local epoch (default {d.negatives})")
+    g.add_argument("--weight-decay", type=float, help=f"implicit-mf, ncf: L2 on the item rows and user "
+                   f"embeddings each sample reads (default {d.weight_decay})")
+    g.add_argument("--local-optimizer", choices=LOCAL_OPTIMIZERS,
+                   help=f"implicit-mf, ncf: the client's optimizer (default {d.local_optimizer})")
+    g.add_argument("--mlp-layers", metavar="W0,W1,...", help=f"ncf: MLP widths, the first = user + item "
+                   f"MLP embedding sizes (default {d.mlp_layers})")
     g.add_argument("--update-clip", type=float,
                    help=f"per-coordinate bound of a client update (default {d.update_clip})")
     g.add_argument("--server-optimizer", choices=list(OPTIMIZERS),

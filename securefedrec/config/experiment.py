@@ -27,6 +27,7 @@ from securefedrec.config.sections import (
 )
 from securefedrec.config.toml import read_toml
 from securefedrec.errors import ConfigError
+from securefedrec.models.names import DEFAULT_MODEL, IMPLICIT_MODELS
 
 __all__ = ["ExperimentConfig"]
 
@@ -70,7 +71,10 @@ class ExperimentConfig:
         ExperimentConfig(protocol="secagg+", rounds=3, dp="user", epsilon=4.0)
         ExperimentConfig(privacy=PrivacyConfig(mode="user", epsilon=4.0), rounds=3)
 
-    A flat key and the whole section that holds it cannot both be given. ``model`` and
+    Without a model (``model=``), the run trains the default model of its feedback
+    (:data:`~securefedrec.models.names.DEFAULT_MODEL`: ``mf`` for explicit ratings,
+    ``implicit-mf`` for implicit feedback). A flat key and the whole section that holds it
+    cannot both be given. ``model`` and
     ``compression`` are both a flat key (a string: the model's name, the codec) and a section
     (a :class:`ModelConfig`, a :class:`CompressionConfig`). Read values through the sections
     (``config.federation.rounds``, ``config.privacy.epsilon``); change them with
@@ -104,6 +108,12 @@ class ExperimentConfig:
         named = {"data": data, "federation": federation, "model": model, "privacy": privacy,
                  "compression": compression, "server": server, "run": run}
         sections, fields = _group({**{k: v for k, v in named.items() if v is not None}, **flat})
+        if "model" not in sections and "name" not in fields.get("model", {}):  # by --feedback
+            given = sections.get("data")
+            feedback = (given.feedback if isinstance(given, DataConfig)
+                        else fields.get("data", {}).get("feedback", "explicit"))
+            if feedback in DEFAULT_MODEL:
+                fields.setdefault("model", {})["name"] = DEFAULT_MODEL[feedback]
         for name, cls in SECTIONS.items():
             part = sections[name] if name in sections else cls(**fields.get(name, {}))
             object.__setattr__(self, name, part)
@@ -238,6 +248,12 @@ _MODE_BOUND: dict[str, _Bound] = {
        for name in ("synthetic_users", "synthetic_items", "synthetic_ratings_per_user")},
     **{name: _Bound("dataset", _from_files, "a --dataset read from files")
        for name in ("data_dir",)},
+    **{name: _Bound("model", lambda model: model in IMPLICIT_MODELS,
+                    f"--model {' or '.join(IMPLICIT_MODELS)}")
+       for name in ("loss", "negatives", "weight_decay", "local_optimizer")},
+    "mlp_layers": _Bound("model", lambda model: model == "ncf", "--model ncf"),
+    **{name: _Bound("model", lambda model: model == "mf", "--model mf")
+       for name in ("lam_user", "lam_item", "lam_bias")},
     "neighbors": _Bound("protocol", lambda protocol: aggregator_class(protocol).pairwise_masks,
                         "--protocol secagg or secagg+ (the masking graph)"),
 }

@@ -40,7 +40,7 @@ from securefedrec.data import (
     parse_rating_scale,
 )
 from securefedrec.errors import ConfigError, DataError
-from securefedrec.models.names import MODEL_NAMES
+from securefedrec.models.names import LOCAL_OPTIMIZERS, LOSSES, MODEL_NAMES, parse_layers
 from securefedrec.server.optimizers import OPTIMIZERS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -263,15 +263,27 @@ class ModelConfig(Section):
     local_epochs: int = 1
     local_lr: float = 1.0
     update_clip: float = 16.0
+    # implicit-feedback models (securefedrec.models.implicit); each applies only to the models named
+    loss: str = "bce"  # implicit-mf, ncf: bce | bpr
+    negatives: int = 4  # implicit-mf, ncf: sampled non-interacted items per positive, every local epoch
+    weight_decay: float = 0.0  # implicit-mf, ncf: L2 on the item rows and user embeddings each sample reads
+    local_optimizer: str = "sgd"  # implicit-mf, ncf: sgd | adam, the client's steps (of size local_lr)
+    mlp_layers: str = "64,32,16"  # ncf: MLP widths, the first = user + item MLP embedding sizes
 
     def _rules(self) -> None:
         self._one_of("name", MODEL_NAMES)
-        for name in ("factors", "local_epochs"):
+        for name in ("factors", "local_epochs", "negatives"):
             self._need(getattr(self, name) >= 1, name, "must be >= 1")
-        for name in ("lam_user", "lam_item", "lam_bias", "init_std"):
+        for name in ("lam_user", "lam_item", "lam_bias", "init_std", "weight_decay"):
             self._need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("local_lr", "update_clip"):
             self._need(math.isfinite(getattr(self, name)) and getattr(self, name) > 0, name, "must be > 0")
+        self._one_of("loss", LOSSES)
+        self._one_of("local_optimizer", LOCAL_OPTIMIZERS)
+        try:
+            parse_layers(self.mlp_layers)
+        except ValueError as exc:
+            raise FieldError(self.key("mlp_layers"), str(exc)) from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -404,6 +416,11 @@ FLAT_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "local_epochs": ("model", "local_epochs"),
     "local_lr": ("model", "local_lr"),
     "update_clip": ("model", "update_clip"),
+    "loss": ("model", "loss"),
+    "negatives": ("model", "negatives"),
+    "weight_decay": ("model", "weight_decay"),
+    "local_optimizer": ("model", "local_optimizer"),
+    "mlp_layers": ("model", "mlp_layers"),
     "dp": ("privacy", "mode"),
     "epsilon": ("privacy", "epsilon"),
     "delta": ("privacy", "delta"),

@@ -1,13 +1,62 @@
-"""The names of the registered models, without importing torch.
+"""The names of the registered models and of their choices, without importing torch.
 
-:mod:`securefedrec.config` and the CLI validate ``--model`` against these;
-:data:`securefedrec.models.registry.MODELS` registers the same names
-(tests/core/test_models.py keeps them equal).
+:mod:`securefedrec.config` and the CLI validate ``--model`` (and the implicit models'
+``--loss``, ``--local-optimizer``, ``--mlp-layers``) against these;
+:data:`securefedrec.models.registry.MODELS` registers the same names and feedback kinds
+(tests/models/test_implicit_models.py keeps them equal).
 """
 
 from __future__ import annotations
 
-__all__ = ["MODEL_NAMES"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "IMPLICIT_MODELS",
+    "LOCAL_OPTIMIZERS",
+    "LOSSES",
+    "MODEL_FEEDBACK",
+    "MODEL_NAMES",
+    "parse_layers",
+]
 
-MODEL_NAMES = ("mf",)
-"""``--model``: mf = explicit biased matrix factorization."""
+MODEL_NAMES = ("mf", "implicit-mf", "ncf")
+"""``--model``: mf = explicit biased matrix factorization; implicit-mf = matrix factorization of
+implicit feedback with sampled negatives; ncf = NeuMF (GMF + MLP towers, He et al. WWW'17)."""
+
+MODEL_FEEDBACK: dict[str, tuple[str, ...]] = {
+    "mf": ("explicit",),
+    "implicit-mf": ("implicit",),
+    "ncf": ("implicit",),
+}
+"""Model name -> the kinds of data it learns from (its class's ``feedback``)."""
+
+IMPLICIT_MODELS = tuple(name for name, kinds in MODEL_FEEDBACK.items() if "implicit" in kinds)
+DEFAULT_MODEL = {"explicit": "mf", "implicit": "implicit-mf"}
+"""The model a run trains when ``--model`` is not given, by ``--feedback``."""
+"""The models trained with sampled negatives (:mod:`securefedrec.models.implicit`)."""
+
+LOSSES = ("bce", "bpr")
+"""``--loss`` of the implicit models: binary cross-entropy on positives and sampled negatives, or
+Bayesian personalized ranking on (positive, sampled negative) pairs."""
+
+LOCAL_OPTIMIZERS = ("sgd", "adam")
+"""``--local-optimizer`` of the implicit models: the steps a client takes on its local copy
+(sgd is the default; :mod:`securefedrec.models.implicit` says why)."""
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """``"64,32,16"`` -> ``(64, 32, 16)``: NCF's MLP widths, the first = user + item MLP embeddings.
+
+    Raises:
+        ValueError: not at least two comma-separated positive integers, or an odd first width
+            (it is split evenly between the user's and the item's MLP embedding).
+    """
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers such as 64,32,16, got {text!r}") from None
+    if len(widths) < 2 or min(widths) < 1:
+        raise ValueError(f"expected at least two positive widths such as 64,32,16, got {text!r}")
+    if widths[0] % 2:
+        raise ValueError(f"the first width is the user's plus the item's MLP embedding and must be even, "
+                         f"got {widths[0]}")
+    return widths

@@ -11,14 +11,16 @@ from typing import TYPE_CHECKING
 
 from securefedrec.errors import ConfigError
 from securefedrec.models.base import Model
+from securefedrec.models.implicit_mf import ImplicitMF
 from securefedrec.models.mf import MF
+from securefedrec.models.ncf import NCF
 
 if TYPE_CHECKING:  # pragma: no cover
     from securefedrec.config import ExperimentConfig
 
 __all__ = ["MODELS", "build_model", "get_model"]
 
-MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (MF,)}
+MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (MF, ImplicitMF, NCF)}
 """Name -> model class."""
 
 

@@ -94,10 +94,13 @@ def load(run: Run, path: str | Path, optimizer: ServerOptimizer) -> None:
     p = Path(path)
     arrays = _read_checkpoint(p)
     meta = _checkpoint_meta(p, arrays)
-    # checkpoints written before dp_mechanism, model, feedback and eval_negatives existed were Gaussian
-    # and MF on explicit data (eval_negatives: the evaluation's, not the training's; the default)
+    # checkpoints written before dp_mechanism, model, feedback, eval_negatives and the implicit models'
+    # fields existed were Gaussian and MF on explicit data (eval_negatives: the evaluation's, not the
+    # training's; the default; the implicit fields at their defaults, which MF does not read)
+    implicit = {"loss": "bce", "negatives": 4, "weight_decay": 0.0, "local_optimizer": "sgd",
+                "mlp_layers": "64,32,16"}
     ours, theirs = run.config.to_dict(), {"dp_mechanism": "gaussian", "model": "mf", "feedback": "explicit",
-                                          "eval_negatives": 99, **meta["config"]}
+                                          "eval_negatives": 99, **implicit, **meta["config"]}
     diff = sorted(k for k in ours if k != "rounds" and ours[k] != theirs.get(k))
     if diff:
         details = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs run {ours[k]!r}" for k in diff)

@@ -51,7 +51,7 @@ def implicit_models(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_mf_on_implicit_feedback_is_refused_naming_model_and_feedback(
         capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ConfigError, match=r"--model mf .*explicit.*--feedback implicit"):
-        Simulation(ExperimentConfig(feedback="implicit", protocol="plaintext", **SMALL))
+        Simulation(ExperimentConfig(feedback="implicit", model="mf", protocol="plaintext", **SMALL))
     assert main(["run", "--feedback", "implicit", "--model", "mf", "--rounds", "1", "--quiet"]) == 2
     assert "--model mf" in capsys.readouterr().err
 
