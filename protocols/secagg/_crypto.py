@@ -116,6 +116,7 @@ def verify(public_key: bytes, signature: bytes, payload: bytes, what: str) -> No
         are deterministic: the same bytes).
     """
     try:
-        VerifyKey(public_key).verify(payload, signature)
+        # bytes(): nacl takes bytes only (a no-op for bytes); any bytes-like input verifies as before
+        VerifyKey(bytes(public_key)).verify(bytes(payload), bytes(signature))
     except (BadSignatureError, ValueError, TypeError):  # nacl's ValueError/TypeError: wrong lengths
         raise IntegrityError(f"{what}: invalid signature") from None
