@@ -1,7 +1,7 @@
 """Secure aggregation for securefedrec: sans-IO protocol state machines.
 
-Depends on numpy and cryptography only (plus phe/gmpy2 for Paillier); never
-on torch or securefedrec. Start with :func:`get_aggregator`.
+Depends on numpy, cryptography and PyNaCl (libsodium's Ed25519 verification) only
+(plus phe/gmpy2 for Paillier); never on torch or securefedrec. Start with :func:`get_aggregator`.
 """
 
 from protocols.base import (

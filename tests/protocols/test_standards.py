@@ -198,6 +198,14 @@ def test_ed25519_rfc8032(vector: dict[str, Any]) -> None:
         _crypto.verify(X(vector["public"]), signature, message + b"\x00", "RFC 8032")
 
 
+def test_secagg_verify_refuses_a_small_order_public_key() -> None:
+    """The identity point as public key: R = identity, S = 0 would "sign" every message."""
+    identity = bytes([1]) + bytes(31)
+    for message in (b"", b"securefedrec/secagg/v1/consistency"):
+        with pytest.raises(IntegrityError, match="small order: invalid signature"):
+            _crypto.verify(identity, identity + bytes(32), message, "small order")
+
+
 def test_paillier_signatures_are_ed25519_over_a_labelled_statement() -> None:
     """keys.sign_survivors = the RFC 8032 signature of the domain-labelled statement (TEST 1's key)."""
     from protocols.paillier import keys as keymod
