@@ -7,7 +7,7 @@ sans-IO :class:`SecAggClient` and :class:`SecAggServer` are what a transport
 """
 
 from protocols.secagg.aggregator import SecAggAggregator, SecAggPlusAggregator
-from protocols.secagg.client import ClientPolicy, SecAggClient
+from protocols.secagg.client import ClientPolicy, PolicyRefusal, SecAggClient
 from protocols.secagg.graph import (
     choose_degree,
     degree_is_secure,
@@ -20,6 +20,7 @@ from protocols.secagg.server import SecAggServer, ServerResult
 
 __all__ = [
     "ClientPolicy",
+    "PolicyRefusal",
     "SecAggAggregator",
     "SecAggClient",
     "SecAggPlusAggregator",

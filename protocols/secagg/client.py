@@ -38,6 +38,7 @@ from protocols.errors import ConfigError, IntegrityError, ProtocolError, StageEr
 from protocols.prg import MaskExpander
 from protocols.secagg import _crypto
 from protocols.secagg.graph import (
+    choose_degree,
     degree_is_secure,
     effective_degree,
     graph_seed,
@@ -59,7 +60,7 @@ from protocols.secagg.messages import (
     encode_ids,
 )
 
-__all__ = ["ClientPolicy", "SecAggClient", "raw_private", "raw_public"]
+__all__ = ["ClientPolicy", "PolicyRefusal", "SecAggClient", "raw_private", "raw_public"]
 
 _RAW = serialization.Encoding.Raw
 _RAW_PUB = serialization.PublicFormat.Raw
@@ -75,6 +76,14 @@ def raw_public(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
 def raw_private(key: X25519PrivateKey) -> bytes:
     """32-byte raw private key (what is secret-shared)."""
     return key.private_bytes(_RAW, _RAW_PRIV, _NO_ENC)
+
+
+class PolicyRefusal(IntegrityError):
+    """A Setup weaker than a :class:`ClientPolicy`: ``why``, and the Setup ``field`` at fault."""
+
+    def __init__(self, why: str, field: str) -> None:
+        super().__init__(f"setup field {field!r}: {why}")
+        self.why, self.field = why, field
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +105,10 @@ class ClientPolicy:
             (:func:`~protocols.secagg.graph.degree_is_secure`). ``None``: no bound
             (then ``min_degree`` alone decides).
         security_bits: the bound's failure probability, ``2^-security_bits``.
+        dropout_rate: when set, the degree must also be at least the one an honest
+            server chooses for this dropout rate (:func:`~protocols.secagg.graph.choose_degree`
+            with ``corruption_rate``, capped at the complete graph): a deployment's own
+            expectation of how many peers go silent. ``None``: security alone decides.
         ring_bits, clip_range, wrap: when set, the Setup must use exactly this
             ring, clipping range and modular-clipping flag (the ones the client
             prepared -- and, with distributed DP, noised -- its input for).
@@ -132,6 +145,7 @@ class ClientPolicy:
     ring_bits: int | None = None
     clip_range: float | None = None
     wrap: bool | None = None
+    dropout_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.min_threshold < 1:
@@ -148,12 +162,72 @@ class ClientPolicy:
             raise ConfigError(f"ClientPolicy.security_bits must be in [1, 128], got {self.security_bits}")
         if self.ring_bits is not None and not 8 <= self.ring_bits <= 64:
             raise ConfigError(f"ClientPolicy.ring_bits must be in [8, 64], got {self.ring_bits}")
+        if self.dropout_rate is not None and not 0.0 <= self.dropout_rate < 0.5:
+            raise ConfigError(f"ClientPolicy.dropout_rate must be in [0, 0.5), got {self.dropout_rate}")
         if self.clip_range is not None and not (math.isfinite(self.clip_range) and self.clip_range > 0):
             raise ConfigError(f"ClientPolicy.clip_range must be positive and finite, got {self.clip_range}")
 
     def threshold_floor(self, n: int) -> int:
         """The least release threshold accepted for a round of ``n`` clients."""
         return max(self.min_threshold, math.ceil(self.min_threshold_fraction * n))
+
+    def check(self, setup: Setup, malicious: bool) -> int:
+        """Refuse a Setup weaker than this policy; return the Shamir threshold t' to use.
+
+        Every security parameter of the Setup is derived or bounded here, never taken on the
+        server's word (the class Notes give the rationale of each). Both the protocol's
+        client (:class:`SecAggClient`) and a deployment that vets a Setup before any client
+        state exists (the Flower node) call this one rule.
+
+        Raises:
+            IntegrityError: the first parameter that is weaker; ``field`` names it.
+        """
+        n = len(setup.client_ids)
+
+        def refuse(why: str, field: str) -> PolicyRefusal:
+            return PolicyRefusal(why, field)
+
+        if setup.degree != effective_degree(n, setup.degree):
+            raise refuse(f"no {setup.degree}-regular graph on {n} clients", "degree")
+        floor = self.threshold_floor(n)
+        if setup.threshold < floor:
+            raise refuse(f"threshold {setup.threshold} is below this client's floor {floor} for {n} clients",
+                         "threshold")
+        if self.min_degree is not None and setup.degree < effective_degree(n, self.min_degree):
+            raise refuse(f"degree {setup.degree} is below this client's floor "
+                         f"{effective_degree(n, self.min_degree)} for {n} clients", "degree")
+        if self.corruption_rate is not None and not degree_is_secure(
+            n, setup.degree, setup.threshold, malicious=malicious,
+            corruption_rate=self.corruption_rate, security_bits=self.security_bits,
+        ):
+            raise refuse(f"degree {setup.degree} is too small for {n} clients at corruption "
+                         f"rate {self.corruption_rate} (2^-{self.security_bits})", "degree")
+        if self.dropout_rate is not None:
+            wanted = min(choose_degree(n, self.dropout_rate, self.corruption_rate or 0.05,
+                                       threshold=setup.threshold, malicious=malicious,
+                                       security_bits=self.security_bits), n - 1)
+            if setup.degree < wanted:
+                raise refuse(f"degree {setup.degree} is below {wanted}, the degree for {n} clients at "
+                             f"dropout rate {self.dropout_rate} this client expects", "degree")
+        # t' is this client's own: a strict neighbourhood majority in the malicious model
+        t = share_threshold(setup.threshold, n, setup.degree, malicious)
+        if setup.share_threshold < t:
+            raise refuse(f"share threshold {setup.share_threshold} is below {t}, the one this "
+                         "client computes for the round", "share_threshold")
+        if setup.graph_seed != graph_seed(setup.round_id, setup.client_ids):
+            raise refuse("the graph seed is not the one derived from the round", "graph_seed")
+        for name, mine, theirs in (("ring_bits", self.ring_bits, setup.ring_bits),
+                                   ("clip_range", self.clip_range, setup.clip_range),
+                                   ("wrap", self.wrap, setup.wrap)):
+            if mine is not None and theirs != mine:
+                raise refuse(f"{name} {theirs} differs from this client's {mine}", name)
+        # overflow impossible by construction: refuse an encoding whose sum could wrap, unless the
+        # round asks for modular clipping (post-processing of the sum, protocols.encoding)
+        try:
+            FixedPoint.for_sum(n, setup.clip_range, setup.ring_bits, setup.value_bits, wrap=setup.wrap)
+        except ConfigError as exc:
+            raise refuse(f"encoding refused: {exc}", "ring_bits") from None
+        return t
 
 
 class SecAggClient:
@@ -304,46 +378,11 @@ class SecAggClient:
         return Advertisement(self.client_id, c_pk, s_pk, signature).encode(), Stage.SHARE_KEYS
 
     def _enforce_policy(self, setup: Setup) -> int:
-        """Refuse a Setup weaker than this client's policy; return the Shamir threshold t' to use.
-
-        Every security parameter is derived or bounded here, never taken on the
-        server's word (see :class:`ClientPolicy` for the rationale of each).
-        """
-        policy, n = self._policy, len(setup.client_ids)
-        if setup.degree != effective_degree(n, setup.degree):
-            raise self._fail("setup", f"no {setup.degree}-regular graph on {n} clients")
-        floor = policy.threshold_floor(n)
-        if setup.threshold < floor:
-            raise self._fail("setup", f"threshold {setup.threshold} is below this client's floor "
-                                      f"{floor} for {n} clients")
-        if policy.min_degree is not None and setup.degree < effective_degree(n, policy.min_degree):
-            raise self._fail("setup", f"degree {setup.degree} is below this client's floor "
-                                      f"{effective_degree(n, policy.min_degree)} for {n} clients")
-        if policy.corruption_rate is not None and not degree_is_secure(
-            n, setup.degree, setup.threshold, malicious=self._malicious,
-            corruption_rate=policy.corruption_rate, security_bits=policy.security_bits,
-        ):
-            raise self._fail("setup", f"degree {setup.degree} is too small for {n} clients at corruption "
-                                      f"rate {policy.corruption_rate} (2^-{policy.security_bits})")
-        # t' is this client's own: a strict neighbourhood majority in the malicious model
-        t = share_threshold(setup.threshold, n, setup.degree, self._malicious)
-        if setup.share_threshold < t:
-            raise self._fail("setup", f"share threshold {setup.share_threshold} is below {t}, the one this "
-                                      "client computes for the round")
-        if setup.graph_seed != graph_seed(setup.round_id, setup.client_ids):
-            raise self._fail("setup", "the graph seed is not the one derived from the round")
-        for name, mine, theirs in (("ring_bits", policy.ring_bits, setup.ring_bits),
-                                   ("clip_range", policy.clip_range, setup.clip_range),
-                                   ("wrap", policy.wrap, setup.wrap)):
-            if mine is not None and theirs != mine:
-                raise self._fail("setup", f"{name} {theirs} differs from this client's {mine}")
-        # overflow impossible by construction: refuse an encoding whose sum could wrap, unless the
-        # round asks for modular clipping (post-processing of the sum, protocols.encoding)
+        """:meth:`ClientPolicy.check` of this client's policy; a refusal makes this client terminal."""
         try:
-            FixedPoint.for_sum(n, setup.clip_range, setup.ring_bits, setup.value_bits, wrap=setup.wrap)
-        except ConfigError as exc:
-            raise self._fail("setup", f"encoding refused: {exc}") from None
-        return t
+            return self._policy.check(setup, self._malicious)
+        except PolicyRefusal as exc:
+            raise self._fail("setup", exc.why) from None
 
     def _share_keys(self, message: bytes) -> tuple[bytes, Stage | None]:
         setup, c_sk, s_sk = self._setup, self._c_sk, self._s_sk

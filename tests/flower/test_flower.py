@@ -655,3 +655,46 @@ def test_node_keeps_its_users_local_part_across_rounds() -> None:
     sim.pool.train(second, torch.from_numpy(sim.global_vec + 0.01), 1, config.model.local_lr)
     for name, rows in local.items():
         np.testing.assert_allclose(rows, sim.pool.local[name][[0, 2, 4, 6]].numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("field", ["threshold", "share_threshold", "degree", "ring_bits"])
+def test_the_node_and_the_protocol_client_apply_one_rule(field: str) -> None:
+    """A weakened parameter: the node's policy names it; a SecAgg client holding that policy refuses it."""
+    from protocols.secagg import PolicyRefusal, SecAggClient
+    from protocols.secagg.messages import Setup
+    from securefedrec.flower.node import node_policy
+
+    n = 6
+    config = ExperimentConfig(**SMALL, silos=n, rounds=1, threshold_fraction=0.75)
+    rc = Simulation(config).round_config(0, n)
+    honest = Setup.decode(SecAggServer(rc, range(n), 10, neighbors=None, malicious=True).setup()[0])
+    policy = node_policy(config)
+    assert policy.check(honest, True) >= 1
+    lie = _setup_lie(field)(honest)
+    with pytest.raises(PolicyRefusal) as refused:
+        policy.check(lie, True)
+    assert refused.value.field == field
+    keys = test_identity(0, n)
+    client = SecAggClient(0, np.zeros(10), malicious=True, round_id=0, identity_key=keys.keys[0],
+                          identity_keys=keys.pki, policy=policy)
+    with pytest.raises(IntegrityError, match=f"setup: {refused.value.why[:30]}"):
+        client.advertise(lie.encode())
+
+
+def test_the_node_policy_wants_the_degree_its_dropout_needs() -> None:
+    """SecAgg+ without fixed neighbours: a degree secure against corruption, but too small for the
+    dropout the node's run expects, is refused (an honest server would have chosen more)."""
+    from protocols.secagg import PolicyRefusal
+    from protocols.secagg.messages import Setup
+    from securefedrec.flower.node import node_policy
+
+    n = 60
+    calm = ExperimentConfig(**{**SMALL, "synthetic_users": n}, protocol="secagg+")
+    stormy = calm.replace(dropout=0.2)
+    rc = Simulation(calm).round_config(0, n)
+    setup = Setup.decode(SecAggServer(rc, range(n), 10, neighbors=34, malicious=True).setup()[0])
+    assert setup.degree == 34
+    assert node_policy(calm).check(setup, True) >= 1  # secure, and enough for 5 % dropout
+    with pytest.raises(PolicyRefusal, match="dropout rate") as refused:
+        node_policy(stormy).check(setup, True)
+    assert refused.value.field == "degree"

@@ -5,7 +5,7 @@
 - :mod:`~securefedrec.flower.node.secagg`, :mod:`~securefedrec.flower.node.paillier`: one
   session per protocol, the client replayed from its transcript before each stage;
 - :mod:`~securefedrec.flower.node.checks`: the bounds the node puts on the server's round
-  parameters (:func:`check_setup`, :func:`own_threshold`, :func:`own_min_degree`);
+  parameters (:func:`check_setup`, :func:`own_threshold`, :func:`node_policy`);
 - :mod:`~securefedrec.flower.node.state`: what the node keeps between messages, and the
   client's randomness (:class:`KeyStream`, :func:`rounding_rng`);
 - :mod:`~securefedrec.flower.node.identity`: signing keys and the PKI (:class:`Identity`);
@@ -18,10 +18,10 @@ the node hosts every client ``c`` with ``c % num-partitions == partition-id`` --
 clients.
 """
 
-from securefedrec.flower.node.checks import check_setup, own_min_degree, own_threshold
+from securefedrec.flower.node.checks import check_setup, node_policy, own_threshold
 from securefedrec.flower.node.identity import Identity, load_identity
 from securefedrec.flower.node.runtime import NodeRuntime, train_clients
 from securefedrec.flower.node.state import KeyStream, paillier_rounding_rng, rounding_rng
 
-__all__ = ["Identity", "KeyStream", "NodeRuntime", "check_setup", "load_identity", "own_min_degree",
+__all__ = ["Identity", "KeyStream", "NodeRuntime", "check_setup", "load_identity", "node_policy",
            "own_threshold", "paillier_rounding_rng", "rounding_rng", "train_clients"]

@@ -3,25 +3,29 @@
 A node never takes a security parameter on the server's word: the release threshold, the
 SecAgg+ neighbour degree, the Shamir threshold t', the ring size (SecAgg :class:`Setup`)
 and the Paillier round configuration are checked here, before any client state exists
-(the DP parameters in :func:`~securefedrec.flower.update.check_dp`).
+(the DP parameters in :func:`~securefedrec.flower.update.check_dp`); the SecAgg parameters by
+the protocol client's own rule, :meth:`~protocols.secagg.ClientPolicy.check`, with the node's
+policy (:func:`node_policy`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from protocols.encoding import FixedPoint
+from protocols.secagg.client import ClientPolicy, PolicyRefusal
 from securefedrec.config import ExperimentConfig
-from securefedrec.errors import ConfigError, DecodeError, IntegrityError
+from securefedrec.errors import DecodeError, IntegrityError
 from securefedrec.flower.messages import StageMessage, info_int, paillier_round_config
 
 if TYPE_CHECKING:
     from protocols.secagg.messages import Setup
 
-__all__ = ["RoundParams", "check_setup", "own_min_degree", "own_threshold", "paillier_params",
+__all__ = ["COMPLETE", "RoundParams", "check_setup", "node_policy", "own_threshold", "paillier_params",
            "secagg_params"]
+
+COMPLETE = 2**31
+"""A ``min_degree`` no round reaches: only the complete graph is accepted (SecAgg)."""
 
 
 def own_threshold(config: ExperimentConfig, n: int) -> int:
@@ -30,49 +34,49 @@ def own_threshold(config: ExperimentConfig, n: int) -> int:
     ``ceil(threshold_fraction * n)`` (at least 1) from the node's own run configuration, exactly
     the simulator's round config (:meth:`~securefedrec.server.simulation.Simulation.round_config`).
     """
-    return max(1, math.ceil(config.federation.threshold_fraction * n))
+    return node_policy(config).threshold_floor(n)
 
 
-def own_min_degree(config: ExperimentConfig, n: int, threshold: int, malicious: bool) -> int:
-    """The smallest neighbour degree this node accepts for a SecAgg(+) round of ``n`` clients.
+def node_policy(config: ExperimentConfig) -> ClientPolicy:
+    """The :class:`~protocols.secagg.ClientPolicy` this node holds a SecAgg Setup to, from its own run.
 
-    SecAgg: the complete graph (``n - 1``). SecAgg+: the run's fixed ``neighbors``, else
-    :func:`~protocols.secagg.graph.choose_degree` for the dropout rate the simulator sizes
-    the graph for and the default 5 % corruption rate, for the round's threshold and threat
-    model -- the degree an honest server computes, capped at the complete graph.
+    The release threshold is at least ``threshold_fraction`` of the round (the simulator's
+    round config). The degree: SecAgg, the complete graph; SecAgg+ with a fixed ``neighbors``,
+    at least that; otherwise secure for the default 5 % corruption rate (Bell et al.'s bound)
+    and at least the degree an honest server chooses for the dropout rate the simulator sizes
+    the graph for (:func:`~securefedrec.server.simulation.dropout_by_unmask`). t', the graph
+    seed and overflow are the policy's own rules (:meth:`~protocols.secagg.ClientPolicy.check`).
     """
     from protocols import aggregator_class
-    from protocols.secagg.graph import choose_degree
 
-    if not aggregator_class(config.federation.protocol).sparse_graph:
-        return n - 1
-    if config.federation.neighbors is not None:
-        return min(config.federation.neighbors, n - 1)
+    fed = config.federation
+    if not aggregator_class(fed.protocol).sparse_graph:
+        return ClientPolicy(min_threshold_fraction=fed.threshold_fraction, min_degree=COMPLETE)
+    if fed.neighbors is not None:
+        return ClientPolicy(min_threshold_fraction=fed.threshold_fraction, min_degree=fed.neighbors)
     rate = 0.05
-    if config.federation.dropout > 0:
+    if fed.dropout > 0:
         from securefedrec.server.simulation import dropout_by_unmask
 
-        rate = dropout_by_unmask(config.federation.dropout)
-    return min(choose_degree(n, rate, 0.05, threshold=threshold, malicious=malicious), n - 1)
+        rate = dropout_by_unmask(fed.dropout)
+    return ClientPolicy(min_threshold_fraction=fed.threshold_fraction, dropout_rate=rate)
 
 
 def check_setup(config: ExperimentConfig, setup: Setup, *, cid: int, round_id: int, sampled: Sequence[int],
                 malicious: bool) -> None:
     """Bound a SecAgg ``Setup`` by this node's own configuration, before any client state exists.
 
-    Checked: the round and recipient, the client list against the round's sampled list, the
-    threat model, the release threshold (:func:`own_threshold`), the neighbour degree
-    (:func:`own_min_degree`), the Shamir threshold t' (at least
-    :func:`~protocols.secagg.graph.share_threshold` of the round -- a strict neighbourhood
-    majority in the malicious model) and, unless the round wraps (``mod:B``), a ring that
-    holds the sum of ``n`` clients (no overflow). With ``dp = "user"`` the range must hold the
-    noise share as well (:func:`~securefedrec.flower.update.check_dp`).
+    Checked here: the round and recipient, the client list against the round's sampled list and
+    the threat model; then every security parameter by the same rule the protocol's client
+    applies (:meth:`~protocols.secagg.ClientPolicy.check` of :func:`node_policy`): the release
+    threshold, the neighbour degree, the Shamir threshold t' (a strict neighbourhood majority
+    in the malicious model), the graph seed and, unless the round wraps (``mod:B``), a ring that
+    holds the sum of ``n`` clients. With ``dp = "user"`` the range must hold the noise share as
+    well (:func:`~securefedrec.flower.update.check_dp`).
 
     Raises:
         IntegrityError: a parameter weaker than this node's own (the message names client, round, field).
     """
-    from protocols.secagg.graph import share_threshold
-
     where = f"client {cid}, round {round_id}"
     n = len(setup.client_ids)
 
@@ -86,24 +90,10 @@ def check_setup(config: ExperimentConfig, setup: Setup, *, cid: int, round_id: i
     if setup.malicious != malicious:
         raise refuse("malicious", f"the server runs malicious={setup.malicious}, this node's run "
                                   f"configuration malicious={malicious}")
-    need = own_threshold(config, n)
-    if setup.threshold < need:
-        raise refuse("threshold", f"the server asks for {setup.threshold} of {n} clients, this node requires "
-                                  f"at least {need}")
-    degree = own_min_degree(config, n, setup.threshold, malicious)
-    if setup.degree < degree:
-        raise refuse("degree", f"the server asks for {setup.degree} neighbours of {n} clients, this node "
-                               f"requires at least {degree}")
-    t_prime = share_threshold(setup.threshold, n, setup.degree, malicious)
-    if setup.share_threshold < t_prime:
-        raise refuse("share_threshold", f"the server asks for t' = {setup.share_threshold} of "
-                                        f"{min(setup.degree, n - 1) + 1} share holders, this node requires "
-                                        f"at least {t_prime}")
-    if not setup.wrap:  # the encoding every protocol uses refuses a ring the sum could overflow
-        try:
-            FixedPoint.for_sum(n, setup.clip_range, setup.ring_bits, setup.value_bits)
-        except ConfigError as exc:
-            raise refuse("ring_bits", str(exc)) from None
+    try:
+        node_policy(config).check(setup, malicious)
+    except PolicyRefusal as exc:
+        raise refuse(exc.field, exc.why) from None
 
 
 class RoundParams(NamedTuple):

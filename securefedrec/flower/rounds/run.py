@@ -83,7 +83,7 @@ class FederatedRun:
         self.settings = settings
         self.link = link
         # calibrates sigma (dp user; each silo's with dp record) before round 1; its aggregator sizes the
-        # SecAgg+ graph for the deployment's threat model, as each node checks (node.own_min_degree)
+        # SecAgg+ graph for the deployment's threat model, as each node checks (node.node_policy)
         model = "malicious" if settings.malicious else "semi-honest"
         self.sim = Simulation(config.replace(threat_model=model)
                               if config.federation.threat_model == "default" else config)
