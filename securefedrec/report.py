@@ -82,22 +82,29 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
 
 
 def plot_rounds(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """PNG of test RMSE per round (and MAE), with the protocol and data set in the title."""
+    """PNG of the test metrics per round, with the protocol and data set in the title.
+
+    Explicit runs: RMSE and MAE. Implicit runs (no RMSE): HR@10 and NDCG@10.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    rounds = [r for r in report["rounds"] if r.get("rmse") is not None]
+    explicit = any(r.get("rmse") is not None for r in report["rounds"])
+    keys, ylabel = ((("rmse", "RMSE"), ("mae", "MAE")), "test error") if explicit else (
+        (("hr@10", "HR@10"), ("ndcg@10", "NDCG@10")), "ranking quality (99 sampled negatives)")
+    rounds = [r for r in report["rounds"] if r.get(keys[0][0]) is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    ax.plot([r["round"] for r in rounds], [r["rmse"] for r in rounds], marker=".", label="RMSE")
-    ax.plot([r["round"] for r in rounds], [r["mae"] for r in rounds], marker=".", label="MAE", alpha=0.7)
+    for n, (key, label) in enumerate(keys):
+        ax.plot([r["round"] for r in rounds], [r[key] for r in rounds], marker=".", label=label,
+                alpha=1.0 if n == 0 else 0.7)
     cfg = report["config"]
     ax.set_title(f"{report['dataset']['name']} - {cfg['protocol']} - {cfg['server_optimizer']}")
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
-    ax.set_ylabel("test error")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
