@@ -83,7 +83,7 @@ class ImplicitHyper:
 
     negatives: int = 4
     loss: str = "bce"
-    weight_decay: float = 0.0
+    weight_decay: float = 0.01
     optimizer: str = "sgd"
     init_std: float = 0.01
 

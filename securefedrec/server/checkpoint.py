@@ -96,7 +96,7 @@ def load(run: Run, path: str | Path, optimizer: ServerOptimizer) -> None:
     meta = _checkpoint_meta(p, arrays)
     # checkpoints written before dp_mechanism and model existed were Gaussian and MF (and had the
     # implicit models' fields at their defaults, which MF does not read)
-    implicit = {"loss": "bce", "negatives": 4, "weight_decay": 0.0, "local_optimizer": "sgd",
+    implicit = {"loss": "bce", "negatives": 4, "weight_decay": 0.01, "local_optimizer": "sgd",
                 "mlp_layers": "64,32,16"}
     ours, theirs = run.config.to_dict(), {"dp_mechanism": "gaussian", "model": "mf", **implicit,
                                           **meta["config"]}
