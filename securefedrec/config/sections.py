@@ -266,7 +266,7 @@ class ModelConfig(Section):
     # implicit-feedback models (securefedrec.models.implicit); each applies only to the models named
     loss: str = "bce"  # implicit-mf, ncf: bce | bpr
     negatives: int = 4  # implicit-mf, ncf: sampled non-interacted items per positive, every local epoch
-    weight_decay: float = 0.0  # implicit-mf, ncf: L2 on the item rows and user embeddings each sample reads
+    weight_decay: float = 0.01  # implicit-mf, ncf: L2 on the item rows and user embeddings each sample reads
     local_optimizer: str = "sgd"  # implicit-mf, ncf: sgd | adam, the client's steps (of size local_lr)
     mlp_layers: str = "64,32,16"  # ncf: MLP widths, the first = user + item MLP embedding sizes
 

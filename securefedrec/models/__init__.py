@@ -3,6 +3,9 @@
 - :mod:`~securefedrec.models.base`: the :class:`~securefedrec.models.base.Model`
   interface and the per-user rating batches it trains on;
 - :mod:`~securefedrec.models.mf`: explicit biased matrix factorization (``--model mf``);
+- :mod:`~securefedrec.models.implicit`: local training of implicit-feedback models (sampled
+  negatives, BCE or BPR); :mod:`~securefedrec.models.implicit_mf` (``--model implicit-mf``) and
+  :mod:`~securefedrec.models.ncf` (NeuMF, ``--model ncf``) build on it;
 - :mod:`~securefedrec.models.pool`: clients and the batched client pool that drive a model;
 - :mod:`~securefedrec.models.registry`: ``--model NAME`` -> model class;
   :mod:`~securefedrec.models.names` holds the names without torch (for config and the CLI).

@@ -35,8 +35,8 @@ pairs) and of the dense part, ``(C, P)``. The loss is the sum of the clients' ow
 losses, so one backward pass gives every client the gradient of its own loss (no
 parameter is shared between two clients), and the optimizer steps are elementwise. An
 item that a client neither holds as a positive nor drew as a negative has no copy on
-that client, so its row of the delta is exactly zero
-(:meth:`~securefedrec.models.base.Model.item_rows`).
+that client (or, where padding points at item 0, a copy whose gradient is zero), so its
+row of the delta is exactly zero (:meth:`~securefedrec.models.base.Model.item_rows`).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class ImplicitHyper:
 
     negatives: int = 4
     loss: str = "bce"
-    weight_decay: float = 0.0
+    weight_decay: float = 0.01
     optimizer: str = "sgd"
     init_std: float = 0.01
 

@@ -97,7 +97,7 @@ def load(run: Run, path: str | Path, optimizer: ServerOptimizer) -> None:
     # checkpoints written before dp_mechanism, model, feedback, eval_negatives and the implicit models'
     # fields existed were Gaussian and MF on explicit data (eval_negatives: the evaluation's, not the
     # training's; the default; the implicit fields at their defaults, which MF does not read)
-    implicit = {"loss": "bce", "negatives": 4, "weight_decay": 0.0, "local_optimizer": "sgd",
+    implicit = {"loss": "bce", "negatives": 4, "weight_decay": 0.01, "local_optimizer": "sgd",
                 "mlp_layers": "64,32,16"}
     ours, theirs = run.config.to_dict(), {"dp_mechanism": "gaussian", "model": "mf", "feedback": "explicit",
                                           "eval_negatives": 99, **implicit, **meta["config"]}

@@ -62,7 +62,8 @@ def test_a_checkpoint_from_before_the_model_field_is_mf(tmp_path: Path) -> None:
     ckpt = tmp_path / "c.npz"
     first = Simulation(ExperimentConfig(**SMALL))
     first.run(checkpoint=ckpt, progress=False)
-    _rewrite_meta(ckpt, {}, drop="model")
+    for key in ("model", "loss", "negatives", "weight_decay", "local_optimizer", "mlp_layers"):
+        _rewrite_meta(ckpt, {}, drop=key)  # written before these fields existed
     resumed = Simulation(ExperimentConfig(**{**SMALL, "rounds": 2}))
     resumed.load_checkpoint(ckpt)
     assert resumed.next_round == 1

@@ -70,11 +70,12 @@ def test_a_client_delta_is_zero_exactly_on_the_items_it_never_touched(
         name: str, loss: str, optimizer: str) -> None:
     m, epochs = 120, 2
     model = _model(name, m, ImplicitHyper(loss=loss, negatives=2, weight_decay=1e-3, optimizer=optimizer))
-    train = _interactions(5, m, np.array([6, 2, 9, 4, 3]), seed=2)
-    data = RatingsByUser(train, 5)
-    clients = [np.array([0]), np.array([1, 2]), np.array([3]), np.array([4])]  # one silo of two users
+    train = _interactions(6, m, np.array([6, 2, 9, 4, 3, 0]), seed=2)  # user 5: no training data
+    data = RatingsByUser(train, 6)
+    # one silo of two users, and a client with nothing to train on
+    clients = [np.array([0]), np.array([1, 2]), np.array([3]), np.array([4]), np.array([5])]
     g = model.init_global((0.0, 1.0), torch.Generator().manual_seed(0))
-    local = model.init_local(5, torch.float32, torch.Generator().manual_seed(1))
+    local = model.init_local(6, torch.float32, torch.Generator().manual_seed(1))
     trained = model.train(g, data, clients, epochs, 0.05, CPU, torch.float32, local=local,
                           generator=torch.Generator().manual_seed(7))
     # replay the draws: one chunk, users in the trained order, every epoch's negatives first
@@ -90,9 +91,10 @@ def test_a_client_delta_is_zero_exactly_on_the_items_it_never_touched(
         rows = model.item_rows(trained.deltas[c].numpy())
         nonzero = set(np.flatnonzero(np.abs(rows).sum(1) > 0).tolist())
         assert nonzero == touched[c] and len(nonzero) < m
-    assert trained.deltas.dtype == torch.float64 and trained.deltas.shape == (4, model.length)
-    if name == "ncf":  # the shared layers move for every client
-        assert bool((trained.deltas[:, model.layout.table_size :] != 0).any(1).all())
+    assert trained.deltas.dtype == torch.float64 and trained.deltas.shape == (5, model.length)
+    assert not bool(trained.deltas[4].any())  # the client without data sends zeros
+    if name == "ncf":  # the shared layers move for every client with data
+        assert bool((trained.deltas[:4, model.layout.table_size :] != 0).any(1).all())
     again = model.train(g, data, clients, epochs, 0.05, CPU, torch.float32, local=local,
                         generator=torch.Generator().manual_seed(7))
     assert torch.equal(again.deltas, trained.deltas) and np.array_equal(again.users, trained.users)

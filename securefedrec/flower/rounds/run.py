@@ -140,9 +140,9 @@ class FederatedRun:
             view, bytes_down = sim.downlink.broadcast(
                 sim.global_vec, sampled, np.random.default_rng([cfg.run.seed, r, streams.DOWNLINK]))
             rc = sim.round_config(r, len(sampled))
-            idx = selection(self.compressor, sim.layout.length, cfg.run.seed, r)
-            signs = rotation(self.compressor, sim.layout.length, cfg.run.seed, r)
-            length = sim.layout.length if idx is None else int(idx.size)
+            idx = selection(self.compressor, sim.model.length, cfg.run.seed, r)
+            signs = rotation(self.compressor, sim.model.length, cfg.run.seed, r)
+            length = sim.model.length if idx is None else int(idx.size)
             info = dp_info(sim.privacy, rc.threshold, sampled)
             client_info = feedback_info(self.outcomes, sampled) if idx is not None else None
             trace: dict[str, set[int]] = {}
