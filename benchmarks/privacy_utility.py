@@ -198,7 +198,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xlabel("epsilon")
         ax.set_ylabel(metric.upper())
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=7)
+    # the RMSE axis is empty when only implicit parts ran
+    (axes[0] if axes[0].get_legend_handles_labels()[0] else axes[1]).legend(fontsize=7)
     fig.suptitle("privacy-utility (Opacus RDP accounting)")
     return save_figure(fig, path)
 
