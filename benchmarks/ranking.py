@@ -11,7 +11,7 @@ method of the seed):
 - ``federated``, once per protocol: every client in every round (``sample_rate`` 1.0, as
   the papers do); the model's and the server's default hyper-parameters from the config;
 - ``centralized``: the same model on the pooled data
-  (:func:`securefedrec.models.central.train_centrally`: Adam, minibatches of 256), evaluated
+  (:func:`securefedrec.server.central.train_centrally`: Adam, minibatches of 256), evaluated
   by the same code as the federated ``final``.
 
 Rows are the mean and std (sample std, ddof 1; 0 for one seed) over the seeds; ``timing``
@@ -40,7 +40,7 @@ import torch
 from benchmarks._common import save_figure, table, write_json
 from securefedrec import ExperimentConfig, Simulation
 from securefedrec.data import Dataset
-from securefedrec.models.central import central_evaluation, train_centrally
+from securefedrec.server.central import central_evaluation, train_centrally
 from securefedrec.server.simulation import load_configured_dataset
 
 MODELS = ("implicit-mf", "ncf")

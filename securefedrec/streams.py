@@ -7,8 +7,8 @@ This module imports nothing, so light processes (Flower ClientApps) can use it.
 """
 
 __all__ = [
-    "DOWNLINK", "DROPOUT", "EVAL_NEGATIVES", "NOISE", "ROTATE", "ROUNDING", "SAMPLING", "SELECT", "SILO",
-    "TRAINING",
+    "CENTRAL", "DOWNLINK", "DROPOUT", "EVAL_NEGATIVES", "NOISE", "ROTATE", "ROUNDING", "SAMPLING", "SELECT",
+    "SILO", "TRAINING",
 ]
 
 SAMPLING = 0
@@ -25,6 +25,8 @@ SILO = 11
 """Silo grouping and per-silo seeds (``[seed, SILO, ...]``, not per round)."""
 EVAL_NEGATIVES = 12
 """The evaluation negatives (``[seed, EVAL_NEGATIVES]``, once per run, not per round)."""
+CENTRAL = 206
+"""The centralised baseline's generator (``[seed, CENTRAL]``, not per round; server/central.py)."""
 SELECT = 101
 """The public random-k coordinate selection."""
 DOWNLINK = 102

@@ -66,6 +66,7 @@ __all__ = [
     "ImplicitModel",
     "ItemLayout",
     "implicit_hyper",
+    "implicit_loss",
     "local_train",
     "sample_negatives",
 ]
@@ -285,7 +286,7 @@ def _chunks(
         start = stop
 
 
-def _loss(
+def implicit_loss(
     logits: torch.Tensor, n_pos: int, pos_mask: torch.Tensor, neg_mask: torch.Tensor, hyper: ImplicitHyper
 ) -> torch.Tensor:
     """Per-user sums (B,) of the sample losses: columns ``:n_pos`` are positives, the rest negatives."""
@@ -379,7 +380,7 @@ def local_train(
         for (_, neg_mask), idx in zip(drawn, at, strict=True):
             picked = rows.index_select(0, idx.reshape(-1)).view(*idx.shape, w)  # backward: index_add
             logits = model.logits(picked, shared[own], user)
-            per_user = _loss(logits, n_pos, batch.mask, neg_mask, hyper)
+            per_user = implicit_loss(logits, n_pos, batch.mask, neg_mask, hyper)
             weights = torch.cat([batch.mask, neg_mask], dim=1)
             if hyper.weight_decay:
                 user_sq = sum((v**2).reshape(len(users), -1).sum(1) for v in user.values())

@@ -1,4 +1,4 @@
-"""securefedrec.models.central: it learns, it is seeded, it is evaluated as the simulator does."""
+"""securefedrec.server.central: it learns, it is seeded, it is evaluated as the simulator does."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from securefedrec import ExperimentConfig, Simulation
 from securefedrec.data import Dataset, synthetic
 from securefedrec.errors import ConfigError
-from securefedrec.models.central import central_evaluation, train_centrally
+from securefedrec.server.central import central_evaluation, train_centrally
 
 USERS, ITEMS, PER_USER = 200, 100, 20
 

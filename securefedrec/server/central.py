@@ -6,7 +6,7 @@ and every user's local part as parameters, and trains them with Adam on shuffled
 as the centralised NCF of He et al. (WWW'17) does. Each sample is one (user, positive) pair
 with ``negatives`` items the user has not interacted with, drawn afresh every epoch by the
 clients' own sampler (:func:`~securefedrec.models.implicit.sample_negatives`); the loss is the
-clients' loss (:func:`~securefedrec.models.implicit._loss`: BCE or BPR, averaged over the
+clients' loss (:func:`~securefedrec.models.implicit.implicit_loss`: BCE or BPR, averaged over the
 minibatch's samples, plus ``weight_decay`` on the rows and user embeddings each sample reads).
 
 Initial values, data and evaluation come from a :class:`~securefedrec.server.simulation.Simulation`
@@ -23,27 +23,25 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from securefedrec import streams
 from securefedrec.errors import ConfigError
 from securefedrec.models.base import LocalPart
-from securefedrec.models.implicit import ImplicitModel, _loss, sample_negatives
+from securefedrec.models.implicit import ImplicitModel, implicit_loss, sample_negatives
+from securefedrec.server.simulation import Simulation
 
 if TYPE_CHECKING:  # pragma: no cover
     from securefedrec.config import ExperimentConfig
     from securefedrec.data import Dataset
     from securefedrec.metrics import Evaluation
-    from securefedrec.server.simulation import Simulation
 
 __all__ = ["CENTRAL_STREAM", "central_evaluation", "train_centrally"]
 
-CENTRAL_STREAM = 0xCE
+CENTRAL_STREAM = streams.CENTRAL
 """Stream id of the trainer's generator, ``numpy.random.default_rng([seed, CENTRAL_STREAM])``
-(it draws the negatives and the shuffles; apart from the per-round streams of
-:mod:`securefedrec.streams`)."""
+(it draws the negatives and the shuffles)."""
 
 
 def _simulation(config: ExperimentConfig, dataset: Dataset | None) -> Simulation:
-    from securefedrec.server.simulation import Simulation  # the server imports the models
-
     return Simulation(config, dataset=dataset)
 
 
@@ -118,7 +116,7 @@ def train_centrally(
             rows = table[items]
             user = {name: value[u] for name, value in local.items()}
             logits = model.logits(rows, shared.expand(b, layout.dense), user)
-            loss = _loss(logits, 1, pos_mask[:b], neg_mask[:b], hyper).sum()
+            loss = implicit_loss(logits, 1, pos_mask[:b], neg_mask[:b], hyper).sum()
             if hyper.weight_decay:
                 user_sq = torch.stack([(v**2).sum() for v in user.values()]).sum()
                 loss = loss + hyper.weight_decay * ((rows**2).sum() + (1 + k) * user_sq)
