@@ -41,6 +41,14 @@ ranks the items by the oriented score ``S v`` (the positive group taken as the
 smaller one: in a round's sum the net-positive items are the popular ones, a
 minority) and predicts the ``n`` highest, ``n`` the public mean activity.
 
+Measured on ml-100k loo implicit (one user per client, one round, 32 factors,
+4 negatives, one local epoch of SGD; ``securefedrec attack rated-items --feedback
+implicit --split loo --dataset ml-100k --model M --rounds 1``): plaintext at
+``--sample-rate 1``, F1 1.0 and AUC 1.0 for implicit-mf and ncf (baseline 0.144);
+SecAgg+ at ``--sample-rate 0.1``, F1 = baseline = 0.235 (implicit-mf) and 0.286 (ncf).
+On synthetic data it stays >= 0.97 with 2 local epochs, Adam, BPR or weight decay
+(0.80 for implicit-mf with 3 epochs of Adam).
+
 Under secure aggregation the server only has the sum of the round's survivors
 (>= threshold users). Its best per-user guess is then the same for every user
 of that round: the rows of the sum, which rank items by popularity in the round.
