@@ -31,6 +31,9 @@ Several local epochs, DP noise or quantization break the exact algebra.
 Under secure aggregation the server only has the sum of the round; the best it
 can do is apply the same algebra to the sum, as if one user had sent it.
 
+Explicit biased MF only (``--model mf``): the attack refuses any other model
+with a :class:`~securefedrec.errors.ConfigError` naming ``--model``.
+
 Metric: the fraction of ratings recovered exactly after rounding to the scale;
 RMSE in ``details``. Baseline: the server's prediction without the user's
 update, ``round(mu + b_i)`` from the broadcast model.
@@ -43,10 +46,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from attacks.base import AttackResult, Observed, ObservingAttack
+from attacks.base import AttackResult, Observed, ObservingAttack, Target
 from securefedrec.config import ExperimentConfig
 from securefedrec.errors import ConfigError
-from securefedrec.models.mf import Hyper, Layout
+from securefedrec.models.mf import MF, Hyper, Layout
+from securefedrec.models.registry import get_model
 
 __all__ = ["RatingReconstructionAttack", "reconstruct_ratings"]
 
@@ -95,6 +99,21 @@ class RatingReconstructionAttack(ObservingAttack):
 
     def __init__(self, *, rounds: int = 2, margin: float = 0.05, seed: int = 0) -> None:
         super().__init__(rounds=rounds, margin=margin, seed=seed)
+
+    def attack(self, config: ExperimentConfig, target: Target) -> AttackResult:
+        """Refuse a model other than biased MF before running anything, then attack as usual.
+
+        Raises:
+            ConfigError: ``--model`` is not ``mf`` (the algebra re-solves MF's user factor and
+                bias; implicit models have no ratings to reconstruct: their leak is the set of
+                interacted items, the ``rated-items`` attack).
+        """
+        if not issubclass(get_model(config.model.name), MF):
+            raise ConfigError(
+                f"rating-reconstruction inverts biased MF's update (explicit ratings) and needs --model mf, "
+                f"not --model {config.model.name}; on implicit feedback there are no ratings to "
+                f"reconstruct, the leak is which items a user interacted with: use the rated-items attack")
+        return super().attack(config, target)
 
     def infer(self, config: ExperimentConfig, obs: Observed) -> AttackResult:
         """Run the rounds, reconstruct, score against the model-only baseline."""

@@ -2,6 +2,7 @@
 
     python -m benchmarks.attacks --data-dir DIR [--quick] [--json F]
         [--attacks rated-items ...] [--protocols plaintext secagg+ paillier] [--dp none user]
+        [--feedback implicit [--model implicit-mf|ncf]]
 
 Each cell runs one attack (:mod:`attacks`) against ml-100k u1 with the given
 protocol and differential privacy setting (``none``, or user-level DP-FedAvg
@@ -22,6 +23,12 @@ library's FedAdam) and ``hardened`` (``fedavg`` with server learning rate 2 and
 aggregation, see :mod:`attacks.poisoning`); its table gives ER@10 and the test
 RMSE of every defence, so the accuracy a defence costs is in the same row.
 
+``--feedback implicit``: the same grid on implicit feedback (ml-100k binarized,
+leave-one-out, ``--model implicit-mf`` by default or ``ncf``): rated-items must
+tell the interacted items from the sampled negatives, poisoning is ER@10 and
+its table shows HR@10 instead of RMSE; rating-reconstruction is explicit-MF
+only and shows as n/a.
+
 Targets (issue "Attack evaluation harness"): plaintext rated-items F1 >= 0.95;
 rating reconstruction exact for >= 95 % of ratings; attribute-inference AUC
 clearly above 0.5; under SecAgg+ / Paillier rated-items and attribute-inference
@@ -39,7 +46,7 @@ from typing import Any
 from attacks import ATTACKS, get_attack
 from benchmarks._common import table, write_json
 from securefedrec import ExperimentConfig
-from securefedrec.data import load_ml100k
+from securefedrec.data import load_dataset
 from securefedrec.errors import SecureFedRecError
 
 PROTOCOLS = ("plaintext", "secagg+", "paillier")
@@ -60,7 +67,7 @@ def base_config(args: argparse.Namespace, protocol: str, dp: str) -> ExperimentC
     values: dict[str, Any] = dict(
         dataset="ml-100k", data_dir=str(args.data_dir), split=args.split, protocol=protocol,
         factors=8 if args.quick else 16, sample_rate=args.sample_rate, rounds=args.rounds,
-        seed=args.seed, device="cpu",
+        seed=args.seed, device="cpu", feedback=args.feedback, model=args.model,
     )
     if dp == "user":
         values.update(dp="user", epsilon=4.0, delta=1e-5, clip=args.clip)
@@ -75,6 +82,8 @@ def run_cell(args: argparse.Namespace, attack: str, protocol: str, dp: str, data
         return {**row, "status": "n/a (no --dp in this build)"}
     if attack == "malicious-server" and dp == "user":
         return {**row, "status": "n/a (DP does not change the protocol messages)"}
+    if attack == "rating-reconstruction" and args.feedback == "implicit":
+        return {**row, "status": "n/a (explicit MF only: no ratings to reconstruct)"}
     if attack == "poisoning" and protocol == "paillier" and args.quick:
         return {**row, "status": "skipped in --quick (same sum as secagg+)"}
     cfg = base_config(args, protocol, dp)
@@ -96,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the grid, print the table, write JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, required=True)
-    ap.add_argument("--split", default="u1")
+    ap.add_argument("--split", help="default u1 (explicit), loo (implicit)")
+    ap.add_argument("--feedback", default="explicit", choices=["explicit", "implicit"])
+    ap.add_argument("--model", help="default mf (explicit), implicit-mf (implicit)")
     ap.add_argument("--quick", action="store_true", help="small runs (see the module docstring)")
     ap.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS))
     ap.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
@@ -115,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         args.key_bits = 512 if args.quick else 2048
     if args.poison_rounds is None:
         args.poison_rounds = 10 if args.quick else args.rounds
-    data = load_ml100k(args.data_dir, args.split)
+    implicit = args.feedback == "implicit"
+    if args.split is None:
+        args.split = "loo" if implicit else "u1"
+    if args.model is None:
+        args.model = "implicit-mf" if implicit else "mf"
+    data = load_dataset("ml-100k", args.data_dir, args.split, args.seed, feedback=args.feedback)
     rows = []
     for attack in args.attacks:
         for protocol in args.protocols:
@@ -145,16 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     print(table(headers, body))
     poison = [r for r in rows if r["attack"] == "poisoning" and r["status"] == "ok"]
     if poison:
+        utility = "hr@10" if implicit else "rmse"
         print("\npoisoning ER@10 by defence and fake-client fraction (fraction 0 = defence alone), "
-              "and the test RMSE at the largest fraction:")
+              f"and the test {utility.upper()} at the largest fraction:")
         prow = []
         for r in poison:
             for defence, by_f in r["details"]["table"].items():
                 fr = sorted(by_f, key=float)
                 prow.append([r["protocol"], r["dp"], r["server"], defence, *[by_f[f]["er@10"] for f in fr],
-                             by_f[fr[-1]]["rmse"]])
+                             by_f[fr[-1]][utility]])
         fracs = sorted(poison[0]["details"]["table"]["none"], key=float)
-        print(table(["protocol", "dp", "server", "defence", *fracs, "RMSE"], prow))
+        print(table(["protocol", "dp", "server", "defence", *fracs, utility.upper()], prow))
     path = write_json(args.json, "attacks", {
         "args": {k: str(v) for k, v in vars(args).items()}, "dp_available": _dp_available(), "rows": rows,
         "complete": True})

@@ -149,3 +149,21 @@ def test_malicious_server_runs_lies_by_name(tmp_path: Path, capsys: pytest.Captu
     code = main(["attack", "rated-items", "--protocol", "plaintext", *SMALL, "--scenarios", "graph-seed",
                  "--report", str(report)])
     assert code == 2 and "--scenarios applies to the malicious-server attack only" in capsys.readouterr().err
+
+
+def test_rated_items_on_implicit_feedback_from_the_cli(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    args = ["attack", "rated-items", "--feedback", "implicit", "--split", "loo", "--model", "implicit-mf",
+            "--protocol", "plaintext", "--synthetic-users", "80", "--synthetic-items", "120",
+            "--factors", "8", "--sample-rate", "1", "--device", "cpu", "--rounds", "1", "--report", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["details"]["model"] == "implicit-mf" and report["details"]["feedback"] == "implicit"
+    assert report["value"] >= 0.95 and report["success"] is True
+
+
+def test_reconstruction_on_an_implicit_model_is_refused_naming_the_flag(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["attack", "rating-reconstruction", "--feedback", "implicit", "--split", "loo",
+                 "--model", "ncf", *SMALL, "--report", str(tmp_path / "r.json")])
+    assert code == 2 and "needs --model mf, not --model ncf" in capsys.readouterr().err
