@@ -54,6 +54,14 @@ import torch.nn.functional as F
 from securefedrec.errors import ConfigError
 from securefedrec.models.base import CHUNK, LocalPart, Model, PaddedRatings, RatingsByUser, Trained
 from securefedrec.models.names import LOCAL_OPTIMIZERS, LOSSES
+from securefedrec.models.personal import (
+    PERSONAL_DENSE,
+    PERSONAL_ITEMS,
+    check_personal_size,
+    is_personal,
+    personal_rows,
+    personal_shapes,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from securefedrec.config import ExperimentConfig
@@ -86,6 +94,8 @@ class ImplicitHyper:
     weight_decay: float = 0.0
     optimizer: str = "sgd"
     init_std: float = 0.01
+    personalize: bool = False
+    personal_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.negatives < 1:
@@ -99,13 +109,16 @@ class ImplicitHyper:
             raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
         if not (math.isfinite(self.init_std) and self.init_std >= 0):
             raise ConfigError(f"init_std: must be >= 0, got {self.init_std}")
+        if not (math.isfinite(self.personal_decay) and self.personal_decay >= 0):
+            raise ConfigError(f"personal_decay: must be >= 0, got {self.personal_decay}")
 
 
 def implicit_hyper(config: ExperimentConfig) -> ImplicitHyper:
     """The local-training hyper-parameters an experiment configures."""
     m = config.model
     return ImplicitHyper(negatives=m.negatives, loss=m.loss, weight_decay=m.weight_decay,
-                         optimizer=m.local_optimizer, init_std=m.init_std)
+                         optimizer=m.local_optimizer, init_std=m.init_std, personalize=m.personalize,
+                         personal_decay=m.personal_decay)
 
 
 @dataclass(frozen=True)
@@ -171,8 +184,8 @@ class ImplicitModel(Model):
     """A model of implicit feedback trained by :func:`local_train`; subclasses define the logits.
 
     Global part: :class:`ItemLayout` (item rows, then shared dense values); local part: the
-    user tensors of :meth:`local_shapes`, drawn ``N(0, init_std^2)`` at first and kept between
-    rounds.
+    user tensors of :meth:`user_shapes`, drawn ``N(0, init_std^2)`` at first and kept between
+    rounds, and with ``personalize`` the personal offsets (:mod:`securefedrec.models.personal`).
     """
 
     feedback: ClassVar[tuple[str, ...]] = ("implicit",)
@@ -203,11 +216,28 @@ class ImplicitModel(Model):
         return vec[: self.layout.table_size].reshape(self.layout.num_items, self.layout.width)
 
     # ---- the local part
+    @abc.abstractmethod
+    def user_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of one user's embeddings (the local part without the personal offsets)."""
+
+    def local_shapes(self) -> dict[str, tuple[int, ...]]:
+        """:meth:`user_shapes`, then with ``personalize`` the personal offsets."""
+        shapes = self.user_shapes()
+        if self.hyper.personalize:
+            shapes.update(personal_shapes(self.layout.num_items, self.layout.width, self.layout.dense))
+        return shapes
+
     def init_local(self, num_users: int, dtype: torch.dtype, generator: torch.Generator) -> LocalPart:
-        """Every user tensor ``N(0, init_std^2)``, drawn from ``generator`` in :meth:`local_shapes` order."""
-        return {name: (torch.randn(num_users, *shape, generator=generator, dtype=torch.float64)
-                       * self.hyper.init_std).to(dtype)
-                for name, shape in self.local_shapes().items()}
+        """Every user tensor ``N(0, init_std^2)``, drawn from ``generator`` in :meth:`user_shapes` order;
+        the personal offsets zero (refused above :data:`~securefedrec.models.personal.PERSONAL_MAX_BYTES`)."""
+        out = {name: (torch.randn(num_users, *shape, generator=generator, dtype=torch.float64)
+                      * self.hyper.init_std).to(dtype)
+               for name, shape in self.user_shapes().items()}
+        if self.hyper.personalize:
+            shapes = personal_shapes(self.layout.num_items, self.layout.width, self.layout.dense)
+            check_personal_size(num_users, shapes, dtype)
+            out.update({name: torch.zeros(num_users, *shape, dtype=dtype) for name, shape in shapes.items()})
+        return out
 
     def train(
         self,
@@ -240,11 +270,18 @@ class ImplicitModel(Model):
     def scores(
         self, global_vec: torch.Tensor, local: LocalPart, items: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Logits of the users of ``local``: on every item (B, items), or on ``items`` (B, n)."""
+        """Logits of the users of ``local``: on every item (B, items), or on ``items`` (B, n).
+
+        With ``personalize``, of the user's personal model: the global part plus its offsets.
+        """
         table = self.layout.table(global_vec)
         B = next(iter(local.values())).shape[0]
         rows = table.expand(B, *table.shape) if items is None else table[items]
         shared = self.layout.shared(global_vec).expand(B, self.layout.dense)
+        if PERSONAL_ITEMS in local:
+            rows = rows + (local[PERSONAL_ITEMS] if items is None else personal_rows(local, items))
+        if PERSONAL_DENSE in local:
+            shared = shared + local[PERSONAL_DENSE]
         return self.logits(rows, shared, local)
 
     def predict(
@@ -322,6 +359,32 @@ class _Optimizer:
             p.addcdiv_(m, denom, value=-self.lr / (1 - b1**self.t))
 
 
+def _personal_step(
+    model: ImplicitModel, personal: LocalPart, opt: _Optimizer, picked: torch.Tensor, shared: torch.Tensor,
+    user: LocalPart, items: torch.Tensor, n_pos: int, pos_mask: torch.Tensor, neg_mask: torch.Tensor,
+    own: torch.Tensor, count: torch.Tensor,
+) -> None:
+    """One step of the users' personal offsets (:mod:`securefedrec.models.personal`) on an epoch's samples.
+
+    ``picked`` (B, n, w), ``shared`` (B, P) and ``user`` are the client's trained copies, held fixed;
+    the loss is the one of the global step on the personalized score, plus ``personal_decay``
+    times the squared norm of the offsets each sample reads, per client over ``count`` samples.
+    """
+    hyper = model.hyper
+    offsets = personal_rows(personal, items)
+    dense = shared + personal[PERSONAL_DENSE] if PERSONAL_DENSE in personal else shared
+    logits = model.logits(picked + offsets, dense, user)
+    per_user = _loss(logits, n_pos, pos_mask, neg_mask, hyper)
+    if hyper.personal_decay:
+        weights = torch.cat([pos_mask, neg_mask], dim=1)
+        dense_sq = (personal[PERSONAL_DENSE] ** 2).sum(1) if PERSONAL_DENSE in personal else 0.0
+        per_user = per_user + hyper.personal_decay * (((offsets**2).sum(-1) * weights).sum(1)
+                                                      + dense_sq * weights.sum(1))
+    per_client = torch.zeros_like(count).index_add_(0, own, per_user)
+    loss = (per_client / count.clamp(min=1)).sum()
+    opt.step(list(torch.autograd.grad(loss, list(personal.values()))))
+
+
 def local_train(
     model: ImplicitModel,
     global_vec: torch.Tensor,
@@ -373,10 +436,13 @@ def local_train(
         shared = g_shared.expand(len(clients), layout.dense).clone().requires_grad_()
         rows_idx = torch.as_tensor([row_of[int(u)] for u in users.tolist()], dtype=torch.long)
         user = {name: value[rows_idx].to(device=device, dtype=dtype).requires_grad_()
-                for name, value in local.items()}
+                for name, value in local.items() if not is_personal(name)}
+        personal = {name: value[rows_idx].to(device=device, dtype=dtype).requires_grad_()
+                    for name, value in local.items() if is_personal(name)}
         params = [rows, shared, *user.values()]
         opt = _Optimizer(params, hyper, lr)
-        for (_, neg_mask), idx in zip(drawn, at, strict=True):
+        personal_opt = _Optimizer(list(personal.values()), hyper, lr)
+        for (negs, neg_mask), idx in zip(drawn, at, strict=True):
             picked = rows.index_select(0, idx.reshape(-1)).view(*idx.shape, w)  # backward: index_add
             logits = model.logits(picked, shared[own], user)
             per_user = _loss(logits, n_pos, batch.mask, neg_mask, hyper)
@@ -391,12 +457,18 @@ def local_train(
             loss = (per_client / count.clamp(min=1)).sum()
             grads = torch.autograd.grad(loss, params, allow_unused=True)  # MF has no shared values
             opt.step([torch.zeros_like(p) if d is None else d for p, d in zip(params, grads, strict=True)])
+            if personal:  # after the global step, which never reads the personal part
+                _personal_step(model, personal, personal_opt, rows.detach().index_select(0, idx.reshape(-1))
+                               .view(*idx.shape, w), shared.detach()[own],
+                               {name: v.detach() for name, v in user.items()},
+                               torch.cat([batch.items, negs], dim=1), n_pos, batch.mask, neg_mask, own,
+                               count)
         with torch.no_grad():
             pos = torch.as_tensor(clients, device=device)
             delta_table[pos[touched // m], touched % m] = (rows - g_table[touched % m]).to(torch.float64)
             deltas[pos, layout.table_size :] = (shared - g_shared).to(torch.float64)
         done_users.append(users)
-        for name, value in user.items():
+        for name, value in (user | personal).items():
             done_local[name].append(value.detach())
     users_out = np.concatenate(done_users) if done_users else np.zeros(0, np.int64)
     new_local = {name: (torch.cat(parts) if parts else local[name][:0].to(device))
