@@ -369,9 +369,6 @@ def _personal_step(
     ``picked`` (B, n, w), ``shared`` (B, P) and ``user`` are the client's trained copies, held fixed;
     the loss is the one of the global step on the personalized score, plus ``personal_decay``
     times the squared norm of the offsets each sample reads, per client over ``count`` samples.
-    The dense offset steps on the gradient of that mean; an item offset, which only its own
-    samples read, on the gradient of their sum (the mean's times ``count``), so that its step
-    does not shrink with the length of the user's history.
     """
     hyper = model.hyper
     offsets = personal_rows(personal, items)
@@ -385,11 +382,7 @@ def _personal_step(
                                                       + dense_sq * weights.sum(1))
     per_client = torch.zeros_like(count).index_add_(0, own, per_user)
     loss = (per_client / count.clamp(min=1)).sum()
-    names = list(personal)
-    grads = dict(zip(names, torch.autograd.grad(loss, [personal[k] for k in names]), strict=True))
-    # an item offset learns from its own samples only: the gradient of their sum, not of the mean
-    grads[PERSONAL_ITEMS] = grads[PERSONAL_ITEMS] * count.clamp(min=1)[own][:, None, None]
-    opt.step([grads[k] for k in names])
+    opt.step(list(torch.autograd.grad(loss, list(personal.values()))))
 
 
 def local_train(

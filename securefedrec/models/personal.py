@@ -20,9 +20,7 @@ start at zero and are trained on the device only:
 2. then the *personal step*, on the same samples: the loss of the personalized score, with
    its gradient to the offsets only (the local copy and the user embeddings are held
    fixed), plus ``personal_decay`` times the squared norm of the offsets it reads, which
-   pulls the personal model back toward the global one; a step of the local optimizer of
-   ``local_lr`` (an item offset on the sum of its own samples' losses, the dense offset on
-   the client's mean loss).
+   pulls the personal model back toward the global one; an SGD step of ``local_lr``.
 
 Memory: the pool keeps ``users * (items * w + P)`` floats of offsets (ML-100K, 32 factors:
 943 * 1682 * 33 * 4 B = 209 MB). :func:`check_personal_size` refuses more than
