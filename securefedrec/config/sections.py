@@ -269,8 +269,8 @@ class ModelConfig(Section):
     weight_decay: float = 0.0  # implicit-mf, ncf: L2 on the item rows and user embeddings each sample reads
     local_optimizer: str = "sgd"  # implicit-mf, ncf: sgd | adam, the client's steps (of size local_lr)
     mlp_layers: str = "64,32,16"  # ncf: MLP widths, the first = user + item MLP embedding sizes
-    personalize: bool = False  # implicit-mf, ncf: personal offsets kept on the device (models.personal)
-    personal_decay: float = 0.0  # implicit-mf, ncf with personalize: L2 pulling the offsets toward zero
+    personalize: bool = False  # ncf: a personal score function kept on the device (models.personal)
+    personal_decay: float = 0.0  # ncf with personalize: L2 pulling the personal offset toward zero
 
     def _rules(self) -> None:
         self._one_of("name", MODEL_NAMES)

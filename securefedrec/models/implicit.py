@@ -54,14 +54,7 @@ import torch.nn.functional as F
 from securefedrec.errors import ConfigError
 from securefedrec.models.base import CHUNK, LocalPart, Model, PaddedRatings, RatingsByUser, Trained
 from securefedrec.models.names import LOCAL_OPTIMIZERS, LOSSES
-from securefedrec.models.personal import (
-    PERSONAL_DENSE,
-    PERSONAL_ITEMS,
-    check_personal_size,
-    is_personal,
-    personal_rows,
-    personal_shapes,
-)
+from securefedrec.models.personal import PERSONAL_DENSE, check_personal_size, is_personal, personal_shapes
 
 if TYPE_CHECKING:  # pragma: no cover
     from securefedrec.config import ExperimentConfig
@@ -185,7 +178,7 @@ class ImplicitModel(Model):
 
     Global part: :class:`ItemLayout` (item rows, then shared dense values); local part: the
     user tensors of :meth:`user_shapes`, drawn ``N(0, init_std^2)`` at first and kept between
-    rounds, and with ``personalize`` the personal offsets (:mod:`securefedrec.models.personal`).
+    rounds, and with ``personalize`` the personal score function (:mod:`securefedrec.models.personal`).
     """
 
     feedback: ClassVar[tuple[str, ...]] = ("implicit",)
@@ -194,6 +187,8 @@ class ImplicitModel(Model):
     def __init__(self, layout: ItemLayout, hyper: ImplicitHyper) -> None:
         self.layout = layout
         self.hyper = hyper
+        if hyper.personalize:
+            personal_shapes(layout.dense)  # refuses a model without a shared score function
 
     @abc.abstractmethod
     def logits(self, rows: torch.Tensor, shared: torch.Tensor, local: LocalPart) -> torch.Tensor:
@@ -218,25 +213,25 @@ class ImplicitModel(Model):
     # ---- the local part
     @abc.abstractmethod
     def user_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Name -> shape of one user's embeddings (the local part without the personal offsets)."""
+        """Name -> shape of one user's embeddings (the local part without the personal part)."""
 
     def local_shapes(self) -> dict[str, tuple[int, ...]]:
-        """:meth:`user_shapes`, then with ``personalize`` the personal offsets."""
+        """:meth:`user_shapes`, then with ``personalize`` the personal part."""
         shapes = self.user_shapes()
         if self.hyper.personalize:
-            shapes.update(personal_shapes(self.layout.num_items, self.layout.width, self.layout.dense))
+            shapes.update(personal_shapes(self.layout.dense))
         return shapes
 
     def init_local(self, num_users: int, dtype: torch.dtype, generator: torch.Generator) -> LocalPart:
         """Every user tensor ``N(0, init_std^2)``, drawn from ``generator`` in :meth:`user_shapes` order;
-        the personal offsets zero (refused above :data:`~securefedrec.models.personal.PERSONAL_MAX_BYTES`)."""
+        the personal part zero (refused above :data:`~securefedrec.models.personal.PERSONAL_MAX_BYTES`,
+        before anything is drawn)."""
+        personal = personal_shapes(self.layout.dense) if self.hyper.personalize else {}
+        check_personal_size(num_users, personal, dtype)
         out = {name: (torch.randn(num_users, *shape, generator=generator, dtype=torch.float64)
                       * self.hyper.init_std).to(dtype)
                for name, shape in self.user_shapes().items()}
-        if self.hyper.personalize:
-            shapes = personal_shapes(self.layout.num_items, self.layout.width, self.layout.dense)
-            check_personal_size(num_users, shapes, dtype)
-            out.update({name: torch.zeros(num_users, *shape, dtype=dtype) for name, shape in shapes.items()})
+        out.update({name: torch.zeros(num_users, *shape, dtype=dtype) for name, shape in personal.items()})
         return out
 
     def train(
@@ -272,14 +267,12 @@ class ImplicitModel(Model):
     ) -> torch.Tensor:
         """Logits of the users of ``local``: on every item (B, items), or on ``items`` (B, n).
 
-        With ``personalize``, of the user's personal model: the global part plus its offsets.
+        With ``personalize``, of the user's personal score function: the global dense part plus its offset.
         """
         table = self.layout.table(global_vec)
         B = next(iter(local.values())).shape[0]
         rows = table.expand(B, *table.shape) if items is None else table[items]
         shared = self.layout.shared(global_vec).expand(B, self.layout.dense)
-        if PERSONAL_ITEMS in local:
-            rows = rows + (local[PERSONAL_ITEMS] if items is None else personal_rows(local, items))
         if PERSONAL_DENSE in local:
             shared = shared + local[PERSONAL_DENSE]
         return self.logits(rows, shared, local)
@@ -361,28 +354,24 @@ class _Optimizer:
 
 def _personal_step(
     model: ImplicitModel, personal: LocalPart, opt: _Optimizer, picked: torch.Tensor, shared: torch.Tensor,
-    user: LocalPart, items: torch.Tensor, n_pos: int, pos_mask: torch.Tensor, neg_mask: torch.Tensor,
-    own: torch.Tensor, count: torch.Tensor,
+    user: LocalPart, n_pos: int, pos_mask: torch.Tensor, neg_mask: torch.Tensor, own: torch.Tensor,
+    count: torch.Tensor,
 ) -> None:
-    """One step of the users' personal offsets (:mod:`securefedrec.models.personal`) on an epoch's samples.
+    """One step of the users' personal score functions (:mod:`securefedrec.models.personal`).
 
     ``picked`` (B, n, w), ``shared`` (B, P) and ``user`` are the client's trained copies, held fixed;
     the loss is the one of the global step on the personalized score, plus ``personal_decay``
-    times the squared norm of the offsets each sample reads, per client over ``count`` samples.
+    times the offset's squared norm per sample, per client over ``count`` samples.
     """
     hyper = model.hyper
-    offsets = personal_rows(personal, items)
-    dense = shared + personal[PERSONAL_DENSE] if PERSONAL_DENSE in personal else shared
-    logits = model.logits(picked + offsets, dense, user)
-    per_user = _loss(logits, n_pos, pos_mask, neg_mask, hyper)
+    offset = personal[PERSONAL_DENSE]
+    per_user = _loss(model.logits(picked, shared + offset, user), n_pos, pos_mask, neg_mask, hyper)
     if hyper.personal_decay:
         weights = torch.cat([pos_mask, neg_mask], dim=1)
-        dense_sq = (personal[PERSONAL_DENSE] ** 2).sum(1) if PERSONAL_DENSE in personal else 0.0
-        per_user = per_user + hyper.personal_decay * (((offsets**2).sum(-1) * weights).sum(1)
-                                                      + dense_sq * weights.sum(1))
+        per_user = per_user + hyper.personal_decay * (offset**2).sum(1) * weights.sum(1)
     per_client = torch.zeros_like(count).index_add_(0, own, per_user)
     loss = (per_client / count.clamp(min=1)).sum()
-    opt.step(list(torch.autograd.grad(loss, list(personal.values()))))
+    opt.step(list(torch.autograd.grad(loss, [offset])))
 
 
 def local_train(
@@ -442,7 +431,7 @@ def local_train(
         params = [rows, shared, *user.values()]
         opt = _Optimizer(params, hyper, lr)
         personal_opt = _Optimizer(list(personal.values()), hyper, lr)
-        for (negs, neg_mask), idx in zip(drawn, at, strict=True):
+        for (_, neg_mask), idx in zip(drawn, at, strict=True):
             picked = rows.index_select(0, idx.reshape(-1)).view(*idx.shape, w)  # backward: index_add
             logits = model.logits(picked, shared[own], user)
             per_user = _loss(logits, n_pos, batch.mask, neg_mask, hyper)
@@ -460,9 +449,8 @@ def local_train(
             if personal:  # after the global step, which never reads the personal part
                 _personal_step(model, personal, personal_opt, rows.detach().index_select(0, idx.reshape(-1))
                                .view(*idx.shape, w), shared.detach()[own],
-                               {name: v.detach() for name, v in user.items()},
-                               torch.cat([batch.items, negs], dim=1), n_pos, batch.mask, neg_mask, own,
-                               count)
+                               {name: v.detach() for name, v in user.items()}, n_pos, batch.mask, neg_mask,
+                               own, count)
         with torch.no_grad():
             pos = torch.as_tensor(clients, device=device)
             delta_table[pos[touched // m], touched % m] = (rows - g_table[touched % m]).to(torch.float64)
