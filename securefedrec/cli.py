@@ -149,6 +149,11 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help=f"implicit-mf, ncf: the client's optimizer (default {d.local_optimizer})")
     g.add_argument("--mlp-layers", metavar="W0,W1,...", help=f"ncf: MLP widths, the first = user + item "
                    f"MLP embedding sizes (default {d.mlp_layers})")
+    g.add_argument("--personalize", action="store_true", default=None,
+                   help="ncf: each user also keeps a personal offset of the MLP and output layer (its own "
+                        "score function), trained and used on its device only, never sent")
+    g.add_argument("--personal-decay", type=float, help=f"ncf with --personalize: L2 pulling the personal "
+                   f"offset toward zero (default {d.personal_decay})")
     g.add_argument("--update-clip", type=float,
                    help=f"per-coordinate bound of a client update (default {d.update_clip})")
     g.add_argument("--server-optimizer", choices=list(OPTIMIZERS),

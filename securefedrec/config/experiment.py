@@ -251,6 +251,8 @@ _MODE_BOUND: dict[str, _Bound] = {
     **{name: _Bound("model", lambda model: model in IMPLICIT_MODELS,
                     f"--model {' or '.join(IMPLICIT_MODELS)}")
        for name in ("loss", "negatives", "weight_decay", "local_optimizer")},
+    "personalize": _Bound("model", lambda model: model == "ncf", "--model ncf"),
+    "personal_decay": _Bound("personalize", bool, "--personalize"),
     "mlp_layers": _Bound("model", lambda model: model == "ncf", "--model ncf"),
     **{name: _Bound("model", lambda model: model == "mf", "--model mf")
        for name in ("lam_user", "lam_item", "lam_bias")},

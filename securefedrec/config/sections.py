@@ -122,7 +122,7 @@ class Section:
     """Base of the sections: checks every field against its annotated type, then the section's rules.
 
     An ``int`` given for a ``float`` field becomes a ``float`` (reports show ``4.0``); a ``bool``
-    is never a number. Errors are :class:`FieldError` naming the flat key.
+    is never a number (only a ``bool`` field takes one). Errors are :class:`FieldError` naming the flat key.
     """
 
     SECTION: ClassVar[str]
@@ -137,7 +137,7 @@ class Section:
             number = isinstance(value, int | float) and not isinstance(value, bool)
             if float in allowed and number:
                 object.__setattr__(self, f.name, float(value))
-            elif isinstance(value, bool) or not isinstance(value, allowed):
+            elif (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
                 raise FieldError(self.key(f.name),
                                  f"expected {_type_name(f.type)}, got {value!r} ({type(value).__name__})")
         self._rules()
@@ -269,12 +269,14 @@ class ModelConfig(Section):
     weight_decay: float = 0.01  # implicit-mf, ncf: L2 on the item rows and user embeddings each sample reads
     local_optimizer: str = "sgd"  # implicit-mf, ncf: sgd | adam, the client's steps (of size local_lr)
     mlp_layers: str = "64,32,16"  # ncf: MLP widths, the first = user + item MLP embedding sizes
+    personalize: bool = False  # ncf: a personal score function kept on the device (models.personal)
+    personal_decay: float = 0.0  # ncf with personalize: L2 pulling the personal offset toward zero
 
     def _rules(self) -> None:
         self._one_of("name", MODEL_NAMES)
         for name in ("factors", "local_epochs", "negatives"):
             self._need(getattr(self, name) >= 1, name, "must be >= 1")
-        for name in ("lam_user", "lam_item", "lam_bias", "init_std", "weight_decay"):
+        for name in ("lam_user", "lam_item", "lam_bias", "init_std", "weight_decay", "personal_decay"):
             self._need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("local_lr", "update_clip"):
             self._need(math.isfinite(getattr(self, name)) and getattr(self, name) > 0, name, "must be > 0")
@@ -421,6 +423,8 @@ FLAT_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "weight_decay": ("model", "weight_decay"),
     "local_optimizer": ("model", "local_optimizer"),
     "mlp_layers": ("model", "mlp_layers"),
+    "personalize": ("model", "personalize"),
+    "personal_decay": ("model", "personal_decay"),
     "dp": ("privacy", "mode"),
     "epsilon": ("privacy", "epsilon"),
     "delta": ("privacy", "delta"),

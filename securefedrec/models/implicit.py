@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from securefedrec.errors import ConfigError
 from securefedrec.models.base import CHUNK, LocalPart, Model, PaddedRatings, RatingsByUser, Trained
 from securefedrec.models.names import LOCAL_OPTIMIZERS, LOSSES
+from securefedrec.models.personal import PERSONAL_DENSE, check_personal_size, is_personal, personal_shapes
 
 if TYPE_CHECKING:  # pragma: no cover
     from securefedrec.config import ExperimentConfig
@@ -87,6 +88,8 @@ class ImplicitHyper:
     weight_decay: float = 0.01
     optimizer: str = "sgd"
     init_std: float = 0.01
+    personalize: bool = False
+    personal_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.negatives < 1:
@@ -100,13 +103,16 @@ class ImplicitHyper:
             raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
         if not (math.isfinite(self.init_std) and self.init_std >= 0):
             raise ConfigError(f"init_std: must be >= 0, got {self.init_std}")
+        if not (math.isfinite(self.personal_decay) and self.personal_decay >= 0):
+            raise ConfigError(f"personal_decay: must be >= 0, got {self.personal_decay}")
 
 
 def implicit_hyper(config: ExperimentConfig) -> ImplicitHyper:
     """The local-training hyper-parameters an experiment configures."""
     m = config.model
     return ImplicitHyper(negatives=m.negatives, loss=m.loss, weight_decay=m.weight_decay,
-                         optimizer=m.local_optimizer, init_std=m.init_std)
+                         optimizer=m.local_optimizer, init_std=m.init_std, personalize=m.personalize,
+                         personal_decay=m.personal_decay)
 
 
 @dataclass(frozen=True)
@@ -172,8 +178,8 @@ class ImplicitModel(Model):
     """A model of implicit feedback trained by :func:`local_train`; subclasses define the logits.
 
     Global part: :class:`ItemLayout` (item rows, then shared dense values); local part: the
-    user tensors of :meth:`local_shapes`, drawn ``N(0, init_std^2)`` at first and kept between
-    rounds.
+    user tensors of :meth:`user_shapes`, drawn ``N(0, init_std^2)`` at first and kept between
+    rounds, and with ``personalize`` the personal score function (:mod:`securefedrec.models.personal`).
     """
 
     feedback: ClassVar[tuple[str, ...]] = ("implicit",)
@@ -182,6 +188,8 @@ class ImplicitModel(Model):
     def __init__(self, layout: ItemLayout, hyper: ImplicitHyper) -> None:
         self.layout = layout
         self.hyper = hyper
+        if hyper.personalize:
+            personal_shapes(layout.dense)  # refuses a model without a shared score function
 
     @abc.abstractmethod
     def logits(self, rows: torch.Tensor, shared: torch.Tensor, local: LocalPart) -> torch.Tensor:
@@ -204,11 +212,28 @@ class ImplicitModel(Model):
         return vec[: self.layout.table_size].reshape(self.layout.num_items, self.layout.width)
 
     # ---- the local part
+    @abc.abstractmethod
+    def user_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of one user's embeddings (the local part without the personal part)."""
+
+    def local_shapes(self) -> dict[str, tuple[int, ...]]:
+        """:meth:`user_shapes`, then with ``personalize`` the personal part."""
+        shapes = self.user_shapes()
+        if self.hyper.personalize:
+            shapes.update(personal_shapes(self.layout.dense))
+        return shapes
+
     def init_local(self, num_users: int, dtype: torch.dtype, generator: torch.Generator) -> LocalPart:
-        """Every user tensor ``N(0, init_std^2)``, drawn from ``generator`` in :meth:`local_shapes` order."""
-        return {name: (torch.randn(num_users, *shape, generator=generator, dtype=torch.float64)
-                       * self.hyper.init_std).to(dtype)
-                for name, shape in self.local_shapes().items()}
+        """Every user tensor ``N(0, init_std^2)``, drawn from ``generator`` in :meth:`user_shapes` order;
+        the personal part zero (refused above :data:`~securefedrec.models.personal.PERSONAL_MAX_BYTES`,
+        before anything is drawn)."""
+        personal = personal_shapes(self.layout.dense) if self.hyper.personalize else {}
+        check_personal_size(num_users, personal, dtype)
+        out = {name: (torch.randn(num_users, *shape, generator=generator, dtype=torch.float64)
+                      * self.hyper.init_std).to(dtype)
+               for name, shape in self.user_shapes().items()}
+        out.update({name: torch.zeros(num_users, *shape, dtype=dtype) for name, shape in personal.items()})
+        return out
 
     def train(
         self,
@@ -241,11 +266,16 @@ class ImplicitModel(Model):
     def scores(
         self, global_vec: torch.Tensor, local: LocalPart, items: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Logits of the users of ``local``: on every item (B, items), or on ``items`` (B, n)."""
+        """Logits of the users of ``local``: on every item (B, items), or on ``items`` (B, n).
+
+        With ``personalize``, of the user's personal score function: the global dense part plus its offset.
+        """
         table = self.layout.table(global_vec)
         B = next(iter(local.values())).shape[0]
         rows = table.expand(B, *table.shape) if items is None else table[items]
         shared = self.layout.shared(global_vec).expand(B, self.layout.dense)
+        if PERSONAL_DENSE in local:
+            shared = shared + local[PERSONAL_DENSE]
         return self.logits(rows, shared, local)
 
     def predict(
@@ -323,6 +353,28 @@ class _Optimizer:
             p.addcdiv_(m, denom, value=-self.lr / (1 - b1**self.t))
 
 
+def _personal_step(
+    model: ImplicitModel, personal: LocalPart, opt: _Optimizer, picked: torch.Tensor, shared: torch.Tensor,
+    user: LocalPart, n_pos: int, pos_mask: torch.Tensor, neg_mask: torch.Tensor, own: torch.Tensor,
+    count: torch.Tensor,
+) -> None:
+    """One step of the users' personal score functions (:mod:`securefedrec.models.personal`).
+
+    ``picked`` (B, n, w), ``shared`` (B, P) and ``user`` are the client's trained copies, held fixed;
+    the loss is the one of the global step on the personalized score, plus ``personal_decay``
+    times the offset's squared norm per sample, per client over ``count`` samples.
+    """
+    hyper = model.hyper
+    offset = personal[PERSONAL_DENSE]
+    per_user = implicit_loss(model.logits(picked, shared + offset, user), n_pos, pos_mask, neg_mask, hyper)
+    if hyper.personal_decay:
+        weights = torch.cat([pos_mask, neg_mask], dim=1)
+        per_user = per_user + hyper.personal_decay * (offset**2).sum(1) * weights.sum(1)
+    per_client = torch.zeros_like(count).index_add_(0, own, per_user)
+    loss = (per_client / count.clamp(min=1)).sum()
+    opt.step(list(torch.autograd.grad(loss, [offset])))
+
+
 def local_train(
     model: ImplicitModel,
     global_vec: torch.Tensor,
@@ -374,9 +426,12 @@ def local_train(
         shared = g_shared.expand(len(clients), layout.dense).clone().requires_grad_()
         rows_idx = torch.as_tensor([row_of[int(u)] for u in users.tolist()], dtype=torch.long)
         user = {name: value[rows_idx].to(device=device, dtype=dtype).requires_grad_()
-                for name, value in local.items()}
+                for name, value in local.items() if not is_personal(name)}
+        personal = {name: value[rows_idx].to(device=device, dtype=dtype).requires_grad_()
+                    for name, value in local.items() if is_personal(name)}
         params = [rows, shared, *user.values()]
         opt = _Optimizer(params, hyper, lr)
+        personal_opt = _Optimizer(list(personal.values()), hyper, lr)
         for (_, neg_mask), idx in zip(drawn, at, strict=True):
             picked = rows.index_select(0, idx.reshape(-1)).view(*idx.shape, w)  # backward: index_add
             logits = model.logits(picked, shared[own], user)
@@ -392,12 +447,17 @@ def local_train(
             loss = (per_client / count.clamp(min=1)).sum()
             grads = torch.autograd.grad(loss, params, allow_unused=True)  # MF has no shared values
             opt.step([torch.zeros_like(p) if d is None else d for p, d in zip(params, grads, strict=True)])
+            if personal:  # after the global step, which never reads the personal part
+                _personal_step(model, personal, personal_opt, rows.detach().index_select(0, idx.reshape(-1))
+                               .view(*idx.shape, w), shared.detach()[own],
+                               {name: v.detach() for name, v in user.items()}, n_pos, batch.mask, neg_mask,
+                               own, count)
         with torch.no_grad():
             pos = torch.as_tensor(clients, device=device)
             delta_table[pos[touched // m], touched % m] = (rows - g_table[touched % m]).to(torch.float64)
             deltas[pos, layout.table_size :] = (shared - g_shared).to(torch.float64)
         done_users.append(users)
-        for name, value in user.items():
+        for name, value in (user | personal).items():
             done_local[name].append(value.detach())
     users_out = np.concatenate(done_users) if done_users else np.zeros(0, np.int64)
     new_local = {name: (torch.cat(parts) if parts else local[name][:0].to(device))

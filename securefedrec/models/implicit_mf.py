@@ -44,7 +44,7 @@ class ImplicitMF(ImplicitModel):
         table[:, :k] = torch.randn(m, k, generator=generator, dtype=torch.float64) * self.hyper.init_std
         return table.reshape(-1)
 
-    def local_shapes(self) -> dict[str, tuple[int, ...]]:
+    def user_shapes(self) -> dict[str, tuple[int, ...]]:
         """The user's embedding (k,)."""
         return {"user_factors": (self.factors,)}
 

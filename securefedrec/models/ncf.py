@@ -86,7 +86,7 @@ class NCF(ImplicitModel):
                          * bound)
         return torch.cat(parts)
 
-    def local_shapes(self) -> dict[str, tuple[int, ...]]:
+    def user_shapes(self) -> dict[str, tuple[int, ...]]:
         """The user's GMF embedding (k,) and MLP embedding (layers[0] / 2,)."""
         return {"user_gmf": (self.factors,), "user_mlp": (self.mlp_dim,)}
 

@@ -98,7 +98,7 @@ def load(run: Run, path: str | Path, optimizer: ServerOptimizer) -> None:
     # fields existed were Gaussian and MF on explicit data (eval_negatives: the evaluation's, not the
     # training's; the default; the implicit fields at their defaults, which MF does not read)
     implicit = {"loss": "bce", "negatives": 4, "weight_decay": 0.01, "local_optimizer": "sgd",
-                "mlp_layers": "64,32,16"}
+                "mlp_layers": "64,32,16", "personalize": False, "personal_decay": 0.0}
     ours, theirs = run.config.to_dict(), {"dp_mechanism": "gaussian", "model": "mf", "feedback": "explicit",
                                           "eval_negatives": 99, **implicit, **meta["config"]}
     diff = sorted(k for k in ours if k != "rounds" and ours[k] != theirs.get(k))
