@@ -186,37 +186,12 @@ def test_python_api_refuses_a_budget_without_a_mode() -> None:
         ExperimentConfig.from_mapping({"dataset": "ml-100k", "data_dir": "d", "synthetic_users": 5}, "x.toml")
 
 
-def test_plot_has_integer_round_ticks(tmp_path: Path) -> None:
-    from securefedrec.report import plot_rounds
-
-    rounds = [{"round": r, "rmse": 1.0 / r, "mae": 0.8 / r} for r in (1, 2, 3)]
-    report = {"rounds": rounds, "config": {"protocol": "plaintext", "server_optimizer": "fedavg"},
-              "dataset": {"name": "synthetic"}}
-    import matplotlib.pyplot as plt
-
-    created: list[Any] = []
-    real = plt.subplots
-
-    def spy(*a: Any, **k: Any) -> Any:
-        fig, ax = real(*a, **k)
-        created.append(ax)
-        return fig, ax
-
-    plt.subplots = spy  # type: ignore[assignment]
-    try:
-        plot_rounds(report, tmp_path / "p.png")
-    finally:
-        plt.subplots = real  # type: ignore[assignment]
-    ticks = [t for t in created[0].get_xticks() if 1 <= t <= 3]
-    assert ticks and all(float(t).is_integer() for t in ticks)
-
-
-def test_plot_of_an_implicit_run_draws_hr_and_ndcg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _plot_axes(rounds: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The axes :func:`~securefedrec.report.plot_rounds` draws for a report with ``rounds``."""
     import matplotlib.pyplot as plt
 
     from securefedrec.report import plot_rounds
 
-    rounds = [{"round": r, "rmse": None, "mae": None, "hr@10": r / 10, "ndcg@10": r / 20} for r in (1, 2, 3)]
     report = {"rounds": rounds, "config": {"protocol": "plaintext", "server_optimizer": "fedavg"},
               "dataset": {"name": "synthetic"}}
     created: list[Any] = []
@@ -229,5 +204,17 @@ def test_plot_of_an_implicit_run_draws_hr_and_ndcg(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(plt, "subplots", spy)
     plot_rounds(report, tmp_path / "p.png")
-    lines = {line.get_label(): list(line.get_ydata()) for line in created[0].get_lines()}
+    return created[0]
+
+
+def test_plot_has_integer_round_ticks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rounds = [{"round": r, "rmse": 1.0 / r, "mae": 0.8 / r} for r in (1, 2, 3)]
+    ticks = [t for t in _plot_axes(rounds, tmp_path, monkeypatch).get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_plot_of_an_implicit_run_draws_hr_and_ndcg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rounds = [{"round": r, "rmse": None, "mae": None, "hr@10": r / 10, "ndcg@10": r / 20} for r in (1, 2, 3)]
+    axes = _plot_axes(rounds, tmp_path, monkeypatch)
+    lines = {line.get_label(): list(line.get_ydata()) for line in axes.get_lines()}
     assert lines == {"HR@10": [0.1, 0.2, 0.3], "NDCG@10": [0.05, 0.1, 0.15]}
