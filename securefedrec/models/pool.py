@@ -33,6 +33,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _or_default(generator: torch.Generator | None) -> torch.Generator:
+    """``generator``, or one seeded 0 for callers that do not sample per round."""
+    return generator if generator is not None else torch.Generator().manual_seed(0)
+
+
 class ClientPool:
     """All clients of a simulation; trains any sampled subset in one batched call.
 
@@ -85,7 +90,7 @@ class ClientPool:
         client_users = [self.groups[c] for c in clients]
         trained = self.model.train(global_vec, self.data, client_users, epochs, lr, self.device, self.dtype,
                                    local=self.rows(np.concatenate(client_users) if client_users else []),
-                                   generator=generator or torch.Generator().manual_seed(0))
+                                   generator=_or_default(generator))
         self._keep(trained.users, trained.local)
         return trained.deltas
 
@@ -99,7 +104,7 @@ class ClientPool:
             raise ConfigError("sparse updates need one user per client (no --silos)")
         trained = self.model.train_sparse(global_vec, self.data, users, lr, clip, self.device, self.dtype,
                                           local=self.rows(users),
-                                          generator=generator or torch.Generator().manual_seed(0))
+                                          generator=_or_default(generator))
         self._keep(trained.users, trained.local)
         return trained.deltas
 
@@ -148,7 +153,7 @@ class Client:
     ) -> torch.Tensor:
         """Train locally; return the delta of the global vector (L,). The local part stays here."""
         trained = self.model.train(global_vec, self.data, [self.users], epochs, lr, self.device, self.dtype,
-                                   local=self.local, generator=generator or torch.Generator().manual_seed(0))
+                                   local=self.local, generator=_or_default(generator))
         pos = {u: n for n, u in enumerate(self.users.tolist())}
         idx = torch.as_tensor([pos[u] for u in trained.users.tolist()], dtype=torch.long)
         for name, value in trained.local.items():

@@ -41,10 +41,6 @@ CENTRAL_STREAM = streams.CENTRAL
 (it draws the negatives and the shuffles)."""
 
 
-def _simulation(config: ExperimentConfig, dataset: Dataset | None) -> Simulation:
-    return Simulation(config, dataset=dataset)
-
-
 def train_centrally(
     config: ExperimentConfig,
     dataset: Dataset | None = None,
@@ -76,7 +72,7 @@ def train_centrally(
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ConfigError(f"train_centrally: epochs and batch_size must be >= 1 and lr > 0, got "
                           f"epochs={epochs}, batch_size={batch_size}, lr={lr}")
-    sim = _simulation(config, dataset)
+    sim = Simulation(config, dataset=dataset)
     model = sim.model
     if not isinstance(model, ImplicitModel):
         raise ConfigError(f"--model {model.name}: the centralised trainer needs an implicit model "
@@ -142,7 +138,7 @@ def central_evaluation(
     global vector and local part are replaced by the trained ones: the same users, targets and
     sampled negatives (drawn from the data set and seed only) as the federated run's ``final``.
     """
-    sim = _simulation(config, dataset)
+    sim = Simulation(config, dataset=dataset)
     if global_vec.shape != (sim.model.length,):
         raise ConfigError(f"central_evaluation: the global vector has shape {tuple(global_vec.shape)}, "
                           f"--model {sim.model.name} needs ({sim.model.length},)")

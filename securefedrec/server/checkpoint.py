@@ -94,13 +94,10 @@ def load(run: Run, path: str | Path, optimizer: ServerOptimizer) -> None:
     p = Path(path)
     arrays = _read_checkpoint(p)
     meta = _checkpoint_meta(p, arrays)
-    # checkpoints written before dp_mechanism, model, feedback, eval_negatives and the implicit models'
-    # fields existed were Gaussian and MF on explicit data (eval_negatives: the evaluation's, not the
-    # training's; the default; the implicit fields at their defaults, which MF does not read)
-    implicit = {"loss": "bce", "negatives": 4, "weight_decay": 0.01, "local_optimizer": "sgd",
-                "mlp_layers": "64,32,16", "personalize": False, "personal_decay": 0.0}
-    ours, theirs = run.config.to_dict(), {"dp_mechanism": "gaussian", "model": "mf", "feedback": "explicit",
-                                          "eval_negatives": 99, **implicit, **meta["config"]}
+    # a key a checkpoint lacks was added after it was written, with a default that keeps the
+    # behaviour of its time (dp_mechanism gaussian, model mf, feedback explicit, 99 evaluation
+    # negatives, the implicit models' fields that MF does not read)
+    ours, theirs = run.config.to_dict(), {**type(run.config).defaults(), **meta["config"]}
     diff = sorted(k for k in ours if k != "rounds" and ours[k] != theirs.get(k))
     if diff:
         details = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs run {ours[k]!r}" for k in diff)

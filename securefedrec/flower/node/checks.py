@@ -130,8 +130,8 @@ def paillier_params(config: ExperimentConfig, message: StageMessage, cid: int) -
     where = f"client {cid}, round {message.round_id}"
     rc = paillier_round_config(message.info, message.round_id, where)
     n = len(message.sampled)
-    if rc.threshold < own_threshold(config, n):
+    floor = own_threshold(config, n)
+    if rc.threshold < floor:
         raise IntegrityError(f"{where}, field 'round.threshold': the server asks for {rc.threshold} of "
-                             f"{n} clients, this node's run configuration requires at least "
-                             f"{own_threshold(config, n)}")
+                             f"{n} clients, this node's run configuration requires at least {floor}")
     return RoundParams(rc.clip_range, rc.threshold, info_int(message.info, "round.length", where))
