@@ -698,3 +698,33 @@ def test_the_node_policy_wants_the_degree_its_dropout_needs() -> None:
     with pytest.raises(PolicyRefusal, match="dropout rate") as refused:
         node_policy(stormy).check(setup, True)
     assert refused.value.field == "degree"
+
+
+def test_the_replayed_protocol_client_holds_the_node_policy_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defence in depth: with the node's pre-training check bypassed, the SecAgg client the node
+    replays still refuses a Setup that the default ClientPolicy accepts but this node's run
+    configuration does not (threshold 4 of 6 < ceil(0.75 * 6); the default floor is 3)."""
+    from protocols.secagg import ClientPolicy
+    from protocols.secagg.messages import Setup
+    from securefedrec.errors import ProtocolError
+    from securefedrec.flower.node import runtime
+    from securefedrec.flower.node.checks import RoundParams
+
+    n = 6
+    config = ExperimentConfig(**SMALL, silos=n, rounds=1, threshold_fraction=0.75)
+    settings = DeploymentSettings(malicious=True)
+    sim = Simulation(config)
+    server = SecAggServer(sim.round_config(0, n), range(n), sim.layout.length, neighbors=None, malicious=True)
+    honest = Setup.decode(server.setup()[0])
+    weaker = dataclasses.replace(honest, threshold=4)
+    assert ClientPolicy().check(weaker, True) >= 1  # the default floor would let it through
+
+    def unchecked(cfg: ExperimentConfig, message: StageMessage, cid: int, *, malicious: bool) -> RoundParams:
+        setup = Setup.decode(message.payload[cid])
+        return RoundParams(setup.clip_range, setup.threshold, setup.length, setup.wrap)
+
+    monkeypatch.setattr(runtime, "secagg_params", unchecked)
+    node = NodeRuntime(config, settings, (0, n), RecordDict(), identity=test_identity(0, n),
+                       trainer=lambda cfg, clients, view, r, state: np.zeros((len(clients), view.shape[0])))
+    with pytest.raises(ProtocolError, match="threshold 4 is below this client's floor 5"):
+        node.handle(StageMessage(FlowerStage.TRAIN, 0, {0: weaker.encode()}, tuple(range(n)), sim.global_vec))

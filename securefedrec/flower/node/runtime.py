@@ -32,7 +32,7 @@ from securefedrec.errors import (
     StageError,
 )
 from securefedrec.flower.messages import FlowerStage, StageMessage
-from securefedrec.flower.node.checks import paillier_params, secagg_params
+from securefedrec.flower.node.checks import node_policy, paillier_params, secagg_params
 from securefedrec.flower.node.identity import Identity
 from securefedrec.flower.node.paillier import PAILLIER_STAGES, PaillierSession, require_identity
 from securefedrec.flower.node.secagg import SecAggSession
@@ -145,7 +145,7 @@ class NodeRuntime:
         self.state = state
         self.trainer = trainer
         self.randbytes = randbytes
-        self.secagg = SecAggSession(state, settings, identity, seed)
+        self.secagg = SecAggSession(state, settings, identity, seed, policy=lambda: node_policy(self.config))
         self.paillier = PaillierSession(state, settings, self.node, identity, seed)
 
     @property

@@ -6,15 +6,20 @@ far (:mod:`~securefedrec.flower.node.state`), and *replays* them into a new
 ``SecAggClient`` before handling the next stage. The client is deterministic given
 these, so the replayed client is the same state machine; its replies to the replayed
 stages are discarded. A stage is accepted only once, in order (the stored transcript is
-the state), so a server cannot obtain two answers to the unmask stage.
+the state), so a server cannot obtain two answers to the unmask stage. Every replayed
+client holds the server's Setup to the node's own policy
+(:func:`~securefedrec.flower.node.checks.node_policy`), the same rule the node applied to
+the TRAIN message before training, so the protocol client never falls back to a default floor.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
-from protocols.secagg import SecAggClient
+from protocols.secagg import ClientPolicy, SecAggClient
 from securefedrec.errors import StageError
 from securefedrec.flower.messages import FlowerStage, StageMessage
 from securefedrec.flower.node.identity import Identity, signing_key
@@ -51,14 +56,17 @@ class SecAggSession:
         settings: the deployment settings (``malicious``, ``reproducible_rounding``).
         identity: the node's signing keys and the PKI (malicious-server model).
         seed: the run's seed (for ``reproducible_rounding``).
+        policy: the node's own floor for the server's Setup (called when a client is built, so a
+            node whose run configuration is built lazily reads it only then).
     """
 
     def __init__(self, state: RecordDict, settings: DeploymentSettings, identity: Identity | None,
-                 seed: int) -> None:
+                 seed: int, policy: Callable[[], ClientPolicy]) -> None:
         self.state = state
         self.settings = settings
         self.identity = identity
         self.seed = seed
+        self.policy = policy
 
     def step(self, cid: int, message: StageMessage) -> bytes:
         """Client ``cid``'s reply to ``message``; the message joins its transcript.
@@ -85,6 +93,7 @@ class SecAggSession:
             identity_keys=identity.pki if identity is not None else None,
             randbytes=KeyStream(record[f"secret.{cid}"]),  # type: ignore[arg-type]
             rng=self._rounding_rng(record, cid, message.round_id),
+            policy=self.policy(),
         )
         # replay the stages already answered (same secrets, same messages -> same state)
         for stage, received in zip(order, log, strict=False):
