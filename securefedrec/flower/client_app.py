@@ -4,11 +4,13 @@ Run by a SuperNode (``flower-supernode --node-config 'partition-id=I
 num-partitions=N'``, plus ``identity-key``/``pki`` for the malicious model and
 Paillier, and the node's own settings ``reproducible-noise`` and
 ``paillier-key-bits``, :class:`~securefedrec.flower.settings.NodeSettings`) or by
-Flower's simulation engine. Each protocol stage is
-its own message type (``train.sfr_advertise``, ``query.sfr_share_keys``, ...;
-see :class:`~securefedrec.flower.messages.FlowerStage`); the work is done by
-:class:`~securefedrec.flower.node.runtime.NodeRuntime`. The default ``train`` action
-serves Flower's own ``SecAggPlusWorkflow`` (``transport = "flower-secaggplus"``).
+Flower's simulation runtime (``flwr run . local``; the rest of each simulated
+node's config comes from the file ``$SFR_NODE_CONFIG`` names,
+:func:`~securefedrec.flower.settings.node_config`). Each protocol stage is its
+own message type (``train.sfr_advertise``, ``query.sfr_share_keys``, ...; see
+:class:`~securefedrec.flower.messages.FlowerStage`); the work is done by
+:class:`~securefedrec.flower.node.runtime.NodeRuntime`. The default ``train``
+action serves Flower's own ``SecAggPlusWorkflow`` (``transport = "flower-secaggplus"``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from flwr.clientapp import ClientApp
 from securefedrec.errors import DecodeError
 from securefedrec.flower.messages import FlowerStage, pack, unpack
 from securefedrec.flower.node import NodeRuntime, load_identity
-from securefedrec.flower.settings import deployment_settings, experiment_config, node_settings, partition_of
+from securefedrec.flower.settings import (
+    deployment_settings,
+    experiment_config,
+    node_config,
+    node_settings,
+    partition_of,
+)
 
 __all__ = ["app", "handle"]
 
@@ -35,10 +43,10 @@ def handle(message: Message, context: Context) -> Message:
         raise DecodeError(f"unknown securefedrec message type {message.metadata.message_type!r}") from None
     request = unpack(message.content, expect=stage, where=f"{stage.name} message from the server")
     settings, seed = deployment_settings(context.run_config)
-    runtime = NodeRuntime(lambda: experiment_config(context.run_config, context.node_config)[0], settings,
-                          partition_of(context.node_config), context.state, seed=seed,
-                          identity=load_identity(context.node_config),
-                          node=node_settings(context.node_config))
+    own = node_config(context.node_config)  # + $SFR_NODE_CONFIG (Flower's simulation runtime)
+    runtime = NodeRuntime(lambda: experiment_config(context.run_config, own)[0], settings,
+                          partition_of(own), context.state, seed=seed, identity=load_identity(own),
+                          node=node_settings(own))
     return Message(pack(runtime.handle(request)), reply_to=message)
 
 

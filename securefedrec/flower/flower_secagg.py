@@ -36,13 +36,20 @@ def client_train(message: Message, context: Context) -> Message:
     from flwr.compat.common import recorddict_compat as compat
 
     from securefedrec.flower.node import train_clients
-    from securefedrec.flower.settings import experiment_config, hosted_clients, node_settings, partition_of
+    from securefedrec.flower.settings import (
+        experiment_config,
+        hosted_clients,
+        node_config,
+        node_settings,
+        partition_of,
+    )
 
-    config, _ = experiment_config(context.run_config, context.node_config)
-    if not node_settings(context.node_config).honest_server:
+    own = node_config(context.node_config)
+    config, _ = experiment_config(context.run_config, own)
+    if not node_settings(own).honest_server:
         raise ConfigError("transport flower-secaggplus: Flower's SecAgg+ is honest-but-curious only; this "
                           "node takes part only with honest-server=true in its node config")
-    pid, count = partition_of(context.node_config)
+    pid, count = partition_of(own)
     num_clients = config.privacy.silos if config.privacy.silos is not None else config.data.synthetic_users
     clients = hosted_clients(pid, count, num_clients)
     if len(clients) != 1:

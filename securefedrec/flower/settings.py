@@ -13,7 +13,10 @@ The app's ``[tool.flwr.app.config]`` table (overridable with ``flwr run
 Any other key is an error that names it.
 
 A SuperNode's ``--node-config`` holds its own :class:`NodeSettings` and its partition
-(:func:`partition_of`; the clients it hosts: :func:`hosted_clients`).
+(:func:`partition_of`; the clients it hosts: :func:`hosted_clients`). Where the runtime
+gives a node no config of its own (Flower's simulation runtime sets only ``partition-id``
+and ``num-partitions``), the machine that runs the nodes names a TOML file with the rest
+in ``$SFR_NODE_CONFIG`` (:func:`node_config`).
 """
 
 from __future__ import annotations
@@ -21,9 +24,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from securefedrec.config import ExperimentConfig
 from securefedrec.errors import ConfigError
@@ -35,6 +46,7 @@ __all__ = [
     "deployment_settings",
     "experiment_config",
     "hosted_clients",
+    "node_config",
     "node_settings",
     "partition_of",
     "split_run_config",
@@ -213,6 +225,57 @@ def node_settings(node_config: Mapping[str, Any]) -> NodeSettings:
         if key in node_config:
             values[key.replace("-", "_")] = node_config[key]
     return NodeSettings(**values)
+
+
+NODE_CONFIG_ENV = "SFR_NODE_CONFIG"
+"""The environment variable that names a node-config TOML file (:func:`node_config`)."""
+
+NODE_KEYS = ("identity-key", "pki", "honest-server", "reproducible-noise", "paillier-key-bits",
+             "data-dir", "device")
+"""The keys a node-config file may set (a node's partition comes from the runtime)."""
+
+
+def node_config(flower_node_config: Mapping[str, Any],
+                environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A node's config: Flower's node config, completed from the TOML file ``$SFR_NODE_CONFIG`` names.
+
+    Flower's simulation runtime gives each simulated SuperNode only ``partition-id`` and
+    ``num-partitions``; the file supplies what a real SuperNode's ``--node-config`` would
+    (:data:`NODE_KEYS`), for every node the machine runs. ``{partition-id}`` in a string value
+    is replaced by the node's partition, so one file names each node's own identity keys
+    (``identity-key = "keys/identity-{partition-id}.json"``, as ``securefedrec keys`` writes
+    them). A key Flower's node config already has keeps Flower's value. The file is read by
+    the node, on the node's machine: a server cannot set it.
+
+    Raises:
+        ConfigError: the file is unreadable or not TOML (file, line, column), or has a key
+            outside :data:`NODE_KEYS` (file and key).
+    """
+    merged = dict(flower_node_config)
+    path = (os.environ if environ is None else environ).get(NODE_CONFIG_ENV)
+    if not path:
+        return merged
+    try:
+        table = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"${NODE_CONFIG_ENV}: cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"${NODE_CONFIG_ENV}: {path}: {exc}") from None
+    unknown = sorted(set(table) - set(NODE_KEYS))
+    if unknown:
+        raise ConfigError(f"${NODE_CONFIG_ENV}: {path}: unknown key {unknown[0]!r}; a node-config file "
+                          f"may set {', '.join(NODE_KEYS)}")
+    partition = merged.get("partition-id")
+    for key, value in table.items():
+        if key in merged:
+            continue
+        if isinstance(value, str) and "{partition-id}" in value:
+            if partition is None:
+                raise ConfigError(f"${NODE_CONFIG_ENV}: {path}: {key} uses {{partition-id}}, but this "
+                                  "node has no partition-id")
+            value = value.replace("{partition-id}", str(partition))
+        merged[key] = value
+    return merged
 
 
 def partition_of(node_config: Mapping[str, Any]) -> tuple[int, int]:

@@ -127,6 +127,9 @@ def discover(link: NodeLink, num_clients: int, settings: DeploymentSettings,
             raise ConfigError(f"node config: nodes {owner[pid]} and {nid} both have partition-id {pid}")
         owner[pid] = nid
         counts.add(count)
+    if not counts:
+        raise ConfigError(f"node config: no node reported its partition ({len(nodes)} connected, "
+                          f"{len(replies)} answered; a ClientApp's error is in its SuperNode's log)")
     if len(counts) != 1:
         raise ConfigError(f"node config: nodes disagree on num-partitions ({sorted(counts)})")
     count = counts.pop()

@@ -308,6 +308,36 @@ def test_discover_refuses_duplicate_and_missing_partitions() -> None:
         discover(FakeLink(partial), 3, settings)
     with pytest.raises(ConfigError, match="min-nodes"):
         discover(FakeLink({1: partial[1]}), 3, settings)
+    silent = FakeLink(partial, silent={1: FlowerStage.HELLO, 2: FlowerStage.HELLO})  # every ClientApp fails
+    with pytest.raises(ConfigError, match=r"no node reported its partition \(2 connected, 0 answered"):
+        discover(silent, 3, settings)
+
+
+def test_a_node_config_file_completes_what_the_runtime_gives(tmp_path: Path) -> None:
+    """$SFR_NODE_CONFIG: Flower's simulation runtime gives a node only its partition; the file gives the
+    rest, {partition-id} names each node's own identity file, and the runtime's own keys win."""
+    from securefedrec.flower.settings import NODE_CONFIG_ENV, node_config, node_settings
+
+    flower = {"partition-id": 2, "num-partitions": 3}
+    assert node_config(flower, {}) == flower  # no file: Flower's config as it is
+    path = tmp_path / "node.toml"
+    path.write_text('identity-key = "keys/identity-{partition-id}.json"\npki = "keys/pki.json"\n'
+                    'honest-server = true\ndevice = "cpu"\n')
+    env = {NODE_CONFIG_ENV: str(path)}
+    merged = node_config({**flower, "device": "cuda"}, env)
+    assert merged == {**flower, "identity-key": "keys/identity-2.json", "pki": "keys/pki.json",
+                      "honest-server": True, "device": "cuda"}
+    assert node_settings(merged).honest_server and partition_of(merged) == (2, 3)
+    with pytest.raises(ConfigError, match="has no partition-id"):
+        node_config({}, env)
+    path.write_text('partition-id = 0\n')  # the partition is the runtime's, never the file's
+    with pytest.raises(ConfigError, match=r"node.toml: unknown key 'partition-id'"):
+        node_config(flower, env)
+    path.write_text('honest-server = \n')
+    with pytest.raises(ConfigError, match=r"node.toml: .*line 1, column"):
+        node_config(flower, env)
+    with pytest.raises(ConfigError, match="cannot read"):
+        node_config(flower, {NODE_CONFIG_ENV: str(tmp_path / "absent.toml")})
 
 
 # ---- the node --------------------------------------------------------------------------------
