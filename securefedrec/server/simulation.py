@@ -62,7 +62,7 @@ from securefedrec.server import checkpoint as checkpoints
 from securefedrec.server.checkpoint import Snapshot
 from securefedrec.server.optimizers import ServerOptimizer, get_optimizer
 
-__all__ = ["Simulation", "round_generator", "run_experiment"]
+__all__ = ["Simulation", "poisson_sample", "round_generator", "run_experiment"]
 
 
 def load_configured_dataset(config: ExperimentConfig) -> Dataset:
@@ -108,6 +108,18 @@ def dropout_by_unmask(per_stage: float) -> float:
 
 def _round_rng(seed: int, round_id: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, round_id, stream])
+
+
+def poisson_sample(seed: int, round_id: int, num_clients: int, rate: float) -> list[int]:
+    """The clients of round ``round_id``: each of ``num_clients`` joins with probability ``rate``.
+
+    Drawn from the run's public seed, so every party can recompute it: a Flower node refuses a
+    round whose client list is not this one (:func:`securefedrec.flower.node.checks.check_sampled`).
+    """
+    if rate >= 1.0:
+        return list(range(num_clients))
+    draws = _round_rng(seed, round_id, streams.SAMPLING).random(num_clients)
+    return np.flatnonzero(draws < rate).tolist()
 
 
 def round_generator(seed: int, round_id: int) -> torch.Generator:
@@ -204,12 +216,9 @@ class Simulation:
 
     # ------------------------------------------------------------------ one round
     def sample(self, round_id: int) -> list[int]:
-        """Poisson sampling of the clients for ``round_id``."""
-        n = self.pool.num_clients
-        if self.config.federation.sample_rate >= 1.0:
-            return list(range(n))
-        draws = _round_rng(self.config.run.seed, round_id, streams.SAMPLING).random(n)
-        return np.flatnonzero(draws < self.config.federation.sample_rate).tolist()
+        """Poisson sampling of the clients for ``round_id`` (:func:`poisson_sample`)."""
+        return poisson_sample(self.config.run.seed, round_id, self.pool.num_clients,
+                              self.config.federation.sample_rate)
 
     def round_config(self, round_id: int, n: int) -> RoundConfig:
         """The protocol settings for a round with ``n`` sampled clients."""

@@ -758,3 +758,33 @@ def test_the_replayed_protocol_client_holds_the_node_policy_too(monkeypatch: pyt
                        trainer=lambda cfg, clients, view, r, state: np.zeros((len(clients), view.shape[0])))
     with pytest.raises(ProtocolError, match="threshold 4 is below this client's floor 5"):
         node.handle(StageMessage(FlowerStage.TRAIN, 0, {0: weaker.encode()}, tuple(range(n)), sim.global_vec))
+
+
+def test_node_refuses_a_client_list_that_is_not_the_public_sample() -> None:
+    """The server may not pick the clients: the node recomputes the round's Poisson sample from its run
+    config and refuses a shrunk list (a victim and the server's own clients) or a padded one."""
+    from protocols.secagg.messages import Setup
+    from securefedrec.server.simulation import poisson_sample
+
+    n = 12
+    config = ExperimentConfig(**{**SMALL, "sample_rate": 0.5}, silos=n, rounds=1)
+    drawn = poisson_sample(config.run.seed, 0, n, 0.5)
+    assert 3 <= len(drawn) < n  # not everyone joins round 0
+    victim = drawn[0]  # the node hosting it is partition victim of n
+    settings = DeploymentSettings(malicious=False)
+    sim = Simulation(config)
+    assert sim.sample(0) == drawn  # the server's own sampling is this draw
+    for lie in ([victim, drawn[1]], sorted({*drawn, *range(n)})):
+        rc = sim.round_config(0, len(lie))
+        setup = SecAggServer(rc, lie, sim.layout.length, neighbors=None, malicious=False).setup()
+        node = NodeRuntime(config, settings, (victim, n), RecordDict(), **node_options(settings, victim, n))
+        with pytest.raises(IntegrityError, match="round 0, field 'sampled'"):
+            node.handle(StageMessage(FlowerStage.TRAIN, 0, {victim: setup[victim]}, tuple(lie),
+                                     sim.global_vec))
+    rc = sim.round_config(0, len(drawn))
+    honest = SecAggServer(rc, drawn, sim.layout.length, neighbors=None, malicious=False).setup()
+    assert Setup.decode(honest[victim]).client_ids == tuple(drawn)
+    node = NodeRuntime(config, settings, (victim, n), RecordDict(), **node_options(settings, victim, n))
+    reply = node.handle(StageMessage(FlowerStage.TRAIN, 0, {victim: honest[victim]}, tuple(drawn),
+                                     sim.global_vec))
+    assert set(reply.payload) == {victim}

@@ -5,24 +5,26 @@ SecAgg+ neighbour degree, the Shamir threshold t', the ring size (SecAgg :class:
 and the Paillier round configuration are checked here, before any client state exists
 (the DP parameters in :func:`~securefedrec.flower.update.check_dp`); the SecAgg parameters by
 the protocol client's own rule, :meth:`~protocols.secagg.ClientPolicy.check`, with the node's
-policy (:func:`node_policy`).
+policy (:func:`node_policy`). The client list itself is the public Poisson sample of the
+round, recomputed by the node (:func:`check_sampled`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from protocols.secagg.client import ClientPolicy, PolicyRefusal
-from securefedrec.config import ExperimentConfig
+from securefedrec.config import DataConfig, ExperimentConfig, RunConfig
 from securefedrec.errors import DecodeError, IntegrityError
 from securefedrec.flower.messages import StageMessage, info_int, paillier_round_config
 
 if TYPE_CHECKING:
     from protocols.secagg.messages import Setup
 
-__all__ = ["COMPLETE", "RoundParams", "check_setup", "node_policy", "own_threshold", "paillier_params",
-           "secagg_params"]
+__all__ = ["COMPLETE", "RoundParams", "check_sampled", "check_setup", "node_policy", "own_threshold",
+           "paillier_params", "secagg_params"]
 
 COMPLETE = 2**31
 """A ``min_degree`` no round reaches: only the complete graph is accepted (SecAgg)."""
@@ -60,6 +62,41 @@ def node_policy(config: ExperimentConfig) -> ClientPolicy:
 
         rate = dropout_by_unmask(fed.dropout)
     return ClientPolicy(min_threshold_fraction=fed.threshold_fraction, dropout_rate=rate)
+
+
+@functools.lru_cache(maxsize=4)
+def _users(data: DataConfig, seed: int) -> int:
+    from securefedrec.server.simulation import load_configured_dataset
+
+    return load_configured_dataset(ExperimentConfig(data=data, run=RunConfig(seed=seed))).num_users
+
+
+def check_sampled(config: ExperimentConfig, sampled: Sequence[int], round_id: int) -> None:
+    """Refuse a round whose client list is not the public Poisson sample of this node's run.
+
+    The server samples from the run's public seed
+    (:func:`~securefedrec.server.simulation.poisson_sample`), so a node recomputes the list from
+    its own run configuration (seed, ``sample-rate``, the number of clients: ``silos``, or the
+    data set's users). A server that picked the clients itself could shrink a round to a victim
+    and clients it controls, or try client sets until the SecAgg+ graph gives its clients a
+    victim's neighbourhood (the graph seed is derived from the list).
+
+    Raises:
+        IntegrityError: another list (the message names the round and the field ``sampled``).
+    """
+    from securefedrec.server.simulation import poisson_sample
+
+    fed = config.federation
+    silos = config.privacy.silos
+    count = silos if silos is not None else _users(config.data, config.run.seed)
+    expected = poisson_sample(config.run.seed, round_id, count, fed.sample_rate)
+    if list(sampled) != expected:
+        extra = sorted(set(sampled) - set(expected))[:5]
+        missing = sorted(set(expected) - set(sampled))[:5]
+        raise IntegrityError(
+            f"round {round_id}, field 'sampled': the server lists {len(sampled)} clients, this node's run "
+            f"configuration draws {len(expected)} (seed {config.run.seed}, sample-rate {fed.sample_rate}, "
+            f"{count} clients); not drawn: {extra}, left out: {missing}")
 
 
 def check_setup(config: ExperimentConfig, setup: Setup, *, cid: int, round_id: int, sampled: Sequence[int],

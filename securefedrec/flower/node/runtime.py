@@ -32,7 +32,7 @@ from securefedrec.errors import (
     StageError,
 )
 from securefedrec.flower.messages import FlowerStage, StageMessage
-from securefedrec.flower.node.checks import node_policy, paillier_params, secagg_params
+from securefedrec.flower.node.checks import check_sampled, node_policy, paillier_params, secagg_params
 from securefedrec.flower.node.identity import Identity
 from securefedrec.flower.node.paillier import PAILLIER_STAGES, PaillierSession, require_identity
 from securefedrec.flower.node.secagg import SecAggSession
@@ -236,6 +236,7 @@ class NodeRuntime:
         missing = [c for c in clients if c not in ranks]
         if missing:
             raise IntegrityError(f"round {r}: clients {missing} are not in the sampled list")
+        check_sampled(cfg, message.sampled, r)  # the public Poisson sample, not the server's choice
         if paillier:
             for c in clients:
                 require_identity(self.identity, c, f"client {c}, round {r}")
