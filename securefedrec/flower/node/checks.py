@@ -22,9 +22,10 @@ from securefedrec.flower.messages import StageMessage, info_int, paillier_round_
 
 if TYPE_CHECKING:
     from protocols.secagg.messages import Setup
+    from securefedrec.data import Dataset
 
-__all__ = ["COMPLETE", "RoundParams", "check_sampled", "check_setup", "node_policy", "own_threshold",
-           "paillier_params", "secagg_params"]
+__all__ = ["COMPLETE", "RoundParams", "check_sampled", "check_setup", "node_dataset", "node_policy",
+           "own_threshold", "paillier_params", "secagg_params"]
 
 COMPLETE = 2**31
 """A ``min_degree`` no round reaches: only the complete graph is accepted (SecAgg)."""
@@ -64,11 +65,17 @@ def node_policy(config: ExperimentConfig) -> ClientPolicy:
     return ClientPolicy(min_threshold_fraction=fed.threshold_fraction, dropout_rate=rate)
 
 
-@functools.lru_cache(maxsize=4)
-def _users(data: DataConfig, seed: int) -> int:
+@functools.lru_cache(maxsize=2)
+def _dataset(data: DataConfig, seed: int) -> Dataset:
     from securefedrec.server.simulation import load_configured_dataset
 
-    return load_configured_dataset(ExperimentConfig(data=data, run=RunConfig(seed=seed))).num_users
+    return load_configured_dataset(ExperimentConfig(data=data, run=RunConfig(seed=seed)))
+
+
+def node_dataset(config: ExperimentConfig) -> Dataset:
+    """The run's data set as this node loads it, once per process (ML-100K takes seconds to parse;
+    the node needs it at every round's first message)."""
+    return _dataset(config.data, config.run.seed)
 
 
 def check_sampled(config: ExperimentConfig, sampled: Sequence[int], round_id: int) -> None:
@@ -88,7 +95,7 @@ def check_sampled(config: ExperimentConfig, sampled: Sequence[int], round_id: in
 
     fed = config.federation
     silos = config.privacy.silos
-    count = silos if silos is not None else _users(config.data, config.run.seed)
+    count = silos if silos is not None else node_dataset(config).num_users
     expected = poisson_sample(config.run.seed, round_id, count, fed.sample_rate)
     if list(sampled) != expected:
         extra = sorted(set(sampled) - set(expected))[:5]

@@ -32,7 +32,13 @@ from securefedrec.errors import (
     StageError,
 )
 from securefedrec.flower.messages import FlowerStage, StageMessage
-from securefedrec.flower.node.checks import check_sampled, node_policy, paillier_params, secagg_params
+from securefedrec.flower.node.checks import (
+    check_sampled,
+    node_dataset,
+    node_policy,
+    paillier_params,
+    secagg_params,
+)
 from securefedrec.flower.node.identity import Identity
 from securefedrec.flower.node.paillier import PAILLIER_STAGES, PaillierSession, require_identity
 from securefedrec.flower.node.secagg import SecAggSession
@@ -63,7 +69,7 @@ def train_clients(
 ) -> np.ndarray:
     """Train ``clients`` locally from ``view`` with the simulator's math; clip to ``update_clip``.
 
-    Loads the configured dataset on this node. The model's local part of the hosted users
+    Loads the configured dataset on this node (once per process). The model's local part of the hosted users
     (user embeddings, ...) is read from and written back to the node's state
     (:func:`~securefedrec.flower.node.state.kept_local`), so it persists across rounds on the
     node as it does in the simulator; what training samples comes from the simulator's
@@ -73,7 +79,7 @@ def train_clients(
 
     from securefedrec.server.simulation import Simulation, round_generator
 
-    sim = Simulation(config)
+    sim = Simulation(config, dataset=node_dataset(config))  # the data set parsed once per process
     users, kept = kept_local(state)
     if len(users):
         idx = torch.as_tensor(users)

@@ -177,10 +177,12 @@ class NodeSilos:
                  state: RecordDict, round_id: int, *, reproducible: bool) -> None:
         import secrets
 
+        from securefedrec.flower.node.checks import node_dataset
         from securefedrec.privacy import SiloDPSGD
         from securefedrec.server.simulation import Simulation
 
-        plain = Simulation(config.replace(dp="none"))  # data, silo groups, model; no DP built
+        # data (parsed once per process), silo groups, model; no DP built
+        plain = Simulation(config.replace(dp="none"), dataset=node_dataset(config))
         self.silos = SiloDPSGD.from_config(config, plain.pool, plain.model, silo_ids=list(clients))
         self.config, self.round_id = config, round_id
         self.store = SiloStore(state)
