@@ -5,6 +5,7 @@ Depends on numpy, cryptography and PyNaCl (libsodium's Ed25519 verification) onl
 """
 
 from protocols.base import (
+    MIN_INPUTS,
     AggregationResult,
     Aggregator,
     DropoutPlan,
@@ -27,6 +28,7 @@ from protocols.plaintext import PlaintextAggregator
 from protocols.registry import PROTOCOLS, aggregator_class, get_aggregator, protocols_where
 
 __all__ = [
+    "MIN_INPUTS",
     "PROTOCOLS",
     "AggregationAborted",
     "AggregationResult",

@@ -34,6 +34,7 @@ from protocols.errors import AggregationAborted, ConfigError
 
 __all__ = [
     "CAPABILITIES",
+    "MIN_INPUTS",
     "AggregationResult",
     "Aggregator",
     "DropoutPlan",
@@ -44,6 +45,13 @@ __all__ = [
     "check_inputs",
     "sample_dropouts",
 ]
+
+
+MIN_INPUTS = 2
+"""The fewest inputs a securely aggregated sum may hold: the sum of one input is that input.
+
+A deployment's clients refuse a release threshold below it (the Flower node's policy), and
+a server runs no secure round for fewer sampled clients."""
 
 
 class Stage(enum.IntEnum):

@@ -38,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from protocols import (
+    MIN_INPUTS,
     AggregationAborted,
     Aggregator,
     RoundConfig,
@@ -223,7 +224,9 @@ class Simulation:
     def round_config(self, round_id: int, n: int) -> RoundConfig:
         """The protocol settings for a round with ``n`` sampled clients."""
         cfg = self.config
-        threshold = max(1, math.ceil(cfg.federation.threshold_fraction * n))
+        # a secure sum holds at least MIN_INPUTS inputs (a deployment's nodes refuse less)
+        floor = MIN_INPUTS if aggregator_class(cfg.federation.protocol).secure else 1
+        threshold = max(floor, math.ceil(cfg.federation.threshold_fraction * n))
         config = self.uplink.round_config(RoundConfig(  # q8/q16 narrow the ring to 8/16 + ceil(log2 n)
             round_id=round_id,
             # with user-level DP the range must also hold each client's noise share (privacy.py Notes)
@@ -250,7 +253,11 @@ class Simulation:
             "bytes_up": 0, "bytes_down": 0, "rmse": None, "mae": None, "hr@10": None, "ndcg@10": None,
             "epsilon": None, "server_epsilon": None,
         }
-        if sampled:
+        if 0 < len(sampled) < MIN_INPUTS and aggregator_class(cfg.federation.protocol).secure:
+            # the secure sum of one input is that input: the round is not run (nothing leaves a client)
+            record.update(aborted=True, error=f"{len(sampled)} client sampled; a secure sum needs at least "
+                                              f"{MIN_INPUTS}: round skipped, the model is unchanged")
+        elif sampled:
             round_cfg = self.round_config(r, len(sampled))
             # clients train on what the (compressed) broadcast gave them
             view, bytes_down = self.downlink.broadcast(

@@ -72,6 +72,28 @@ def test_aborted_round_leaves_model_unchanged_and_training_goes_on() -> None:
     assert not sim.run_round()["aborted"]
 
 
+@pytest.mark.parametrize("protocol", ["secagg", "secagg+", "plaintext"])
+def test_a_secure_round_of_one_client_is_skipped(protocol: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The secure sum of one input is that input: a secure protocol runs no round of one client (the
+    model is unchanged, nothing is sent) and asks for a release threshold of at least 2 otherwise;
+    plaintext, which hides nothing, runs it."""
+    sim = Simulation(ExperimentConfig(rounds=2, **{**SMALL, "protocol": protocol}))
+    secure = protocol != "plaintext"
+    assert sim.round_config(0, 2).threshold == (2 if secure else 1)  # ceil(0.5 * 2) = 1 without the floor
+    assert sim.round_config(0, 3).threshold == 2 and sim.round_config(0, 10).threshold == 5
+    monkeypatch.setattr(sim, "sample", lambda r: [7])
+    before = sim.global_vec.copy()
+    record = sim.run_round()
+    assert record["aborted"] is secure
+    if secure:
+        assert "1 client sampled; a secure sum needs at least 2" in record["error"]
+        assert record["bytes_up"] == 0
+        np.testing.assert_array_equal(sim.global_vec, before)
+    else:
+        assert record["bytes_up"] > 0
+        assert not np.array_equal(sim.global_vec, before)
+
+
 def test_poisson_sampling_rate() -> None:
     sim = Simulation(ExperimentConfig(rounds=1, sample_rate=0.2, **SMALL))
     sizes = [len(sim.sample(r)) for r in range(200)]

@@ -788,3 +788,21 @@ def test_node_refuses_a_client_list_that_is_not_the_public_sample() -> None:
     reply = node.handle(StageMessage(FlowerStage.TRAIN, 0, {victim: honest[victim]}, tuple(drawn),
                                      sim.global_vec))
     assert set(reply.payload) == {victim}
+
+
+def test_node_refuses_to_release_a_sum_of_fewer_than_two_inputs() -> None:
+    """Two clients: the simulator's fraction alone (ceil(0.5 * 2) = 1) would let the server declare one
+    dropped and release the other's input as "the sum"; the node's floor is 2."""
+    from protocols.secagg.messages import Setup
+
+    n = 2
+    config = ExperimentConfig(**SMALL, silos=n, rounds=1)
+    sim = Simulation(config)
+    assert sim.round_config(0, n).threshold == 2
+    settings = DeploymentSettings(malicious=False)
+    lie = SecAggServer(RoundConfig(round_id=0, threshold=1, clip_range=config.model.update_clip), range(n),
+                       sim.layout.length, neighbors=None, malicious=False).setup()
+    assert Setup.decode(lie[0]).threshold == 1
+    node = NodeRuntime(config, settings, (0, n), RecordDict(), **node_options(settings, 0, n))
+    with pytest.raises(IntegrityError, match="field 'threshold': threshold 1 is below this client's floor 2"):
+        node.handle(StageMessage(FlowerStage.TRAIN, 0, {0: lie[0]}, tuple(range(n)), sim.global_vec))

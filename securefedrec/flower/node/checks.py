@@ -15,6 +15,7 @@ import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+from protocols import MIN_INPUTS
 from protocols.secagg.client import ClientPolicy, PolicyRefusal
 from securefedrec.config import DataConfig, ExperimentConfig, RunConfig
 from securefedrec.errors import DecodeError, IntegrityError
@@ -34,7 +35,7 @@ COMPLETE = 2**31
 def own_threshold(config: ExperimentConfig, n: int) -> int:
     """The smallest release threshold this node accepts for a round of ``n`` clients.
 
-    ``ceil(threshold_fraction * n)`` (at least 1) from the node's own run configuration, exactly
+    ``ceil(threshold_fraction * n)`` (at least 2) from the node's own run configuration, exactly
     the simulator's round config (:meth:`~securefedrec.server.simulation.Simulation.round_config`).
     """
     return node_policy(config).threshold_floor(n)
@@ -44,25 +45,31 @@ def node_policy(config: ExperimentConfig) -> ClientPolicy:
     """The :class:`~protocols.secagg.ClientPolicy` this node holds a SecAgg Setup to, from its own run.
 
     The release threshold is at least ``threshold_fraction`` of the round (the simulator's
-    round config). The degree: SecAgg, the complete graph; SecAgg+ with a fixed ``neighbors``,
-    at least that; otherwise secure for the default 5 % corruption rate (Bell et al.'s bound)
-    and at least the degree an honest server chooses for the dropout rate the simulator sizes
-    the graph for (:func:`~securefedrec.server.simulation.dropout_by_unmask`). t', the graph
-    seed and overflow are the policy's own rules (:meth:`~protocols.secagg.ClientPolicy.check`).
+    round config) and at least :data:`~protocols.MIN_INPUTS` (2): a released sum of one input
+    is that input, so a node takes no part in a round of one client (the simulator skips such
+    rounds, :meth:`~securefedrec.server.simulation.Simulation.run_round`). The degree: SecAgg,
+    the complete graph; SecAgg+ with a fixed ``neighbors``, at least that; otherwise secure for
+    the default 5 % corruption rate (Bell et al.'s bound) and at least the degree an honest
+    server chooses for the dropout rate the simulator sizes the graph for
+    (:func:`~securefedrec.server.simulation.dropout_by_unmask`). t', the graph seed and overflow
+    are the policy's own rules (:meth:`~protocols.secagg.ClientPolicy.check`).
     """
     from protocols import aggregator_class
 
     fed = config.federation
     if not aggregator_class(fed.protocol).sparse_graph:
-        return ClientPolicy(min_threshold_fraction=fed.threshold_fraction, min_degree=COMPLETE)
+        return ClientPolicy(min_threshold=MIN_INPUTS, min_threshold_fraction=fed.threshold_fraction,
+                            min_degree=COMPLETE)
     if fed.neighbors is not None:
-        return ClientPolicy(min_threshold_fraction=fed.threshold_fraction, min_degree=fed.neighbors)
+        return ClientPolicy(min_threshold=MIN_INPUTS, min_threshold_fraction=fed.threshold_fraction,
+                            min_degree=fed.neighbors)
     rate = 0.05
     if fed.dropout > 0:
         from securefedrec.server.simulation import dropout_by_unmask
 
         rate = dropout_by_unmask(fed.dropout)
-    return ClientPolicy(min_threshold_fraction=fed.threshold_fraction, dropout_rate=rate)
+    return ClientPolicy(min_threshold=MIN_INPUTS, min_threshold_fraction=fed.threshold_fraction,
+                        dropout_rate=rate)
 
 
 @functools.lru_cache(maxsize=2)

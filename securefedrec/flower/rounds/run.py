@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols import AggregationAborted, aggregator_class, protocols_where
+from protocols import MIN_INPUTS, AggregationAborted, aggregator_class, protocols_where
 from protocols.secagg import SecAggAggregator, SecAggServer
 from securefedrec.config import ExperimentConfig
 from securefedrec.errors import ConfigError, PrivacyBudgetExhausted, SecureFedRecError
@@ -136,7 +136,11 @@ class FederatedRun:
                                   "bytes_up": 0, "bytes_down": 0, "rmse": None, "mae": None, "epsilon": None,
                                   "server_epsilon": None}
         total = np.zeros_like(sim.global_vec)
-        if sampled:
+        if 0 < len(sampled) < MIN_INPUTS:  # the nodes refuse: a secure sum of one input is that input
+            record.update(aborted=True, error=f"{len(sampled)} client sampled; a secure sum needs at least "
+                                              f"{MIN_INPUTS}: round skipped, the model is unchanged")
+            log.warning("round %s skipped: %s", r + 1, record["error"])
+        elif sampled:
             view, bytes_down = sim.downlink.broadcast(
                 sim.global_vec, sampled, np.random.default_rng([cfg.run.seed, r, streams.DOWNLINK]))
             rc = sim.round_config(r, len(sampled))
@@ -192,7 +196,7 @@ class FederatedRun:
             first = FlowerStage.PAILLIER_TRAIN if self.secagg is None else FlowerStage.TRAIN
             for c in trace.get(first.name, ()):  # what each node settles its error feedback with
                 self.outcomes[c] = (r, c in survivors)
-        if sampled and isinstance(sim.privacy, SiloDPSGD):  # the sampled silos trained on their nodes
+        if len(sampled) >= MIN_INPUTS and isinstance(sim.privacy, SiloDPSGD):  # they trained on their nodes
             sim.privacy.charge(sampled)
         if sim.privacy is not None:
             sim.privacy.count_participants(sampled)
