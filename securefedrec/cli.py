@@ -109,6 +109,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    f"becomes an interaction of value 1, judged by HR@10 / NDCG@10 (default {d.feedback})")
     g.add_argument("--eval-negatives", type=int, help=f"sampled negatives each test user ranks its held-out "
                    f"item among, for HR@10 / NDCG@10 (default {d.eval_negatives})")
+    # issue #17 (h-content): side information of the items, for --model content
+    g.add_argument("--item-features", metavar="FILE", help="item features for --model content: CSV lines "
+                   "item_id,feature[,value] (value default 1; item ids as in the ratings file); default: "
+                   "the data set's own (ml-100k u.item, ml-latest-small movies.csv, synthetic factors)")
     # --dataset file: any ratings file (securefedrec.data.read_ratings)
     g.add_argument("--data-file", help="ratings file of --dataset file: CSV, TSV, '::' or whitespace-"
                    "separated, header optional; MovieLens header names (userId, movieId, rating, "
