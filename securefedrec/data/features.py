@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from securefedrec.data.loader import load_dataset
 from securefedrec.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,6 +53,7 @@ __all__ = [
     "ML100K_GENRES",
     "ItemFeatures",
     "RawFeatures",
+    "configured_item_ids",
     "feature_matrix",
     "item_features",
     "read_item_feature_file",
@@ -330,6 +332,15 @@ def synthetic_features(num_users: int = 1000, num_items: int = 500, ratings_per_
     noisy = clean + own.normal(0, noise, clean.shape)
     names = (*(f"latent:{d}" for d in range(rank)), "bias:item")
     return ItemFeatures(names, noisy.astype(np.float32), "synthetic")
+
+
+def configured_item_ids(config: ExperimentConfig) -> tuple[str, ...]:
+    """The dense item ids of the data set ``config.data`` names (loaded, unless synthetic: ``0..n-1``)."""
+    data = config.data
+    if data.dataset == "synthetic":
+        return tuple(str(i) for i in range(data.synthetic_items))
+    return load_dataset(data.dataset, data.data_dir, data.split, config.run.seed, data_file=data.data_file,
+                        columns=data.columns, rating_scale=data.rating_scale, feedback=data.feedback).item_ids
 
 
 def item_features(config: ExperimentConfig, item_ids: Sequence[str]) -> ItemFeatures:

@@ -32,7 +32,7 @@ apply and say so with a :class:`~securefedrec.errors.ConfigError`).
 Where the features come from (:meth:`ContentModel.for_dataset`, which the simulator calls with
 the data set it trains on): ``--item-features FILE`` or the data set's own
 (:func:`securefedrec.data.features.item_features`), mapped onto the data set's item ids.
-``from_config`` (no data set at hand) loads the data set ``config.data`` names first.
+``from_config`` (no data set at hand) loads the data set ``config.data`` names for its item ids.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
-from securefedrec.data import Dataset
-from securefedrec.data.features import ItemFeatures, item_features
+from securefedrec.data import Dataset, synthetic
+from securefedrec.data.features import ItemFeatures, configured_item_ids, item_features
 from securefedrec.errors import ConfigError
 from securefedrec.models.base import CHUNK, LocalPart, Model, PaddedRatings, RatingsByUser, Trained
 from securefedrec.models.implicit import ImplicitHyper, implicit_hyper, implicit_loss, sample_negatives
@@ -106,12 +106,6 @@ class ContentLayout:
         return vec[..., : f * k].reshape(*lead, f, k), vec[..., f * k : f * (k + 1)], vec[..., f * (k + 1)]
 
 
-def _configured_dataset(config: ExperimentConfig) -> Dataset:
-    from securefedrec.server.simulation import load_configured_dataset  # the models import no server
-
-    return load_configured_dataset(config)
-
-
 def content_features(config: ExperimentConfig, dataset: Dataset) -> ItemFeatures:
     """The item features ``config`` names, on the items of ``dataset`` (rows in its item order).
 
@@ -123,8 +117,10 @@ def content_features(config: ExperimentConfig, dataset: Dataset) -> ItemFeatures
             without features and no ``--item-features``.
         DataError: an unreadable feature file, or one whose ids match none of ``dataset``'s.
     """
-    if config.data.dataset == "synthetic" and config.data.item_features is None:
-        made = _configured_dataset(config)
+    data = config.data
+    if data.dataset == "synthetic" and data.item_features is None:
+        made = synthetic(data.synthetic_users, data.synthetic_items, data.synthetic_ratings_per_user,
+                         seed=config.run.seed, split=data.split, feedback=data.feedback)
         same = (made.item_ids == dataset.item_ids and len(made.train) == len(dataset.train)
                 and np.array_equal(made.train.items, dataset.train.items)
                 and np.array_equal(made.train.users, dataset.train.users))
@@ -134,6 +130,13 @@ def content_features(config: ExperimentConfig, dataset: Dataset) -> ItemFeatures
                               "factors the synthetic item features copy; pass that data set or "
                               "--item-features")
     return item_features(config, dataset.item_ids)
+
+
+def _hyper(config: ExperimentConfig) -> ContentHyper:
+    m = config.model
+    implicit = implicit_hyper(config) if config.data.feedback == "implicit" else None
+    return ContentHyper(factors=m.factors, lam_user=m.lam_user, lam_item=m.lam_item, lam_bias=m.lam_bias,
+                        init_std=m.init_std, implicit=implicit)
 
 
 def _chunks(data: RatingsByUser, client_users: Sequence[np.ndarray]
@@ -195,26 +198,23 @@ class ContentModel(Model):
 
     @classmethod
     def from_config(cls, config: ExperimentConfig, num_items: int) -> ContentModel:
-        """:meth:`for_dataset` on the data set ``config.data`` names (loaded here).
+        """The features of the items of the data set ``config.data`` names (loaded here for its item
+        ids; :meth:`for_dataset` when the data set is at hand).
 
         Raises:
             ConfigError: that data set has another number of items than ``num_items``.
         """
-        dataset = _configured_dataset(config)
-        if dataset.num_items != num_items:
+        ids = configured_item_ids(config)
+        if len(ids) != num_items:
             raise ConfigError(f"--model content: the data set {config.data.dataset!r} has "
-                              f"{dataset.num_items} items, the model is asked for {num_items}")
-        return cls.for_dataset(config, dataset)
+                              f"{len(ids)} items, the model is asked for {num_items}")
+        return cls(item_features(config, ids).matrix, _hyper(config))
 
     @classmethod
     def for_dataset(cls, config: ExperimentConfig, dataset: Dataset) -> ContentModel:
         """``config``'s factors, regularization and, on implicit data, its sampled-negative training;
         the features of ``dataset``'s items (:func:`content_features`)."""
-        m = config.model
-        implicit = implicit_hyper(config) if config.data.feedback == "implicit" else None
-        hyper = ContentHyper(factors=m.factors, lam_user=m.lam_user, lam_item=m.lam_item, lam_bias=m.lam_bias,
-                             init_std=m.init_std, implicit=implicit)
-        return cls(content_features(config, dataset).matrix, hyper)
+        return cls(content_features(config, dataset).matrix, _hyper(config))
 
     @property
     def num_items(self) -> int:

@@ -175,7 +175,7 @@ def test_synthetic_features_need_the_configured_data_set(tmp_path: Path) -> None
 
 
 def test_cold_rmse_is_the_rmse_of_the_test_ratings_of_untrained_items() -> None:
-    data: Dataset = synthetic(80, 60, 8, seed=1)
+    data = _with_cold_items(synthetic(80, 60, 8, seed=1), np.arange(0, 60, 7))
     model = ContentModel(_features(60, 5, seed=4), ContentHyper(factors=3))
     g = model.init_global(data.scale, torch.Generator().manual_seed(0))
     train = RatingsByUser(data.train, data.num_users)
