@@ -323,6 +323,8 @@ def final_summary(report: Mapping[str, Any]) -> str:
         return f"{label} {value:.4f}" if value is not None else f"{label} -"
 
     parts = [] if final.get("rmse") is None else [show("rmse", "RMSE"), show("mae", "MAE")]
+    if final.get("cold_rmse") is not None:  # test ratings of items without a training rating (#17)
+        parts.append(f"{show('cold_rmse', 'cold-item RMSE')} ({final.get('cold_ratings')} ratings)")
     parts += [show("hr@10", "HR@10"), show("ndcg@10", "NDCG@10"), show("recall@20", "Recall@20"),
               show("ndcg@20", "NDCG@20")]
     negatives = report.get("config", {}).get("eval_negatives")
