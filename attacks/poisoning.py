@@ -338,7 +338,7 @@ class PoisoningAttack(Attack):
         ``joined`` records how many fake clients took part in each round.
         """
         holder: dict[str, Simulation] = {}
-        model = build_model(config, dataset.num_items)  # public: the global vector's layout
+        model = build_model(config, dataset.num_items, dataset=dataset)  # public: the global vector's layout
         coords = item_coordinates(model)
         counts = np.bincount(dataset.train.items, minlength=dataset.num_items)
         top = np.argsort(-counts, kind="stable")[: self.popular]

@@ -109,6 +109,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    f"becomes an interaction of value 1, judged by HR@10 / NDCG@10 (default {d.feedback})")
     g.add_argument("--eval-negatives", type=int, help=f"sampled negatives each test user ranks its held-out "
                    f"item among, for HR@10 / NDCG@10 (default {d.eval_negatives})")
+    # issue #17 (h-content): side information of the items, for --model content
+    g.add_argument("--item-features", metavar="FILE", help="item features for --model content: CSV lines "
+                   "item_id,feature[,value] (value default 1; item ids as in the ratings file); default: "
+                   "the data set's own (ml-100k u.item, ml-latest-small movies.csv, synthetic factors)")
     # --dataset file: any ratings file (securefedrec.data.read_ratings)
     g.add_argument("--data-file", help="ratings file of --dataset file: CSV, TSV, '::' or whitespace-"
                    "separated, header optional; MovieLens header names (userId, movieId, rating, "
@@ -319,6 +323,8 @@ def final_summary(report: Mapping[str, Any]) -> str:
         return f"{label} {value:.4f}" if value is not None else f"{label} -"
 
     parts = [] if final.get("rmse") is None else [show("rmse", "RMSE"), show("mae", "MAE")]
+    if final.get("cold_rmse") is not None:  # test ratings of items without a training rating (#17)
+        parts.append(f"{show('cold_rmse', 'cold-item RMSE')} ({final.get('cold_ratings')} ratings)")
     parts += [show("hr@10", "HR@10"), show("ndcg@10", "NDCG@10"), show("recall@20", "Recall@20"),
               show("ndcg@20", "NDCG@20")]
     negatives = report.get("config", {}).get("eval_negatives")

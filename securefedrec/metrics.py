@@ -1,6 +1,8 @@
 """Evaluation, computed by each client on its own device and then averaged.
 
 - RMSE / MAE over every held-out rating (predictions clamped to the scale); explicit data only.
+  ``cold_rmse``: the RMSE over the held-out ratings of *cold* items, those with no training
+  rating at all (ml-100k u1 has 32 such items), ``None`` when there are none.
 - HR@10 / NDCG@10 with sampled negatives, the protocol of NCF, FCF, FedMF, PFedRec and
   GPFedRec: each user with a *target* ranks it among itself and ``eval_negatives`` (99) items it
   never interacted with (:func:`~securefedrec.data.negatives.sample_negatives`, drawn once per
@@ -58,12 +60,17 @@ class Evaluation:
     k_full: int = 20
     ranked_users: int = 0
     """Users with a target (the users HR@k and NDCG@k average over)."""
+    cold_rmse: float | None = None
+    """RMSE over the held-out ratings of items without any training rating (explicit data)."""
+    cold_ratings: int = 0
+    """The number of those ratings."""
 
     def as_dict(self) -> dict[str, float | None]:
-        """Report keys: rmse, mae, hr@K, ndcg@K, recall@K', ndcg@K', ranked_users."""
+        """Report keys: rmse, mae, hr@K, ndcg@K, recall@K', ndcg@K', ranked_users, cold_rmse, cold_ratings."""
         return {"rmse": self.rmse, "mae": self.mae, f"hr@{self.k}": self.hr, f"ndcg@{self.k}": self.ndcg,
                 f"recall@{self.k_full}": self.recall, f"ndcg@{self.k_full}": self.ndcg_full,
-                "ranked_users": self.ranked_users}
+                "ranked_users": self.ranked_users, "cold_rmse": self.cold_rmse,
+                "cold_ratings": self.cold_ratings}
 
 
 def leave_one_out_targets(test: Ratings, num_users: int, relevant: float | None = RELEVANT) -> np.ndarray:
@@ -164,7 +171,12 @@ def evaluate(
     test_by_user = RatingsByUser(test, num_users)
     if local is None:
         local = model.init_local(num_users, torch.float32, torch.Generator().manual_seed(0))
-    sq = ab = 0.0
+    sq = ab = sq_cold = 0.0
+    n_cold = 0
+    # cold items: no training rating at all (their parameters are whatever training never touched)
+    trained = np.zeros(int(max(train.items.max(initial=0), test.items.max(initial=0))) + 1, bool)
+    trained[train.items] = True
+    trained_on = torch.as_tensor(trained, device=device)
     hits = ndcg = 0.0
     n_targets = 0
     recall = ndcg_full = 0.0
@@ -182,6 +194,9 @@ def evaluate(
             err = (pred - tb.ratings) * tb.mask
             sq += float((err**2).sum())
             ab += float(err.abs().sum())
+            cold = (tb.mask > 0) & ~trained_on[tb.items]
+            sq_cold += float((err[cold] ** 2).sum())
+            n_cold += int(cold.sum())
         if task is None:
             continue
         h, n, c = _sampled(model, g, fitted, task, chunk, k, device)
@@ -201,6 +216,8 @@ def evaluate(
         k=k,
         k_full=k_full,
         ranked_users=n_targets,
+        cold_rmse=float(np.sqrt(sq_cold / n_cold)) if errors and n_cold else None,
+        cold_ratings=n_cold if errors else 0,
     )
 
 

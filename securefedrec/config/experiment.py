@@ -254,7 +254,7 @@ _MODE_BOUND: dict[str, _Bound] = {
     "personalize": _Bound("model", lambda model: model == "ncf", "--model ncf"),
     "personal_decay": _Bound("personalize", bool, "--personalize"),
     "mlp_layers": _Bound("model", lambda model: model == "ncf", "--model ncf"),
-    **{name: _Bound("model", lambda model: model == "mf", "--model mf")
+    **{name: _Bound("model", lambda model: model in ("mf", "content"), "--model mf or content")
        for name in ("lam_user", "lam_item", "lam_bias")},
     "neighbors": _Bound("protocol", lambda protocol: aggregator_class(protocol).pairwise_masks,
                         "--protocol secagg or secagg+ (the masking graph)"),

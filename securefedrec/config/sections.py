@@ -174,6 +174,7 @@ class DataConfig(Section):
     rating_scale: str | None = None  # dataset "file": MIN:MAX; default inferred from the file
     feedback: str = "explicit"  # explicit ratings, or implicit: every rating becomes an interaction (1.0)
     eval_negatives: int = 99  # sampled negatives per test user for HR@10 / NDCG@10 (securefedrec.metrics)
+    item_features: str | None = None  # CSV item_id,feature[,value] for --model content (data.features)
 
     def _rules(self) -> None:
         self._one_of("dataset", DATASETS)
@@ -400,6 +401,7 @@ FLAT_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "rating_scale": ("data", "rating_scale"),
     "feedback": ("data", "feedback"),
     "eval_negatives": ("data", "eval_negatives"),
+    "item_features": ("data", "item_features"),
     "protocol": ("federation", "protocol"),
     "threat_model": ("federation", "threat_model"),
     "rounds": ("federation", "rounds"),

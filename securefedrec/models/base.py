@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from protocols.base import SparseVector
-from securefedrec.data import Ratings
+from securefedrec.data import Dataset, Ratings
 from securefedrec.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,6 +132,13 @@ class Model(abc.ABC):
     @abc.abstractmethod
     def from_config(cls, config: ExperimentConfig, num_items: int) -> Model:
         """The model an experiment configures, for a catalogue of ``num_items`` items."""
+
+    @classmethod
+    def for_dataset(cls, config: ExperimentConfig, dataset: Dataset) -> Model:
+        """The model an experiment configures, for the data set it trains on (default:
+        :meth:`from_config` with its number of items). A model that reads the items' side
+        information (``content``) overrides it to map the features onto ``dataset.item_ids``."""
+        return cls.from_config(config, dataset.num_items)
 
     # ---- the global part
     @property

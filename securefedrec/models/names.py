@@ -18,14 +18,16 @@ __all__ = [
     "parse_layers",
 ]
 
-MODEL_NAMES = ("mf", "implicit-mf", "ncf")
+MODEL_NAMES = ("mf", "implicit-mf", "ncf", "content")
 """``--model``: mf = explicit biased matrix factorization; implicit-mf = matrix factorization of
-implicit feedback with sampled negatives; ncf = NeuMF (GMF + MLP towers, He et al. WWW'17)."""
+implicit feedback with sampled negatives; ncf = NeuMF (GMF + MLP towers, He et al. WWW'17);
+content = items scored from their features (genres, title words, --item-features), either kind."""
 
 MODEL_FEEDBACK: dict[str, tuple[str, ...]] = {
     "mf": ("explicit",),
     "implicit-mf": ("implicit",),
     "ncf": ("implicit",),
+    "content": ("explicit", "implicit"),
 }
 """Model name -> the kinds of data it learns from (its class's ``feedback``)."""
 

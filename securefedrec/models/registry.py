@@ -11,16 +11,18 @@ from typing import TYPE_CHECKING
 
 from securefedrec.errors import ConfigError
 from securefedrec.models.base import Model
+from securefedrec.models.content import ContentModel
 from securefedrec.models.implicit_mf import ImplicitMF
 from securefedrec.models.mf import MF
 from securefedrec.models.ncf import NCF
 
 if TYPE_CHECKING:  # pragma: no cover
     from securefedrec.config import ExperimentConfig
+    from securefedrec.data import Dataset
 
 __all__ = ["MODELS", "build_model", "get_model"]
 
-MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (MF, ImplicitMF, NCF)}
+MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (MF, ImplicitMF, NCF, ContentModel)}
 """Name -> model class."""
 
 
@@ -32,6 +34,12 @@ def get_model(name: str) -> type[Model]:
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
 
 
-def build_model(config: ExperimentConfig, num_items: int) -> Model:
-    """The model ``config.model.name`` names, configured for ``num_items`` items."""
-    return get_model(config.model.name).from_config(config, num_items)
+def build_model(config: ExperimentConfig, num_items: int, *, dataset: Dataset | None = None) -> Model:
+    """The model ``config.model.name`` names, configured for ``num_items`` items (for ``dataset``,
+    the data set it trains on, when given: :meth:`Model.for_dataset`)."""
+    cls = get_model(config.model.name)
+    if dataset is None:
+        return cls.from_config(config, num_items)
+    if dataset.num_items != num_items:
+        raise ConfigError(f"build_model: {num_items} items asked for a data set of {dataset.num_items}")
+    return cls.for_dataset(config, dataset)

@@ -151,7 +151,7 @@ class Simulation:
         if self.dataset.feedback != config.data.feedback:
             raise ConfigError(f"--feedback {config.data.feedback}: the data set given holds "
                               f"{self.dataset.feedback} feedback")
-        self.model: Model = build_model(config, self.dataset.num_items)
+        self.model: Model = build_model(config, self.dataset.num_items, dataset=self.dataset)
         check_feedback(type(self.model), self.dataset.feedback)
         self._ranking: RankingTask | None = None  # the evaluation negatives, drawn at the first use
         groups = None

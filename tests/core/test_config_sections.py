@@ -31,7 +31,7 @@ from securefedrec.errors import ConfigError
 DEFAULT_DICT = {
     "dataset": "synthetic", "data_dir": None, "split": "holdout", "synthetic_users": 500,
     "synthetic_items": 300, "synthetic_ratings_per_user": 30, "data_file": None, "columns": None,
-    "rating_scale": None, "feedback": "explicit", "eval_negatives": 99,
+    "rating_scale": None, "feedback": "explicit", "eval_negatives": 99, "item_features": None,
     "protocol": "secagg+", "threat_model": "default", "rounds": 30, "sample_rate": 0.2,
     "dropout": 0.0, "threshold_fraction": 0.5, "ring_bits": 32, "neighbors": None, "compression": "none",
     "model": "mf", "factors": 32, "lam_user": 0.1, "lam_item": 0.15, "lam_bias": 0.05, "init_std": 0.01,
@@ -95,7 +95,7 @@ def test_to_dict_of_a_non_default_config_is_unchanged() -> None:
     assert config.to_dict() == {
         "dataset": "ml-100k", "data_dir": "d", "split": "u1", "synthetic_users": 500, "synthetic_items": 300,
         "synthetic_ratings_per_user": 30, "data_file": None, "columns": None, "rating_scale": None,
-        "feedback": "explicit", "eval_negatives": 99,
+        "feedback": "explicit", "eval_negatives": 99, "item_features": None,
         "protocol": "secagg", "threat_model": "malicious", "rounds": 7, "sample_rate": 0.5, "dropout": 0.1,
         "threshold_fraction": 0.6, "ring_bits": 40, "neighbors": 5, "compression": "q16", "model": "mf",
         "factors": 8, "lam_user": 0.2, "lam_item": 0.15, "lam_bias": 0.05, "init_std": 0.01,

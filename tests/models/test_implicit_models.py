@@ -40,7 +40,8 @@ def _interactions(num_users: int, num_items: int, per_user: np.ndarray, seed: in
 def test_names_and_feedback_are_the_registered_classes() -> None:
     assert tuple(MODELS) == MODEL_NAMES
     assert {name: cls.feedback for name, cls in MODELS.items()} == MODEL_FEEDBACK
-    assert IMPLICIT_MODELS == IMPLICIT
+    assert tuple(name for name, cls in MODELS.items() if "implicit" in cls.feedback) == IMPLICIT_MODELS
+    assert set(IMPLICIT) <= set(IMPLICIT_MODELS)  # the ImplicitModel subclasses tested here
     assert not any(MODELS[name].sparse_updates for name in IMPLICIT)
 
 
@@ -191,10 +192,10 @@ def test_the_layouts_and_item_rows() -> None:
 
 # ---- configuration
 @pytest.mark.parametrize(("values", "says"), [
-    ({"negatives": 3}, "negatives: applies only with --model implicit-mf or ncf; model is 'mf'"),
-    ({"loss": "bpr"}, "loss: applies only with --model implicit-mf or ncf"),
+    ({"negatives": 3}, "negatives: applies only with --model implicit-mf or ncf or content; model is 'mf'"),
+    ({"loss": "bpr"}, "loss: applies only with --model implicit-mf or ncf or content"),
     ({"model": "implicit-mf", "mlp_layers": "8,4"}, "mlp_layers: applies only with --model ncf"),
-    ({"model": "ncf", "lam_user": 0.2}, "lam_user: applies only with --model mf"),
+    ({"model": "ncf", "lam_user": 0.2}, "lam_user: applies only with --model mf or content"),
     ({"model": "ncf", "loss": "hinge"}, "loss: must be one of bce, bpr, got 'hinge'"),
     ({"model": "ncf", "negatives": 0}, "negatives: must be >= 1"),
     ({"model": "ncf", "weight_decay": -1.0}, "weight_decay: must be >= 0"),
@@ -222,7 +223,7 @@ def test_the_cli_flags_reach_the_model_and_are_refused_without_it(capsys: pytest
                                         init_std=config.model.init_std)
     assert main(["run", "--negatives", "3", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "--negatives: applies only with --model implicit-mf or ncf; --model is 'mf'" in err
+    assert "--negatives: applies only with --model implicit-mf or ncf or content; --model is 'mf'" in err
 
 
 def test_the_default_model_follows_the_feedback() -> None:
