@@ -58,10 +58,10 @@ class SubmodelPolicy:
 
 def holder_counts(table: Mapping[int, np.ndarray], clients: Iterable[int], num_rows: int) -> np.ndarray:
     """How many of ``clients`` (an iterable of ids present in ``table``) hold each row."""
-    counts = np.zeros(num_rows, dtype=np.int64)
-    for c in clients:
-        counts[table[c]] += 1  # a client's rows are unique: a fancy-index increment is exact
-    return counts
+    sets = [table[c] for c in clients]
+    if not sets:
+        return np.zeros(num_rows, dtype=np.int64)
+    return np.bincount(np.concatenate(sets), minlength=num_rows).astype(np.int64)
 
 
 class SubmodelClient(SecAggClient):
