@@ -129,11 +129,6 @@ class SubmodelClient(SecAggClient):
         """The reported row set (empty before :meth:`request`)."""
         return self._reported
 
-    @property
-    def stage(self) -> Stage | None:
-        """As for SecAgg; before :meth:`request` too, ``ADVERTISE`` is the next SecAgg stage."""
-        return super().stage
-
     def request(self, message: bytes = b"") -> bytes:
         """Draw the reported row set by randomized response and send it; the first call of a round.
 

@@ -107,11 +107,18 @@ class SubmodelSetup:
 
     def encode(self) -> bytes:
         """Framed bytes."""
-        ids = sorted(self.table)
-        body = [_U32.pack(len(self.setup)), self.setup, _U32.pack(len(ids))]
-        for cid in ids:
-            body += [_U64.pack(cid), _encode_rows(self.table[cid])]
-        return frame(Kind.SUBMODEL_SETUP, b"".join(body))
+        return self.encode_parts(self.setup, self.encode_table(self.table))
+
+    @staticmethod
+    def encode_table(table: Mapping[int, np.ndarray]) -> bytes:
+        """The table's part of the message (the same for every recipient: encode it once per round)."""
+        ids = sorted(table)
+        return b"".join([_U32.pack(len(ids)), *(_U64.pack(c) + _encode_rows(table[c]) for c in ids)])
+
+    @staticmethod
+    def encode_parts(setup: bytes, table: bytes) -> bytes:
+        """Framed bytes from a setup and an :meth:`encode_table` result."""
+        return frame(Kind.SUBMODEL_SETUP, _U32.pack(len(setup)) + setup + table)
 
     @classmethod
     def decode(cls, message: bytes) -> SubmodelSetup:

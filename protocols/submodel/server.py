@@ -88,6 +88,7 @@ class SubmodelServer(SecAggServer):
         cfg, enc = self.config, self.encoding
         self._expect = Stage.ADVERTISE
         out = {}
+        encoded = SubmodelSetup.encode_table(table)
         for c in sorted(table):
             setup = Setup(
                 round_id=cfg.round_id, client_id=c, length=self.layout.client_length(table[c].size),
@@ -96,8 +97,15 @@ class SubmodelServer(SecAggServer):
                 malicious=self.malicious, graph_seed=self.graph_seed, client_ids=self.client_ids,
                 wrap=cfg.wrap,
             ).encode()
-            out[c] = SubmodelSetup(setup, table).encode()
+            out[c] = SubmodelSetup.encode_parts(setup, encoded)
         return out
+
+    @_terminal
+    def receive_advertisements(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
+        """As SecAgg's, from the clients that requested rows only."""
+        self._enter(Stage.ADVERTISE)
+        self._check_senders(messages, self.table, Stage.ADVERTISE)
+        return super().receive_advertisements(messages)
 
     @_terminal
     def receive_shares(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
