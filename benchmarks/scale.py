@@ -31,9 +31,11 @@ implemented. Seconds are wall seconds on this machine (2 shared cores when measu
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -222,13 +224,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="a tiny run (smoke test)")
     ap.add_argument("--round-clients", type=int, default=1000, help="clients of the 1M-user round (about)")
     ap.add_argument("--skip-round", action="store_true", help="skip the 1M-user round")
+    ap.add_argument("--reuse", help="take the points from this earlier JSON (re-fit, re-run the round)")
     args = ap.parse_args(argv)
-    points = []
-    for pt in plan(args.quick):
+    points: list[dict[str, Any]] = []
+    if args.reuse:
+        points = json.loads(Path(args.reuse).read_text())["points"]
+    for pt in [] if args.reuse else plan(args.quick):
         p = measure(pt)
         points.append(p)
         print(f"{p['protocol']:9s} n={p['n']:4d} R={p['rows']:7d}  up {p['bytes_up']:.0f} B  "
               f"client {p['client_seconds']:.3f} s  server {p['server_seconds']:.2f} s", flush=True)
+        write_json(args.json, "scale", {"points": points, "partial": True})  # kept if the run stops
     coef = fit(points)
     errs = worst_errors(points, coef)
     # the target point: 100K items, k = 32, 100 items per client, 1,000 clients, epsilon 4
