@@ -82,25 +82,33 @@ def features(pt: Point, set_size: float | None = None) -> dict[str, float]:
     if pt.protocol == "secagg+":
         d = min(choose_degree(n, threshold=max(1, n // 2), malicious=False), n - 1)
         return {"n": n, "values": pt.length, "peers": d, "rows_sent": 0.0, "table": 0.0,
-                "mask_words": (d + 1) * pt.length, "length": pt.length}
+                "mask_words": (d + 1) * pt.length, "length": pt.length, "dense": 1.0}
     s = set_size if set_size is not None else expected_set(r, pt.history, pt.epsilon)
     values = 1 + s * (k + 1)
     return {"n": n, "values": values, "peers": n - 1, "rows_sent": s, "table": n * (s + 3),
-            "mask_words": values + (n - 1) * (1 + s * s / r * (k + 1)), "length": pt.length}
+            "mask_words": values + (n - 1) * (1 + s * s / r * (k + 1)), "length": pt.length, "dense": 0.0}
 
 
 # the linear forms: target -> its features (an intercept is added)
 FORMS: dict[str, tuple[str, ...]] = {
-    "bytes_up": ("values", "peers", "rows_sent"),
+    "bytes_up": ("values", "peers", "rows_sent"),  # seconds: one set of coefficients per protocol
     "bytes_down": ("peers", "table", "n"),
     "client_seconds": ("mask_words", "peers", "table"),
     "server_seconds": ("n_values", "n_peers", "length"),  # the server decodes all L coordinates
 }
 
 
+SEPARATE = ("client_seconds", "server_seconds")
+"""Forms whose coefficients are the protocol's own (the bytes are one law for both: the messages)."""
+
+
 def _design(f: dict[str, float], target: str) -> list[float]:
     extra = {"n_values": f["n"] * f["values"], "n_peers": f["n"] * f["peers"]}
-    return [1.0, *({**f, **extra}[name] for name in FORMS[target])]
+    row = [1.0, *({**f, **extra}[name] for name in FORMS[target])]
+    if target not in SEPARATE:
+        return row
+    zeros = [0.0] * len(row)
+    return row + zeros if f.get("dense", 0.0) else zeros + row
 
 
 def fit(points: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -243,6 +251,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_json(args.json, "scale", {"points": points, "partial": True})  # kept if the run stops
     coef = fit(points)
     errs = worst_errors(points, coef)
+    for p in points:  # what the fitted model says at each measured point, beside the measurement
+        p["predicted"] = predict(coef, p["features"])
     # the issue's target point: 100K items, k = 32, 100 items per client, 1,000 clients, epsilon 4
     target = {proto: predict(coef, features(Point(proto, 1000, 100_000, 32)))
               for proto in ("secagg+", "submodel")}
