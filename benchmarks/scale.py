@@ -241,8 +241,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             pt = Point(p["protocol"], p["n"], p["rows"], p["k"], p["history"], p["epsilon"] or 4.0)
             p["features"] = features(pt, p["set_size"])
     if not args.reuse:  # warm up (imports, first-call costs) so the first measured point is not an outlier
-        measure(Point("secagg+", 4, 50, 4))
-        measure(Point("submodel", 4, 50, 4, 5, 1.0))
+        measure(Point("secagg+", 4, 200, 4, 10))
+        measure(Point("submodel", 4, 200, 4, 10, 1.0))
     for pt in [] if args.reuse else plan(args.quick):
         p = measure(pt)
         points.append(p)
