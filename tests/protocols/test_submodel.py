@@ -261,3 +261,30 @@ def test_rows_out_of_order_or_range_are_decode_errors() -> None:
 def test_layout_refuses_overlapping_rows() -> None:
     with pytest.raises(ConfigError, match="share a coordinate"):
         RowLayout(6, np.array([[0, 1], [1, 2]]))
+
+
+def test_a_client_shown_another_table_breaks_the_consistency_signatures() -> None:
+    """Malicious model: the signatures bind the row table, so a split view of the sets is refused."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from protocols.secagg.client import raw_public
+    from protocols.submodel.server import SubmodelServer
+
+    rb = pinned("split")
+    ids = [1, 8, 15, 22]
+    keys = {c: Ed25519PrivateKey.from_private_bytes(rb(32)) for c in ids}
+    pki = {c: raw_public(k) for c, k in keys.items()}
+    cfg = RoundConfig(threshold=3, clip_range=CLIP, ring_bits=RING)
+    clients = {c: SubmodelClient(c, LAYOUT, np.array([0, 1, 2]), np.zeros((3, 3)), np.zeros(2),
+                                 submodel=SubmodelPolicy(item_epsilon=60.0), identity_key=keys[c],
+                                 identity_keys=pki, randbytes=rb) for c in ids}
+    server = SubmodelServer(cfg, ids, LAYOUT)
+    setups = server.receive_requests({c: k.request() for c, k in clients.items()})
+    honest = SubmodelSetup.decode(setups[1])
+    setups[1] = SubmodelSetup(honest.setup, {**honest.table, 22: np.array([0, 1, 2, 9])}).encode()  # a lie
+    msgs = server.receive_advertisements({c: clients[c].advertise(m) for c, m in setups.items()})
+    msgs = server.receive_shares({c: clients[c].share_keys(m) for c, m in msgs.items()})
+    msgs = server.receive_masked_inputs({c: clients[c].masked_input(m) for c, m in msgs.items()})
+    msgs = server.receive_signatures({c: clients[c].consistency(m) for c, m in msgs.items()})
+    with pytest.raises(IntegrityError, match="consistency signature of 1"):
+        clients[8].unmask(msgs[8])
