@@ -59,6 +59,9 @@ class Kind(enum.IntEnum):
     SECAGG_CONSISTENCY_SIGNATURE = 0x27
     SECAGG_UNMASK_REQUEST = 0x28
     SECAGG_UNMASK_RESPONSE = 0x29
+    # submodel SecAgg (protocols.submodel.messages)
+    SUBMODEL_REQUEST = 0x40
+    SUBMODEL_SETUP = 0x41
 
 
 _WORDS: dict[int, np.dtype[Any]] = {bits: np.dtype(f"<u{bits // 8}") for bits in (8, 16, 32, 64)}

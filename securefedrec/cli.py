@@ -135,6 +135,12 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="simulated dropout probability at every protocol stage (default 0)")
     g.add_argument("--ring-bits", type=int, help=f"ring width for masking (default {d.ring_bits})")
     g.add_argument("--neighbors", type=int, help="SecAgg+ neighbours per client (default: from n)")
+    g.add_argument("--submodel", action="store_true", default=None,
+                   help="submodel rounds: each client sends only the rows of its randomized-response item "
+                        "set, summed exactly by SecAgg on the complete graph (protocols.submodel)")
+    g.add_argument("--item-epsilon", type=float,
+                   help="with --submodel: epsilon of the randomized response over each client's item set "
+                        "(item-level local DP; default 4)")
     g.add_argument("--compression", metavar="{none,q8,q16,randk:F,topk:F,mod:B}",
                    help=f"uplink/downlink compression (default {d.compression}); topk: plaintext only; "
                    "mod:B: B-bit ring sized for the sum, lossy (not with paillier)")

@@ -457,6 +457,16 @@ class SecAggClient:
         self._shares.update(zip(peers, rows, strict=True))
         if len(peers) + 1 < self._t:
             raise self._fail("masked input", f"only {len(peers) + 1} share holders, threshold is {self._t}")
+        acc = self._masked_vector(setup, s_sk, peers)
+        # the key pairs and the self-mask seed are never needed again: drop them
+        self._self_seed = b""
+        self._c_shared = {}
+        self._c_sk = self._s_sk = None
+        following = Stage.CONSISTENCY if self._malicious else Stage.UNMASK
+        return MaskedInput(self.client_id, setup.ring_bits, acc).encode(), following
+
+    def _masked_vector(self, setup: Setup, s_sk: X25519PrivateKey, peers: list[int]) -> np.ndarray:
+        """This client's encoded input, its self mask and its pairwise masks with ``peers``, in Z_{2^b}."""
         fp = FixedPoint(clip_range=setup.clip_range, value_bits=setup.value_bits, ring_bits=setup.ring_bits,
                         wrap=setup.wrap)
         expander = MaskExpander(setup.length, setup.ring_bits)
@@ -470,12 +480,7 @@ class SecAggClient:
             else:
                 expander.subtract(acc, seed)
         acc &= acc.dtype.type(fp.modulus_mask)  # reduce into Z_{2^b} in place (2^b divides the word size)
-        # the key pairs and the self-mask seed are never needed again: drop them
-        self._self_seed = b""
-        self._c_shared = {}
-        self._c_sk = self._s_sk = None
-        following = Stage.CONSISTENCY if self._malicious else Stage.UNMASK
-        return MaskedInput(self.client_id, setup.ring_bits, acc).encode(), following
+        return acc
 
     def _consistency(self, message: bytes) -> tuple[bytes, Stage | None]:
         setup = self._setup
@@ -484,10 +489,14 @@ class SecAggClient:
         survivors = ConsistencyRequest.decode(message).survivors
         self._check_survivors(survivors, "consistency")
         self._survivors = survivors
-        self._survivors_encoded = encode_ids(survivors)
+        self._survivors_encoded = self._signed_view(survivors)
         payload = _crypto.consistency_payload(setup.round_id, self._survivors_encoded)
         signature = _crypto.sign(self._identity, payload)
         return ConsistencySignature(self.client_id, signature).encode(), Stage.UNMASK
+
+    def _signed_view(self, survivors: tuple[int, ...]) -> bytes:
+        """What the consistency signatures bind besides the round: the canonical encoding of U3."""
+        return encode_ids(survivors)
 
     def _check_survivors(self, survivors: tuple[int, ...], stage: str) -> None:
         setup = self._setup

@@ -73,11 +73,12 @@ class ServerResult:
 
 
 _R = TypeVar("_R")
+_S = TypeVar("_S", bound="SecAggServer")
 
 
 def _terminal(
-    method: Callable[[SecAggServer, Mapping[int, bytes]], _R],
-) -> Callable[[SecAggServer, Mapping[int, bytes]], _R]:
+    method: Callable[[_S, Mapping[int, bytes]], _R],
+) -> Callable[[_S, Mapping[int, bytes]], _R]:
     """Make a stage of the server terminal on failure (h11 style).
 
     A stage called out of order raises ``StageError`` and changes nothing (the
@@ -87,7 +88,7 @@ def _terminal(
     """
 
     @functools.wraps(method)
-    def run(self: SecAggServer, messages: Mapping[int, bytes]) -> _R:
+    def run(self: _S, messages: Mapping[int, bytes]) -> _R:
         try:
             return method(self, messages)
         except StageError:  # only _enter raises it: the stage was not run, nothing changed
@@ -266,14 +267,7 @@ class SecAggServer:
         """U3: keep the masked vectors; ask for signatures (malicious) or unmask shares (semi-honest)."""
         self._enter(Stage.MASKED_INPUT)
         self._check_senders(messages, self._u2, Stage.MASKED_INPUT)
-        expander = MaskExpander(self.length, self.config.ring_bits)
-        total = expander.accumulator()  # only the sum is kept, never an individual vector
-        for cid, raw in messages.items():
-            sender, ring_bits, values = MaskedInput.decode_words(raw, self.length)  # a view: no copy
-            self._sender_matches(cid, sender, Stage.MASKED_INPUT)
-            if ring_bits != self.config.ring_bits:
-                raise IntegrityError(f"server, round {self.config.round_id}: client {cid} used another ring")
-            np.add(total, values, out=total, casting="unsafe")  # wraps mod the word size
+        total = self._sum_masked(messages)
         abort_if_below_threshold(len(messages), self.config, Stage.MASKED_INPUT)
         self._masked_sum = total
         self._u3 = tuple(sorted(messages))
@@ -283,6 +277,18 @@ class SecAggServer:
             return dict.fromkeys(self._u3, request)
         self._expect = Stage.UNMASK
         return self._unmask_requests(self._u3, {})
+
+    def _sum_masked(self, messages: Mapping[int, bytes]) -> np.ndarray:
+        """The ring sum (word-size accumulator) of the masked vectors in ``messages``; checks each sender."""
+        expander = MaskExpander(self.length, self.config.ring_bits)
+        total = expander.accumulator()  # only the sum is kept, never an individual vector
+        for cid, raw in messages.items():
+            sender, ring_bits, values = MaskedInput.decode_words(raw, self.length)  # a view: no copy
+            self._sender_matches(cid, sender, Stage.MASKED_INPUT)
+            if ring_bits != self.config.ring_bits:
+                raise IntegrityError(f"server, round {self.config.round_id}: client {cid} used another ring")
+            np.add(total, values, out=total, casting="unsafe")  # wraps mod the word size
+        return total
 
     @_terminal
     def receive_signatures(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
@@ -340,6 +346,11 @@ class SecAggServer:
         seeds = self._reconstruct(self_shares, len(messages))
         keys = self._reconstruct(needed_keys, len(messages))
         self._expect = None
+        ring_sum = self._unmasked_sum(seeds, keys)
+        return ServerResult(ring_sum, frozenset(self._u3), self.encoding)
+
+    def _unmasked_sum(self, seeds: Mapping[int, bytes], keys: Mapping[int, bytes]) -> np.ndarray:
+        """The masked sum less the survivors' self masks (``seeds``) and the dropped clients' masks."""
         expander = MaskExpander(self.length, self.config.ring_bits)
         total = self._masked_sum
         for c in self._u3:
@@ -357,8 +368,7 @@ class SecAggServer:
                     expander.subtract(total, seed)
                 else:
                     expander.add(total, seed)
-        ring_sum = total.astype(np.uint64) & self.encoding.modulus_mask
-        return ServerResult(ring_sum, frozenset(self._u3), self.encoding)
+        return total.astype(np.uint64) & self.encoding.modulus_mask
 
     def _reconstruct(
         self, shares: Mapping[int, list[tuple[int, np.ndarray]]], survivors: int

@@ -129,6 +129,10 @@ class ExperimentConfig:
         if refusal is not None:
             raise FieldError("compression", f"{compression!r} cannot be used with protocol "
                                             f"{protocol!r}: {refusal}")
+        if self.federation.submodel and (compression != "none" or self.privacy.mode != "none"
+                                         or self.privacy.silos is not None):
+            raise FieldError("submodel", "submodel rounds send only each client's rows: they take neither "
+                                         "compression, nor DP noise (it would be dense), nor silos")
         if self.privacy.mechanism == "skellam" and compression != "none":
             raise FieldError("dp_mechanism", f"skellam hands the protocol integer units with their own "
                                              f"encoding; compression {compression!r} would re-quantize or "
@@ -253,6 +257,7 @@ _MODE_BOUND: dict[str, _Bound] = {
        for name in ("loss", "negatives", "weight_decay", "local_optimizer")},
     "personalize": _Bound("model", lambda model: model == "ncf", "--model ncf"),
     "personal_decay": _Bound("personalize", bool, "--personalize"),
+    "item_epsilon": _Bound("submodel", bool, "--submodel"),
     "mlp_layers": _Bound("model", lambda model: model == "ncf", "--model ncf"),
     **{name: _Bound("model", lambda model: model in ("mf", "content"), "--model mf or content")
        for name in ("lam_user", "lam_item", "lam_bias")},

@@ -232,6 +232,8 @@ class FederationConfig(Section):
     threshold_fraction: float = 0.5
     ring_bits: int = 32
     neighbors: int | None = None
+    submodel: bool = False  # submodel rounds: clients send only their rows (protocols.submodel)
+    item_epsilon: float = 4.0  # with submodel: randomized response's epsilon over each client's row set
 
     def _rules(self) -> None:
         self._one_of("protocol", protocol_names())
@@ -248,6 +250,10 @@ class FederationConfig(Section):
         self._need(0 < self.threshold_fraction <= 1, "threshold_fraction", "must be in (0, 1]")
         self._need(8 <= self.ring_bits <= 64, "ring_bits", "must be in [8, 64]")
         self._need(self.neighbors is None or self.neighbors >= 1, "neighbors", "must be >= 1")
+        self._need(math.isfinite(self.item_epsilon) and self.item_epsilon > 0, "item_epsilon",
+                   "must be a positive finite number")
+        self._need(not self.submodel or aggregator_class(self.protocol).pairwise_masks, "submodel",
+                   f"needs a pairwise-masking protocol (secagg or secagg+), not {self.protocol!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -410,6 +416,8 @@ FLAT_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "threshold_fraction": ("federation", "threshold_fraction"),
     "ring_bits": ("federation", "ring_bits"),
     "neighbors": ("federation", "neighbors"),
+    "submodel": ("federation", "submodel"),
+    "item_epsilon": ("federation", "item_epsilon"),
     "compression": ("compression", "codec"),
     "model": ("model", "name"),
     "factors": ("model", "factors"),

@@ -80,6 +80,9 @@ def check_flower_secaggplus(config: ExperimentConfig) -> None:
     if config.compression.codec != "none":
         raise ConfigError(f"compression: transport flower-secaggplus sends uncompressed updates; "
                           f"{config.compression.codec!r} needs transport 'securefedrec'")
+    if config.federation.submodel:
+        raise ConfigError("submodel: submodel rounds run in the simulator only (securefedrec run), "
+                          "not over Flower yet")
 
 
 def run_flower_secaggplus(grid: Any, context: Context, config: ExperimentConfig,

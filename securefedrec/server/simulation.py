@@ -62,6 +62,7 @@ from securefedrec.report import environment
 from securefedrec.server import checkpoint as checkpoints
 from securefedrec.server.checkpoint import Snapshot
 from securefedrec.server.optimizers import ServerOptimizer, get_optimizer
+from securefedrec.server.submodel import SubmodelRounds
 
 __all__ = ["Simulation", "poisson_sample", "round_generator", "run_experiment"]
 
@@ -171,6 +172,11 @@ class Simulation:
         if protocol.sparse_graph and config.federation.dropout > 0:  # size the graph for the dropout
             options["dropout_rate"] = dropout_by_unmask(config.federation.dropout)
         self.aggregator = aggregator or get_aggregator(config.federation.protocol, **options)
+        self.submodel: SubmodelRounds | None = None  # --submodel: clients send only their rows
+        if config.federation.submodel:
+            self.submodel = SubmodelRounds(self.model, config.federation.item_epsilon,
+                                           malicious=config.federation.threat_model != "semi-honest",
+                                           workers=options.get("workers", 1))
         self.optimizer = self._new_optimizer()
         # from the public rating scale only (no data is peeked at)
         init = self.model.init_global(self.dataset.scale, torch.Generator().manual_seed(config.run.seed))
@@ -288,8 +294,16 @@ class Simulation:
                 self.aggregator.rng = _round_rng(cfg.run.seed, r, streams.ROUNDING)
             record.update(bytes_down=bytes_down, bytes_broadcast=bytes_down)  # from the encoded broadcast
             try:
-                result = self.uplink.aggregate(  # compress (randk/topk + error feedback), then aggregate
-                    self.aggregator, inputs, round_cfg, plan)
+                if self.submodel is not None:  # only each client's rows go down and up
+                    sub, rows_down = self.submodel.aggregate(deltas, sampled, round_cfg, plan,
+                                                             _round_rng(cfg.run.seed, r, streams.ROUNDING))
+                    result = sub.result
+                    record.update(bytes_down=rows_down, bytes_broadcast=rows_down,
+                                  item_epsilon=cfg.federation.item_epsilon, rows_union=sub.union,
+                                  rows_reported=float(np.mean(list(sub.reported.values()))))
+                else:
+                    result = self.uplink.aggregate(  # compress (randk/topk + error feedback), then aggregate
+                        self.aggregator, inputs, round_cfg, plan)
             except AggregationAborted as exc:
                 record.update(aborted=True, dropped=len(sampled) - exc.survivors, error=str(exc))
             else:

@@ -76,6 +76,9 @@ class FederatedRun:
             raise ConfigError(f"protocol: {config.federation.protocol!r} cannot run over the securefedrec "
                               f"Flower transport; use one of "
                               f"{', '.join(protocols_where(lambda cls: cls.secure))}")
+        if config.federation.submodel:
+            raise ConfigError("submodel: submodel rounds run in the simulator only (securefedrec run), "
+                              "not over Flower's deployment engine yet")
         if config.federation.dropout > 0:
             log.warning("dropout %.2f is a simulation setting; on the deployment engine only real "
                         "dropouts happen", config.federation.dropout)

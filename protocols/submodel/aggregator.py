@@ -1,0 +1,181 @@
+"""In-process driver of a submodel SecAgg round (:class:`SubmodelAggregator`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from protocols.base import AggregationResult, RoundConfig, Stage
+from protocols.errors import ConfigError
+from protocols.secagg._runner import ForkedClients, LocalClients, fork_available
+from protocols.secagg.client import ClientPolicy, raw_public
+from protocols.submodel.client import SubmodelClient, SubmodelPolicy
+from protocols.submodel.rows import RowLayout
+from protocols.submodel.server import SubmodelServer
+
+__all__ = ["SubmodelAggregator", "SubmodelInput", "SubmodelResult"]
+
+
+@dataclass(frozen=True)
+class SubmodelInput:
+    """One client's update: the rows it touched, its values there, and its shared coordinates."""
+
+    rows: np.ndarray
+    values: np.ndarray = field(repr=False)
+    shared: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SubmodelResult:
+    """The round's :class:`~protocols.base.AggregationResult` and what the server learnt of the sets."""
+
+    result: AggregationResult
+    reported: dict[int, int]
+    """client -> size of its reported row set."""
+    union: int
+    """Rows in the union of the reported sets."""
+
+
+class SubmodelAggregator:
+    """Submodel SecAgg (complete graph) over :class:`SubmodelInput` s, dropouts included.
+
+    Args:
+        layout: the public row layout of the global vector.
+        item_epsilon: each client's randomized-response epsilon (its own policy).
+        min_holders: each client's holder floor.
+        malicious: the malicious-model variant (signed keys, consistency round binding the row table).
+        randbytes: source of every secret, the randomized response included (tests pin it).
+        rng: stochastic rounding only (each client gets ``rng.spawn``).
+        workers: simulate the clients on this many processes (needs ``randbytes=os.urandom``).
+    """
+
+    def __init__(
+        self,
+        layout: RowLayout,
+        *,
+        item_epsilon: float,
+        min_holders: int = 2,
+        malicious: bool = True,
+        randbytes: Callable[[int], bytes] = os.urandom,
+        rng: np.random.Generator | None = None,
+        workers: int = 1,
+    ) -> None:
+        self.policy = SubmodelPolicy(item_epsilon=item_epsilon, min_holders=min_holders)
+        if workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers}")
+        if workers > 1 and randbytes is not os.urandom:
+            raise ConfigError("workers > 1 needs randbytes=os.urandom (a pinned source repeats per worker)")
+        self.layout = layout
+        self.malicious = malicious
+        self.randbytes = randbytes
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.workers = workers
+        self.last_server: SubmodelServer | None = None
+        """The server object of the last round (what a server sees: the table of reported sets)."""
+
+    def aggregate(
+        self,
+        inputs: Mapping[int, SubmodelInput],
+        config: RoundConfig,
+        plan: Mapping[int, Stage] | None = None,
+    ) -> SubmodelResult:
+        """Run one round; return the exact ring sum over every coordinate, decoded (length L).
+
+        A client that drops at ``Stage.ADVERTISE`` sends no row request either.
+
+        Raises:
+            AggregationAborted: below the threshold, or a row would be left with fewer than
+                ``min_holders`` surviving holders (nothing revealed).
+            ConfigError: no inputs, bad ids, or inputs that do not fit the layout.
+        """
+        drops = dict(plan or {})
+        ids = sorted(inputs)
+        if not ids:
+            raise ConfigError(f"round {config.round_id}: no client inputs")
+        if any(not 0 <= c < 2**63 for c in ids):
+            raise ConfigError(f"round {config.round_id}: client ids must be in [0, 2^63)")
+        if config.threshold > len(ids):
+            raise ConfigError(
+                f"round {config.round_id}: threshold {config.threshold} exceeds {len(ids)} clients")
+        t_off = time.perf_counter()
+        identity: dict[int, Ed25519PrivateKey] = {}
+        pki: dict[int, bytes] = {}
+        if self.malicious:
+            for c in ids:
+                identity[c] = Ed25519PrivateKey.from_private_bytes(self.randbytes(32))
+                pki[c] = raw_public(identity[c])
+        offline = time.perf_counter() - t_off
+        policy = ClientPolicy(min_threshold=config.threshold, min_threshold_fraction=0.0,
+                              corruption_rate=None, ring_bits=config.ring_bits, clip_range=config.clip_range,
+                              wrap=config.wrap)
+        rngs = dict(zip(ids, self.rng.spawn(len(ids)), strict=True))
+
+        def make_client(c: int) -> SubmodelClient:
+            x = inputs[c]
+            return SubmodelClient(c, self.layout, x.rows, x.values, x.shared, submodel=self.policy,
+                                  malicious=self.malicious, identity_key=identity.get(c),
+                                  identity_keys=pki or None, round_id=config.round_id,
+                                  randbytes=self.randbytes, rng=rngs[c], policy=policy)
+
+        bytes_up = dict.fromkeys(ids, 0)
+        bytes_down = dict.fromkeys(ids, 0)
+        seconds = {"clients": 0.0, "server": 0.0}
+        t0 = time.perf_counter()
+        server = SubmodelServer(config, ids, self.layout, min_holders=self.policy.min_holders,
+                                malicious=self.malicious)
+        seconds["server"] += time.perf_counter() - t0
+        self.last_server = server
+        parallel = self.workers > 1 and len(ids) > 1 and fork_available()
+        runner: LocalClients | ForkedClients = (
+            ForkedClients(make_client, ids, self.workers) if parallel else LocalClients(make_client, ids))
+        seconds["clients"] += runner.setup_seconds
+
+        def on_server(step: Callable[[], dict[int, bytes]]) -> dict[int, bytes]:
+            t = time.perf_counter()
+            out = step()
+            seconds["server"] += time.perf_counter() - t
+            for c, m in out.items():
+                bytes_down[c] += len(m)
+            return out
+
+        def on_clients(stage: Stage, inbox: Mapping[int, bytes], method: str) -> dict[int, bytes]:
+            live = {c: m for c, m in inbox.items() if not (c in drops and drops[c] <= stage)}
+            replies, secs = runner.call(method, live)
+            seconds["clients"] += secs
+            for c, reply in replies.items():
+                bytes_up[c] += len(reply)
+            return replies
+
+        try:
+            msgs = on_clients(Stage.ADVERTISE, dict.fromkeys(ids, b""), "request")
+            msgs = on_server(lambda: server.receive_requests(msgs))
+            msgs = on_clients(Stage.ADVERTISE, msgs, "advertise")
+            msgs = on_server(lambda: server.receive_advertisements(msgs))
+            msgs = on_clients(Stage.SHARE_KEYS, msgs, "share_keys")
+            msgs = on_server(lambda: server.receive_shares(msgs))
+            msgs = on_clients(Stage.MASKED_INPUT, msgs, "masked_input")
+            msgs = on_server(lambda: server.receive_masked_inputs(msgs))
+            if self.malicious:
+                msgs = on_clients(Stage.CONSISTENCY, msgs, "consistency")
+                msgs = on_server(lambda: server.receive_signatures(msgs))
+            else:
+                msgs = {c: m for c, m in msgs.items() if not (c in drops and drops[c] == Stage.CONSISTENCY)}
+            replies = on_clients(Stage.UNMASK, msgs, "unmask")
+        finally:
+            runner.close()
+        t0 = time.perf_counter()
+        out = server.receive_unmask(replies)
+        total = out.decode()
+        seconds["server"] += time.perf_counter() - t0
+        union = np.zeros(self.layout.num_rows, dtype=bool)
+        for rows in server.table.values():
+            union[rows] = True
+        result = AggregationResult(total=total, survivors=out.survivors, bytes_up=bytes_up,
+                                   bytes_down=bytes_down, seconds_clients=seconds["clients"],
+                                   seconds_server=seconds["server"], offline_seconds=offline)
+        return SubmodelResult(result, {c: int(r.size) for c, r in server.table.items()}, int(union.sum()))

@@ -1,0 +1,236 @@
+"""The submodel SecAgg client: a SecAgg client whose vector covers only its reported rows.
+
+Stages (bytes in, bytes out), SecAgg's with one stage before them::
+
+    (nothing)      -> request()          -> RowRequest   (the randomized-response row set)
+    SubmodelSetup  -> advertise()        -> Advertisement
+    broadcast      -> share_keys()       -> SharesOut
+    shares in      -> masked_input()     -> MaskedInput  (shared coordinates + reported rows only)
+    U3             -> consistency()      -> ConsistencySignature (malicious model; binds the row table)
+    unmask req.    -> unmask()           -> UnmaskResponse (refused if a row would be exposed)
+
+See :mod:`protocols.submodel` for the masking and the security argument. Every
+failure is terminal, as for :class:`~protocols.secagg.client.SecAggClient`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from protocols.base import Stage
+from protocols.encoding import FixedPoint
+from protocols.errors import ConfigError, ProtocolError, StageError
+from protocols.prg import expand
+from protocols.secagg import _crypto
+from protocols.secagg.client import ClientPolicy, SecAggClient
+from protocols.secagg.messages import Setup, UnmaskRequest, encode_ids
+from protocols.submodel.messages import RowRequest, SubmodelSetup, table_digest
+from protocols.submodel.rows import RowLayout, keep_probability, randomized_response
+
+__all__ = ["SubmodelClient", "SubmodelPolicy"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubmodelPolicy:
+    """What a submodel client decides itself, never on the server's word.
+
+    Attributes:
+        item_epsilon: the epsilon of the randomized response over its row set (item-level LDP).
+        min_holders: the fewest surviving clients that must hold a row before this client
+            lets any sum that covers the row be unmasked (>= 2: a row held by one client
+            alone would be that client's value).
+    """
+
+    item_epsilon: float
+    min_holders: int = 2
+
+    def __post_init__(self) -> None:
+        keep_probability(self.item_epsilon)  # raises ConfigError on a bad epsilon
+        if self.min_holders < 2:
+            raise ConfigError(f"SubmodelPolicy.min_holders must be >= 2, got {self.min_holders}")
+
+
+def holder_counts(table: Mapping[int, np.ndarray], clients: Iterable[int], num_rows: int) -> np.ndarray:
+    """How many of ``clients`` (an iterable of ids present in ``table``) hold each row."""
+    sets = [table[c] for c in clients]
+    if not sets:
+        return np.zeros(num_rows, dtype=np.int64)
+    return np.bincount(np.concatenate(sets), minlength=num_rows).astype(np.int64)
+
+
+class SubmodelClient(SecAggClient):
+    """One client of one submodel SecAgg round.
+
+    Args:
+        client_id: this client's id.
+        layout: the public row layout of the global vector.
+        rows: the rows this client really touched (unique ids).
+        values: its update on those rows, ``(len(rows), layout.width)`` floats (same order as ``rows``).
+        shared: its update on the shared coordinates, ``(layout.shared.size,)`` floats.
+        submodel: its :class:`SubmodelPolicy` (item epsilon, holder floor).
+        malicious, identity_key, identity_keys, round_id, randbytes, rng, policy: as for
+            :class:`~protocols.secagg.client.SecAggClient`; ``randbytes`` also seeds the
+            randomized response, whose privacy rests on the server not predicting it. The
+            graph is always complete: the ``policy``'s degree floor is raised to ``n - 1``.
+    """
+
+    def __init__(
+        self,
+        client_id: int,
+        layout: RowLayout,
+        rows: np.ndarray,
+        values: np.ndarray,
+        shared: np.ndarray,
+        *,
+        submodel: SubmodelPolicy,
+        malicious: bool = True,
+        identity_key: Ed25519PrivateKey | None = None,
+        identity_keys: Mapping[int, bytes] | None = None,
+        round_id: int | None = None,
+        randbytes: Callable[[int], bytes] = os.urandom,
+        rng: np.random.Generator | None = None,
+        policy: ClientPolicy | None = None,
+    ) -> None:
+        base = policy if policy is not None else ClientPolicy()
+        complete = ClientPolicy(
+            min_threshold=base.min_threshold, min_threshold_fraction=base.min_threshold_fraction,
+            min_degree=2**31, corruption_rate=None, security_bits=base.security_bits,
+            ring_bits=base.ring_bits, clip_range=base.clip_range, wrap=base.wrap,
+        )  # min_degree beyond n: only the complete graph is accepted (effective_degree caps it at n - 1)
+        super().__init__(client_id, np.zeros(0), malicious=malicious, identity_key=identity_key,
+                         identity_keys=identity_keys, round_id=round_id, randbytes=randbytes, rng=rng,
+                         policy=complete)
+        true_rows = np.asarray(rows, dtype=np.int64)
+        vals = np.asarray(values, dtype=np.float64)
+        shared_vals = np.asarray(shared, dtype=np.float64)
+        if vals.shape != (true_rows.size, layout.width) or shared_vals.shape != layout.shared.shape:
+            raise ConfigError(f"client {client_id}: values {vals.shape} / shared {shared_vals.shape} do not "
+                              f"match {true_rows.size} rows of width {layout.width} and "
+                              f"{layout.shared.size} shared coordinates")
+        if not (np.all(np.isfinite(vals)) and np.all(np.isfinite(shared_vals))):
+            raise ConfigError(f"client {client_id}: a non-finite value")
+        order = np.argsort(true_rows, kind="stable")
+        self._layout = layout
+        self._true_rows, self._true_values, self._shared = true_rows[order], vals[order], shared_vals
+        self._submodel = submodel
+        self._requested = False
+        self._reported = np.zeros(0, dtype=np.int64)
+        self._table: dict[int, np.ndarray] = {}
+        self._u2_counts = np.zeros(0, dtype=np.int64)
+
+    @property
+    def reported(self) -> np.ndarray:
+        """The reported row set (empty before :meth:`request`)."""
+        return self._reported
+
+    def request(self, message: bytes = b"") -> bytes:
+        """Draw the reported row set by randomized response and send it; the first call of a round.
+
+        ``message`` is ignored (the request is the client's first word).
+        """
+        if self._requested or self._expect is not Stage.ADVERTISE:
+            self._expect = None
+            raise StageError(f"client {self.client_id}: request called twice or after the round started")
+        self._requested = True
+        try:
+            seed = int.from_bytes(self._randbytes(32), "big")
+            source = np.random.Generator(np.random.PCG64(seed))
+            reported = randomized_response(self._true_rows, self._layout.num_rows,
+                                           self._submodel.item_epsilon, source)
+            vector = np.zeros(self._layout.client_length(reported.size), dtype=np.float64)
+            s, w = self._layout.shared.size, self._layout.width
+            vector[:s] = self._shared
+            at = np.searchsorted(reported, self._true_rows)
+            kept = (at < reported.size) & (reported[np.minimum(at, reported.size - 1)] == self._true_rows)
+            body = vector[s:].reshape(reported.size, w)
+            body[at[kept]] = self._true_values[kept]  # true rows that RR dropped are not sent this round
+            self._reported, self._vector = reported, vector
+            return RowRequest(self.client_id, self._layout.num_rows, reported).encode()
+        except (ProtocolError, ConfigError):
+            self._expect = None
+            raise
+        except Exception as exc:
+            self._expect = None
+            raise self._fail("request", f"{type(exc).__name__} inside the stage; refused") from exc
+
+    def advertise(self, setup: bytes) -> bytes:
+        """Stage ADVERTISE: check the row table and SecAgg's setup, return the advertisement."""
+        if not self._requested:
+            self._expect = None
+            raise StageError(f"client {self.client_id}: advertise called before request")
+        return self._run(Stage.ADVERTISE, self._advertise_submodel, setup)
+
+    def _advertise_submodel(self, message: bytes) -> tuple[bytes, Stage | None]:
+        sub = SubmodelSetup.decode(message)
+        table = dict(sub.table)
+        mine = table.get(self.client_id)
+        if mine is None or not np.array_equal(mine, self._reported):
+            raise self._fail("setup", "the row table does not hold this client's reported set")
+        if any(v.size and v[-1] >= self._layout.num_rows for v in table.values()):
+            raise self._fail("setup", f"the row table names a row beyond {self._layout.num_rows}")
+        reply, following = self._advertise(sub.setup)
+        setup = self._setup
+        if setup is None:
+            raise StageError("client state incomplete")
+        unknown = set(table) - set(setup.client_ids)
+        if unknown:
+            raise self._fail("setup", f"the row table names clients outside the round: {sorted(unknown)[:5]}")
+        self._table = table
+        return reply, following
+
+    def _masked_vector(self, setup: Setup, s_sk: X25519PrivateKey, peers: list[int]) -> np.ndarray:
+        """Mask the shared coordinates and reported rows: self mask on all, pairwise on intersections."""
+        missing = [p for p in peers if p not in self._table]
+        if missing:
+            raise self._fail("masked input", f"peer {missing[0]} shared keys but has no row set")
+        layout, own, h = self._layout, self._reported, self._submodel.min_holders
+        counts = holder_counts(self._table, [*peers, self.client_id], layout.num_rows)
+        self._u2_counts = counts
+        vector = self._vector.copy()
+        thin = np.flatnonzero(counts[own] < h)  # rows too few masking peers hold: never sent, zeroed
+        if thin.size:
+            s, w = layout.shared.size, layout.width
+            vector[s:].reshape(own.size, w)[thin] = 0.0
+        fp = FixedPoint(clip_range=setup.clip_range, value_bits=setup.value_bits, ring_bits=setup.ring_bits,
+                        wrap=setup.wrap)
+        acc = fp.quantize(vector, self._rng).astype(np.uint64)
+        acc += expand(self._self_seed, acc.size, setup.ring_bits)
+        where = np.full(layout.num_rows, -1, dtype=np.int64)
+        where[own] = np.arange(own.size)
+        for peer in peers:
+            common_at = where[self._table[peer]]
+            common = own[common_at[common_at >= 0]]
+            pos = layout.positions(own, common)
+            seed = _crypto.mask_seed(s_sk, self._ads[peer].s_pk, setup.round_id, self.client_id, peer)
+            mask = expand(seed, pos.size, setup.ring_bits)
+            if self.client_id < peer:
+                acc[pos] += mask
+            else:
+                acc[pos] -= mask
+        acc &= np.uint64(fp.modulus_mask)
+        return acc
+
+    def _signed_view(self, survivors: tuple[int, ...]) -> bytes:
+        """U3 and the digest of the row table: every signer saw the same sets (malicious model)."""
+        return encode_ids(survivors) + table_digest(self._table)
+
+    def _unmask(self, message: bytes) -> tuple[bytes, Stage | None]:
+        request = UnmaskRequest.decode(message)
+        alive = [c for c in request.survivors if c in self._table]
+        if len(alive) != len(request.survivors):
+            raise self._fail("unmask", "a survivor has no row set")
+        h = self._submodel.min_holders
+        surviving = holder_counts(self._table, alive, self._layout.num_rows)
+        # a row sent by its holders (held by >= h masking clients) but left with < h survivors
+        exposed = (self._u2_counts >= h) & (surviving < h) & (surviving > 0)
+        if exposed.any():
+            row = int(np.flatnonzero(exposed)[0])
+            raise self._fail("unmask", f"row {row} would be unmasked with {int(surviving[row])} survivor(s), "
+                             f"fewer than this client's floor {h}; refused")
+        return super()._unmask(message)

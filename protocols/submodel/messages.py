@@ -1,0 +1,148 @@
+"""Binary encodings of the two messages submodel SecAgg adds to SecAgg's.
+
+``RowRequest`` (client -> server) carries the client's reported row set;
+``SubmodelSetup`` (server -> client) carries SecAgg's :class:`~protocols.secagg.messages.Setup`
+for this client and the table of every requesting client's row set. Both are
+:func:`protocols.wire.frame` d; row lists are a u32 count and strictly
+increasing u32 row ids, client ids strictly increasing u64; counts are checked
+against the bytes that remain before anything is allocated, and trailing bytes
+are refused. Any violation raises :class:`~protocols.errors.DecodeError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocols.errors import DecodeError
+from protocols.wire import Kind, frame, unframe
+
+__all__ = ["MAX_ROWS", "RowRequest", "SubmodelSetup", "table_digest"]
+
+MAX_ROWS = 2**32 - 1
+"""Row ids are u32 on the wire."""
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_MAX_ID = (1 << 63) - 1
+
+
+class _Cursor:
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data, self.pos, self.what = data, 0, what
+
+    def take(self, n: int, name: str) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise DecodeError(f"{self.what}: truncated at field {name!r}")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u32(self, name: str) -> int:
+        return int(_U32.unpack(self.take(4, name))[0])
+
+    def u64(self, name: str) -> int:
+        return int(_U64.unpack(self.take(8, name))[0])
+
+    def rows(self, name: str) -> np.ndarray:
+        n = self.u32(name)
+        if 4 * n > len(self.data) - self.pos:
+            raise DecodeError(f"{self.what}: {name} announces {n} rows, too few bytes remain")
+        rows = np.frombuffer(self.take(4 * n, name), dtype=">u4").astype(np.int64)
+        if n > 1 and not (rows[1:] > rows[:-1]).all():
+            raise DecodeError(f"{self.what}: {name} is not strictly increasing")
+        return rows
+
+    def done(self) -> None:
+        if self.pos != len(self.data):
+            raise DecodeError(f"{self.what}: {len(self.data) - self.pos} trailing bytes")
+
+
+def _encode_rows(rows: np.ndarray) -> bytes:
+    arr = np.asarray(rows, dtype=np.int64)
+    if arr.ndim != 1 or (arr.size and (arr.min() < 0 or arr.max() > MAX_ROWS)):
+        raise ValueError("rows must be a 1-D array of u32 ids")
+    if arr.size > 1 and not (arr[1:] > arr[:-1]).all():
+        raise ValueError("rows must be strictly increasing")
+    return _U32.pack(arr.size) + arr.astype(">u4").tobytes()
+
+
+@dataclass(frozen=True)
+class RowRequest:
+    """Client -> server: the client's reported (randomized-response) row set, and the catalogue size."""
+
+    client_id: int
+    num_rows: int
+    rows: np.ndarray = field(repr=False)
+
+    def encode(self) -> bytes:
+        """Framed bytes."""
+        if not 0 <= self.client_id <= _MAX_ID or not 0 <= self.num_rows <= MAX_ROWS:
+            raise ValueError("client id or num_rows out of range")
+        return frame(Kind.SUBMODEL_REQUEST,
+                     _U64.pack(self.client_id) + _U32.pack(self.num_rows) + _encode_rows(self.rows))
+
+    @classmethod
+    def decode(cls, message: bytes) -> RowRequest:
+        """Parse; raises DecodeError (also for a row at or beyond ``num_rows``)."""
+        r = _Cursor(unframe(message, Kind.SUBMODEL_REQUEST), "row request")
+        cid, num_rows, rows = r.u64("client_id"), r.u32("num_rows"), r.rows("rows")
+        r.done()
+        if cid > _MAX_ID:
+            raise DecodeError("row request: client id above 2^63 - 1")
+        if rows.size and rows[-1] >= num_rows:
+            raise DecodeError(f"row request: row {int(rows[-1])} outside the {num_rows} rows")
+        return cls(cid, num_rows, rows)
+
+
+@dataclass(frozen=True)
+class SubmodelSetup:
+    """Server -> client: its SecAgg setup (raw bytes) and every requesting client's row set."""
+
+    setup: bytes
+    table: Mapping[int, np.ndarray] = field(repr=False)
+
+    def encode(self) -> bytes:
+        """Framed bytes."""
+        return self.encode_parts(self.setup, self.encode_table(self.table))
+
+    @staticmethod
+    def encode_table(table: Mapping[int, np.ndarray]) -> bytes:
+        """The table's part of the message (the same for every recipient: encode it once per round)."""
+        ids = sorted(table)
+        return b"".join([_U32.pack(len(ids)), *(_U64.pack(c) + _encode_rows(table[c]) for c in ids)])
+
+    @staticmethod
+    def encode_parts(setup: bytes, table: bytes) -> bytes:
+        """Framed bytes from a setup and an :meth:`encode_table` result."""
+        return frame(Kind.SUBMODEL_SETUP, _U32.pack(len(setup)) + setup + table)
+
+    @classmethod
+    def decode(cls, message: bytes) -> SubmodelSetup:
+        """Parse; raises DecodeError."""
+        r = _Cursor(unframe(message, Kind.SUBMODEL_SETUP), "submodel setup")
+        setup = r.take(r.u32("setup length"), "setup")
+        n = r.u32("table entries")
+        if 12 * n > len(r.data) - r.pos:
+            raise DecodeError(f"submodel setup: {n} table entries, too few bytes remain")
+        table: dict[int, np.ndarray] = {}
+        last = -1
+        for _ in range(n):
+            cid = r.u64("client_id")
+            if cid <= last or cid > _MAX_ID:
+                raise DecodeError("submodel setup: table ids not strictly increasing")
+            last = cid
+            table[cid] = r.rows("rows")
+        r.done()
+        return cls(setup, table)
+
+
+def table_digest(table: Mapping[int, np.ndarray]) -> bytes:
+    """SHA-256 of the canonical encoding of a row table (bound into the consistency signatures)."""
+    h = hashlib.sha256(b"securefedrec/submodel/v1/table")
+    for cid in sorted(table):
+        h.update(_U64.pack(cid) + _encode_rows(table[cid]))
+    return h.digest()

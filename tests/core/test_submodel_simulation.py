@@ -1,0 +1,71 @@
+"""Submodel rounds in the simulator: the same training as dense SecAgg, rows only on the wire."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protocols.submodel import keep_probability
+from securefedrec import ExperimentConfig, Simulation
+from securefedrec.errors import ConfigError
+from securefedrec.server.submodel import row_layout, submodel_inputs
+
+SMALL = {"dataset": "synthetic", "synthetic_users": 40, "synthetic_items": 12,
+         "synthetic_ratings_per_user": 6, "sample_rate": 0.5, "rounds": 2, "device": "cpu",
+         "protocol": "secagg", "threat_model": "semi-honest", "seed": 3}
+
+
+def _run(**extra: object) -> Simulation:
+    sim = Simulation(ExperimentConfig(**{**SMALL, **extra}))
+    for _ in range(SMALL["rounds"]):  # type: ignore[arg-type]
+        sim.run_round()
+    return sim
+
+
+def test_submodel_training_equals_dense_secagg_when_every_true_row_is_kept() -> None:
+    """12 items rated by ~16 of each round's ~20 clients: no row is thin, the sums agree to quantization."""
+    dense = _run()
+    sub = _run(submodel=True, item_epsilon=40.0)  # keep probability 1 - 4e-18: the true rows exactly
+    assert keep_probability(40.0) > 1 - 1e-15
+    np.testing.assert_allclose(sub.global_vec, dense.global_vec, rtol=0, atol=1e-3)
+    rec, base = sub.rounds[-1], dense.rounds[-1]
+    assert rec["item_epsilon"] == 40.0
+    assert rec["rmse"] == pytest.approx(base["rmse"], abs=1e-4)
+    assert rec["rows_reported"] <= 6  # its own rated items only (no false positives at this epsilon)
+    assert rec["bytes_broadcast"] < base["bytes_broadcast"] / 2
+
+
+def test_a_small_item_epsilon_reports_many_rows_and_still_trains() -> None:
+    sim = _run(submodel=True, item_epsilon=0.1)
+    rec = sim.rounds[-1]
+    assert not rec["aborted"]
+    p = keep_probability(0.1)
+    assert rec["rows_reported"] == pytest.approx(4.8 * p + 7.2 * (1 - p), abs=1.5)
+    assert np.isfinite(rec["rmse"])
+
+
+def test_layout_puts_each_items_row_and_leaves_the_global_mean_shared() -> None:
+    sim = Simulation(ExperimentConfig(**SMALL))
+    layout = row_layout(sim.model)
+    assert layout.num_rows == 12 and layout.width == 33 and layout.shared.size == sim.model.length - 12 * 33
+    deltas = np.zeros((1, sim.model.length))
+    deltas[0, layout.rows[4]] = 0.5
+    deltas[0, layout.shared] = 0.25
+    (x,) = submodel_inputs(layout, deltas, [7]).values()
+    assert x.rows.tolist() == [4] and np.all(x.values == 0.5) and np.all(x.shared == 0.25)
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    ({"submodel": True, "protocol": "plaintext"}, "submodel"),
+    ({"submodel": True, "dp": "user", "epsilon": 4.0}, "submodel"),
+    ({"submodel": True, "compression": "q8"}, "submodel"),
+    ({"submodel": True, "item_epsilon": 0.0}, "item_epsilon"),
+])
+def test_submodel_refusals_name_the_field(extra: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        ExperimentConfig.from_mapping({**SMALL, "threat_model": "default", **extra})
+
+
+def test_item_epsilon_without_submodel_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--submodel"):
+        ExperimentConfig.from_mapping({**SMALL, "item_epsilon": 2.0})
