@@ -33,5 +33,12 @@ def get_model(name: str) -> type[Model]:
 
 
 def build_model(config: ExperimentConfig, num_items: int) -> Model:
-    """The model ``config.model.name`` names, configured for ``num_items`` items."""
+    """The model ``config.model.name`` names, configured for ``num_items`` items; with
+    ``--model-compression`` behind a :class:`~securefedrec.models.compressed.CompressedModel`."""
+    if config.model.compression != "none":
+        from securefedrec.models.compressed import CompressedModel
+        from securefedrec.models.compression_spec import parse_model_compression
+
+        inner = get_model(config.model.name).from_config(config, num_items)
+        return CompressedModel(inner, parse_model_compression(config.model.compression), config.run.seed)
     return get_model(config.model.name).from_config(config, num_items)
