@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=30, help="rounds of the explicit (RMSE) runs")
     p.add_argument("--implicit-rounds", type=int, default=30, help="rounds of the loo (HR@10) runs")
     p.add_argument("--factors", type=int, default=32)
+    p.add_argument("--baselines", type=int, nargs="*",
+                   help="the smaller-k baselines' factors (default: the k of each technique's size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--catalog-items", type=int, default=100_000)
     p.add_argument("--quick", action="store_true", help="small synthetic smoke run")
@@ -214,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for spec in args.techniques:
         rows.append(measure(spec, {"model_compression": spec}))
-    for k in sorted({smaller_k(r["model_bytes"], num_items) for r in rows}, reverse=True):
+    baselines = (args.baselines if args.baselines is not None
+                 else {smaller_k(r["model_bytes"], num_items) for r in rows})
+    for k in sorted(baselines, reverse=True):
         if k < args.factors:
             rows.append(measure(f"k={k}", {"factors": k}))
     for r in rows:

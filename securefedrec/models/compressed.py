@@ -245,7 +245,7 @@ class CompressedModel(Model):
         self.popularity: np.ndarray | None = None
         """The items' counts the structure was built from (public, like the structure)."""
         self._tensors: dict[str, torch.Tensor] = {}
-        self._view_key: tuple[int, int, torch.device, torch.dtype] | None = None
+        self._view_of: tuple[torch.Tensor, int] | None = None  # the vector (held) and its version
         self._view: torch.Tensor | None = None
         if not spec.needs_popularity or popularity is not None:
             self.set_popularity(popularity)
@@ -265,7 +265,7 @@ class CompressedModel(Model):
         s = self._structure
         self._tensors = {"rows": torch.as_tensor(s.rows), "cols": torch.as_tensor(s.cols),
                          "signs": torch.as_tensor(s.signs), "blocks": torch.as_tensor(s.blocks())}
-        self._view_key, self._view = None, None
+        self._view_of, self._view = None, None
 
     @property
     def structure(self) -> Structure:
@@ -315,10 +315,14 @@ class CompressedModel(Model):
         return torch.round(theta / scale).clamp_(-127, 127) * scale
 
     def device_view(self, theta: torch.Tensor) -> torch.Tensor:
-        """The inner global vector a device predicts and trains with: ``E stored(theta)`` (cached)."""
-        key = (id(theta), theta._version, theta.device, theta.dtype)
-        if self._view is None or key != self._view_key:
-            self._view, self._view_key = self.expand(self.stored(theta)), key
+        """The inner global vector a device predicts and trains with: ``E stored(theta)``.
+
+        Cached for the same tensor object at the same torch version (evaluation asks once per
+        batch of users); the tensor is held, so its id cannot be reused by another.
+        """
+        held = self._view_of
+        if self._view is None or held is None or held[0] is not theta or held[1] != theta._version:
+            self._view, self._view_of = self.expand(self.stored(theta)), (theta, theta._version)
         return self._view
 
     @property
