@@ -99,6 +99,17 @@ def test_non_item_coordinates_pass_through_and_the_item_part_shrinks(model: str)
     assert comp.init_global((1, 5), torch.Generator()).shape == (comp.length,)
 
 
+def test_the_device_view_follows_each_new_vector() -> None:
+    """Temporaries freed between calls may share an id: the cache must not serve the old one's view."""
+    comp = _model("mf", "hash:4")
+    for value in (1.0, 2.0, 3.0, 2.0):
+        assert float(comp.device_view(torch.full((comp.length,), value, dtype=torch.float64))[-1]) == value
+    theta = torch.zeros(comp.length, dtype=torch.float64)
+    assert float(comp.device_view(theta)[-1]) == 0.0
+    theta.add_(5.0)  # in place: a new torch version
+    assert float(comp.device_view(theta)[-1]) == 5.0
+
+
 def test_hash_rows_are_signed_copies_of_balanced_shared_rows() -> None:
     comp = _model("implicit-mf", "hash:4")
     theta = torch.randn(comp.length, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
