@@ -164,6 +164,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                         "score function), trained and used on its device only, never sent")
     g.add_argument("--personal-decay", type=float, help=f"ncf with --personalize: L2 pulling the personal "
                    f"offset toward zero (default {d.personal_decay})")
+    g.add_argument("--model-compression", metavar="SPEC",
+                   help="any model: a smaller global model, e.g. hash:8, qr:8, mixed:8, prune:0.9, int8, "
+                        "mixed:2+int8 (securefedrec.models.compressed; default none)")
     g.add_argument("--update-clip", type=float,
                    help=f"per-coordinate bound of a client update (default {d.update_clip})")
     g.add_argument("--server-optimizer", choices=list(OPTIMIZERS),

@@ -130,9 +130,11 @@ class ExperimentConfig:
             raise FieldError("compression", f"{compression!r} cannot be used with protocol "
                                             f"{protocol!r}: {refusal}")
         if self.federation.submodel and (compression != "none" or self.privacy.mode != "none"
-                                         or self.privacy.silos is not None):
+                                         or self.privacy.silos is not None
+                                         or self.model.compression != "none"):
             raise FieldError("submodel", "submodel rounds send only each client's rows: they take neither "
-                                         "compression, nor DP noise (it would be dense), nor silos")
+                                         "compression, nor DP noise (it would be dense), nor silos, nor "
+                                         "model compression (shared rows are no item's own)")
         if self.privacy.mechanism == "skellam" and compression != "none":
             raise FieldError("dp_mechanism", f"skellam hands the protocol integer units with their own "
                                              f"encoding; compression {compression!r} would re-quantize or "

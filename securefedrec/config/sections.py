@@ -40,6 +40,7 @@ from securefedrec.data import (
     parse_rating_scale,
 )
 from securefedrec.errors import ConfigError, DataError
+from securefedrec.models.compression_spec import parse_model_compression
 from securefedrec.models.names import LOCAL_OPTIMIZERS, LOSSES, MODEL_NAMES, parse_layers
 from securefedrec.server.optimizers import OPTIMIZERS
 
@@ -278,6 +279,7 @@ class ModelConfig(Section):
     mlp_layers: str = "64,32,16"  # ncf: MLP widths, the first = user + item MLP embedding sizes
     personalize: bool = False  # ncf: a personal score function kept on the device (models.personal)
     personal_decay: float = 0.0  # ncf with personalize: L2 pulling the personal offset toward zero
+    compression: str = "none"  # any model: a smaller global model (models.compression_spec)
 
     def _rules(self) -> None:
         self._one_of("name", MODEL_NAMES)
@@ -293,6 +295,10 @@ class ModelConfig(Section):
             parse_layers(self.mlp_layers)
         except ValueError as exc:
             raise FieldError(self.key("mlp_layers"), str(exc)) from None
+        try:
+            parse_model_compression(self.compression)
+        except ValueError as exc:
+            raise FieldError(self.key("compression"), str(exc)) from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -435,6 +441,7 @@ FLAT_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "mlp_layers": ("model", "mlp_layers"),
     "personalize": ("model", "personalize"),
     "personal_decay": ("model", "personal_decay"),
+    "model_compression": ("model", "compression"),
     "dp": ("privacy", "mode"),
     "epsilon": ("privacy", "epsilon"),
     "delta": ("privacy", "delta"),

@@ -177,7 +177,14 @@ def experiment_config(
         if node_config is not None and key in node_config:
             experiment[key.replace("-", "_")] = node_config[key]
     settings = _settings(deployment)
-    return ExperimentConfig.from_mapping(experiment, source="run config"), settings
+    config = ExperimentConfig.from_mapping(experiment, source="run config")
+    from securefedrec.models.compression_spec import parse_model_compression
+
+    if parse_model_compression(config.model.compression).needs_popularity:
+        raise ConfigError(f"model-compression: {config.model.compression!r} needs the items' popularity "
+                          "from a count round, which runs in the simulator only (securefedrec run); over "
+                          "Flower use hash:R, qr:R or int8")
+    return config, settings
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -36,10 +36,18 @@ def get_model(name: str) -> type[Model]:
 
 def build_model(config: ExperimentConfig, num_items: int, *, dataset: Dataset | None = None) -> Model:
     """The model ``config.model.name`` names, configured for ``num_items`` items (for ``dataset``,
-    the data set it trains on, when given: :meth:`Model.for_dataset`)."""
+    the data set it trains on, when given: :meth:`Model.for_dataset`); with
+    ``--model-compression`` behind a :class:`~securefedrec.models.compressed.CompressedModel`."""
     cls = get_model(config.model.name)
     if dataset is None:
-        return cls.from_config(config, num_items)
-    if dataset.num_items != num_items:
+        inner = cls.from_config(config, num_items)
+    elif dataset.num_items != num_items:
         raise ConfigError(f"build_model: {num_items} items asked for a data set of {dataset.num_items}")
-    return cls.for_dataset(config, dataset)
+    else:
+        inner = cls.for_dataset(config, dataset)
+    if config.model.compression == "none":
+        return inner
+    from securefedrec.models.compressed import CompressedModel
+    from securefedrec.models.compression_spec import parse_model_compression
+
+    return CompressedModel(inner, parse_model_compression(config.model.compression), config.run.seed)

@@ -54,9 +54,10 @@ from securefedrec.data import Dataset, load_dataset, synthetic
 from securefedrec.errors import CheckpointError, ConfigError, PrivacyBudgetExhausted, RunInterrupted
 from securefedrec.metrics import Evaluation, RankingTask, evaluate
 from securefedrec.models.base import Model
+from securefedrec.models.compressed import CompressedModel, model_bytes, secure_item_counts
 from securefedrec.models.mf import MF, Hyper, Layout
 from securefedrec.models.pool import ClientPool, resolve_device
-from securefedrec.models.registry import MODELS, build_model
+from securefedrec.models.registry import MODELS, build_model, get_model
 from securefedrec.privacy import RoundPrivacy, SkellamUserPrivacy, build_privacy
 from securefedrec.report import environment
 from securefedrec.server import checkpoint as checkpoints
@@ -153,7 +154,7 @@ class Simulation:
             raise ConfigError(f"--feedback {config.data.feedback}: the data set given holds "
                               f"{self.dataset.feedback} feedback")
         self.model: Model = build_model(config, self.dataset.num_items, dataset=self.dataset)
-        check_feedback(type(self.model), self.dataset.feedback)
+        check_feedback(get_model(config.model.name), self.dataset.feedback)
         self._ranking: RankingTask | None = None  # the evaluation negatives, drawn at the first use
         groups = None
         if config.privacy.silos is not None:  # cross-silo: --silos S groups the users into S clients
@@ -177,6 +178,9 @@ class Simulation:
             self.submodel = SubmodelRounds(self.model, config.federation.item_epsilon,
                                            malicious=config.federation.threat_model != "semi-honest",
                                            workers=options.get("workers", 1))
+        self.count_round: dict[str, Any] | None = None
+        if isinstance(self.model, CompressedModel) and self.model.needs_popularity:
+            self._count_popularity(self.model)
         self.optimizer = self._new_optimizer()
         # from the public rating scale only (no data is peeked at)
         init = self.model.init_global(self.dataset.scale, torch.Generator().manual_seed(config.run.seed))
@@ -198,6 +202,19 @@ class Simulation:
             and config.privacy.silos is None
         )
         self.stopped: str | None = None
+
+    def _count_popularity(self, model: CompressedModel) -> None:
+        """The popularity count round of ``mixed`` / ``prune`` (:func:`.compressed.secure_item_counts`)."""
+        cfg = self.config
+        if cfg.privacy.mode != "none":
+            raise ConfigError(f"--model-compression {cfg.model.compression}: the popularity count round is "
+                              f"not covered by --dp {cfg.privacy.mode}'s accounting; use hash, qr or int8 "
+                              f"with DP")
+        counts, self.count_round = secure_item_counts(
+            self.aggregator, self.pool, self.dataset.num_items,
+            threshold_fraction=cfg.federation.threshold_fraction, ring_bits=cfg.federation.ring_bits,
+            neighbors=cfg.federation.neighbors, rng=np.random.default_rng([cfg.run.seed, streams.ROUNDING]))
+        model.set_popularity(counts)
 
     @property
     def layout(self) -> Layout:
@@ -257,7 +274,7 @@ class Simulation:
         record: dict[str, Any] = {
             "round": r + 1, "clients": len(sampled), "dropped": 0, "aborted": False,
             "bytes_up": 0, "bytes_down": 0, "rmse": None, "mae": None, "hr@10": None, "ndcg@10": None,
-            "epsilon": None, "server_epsilon": None,
+            "epsilon": None, "server_epsilon": None, "model_bytes": model_bytes(self.model),
         }
         if 0 < len(sampled) < MIN_INPUTS and aggregator_class(cfg.federation.protocol).secure:
             # the secure sum of one input is that input: the round is not run (nothing leaves a client)
@@ -268,6 +285,8 @@ class Simulation:
             # clients train on what the (compressed) broadcast gave them
             view, bytes_down = self.downlink.broadcast(
                 self.global_vec, sampled, _round_rng(cfg.run.seed, r, streams.DOWNLINK))
+            if isinstance(self.model, CompressedModel) and self.downlink.codec is None:
+                bytes_down = self.model.broadcast_bytes * len(sampled)  # int8: the stored form is sent
             g = torch.from_numpy(view)
             inputs: dict[int, Any]
             generator = round_generator(cfg.run.seed, r)
@@ -429,6 +448,8 @@ class Simulation:
                          "secure_aggregation": getattr(self.aggregator, "secure", False)}
                         if privacy is not None else None),
             "stopped": stopped,
+            "model_bytes": model_bytes(self.model),
+            "count_round": self.count_round,
             "environment": environment(self.device),
             "seconds": time.perf_counter() - t0,
         }

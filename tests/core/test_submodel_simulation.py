@@ -59,6 +59,7 @@ def test_layout_puts_each_items_row_and_leaves_the_global_mean_shared() -> None:
     ({"submodel": True, "protocol": "plaintext"}, "submodel"),
     ({"submodel": True, "dp": "user", "epsilon": 4.0}, "submodel"),
     ({"submodel": True, "compression": "q8"}, "submodel"),
+    ({"submodel": True, "model_compression": "hash:4"}, "submodel.*model compression"),
     ({"submodel": True, "item_epsilon": 0.0}, "item_epsilon"),
 ])
 def test_submodel_refusals_name_the_field(extra: dict[str, object], field: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -119,6 +120,12 @@ def test_run_config_errors_name_the_key() -> None:
         experiment_config({"stage-timeout": 0})
     config, _ = experiment_config({"neighbors": "none", "silos": 4, "sample-rate": 1})
     assert config.federation.neighbors is None and config.privacy.silos == 4
+    # the popularity structures need the simulator's count round; the others run over Flower
+    for spec in ("mixed:4", "prune:0.5+int8"):
+        with pytest.raises(ConfigError, match=f"model-compression: '{re.escape(spec)}' needs the items' "):
+            experiment_config({"model-compression": spec})
+    config, _ = experiment_config({"model-compression": "hash:4+int8"})
+    assert config.model.compression == "hash:4+int8"
 
 
 def test_partition_and_hosting() -> None:
