@@ -23,6 +23,8 @@ SMALL: dict[str, Any] = dict(synthetic_users=30, synthetic_items=40, synthetic_r
                              factors=6, device="cpu", sample_rate=1.0, rounds=1, seed=3, eval_every=1)
 EXTRA: dict[str, dict[str, Any]] = {"mf": {}, "implicit-mf": {"feedback": "implicit", "split": "loo"},
                                     "ncf": {"feedback": "implicit", "split": "loo", "mlp_layers": "8,4"}}
+ITEM_MODELS = sorted(set(MODELS) - {"content"})
+"""The models with per-item coordinates (content's global part is feature weights: nothing to compress)."""
 SPECS = ("int8", "hash:4", "qr:4", "mixed:4", "prune:0.75", "mixed:2+int8", "hash:3+int8")
 ITEMS = 40
 
@@ -40,6 +42,13 @@ def _model(model: str, spec: str, items: int = ITEMS) -> CompressedModel:
     parsed = parse_model_compression(spec)
     return CompressedModel(inner, parsed, seed=5, popularity=_popularity(items) if parsed.needs_popularity
                            else None)
+
+
+def test_a_model_without_item_rows_is_refused() -> None:
+    """content's global vector does not grow with the catalogue; compressing it is refused, clearly."""
+    config = ExperimentConfig(**{**SMALL, "model": "content", "model_compression": "hash:4"})
+    with pytest.raises(ConfigError, match="--model content has no per-item coordinates"):
+        Simulation(config)
 
 
 # ---- the spec --------------------------------------------------------------------------------------
@@ -72,7 +81,7 @@ def test_the_cli_flag_sets_the_config() -> None:
 
 
 # ---- the expansion, for every model ----------------------------------------------------------------
-@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("model", ITEM_MODELS)
 @pytest.mark.parametrize("spec", SPECS)
 def test_project_is_the_chain_rule_of_expand(model: str, spec: str) -> None:
     """``project`` (a sparse E^T product) equals autograd through ``expand`` (an index_add)."""
@@ -84,7 +93,7 @@ def test_project_is_the_chain_rule_of_expand(model: str, spec: str) -> None:
     torch.testing.assert_close(comp.project(v), torch.stack(grads))
 
 
-@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("model", ITEM_MODELS)
 def test_non_item_coordinates_pass_through_and_the_item_part_shrinks(model: str) -> None:
     comp = _model(model, "hash:4")
     inner = comp.inner
