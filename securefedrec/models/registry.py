@@ -11,16 +11,19 @@ from typing import TYPE_CHECKING
 
 from securefedrec.errors import ConfigError
 from securefedrec.models.base import Model
+from securefedrec.models.fusion import Fusion
 from securefedrec.models.implicit_mf import ImplicitMF
 from securefedrec.models.mf import MF
+from securefedrec.models.names import parse_fusion
 from securefedrec.models.ncf import NCF
+from securefedrec.models.popularity import Popularity
 
 if TYPE_CHECKING:  # pragma: no cover
     from securefedrec.config import ExperimentConfig
 
 __all__ = ["MODELS", "build_model", "get_model"]
 
-MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (MF, ImplicitMF, NCF)}
+MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (MF, ImplicitMF, NCF, Popularity)}
 """Name -> model class."""
 
 
@@ -33,5 +36,10 @@ def get_model(name: str) -> type[Model]:
 
 
 def build_model(config: ExperimentConfig, num_items: int) -> Model:
-    """The model ``config.model.name`` names, configured for ``num_items`` items."""
+    """The model ``config.model.name`` names, configured for ``num_items`` items; with ``--fusion``,
+    the :class:`~securefedrec.models.fusion.Fusion` of its members."""
+    if config.model.fusion is not None:
+        names = parse_fusion(config.model.fusion)
+        members = [get_model(name).from_config(config, num_items) for name in names]
+        return Fusion.of(config, members)
     return get_model(config.model.name).from_config(config, num_items)
