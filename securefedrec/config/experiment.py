@@ -253,6 +253,8 @@ _MODE_BOUND: dict[str, _Bound] = {
        for name in ("loss", "negatives", "weight_decay", "local_optimizer")},
     "personalize": _Bound("model", lambda model: model == "ncf", "--model ncf"),
     "personal_decay": _Bound("personalize", bool, "--personalize"),
+    **{name: _Bound("fusion", lambda fusion: fusion is not None, "--fusion")
+       for name in ("fusion_lr", "fusion_reg")},
     "mlp_layers": _Bound("model", lambda model: model == "ncf", "--model ncf"),
     **{name: _Bound("model", lambda model: model == "mf", "--model mf")
        for name in ("lam_user", "lam_item", "lam_bias")},
