@@ -22,7 +22,7 @@ rounds), which every member then shares. The JSON follows issue 17:
 each value the mean over folds or seeds, with the runs themselves under ``runs`` and the
 issue's checks under ``checks`` (fused RMSE 0.005 below the best member; fused HR@10 0.01 above
 it; personal beats global). ``--synthetic`` runs the same on small synthetic data (holdout
-split for the explicit part; the smoke test), ``--quick`` 3 rounds and one fold and seed.
+split for the explicit part; the smoke test), ``--quick`` 2 rounds and one fold and seed.
 """
 
 from __future__ import annotations
@@ -44,11 +44,11 @@ FOLDS = ("u1", "u2", "u3", "u4", "u5")
 SEEDS = (0, 1, 2, 3, 4)
 EXPLICIT_ROUNDS = 150
 IMPLICIT_ROUNDS = 30
-QUICK_ROUNDS = 3
+QUICK_ROUNDS = 2
 IMPLICIT_SETTINGS: dict[str, Any] = dict(local_lr=30.0, local_epochs=2, weight_decay=0.0)
 """The README's implicit-mf settings (shared by every member of the implicit fusion)."""
-SYNTHETIC: dict[str, Any] = dict(dataset="synthetic", synthetic_users=80, synthetic_items=60,
-                                 synthetic_ratings_per_user=25, factors=8)
+SYNTHETIC: dict[str, Any] = dict(dataset="synthetic", synthetic_users=40, synthetic_items=40,
+                                 synthetic_ratings_per_user=20, factors=4)
 
 
 def _config(kind: str, members: str, split: str, seed: int, rounds: int, protocol: str,
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--implicit-rounds", type=int,
                     help=f"default {IMPLICIT_ROUNDS} (--quick: {QUICK_ROUNDS})")
     ap.add_argument("--fusion-reg", type=float, help="--fusion-reg of every run (default: the config's)")
-    ap.add_argument("--quick", action="store_true", help="3 rounds, fold u1, seed 0")
+    ap.add_argument("--quick", action="store_true", help="2 rounds, fold u1, seed 0")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: shared machine)")
     ap.add_argument("--json", help="output file (default results/fusion.json)")
     ap.add_argument("--plot", type=Path, help="PNG of the first run's weights (default: beside the JSON)")

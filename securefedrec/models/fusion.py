@@ -12,8 +12,11 @@ and the bytes up are the members' plus ``P`` prior coordinates (P = members, + 1
 data). :meth:`Fusion.shares` says which part of the vector (and of the bytes) is whose.
 
 **Local part.** Each member's local part, its names prefixed ``"<member>."``, and the client's
-personal weights, kept as an offset from the prior (``fusion_offset``, P values): they never
-leave the device. A client never sampled has offset 0, i.e. the prior.
+personal weights, kept as an offset from the prior (``fusion_offset``, P values), and on
+explicit data the held-out statistics they rest on (below): none of it leaves the device. A
+client never sampled has offset 0, i.e. the prior. :meth:`Fusion.item_rows` puts the members'
+item rows side by side (a member's own rule for untouched items holds in its columns:
+``popularity``'s rows are dense, :mod:`securefedrec.models.popularity` says why).
 
 **Stacking: where the weights are fitted.** A member must not be fitted on the ratings its
 fusion weight is fitted on (its in-sample error is optimistic, and the weights would favour
