@@ -273,7 +273,7 @@ class ModelConfig(Section):
     personal_decay: float = 0.0  # ncf with personalize: L2 pulling the personal offset toward zero
     fusion: str | None = None  # MODEL[,MODEL...]: train these together, fused per client (models.fusion)
     fusion_lr: float = 0.1  # fusion: step of the prior's coordinates (-lr * held-out gradient)
-    fusion_reg: float = 2.0  # fusion: pull of the personal weights toward the prior, in held-out ratings
+    fusion_reg: float = 20.0  # fusion: pull of the personal weights toward the prior, in held-out ratings
 
     def _rules(self) -> None:
         self._one_of("name", MODEL_NAMES)

@@ -15,7 +15,7 @@ from securefedrec.cli import main
 from securefedrec.data import Ratings
 from securefedrec.errors import ConfigError
 from securefedrec.models.base import RatingsByUser
-from securefedrec.models.fusion import GRAM, HOLDOUT, MOMENT, OFFSET, Fusion, holdout_flags
+from securefedrec.models.fusion import GRAM, HOLDOUT, MOMENT, OFFSET, PRIOR_SCALE, Fusion, holdout_flags
 from securefedrec.models.mf import MF
 from securefedrec.models.popularity import Popularity
 
@@ -97,11 +97,11 @@ def test_the_fused_vector_is_the_members_vectors_then_the_prior() -> None:
     assert sum(model.shares().values()) == pytest.approx(1.0)
 
 
-def test_each_round_members_train_on_all_but_that_rounds_held_out_ratings_as_they_would_alone() -> None:
+def test_members_train_on_everything_but_the_held_out_ratings_and_as_they_would_alone() -> None:
     sim = Simulation(_config(fusion="mf,popularity"))
     model = sim.model
     assert isinstance(model, Fusion)
-    members_data, held = model.split(sim.pool.data, _generator())
+    members_data, held = model.split(sim.pool.data)
     np.testing.assert_array_equal(held.counts, np.floor(HOLDOUT * sim.pool.data.counts))
     np.testing.assert_array_equal(members_data.counts + held.counts, sim.pool.data.counts)
     for u in range(sim.dataset.num_users):  # disjoint, and together the user's ratings
@@ -116,22 +116,21 @@ def test_each_round_members_train_on_all_but_that_rounds_held_out_ratings_as_the
     torch.testing.assert_close(model.part(deltas, 0), alone.deltas)
 
 
-def test_the_holdout_is_a_share_of_each_user_drawn_afresh_from_the_rounds_generator() -> None:
+def test_the_holdout_is_a_seeded_share_of_each_user() -> None:
     ratings = Ratings(np.repeat(np.arange(3), [5, 20, 31]), np.arange(56) % 40, np.ones(56, np.float32),
                       np.zeros(56, np.int64))
     data = RatingsByUser(ratings, 3)
-    gen = torch.Generator().manual_seed(0)
-    flags = holdout_flags(data, 0.1, gen)
+    flags = holdout_flags(data, 0.1, seed=0)
     assert [int(flags[data.indptr[u] : data.indptr[u + 1]].sum()) for u in range(3)] == [0, 2, 3]
-    np.testing.assert_array_equal(flags, holdout_flags(data, 0.1, torch.Generator().manual_seed(0)))
-    assert not np.array_equal(flags, holdout_flags(data, 0.1, gen))  # the next round holds out others
+    np.testing.assert_array_equal(flags, holdout_flags(data, 0.1, seed=0))
+    assert not np.array_equal(flags, holdout_flags(data, 0.1, seed=1))
 
 
 def test_with_a_validation_split_the_weights_are_fitted_on_it_and_the_members_train_on_everything() -> None:
     sim = Simulation(_config(fusion="implicit-mf,popularity", feedback="implicit", split="loo"))
     model = sim.model
     assert isinstance(model, Fusion)
-    members_data, held = model.split(sim.pool.data, _generator())
+    members_data, held = model.split(sim.pool.data)
     assert members_data is sim.pool.data
     np.testing.assert_array_equal(held.counts, np.bincount(sim.dataset.validation.users,
                                                            minlength=sim.dataset.num_users))
@@ -140,9 +139,8 @@ def test_with_a_validation_split_the_weights_are_fitted_on_it_and_the_members_tr
 # ---- the weights
 def _explicit_objective(model: Fusion, sim: Simulation, g: torch.Tensor, user: int,
                         w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean half squared error on the user's held-out ratings of :func:`_generator`'s split,
-    + reg/2 ||w - prior||^2 summed)."""
-    _, held = model.split(sim.pool.data, _generator())
+    """(mean half squared error on the user's held-out ratings, + reg/2 ||w - prior||^2 summed)."""
+    _, held = model.split(sim.pool.data)
     batch = held.padded(np.array([user]), torch.device("cpu"), torch.float64)
     local = {k: v[[user]].to(torch.float64) for k, v in sim.pool.local.items()}
     X = model._features(g, local, batch.items)[0]
@@ -162,7 +160,7 @@ def test_explicit_personal_weights_minimise_the_held_out_error_and_the_prior_des
     sim.pool.local[MOMENT].zero_()
     deltas, g = _train_once(sim)
     g64 = g.to(torch.float64)
-    user = int(np.argmax(model.split(sim.pool.data, _generator())[1].counts))  # the most held-out ratings
+    user = int(np.argmax(model.split(sim.pool.data)[1].counts))  # the most held-out ratings
     w = (model.prior(g64) + sim.pool.local[OFFSET][user].to(torch.float64)).requires_grad_(True)
     _, objective = _explicit_objective(model, sim, g64, user, w)
     (grad_w,) = torch.autograd.grad(objective, w)
@@ -170,8 +168,8 @@ def test_explicit_personal_weights_minimise_the_held_out_error_and_the_prior_des
     prior = model.prior(g64).clone().requires_grad_(True)
     mean_loss, _ = _explicit_objective(model, sim, g64, user, prior)
     (grad_prior,) = torch.autograd.grad(mean_loss, prior)
-    torch.testing.assert_close(model.prior(deltas[user]).to(torch.float64), -0.5 * grad_prior,
-                               atol=1e-5, rtol=1e-4)
+    sent = deltas[user, model.starts[-1] :].to(torch.float64)  # -lr * d loss / d coordinate
+    torch.testing.assert_close(sent, -0.5 * PRIOR_SCALE * grad_prior, atol=1e-5, rtol=1e-4)
     assert grad_prior.abs().max() > 1e-3
 
 
@@ -182,7 +180,7 @@ def test_explicit_personal_weights_rest_on_the_discounted_held_out_statistics_of
     sim.run_round()
     kept_gram, kept_moment = sim.pool.local[GRAM].clone(), sim.pool.local[MOMENT].clone()
     _train_once(sim)
-    user = int(np.argmax(model.split(sim.pool.data, _generator())[1].counts))
+    user = int(np.argmax(model.split(sim.pool.data)[1].counts))
     gram, moment = sim.pool.local[GRAM][user].double(), sim.pool.local[MOMENT][user].double()
     assert float((gram - 0.9 * kept_gram[user].double()).abs().max()) > 1e-3  # this round's ratings added
     prior = model.prior(torch.from_numpy(sim.global_vec))
@@ -249,7 +247,7 @@ def test_a_fused_run_reports_every_member_the_prior_weights_and_the_bytes() -> N
     weights = final["fusion_weights"]
     assert weights["names"] == ["intercept", "mf", "popularity"]
     assert isinstance(sim.model, Fusion)
-    held = sim.model.split(sim.pool.data, _generator())[1]
+    held = sim.model.split(sim.pool.data)[1]
     assert len(weights["personal"]) == int((held.counts > 0).sum())  # the clients with held-out ratings
     # the fused RMSE is no worse than a bad member's (the weights learned to lean on the better one)
     assert final["rmse"] < max(final["models"]["mf"]["rmse"], final["models"]["popularity"]["rmse"])
