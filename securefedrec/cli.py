@@ -167,6 +167,14 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-compression", metavar="SPEC",
                    help="any model: a smaller global model, e.g. hash:8, qr:8, mixed:8, prune:0.9, int8, "
                         "mixed:2+int8 (securefedrec.models.compressed; default none)")
+    g.add_argument("--fusion", metavar="MODEL,MODEL,...",
+                   help=f"train these models ({', '.join(MODEL_NAMES)}) in the same rounds and fuse their "
+                        "predictions with weights each client learns on its held-out data "
+                        "(instead of --model)")
+    g.add_argument("--fusion-lr", type=float, help=f"--fusion: step of the global prior weights "
+                   f"(default {d.fusion_lr})")
+    g.add_argument("--fusion-reg", type=float, help=f"--fusion: pull of a client's weights toward the prior, "
+                   f"in held-out ratings (default {d.fusion_reg})")
     g.add_argument("--update-clip", type=float,
                    help=f"per-coordinate bound of a client update (default {d.update_clip})")
     g.add_argument("--server-optimizer", choices=list(OPTIMIZERS),
@@ -274,6 +282,9 @@ def _check_run_options(args: argparse.Namespace) -> None:
     """Options that need no simulation to check: fail before minutes of training, not after."""
     if args.resume and args.checkpoint is None:
         raise SecureFedRecError("--resume: needs --checkpoint FILE (the file to continue from)")
+    if args.fusion is not None and args.model is not None:
+        raise SecureFedRecError(f"--model {args.model}: --fusion {args.fusion} names the models to train; "
+                                "give one or the other")
     for flag, path in (("--report", args.report), ("--plot", args.plot), ("--checkpoint", args.checkpoint)):
         if path is None:
             continue
@@ -290,7 +301,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _check_run_options(args)
     config = config_from_args(args)
     from securefedrec.errors import RunInterrupted
-    from securefedrec.report import plot_rounds, write_json
+    from securefedrec.report import plot_fusion_weights, plot_rounds, write_json
     from securefedrec.server.simulation import run_experiment
 
     if args.resume and not args.checkpoint.exists():  # documented: --resume continues if it exists
@@ -320,6 +331,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(f"report written to {path}")
     if args.plot:
         print(f"plot written to {plot_rounds(report, args.plot)}")
+        if report["final"].get("fusion_weights") is not None:  # --fusion: the weights across clients
+            weights = args.plot.with_name(f"{args.plot.stem}-weights{args.plot.suffix or '.png'}")
+            print(f"fusion weights plot written to {plot_fusion_weights(report, weights)}")
     return 0
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["atomic_write_bytes", "environment", "plot_rounds", "write_json"]
+__all__ = ["atomic_write_bytes", "environment", "plot_fusion_weights", "plot_rounds", "write_json"]
 
 
 PACKAGES = ("securefedrec", "torch", "numpy", "cryptography", "opacus", "phe", "gmpy2", "flwr")
@@ -107,6 +107,36 @@ def plot_rounds(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target)
+    plt.close(fig)
+    return target
+
+
+def plot_fusion_weights(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """PNG of a ``--fusion`` run's learned weights across clients: one histogram of the personal
+    weights per member (and intercept), the prior's weight as a vertical line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    weights = report["final"]["fusion_weights"]
+    names, prior = weights["names"], weights["prior"]
+    import numpy as np
+
+    personal = np.asarray(weights["personal"], dtype=np.float64).reshape(-1, len(names))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), dpi=120, squeeze=False)
+    for n, (ax, name) in enumerate(zip(axes[0], names, strict=True)):
+        ax.hist(personal[:, n], bins=30, alpha=0.8)
+        ax.axvline(prior[n], color="black", linestyle="--", label="prior")
+        ax.set_title(name)
+        ax.set_xlabel("weight")
+    axes[0][0].set_ylabel(f"clients ({len(personal)})")
+    axes[0][0].legend()
+    fig.suptitle(f"fusion weights - {report['dataset']['name']}")
     fig.tight_layout()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

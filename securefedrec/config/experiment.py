@@ -131,10 +131,14 @@ class ExperimentConfig:
                                             f"{protocol!r}: {refusal}")
         if self.federation.submodel and (compression != "none" or self.privacy.mode != "none"
                                          or self.privacy.silos is not None
-                                         or self.model.compression != "none"):
+                                         or self.model.compression != "none"
+                                         or self.model.fusion is not None):
             raise FieldError("submodel", "submodel rounds send only each client's rows: they take neither "
                                          "compression, nor DP noise (it would be dense), nor silos, nor "
-                                         "model compression (shared rows are no item's own)")
+                                         "model compression (shared rows are no item's own), nor fusion")
+        if self.model.fusion is not None and self.model.compression != "none":
+            raise FieldError("model_compression", "model compression wraps one model, not a --fusion "
+                                                  f"of several, got {self.model.compression!r}")
         if self.privacy.mechanism == "skellam" and compression != "none":
             raise FieldError("dp_mechanism", f"skellam hands the protocol integer units with their own "
                                              f"encoding; compression {compression!r} would re-quantize or "
@@ -260,6 +264,8 @@ _MODE_BOUND: dict[str, _Bound] = {
     "personalize": _Bound("model", lambda model: model == "ncf", "--model ncf"),
     "personal_decay": _Bound("personalize", bool, "--personalize"),
     "item_epsilon": _Bound("submodel", bool, "--submodel"),
+    **{name: _Bound("fusion", lambda fusion: fusion is not None, "--fusion")
+       for name in ("fusion_lr", "fusion_reg")},
     "mlp_layers": _Bound("model", lambda model: model == "ncf", "--model ncf"),
     **{name: _Bound("model", lambda model: model in ("mf", "content"), "--model mf or content")
        for name in ("lam_user", "lam_item", "lam_bias")},

@@ -41,7 +41,7 @@ from securefedrec.data import (
 )
 from securefedrec.errors import ConfigError, DataError
 from securefedrec.models.compression_spec import parse_model_compression
-from securefedrec.models.names import LOCAL_OPTIMIZERS, LOSSES, MODEL_NAMES, parse_layers
+from securefedrec.models.names import LOCAL_OPTIMIZERS, LOSSES, MODEL_NAMES, parse_fusion, parse_layers
 from securefedrec.server.optimizers import OPTIMIZERS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -280,6 +280,9 @@ class ModelConfig(Section):
     personalize: bool = False  # ncf: a personal score function kept on the device (models.personal)
     personal_decay: float = 0.0  # ncf with personalize: L2 pulling the personal offset toward zero
     compression: str = "none"  # any model: a smaller global model (models.compression_spec)
+    fusion: str | None = None  # MODEL[,MODEL...]: train these together, fused per client (models.fusion)
+    fusion_lr: float = 0.1  # fusion: step of the prior's coordinates (-lr * held-out gradient)
+    fusion_reg: float = 20.0  # fusion: pull of the personal weights toward the prior, in held-out ratings
 
     def _rules(self) -> None:
         self._one_of("name", MODEL_NAMES)
@@ -287,7 +290,7 @@ class ModelConfig(Section):
             self._need(getattr(self, name) >= 1, name, "must be >= 1")
         for name in ("lam_user", "lam_item", "lam_bias", "init_std", "weight_decay", "personal_decay"):
             self._need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "must be >= 0")
-        for name in ("local_lr", "update_clip"):
+        for name in ("local_lr", "update_clip", "fusion_lr", "fusion_reg"):
             self._need(math.isfinite(getattr(self, name)) and getattr(self, name) > 0, name, "must be > 0")
         self._one_of("loss", LOSSES)
         self._one_of("local_optimizer", LOCAL_OPTIMIZERS)
@@ -299,6 +302,11 @@ class ModelConfig(Section):
             parse_model_compression(self.compression)
         except ValueError as exc:
             raise FieldError(self.key("compression"), str(exc)) from None
+        if self.fusion is not None:
+            try:
+                parse_fusion(self.fusion)
+            except ValueError as exc:
+                raise FieldError(self.key("fusion"), str(exc)) from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -442,6 +450,9 @@ FLAT_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "personalize": ("model", "personalize"),
     "personal_decay": ("model", "personal_decay"),
     "model_compression": ("model", "compression"),
+    "fusion": ("model", "fusion"),
+    "fusion_lr": ("model", "fusion_lr"),
+    "fusion_reg": ("model", "fusion_reg"),
     "dp": ("privacy", "mode"),
     "epsilon": ("privacy", "epsilon"),
     "delta": ("privacy", "delta"),

@@ -15,26 +15,29 @@ __all__ = [
     "LOSSES",
     "MODEL_FEEDBACK",
     "MODEL_NAMES",
+    "parse_fusion",
     "parse_layers",
 ]
 
-MODEL_NAMES = ("mf", "implicit-mf", "ncf", "content")
+MODEL_NAMES = ("mf", "implicit-mf", "ncf", "content", "popularity")
 """``--model``: mf = explicit biased matrix factorization; implicit-mf = matrix factorization of
 implicit feedback with sampled negatives; ncf = NeuMF (GMF + MLP towers, He et al. WWW'17);
-content = items scored from their features (genres, title words, --item-features), either kind."""
+content = items scored from their features (genres, title words, --item-features), either kind;
+popularity = item popularity and item means from the secure sum of the clients' counts."""
 
 MODEL_FEEDBACK: dict[str, tuple[str, ...]] = {
     "mf": ("explicit",),
     "implicit-mf": ("implicit",),
     "ncf": ("implicit",),
     "content": ("explicit", "implicit"),
+    "popularity": ("explicit", "implicit"),
 }
 """Model name -> the kinds of data it learns from (its class's ``feedback``)."""
 
-IMPLICIT_MODELS = tuple(name for name, kinds in MODEL_FEEDBACK.items() if "implicit" in kinds)
+IMPLICIT_MODELS = ("implicit-mf", "ncf", "content")
+"""The models trained with sampled negatives on implicit data (they take ``--loss``, ``--negatives``)."""
 DEFAULT_MODEL = {"explicit": "mf", "implicit": "implicit-mf"}
 """The model a run trains when ``--model`` is not given, by ``--feedback``."""
-"""The models trained with sampled negatives (:mod:`securefedrec.models.implicit`)."""
 
 LOSSES = ("bce", "bpr")
 """``--loss`` of the implicit models: binary cross-entropy on positives and sampled negatives, or
@@ -62,3 +65,19 @@ def parse_layers(text: str) -> tuple[int, ...]:
         raise ValueError(f"the first width is the user's plus the item's MLP embedding and must be even, "
                          f"got {widths[0]}")
     return widths
+
+
+def parse_fusion(text: str) -> tuple[str, ...]:
+    """``"mf,popularity"`` -> ``("mf", "popularity")``: the member models of ``--fusion``.
+
+    Raises:
+        ValueError: an unknown or repeated name, or none.
+    """
+    names = tuple(part.strip() for part in text.split(","))
+    unknown = [name for name in names if name not in MODEL_NAMES]
+    if unknown:
+        raise ValueError(f"unknown model {unknown[0]!r} in {text!r}; members are comma-separated names "
+                         f"from {', '.join(MODEL_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"each member model once, got {text!r}")
+    return names

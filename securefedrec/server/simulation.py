@@ -55,6 +55,7 @@ from securefedrec.errors import CheckpointError, ConfigError, PrivacyBudgetExhau
 from securefedrec.metrics import Evaluation, RankingTask, evaluate
 from securefedrec.models.base import Model
 from securefedrec.models.compressed import CompressedModel, model_bytes, secure_item_counts
+from securefedrec.models.fusion import Fusion, fusion_report
 from securefedrec.models.mf import MF, Hyper, Layout
 from securefedrec.models.pool import ClientPool, resolve_device
 from securefedrec.models.registry import MODELS, build_model, get_model
@@ -154,7 +155,11 @@ class Simulation:
             raise ConfigError(f"--feedback {config.data.feedback}: the data set given holds "
                               f"{self.dataset.feedback} feedback")
         self.model: Model = build_model(config, self.dataset.num_items, dataset=self.dataset)
-        check_feedback(get_model(config.model.name), self.dataset.feedback)
+        # the configured model's kind (a fusion checks its members; a compressed model wraps --model)
+        check_feedback(type(self.model) if isinstance(self.model, Fusion) else get_model(config.model.name),
+                       self.dataset.feedback)
+        if isinstance(self.model, Fusion):  # its weights are fitted on the validation split, if any
+            self.model.use_validation(self.dataset.validation, self.dataset.num_users)
         self._ranking: RankingTask | None = None  # the evaluation negatives, drawn at the first use
         groups = None
         if config.privacy.silos is not None:  # cross-silo: --silos S groups the users into S clients
@@ -417,9 +422,20 @@ class Simulation:
                     if on_round is not None:
                         on_round(record)
             final: dict[str, Any] | None = self.evaluate(ranking=True).as_dict()
+            if final is not None and isinstance(self.model, Fusion):  # members alone, prior, weights
+                final = {**final, **self.fusion_report()}
         except KeyboardInterrupt:
             raise RunInterrupted(self._report(None, "interrupted", t0)) from None
         return self._report(final, self.stopped, t0)
+
+    def fusion_report(self) -> dict[str, Any]:
+        """``--fusion``: the members alone, the fusion with the prior's weights, every client's weights
+        (:func:`~securefedrec.models.fusion.fusion_report`)."""
+        if not isinstance(self.model, Fusion):
+            raise ConfigError("the fusion report needs --fusion")
+        return fusion_report(self.model, self.global_vec, self.pool.local, self.pool.data, self.dataset.test,
+                             self.dataset.scale, task=self.ranking_task, errors=not self.implicit,
+                             device=self.device, bytes_up=sum(int(r["bytes_up"]) for r in self.rounds))
 
     def _complete_round(self, checkpoint: str | Path | None) -> dict[str, Any]:
         """One round and its checkpoint, or neither: any exception restores the state before it."""

@@ -20,7 +20,8 @@ from securefedrec.models.registry import MODELS
 SMALL: dict[str, Any] = dict(synthetic_users=30, synthetic_items=25, synthetic_ratings_per_user=8,
                              split="loo", factors=4, device="cpu", sample_rate=1.0, rounds=2, seed=3)
 EXTRA: dict[str, dict[str, Any]] = {"mf": {}, "implicit-mf": {"feedback": "implicit"},
-                                    "ncf": {"feedback": "implicit", "mlp_layers": "8,4"}, "content": {}}
+                                    "ncf": {"feedback": "implicit", "mlp_layers": "8,4"}, "content": {},
+                                    "popularity": {}}
 
 
 def _config(model: str, **changes: Any) -> ExperimentConfig:

@@ -22,9 +22,11 @@ from securefedrec.models.registry import MODELS, build_model, get_model
 SMALL: dict[str, Any] = dict(synthetic_users=30, synthetic_items=40, synthetic_ratings_per_user=8,
                              factors=6, device="cpu", sample_rate=1.0, rounds=1, seed=3, eval_every=1)
 EXTRA: dict[str, dict[str, Any]] = {"mf": {}, "implicit-mf": {"feedback": "implicit", "split": "loo"},
-                                    "ncf": {"feedback": "implicit", "split": "loo", "mlp_layers": "8,4"}}
-ITEM_MODELS = sorted(set(MODELS) - {"content"})
-"""The models with per-item coordinates (content's global part is feature weights: nothing to compress)."""
+                                    "ncf": {"feedback": "implicit", "split": "loo", "mlp_layers": "8,4"},
+                                    "popularity": {}}
+ITEM_MODELS = sorted(set(MODELS) - {"content", "popularity"})
+"""The models with per-item embeddings (content's global part is feature weights: nothing to compress;
+popularity's is one or two values per item: only hash/qr/prune/int8 apply, tested below)."""
 SPECS = ("int8", "hash:4", "qr:4", "mixed:4", "prune:0.75", "mixed:2+int8", "hash:3+int8")
 ITEMS = 40
 
@@ -42,6 +44,18 @@ def _model(model: str, spec: str, items: int = ITEMS) -> CompressedModel:
     parsed = parse_model_compression(spec)
     return CompressedModel(inner, parsed, seed=5, popularity=_popularity(items) if parsed.needs_popularity
                            else None)
+
+
+@pytest.mark.parametrize("spec", ["hash:4", "qr:4", "prune:0.75", "hash:3+int8"])
+def test_popularity_compresses_by_the_chain_rule_and_mixed_dimensions_refuse_it(spec: str) -> None:
+    comp = _model("popularity", spec)
+    gen = torch.Generator().manual_seed(1)
+    theta = torch.randn(comp.length, dtype=torch.float64, generator=gen, requires_grad=True)
+    v = torch.randn(2, comp.inner.length, dtype=torch.float64, generator=gen)
+    grads = [torch.autograd.grad((comp.expand(theta) * v[j]).sum(), theta)[0] for j in range(2)]
+    torch.testing.assert_close(comp.project(v), torch.stack(grads))
+    with pytest.raises(ConfigError, match=r"mixed: .* cannot hold one value per item"):
+        _model("popularity", "mixed:4")
 
 
 def test_a_model_without_item_rows_is_refused() -> None:
