@@ -18,14 +18,16 @@ __all__ = [
     "parse_layers",
 ]
 
-MODEL_NAMES = ("mf", "implicit-mf", "ncf")
+MODEL_NAMES = ("mf", "implicit-mf", "ncf", "fism")
 """``--model``: mf = explicit biased matrix factorization; implicit-mf = matrix factorization of
-implicit feedback with sampled negatives; ncf = NeuMF (GMF + MLP towers, He et al. WWW'17)."""
+implicit feedback with sampled negatives; ncf = NeuMF (GMF + MLP towers, He et al. WWW'17);
+fism = implicit MF whose user is also its recency-weighted latest interactions (models/fism.py)."""
 
 MODEL_FEEDBACK: dict[str, tuple[str, ...]] = {
     "mf": ("explicit",),
     "implicit-mf": ("implicit",),
     "ncf": ("implicit",),
+    "fism": ("implicit",),
 }
 """Model name -> the kinds of data it learns from (its class's ``feedback``)."""
 

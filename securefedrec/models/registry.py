@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from securefedrec.errors import ConfigError
 from securefedrec.models.base import Model
+from securefedrec.models.fism import FISM
 from securefedrec.models.implicit_mf import ImplicitMF
 from securefedrec.models.mf import MF
 from securefedrec.models.ncf import NCF
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["MODELS", "build_model", "get_model"]
 
-MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (MF, ImplicitMF, NCF)}
+MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (MF, ImplicitMF, NCF, FISM)}
 """Name -> model class."""
 
 
