@@ -19,6 +19,7 @@ from securefedrec.models.implicit_mf import ImplicitMF
 from securefedrec.models.names import IMPLICIT_MODELS, MODEL_FEEDBACK, MODEL_NAMES
 from securefedrec.models.ncf import NCF
 from securefedrec.models.registry import MODELS
+from securefedrec.server.central import train_centrally
 
 CPU = torch.device("cpu")
 IMPLICIT = ("implicit-mf", "ncf", "fism")
@@ -283,3 +284,12 @@ def test_fism_learns_what_comes_next_from_the_order_of_a_users_history() -> None
             sim.run_round()
         rates[name] = _hit_rate(sim, ds)
     assert rates["fism"] > 0.7 and rates["implicit-mf"] < 0.5, rates
+
+
+def test_the_centralised_fism_reads_the_history_too() -> None:
+    ds = _successors()
+    config = ExperimentConfig(**{**CLUSTER_RUN, "model": "fism", "weight_decay": 0.0})  # type: ignore[arg-type]
+    vec, local = train_centrally(config, ds, 40, lr=0.03, batch_size=64)
+    sim = Simulation(config, dataset=ds)
+    sim.global_vec, sim.pool.local = vec.numpy(), local
+    assert _hit_rate(sim, ds) > 0.7
