@@ -29,9 +29,10 @@ def test_config_names_are_the_registered_models() -> None:
 
 
 def test_an_unknown_model_is_refused_with_the_registered_names(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(ConfigError, match=r"unknown model 'nope'; choose one of: mf, implicit-mf, ncf$"):
+    names = "mf, implicit-mf, ncf, fism"
+    with pytest.raises(ConfigError, match=rf"unknown model 'nope'; choose one of: {names}$"):
         get_model("nope")
-    with pytest.raises(ConfigError, match=r"--model: must be one of mf, implicit-mf, ncf, got 'nope'"):
+    with pytest.raises(ConfigError, match=rf"--model: must be one of {names}, got 'nope'"):
         ExperimentConfig.from_mapping({"model": "nope"}, labels={"model": "--model"})
     with pytest.raises(SystemExit) as exit_:
         main(["run", "--model", "nope"])

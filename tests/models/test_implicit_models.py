@@ -196,7 +196,7 @@ def test_the_layouts_and_item_rows() -> None:
 
 # ---- configuration
 @pytest.mark.parametrize(("values", "says"), [
-    ({"negatives": 3}, "negatives: applies only with --model implicit-mf or ncf; model is 'mf'"),
+    ({"negatives": 3}, "negatives: applies only with --model implicit-mf or ncf or fism; model is 'mf'"),
     ({"loss": "bpr"}, "loss: applies only with --model implicit-mf or ncf"),
     ({"model": "implicit-mf", "mlp_layers": "8,4"}, "mlp_layers: applies only with --model ncf"),
     ({"model": "ncf", "lam_user": 0.2}, "lam_user: applies only with --model mf"),
@@ -227,7 +227,7 @@ def test_the_cli_flags_reach_the_model_and_are_refused_without_it(capsys: pytest
                                         init_std=config.model.init_std)
     assert main(["run", "--negatives", "3", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "--negatives: applies only with --model implicit-mf or ncf; --model is 'mf'" in err
+    assert "--negatives: applies only with --model implicit-mf or ncf or fism; --model is 'mf'" in err
 
 
 def test_the_default_model_follows_the_feedback() -> None:
