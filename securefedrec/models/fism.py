@@ -22,6 +22,11 @@ before it -- exactly what the test asks; at prediction the history is the user's
 - Local: the user's embedding ``p_u`` (k,), kept between rounds. The history itself is the
   user's own training data: it never leaves the device; only gradients through ``y`` of its
   items do, inside the delta that secure aggregation sums.
+
+Measured on ML-100K leave-one-out (plaintext, seed 0, every client every round, local lr 30,
+2 local epochs, weight decay 0, 30 rounds): HR@10 0.661 / NDCG@10 0.405, against 0.622 / 0.360
+for implicit-mf in the same setting; a window of 3 with decay 0.5 gave 0.655 / 0.407, and 60
+rounds peaked at 0.668 (round 40-50) before falling to 0.652.
 """
 
 from __future__ import annotations
