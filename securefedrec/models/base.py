@@ -65,10 +65,15 @@ class PaddedRatings:
 
 
 class RatingsByUser:
-    """Ratings grouped per user (CSR), with padded batches for the tensor math."""
+    """Ratings grouped per user (CSR), with padded batches for the tensor math.
+
+    A user's ratings are in time order (by timestamp, ties in the order of ``ratings``), so
+    column ``j`` of a padded row is the user's ``j``-th interaction: sequence-aware models
+    (:mod:`securefedrec.models.fism`) read the recency of an interaction from its column.
+    """
 
     def __init__(self, ratings: Ratings, num_users: int) -> None:
-        order = np.argsort(ratings.users, kind="stable")
+        order = np.lexsort((ratings.timestamps, ratings.users))  # stable: ties keep their order
         self.items = ratings.items[order]
         self.values = ratings.ratings[order].astype(np.float32)
         self.counts = np.bincount(ratings.users, minlength=num_users)

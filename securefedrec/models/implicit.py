@@ -68,7 +68,9 @@ __all__ = [
     "ItemLayout",
     "implicit_hyper",
     "implicit_loss",
+    "latest_columns",
     "local_train",
+    "previous_columns",
     "sample_negatives",
 ]
 
@@ -174,6 +176,29 @@ def sample_negatives(
     return out
 
 
+def previous_columns(mask: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each column ``j`` of time-ordered padded rows, the columns ``j - 1, ..., j - window``.
+
+    Returns ``(columns, valid)``, both (B, n, window): the column ``d + 1`` steps before ``j`` at
+    ``[..., d]`` (clamped to 0 where there is none) and whether it exists (every column before a
+    real interaction is one: padding comes last).
+    """
+    B, n = mask.shape
+    cols = (torch.arange(n, device=mask.device)[:, None]
+            - torch.arange(1, window + 1, device=mask.device)[None, :])  # (n, window)
+    return cols.clamp(min=0).expand(B, n, window), (cols >= 0).expand(B, n, window)
+
+
+def latest_columns(mask: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The columns of each user's ``window`` latest interactions, latest first.
+
+    Returns ``(columns, valid)``, both (B, window).
+    """
+    counts = mask.sum(1).long()
+    cols = counts[:, None] - torch.arange(1, window + 1, device=mask.device)[None, :]
+    return cols.clamp(min=0), cols >= 0
+
+
 class ImplicitModel(Model):
     """A model of implicit feedback trained by :func:`local_train`; subclasses define the logits.
 
@@ -184,12 +209,29 @@ class ImplicitModel(Model):
 
     feedback: ClassVar[tuple[str, ...]] = ("implicit",)
     sparse_updates: ClassVar[bool] = False
+    window: int = 0
+    """How many of the user's interactions before an item the score of that item reads (0: none).
+
+    A model with a window gets, besides its local part, the rows of those interactions in the
+    global table (:meth:`context`): while training, the ``window`` interactions before each
+    positive (and its negatives) in the user's time order; at prediction, the user's ``window``
+    latest interactions. Either way they are the user's own history, on its device."""
 
     def __init__(self, layout: ItemLayout, hyper: ImplicitHyper) -> None:
         self.layout = layout
         self.hyper = hyper
         if hyper.personalize:
             personal_shapes(layout.dense)  # refuses a model without a shared score function
+
+    def context(self, history: torch.Tensor, valid: torch.Tensor) -> LocalPart:
+        """Entries the logits read besides the local part, from the rows of earlier interactions.
+
+        ``history`` (B, n, window, w): for each of n scored positions, the rows of the ``window``
+        interactions before it, latest first; ``valid`` (B, n, window) masks those that exist.
+        Each returned tensor is (B, n, ...); the logits broadcast it over the items of a position.
+        Only models with a :attr:`window` are asked.
+        """
+        return {}
 
     @abc.abstractmethod
     def logits(self, rows: torch.Tensor, shared: torch.Tensor, local: LocalPart) -> torch.Tensor:
@@ -259,9 +301,15 @@ class ImplicitModel(Model):
         The user's embeddings were trained on its device in its last round, against the
         item table it then held; re-fitting them here would need sampled negatives (and a
         generator, which evaluation does not have) for little change when clients take
-        part in most rounds.
+        part in most rounds. A model with a :attr:`window` adds its :meth:`context` of the user's
+        latest interactions (in ``batch``, the training ratings, time-ordered).
         """
-        return local
+        if not self.window:
+            return local
+        cols, valid = latest_columns(batch.mask, self.window)
+        items = batch.items.gather(1, cols)
+        history = self.layout.table(global_vec)[items]  # (B, window, w)
+        return local | self.context(history[:, None], valid[:, None])
 
     def scores(
         self, global_vec: torch.Tensor, local: LocalPart, items: torch.Tensor | None = None
@@ -375,6 +423,24 @@ def _personal_step(
     opt.step(list(torch.autograd.grad(loss, [offset])))
 
 
+def _history_context(
+    model: ImplicitModel, picked: torch.Tensor, n_pos: int, batch: PaddedRatings
+) -> LocalPart:
+    """The model's :meth:`~ImplicitModel.context` of each training column (none without a window).
+
+    The client's own copies of its positives' rows (``picked[:, :n_pos]``, time-ordered) give the
+    history of each positive; its negatives (``negatives`` per positive, in its order) share it.
+    """
+    if not model.window:
+        return {}
+    cols, valid = previous_columns(batch.mask, model.window)
+    B = picked.shape[0]
+    history = picked[torch.arange(B, device=picked.device)[:, None, None], cols]  # (B, n, window, w)
+    context = model.context(history, valid)
+    k = model.hyper.negatives
+    return {name: torch.cat([v, v.repeat_interleave(k, 1)], dim=1) for name, v in context.items()}
+
+
 def local_train(
     model: ImplicitModel,
     global_vec: torch.Tensor,
@@ -434,7 +500,7 @@ def local_train(
         personal_opt = _Optimizer(list(personal.values()), hyper, lr)
         for (_, neg_mask), idx in zip(drawn, at, strict=True):
             picked = rows.index_select(0, idx.reshape(-1)).view(*idx.shape, w)  # backward: index_add
-            logits = model.logits(picked, shared[own], user)
+            logits = model.logits(picked, shared[own], user | _history_context(model, picked, n_pos, batch))
             per_user = implicit_loss(logits, n_pos, batch.mask, neg_mask, hyper)
             weights = torch.cat([batch.mask, neg_mask], dim=1)
             if hyper.weight_decay:

@@ -19,9 +19,10 @@ __all__ = [
     "parse_layers",
 ]
 
-MODEL_NAMES = ("mf", "implicit-mf", "ncf", "content", "popularity")
+MODEL_NAMES = ("mf", "implicit-mf", "ncf", "fism", "content", "popularity")
 """``--model``: mf = explicit biased matrix factorization; implicit-mf = matrix factorization of
 implicit feedback with sampled negatives; ncf = NeuMF (GMF + MLP towers, He et al. WWW'17);
+fism = implicit MF whose user is also its recency-weighted latest interactions (models/fism.py);
 content = items scored from their features (genres, title words, --item-features), either kind;
 popularity = item popularity and item means from the secure sum of the clients' counts."""
 
@@ -29,12 +30,13 @@ MODEL_FEEDBACK: dict[str, tuple[str, ...]] = {
     "mf": ("explicit",),
     "implicit-mf": ("implicit",),
     "ncf": ("implicit",),
+    "fism": ("implicit",),
     "content": ("explicit", "implicit"),
     "popularity": ("explicit", "implicit"),
 }
 """Model name -> the kinds of data it learns from (its class's ``feedback``)."""
 
-IMPLICIT_MODELS = ("implicit-mf", "ncf", "content")
+IMPLICIT_MODELS = ("implicit-mf", "ncf", "fism", "content")
 """The models trained with sampled negatives on implicit data (they take ``--loss``, ``--negatives``)."""
 DEFAULT_MODEL = {"explicit": "mf", "implicit": "implicit-mf"}
 """The model a run trains when ``--model`` is not given, by ``--feedback``."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from securefedrec.errors import ConfigError
 from securefedrec.models.base import Model
 from securefedrec.models.content import ContentModel
+from securefedrec.models.fism import FISM
 from securefedrec.models.fusion import Fusion
 from securefedrec.models.implicit_mf import ImplicitMF
 from securefedrec.models.mf import MF
@@ -25,7 +26,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["MODELS", "build_model", "get_model"]
 
-MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (MF, ImplicitMF, NCF, ContentModel, Popularity)}
+MODELS: dict[str, type[Model]] = {
+    cls.name: cls for cls in (MF, ImplicitMF, NCF, FISM, ContentModel, Popularity)
+}
 """Name -> model class."""
 
 

@@ -26,7 +26,7 @@ import torch
 from securefedrec import streams
 from securefedrec.errors import ConfigError
 from securefedrec.models.base import LocalPart
-from securefedrec.models.implicit import ImplicitModel, implicit_loss, sample_negatives
+from securefedrec.models.implicit import ImplicitModel, implicit_loss, previous_columns, sample_negatives
 from securefedrec.server.simulation import Simulation
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,6 +96,10 @@ def train_centrally(
     pos_user = torch.as_tensor(users, device=device)[:, None].expand_as(batch.items)[real]
     pos_item = batch.items[real]
     n, k = len(pos_item), hyper.negatives
+    # a model with a history window reads the interactions before each positive (models/implicit.py)
+    cols, valid = previous_columns(batch.mask, model.window)
+    prev_item = batch.items[torch.arange(len(users), device=device)[:, None, None], cols][real]  # (n, window)
+    prev_valid = valid[real]
     pos_mask = torch.ones(batch_size, 1, device=device, dtype=dtype)
     neg_mask = torch.ones(batch_size, k, device=device, dtype=dtype)
     per_sample = 1 + k if hyper.loss == "bce" else k  # the terms local_train averages over
@@ -111,7 +115,9 @@ def train_centrally(
             items = torch.cat([pos_item[at, None], neg_item[at]], dim=1)  # (b, 1 + k)
             rows = table[items]
             user = {name: value[u] for name, value in local.items()}
-            logits = model.logits(rows, shared.expand(b, layout.dense), user)
+            context = (model.context(table[prev_item[at]][:, None], prev_valid[at][:, None])
+                       if model.window else {})
+            logits = model.logits(rows, shared.expand(b, layout.dense), user | context)
             loss = implicit_loss(logits, 1, pos_mask[:b], neg_mask[:b], hyper).sum()
             if hyper.weight_decay:
                 user_sq = torch.stack([(v**2).sum() for v in user.values()]).sum()

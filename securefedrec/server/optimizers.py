@@ -33,11 +33,23 @@ step: on ml-100k u1 (secagg+, randk:0.1) the test RMSE then bottoms out at
 falling (0.941 at 90 rounds). Weight decay still applies to every item coordinate.
 
 Notes:
-    ``tau`` (the adaptivity) defaults to 1e-6. With secure aggregation every
-    coordinate of the sum carries a little quantization noise, even items that
-    nobody rated this round; an Adam with tau ~ 1e-8 would turn that noise into
-    full-size steps. 1e-6 is two orders of magnitude above that noise for the
-    default encoding and three below the mean delta of an item rated once.
+    ``tau`` (the adaptivity) defaults to 1e-6, and is raised to the *noise floor*
+    of the run's encoding (:meth:`ServerOptimizer.with_noise_floor`): at least
+    :data:`NOISE_FLOOR_RATIO` times the std of the stochastic rounding noise in
+    one coordinate of the mean delta (:func:`rounding_noise_std`). The masking
+    protocols sum fixed-point values; every coordinate of the decoded mean carries
+    that unbiased noise, even coordinates whose true delta is ~0 (an item that few
+    clients touched). Adam divides by ``sqrt(v) + tau``: where the true delta is
+    below tau, ``v`` is the noise's variance and a tau only a few noise stds wide
+    turns the noise into steps a sizeable fraction of ``lr`` long, every round --
+    a random walk the plaintext run does not take. On ML-100K leave-one-out
+    (implicit-mf, 943 clients, 32-bit ring, clip 16: noise std 1.2e-7, tau 1e-6)
+    secagg+ lost 0.006 HR@10 to plaintext that way. The floor depends only on the
+    configuration (clip range, ring bits, expected clients), not on the protocol:
+    a plaintext run of the same configuration takes the same steps, so secagg+
+    differs from it only by the noise itself, which then moves a coordinate by at
+    most ``lr / NOISE_FLOOR_RATIO`` per round. FedAvg and FedAvgM are linear in
+    the delta (zero-mean noise stays zero-mean and small) and ignore the floor.
 """
 
 from __future__ import annotations
@@ -48,9 +60,27 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from protocols import RoundConfig
+from protocols.encoding import FixedPoint
 from securefedrec.errors import ConfigError
 
-__all__ = ["OPTIMIZERS", "FedAdam", "FedAvg", "FedAvgM", "FedYogi", "ServerOptimizer", "get_optimizer"]
+__all__ = ["NOISE_FLOOR_RATIO", "OPTIMIZERS", "FedAdam", "FedAvg", "FedAvgM", "FedYogi", "ServerOptimizer",
+           "get_optimizer", "rounding_noise_std"]
+
+NOISE_FLOOR_RATIO = 100.0
+"""Adam's tau is at least this many stds of the rounding noise of the mean delta (module Notes)."""
+
+
+def rounding_noise_std(config: RoundConfig, n: int) -> float:
+    """Upper bound of the std of the rounding noise in one coordinate of the decoded sum of ``n`` inputs.
+
+    Each input is stochastically rounded to the fixed-point step of ``config``'s encoding
+    (:class:`~protocols.encoding.FixedPoint`): an unbiased error of variance at most
+    ``step^2 / 4`` per input, independent between inputs, so ``sqrt(n) * step / 2`` for the sum.
+    """
+    fp = FixedPoint.for_sum(max(1, n), config.clip_range, config.ring_bits, config.value_bits,
+                            wrap=config.wrap)
+    return 0.5 * fp.step * math.sqrt(max(1, n))
 
 
 class ServerOptimizer(abc.ABC):
@@ -65,6 +95,7 @@ class ServerOptimizer(abc.ABC):
         self.t = 0
         self.weight_decay = 0.0
         self.decay_span = 0
+        self.noise_floor = 0.0
 
     def with_decay(self, weight_decay: float, span: int) -> ServerOptimizer:
         """Shrink ``x[:span]`` by ``1 - weight_decay`` after every step (module docstring); returns self."""
@@ -73,6 +104,17 @@ class ServerOptimizer(abc.ABC):
         if span < 0:
             raise ConfigError(f"decay span must be >= 0, got {span}")
         self.weight_decay, self.decay_span = float(weight_decay), int(span)
+        return self
+
+    def with_noise_floor(self, std: float) -> ServerOptimizer:
+        """Declare the std of the zero-mean noise in each coordinate of the mean delta; returns self.
+
+        Adaptive optimizers keep their adaptivity at least :data:`NOISE_FLOOR_RATIO` times it
+        (module Notes); the others ignore it.
+        """
+        if not (math.isfinite(std) and std >= 0):
+            raise ConfigError(f"noise floor must be a finite std >= 0, got {std}")
+        self.noise_floor = float(std)
         return self
 
     @abc.abstractmethod
@@ -178,7 +220,8 @@ class FedAdam(ServerOptimizer):
         self.v[at] = self._second_moment(self.v[at], delta * delta)
         m_hat = self.m[at] / (1 - self.beta1 ** self.count[at])
         v_hat = self.v[at] / (1 - self.beta2 ** self.count[at])
-        step: np.ndarray = self.lr * m_hat / (np.sqrt(v_hat) + self.tau)
+        tau = max(self.tau, NOISE_FLOOR_RATIO * self.noise_floor)
+        step: np.ndarray = self.lr * m_hat / (np.sqrt(v_hat) + tau)
         return step
 
 

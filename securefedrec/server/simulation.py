@@ -63,7 +63,7 @@ from securefedrec.privacy import RoundPrivacy, SkellamUserPrivacy, build_privacy
 from securefedrec.report import environment
 from securefedrec.server import checkpoint as checkpoints
 from securefedrec.server.checkpoint import Snapshot
-from securefedrec.server.optimizers import ServerOptimizer, get_optimizer
+from securefedrec.server.optimizers import ServerOptimizer, get_optimizer, rounding_noise_std
 from securefedrec.server.submodel import SubmodelRounds
 
 __all__ = ["Simulation", "poisson_sample", "round_generator", "run_experiment"]
@@ -186,7 +186,6 @@ class Simulation:
         self.count_round: dict[str, Any] | None = None
         if isinstance(self.model, CompressedModel) and self.model.needs_popularity:
             self._count_popularity(self.model)
-        self.optimizer = self._new_optimizer()
         # from the public rating scale only (no data is peeked at)
         init = self.model.init_global(self.dataset.scale, torch.Generator().manual_seed(config.run.seed))
         self.global_vec: np.ndarray = init.numpy()
@@ -198,6 +197,7 @@ class Simulation:
         self.last_eval: Evaluation | None = None
         # differential privacy (securefedrec.privacy); sigma is calibrated here, before any training
         self.privacy: RoundPrivacy | None = build_privacy(config, self.pool, self.model)
+        self.optimizer = self._new_optimizer()  # after the privacy and uplink: its noise floor reads both
         # sparse client messages only where the protocol may reveal which coordinates are non-zero
         # and nothing downstream needs the dense vector (noise, compression, several epochs, silos)
         self.sparse_updates = bool(
@@ -240,8 +240,13 @@ class Simulation:
     def _new_optimizer(self) -> ServerOptimizer:
         """The configured server optimizer, before any step."""
         cfg = self.config
-        return get_optimizer(cfg.server.optimizer, cfg.server.lr).with_decay(cfg.server.decay,
-                                                                             self.model.decay_span)
+        # the rounding noise of the configured encoding at the expected number of clients, per
+        # coordinate of the mean delta, for every protocol alike (server/optimizers.py Notes)
+        expected = cfg.federation.sample_rate * self.pool.num_clients
+        n = max(1, round(expected))
+        floor = rounding_noise_std(self.round_config(0, n), n) / expected
+        return (get_optimizer(cfg.server.optimizer, cfg.server.lr)
+                .with_decay(cfg.server.decay, self.model.decay_span).with_noise_floor(floor))
 
     # ------------------------------------------------------------------ one round
     def sample(self, round_id: int) -> list[int]:

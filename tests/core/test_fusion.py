@@ -3,8 +3,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from protocols import RoundConfig
+from protocols.encoding import FixedPoint
 from securefedrec.errors import ConfigError
-from securefedrec.server.optimizers import OPTIMIZERS, FedAdam, get_optimizer
+from securefedrec.server.optimizers import (
+    NOISE_FLOOR_RATIO,
+    OPTIMIZERS,
+    FedAdam,
+    get_optimizer,
+    rounding_noise_std,
+)
 
 
 def test_registry_lists_names_in_errors() -> None:
@@ -79,3 +87,47 @@ def test_lazy_adam_corrects_bias_per_coordinate() -> None:
     x = opt.step(x, np.array([0.0, 0.0, -2.0, 0.0]), coords=np.array([2]))
     assert x[2] == pytest.approx(-0.1, rel=1e-5)
     assert x[1] == x[3] == 0.0
+
+
+def test_rounding_noise_std_is_half_a_step_per_sqrt_client() -> None:
+    config = RoundConfig(clip_range=16.0, ring_bits=32)
+    fp = FixedPoint.for_sum(900, 16.0, 32)
+    assert rounding_noise_std(config, 900) == pytest.approx(0.5 * fp.step * 30)
+
+
+def test_fedadam_does_not_walk_on_the_rounding_noise_of_secure_aggregation() -> None:
+    """Coordinates whose clients' deltas cancel: the true mean is 0, the masked sum's is its rounding noise.
+
+    The plaintext sum leaves them where they are. Adam divides by ``sqrt(v) + tau``; with tau
+    only a few noise stds wide (the old fixed 1e-6) the noise alone moved them ~0.1 lr per round.
+    With the noise floor each round moves them at most lr / NOISE_FLOOR_RATIO, while the
+    coordinates with a real mean delta still take full steps.
+    """
+    rng = np.random.default_rng(0)
+    n, length, rounds, lr = 500, 400, 30, 0.03
+    config = RoundConfig(clip_range=16.0, ring_bits=32)
+    fp = FixedPoint.for_sum(n, config.clip_range, config.ring_bits)
+    floor = rounding_noise_std(config, n) / n
+    touched = np.arange(length) < length // 2
+    old, new = FedAdam(lr=lr), FedAdam(lr=lr).with_noise_floor(floor)
+    x_old, x_new = np.zeros(length), np.zeros(length)
+    for _ in range(rounds):
+        half = rng.normal(0.0, 1e-2, (n // 2, length))
+        deltas = np.concatenate([half, -half]) + 1e-3 * touched  # untouched: pairs cancel exactly
+        mean = fp.quantize(deltas, rng).sum(0) * fp.step / n  # what the masked sum decodes to
+        x_old, x_new = old.step(x_old, mean), new.step(x_new, mean)
+    bound = rounds * lr / NOISE_FLOOR_RATIO
+    assert np.abs(x_new[~touched]).max() <= bound
+    assert np.abs(x_old[~touched]).max() > 3 * bound  # the old behaviour: a random walk on the noise
+    assert np.all(x_new[touched] > 0.5 * rounds * lr)  # real signal still moves at Adam's pace
+
+
+def test_fedavg_ignores_the_noise_floor() -> None:
+    a, b = get_optimizer("fedavg", 1.0), get_optimizer("fedavg", 1.0).with_noise_floor(1.0)
+    delta = np.array([1e-9, -2e-9])
+    assert np.array_equal(a.step(np.zeros(2), delta), b.step(np.zeros(2), delta))
+
+
+def test_noise_floor_is_refused_when_not_a_std() -> None:
+    with pytest.raises(ConfigError, match="noise floor"):
+        FedAdam().with_noise_floor(-1.0)

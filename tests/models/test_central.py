@@ -20,7 +20,7 @@ def _setup(model: str, seed: int = 0) -> tuple[ExperimentConfig, Dataset]:
     return config, synthetic(USERS, ITEMS, PER_USER, seed=0, split="loo", feedback="implicit")
 
 
-@pytest.mark.parametrize("model", ["implicit-mf", "ncf"])
+@pytest.mark.parametrize("model", ["implicit-mf", "ncf", "fism"])
 def test_it_learns_well_above_the_untrained_model(model: str) -> None:
     config, ds = _setup(model)
     untrained = Simulation(config, dataset=ds).evaluate(ranking=True)

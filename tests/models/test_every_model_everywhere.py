@@ -20,8 +20,8 @@ from securefedrec.models.registry import MODELS
 SMALL: dict[str, Any] = dict(synthetic_users=30, synthetic_items=25, synthetic_ratings_per_user=8,
                              split="loo", factors=4, device="cpu", sample_rate=1.0, rounds=2, seed=3)
 EXTRA: dict[str, dict[str, Any]] = {"mf": {}, "implicit-mf": {"feedback": "implicit"},
-                                    "ncf": {"feedback": "implicit", "mlp_layers": "8,4"}, "content": {},
-                                    "popularity": {}}
+                                    "ncf": {"feedback": "implicit", "mlp_layers": "8,4"},
+                                    "fism": {"feedback": "implicit"}, "content": {}, "popularity": {}}
 
 
 def _config(model: str, **changes: Any) -> ExperimentConfig:
@@ -82,7 +82,7 @@ def test_resume_replays_the_uninterrupted_run(model: str, tmp_path: Path) -> Non
         torch.testing.assert_close(resumed.pool.local[name], value, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("model", ["implicit-mf", "ncf"])
+@pytest.mark.parametrize("model", ["implicit-mf", "ncf", "fism"])
 def test_a_flower_node_trains_the_implicit_models_as_the_simulator(model: str) -> None:
     """Two rounds on a node (its local part kept in its state) equal the simulator's pool."""
     pytest.importorskip("flwr")

@@ -13,18 +13,22 @@ from securefedrec.cli import build_parser, config_from_args, main
 from securefedrec.data import Dataset, Ratings
 from securefedrec.errors import ConfigError
 from securefedrec.models.base import RatingsByUser
+from securefedrec.models.fism import FISM
 from securefedrec.models.implicit import ImplicitHyper, ImplicitModel, sample_negatives
 from securefedrec.models.implicit_mf import ImplicitMF
 from securefedrec.models.names import IMPLICIT_MODELS, MODEL_FEEDBACK, MODEL_NAMES
 from securefedrec.models.ncf import NCF
 from securefedrec.models.registry import MODELS
+from securefedrec.server.central import train_centrally
 
 CPU = torch.device("cpu")
-IMPLICIT = ("implicit-mf", "ncf")
+IMPLICIT = ("implicit-mf", "ncf", "fism")
 
 
 def _model(name: str, num_items: int, hyper: ImplicitHyper | None = None) -> ImplicitModel:
     hyper = hyper or ImplicitHyper()
+    if name == "fism":
+        return FISM(num_items, 4, hyper)
     return ImplicitMF(num_items, 4, hyper) if name == "implicit-mf" else NCF(num_items, 4, (8, 4), hyper)
 
 
@@ -142,6 +146,7 @@ def _auc(sim: Simulation, ds: Dataset) -> float:
 
 
 @pytest.mark.parametrize(("name", "extra"), [("implicit-mf", {}), ("ncf", {"mlp_layers": "8,4"}),
+                                             ("fism", {}),
                                              ("implicit-mf", {"loss": "bpr", "local_optimizer": "adam",
                                                               "local_lr": 0.05})])
 def test_federated_training_learns_who_likes_what(name: str, extra: dict[str, object]) -> None:
@@ -194,8 +199,9 @@ def test_the_layouts_and_item_rows() -> None:
 
 # ---- configuration
 @pytest.mark.parametrize(("values", "says"), [
-    ({"negatives": 3}, "negatives: applies only with --model implicit-mf or ncf or content; model is 'mf'"),
-    ({"loss": "bpr"}, "loss: applies only with --model implicit-mf or ncf or content"),
+    ({"negatives": 3}, "negatives: applies only with --model implicit-mf or ncf or fism or content; "
+                       "model is 'mf'"),
+    ({"loss": "bpr"}, "loss: applies only with --model implicit-mf or ncf or fism or content"),
     ({"model": "implicit-mf", "mlp_layers": "8,4"}, "mlp_layers: applies only with --model ncf"),
     ({"model": "ncf", "lam_user": 0.2}, "lam_user: applies only with --model mf or content"),
     ({"model": "ncf", "loss": "hinge"}, "loss: must be one of bce, bpr, got 'hinge'"),
@@ -225,7 +231,8 @@ def test_the_cli_flags_reach_the_model_and_are_refused_without_it(capsys: pytest
                                         init_std=config.model.init_std)
     assert main(["run", "--negatives", "3", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "--negatives: applies only with --model implicit-mf or ncf or content; --model is 'mf'" in err
+    assert ("--negatives: applies only with --model implicit-mf or ncf or fism or content; --model is 'mf'"
+            in err)
 
 
 def test_the_default_model_follows_the_feedback() -> None:
@@ -235,3 +242,59 @@ def test_the_default_model_follows_the_feedback() -> None:
     assert ExperimentConfig.from_mapping({"feedback": "implicit"}).model.name == "implicit-mf"
     from_cli = config_from_args(build_parser().parse_args(["run", "--feedback", "implicit"]))
     assert from_cli.model.name == "implicit-mf"
+
+
+def _successors(num_users: int = 60, num_items: int = 30, length: int = 6, seed: int = 0) -> Dataset:
+    """Every user walks the items in a ring, ``s, s + 1, ...`` (in time); its test item is the next step.
+
+    No user prefers any item: only the order of a user's interactions tells the next item ``s + length``
+    from the one before the start, ``s - 1`` (both neighbours of the user's arc of the ring).
+    """
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(num_items, size=num_users)
+    steps = (starts[:, None] + np.arange(length + 1)[None, :]) % num_items
+    users = np.repeat(np.arange(num_users), length)
+    times = np.tile(np.arange(length), num_users)[::-1].copy()  # rows in reverse time order
+    items = steps[:, :length][:, ::-1].reshape(-1)
+    n = len(users)
+    train = Ratings(users, items, np.ones(n, np.float32), times)
+    test = Ratings(np.arange(num_users), steps[:, length], np.ones(num_users, np.float32),
+                   np.full(num_users, length, np.int64))
+    return Dataset("successors", train, test, tuple(map(str, range(num_users))),
+                   tuple(map(str, range(num_items))), (0.0, 1.0), feedback="implicit")
+
+
+def _hit_rate(sim: Simulation, ds: Dataset, k: int = 1) -> float:
+    """Share of users whose test item is among the ``k`` best of the items they have not seen."""
+    users = np.arange(ds.num_users)
+    g = torch.from_numpy(sim.global_vec).float()
+    batch = sim.pool.data.padded(users, CPU, torch.float32)
+    fitted = sim.model.fit_local(g, batch, {n: v.float() for n, v in sim.pool.local.items()})
+    scores = sim.model.scores(g, fitted).clone()
+    seen = torch.zeros_like(scores, dtype=torch.bool)
+    seen[torch.arange(len(users))[:, None].expand_as(batch.items), batch.items] = True
+    scores[seen] = -torch.inf
+    top = scores.topk(k, dim=1).indices.numpy()
+    return float((top == ds.test.items[:, None]).any(1).mean())
+
+
+def test_fism_learns_what_comes_next_from_the_order_of_a_users_history() -> None:
+    """On data where only the order predicts the next item, fism finds it and implicit-mf cannot."""
+    ds = _successors()
+    rates = {}
+    for name in ("fism", "implicit-mf"):
+        sim = Simulation(ExperimentConfig(**{**CLUSTER_RUN, "model": name, "rounds": 30,
+                                             "weight_decay": 0.0}), dataset=ds)  # type: ignore[arg-type]
+        for _ in range(30):
+            sim.run_round()
+        rates[name] = _hit_rate(sim, ds)
+    assert rates["fism"] > 0.7 and rates["implicit-mf"] < 0.5, rates
+
+
+def test_the_centralised_fism_reads_the_history_too() -> None:
+    ds = _successors()
+    config = ExperimentConfig(**{**CLUSTER_RUN, "model": "fism", "weight_decay": 0.0})  # type: ignore[arg-type]
+    vec, local = train_centrally(config, ds, 40, lr=0.03, batch_size=64)
+    sim = Simulation(config, dataset=ds)
+    sim.global_vec, sim.pool.local = vec.numpy(), local
+    assert _hit_rate(sim, ds) > 0.7

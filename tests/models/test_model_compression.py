@@ -23,7 +23,7 @@ SMALL: dict[str, Any] = dict(synthetic_users=30, synthetic_items=40, synthetic_r
                              factors=6, device="cpu", sample_rate=1.0, rounds=1, seed=3, eval_every=1)
 EXTRA: dict[str, dict[str, Any]] = {"mf": {}, "implicit-mf": {"feedback": "implicit", "split": "loo"},
                                     "ncf": {"feedback": "implicit", "split": "loo", "mlp_layers": "8,4"},
-                                    "popularity": {}}
+                                    "fism": {"feedback": "implicit", "split": "loo"}, "popularity": {}}
 ITEM_MODELS = sorted(set(MODELS) - {"content", "popularity"})
 """The models with per-item embeddings (content's global part is feature weights: nothing to compress;
 popularity's is one or two values per item: only hash/qr/prune/int8 apply, tested below)."""
