@@ -12,7 +12,9 @@ gives, from the same global vector (:func:`securefedrec.models.fusion.fusion_rep
 
 - ``members``: each member model alone, on its own part of the vector and its own local part;
 - ``fused_global``: the fusion with the learned prior's weights for every client;
-- ``fused_personal``: the fusion with each client's personal weights (the run's ``final``).
+- ``fused_personal``: the fusion with each client's personal weights (the run's ``final``);
+- ``cold_rmse`` (explicit): the same three on the test ratings of items no training rating has,
+  and ``weights``: the learned prior.
 
 Explicit runs take the settings of ``benchmarks.utility`` (MF defaults, 150 rounds); implicit
 runs the README's implicit-mf settings (``--local-lr 30 --local-epochs 2 --weight-decay 0``, 30
@@ -78,8 +80,12 @@ def fused_run(config: ExperimentConfig) -> dict[str, Any]:
         return {k: metrics[k] for k in keys}
 
     members = {name: pick(m) for name, m in final["models"].items() if name != "fusion-prior"}
+    cold = {name: m.get("cold_rmse") for name, m in final["models"].items() if name != "fusion-prior"}
     return {"split": config.data.split, "seed": config.run.seed, "members": members,
             "fused_global": pick(final["fused_global"]), "fused_personal": pick(final),
+            "cold_rmse": {"members": cold, "fused_global": final["fused_global"].get("cold_rmse"),
+                          "fused_personal": final.get("cold_rmse")},
+            "weights": {"names": final["fusion_weights"]["names"], "prior": final["fusion_weights"]["prior"]},
             "bytes_up": {name: m["bytes_up"] for name, m in final["models"].items()},
             "aborted": sum(bool(r["aborted"]) for r in report["rounds"]),
             "seconds": time.perf_counter() - t0, "report": report}
@@ -165,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs[kind].append(fused_run(config))
                 r = runs[kind][-1]
                 print(f"{kind} {split} seed {seed}: members {r['members']} global {r['fused_global']} "
-                      f"personal {r['fused_personal']} ({r['seconds']:.0f} s, {r['aborted']} aborted)",
-                      flush=True)
+                      f"personal {r['fused_personal']} ({r['seconds']:.0f} s, {r['aborted']} aborted); "
+                      f"cold RMSE {r['cold_rmse']}; prior {r['weights']}", flush=True)
         summary[kind] = mean_of(runs[kind], kind)
     for kind, s in summary.items():
         metric = "RMSE" if kind == "explicit" else "HR@10"

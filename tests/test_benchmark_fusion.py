@@ -22,6 +22,9 @@ def test_a_tiny_synthetic_run_writes_the_issue_json(tmp_path: Path) -> None:
     for value in (*implicit["members"].values(), implicit["fused_global"], implicit["fused_personal"]):
         assert set(value) == {"hr@10", "ndcg@10"} and 0 <= value["hr@10"] <= 1
     assert len(data["checks"]) == 4
+    run = data["runs"]["explicit"][0]
+    assert set(run["cold_rmse"]) == {"members", "fused_global", "fused_personal"}
+    assert run["weights"]["names"] == ["intercept", "mf", "popularity"] and len(run["weights"]["prior"]) == 3
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 

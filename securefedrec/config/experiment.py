@@ -27,7 +27,7 @@ from securefedrec.config.sections import (
 )
 from securefedrec.config.toml import read_toml
 from securefedrec.errors import ConfigError
-from securefedrec.models.names import DEFAULT_MODEL, IMPLICIT_MODELS
+from securefedrec.models.names import DEFAULT_MODEL, IMPLICIT_MODELS, parse_fusion
 
 __all__ = ["ExperimentConfig"]
 
@@ -195,7 +195,8 @@ class ExperimentConfig:
         ``--sample-rate``, or ``run.toml: sample-rate`` for a key of its file), else as
         ``"{source}: {key}"`` for a key of ``values``, else by its flat key. A key given
         without the mode that uses it (``epsilon`` while ``dp`` is ``none``, ``synthetic_users``
-        with a MovieLens data set, ...) is an error: it would be silently ignored. A key
+        with a MovieLens data set, ...) is an error: it would be silently ignored; with ``fusion``,
+        a model's key (``mlp_layers``, ``weight_decay``, ...) needs one member it applies to. A key
         whose value is ``None`` counts as not given. ``data_file`` without ``dataset`` means
         ``dataset = "file"``.
 
@@ -222,10 +223,16 @@ class ExperimentConfig:
             raise ConfigError(f"{named.get(exc.field, exc.field)}: {exc.problem}") from None
         flat = config.to_dict()
         for name, rule in _MODE_BOUND.items():
-            mode = flat[rule.mode]
-            if clean.get(name) is not None and not rule.applies(mode):
+            if clean.get(name) is None:
+                continue
+            if rule.mode == "model" and flat["fusion"] is not None:  # the members are the models that train
+                if not any(rule.applies(member) for member in parse_fusion(flat["fusion"])):
+                    raise ConfigError(f"{named.get(name, name)}: applies only with {rule.needs} (or as a "
+                                      f"member of --fusion); {named.get('fusion', 'fusion')} is "
+                                      f"{flat['fusion']!r}")
+            elif not rule.applies(flat[rule.mode]):
                 raise ConfigError(f"{named.get(name, name)}: applies only with {rule.needs}; "
-                                  f"{named.get(rule.mode, rule.mode)} is {mode!r}")
+                                  f"{named.get(rule.mode, rule.mode)} is {flat[rule.mode]!r}")
         return config
 
 

@@ -46,11 +46,14 @@ the member that overfits most). The held-out data of a client:
 **Personal weights** (each time a client trains, after its members' local training, with the
 members' new local parts and the global vector it received): the minimiser of the client's
 held-out loss plus ``reg/2 * ||w - prior||^2`` (``--fusion-reg``): explicit, the squared error
-(closed form, ridge toward the prior) over the held-out ratings of its recent rounds -- it keeps
-the sufficient statistics ``X^T X`` and ``X^T y`` on the device (``fusion_gram``,
-``fusion_moment``), each round's added to the earlier ones discounted by :data:`MEMORY` (the
-members' predictions of its held-out ratings change from round to round; the weights follow a
-smoothed record of them);
+(closed form, ridge toward the prior) over its held-out ratings -- it keeps the sufficient
+statistics ``X^T X`` and ``X^T y`` on the device (``fusion_gram``, ``fusion_moment``) as a moving
+average over the rounds it trained in: the kept ones times :data:`MEMORY` plus this round's times
+``1 - MEMORY`` (the members' predictions of its held-out ratings change from round to round; the
+weights follow a smoothed record of them). The held-out ratings are the same every round, so a
+plain discounted sum would count each of them up to ``1 / (1 - MEMORY)`` times (10 at 0.9) and
+``reg`` would weigh for a tenth of what it says; in the average each counts at most once
+(``1 - MEMORY^k`` after k rounds);
 implicit, BPR of each held-out positive against
 :data:`NEGATIVES` sampled items it never interacted with, averaged over the negatives
 (:data:`NEWTON_STEPS` Newton steps from the prior). ``reg`` counts in held-out observations: with
@@ -98,7 +101,8 @@ NEWTON_STEPS = 5
 OFFSET = "fusion_offset"
 """The local name of the personal weights' offset from the prior."""
 MEMORY = 0.9
-"""Explicit data: the discount of a client's earlier held-out statistics each time it trains."""
+"""Explicit data: the weight of a client's kept held-out statistics in their moving average each time
+it trains (this round's get ``1 - MEMORY``)."""
 HOLDOUT_STREAM = 0x5F_55_53_45
 """Seeds the per-run choice of the held-out ratings (``[seed, HOLDOUT_STREAM]``, once per run)."""
 PRIOR_SCALE = 4.0
@@ -356,14 +360,14 @@ class Fusion(Model):
 
     def _fit_explicit(self, g: torch.Tensor, local: LocalPart, batch: PaddedRatings,
                       prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Ridge toward the prior on the held-out statistics (this round's plus :data:`MEMORY` times the
-        kept ones); the half mean squared error's gradient at the prior on this round's held-out
-        ratings; the new statistics ``(X^T X, X^T y)``."""
+        """Ridge toward the prior on the held-out statistics (their moving average: :data:`MEMORY` times
+        the kept ones plus ``1 - MEMORY`` times this round's); the half mean squared error's gradient at
+        the prior on this round's held-out ratings; the new statistics ``(X^T X, X^T y)``."""
         X = self._features(g, local, batch.items) * batch.mask[..., None]
         centre, half = self._centre_half()
         y = (batch.ratings - centre) / half * batch.mask
-        gram = MEMORY * local[GRAM] + X.transpose(1, 2) @ X
-        moment = MEMORY * local[MOMENT] + (X.transpose(1, 2) @ y[..., None])[..., 0]
+        gram = MEMORY * local[GRAM] + (1 - MEMORY) * (X.transpose(1, 2) @ X)
+        moment = MEMORY * local[MOMENT] + (1 - MEMORY) * (X.transpose(1, 2) @ y[..., None])[..., 0]
         eye = torch.eye(self.prior_size, dtype=X.dtype, device=X.device)
         w = torch.linalg.solve(gram + self.reg * eye, (moment + self.reg * prior)[..., None])[..., 0]
         resid = (y - X @ prior) * batch.mask

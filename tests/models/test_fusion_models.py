@@ -14,6 +14,7 @@ from securefedrec import ExperimentConfig, Simulation
 from securefedrec.cli import main
 from securefedrec.data import Ratings
 from securefedrec.errors import ConfigError
+from securefedrec.models import fusion
 from securefedrec.models.base import RatingsByUser
 from securefedrec.models.fusion import GRAM, HOLDOUT, MOMENT, OFFSET, PRIOR_SCALE, Fusion, holdout_flags
 from securefedrec.models.mf import MF
@@ -139,7 +140,8 @@ def test_with_a_validation_split_the_weights_are_fitted_on_it_and_the_members_tr
 # ---- the weights
 def _explicit_objective(model: Fusion, sim: Simulation, g: torch.Tensor, user: int,
                         w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean half squared error on the user's held-out ratings, + reg/2 ||w - prior||^2 summed)."""
+    """(mean half squared error on the user's held-out ratings, their sum weighted ``1 - fusion.MEMORY`` (one
+    round's share of the statistics' moving average) + reg/2 ||w - prior||^2)."""
     _, held = model.split(sim.pool.data)
     batch = held.padded(np.array([user]), torch.device("cpu"), torch.float64)
     local = {k: v[[user]].to(torch.float64) for k, v in sim.pool.local.items()}
@@ -148,7 +150,8 @@ def _explicit_objective(model: Fusion, sim: Simulation, g: torch.Tensor, user: i
     y = (batch.ratings[0] - (lo + hi) / 2) / ((hi - lo) / 2)
     err = y - X @ w
     prior = model.prior(g)
-    return 0.5 * (err**2).mean(), 0.5 * (err**2).sum() + model.reg / 2 * ((w - prior) ** 2).sum()
+    held_out = (1 - fusion.MEMORY) * 0.5 * (err**2).sum()
+    return 0.5 * (err**2).mean(), held_out + model.reg / 2 * ((w - prior) ** 2).sum()
 
 
 def test_explicit_personal_weights_minimise_the_held_out_error_and_the_prior_descends_it() -> None:
@@ -173,7 +176,7 @@ def test_explicit_personal_weights_minimise_the_held_out_error_and_the_prior_des
     assert grad_prior.abs().max() > 1e-3
 
 
-def test_explicit_personal_weights_rest_on_the_discounted_held_out_statistics_of_every_round() -> None:
+def test_explicit_personal_weights_rest_on_the_averaged_held_out_statistics_of_every_round() -> None:
     sim = Simulation(_config(fusion="mf,popularity"))
     model = sim.model
     assert isinstance(model, Fusion)
@@ -182,12 +185,39 @@ def test_explicit_personal_weights_rest_on_the_discounted_held_out_statistics_of
     _train_once(sim)
     user = int(np.argmax(model.split(sim.pool.data)[1].counts))
     gram, moment = sim.pool.local[GRAM][user].double(), sim.pool.local[MOMENT][user].double()
-    assert float((gram - 0.9 * kept_gram[user].double()).abs().max()) > 1e-3  # this round's ratings added
+    kept = fusion.MEMORY * kept_gram[user].double()
+    assert float((gram - kept).abs().max()) > 1e-3  # this round's ratings added
     prior = model.prior(torch.from_numpy(sim.global_vec))
     eye = torch.eye(3, dtype=torch.float64)
     expected = torch.linalg.solve(gram + model.reg * eye, moment + model.reg * prior)
     torch.testing.assert_close(prior + sim.pool.local[OFFSET][user].double(), expected, atol=1e-4, rtol=1e-4)
     assert float(kept_moment.abs().max()) > 0
+
+
+def test_each_held_out_rating_counts_at_most_once_however_many_rounds_it_is_fitted_on() -> None:
+    """The holdout is the same every round: its statistics are a moving average, not a sum (a sum
+    counted ~8 held-out ratings like 80 after many rounds, and ``reg`` weighed for a tenth of itself)."""
+    rounds = 4
+    sim = Simulation(_config(fusion="mf,popularity", rounds=rounds))
+    sim.run(progress=False)
+    model = sim.model
+    assert isinstance(model, Fusion)
+    held = model.split(sim.pool.data)[1].counts
+    assert held.max() >= 2
+    # the intercept feature is 1 on every held-out rating: X^T X [0, 0] is their (weighted) count
+    count = sim.pool.local[GRAM][:, 0, 0].double().numpy()
+    np.testing.assert_allclose(count, held * (1 - fusion.MEMORY**rounds), rtol=1e-5)
+    assert (count <= held + 1e-6).all()
+
+
+def test_with_fusion_a_member_flag_is_checked_against_the_members() -> None:
+    loo = {"feedback": "implicit", "split": "loo"}
+    config = ExperimentConfig.from_mapping({**loo, "fusion": "ncf,popularity", "mlp_layers": "8,4"})
+    assert config.model.fusion == "ncf,popularity"
+    with pytest.raises(ConfigError, match=r"mlp_layers.*--fusion.*'implicit-mf,popularity'"):
+        ExperimentConfig.from_mapping({**loo, "fusion": "implicit-mf,popularity", "mlp_layers": "8,4"})
+    with pytest.raises(ConfigError, match="weight_decay"):  # no member samples negatives
+        ExperimentConfig.from_mapping({"fusion": "mf,popularity", "weight_decay": 0.0})
 
 
 def test_implicit_personal_weights_reach_the_regularised_bpr_minimum() -> None:
