@@ -103,7 +103,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", help="folder with the data set's files (e.g. ../shared/data/ml-100k)")
     g.add_argument("--split", choices=ML100K_SPLITS, help=f"ml-100k official split, per-user hold-out, or "
                    f"loo (leave-one-out: each user's latest interaction is the test item, the second latest "
-                   f"validation; any data set) (default {d.split})")
+                   f"validation; any data set), or loo-full (leave-one-out as in the papers' tables: only "
+                   f"the latest is held out, every other interaction trains; no validation item, so --fusion "
+                   f"fits its weights on a holdout of the training data) (default {d.split})")
     # issue #16 (h-data): feedback kind and the sampled-negative evaluation
     g.add_argument("--feedback", choices=FEEDBACK_KINDS, help=f"explicit ratings, or implicit: every rating "
                    f"becomes an interaction of value 1, judged by HR@10 / NDCG@10 (default {d.feedback})")

@@ -180,7 +180,7 @@ class DataConfig(Section):
     def _rules(self) -> None:
         self._one_of("dataset", DATASETS)
         self._one_of("split", ML100K_SPLITS)
-        # every data set has holdout and loo; only ml-100k has official folds
+        # every data set has holdout, loo and loo-full; only ml-100k has official folds
         if self.dataset == "synthetic":
             self._need(self.split in SPLITS, "split", f"applies only with a --dataset read from files, "
                        f"except {' and '.join(SPLITS)} (synthetic data has no official split)")
@@ -209,7 +209,7 @@ class DataConfig(Section):
             raise FieldError("data_dir", "dataset 'file' reads --data-file; --data-dir does not apply")
         if self.split not in SPLITS:
             raise FieldError("split", f"dataset 'file' is split per user (holdout) or by leave-one-out "
-                                      f"(loo), got {self.split!r}")
+                                      f"(loo, loo-full), got {self.split!r}")
         parsers: dict[str, Callable[[str], object]] = {"columns": parse_columns,
                                                        "rating_scale": parse_rating_scale}
         for name, parse in parsers.items():

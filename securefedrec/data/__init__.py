@@ -9,7 +9,8 @@ are predicted from the biases, and :meth:`Dataset.summary` counts them.
 
 Splits: ml-100k's official folds, a seeded per-user hold-out, and leave-one-out by time
 (``loo``: each user's latest interaction is the test item, the second latest the validation
-item; :func:`~securefedrec.data.dataset.loo_masks`). ``feedback="implicit"`` turns every
+item; ``loo-full``: only the test item held out, as in the papers' tables;
+:func:`~securefedrec.data.dataset.loo_masks`). ``feedback="implicit"`` turns every
 rating into an interaction of value 1 (:func:`~securefedrec.data.dataset.binarize`).
 :func:`~securefedrec.data.negatives.sample_negatives` draws the evaluation negatives.
 
@@ -22,6 +23,7 @@ read from a folder is a loader module plus one entry in
 
 from securefedrec.data.dataset import (
     FEEDBACK_KINDS,
+    LOO_SPLITS,
     SPLITS,
     Dataset,
     Ratings,
@@ -61,6 +63,7 @@ __all__ = [
     "FEEDBACK_KINDS",
     "HEADER_NAMES",
     "ML100K_MD5",
+    "LOO_SPLITS",
     "ML100K_SIZE",
     "ML100K_SPLITS",
     "ROLES",

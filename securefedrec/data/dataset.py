@@ -18,6 +18,7 @@ from securefedrec.errors import DataError
 
 __all__ = [
     "FEEDBACK_KINDS",
+    "LOO_SPLITS",
     "SPLITS",
     "Dataset",
     "RawRows",
@@ -32,8 +33,13 @@ __all__ = [
 
 FEEDBACK_KINDS = ("explicit", "implicit")
 """``--feedback``: ``explicit`` ratings, or ``implicit`` interactions (every rating becomes a 1)."""
-SPLITS = ("holdout", "loo")
-"""The splits every data set has: a seeded per-user hold-out, and leave-one-out (:func:`loo_masks`)."""
+LOO_SPLITS = ("loo", "loo-full")
+"""The leave-one-out splits (:func:`loo_masks`): ``loo`` holds out each user's latest interaction for
+test and the second latest for validation (for tuning: no model trains on it); ``loo-full`` holds
+out only the latest, every other interaction trains (no validation split): the protocol of the
+papers' tables (NCF, PFedRec, GPFedRec), whose models train on everything but the test item."""
+SPLITS = ("holdout", *LOO_SPLITS)
+"""The splits every data set has: a seeded per-user hold-out, and leave-one-out (:data:`LOO_SPLITS`)."""
 
 
 @dataclass(frozen=True)
@@ -211,7 +217,9 @@ def binarize(dataset: Dataset) -> Dataset:
                    feedback="implicit")
 
 
-def loo_masks(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, ...]:
+def loo_masks(
+    users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, *, validation: bool = True,
+) -> tuple[np.ndarray, ...]:
     """Leave-one-out by time: boolean (train, validation, test) masks over the rows, disjoint.
 
     Each (user, item) pair counts once: when a user rated an item more than once, only its
@@ -224,15 +232,18 @@ def loo_masks(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> t
     - 2 interactions: the latest is the test item, the other train (no validation item);
     - 1 interaction: it stays in train (no test item: the user is not evaluated).
 
+    ``validation=False`` (split ``loo-full``): no validation item; the second latest trains too,
+    so train is everything but each user's test item (and the earlier rows of a repeated pair).
+
     ``users`` and ``items`` are integer codes (any ids as long as equal ids are equal codes).
     """
     n = len(users)
     row = np.arange(n)
     train = np.zeros(n, bool)
-    validation = np.zeros(n, bool)
+    held = np.zeros(n, bool)  # the validation mask
     test = np.zeros(n, bool)
     if n == 0:
-        return train, validation, test
+        return train, held, test
     # the latest row of each (user, item) pair
     order = np.lexsort((row, timestamps, items, users))
     u, i = users[order], items[order]
@@ -246,20 +257,29 @@ def loo_masks(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> t
     size = np.repeat(counts, counts)
     from_end = size - 1 - (np.arange(len(kept)) - np.repeat(starts, counts))
     test[kept[(from_end == 0) & (size >= 2)]] = True
-    validation[kept[(from_end == 1) & (size >= 3)]] = True
-    train[kept[~(test[kept] | validation[kept])]] = True
-    return train, validation, test
+    if validation:
+        held[kept[(from_end == 1) & (size >= 3)]] = True
+    train[kept[~(test[kept] | held[kept])]] = True
+    return train, held, test
 
 
 def loo_split(
     name: str, rows: RawRows, scale: tuple[float, float], *, step: float | None = None,
-    scale_inferred: bool = False,
+    scale_inferred: bool = False, split: str = "loo",
 ) -> Dataset:
-    """Split rows by leave-one-out (:func:`loo_masks`); dense ids in the order of first appearance."""
+    """Split rows by leave-one-out (:func:`loo_masks`; ``split``, one of :data:`LOO_SPLITS`: ``loo``
+    with a validation item, ``loo-full`` without); dense ids in the order of first appearance.
+
+    Raises:
+        DataError: ``split`` is not a leave-one-out split.
+    """
+    if split not in LOO_SPLITS:
+        raise DataError(f"{name}: {split!r} is not a leave-one-out split; choose one of: "
+                        f"{', '.join(LOO_SPLITS)}")
     umap: dict[str, int] = {}
     imap: dict[str, int] = {}
     users, items = _index(rows.users, umap), _index(rows.items, imap)
     full = Ratings(users, items, rows.ratings, rows.timestamps)
-    train, validation, test = loo_masks(users, items, rows.timestamps)
-    return Dataset(f"{name}/loo", full.subset(train), full.subset(test), tuple(umap), tuple(imap), scale,
+    train, validation, test = loo_masks(users, items, rows.timestamps, validation=split == "loo")
+    return Dataset(f"{name}/{split}", full.subset(train), full.subset(test), tuple(umap), tuple(imap), scale,
                    step, scale_inferred, validation=full.subset(validation))

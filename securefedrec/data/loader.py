@@ -19,7 +19,7 @@ FOLDER_LOADERS: dict[str, Callable[[str | os.PathLike[str], str, int], Dataset]]
     "ml-latest-small": lambda data_dir, split, seed: load_ml_latest_small(data_dir, seed, split),
 }
 """Registry: data sets read from a folder (``--data-dir``) -> loader ``(folder, split, seed)``. Only
-ml-100k has official splits; every data set takes ``holdout`` and ``loo``
+ml-100k has official splits; every data set takes ``holdout``, ``loo`` and ``loo-full``
 (:data:`~securefedrec.data.dataset.SPLITS`)."""
 
 DATASETS = ("synthetic", *FOLDER_LOADERS, "file")

@@ -8,7 +8,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from securefedrec.data.dataset import SPLITS, Dataset, RawRows, build_dataset, holdout_split, loo_split
+from securefedrec.data.dataset import (
+    LOO_SPLITS,
+    SPLITS,
+    Dataset,
+    RawRows,
+    build_dataset,
+    holdout_split,
+    loo_split,
+)
 from securefedrec.data.readers import read_ratings
 from securefedrec.errors import DataError
 
@@ -75,8 +83,8 @@ def load_ml100k(data_dir: str | os.PathLike[str], split: str = "u1", seed: int =
         raise DataError(f"unknown ml-100k split {split!r}; choose one of: {', '.join(ML100K_SPLITS)}")
     if split == "holdout":
         return holdout_split("ml-100k/holdout", read_ml100k_udata(d), (1.0, 5.0), seed=seed, step=1.0)
-    if split == "loo":
-        return loo_split("ml-100k", read_ml100k_udata(d), (1.0, 5.0), step=1.0)
+    if split in LOO_SPLITS:
+        return loo_split("ml-100k", read_ml100k_udata(d), (1.0, 5.0), step=1.0, split=split)
     _need_file(d / f"{split}.base", "MovieLens 100K", _ML100K_URL)
     train = _read_ml100k(d / f"{split}.base")
     test = _read_ml100k(d / f"{split}.test")
@@ -87,8 +95,8 @@ def _split(name: str, rows: RawRows, split: str, scale: tuple[float, float], ste
            seed: int) -> Dataset:
     if split == "holdout":
         return holdout_split(name, rows, scale, seed=seed, step=step)
-    if split == "loo":
-        return loo_split(name, rows, scale, step=step)
+    if split in LOO_SPLITS:
+        return loo_split(name, rows, scale, step=step, split=split)
     raise DataError(f"dataset {name} has no split {split!r}; choose one of: {', '.join(SPLITS)}")
 
 

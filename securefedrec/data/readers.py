@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from securefedrec.data.dataset import SPLITS, Dataset, RawRows, holdout_split, loo_split
+from securefedrec.data.dataset import LOO_SPLITS, SPLITS, Dataset, RawRows, holdout_split, loo_split
 from securefedrec.errors import DataError
 
 __all__ = [
@@ -339,8 +339,8 @@ def load_ratings_file(
                             "give it (--rating-scale MIN:MAX, or scale=)")
         scale = (lo, hi)
     step = step if step is not None else infer_step(rows.ratings)
-    if split == "loo":
+    if split in LOO_SPLITS:
         return loo_split(Path(path).name, rows, (float(scale[0]), float(scale[1])), step=step,
-                         scale_inferred=inferred)
+                         scale_inferred=inferred, split=split)
     return holdout_split(Path(path).name, rows, (float(scale[0]), float(scale[1])), test_fraction, seed,
                          step=step, scale_inferred=inferred)

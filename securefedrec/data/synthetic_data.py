@@ -7,6 +7,7 @@ import numpy as np
 
 from securefedrec.data.dataset import (
     FEEDBACK_KINDS,
+    LOO_SPLITS,
     SPLITS,
     Dataset,
     Ratings,
@@ -85,9 +86,9 @@ def synthetic(
     iid = tuple(str(i) for i in range(num_items))
     full = Ratings(users.astype(np.int64), items.astype(np.int64), ratings, stamps)
     name = f"synthetic-{num_users}x{num_items}"
-    if split == "loo":
-        train, validation, test = loo_masks(full.users, full.items, stamps)
-        data = Dataset(f"{name}/loo", full.subset(train), full.subset(test), uid, iid, (1.0, 5.0), 1.0,
+    if split in LOO_SPLITS:
+        train, validation, test = loo_masks(full.users, full.items, stamps, validation=split == "loo")
+        data = Dataset(f"{name}/{split}", full.subset(train), full.subset(test), uid, iid, (1.0, 5.0), 1.0,
                        validation=full.subset(validation))
     else:
         data = Dataset(name, full.subset(train), full.subset(~train), uid, iid, (1.0, 5.0), 1.0)

@@ -9,12 +9,14 @@ import pytest
 
 from securefedrec.data import (
     Dataset,
+    RawRows,
     binarize,
     load_dataset,
     load_ml1m,
     load_ml_latest_small,
     load_ratings_file,
     loo_masks,
+    loo_split,
     synthetic,
 )
 from securefedrec.errors import DataError
@@ -138,3 +140,60 @@ def test_synthetic_data_has_timestamps_loo_and_implicit_interactions() -> None:
     assert sorted(zip(implicit.all_ratings().users, implicit.all_ratings().items, strict=True)) != both
     with pytest.raises(DataError, match="no split 'u1'"):
         synthetic(split="u1")
+
+
+def test_loo_full_holds_out_only_the_latest_and_trains_on_everything_else(tmp_path: Path) -> None:
+    users = np.array([0, 0, 0, 0, 1, 1, 2, 3, 3, 3, 3])
+    items = np.array([0, 1, 2, 3, 0, 2, 1, 4, 5, 4, 6])
+    stamps = np.array([t for *_, t in ROWS])
+    train, validation, test = loo_masks(users, items, stamps, validation=False)
+    assert test.tolist() == [0, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0]  # the same test items as loo
+    assert not validation.any()
+    assert train.tolist() == [1, 1, 1, 0, 0, 1, 1, 0, 1, 0, 1]  # loo's validation rows train
+    path = tmp_path / "r.csv"
+    path.write_text("".join(f"{u},{i},{r},{t}\n" for u, i, r, t in ROWS))
+    data = load_ratings_file(path, split="loo-full")
+    assert data.name == "r.csv/loo-full" and len(data.validation) == 0
+    assert _by_user(data, "test") == {"u1": [("13", 1.0)], "u2": [("10", 3.0)], "u4": [("7", 1.0)]}
+    assert _by_user(data, "train") == {"u1": [("10", 4.0), ("11", 2.0), ("12", 5.0)], "u2": [("12", 4.0)],
+                                       "u3": [("11", 5.0)], "u4": [("8", 2.0), ("9", 4.0)]}
+    # the same split through every loader, and binarized
+    (tmp_path / "ratings.dat").write_text("".join(f"{u[1:]}::{i}::{r}::{t}\n" for u, i, r, t in ROWS))
+    m1 = load_dataset("ml-1m", tmp_path, "loo-full", feedback="implicit")
+    assert m1.name == "ml-1m/loo-full" and m1.feedback == "implicit"
+    assert (len(m1.train), len(m1.validation), len(m1.test)) == (7, 0, 3)
+    synth = synthetic(200, 100, 20, seed=4, split="loo-full")
+    loo = synthetic(200, 100, 20, seed=4, split="loo")
+    np.testing.assert_array_equal(synth.test.items, loo.test.items)
+    assert len(synth.validation) == 0 and len(synth.train) == len(loo.train) + len(loo.validation)
+    with pytest.raises(DataError, match="'holdout' is not a leave-one-out split"):
+        loo_split("x", RawRows(["a"], ["b"], np.ones(1, np.float32), np.zeros(1, np.int64)), (1.0, 5.0),
+                  split="holdout")
+
+
+def test_ml100k_loo_full_trains_on_loo_train_and_validation(ml100k_dir: Path) -> None:
+    loo = load_dataset("ml-100k", ml100k_dir, "loo", feedback="implicit")
+    full = load_dataset("ml-100k", ml100k_dir, "loo-full", feedback="implicit")
+    assert len(full.validation) == 0 and len(full.train) + 943 == 100_000
+    np.testing.assert_array_equal(full.test.items, loo.test.items)
+    pairs = set(zip(full.train.users.tolist(), full.train.items.tolist(), strict=True))
+    assert pairs == set(zip(np.r_[loo.train.users, loo.validation.users].tolist(),
+                            np.r_[loo.train.items, loo.validation.items].tolist(), strict=True))
+
+
+def test_loo_full_is_a_valid_config_and_fusion_falls_back_to_its_holdout() -> None:
+    from securefedrec import ExperimentConfig, Simulation
+    from securefedrec.models.fusion import HOLDOUT, Fusion, holdout_flags
+
+    from_file = ExperimentConfig.from_mapping({"dataset": "file", "data_file": "x", "split": "loo-full"})
+    assert from_file.data.split == "loo-full"
+    config = ExperimentConfig(synthetic_users=40, synthetic_items=30, synthetic_ratings_per_user=20,
+                              factors=4, device="cpu", sample_rate=1.0, rounds=1, seed=2,
+                              protocol="plaintext", fusion="implicit-mf,popularity",
+                              feedback="implicit", split="loo-full")
+    sim = Simulation(config)
+    assert isinstance(sim.model, Fusion) and len(sim.dataset.validation) == 0
+    members_data, held = sim.model.split(sim.pool.data)  # no validation item: a holdout of the training data
+    flags = holdout_flags(sim.pool.data, HOLDOUT, config.run.seed)
+    assert flags.any() and held.counts.sum() == flags.sum()
+    assert members_data.counts.sum() + held.counts.sum() == len(sim.dataset.train)
