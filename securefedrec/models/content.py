@@ -37,7 +37,7 @@ the data set it trains on): ``--item-features FILE`` or the data set's own
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -47,8 +47,14 @@ import torch
 from securefedrec.data import Dataset, synthetic
 from securefedrec.data.features import ItemFeatures, configured_item_ids, item_features
 from securefedrec.errors import ConfigError
-from securefedrec.models.base import CHUNK, LocalPart, Model, PaddedRatings, RatingsByUser, Trained
-from securefedrec.models.implicit import ImplicitHyper, implicit_hyper, implicit_loss, sample_negatives
+from securefedrec.models.base import LocalPart, Model, PaddedRatings, RatingsByUser, Trained
+from securefedrec.models.implicit import (
+    ImplicitHyper,
+    client_chunks,
+    implicit_hyper,
+    implicit_loss,
+    sample_negatives,
+)
 from securefedrec.models.mf import solve_users
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -137,29 +143,6 @@ def _hyper(config: ExperimentConfig) -> ContentHyper:
     implicit = implicit_hyper(config) if config.data.feedback == "implicit" else None
     return ContentHyper(factors=m.factors, lam_user=m.lam_user, lam_item=m.lam_item, lam_bias=m.lam_bias,
                         init_std=m.init_std, implicit=implicit)
-
-
-def _chunks(data: RatingsByUser, client_users: Sequence[np.ndarray]
-            ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Clients sorted by their longest history, in chunks of at most :data:`CHUNK` users and
-    :data:`CHUNK_POSITIVES` padded positives (or one larger client). Yields ``(clients, users,
-    owner)``: client indices, their users, and each user's position in ``clients``."""
-    users_of = [np.asarray(u, np.int64) for u in client_users]
-    longest = np.array([int(data.counts[u].max()) if len(u) else 0 for u in users_of], np.int64)
-    order = np.argsort(longest, kind="stable")
-    start = 0
-    while start < len(order):
-        stop, n_users = start, 0
-        while stop < len(order):
-            more = n_users + len(users_of[order[stop]])
-            if stop > start and (more > CHUNK or more * max(1, longest[order[stop]]) > CHUNK_POSITIVES):
-                break
-            n_users, stop = more, stop + 1
-        clients = order[start:stop]
-        users = [users_of[c] for c in clients]
-        yield (clients, np.concatenate(users),
-               np.concatenate([np.full(len(u), j, np.int64) for j, u in enumerate(users)]))
-        start = stop
 
 
 class ContentModel(Model):
@@ -318,7 +301,7 @@ class ContentModel(Model):
         row_of = {int(u): n for n, u in enumerate(flat.tolist())}
         done_users: list[np.ndarray] = []
         done_local: dict[str, list[torch.Tensor]] = {"user_factors": [], "user_bias": []}
-        for clients, users, owner in _chunks(data, client_users):
+        for clients, users, owner in client_chunks(data, client_users, CHUNK_POSITIVES):
             batch = data.padded(users, device, dtype)
             own = torch.as_tensor(owner, device=device)
             n = len(clients)

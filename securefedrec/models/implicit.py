@@ -28,7 +28,7 @@ ML-100K leave-one-out (one user per client, every client every round, FedAdam se
 2 local epochs) local Adam stalled at HR@10 0.49 after 80 rounds where SGD reached 0.57
 after 60 (the scratch measurement of the branch's report).
 
-Batching: a chunk of clients (:func:`_chunks`) draws the negatives of all its local
+Batching: a chunk of clients (:func:`client_chunks`) draws the negatives of all its local
 epochs first; each client then gets its own copy of the item rows it touches (its
 positives and every negative it drew; one tensor of the chunk's distinct (client, item)
 pairs) and of the dense part, ``(C, P)``. The loss is the sum of the clients' own
@@ -66,6 +66,7 @@ __all__ = [
     "ImplicitHyper",
     "ImplicitModel",
     "ItemLayout",
+    "client_chunks",
     "implicit_hyper",
     "implicit_loss",
     "latest_columns",
@@ -336,15 +337,15 @@ class ImplicitModel(Model):
         return torch.sigmoid(self.scores(global_vec, local, items))
 
 
-def _chunks(
-    data: RatingsByUser, client_users: Sequence[np.ndarray]
+def client_chunks(
+    data: RatingsByUser, client_users: Sequence[np.ndarray], positives: int = CHUNK_POSITIVES
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Clients sorted by their number of interactions, in chunks of little padding.
 
-    A chunk holds at most :data:`CHUNK` users and at most :data:`CHUNK_POSITIVES` padded
-    positives (users * longest history), or one larger client. Yields ``(clients, users,
-    owner)``: the chunk's client indices, their users, and for each user the position of its
-    client in ``clients``.
+    A chunk holds at most :data:`CHUNK` users and at most ``positives`` padded positives
+    (users * longest history; default :data:`CHUNK_POSITIVES`), or one larger client.
+    Yields ``(clients, users, owner)``: the chunk's client indices, their users, and for each
+    user the position of its client in ``clients``.
     """
     users_of = [np.asarray(u, np.int64) for u in client_users]
     longest = np.array([int(data.counts[u].max()) if len(u) else 0 for u in users_of], np.int64)
@@ -354,7 +355,7 @@ def _chunks(
         stop, n_users = start, 0
         while stop < len(order):
             more = n_users + len(users_of[order[stop]])
-            if stop > start and (more > CHUNK or more * max(1, longest[order[stop]]) > CHUNK_POSITIVES):
+            if stop > start and (more > CHUNK or more * max(1, longest[order[stop]]) > positives):
                 break
             n_users, stop = more, stop + 1
         clients = order[start:stop]
@@ -474,7 +475,7 @@ def local_train(
     done_local: dict[str, list[torch.Tensor]] = {name: [] for name in local}
     m, w = layout.num_items, layout.width
     delta_table = deltas[:, : layout.table_size].view(C, m, w)
-    for clients, users, owner in _chunks(data, client_users):
+    for clients, users, owner in client_chunks(data, client_users):
         batch = data.padded(users, device, dtype)
         own = torch.as_tensor(owner, device=device)
         n_pos = batch.items.shape[1]
