@@ -55,7 +55,7 @@ from securefedrec.models.implicit import (
     implicit_loss,
     sample_negatives,
 )
-from securefedrec.models.mf import solve_users
+from securefedrec.models.mf import Layout, solve_users
 
 if TYPE_CHECKING:  # pragma: no cover
     from securefedrec.config import ExperimentConfig
@@ -93,23 +93,14 @@ class ContentHyper:
             raise ConfigError("--personalize applies to --model ncf, not content")
 
 
-@dataclass(frozen=True)
-class ContentLayout:
-    """Where each global parameter lives: ``W`` (features x k), ``w`` (features), ``mu``."""
-
-    num_features: int
-    factors: int
+class ContentLayout(Layout):
+    """MF's layout (:class:`~securefedrec.models.mf.Layout`) with one row per feature instead of per
+    item: ``W`` (features x k), ``w`` (features), ``mu``; ``split`` gives ``(W, w, mu)``."""
 
     @property
-    def length(self) -> int:
-        """L = features * (k + 1) + 1."""
-        return self.num_features * (self.factors + 1) + 1
-
-    def split(self, vec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Views ``(W, w, mu)`` of a global vector (or of a batch ``(B, L)`` of them)."""
-        f, k = self.num_features, self.factors
-        lead = vec.shape[:-1]
-        return vec[..., : f * k].reshape(*lead, f, k), vec[..., f * k : f * (k + 1)], vec[..., f * (k + 1)]
+    def num_features(self) -> int:
+        """The number of feature rows (MF's ``num_items``)."""
+        return self.num_items
 
 
 def content_features(config: ExperimentConfig, dataset: Dataset) -> ItemFeatures:
