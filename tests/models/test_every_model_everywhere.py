@@ -102,3 +102,33 @@ def test_a_flower_node_trains_the_implicit_models_as_the_simulator(model: str) -
                                 config.model.local_lr, round_generator(config.run.seed, r))
         expected = deltas.clamp(-config.model.update_clip, config.model.update_clip).numpy()
         np.testing.assert_array_equal(on_node[r], expected)  # the same computation replayed
+
+
+@pytest.mark.parametrize(("feedback", "fusion"), [("implicit", "implicit-mf,popularity"),
+                                                  ("explicit", "mf,popularity")])
+def test_a_flower_node_trains_a_fusion_as_the_simulator(feedback: str, fusion: str) -> None:
+    """A fusion on a node: its deltas and its kept local part (the members' user parts and the
+    client's personal fusion weights) equal the simulator's after two rounds."""
+    pytest.importorskip("flwr")
+    from flwr.app import RecordDict
+
+    from securefedrec.flower.node.runtime import train_clients
+    from securefedrec.flower.node.state import kept_local
+    from securefedrec.server.simulation import round_generator
+
+    config = ExperimentConfig(**{**SMALL, "feedback": feedback, "fusion": fusion, "protocol": "plaintext"})
+    sim = Simulation(config)
+    state = RecordDict()
+    clients = [1, 4, 7]
+    views = [sim.global_vec, sim.global_vec + 0.01]
+    on_node = [train_clients(config, clients, view, r, state) for r, view in enumerate(views)]
+    for r, view in enumerate(views):
+        deltas = sim.pool.train(clients, torch.from_numpy(view), config.model.local_epochs,
+                                config.model.local_lr, round_generator(config.run.seed, r))
+        expected = deltas.clamp(-config.model.update_clip, config.model.update_clip).numpy()
+        np.testing.assert_array_equal(on_node[r], expected)  # the same computation replayed
+    users, kept = kept_local(state)
+    expected_local = sim.pool.rows(users)
+    assert set(kept) == set(expected_local) and any("fusion" in name for name in kept)
+    for name, rows in kept.items():
+        np.testing.assert_array_equal(rows, expected_local[name].numpy())
