@@ -14,6 +14,7 @@ from protocols.base import AggregationResult, RoundConfig, Stage
 from protocols.errors import ConfigError
 from protocols.secagg._runner import ForkedClients, LocalClients, fork_available
 from protocols.secagg.client import ClientPolicy, raw_public
+from protocols.secagg.graph import choose_degree, effective_degree
 from protocols.submodel.client import SubmodelClient, SubmodelPolicy
 from protocols.submodel.rows import RowLayout
 from protocols.submodel.server import SubmodelServer
@@ -42,12 +43,18 @@ class SubmodelResult:
 
 
 class SubmodelAggregator:
-    """Submodel SecAgg (complete graph) over :class:`SubmodelInput` s, dropouts included.
+    """Submodel SecAgg over :class:`SubmodelInput` s, dropouts included (secrets shared as in SecAgg+).
 
     Args:
         layout: the public row layout of the global vector.
         item_epsilon: each client's randomized-response epsilon (its own policy).
         min_holders: each client's holder floor.
+        neighbors: the degree of the graph the secrets are shared on; ``None`` (default) picks
+            :func:`~protocols.secagg.graph.choose_degree` for n, ``dropout_rate`` and
+            ``corruption_rate``, as :class:`~protocols.secagg.SecAggPlusAggregator` does; the
+            clients then check the announced degree against Bell et al.'s bound for
+            ``corruption_rate`` (a fixed degree: they require at least that degree).
+        dropout_rate, corruption_rate: the rates the degree must tolerate.
         malicious: the malicious-model variant (signed keys, consistency round binding the row table).
         randbytes: source of every secret, the randomized response included (tests pin it).
         rng: stochastic rounding only (each client gets ``rng.spawn``).
@@ -60,12 +67,22 @@ class SubmodelAggregator:
         *,
         item_epsilon: float,
         min_holders: int = 2,
+        neighbors: int | None = None,
+        dropout_rate: float = 0.05,
+        corruption_rate: float = 0.05,
         malicious: bool = True,
         randbytes: Callable[[int], bytes] = os.urandom,
         rng: np.random.Generator | None = None,
         workers: int = 1,
     ) -> None:
         self.policy = SubmodelPolicy(item_epsilon=item_epsilon, min_holders=min_holders)
+        if neighbors is not None and neighbors < 1:
+            raise ConfigError(f"neighbors must be >= 1 or None, got {neighbors}")
+        if not (0.0 <= dropout_rate < 0.5 and 0.0 <= corruption_rate < 0.5):
+            raise ConfigError("dropout_rate and corruption_rate must be in [0, 0.5)")
+        self.neighbors = neighbors
+        self.dropout_rate = dropout_rate
+        self.corruption_rate = corruption_rate
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         if workers > 1 and randbytes is not os.urandom:
@@ -77,6 +94,29 @@ class SubmodelAggregator:
         self.workers = workers
         self.last_server: SubmodelServer | None = None
         """The server object of the last round (what a server sees: the table of reported sets)."""
+
+    def degree_for(self, n: int, config: RoundConfig) -> int:
+        """``config.neighbors``, else the fixed degree, else ``choose_degree(n, ...)`` (SecAgg+'s rule)."""
+        fixed = config.neighbors if config.neighbors is not None else self.neighbors
+        if fixed is not None:
+            return effective_degree(n, fixed)
+        return effective_degree(n, choose_degree(n, self.dropout_rate, self.corruption_rate,
+                                                 threshold=config.threshold, malicious=self.malicious))
+
+    def client_policy(self, n: int, config: RoundConfig) -> ClientPolicy:
+        """Each client's floor, from this aggregator's own configuration (never the server's word).
+
+        The round's threshold, ring, clipping range and wrap flag; a fixed degree is a
+        floor, a degree chosen from n is bounded by Bell et al.'s security bound for
+        ``corruption_rate`` (as :meth:`protocols.secagg.SecAggPlusAggregator.client_policy`).
+        """
+        fixed = config.neighbors if config.neighbors is not None else self.neighbors
+        return ClientPolicy(
+            min_threshold=config.threshold, min_threshold_fraction=0.0,
+            min_degree=effective_degree(n, fixed) if fixed is not None else None,
+            corruption_rate=None if fixed is not None else self.corruption_rate,
+            ring_bits=config.ring_bits, clip_range=config.clip_range, wrap=config.wrap,
+        )
 
     def aggregate(
         self,
@@ -110,9 +150,7 @@ class SubmodelAggregator:
                 identity[c] = Ed25519PrivateKey.from_private_bytes(self.randbytes(32))
                 pki[c] = raw_public(identity[c])
         offline = time.perf_counter() - t_off
-        policy = ClientPolicy(min_threshold=config.threshold, min_threshold_fraction=0.0,
-                              corruption_rate=None, ring_bits=config.ring_bits, clip_range=config.clip_range,
-                              wrap=config.wrap)
+        policy = self.client_policy(len(ids), config)
         rngs = dict(zip(ids, self.rng.spawn(len(ids)), strict=True))
 
         def make_client(c: int) -> SubmodelClient:
@@ -126,8 +164,8 @@ class SubmodelAggregator:
         bytes_down = dict.fromkeys(ids, 0)
         seconds = {"clients": 0.0, "server": 0.0}
         t0 = time.perf_counter()
-        server = SubmodelServer(config, ids, self.layout, min_holders=self.policy.min_holders,
-                                malicious=self.malicious)
+        server = SubmodelServer(config, ids, self.layout, neighbors=self.degree_for(len(ids), config),
+                                min_holders=self.policy.min_holders, malicious=self.malicious)
         seconds["server"] += time.perf_counter() - t0
         self.last_server = server
         parallel = self.workers > 1 and len(ids) > 1 and fork_available()

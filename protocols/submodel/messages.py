@@ -1,8 +1,13 @@
-"""Binary encodings of the two messages submodel SecAgg adds to SecAgg's.
+"""Binary encodings of the messages submodel SecAgg adds to SecAgg's, or wraps around them.
 
 ``RowRequest`` (client -> server) carries the client's reported row set;
 ``SubmodelSetup`` (server -> client) carries SecAgg's :class:`~protocols.secagg.messages.Setup`
-for this client and the table of every requesting client's row set. Both are
+for this client and the table of every requesting client's row set;
+``SubmodelSharesIn`` carries SecAgg's ``SharesIn`` and U2, the clients that shared keys
+(every client masks with each of them on their rows in common); ``SubmodelMasked``
+carries SecAgg's ``MaskedInput`` and the client's signature on U2 (malicious model);
+``SubmodelUnmaskRequest`` carries SecAgg's ``UnmaskRequest``, U3 and the signatures on U2
+of the survivors whose self-mask shares it asks for. Both are
 :func:`protocols.wire.frame` d; row lists are a u32 count and strictly
 increasing u32 row ids, client ids strictly increasing u64; counts are checked
 against the bytes that remain before anything is allocated, and trailing bytes
@@ -12,6 +17,7 @@ are refused. Any violation raises :class:`~protocols.errors.DecodeError`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,9 +25,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocols.errors import DecodeError
-from protocols.wire import Kind, frame, unframe
+from protocols.wire import Kind, frame, frame_parts, unframe, unframe_view
 
-__all__ = ["MAX_ROWS", "RowRequest", "SubmodelSetup", "table_digest"]
+__all__ = [
+    "MAX_ROWS",
+    "RowRequest",
+    "SubmodelMasked",
+    "SubmodelSetup",
+    "SubmodelSharesIn",
+    "SubmodelUnmaskRequest",
+    "ids_digest",
+    "mask_view_payload",
+    "table_digest",
+]
 
 MAX_ROWS = 2**32 - 1
 """Row ids are u32 on the wire."""
@@ -55,6 +71,17 @@ class _Cursor:
         if n > 1 and not (rows[1:] > rows[:-1]).all():
             raise DecodeError(f"{self.what}: {name} is not strictly increasing")
         return rows
+
+    def ids(self, name: str) -> tuple[int, ...]:
+        n = self.u32(name)
+        if 8 * n > len(self.data) - self.pos:
+            raise DecodeError(f"{self.what}: {name} announces {n} ids, too few bytes remain")
+        arr = np.frombuffer(self.take(8 * n, name), dtype=">u8")
+        if n and (arr > _MAX_ID).any():
+            raise DecodeError(f"{self.what}: {name} holds an id above 2^63 - 1")
+        if n > 1 and not (arr[1:] > arr[:-1]).all():
+            raise DecodeError(f"{self.what}: {name} is not strictly increasing")
+        return tuple(arr.tolist())
 
     def done(self) -> None:
         if self.pos != len(self.data):
@@ -146,3 +173,95 @@ def table_digest(table: Mapping[int, np.ndarray]) -> bytes:
     for cid in sorted(table):
         h.update(_U64.pack(cid) + _encode_rows(table[cid]))
     return h.digest()
+
+
+def _encode_ids(ids: tuple[int, ...]) -> bytes:
+    if any(not 0 <= c <= _MAX_ID for c in ids) or any(a >= b for a, b in itertools.pairwise(ids)):
+        raise ValueError("ids must be strictly increasing and in [0, 2^63 - 1]")
+    return _U32.pack(len(ids)) + np.asarray(ids, dtype=">u8").tobytes()
+
+
+def ids_digest(ids: tuple[int, ...]) -> bytes:
+    """SHA-256 of the canonical encoding of a set of client ids (sorted tuple), e.g. U2."""
+    return hashlib.sha256(b"securefedrec/submodel/v1/ids" + _encode_ids(ids)).digest()
+
+
+def mask_view_payload(round_id: int, client_id: int, u2: tuple[int, ...]) -> bytes:
+    """What a client signs with its masked input (malicious model): the U2 it masked against."""
+    return b"securefedrec/submodel/v1/masked" + _U64.pack(round_id) + _U64.pack(client_id) + ids_digest(u2)
+
+
+@dataclass(frozen=True)
+class SubmodelSharesIn:
+    """Server -> client: SecAgg's ``SharesIn`` (raw bytes) and U2, every client that shared keys."""
+
+    shares_in: bytes = field(repr=False)
+    u2: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        """Framed bytes."""
+        return frame(Kind.SUBMODEL_SHARES_IN, _U32.pack(len(self.shares_in)) + self.shares_in
+                     + _encode_ids(self.u2))
+
+    @classmethod
+    def decode(cls, message: bytes) -> SubmodelSharesIn:
+        """Parse; raises DecodeError."""
+        r = _Cursor(unframe(message, Kind.SUBMODEL_SHARES_IN), "submodel shares in")
+        inner = r.take(r.u32("shares length"), "shares")
+        u2 = r.ids("u2")
+        r.done()
+        return cls(inner, u2)
+
+
+@dataclass(frozen=True)
+class SubmodelMasked:
+    """Client -> server: SecAgg's ``MaskedInput`` (raw bytes) and a signature on U2 (empty if semi-honest)."""
+
+    signature: bytes
+    masked: bytes = field(repr=False)
+
+    def encode(self) -> bytes:
+        """Framed bytes (the masked vector is copied once)."""
+        if len(self.signature) not in (0, 64):
+            raise ValueError("signature must be 64 bytes or empty")
+        return frame_parts(Kind.SUBMODEL_MASKED, bytes([len(self.signature)]), self.signature, self.masked)
+
+    @classmethod
+    def decode(cls, message: bytes) -> SubmodelMasked:
+        """Parse; raises DecodeError."""
+        view = unframe_view(message, Kind.SUBMODEL_MASKED)
+        if len(view) < 1 or view[0] not in (0, 64) or len(view) < 1 + view[0]:
+            raise DecodeError("submodel masked input: bad or truncated signature")
+        return cls(bytes(view[1 : 1 + view[0]]), bytes(view[1 + view[0] :]))
+
+
+@dataclass(frozen=True)
+class SubmodelUnmaskRequest:
+    """Server -> client: SecAgg's ``UnmaskRequest`` (raw bytes), U3, and survivors' signatures on U2.
+
+    ``mask_signatures`` holds, for each survivor whose self-mask share is asked for, its
+    signature from :class:`SubmodelMasked` (malicious model; empty when semi-honest).
+    """
+
+    request: bytes = field(repr=False)
+    u3: tuple[int, ...]
+    mask_signatures: tuple[tuple[int, bytes], ...] = ()
+
+    def encode(self) -> bytes:
+        """Framed bytes."""
+        ids = tuple(c for c, _ in self.mask_signatures)
+        if any(len(s) != 64 for _, s in self.mask_signatures):
+            raise ValueError("signatures must be 64 bytes")
+        sigs = _encode_ids(ids) + b"".join(s for _, s in self.mask_signatures)
+        return frame(Kind.SUBMODEL_UNMASK_REQUEST,
+                     _U32.pack(len(self.request)) + self.request + _encode_ids(self.u3) + sigs)
+
+    @classmethod
+    def decode(cls, message: bytes) -> SubmodelUnmaskRequest:
+        """Parse; raises DecodeError."""
+        r = _Cursor(unframe(message, Kind.SUBMODEL_UNMASK_REQUEST), "submodel unmask request")
+        inner = r.take(r.u32("request length"), "request")
+        u3, signers = r.ids("u3"), r.ids("signers")
+        sigs = tuple((c, r.take(64, "signature")) for c in signers)
+        r.done()
+        return cls(inner, u3, sigs)
