@@ -79,21 +79,25 @@ def expected_set(rows: int, history: int, epsilon: float) -> float:
 def features(pt: Point, set_size: float | None = None) -> dict[str, float]:
     """The cost model's features of a round (per client, except ``n``)."""
     n, k, r = pt.n, pt.k, pt.rows
+    # both protocols share secrets on SecAgg+'s graph of degree d (the same choice of d)
+    d = min(choose_degree(n, threshold=max(1, n // 2), malicious=False), n - 1)
     if pt.protocol == "secagg+":
-        d = min(choose_degree(n, threshold=max(1, n // 2), malicious=False), n - 1)
         return {"n": n, "values": pt.length, "peers": d, "rows_sent": 0.0, "table": 0.0,
-                "mask_words": (d + 1) * pt.length, "length": pt.length, "dense": 1.0}
+                "mask_words": (d + 1) * pt.length, "agreements": 2 * d, "ads": d, "u2": 0.0,
+                "length": pt.length, "dense": 1.0}
     s = set_size if set_size is not None else expected_set(r, pt.history, pt.epsilon)
     values = 1 + s * (k + 1)
-    return {"n": n, "values": values, "peers": n - 1, "rows_sent": s, "table": n * (s + 3),
-            "mask_words": values + (n - 1) * (1 + s * s / r * (k + 1)), "length": pt.length, "dense": 0.0}
+    # masks against every other client of U2 (n - 1 s-key agreements), shares to d neighbours
+    return {"n": n, "values": values, "peers": d, "rows_sent": s, "table": n * (s + 3),
+            "mask_words": values + (n - 1) * (1 + s * s / r * (k + 1)), "agreements": n - 1 + d,
+            "ads": n, "u2": n, "length": pt.length, "dense": 0.0}  # every advertisement; U2 and U3 ids
 
 
 # the linear forms: target -> its features (an intercept is added)
 FORMS: dict[str, tuple[str, ...]] = {
     "bytes_up": ("values", "peers", "rows_sent"),  # seconds: one set of coefficients per protocol
-    "bytes_down": ("peers", "table", "n"),
-    "client_seconds": ("mask_words", "peers", "table"),
+    "bytes_down": ("peers", "ads", "u2", "table", "n"),
+    "client_seconds": ("mask_words", "agreements", "table"),
     "server_seconds": ("n_values", "n_peers", "length"),  # the server decodes all L coordinates
 }
 
