@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from protocols.base import Stage
 from protocols.encoding import FixedPoint
 from protocols.errors import ConfigError, ProtocolError, StageError
-from protocols.prg import expand
+from protocols.prg import expand, keystream, word_bytes
 from protocols.secagg import _crypto
 from protocols.secagg.client import ClientPolicy, SecAggClient
 from protocols.secagg.messages import (
@@ -71,6 +71,22 @@ class SubmodelPolicy:
         keep_probability(self.item_epsilon)  # raises ConfigError on a bad epsilon
         if self.min_holders < 2:
             raise ConfigError(f"SubmodelPolicy.min_holders must be >= 2, got {self.min_holders}")
+
+
+class _TableIndex:
+    """A row table as flat arrays (built once per round): every set's rows and whose they are."""
+
+    def __init__(self, table: Mapping[int, np.ndarray], num_rows: int) -> None:
+        self.ids = np.array(sorted(table), dtype=np.int64)
+        sets = [table[int(c)] for c in self.ids]
+        self.rows = np.concatenate(sets) if sets else np.zeros(0, dtype=np.int64)
+        self.owner = np.repeat(np.arange(self.ids.size), [r.size for r in sets])
+        self.num_rows = num_rows
+
+    def holders(self, clients: Iterable[int]) -> np.ndarray:
+        """How many of ``clients`` hold each row (as :func:`holder_counts`)."""
+        member = np.isin(self.ids, np.fromiter(clients, dtype=np.int64))
+        return np.bincount(self.rows[member[self.owner]], minlength=self.num_rows).astype(np.int64)
 
 
 def holder_counts(table: Mapping[int, np.ndarray], clients: Iterable[int], num_rows: int) -> np.ndarray:
@@ -137,6 +153,7 @@ class SubmodelClient(SecAggClient):
         self._table: dict[int, np.ndarray] = {}
         self._u2_counts = np.zeros(0, dtype=np.int64)
         self._u2: tuple[int, ...] = ()
+        self._index = _TableIndex({}, layout.num_rows)
 
     @property
     def reported(self) -> np.ndarray:
@@ -196,6 +213,7 @@ class SubmodelClient(SecAggClient):
         if unknown:
             raise self._fail("setup", f"the row table names clients outside the round: {sorted(unknown)[:5]}")
         self._table = table
+        self._index = _TableIndex(table, self._layout.num_rows)
         return reply, following
 
     def _share_keys(self, message: bytes) -> tuple[bytes, Stage | None]:
@@ -263,36 +281,51 @@ class SubmodelClient(SecAggClient):
         """Mask the shared coordinates and reported rows: self mask on all, pairwise on intersections.
 
         ``peers`` (the neighbours whose shares arrived) is ignored: the pairwise masks go to
-        every other client of U2 (checked against ``peers`` by :meth:`_masked_input`).
+        every other client of U2 (checked against ``peers`` by :meth:`_masked_input`). The
+        intersections, positions and signs of all peers are computed at once; only the key
+        agreement and the keystream are per peer. The mask with peer v is laid out as
+        :meth:`~protocols.submodel.rows.RowLayout.positions` says: the shared coordinates, then
+        the rows of S_u cap S_v in ascending order.
         """
-        layout, own, h = self._layout, self._reported, self._submodel.min_holders
-        counts = holder_counts(self._table, self._u2, layout.num_rows)
+        layout, own, h, index = self._layout, self._reported, self._submodel.min_holders, self._index
+        counts = index.holders(self._u2)
         self._u2_counts = counts
         vector = self._vector.copy()
+        s, w = layout.shared.size, layout.width
         thin = np.flatnonzero(counts[own] < h)  # rows too few masking peers hold: never sent, zeroed
         if thin.size:
-            s, w = layout.shared.size, layout.width
             vector[s:].reshape(own.size, w)[thin] = 0.0
         fp = FixedPoint(clip_range=setup.clip_range, value_bits=setup.value_bits, ring_bits=setup.ring_bits,
                         wrap=setup.wrap)
         acc = fp.quantize(vector, self._rng).astype(np.uint64)
         acc += expand(self._self_seed, acc.size, setup.ring_bits)
+        is_peer = np.isin(index.ids, self._u2) & (index.ids != self.client_id)
         where = np.full(layout.num_rows, -1, dtype=np.int64)
         where[own] = np.arange(own.size)
-        for peer in self._u2:
-            if peer == self.client_id:
-                continue
-            common_at = where[self._table[peer]]
-            common = own[common_at[common_at >= 0]]
-            pos = layout.positions(own, common)
-            if not pos.size:  # nothing in common, no shared coordinates: no mask, no key agreement
-                continue
+        at = where[index.rows]
+        common = (at >= 0) & is_peer[index.owner]
+        peer_of, common_at = index.owner[common], at[common]  # grouped by peer, ascending within each
+        per = np.bincount(peer_of, minlength=index.ids.size)
+        lengths = s + w * per
+        streams = np.flatnonzero(is_peer & (lengths > 0))  # nothing in common and no shared part: no mask
+        wb = word_bytes(setup.ring_bits)
+        chunks = []
+        for i in streams.tolist():
+            peer = int(index.ids[i])
             seed = _crypto.mask_seed(s_sk, self._ads[peer].s_pk, setup.round_id, self.client_id, peer)
-            mask = expand(seed, pos.size, setup.ring_bits)
-            if self.client_id < peer:
-                acc[pos] += mask
-            else:
-                acc[pos] -= mask
+            chunks.append(keystream(seed, wb * int(lengths[i])))
+        words = np.frombuffer(b"".join(chunks), dtype=f"<u{wb}").astype(np.uint64)
+        negative = np.repeat(index.ids[streams] < self.client_id, lengths[streams])  # the larger id subtracts
+        words[negative] = np.uint64(0) - words[negative]
+        offset = np.zeros(index.ids.size, dtype=np.int64)
+        offset[streams] = np.cumsum(lengths[streams]) - lengths[streams]
+        if s and streams.size:
+            acc[:s] += words[offset[streams][:, None] + np.arange(s)].sum(axis=0, dtype=np.uint64)
+        if common_at.size:
+            rank = np.arange(common_at.size) - np.repeat(np.cumsum(per) - per, per)
+            source = (offset[peer_of] + s + rank * w)[:, None] + np.arange(w)
+            target = (s + common_at * w)[:, None] + np.arange(w)
+            np.add.at(acc, target.ravel(), words[source.ravel()])
         acc &= np.uint64(fp.modulus_mask)
         return acc
 
@@ -333,7 +366,7 @@ class SubmodelClient(SecAggClient):
                                mask_view_payload(setup.round_id, peer, self._u2),
                                f"client {self.client_id}, round {setup.round_id}, U2 signature of {peer}")
         h = self._submodel.min_holders
-        surviving = holder_counts(self._table, sub.u3, self._layout.num_rows)
+        surviving = self._index.holders(sub.u3)
         # a row sent by its holders (held by >= h clients of U2) but left with < h survivors
         exposed = (self._u2_counts >= h) & (surviving < h) & (surviving > 0)
         if exposed.any():
