@@ -139,7 +139,8 @@ def _varints(data: np.ndarray, ends: np.ndarray, stops: np.ndarray) -> np.ndarra
     if np.any(two & (high == 0)):
         raise DecodeError("a row gap is not a canonical varint")  # a padding byte ends a longer varint
     if data.size - stops.size == int(np.count_nonzero(two)):  # every varint one or two bytes: the fast path
-        return np.where(two, (high << 7) | (pair & 0x7F), high).astype(np.int64)
+        out: np.ndarray = np.where(two, (high << 7) | (pair & 0x7F), high).astype(np.int64)
+        return out
     first = np.ones(data.size, dtype=bool)  # the first byte of each varint
     first[1:] = ends[:-1]
     at = np.arange(data.size, dtype=np.int64)
