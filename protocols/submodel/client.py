@@ -46,7 +46,9 @@ from protocols.submodel.messages import (
     SubmodelUnmaskRequest,
     ids_digest,
     mask_view_payload,
-    table_digest,
+    raw_table_digest,
+    table_entries,
+    table_subset,
 )
 from protocols.submodel.rows import RowLayout, keep_probability, randomized_response
 
@@ -150,10 +152,13 @@ class SubmodelClient(SecAggClient):
         self._submodel = submodel
         self._requested = False
         self._reported = np.zeros(0, dtype=np.int64)
-        self._table: dict[int, np.ndarray] = {}
+        self._entries: dict[int, tuple[int, int, int]] = {}
         self._u2_counts = np.zeros(0, dtype=np.int64)
         self._u2: tuple[int, ...] = ()
         self._index = _TableIndex({}, layout.num_rows)
+        self._table_ids: frozenset[int] = frozenset()
+        self._table_raw = b""
+        self._table_digest = b""
 
     @property
     def reported(self) -> np.ndarray:
@@ -198,22 +203,22 @@ class SubmodelClient(SecAggClient):
         return self._run(Stage.ADVERTISE, self._advertise_submodel, setup)
 
     def _advertise_submodel(self, message: bytes) -> tuple[bytes, Stage | None]:
-        sub = SubmodelSetup.decode(message)
-        table = dict(sub.table)
-        mine = table.get(self.client_id)
-        if mine is None or not np.array_equal(mine, self._reported):
+        setup_bytes, raw = SubmodelSetup.split(message)
+        entries = table_entries(raw)  # the sets stay encoded (compact) until masking decodes them
+        if self.client_id not in entries or not np.array_equal(
+                table_subset(raw, [self.client_id], entries)[self.client_id], self._reported):
             raise self._fail("setup", "the row table does not hold this client's reported set")
-        if any(v.size and v[-1] >= self._layout.num_rows for v in table.values()):
-            raise self._fail("setup", f"the row table names a row beyond {self._layout.num_rows}")
-        reply, following = self._advertise(sub.setup)
+        reply, following = self._advertise(setup_bytes)
         setup = self._setup
         if setup is None:
             raise StageError("client state incomplete")
-        unknown = set(table) - set(setup.client_ids)
+        unknown = set(entries) - set(setup.client_ids)
         if unknown:
             raise self._fail("setup", f"the row table names clients outside the round: {sorted(unknown)[:5]}")
-        self._table = table
-        self._index = _TableIndex(table, self._layout.num_rows)
+        self._entries = entries
+        self._table_ids = frozenset(entries)
+        self._table_raw = raw
+        self._table_digest = raw_table_digest(raw)
         return reply, following
 
     def _share_keys(self, message: bytes) -> tuple[bytes, Stage | None]:
@@ -231,7 +236,7 @@ class SubmodelClient(SecAggClient):
                     raise self._fail("share keys", "the broadcast carries other keys for this client")
                 own = True
                 continue
-            if ad.client_id not in self._x or ad.client_id not in self._table:
+            if ad.client_id not in self._x or ad.client_id not in self._table_ids:
                 raise self._fail("share keys", f"advertisement of {ad.client_id}, who requested no rows")
             if self._malicious:
                 pk = self._pki.get(ad.client_id)
@@ -268,7 +273,15 @@ class SubmodelClient(SecAggClient):
         if senders != (self._neighbors & u2):  # a neighbour in U2 dealt this client a share, and only those
             raise self._fail("masked input", "U2 disagrees with the neighbours whose shares arrived")
         self._u2 = sub.u2
+        table = table_subset(self._table_raw, self._entries, self._entries)
+        if any(v.size and v[-1] >= self._layout.num_rows for v in table.values()):
+            raise self._fail("masked input", f"the row table names a row beyond {self._layout.num_rows}")
+        self._index = _TableIndex(table, self._layout.num_rows)
+        del table
         reply, following = super()._masked_input(sub.shares_in)
+        # the decoded table is not needed again (unmask re-reads the few sets it needs): free it
+        self._index = _TableIndex({}, self._layout.num_rows)
+        self._u2_counts = self._u2_counts.astype(np.int32)
         signature = b""
         if self._malicious:
             if self._identity is None:
@@ -331,7 +344,7 @@ class SubmodelClient(SecAggClient):
 
     def _signed_view(self, survivors: tuple[int, ...]) -> bytes:
         """U3, the digest of the row table and of U2: every signer saw the same sets (malicious model)."""
-        return encode_ids(survivors) + table_digest(self._table) + ids_digest(self._u2)
+        return encode_ids(survivors) + self._table_digest + ids_digest(self._u2)
 
     def _check_survivors(self, survivors: tuple[int, ...], stage: str) -> None:
         """As SecAgg's, and U3 within U2: every survivor masked against this client's U2."""
@@ -366,7 +379,8 @@ class SubmodelClient(SecAggClient):
                                mask_view_payload(setup.round_id, peer, self._u2),
                                f"client {self.client_id}, round {setup.round_id}, U2 signature of {peer}")
         h = self._submodel.min_holders
-        surviving = self._index.holders(sub.u3)
+        gone = table_subset(self._table_raw, set(self._u2) - set(sub.u3))  # U2's clients that dropped since
+        surviving = self._u2_counts - holder_counts(gone, gone, self._layout.num_rows)
         # a row sent by its holders (held by >= h clients of U2) but left with < h survivors
         exposed = (self._u2_counts >= h) & (surviving < h) & (surviving > 0)
         if exposed.any():

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +36,10 @@ __all__ = [
     "SubmodelUnmaskRequest",
     "ids_digest",
     "mask_view_payload",
+    "raw_table_digest",
     "table_digest",
+    "table_entries",
+    "table_subset",
 ]
 
 MAX_ROWS = 2**32 - 1
@@ -212,6 +215,8 @@ class SubmodelSetup:
 
     setup: bytes
     table: Mapping[int, np.ndarray] = field(repr=False)
+    raw_table: bytes = field(default=b"", repr=False, compare=False)
+    """The table's bytes as received (:meth:`decode` only): what :func:`table_subset` reads."""
 
     def encode(self) -> bytes:
         """Framed bytes."""
@@ -230,39 +235,73 @@ class SubmodelSetup:
 
     @classmethod
     def decode(cls, message: bytes) -> SubmodelSetup:
-        """Parse; raises DecodeError."""
+        """Parse, every set decoded; raises DecodeError."""
+        setup, raw = cls.split(message)
+        entries = table_entries(raw)
+        return cls(setup, table_subset(raw, entries, entries), raw)
+
+    @staticmethod
+    def split(message: bytes) -> tuple[bytes, bytes]:
+        """The setup's bytes and the table's bytes, unparsed (see :func:`table_entries`)."""
         r = _Cursor(unframe(message, Kind.SUBMODEL_SETUP), "submodel setup")
         setup = r.take(r.u32("setup length"), "setup")
-        n = r.u32("table entries")
-        if 12 * n > len(r.data) - r.pos:
-            raise DecodeError(f"submodel setup: {n} table entries, too few bytes remain")
-        ids, counts, spans = [], [], []
-        last = -1
-        for _ in range(n):  # the headers here; every list's varints in one pass below
-            cid = r.u64("client_id")
-            if cid <= last or cid > _MAX_ID:
-                raise DecodeError("submodel setup: table ids not strictly increasing")
-            last = cid
-            count, size = r.rows_header("rows")
-            ids.append(cid)
-            counts.append(count)
-            spans.append((r.pos - size, r.pos))
-        r.done()
-        raw = np.frombuffer(b"".join(r.data[a:b] for a, b in spans), dtype=np.uint8)
-        try:
-            lists = _decode_row_lists(raw, np.array(counts, dtype=np.int64),
-                                      np.array([b - a for a, b in spans], dtype=np.int64))
-        except DecodeError as exc:
-            raise DecodeError(f"submodel setup: {exc}") from None
-        return cls(setup, dict(zip(ids, lists, strict=True)))
+        return setup, r.data[r.pos :]
 
 
 def table_digest(table: Mapping[int, np.ndarray]) -> bytes:
     """SHA-256 of the canonical encoding of a row table (bound into the consistency signatures)."""
-    h = hashlib.sha256(b"securefedrec/submodel/v1/table")
-    for cid in sorted(table):
-        h.update(_U64.pack(cid) + _encode_rows(table[cid]))
-    return h.digest()
+    return raw_table_digest(SubmodelSetup.encode_table(table))
+
+
+def raw_table_digest(raw_table: bytes) -> bytes:
+    """:func:`table_digest` from a table's encoding (canonical: the decoder refuses any other)."""
+    return hashlib.sha256(b"securefedrec/submodel/v1/table" + raw_table[4:]).digest()
+
+
+def table_entries(raw_table: bytes) -> dict[int, tuple[int, int, int]]:
+    """client id -> (rows, first byte, end byte) of its set in a table's bytes; the headers only.
+
+    Raises DecodeError for a malformed table (ids not increasing, counts that do not fit,
+    trailing bytes); the varints themselves are checked when decoded (:func:`table_subset`).
+    """
+    r = _Cursor(raw_table, "row table")
+    n = r.u32("table entries")
+    if 16 * n > len(r.data) - r.pos:
+        raise DecodeError(f"row table: {n} entries, too few bytes remain")
+    out: dict[int, tuple[int, int, int]] = {}
+    last = -1
+    for _ in range(n):
+        cid = r.u64("client_id")
+        if cid <= last or cid > _MAX_ID:
+            raise DecodeError("row table: ids not strictly increasing")
+        last = cid
+        count, size = r.rows_header("rows")
+        out[cid] = (count, r.pos - size, r.pos)
+    r.done()
+    return out
+
+
+def table_subset(raw_table: bytes, wanted: Iterable[int],
+                 entries: Mapping[int, tuple[int, int, int]] | None = None) -> dict[int, np.ndarray]:
+    """The row sets of the clients ``wanted`` from a table's bytes (:attr:`SubmodelSetup.raw_table`).
+
+    A client keeps the table's compact bytes rather than every decoded set, and decodes the
+    sets when it needs them. ``entries``: :func:`table_entries` of the table, if known. Raises
+    DecodeError (also for a client not in the table).
+    """
+    where = entries if entries is not None else table_entries(raw_table)
+    ids = sorted(set(wanted))
+    missing = [c for c in ids if c not in where]
+    if missing:
+        raise DecodeError(f"row table: no set for clients {missing[:5]}")
+    spans = [where[c] for c in ids]
+    raw = np.frombuffer(b"".join(raw_table[a:b] for _, a, b in spans), dtype=np.uint8)
+    try:
+        lists = _decode_row_lists(raw, np.array([c for c, _, _ in spans], dtype=np.int64),
+                                  np.array([b - a for _, a, b in spans], dtype=np.int64))
+    except DecodeError as exc:
+        raise DecodeError(f"row table: {exc}") from None
+    return dict(zip(ids, lists, strict=True))
 
 
 def _encode_ids(ids: tuple[int, ...]) -> bytes:

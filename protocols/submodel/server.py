@@ -70,7 +70,6 @@ class SubmodelServer(SecAggServer):
         self.min_holders = min_holders
         self.table: dict[int, np.ndarray] = {}
         """Every requester's reported row set (what the server learns about the sets)."""
-        self._coords: dict[int, np.ndarray] = {}
         self._u2_counts = np.zeros(0, dtype=np.int64)
         self._mask_signatures: dict[int, bytes] = {}
 
@@ -95,7 +94,6 @@ class SubmodelServer(SecAggServer):
             table[cid] = request.rows
         abort_if_below_threshold(len(table), self.config, Stage.ADVERTISE)
         self.table = table
-        self._coords = {c: self.layout.coordinates(rows) for c, rows in table.items()}
         cfg, enc = self.config, self.encoding
         self._expect = Stage.ADVERTISE
         out = {}
@@ -140,7 +138,7 @@ class SubmodelServer(SecAggServer):
         total = np.zeros(self.layout.length, dtype=np.uint64)
         signatures = {}
         for cid, raw in messages.items():
-            coords = self._coords[cid]
+            coords = self.layout.coordinates(self.table[cid])  # computed when needed: n of them are large
             wrapped = SubmodelMasked.decode(raw)
             if len(wrapped.signature) != (64 if self.malicious else 0):
                 raise IntegrityError(f"server, round {self.config.round_id}: client {cid}'s masked input "
@@ -182,7 +180,7 @@ class SubmodelServer(SecAggServer):
         bits, layout = self.config.ring_bits, self.layout
         total = self._masked_sum
         for c in self._u3:
-            coords = self._coords[c]
+            coords = self.layout.coordinates(self.table[c])
             total[coords] -= expand(seeds[c], coords.size, bits)
         u3 = set(self._u3)
         for dropped, raw_key in keys.items():
@@ -194,7 +192,7 @@ class SubmodelServer(SecAggServer):
             for peer in sorted(u3):  # every survivor (in U2) masked against the dropped client
                 own = self.table[peer]
                 common = np.intersect1d(own, theirs, assume_unique=True)
-                coords = self._coords[peer][layout.positions(own, common)]
+                coords = layout.coordinates(own)[layout.positions(own, common)]
                 if not coords.size:
                     continue
                 seed = _crypto.mask_seed(s_sk, self._ads[peer].s_pk, self.config.round_id, dropped, peer)
