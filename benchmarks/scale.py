@@ -98,7 +98,8 @@ FORMS: dict[str, tuple[str, ...]] = {
     "bytes_up": ("values", "peers", "rows_sent"),  # seconds: one set of coefficients per protocol
     "bytes_down": ("peers", "ads", "u2", "table", "n"),
     "client_seconds": ("mask_words", "agreements", "table"),
-    "server_seconds": ("n_values", "n_peers", "length"),  # the server decodes all L coordinates
+    # the server decodes all L coordinates; the submodel server also sends each client the whole table
+    "server_seconds": ("n_values", "n_peers", "length", "n_table"),
 }
 
 
@@ -107,7 +108,7 @@ SEPARATE = ("client_seconds", "server_seconds")
 
 
 def _design(f: dict[str, float], target: str) -> list[float]:
-    extra = {"n_values": f["n"] * f["values"], "n_peers": f["n"] * f["peers"]}
+    extra = {"n_values": f["n"] * f["values"], "n_peers": f["n"] * f["peers"], "n_table": f["n"] * f["table"]}
     row = [1.0, *({**f, **extra}[name] for name in FORMS[target])]
     if target not in SEPARATE:
         return row
@@ -214,7 +215,8 @@ def plan(quick: bool) -> list[Point]:
             Point("secagg+", 60, 3000, 32),
             Point("submodel", 25, 100_000, 32), Point("submodel", 50, 100_000, 32),
             Point("submodel", 100, 100_000, 32), Point("submodel", 50, 20_000, 32, 100, 2.0),
-            Point("submodel", 150, 100_000, 32), Point("submodel", 100, 50_000, 32, 50, 3.0)]
+            Point("submodel", 150, 100_000, 32), Point("submodel", 100, 50_000, 32, 50, 3.0),
+            Point("submodel", 300, 100_000, 32)]
 
 
 def worst_errors(points: list[dict[str, Any]], coef: dict[str, list[float]]) -> dict[str, float]:
