@@ -8,12 +8,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocols.base import AggregationResult, RoundConfig, Stage
 from protocols.errors import ConfigError
-from protocols.secagg._runner import ForkedClients, LocalClients, fork_available
-from protocols.secagg.client import ClientPolicy, raw_public
+from protocols.secagg._runner import RoundDriver, identities, make_runner
+from protocols.secagg.client import ClientPolicy
 from protocols.secagg.graph import choose_degree, effective_degree
 from protocols.submodel.client import SubmodelClient, SubmodelPolicy
 from protocols.submodel.rows import RowLayout
@@ -142,14 +141,7 @@ class SubmodelAggregator:
         if config.threshold > len(ids):
             raise ConfigError(
                 f"round {config.round_id}: threshold {config.threshold} exceeds {len(ids)} clients")
-        t_off = time.perf_counter()
-        identity: dict[int, Ed25519PrivateKey] = {}
-        pki: dict[int, bytes] = {}
-        if self.malicious:
-            for c in ids:
-                identity[c] = Ed25519PrivateKey.from_private_bytes(self.randbytes(32))
-                pki[c] = raw_public(identity[c])
-        offline = time.perf_counter() - t_off
+        identity, pki, offline = identities(ids, self.randbytes, self.malicious)
         policy = self.client_policy(len(ids), config)
         rngs = dict(zip(ids, self.rng.spawn(len(ids)), strict=True))
 
@@ -160,60 +152,28 @@ class SubmodelAggregator:
                                   identity_keys=pki or None, round_id=config.round_id,
                                   randbytes=self.randbytes, rng=rngs[c], policy=policy)
 
-        bytes_up = dict.fromkeys(ids, 0)
-        bytes_down = dict.fromkeys(ids, 0)
-        seconds = {"clients": 0.0, "server": 0.0}
         t0 = time.perf_counter()
         server = SubmodelServer(config, ids, self.layout, neighbors=self.degree_for(len(ids), config),
                                 min_holders=self.policy.min_holders, malicious=self.malicious)
-        seconds["server"] += time.perf_counter() - t0
+        server_setup = time.perf_counter() - t0
         self.last_server = server
-        parallel = self.workers > 1 and len(ids) > 1 and fork_available()
-        runner: LocalClients | ForkedClients = (
-            ForkedClients(make_client, ids, self.workers) if parallel else LocalClients(make_client, ids))
-        seconds["clients"] += runner.setup_seconds
-
-        def on_server(step: Callable[[], dict[int, bytes]]) -> dict[int, bytes]:
-            t = time.perf_counter()
-            out = step()
-            seconds["server"] += time.perf_counter() - t
-            for c, m in out.items():
-                bytes_down[c] += len(m)
-            return out
-
-        def on_clients(stage: Stage, inbox: Mapping[int, bytes], method: str) -> dict[int, bytes]:
-            live = {c: m for c, m in inbox.items() if not (c in drops and drops[c] <= stage)}
-            replies, secs = runner.call(method, live)
-            seconds["clients"] += secs
-            for c, reply in replies.items():
-                bytes_up[c] += len(reply)
-            return replies
-
-        try:
-            msgs = on_clients(Stage.ADVERTISE, dict.fromkeys(ids, b""), "request")
-            msgs = on_server(lambda: server.receive_requests(msgs))
-            msgs = on_clients(Stage.ADVERTISE, msgs, "advertise")
-            msgs = on_server(lambda: server.receive_advertisements(msgs))
-            msgs = on_clients(Stage.SHARE_KEYS, msgs, "share_keys")
-            msgs = on_server(lambda: server.receive_shares(msgs))
-            msgs = on_clients(Stage.MASKED_INPUT, msgs, "masked_input")
-            msgs = on_server(lambda: server.receive_masked_inputs(msgs))
-            if self.malicious:
-                msgs = on_clients(Stage.CONSISTENCY, msgs, "consistency")
-                msgs = on_server(lambda: server.receive_signatures(msgs))
-            else:
-                msgs = {c: m for c, m in msgs.items() if not (c in drops and drops[c] == Stage.CONSISTENCY)}
-            replies = on_clients(Stage.UNMASK, msgs, "unmask")
+        runner = make_runner(make_client, ids, self.workers)
+        driver = RoundDriver(runner, ids, drops)
+        driver.seconds["server"] += server_setup
+        try:  # a client that drops at ADVERTISE sends no row request either
+            msgs = driver.on_clients(Stage.ADVERTISE, dict.fromkeys(ids, b""), "request")
+            replies = driver.secagg_stages(server, driver.on_server(lambda: server.receive_requests(msgs)),
+                                           self.malicious)
         finally:
             runner.close()
         t0 = time.perf_counter()
         out = server.receive_unmask(replies)
         total = out.decode()
-        seconds["server"] += time.perf_counter() - t0
+        driver.seconds["server"] += time.perf_counter() - t0
         union = np.zeros(self.layout.num_rows, dtype=bool)
         for rows in server.table.values():
             union[rows] = True
-        result = AggregationResult(total=total, survivors=out.survivors, bytes_up=bytes_up,
-                                   bytes_down=bytes_down, seconds_clients=seconds["clients"],
-                                   seconds_server=seconds["server"], offline_seconds=offline)
+        result = AggregationResult(total=total, survivors=out.survivors, bytes_up=driver.bytes_up,
+                                   bytes_down=driver.bytes_down, seconds_clients=driver.seconds["clients"],
+                                   seconds_server=driver.seconds["server"], offline_seconds=offline)
         return SubmodelResult(result, {c: int(r.size) for c, r in server.table.items()}, int(union.sum()))
