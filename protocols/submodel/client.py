@@ -48,6 +48,7 @@ from protocols.submodel.messages import (
     mask_view_payload,
     raw_table_digest,
     table_entries,
+    table_flat,
     table_subset,
 )
 from protocols.submodel.rows import RowLayout, keep_probability, randomized_response
@@ -76,19 +77,40 @@ class SubmodelPolicy:
 
 
 class _TableIndex:
-    """A row table as flat arrays (built once per round): every set's rows and whose they are."""
+    """A row table as flat arrays (built once per round): every set's rows, one set after another.
 
-    def __init__(self, table: Mapping[int, np.ndarray], num_rows: int) -> None:
-        self.ids = np.array(sorted(table), dtype=np.int64)
-        sets = [table[int(c)] for c in self.ids]
-        self.rows = np.concatenate(sets) if sets else np.zeros(0, dtype=np.int64)
-        self.owner = np.repeat(np.arange(self.ids.size), [r.size for r in sets])
-        self.num_rows = num_rows
+    Args:
+        ids: the clients, ascending.
+        counts: the size of each one's set.
+        rows: the sets' rows, one set after another (each ascending).
+        num_rows: the catalogue's rows.
+    """
+
+    def __init__(self, ids: np.ndarray, counts: np.ndarray, rows: np.ndarray, num_rows: int) -> None:
+        self.ids, self.rows, self.num_rows = ids, rows, num_rows
+        self.stop = np.cumsum(counts)
+        self.start = self.stop - counts
+        self._all = np.bincount(rows, minlength=num_rows).astype(np.int64)
+
+    @classmethod
+    def empty(cls, num_rows: int) -> _TableIndex:
+        """No sets."""
+        none = np.zeros(0, dtype=np.int64)
+        return cls(none, none, none, num_rows)
+
+    def rows_of(self, positions: np.ndarray) -> np.ndarray:
+        """The rows of the sets at ``positions`` (indices into :attr:`ids`), one after another."""
+        parts = [self.rows[self.start[i] : self.stop[i]] for i in positions.tolist()]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def holders(self, clients: Iterable[int]) -> np.ndarray:
-        """How many of ``clients`` hold each row (as :func:`holder_counts`)."""
+        """How many of ``clients`` hold each row (as :func:`holder_counts`): all holders less the others."""
         member = np.isin(self.ids, np.fromiter(clients, dtype=np.int64))
-        return np.bincount(self.rows[member[self.owner]], minlength=self.num_rows).astype(np.int64)
+        if np.count_nonzero(member) * 2 < member.size:
+            return np.bincount(self.rows_of(np.flatnonzero(member)), minlength=self.num_rows).astype(np.int64)
+        others = np.bincount(self.rows_of(np.flatnonzero(~member)), minlength=self.num_rows)
+        out: np.ndarray = self._all - others
+        return out
 
 
 def holder_counts(table: Mapping[int, np.ndarray], clients: Iterable[int], num_rows: int) -> np.ndarray:
@@ -155,7 +177,7 @@ class SubmodelClient(SecAggClient):
         self._entries: dict[int, tuple[int, int, int]] = {}
         self._u2_counts = np.zeros(0, dtype=np.int64)
         self._u2: tuple[int, ...] = ()
-        self._index = _TableIndex({}, layout.num_rows)
+        self._index = _TableIndex.empty(layout.num_rows)
         self._table_ids: frozenset[int] = frozenset()
         self._table_raw = b""
         self._table_digest = b""
@@ -273,14 +295,14 @@ class SubmodelClient(SecAggClient):
         if senders != (self._neighbors & u2):  # a neighbour in U2 dealt this client a share, and only those
             raise self._fail("masked input", "U2 disagrees with the neighbours whose shares arrived")
         self._u2 = sub.u2
-        table = table_subset(self._table_raw, self._entries, self._entries)
-        if any(v.size and v[-1] >= self._layout.num_rows for v in table.values()):
+        ids, counts, rows = table_flat(self._table_raw, self._entries, self._entries)
+        if rows.size and rows[np.cumsum(counts)[counts > 0] - 1].max() >= self._layout.num_rows:
             raise self._fail("masked input", f"the row table names a row beyond {self._layout.num_rows}")
-        self._index = _TableIndex(table, self._layout.num_rows)
-        del table
+        self._index = _TableIndex(ids, counts, rows, self._layout.num_rows)
+        del rows
         reply, following = super()._masked_input(sub.shares_in)
         # the decoded table is not needed again (unmask re-reads the few sets it needs): free it
-        self._index = _TableIndex({}, self._layout.num_rows)
+        self._index = _TableIndex.empty(self._layout.num_rows)
         self._u2_counts = self._u2_counts.astype(np.int32)
         signature = b""
         if self._malicious:
@@ -315,9 +337,12 @@ class SubmodelClient(SecAggClient):
         is_peer = np.isin(index.ids, self._u2) & (index.ids != self.client_id)
         where = np.full(layout.num_rows, -1, dtype=np.int64)
         where[own] = np.arange(own.size)
-        at = where[index.rows]
-        common = (at >= 0) & is_peer[index.owner]
-        peer_of, common_at = index.owner[common], at[common]  # grouped by peer, ascending within each
+        at = where[index.rows]  # each table entry's place in this client's vector (-1: not its row)
+        for i in np.flatnonzero(~is_peer).tolist():  # itself, and the clients outside U2 (few)
+            at[index.start[i] : index.stop[i]] = -1
+        hits = np.flatnonzero(at >= 0)
+        peer_of = np.searchsorted(index.stop, hits, side="right")  # grouped by peer, ascending within each
+        common_at = at[hits]
         per = np.bincount(peer_of, minlength=index.ids.size)
         lengths = s + w * per
         streams = np.flatnonzero(is_peer & (lengths > 0))  # nothing in common and no shared part: no mask
@@ -379,7 +404,7 @@ class SubmodelClient(SecAggClient):
                                mask_view_payload(setup.round_id, peer, self._u2),
                                f"client {self.client_id}, round {setup.round_id}, U2 signature of {peer}")
         h = self._submodel.min_holders
-        gone = table_subset(self._table_raw, set(self._u2) - set(sub.u3))  # U2's clients that dropped since
+        gone = table_subset(self._table_raw, set(self._u2) - set(sub.u3), self._entries)  # dropped since U2
         surviving = self._u2_counts - holder_counts(gone, gone, self._layout.num_rows)
         # a row sent by its holders (held by >= h clients of U2) but left with < h survivors
         exposed = (self._u2_counts >= h) & (surviving < h) & (surviving > 0)

@@ -39,6 +39,7 @@ __all__ = [
     "raw_table_digest",
     "table_digest",
     "table_entries",
+    "table_flat",
     "table_subset",
 ]
 
@@ -154,14 +155,19 @@ def _varints(data: np.ndarray, ends: np.ndarray, stops: np.ndarray) -> np.ndarra
 
 
 def _decode_row_lists(data: np.ndarray, counts: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
-    """Several row lists at once: ``data`` is their varint bytes one after another (``sizes`` each).
-
-    One vectorized pass over a whole table (a client decodes every requester's set).
-    """
+    """Several row lists at once: ``data`` is their varint bytes one after another (``sizes`` each)."""
     if not counts.size:
         if data.size:
             raise DecodeError("row bytes without a row list")
         return []
+    return np.split(_decode_flat(data, counts, sizes), np.cumsum(counts)[:-1])
+
+
+def _decode_flat(data: np.ndarray, counts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The rows of several lists, one after another (``counts`` each): one vectorized pass.
+
+    A client decodes every requester's set of a table; see :func:`decode_rows` for the checks.
+    """
     ends = data < 0x80  # the last byte of each varint
     stops = np.flatnonzero(ends)
     bounds = np.concatenate([[0], np.cumsum(sizes)])
@@ -175,10 +181,10 @@ def _decode_row_lists(data: np.ndarray, counts: np.ndarray, sizes: np.ndarray) -
     if gaps.size and gaps.min() < 1:
         raise DecodeError("rows are not strictly increasing")
     before = np.concatenate([[0], total])[starts]  # the running sum before each list
-    rows = total - np.repeat(before, counts) - 1
+    rows: np.ndarray = total - np.repeat(before, counts) - 1
     if rows.size and rows.max() > MAX_ROWS:
         raise DecodeError("a row beyond u32")
-    return np.split(rows, np.cumsum(counts)[:-1])
+    return rows
 
 
 @dataclass(frozen=True)
@@ -289,6 +295,14 @@ def table_subset(raw_table: bytes, wanted: Iterable[int],
     sets when it needs them. ``entries``: :func:`table_entries` of the table, if known. Raises
     DecodeError (also for a client not in the table).
     """
+    ids, counts, rows = table_flat(raw_table, wanted, entries)
+    return dict(zip(ids.tolist(), np.split(rows, np.cumsum(counts)[:-1]) if ids.size else [], strict=True))
+
+
+def table_flat(raw_table: bytes, wanted: Iterable[int],
+               entries: Mapping[int, tuple[int, int, int]] | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """As :func:`table_subset`, flat: the ids (ascending), their set sizes, and all rows one after another."""
     where = entries if entries is not None else table_entries(raw_table)
     ids = sorted(set(wanted))
     missing = [c for c in ids if c not in where]
@@ -296,12 +310,14 @@ def table_subset(raw_table: bytes, wanted: Iterable[int],
         raise DecodeError(f"row table: no set for clients {missing[:5]}")
     spans = [where[c] for c in ids]
     raw = np.frombuffer(b"".join(raw_table[a:b] for _, a, b in spans), dtype=np.uint8)
+    counts = np.array([c for c, _, _ in spans], dtype=np.int64)
+    if not counts.size:
+        return np.zeros(0, dtype=np.int64), counts, np.zeros(0, dtype=np.int64)
     try:
-        lists = _decode_row_lists(raw, np.array([c for c, _, _ in spans], dtype=np.int64),
-                                  np.array([b - a for _, a, b in spans], dtype=np.int64))
+        rows = _decode_flat(raw, counts, np.array([b - a for _, a, b in spans], dtype=np.int64))
     except DecodeError as exc:
         raise DecodeError(f"row table: {exc}") from None
-    return dict(zip(ids, lists, strict=True))
+    return np.array(ids, dtype=np.int64), counts, rows
 
 
 def _encode_ids(ids: tuple[int, ...]) -> bytes:
