@@ -468,3 +468,13 @@ def test_the_default_policy_refuses_a_degree_below_bell_et_al_bound() -> None:
                   graph_seed=graph_seed(0, ids), client_ids=ids).encode()
     with pytest.raises(IntegrityError, match="degree"):
         client.advertise(SubmodelSetup(setup, {1: req.rows}).encode())
+
+
+def test_a_table_whose_row_list_runs_into_the_next_is_a_decode_error() -> None:
+    good = SubmodelSetup(b"s", {1: np.array([3]), 2: np.array([5])}).encode()
+    # the first list's only byte (gap 4) with its continuation bit set: its varint would end in the next list
+    at = good.index(bytes([4]) + (2).to_bytes(8, "big"))
+    bad = good[:at] + bytes([0x84]) + good[at + 1 :]
+    SubmodelSetup.decode(good)
+    with pytest.raises(DecodeError, match="another number of rows"):
+        SubmodelSetup.decode(bad)
