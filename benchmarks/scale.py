@@ -17,12 +17,14 @@ Three parts, one JSON (``results/scale.json`` by default):
 2. ``round_1m``: one round of :func:`securefedrec.server.scale.run_scale_round` on a
    lazily generated 1M-user, 100K-item catalogue (:mod:`securefedrec.data.scale`):
    about ``--round-clients`` clients sampled, trained in streamed chunks, summed by
-   submodel SecAgg; its seconds and peak memory (this process and its workers).
+   submodel SecAgg; its seconds and peak memory (the largest of this process and its
+   workers), and the cost model's seconds for it (``predicted_seconds``: the clients spread
+   over the worker processes, then the server).
 3. ``cost_model``: bytes and seconds per client and for the server as linear functions
    of the features of a round (n, catalogue size R, history m, k, protocol, item
    epsilon), fitted by least squares on the points; ``model_fit`` is the worst
-   relative error over the measured points; ``table_10m`` predicts a round of 10,000
-   clients out of 10M users on a 1M-item catalogue.
+   relative error over the measured points and the round; ``table_10m`` predicts a
+   round of 10,000 clients out of 10M users on a 1M-item catalogue.
 
 ``hidden_upload_ratio`` is null: a mode that hides the item set completely is not
 implemented. Seconds are wall seconds on this machine (2 shared cores when measured).
@@ -79,22 +81,27 @@ def expected_set(rows: int, history: int, epsilon: float) -> float:
 def features(pt: Point, set_size: float | None = None) -> dict[str, float]:
     """The cost model's features of a round (per client, except ``n``)."""
     n, k, r = pt.n, pt.k, pt.rows
+    # both protocols share secrets on SecAgg+'s graph of degree d (the same choice of d)
+    d = min(choose_degree(n, threshold=max(1, n // 2), malicious=False), n - 1)
     if pt.protocol == "secagg+":
-        d = min(choose_degree(n, threshold=max(1, n // 2), malicious=False), n - 1)
         return {"n": n, "values": pt.length, "peers": d, "rows_sent": 0.0, "table": 0.0,
-                "mask_words": (d + 1) * pt.length, "length": pt.length, "dense": 1.0}
+                "mask_words": (d + 1) * pt.length, "agreements": 2 * d, "ads": d, "u2": 0.0,
+                "length": pt.length, "dense": 1.0}
     s = set_size if set_size is not None else expected_set(r, pt.history, pt.epsilon)
     values = 1 + s * (k + 1)
-    return {"n": n, "values": values, "peers": n - 1, "rows_sent": s, "table": n * (s + 3),
-            "mask_words": values + (n - 1) * (1 + s * s / r * (k + 1)), "length": pt.length, "dense": 0.0}
+    # masks against every other client of U2 (n - 1 s-key agreements), shares to d neighbours
+    return {"n": n, "values": values, "peers": d, "rows_sent": s, "table": n * (s + 3),
+            "mask_words": values + (n - 1) * (1 + s * s / r * (k + 1)), "agreements": n - 1 + d,
+            "ads": n, "u2": n, "length": pt.length, "dense": 0.0}  # every advertisement; U2 and U3 ids
 
 
 # the linear forms: target -> its features (an intercept is added)
 FORMS: dict[str, tuple[str, ...]] = {
     "bytes_up": ("values", "peers", "rows_sent"),  # seconds: one set of coefficients per protocol
-    "bytes_down": ("peers", "table", "n"),
-    "client_seconds": ("mask_words", "peers", "table"),
-    "server_seconds": ("n_values", "n_peers", "length"),  # the server decodes all L coordinates
+    "bytes_down": ("peers", "ads", "u2", "table", "n"),
+    "client_seconds": ("mask_words", "agreements", "table"),
+    # the server decodes all L coordinates; the submodel server also sends each client the whole table
+    "server_seconds": ("n_values", "n_peers", "length", "n_table"),
 }
 
 
@@ -103,7 +110,7 @@ SEPARATE = ("client_seconds", "server_seconds")
 
 
 def _design(f: dict[str, float], target: str) -> list[float]:
-    extra = {"n_values": f["n"] * f["values"], "n_peers": f["n"] * f["peers"]}
+    extra = {"n_values": f["n"] * f["values"], "n_peers": f["n"] * f["peers"], "n_table": f["n"] * f["table"]}
     row = [1.0, *({**f, **extra}[name] for name in FORMS[target])]
     if target not in SEPARATE:
         return row
@@ -210,7 +217,8 @@ def plan(quick: bool) -> list[Point]:
             Point("secagg+", 60, 3000, 32),
             Point("submodel", 25, 100_000, 32), Point("submodel", 50, 100_000, 32),
             Point("submodel", 100, 100_000, 32), Point("submodel", 50, 20_000, 32, 100, 2.0),
-            Point("submodel", 150, 100_000, 32), Point("submodel", 100, 50_000, 32, 50, 3.0)]
+            Point("submodel", 150, 100_000, 32), Point("submodel", 100, 50_000, 32, 50, 3.0),
+            Point("submodel", 300, 100_000, 32)]
 
 
 def worst_errors(points: list[dict[str, Any]], coef: dict[str, list[float]]) -> dict[str, float]:
@@ -274,16 +282,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         clients = 30 if args.quick else args.round_clients
         catalog = ScaleCatalog(users=users, items=items, history_median=50)
         model = ScaleModel.init(items, 8 if args.quick else 32)
-        rec = run_scale_round(catalog, model, 0, clients / users, workers=usable_cpus())
+        workers = usable_cpus()
+        rec = run_scale_round(catalog, model, 0, clients / users, workers=workers)
         round_1m = {k: rec[k] for k in ("clients", "users", "items", "seconds", "peak_gib",
                                         "seconds_train", "seconds_aggregate", "bytes_up", "rows_reported")}
+        # the cost model checked at the round: its clients spread over the workers, then the server
+        at = predict(coef, features(Point("submodel", rec["clients"], items, model.factors.shape[1]),
+                                    rec["rows_reported"]))
+        round_1m["predicted_seconds"] = (at["client_seconds"] * rec["clients"] / workers
+                                         + at["server_seconds"] + rec["seconds_train"])
+        errs["seconds_error"] = max(errs["seconds_error"],
+                                    abs(round_1m["predicted_seconds"] - rec["seconds"]) / rec["seconds"])
     big = {proto: predict(coef, features(Point(proto, 10_000, 1_000_000, 32)))
            for proto in ("secagg+", "submodel")}
     print(table(["protocol", "n", "R", "up B", "down B", "client s", "server s", "exact"],
                 [[p["protocol"], p["n"], p["rows"], p["bytes_up"], p["bytes_down_total"], p["client_seconds"],
                   p["server_seconds"], p["exact"]] for p in points]))
     print(f"model fit: worst relative error bytes {errs['bytes_error']:.3%}, "
-          f"seconds {errs['seconds_error']:.1%}")
+          f"seconds {errs['seconds_error']:.1%} (the points and the round)")
     print(f"target (n=1000, 100K items, k=32, 100 items, eps 4): upload ratio {submodel['upload_ratio']:.4f}")
     print("10,000 clients of 10M users, 1M items (cost model):")
     print(table(["protocol", "up MB", "down MB", "client s", "server s"],
@@ -291,7 +307,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   v["server_seconds"]] for proto, v in big.items()]))
     if round_1m is not None:
         print(f"round: {round_1m['clients']} clients of {round_1m['users']} users, "
-              f"{round_1m['items']} items: {round_1m['seconds']:.1f} s, peak {round_1m['peak_gib']:.2f} GiB")
+              f"{round_1m['items']} items: {round_1m['seconds']:.1f} s (cost model "
+              f"{round_1m['predicted_seconds']:.1f} s), peak {round_1m['peak_gib']:.2f} GiB")
     data = {"submodel": submodel, "round_1m": round_1m, "model_fit": errs,
             "cost_model": {"forms": {t: ["intercept", *f] for t, f in FORMS.items()}, "coefficients": coef},
             "target_1000": target, "table_10m": big, "points": points}

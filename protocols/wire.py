@@ -62,6 +62,9 @@ class Kind(enum.IntEnum):
     # submodel SecAgg (protocols.submodel.messages)
     SUBMODEL_REQUEST = 0x40
     SUBMODEL_SETUP = 0x41
+    SUBMODEL_SHARES_IN = 0x42
+    SUBMODEL_MASKED = 0x43
+    SUBMODEL_UNMASK_REQUEST = 0x44
 
 
 _WORDS: dict[int, np.dtype[Any]] = {bits: np.dtype(f"<u{bits // 8}") for bits in (8, 16, 32, 64)}

@@ -1,5 +1,9 @@
 """Run the clients of an in-process round: one after another, or spread over forked worker processes.
 
+:class:`RoundDriver` is the in-process driver that SecAgg(+) and submodel SecAgg share: it
+passes the real encoded messages between the server and the clients stage by stage,
+applies the dropout plan, counts every byte and times every call per role.
+
 Clients are independent machines in a real deployment; a simulation may run
 them on several cores. Each process owns a fixed subset of the client objects
 for the whole round (they are state machines). The calling process runs its own
@@ -19,7 +23,11 @@ from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from protocols.secagg.client import SecAggClient
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from protocols.base import Stage
+from protocols.secagg.client import SecAggClient, raw_public
+from protocols.secagg.server import SecAggServer
 
 ClientFactory = Callable[[int], SecAggClient]
 
@@ -149,3 +157,83 @@ class ForkedClients:
         if self._busy:
             for proc in self.procs:
                 proc.join(timeout=5)
+
+
+def make_runner(factory: ClientFactory, ids: Sequence[int], workers: int) -> LocalClients | ForkedClients:
+    """The clients on ``workers`` processes when more than one is asked for and fork exists."""
+    if workers > 1 and len(ids) > 1 and fork_available():
+        return ForkedClients(factory, ids, workers)
+    return LocalClients(factory, ids)
+
+
+def identities(
+    ids: Sequence[int], randbytes: Callable[[int], bytes], malicious: bool
+) -> tuple[dict[int, Ed25519PrivateKey], dict[int, bytes], float]:
+    """The long-term Ed25519 keys and the PKI (malicious model; empty otherwise), and the seconds spent.
+
+    A deployment sets these up once per client outside any round: the seconds are offline.
+    """
+    t0 = time.perf_counter()
+    identity: dict[int, Ed25519PrivateKey] = {}
+    pki: dict[int, bytes] = {}
+    if malicious:
+        for c in ids:
+            identity[c] = Ed25519PrivateKey.from_private_bytes(randbytes(32))
+            pki[c] = raw_public(identity[c])
+    return identity, pki, time.perf_counter() - t0
+
+
+class RoundDriver:
+    """Drives one in-process round: the server's stages, the clients' replies, bytes and seconds.
+
+    Args:
+        runner: the clients (:func:`make_runner`).
+        ids: every client of the round.
+        plan: client -> the stage at which it drops (it sends nothing from that stage on).
+    """
+
+    def __init__(self, runner: LocalClients | ForkedClients, ids: Sequence[int],
+                 plan: Mapping[int, Stage]) -> None:
+        self.runner = runner
+        self.plan = dict(plan)
+        self.bytes_up = dict.fromkeys(ids, 0)
+        """client -> bytes it sent (its encoded messages)."""
+        self.bytes_down = dict.fromkeys(ids, 0)
+        """client -> bytes the server sent it."""
+        self.seconds = {"clients": runner.setup_seconds, "server": 0.0}
+        """Seconds per role, summed over the calls (the clients' over every process)."""
+
+    def on_server(self, step: Callable[[], dict[int, bytes]]) -> dict[int, bytes]:
+        """Run a server stage; time it and count what it sends."""
+        t0 = time.perf_counter()
+        out = step()
+        self.seconds["server"] += time.perf_counter() - t0
+        for c, m in out.items():
+            self.bytes_down[c] += len(m)
+        return out
+
+    def on_clients(self, stage: Stage, inbox: Mapping[int, bytes], method: str) -> dict[int, bytes]:
+        """Deliver ``inbox`` to ``method`` of each client that has not dropped by ``stage``; count replies."""
+        live = {c: m for c, m in inbox.items() if not (c in self.plan and self.plan[c] <= stage)}
+        replies, secs = self.runner.call(method, live)
+        self.seconds["clients"] += secs
+        for c, reply in replies.items():
+            self.bytes_up[c] += len(reply)
+        return replies
+
+    def secagg_stages(
+        self, server: SecAggServer, setups: dict[int, bytes], malicious: bool
+    ) -> dict[int, bytes]:
+        """SecAgg's stages from the setups to the clients' unmask replies (the caller closes the runner)."""
+        msgs = self.on_clients(Stage.ADVERTISE, setups, "advertise")
+        msgs = self.on_server(lambda: server.receive_advertisements(msgs))
+        msgs = self.on_clients(Stage.SHARE_KEYS, msgs, "share_keys")
+        msgs = self.on_server(lambda: server.receive_shares(msgs))
+        msgs = self.on_clients(Stage.MASKED_INPUT, msgs, "masked_input")
+        msgs = self.on_server(lambda: server.receive_masked_inputs(msgs))
+        if malicious:
+            msgs = self.on_clients(Stage.CONSISTENCY, msgs, "consistency")
+            msgs = self.on_server(lambda: server.receive_signatures(msgs))
+        else:  # no consistency message exists; dropping "at" it means not answering the unmask
+            msgs = {c: m for c, m in msgs.items() if self.plan.get(c) != Stage.CONSISTENCY}
+        return self.on_clients(Stage.UNMASK, msgs, "unmask")

@@ -16,12 +16,11 @@ from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocols.base import AggregationResult, Aggregator, RoundConfig, Stage
 from protocols.errors import ConfigError
-from protocols.secagg._runner import ForkedClients, LocalClients, fork_available
-from protocols.secagg.client import ClientPolicy, SecAggClient, raw_public
+from protocols.secagg._runner import RoundDriver, identities, make_runner
+from protocols.secagg.client import ClientPolicy, SecAggClient
 from protocols.secagg.graph import choose_degree, effective_degree
 from protocols.secagg.server import SecAggServer
 
@@ -122,34 +121,13 @@ class SecAggAggregator(Aggregator):
         ids = sorted(inputs)
         if any(not 0 <= c < 2**63 for c in ids):
             raise ConfigError(f"round {config.round_id}: client ids must be in [0, 2^63)")
-
-        t_off = time.perf_counter()
-        identity: dict[int, Ed25519PrivateKey] = {}
-        pki: dict[int, bytes] = {}
-        if self.malicious:  # the long-term PKI; set up once per client outside any round
-            for c in ids:
-                identity[c] = Ed25519PrivateKey.from_private_bytes(self.randbytes(32))
-                pki[c] = raw_public(identity[c])
-        offline = time.perf_counter() - t_off
-
-        bytes_up = dict.fromkeys(ids, 0)
-        bytes_down = dict.fromkeys(ids, 0)
-        seconds = {"clients": 0.0, "server": 0.0}
-
-        def on_server(step: Callable[[], dict[int, bytes]]) -> dict[int, bytes]:
-            t0 = time.perf_counter()
-            out = step()
-            seconds["server"] += time.perf_counter() - t0
-            for c, m in out.items():
-                bytes_down[c] += len(m)
-            return out
-
+        identity, pki, offline = identities(ids, self.randbytes, self.malicious)
         t0 = time.perf_counter()
         server = SecAggServer(
             config, ids, length, neighbors=self.degree_for(len(ids), config),
             malicious=self.malicious, randbytes=self.randbytes,
         )
-        seconds["server"] += time.perf_counter() - t0
+        server_setup = time.perf_counter() - t0
         self.last_server = server
         rngs = self.rng.spawn(len(ids))  # one rounding stream per client, also across processes
         policy = self.client_policy(len(ids), config)
@@ -161,48 +139,24 @@ class SecAggAggregator(Aggregator):
                 randbytes=self.randbytes, rng=rngs[ids.index(c)], policy=policy,
             )
 
-        parallel = self.workers > 1 and len(ids) > 1 and fork_available()
-        runner: LocalClients | ForkedClients = (
-            ForkedClients(make_client, ids, self.workers) if parallel else LocalClients(make_client, ids)
-        )
-        seconds["clients"] += runner.setup_seconds
-
-        def on_clients(stage: Stage, inbox: Mapping[int, bytes], method: str) -> dict[int, bytes]:
-            # a client that drops at this stage sends nothing from it on
-            live = {c: m for c, m in inbox.items() if not (c in plan and plan[c] <= stage)}
-            replies, secs = runner.call(method, live)
-            seconds["clients"] += secs
-            for c, reply in replies.items():
-                bytes_up[c] += len(reply)
-            return replies
-
+        runner = make_runner(make_client, ids, self.workers)
+        driver = RoundDriver(runner, ids, plan)
+        driver.seconds["server"] += server_setup
         try:
-            msgs = on_server(server.setup)
-            msgs = on_clients(Stage.ADVERTISE, msgs, "advertise")
-            msgs = on_server(lambda: server.receive_advertisements(msgs))
-            msgs = on_clients(Stage.SHARE_KEYS, msgs, "share_keys")
-            msgs = on_server(lambda: server.receive_shares(msgs))
-            msgs = on_clients(Stage.MASKED_INPUT, msgs, "masked_input")
-            msgs = on_server(lambda: server.receive_masked_inputs(msgs))
-            if self.malicious:
-                msgs = on_clients(Stage.CONSISTENCY, msgs, "consistency")
-                msgs = on_server(lambda: server.receive_signatures(msgs))
-            else:  # no consistency message exists; dropping "at" it means not answering the unmask
-                msgs = {c: m for c, m in msgs.items() if not (c in plan and plan[c] == Stage.CONSISTENCY)}
-            replies = on_clients(Stage.UNMASK, msgs, "unmask")
+            replies = driver.secagg_stages(server, driver.on_server(server.setup), self.malicious)
         finally:
             runner.close()
         t0 = time.perf_counter()
         result = server.receive_unmask(replies)
         total = result.decode()
-        seconds["server"] += time.perf_counter() - t0
+        driver.seconds["server"] += time.perf_counter() - t0
         return AggregationResult(
             total=total,
             survivors=result.survivors,
-            bytes_up=bytes_up,
-            bytes_down=bytes_down,
-            seconds_clients=seconds["clients"],
-            seconds_server=seconds["server"],
+            bytes_up=driver.bytes_up,
+            bytes_down=driver.bytes_down,
+            seconds_clients=driver.seconds["clients"],
+            seconds_server=driver.seconds["server"],
             offline_seconds=offline,
         )
 

@@ -407,9 +407,15 @@ class SecAggClient:
                 raise self._fail("share keys", f"repeated public key from {ad.client_id}")
             seen_keys.update((ad.c_pk, ad.s_pk))
             ads[ad.client_id] = ad
+        self._ads = ads
+        return self._deal_shares(setup, c_sk, s_sk, ads), Stage.MASKED_INPUT
+
+    def _deal_shares(
+        self, setup: Setup, c_sk: X25519PrivateKey, s_sk: X25519PrivateKey, ads: Mapping[int, Advertisement]
+    ) -> bytes:
+        """Draw the self-mask seed; Shamir-share it and s_sk among ``ads`` (neighbours) and this client."""
         if len(ads) + 1 < self._t:
             raise self._fail("share keys", f"only {len(ads) + 1} share holders, threshold is {self._t}")
-        self._ads = ads
         self._self_seed = self._randbytes(32)
         holders = sorted([*ads, self.client_id])
         secret = np.concatenate(
@@ -427,7 +433,7 @@ class SecAggClient:
             self._c_shared[holder] = shared
             key = _crypto.share_key(shared, setup.round_id, self.client_id, holder)
             out.append((holder, _crypto.encrypt_share(key, head, head[8:] + wire_rows[i].tobytes())))
-        return SharesOut(self.client_id, tuple(out)).encode(), Stage.MASKED_INPUT
+        return SharesOut(self.client_id, tuple(out)).encode()
 
     def _masked_input(self, message: bytes) -> tuple[bytes, Stage | None]:
         setup, c_sk, s_sk = self._setup, self._c_sk, self._s_sk
@@ -436,8 +442,7 @@ class SecAggClient:
         received = SharesIn.decode(message)
         peers, plains = [], []
         for sender, ct in received.shares:
-            ad = self._ads.get(sender)
-            if ad is None:
+            if sender not in self._c_shared:  # the neighbours this client dealt shares to
                 raise self._fail("masked input", f"share from {sender}, who is not an advertised neighbour")
             head = _crypto.share_header(setup.round_id, sender, self.client_id)
             key = _crypto.share_key(self._c_shared[sender], setup.round_id, sender, self.client_id)

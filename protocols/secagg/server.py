@@ -342,12 +342,16 @@ class SecAggServer:
                 key_shares[peer].append((self._x[cid], row))
         abort_if_below_threshold(len(messages), self.config, Stage.UNMASK)
         # only dropped clients with a surviving neighbour left a mask in the sum
-        needed_keys = {c: s for c, s in key_shares.items() if self.neighbors[c] & set(self._u3)}
+        needed_keys = {c: s for c, s in key_shares.items() if self._left_masks(c)}
         seeds = self._reconstruct(self_shares, len(messages))
         keys = self._reconstruct(needed_keys, len(messages))
         self._expect = None
         ring_sum = self._unmasked_sum(seeds, keys)
         return ServerResult(ring_sum, frozenset(self._u3), self.encoding)
+
+    def _left_masks(self, dropped: int) -> bool:
+        """Whether the dropped client ``dropped`` (in U2, not U3) left a pairwise mask in the sum."""
+        return bool(self.neighbors[dropped] & set(self._u3))
 
     def _unmasked_sum(self, seeds: Mapping[int, bytes], keys: Mapping[int, bytes]) -> np.ndarray:
         """The masked sum less the survivors' self masks (``seeds``) and the dropped clients' masks."""

@@ -8,16 +8,25 @@ round (Niu et al., MobiCom 2020) client u
    (:func:`~protocols.submodel.rows.randomized_response`, its own ``item_epsilon``)
    and sends it (``RowRequest``);
 2. receives SecAgg's setup and the table of every requester's set, downloads the
-   rows of S_u only, and masks a vector of ``|shared| + |S_u| * width`` values:
-   its self mask over all of them, and for every peer v that shared keys a
-   pairwise mask over the shared coordinates and the rows of S_u cap S_v,
-   expanded in the same order by u and v (so it cancels coordinate by coordinate);
-3. runs SecAgg on the complete graph (Bonawitz et al., CCS 2017), dropouts included.
+   rows of S_u only, and advertises two X25519 keys (c for share encryption, s for masks);
+3. receives *every* advertisement and Shamir-shares its mask key s_sk and self-mask seed
+   b_u among its k neighbours on SecAgg+'s graph (Bell et al., CCS 2020: a Harary graph
+   over a permutation from the public :func:`~protocols.secagg.graph.graph_seed`), with
+   SecAgg+'s threshold t' -- k and t' each client derives or bounds from its OWN
+   :class:`~protocols.secagg.ClientPolicy` (Bell et al.'s degree bound for its corruption
+   rate, or a fixed floor) and refuses a weaker setup;
+4. receives the shares its neighbours dealt it and U2, the clients that shared keys,
+   and masks a vector of ``|shared| + |S_u| * width`` values: its self mask over all of
+   them and, for every v in U2, a pairwise mask over the shared coordinates and the rows
+   of S_u cap S_v, expanded in the same order by u and v -- the complete graph
+   restricted to the intersections, whatever k is. In the malicious model it signs U2.
 
-The server scatters each masked vector onto its client's coordinates of the
-length-L ring sum and removes the survivors' self masks and the dropped clients'
-pairwise masks there: the sum is the exact ring sum over every coordinate of the
-union of the reported sets (and the shared coordinates).
+The server scatters each masked vector onto its client's coordinates of the length-L
+ring sum, reconstructs b_u of every survivor and s_sk of every client of U2 that dropped
+from t' neighbours' shares, and removes the self masks and the dropped clients' masks
+with *every* survivor (s_sk gives the server all of a dropped client's pairwise seeds):
+the sum is the exact ring sum over every coordinate of the union of the reported sets
+(and the shared coordinates). A neighbourhood left with fewer than t' responders aborts.
 
 Security argument (what the server learns, and why):
 
@@ -25,41 +34,51 @@ Security argument (what the server learns, and why):
   membership passes through symmetric randomized response (``item_epsilon`` in
   the report). A true row dropped by the response is neither downloaded nor
   sent; a false one is downloaded and sent as zeros.
-* The values. A coordinate j is masked by u's self mask b_u and by one pairwise
-  mask per other holder of j. The server removes b_u only for survivors, and a
-  pairwise mask (u, v) only when v dropped (from v's reconstructed key). So on j
-  it learns exactly the sum over the *surviving holders* of j -- a sum over one
-  client if j is held by u alone. Two rules keep every released coordinate a sum
-  over at least ``min_holders`` (>= 2) clients, each enforced by every client
-  from the table and its own policy, never from the server's word:
+* The two secrets. The server unmasks y_u only with both b_u (u survived) and the
+  pairwise seeds of u (each from s_sk of u or of the peer). SecAgg+'s rule holds
+  unchanged: shares of b_u and s_sk go to u's neighbours only, and an honest neighbour
+  never reveals both the self-mask share and the key share of the same peer (asked
+  for both, it refuses, terminally). In the malicious model it answers only after t'
+  of its neighbours signed the same U3 (and the same table and U2), and t' is a strict
+  majority of the neighbourhood, so two groups shown different survivor sets always
+  share an honest client: the server never collects t' shares of both secrets of one
+  client. The graph comes from the public seed, so the server cannot place a victim
+  among the clients it controls; Bell et al.'s bound (each client's
+  ``corruption_rate``) keeps fewer than t' of them in every neighbourhood w.h.p.
+* The pairwise masks of a survivor u. Its coordinate j is masked by b_u and by one
+  pairwise mask per client of U2 that holds j. The server removes b_u (u survived)
+  and the masks with dropped clients, so on j it learns the sum over the *surviving
+  holders* of j. Three rules keep that a sum over at least ``min_holders`` (>= 2)
+  clients, each enforced by every client from its own view:
 
-  - at masking, a row that fewer than ``min_holders`` of the clients that shared
-    keys hold is *thin*: its holders send zeros there (their update on it is
-    lost this round; nothing is revealed);
-  - at unmasking, a client refuses (terminally) to release any self-mask share
-    when some row that was not thin is left with fewer than ``min_holders`` (but
-    more than zero) surviving holders; without b_u the server learns nothing of
-    u's vector. An honest server checks the same rule first and aborts.
+  - at masking, a row that fewer than ``min_holders`` clients of U2 hold is *thin*:
+    its holders send zeros there (their update on it is lost this round);
+  - at unmasking, a client refuses (terminally) to release any self-mask share when
+    some row that was not thin is left with fewer than ``min_holders`` (but more than
+    zero) survivors in U3; an honest server checks the same rule first and aborts;
+  - U2 is the same for u and for the neighbours who release b_u: in the malicious
+    model u signs the U2 it masked against, and each neighbour checks that signature
+    against its own U2 (and U3 within U2) before releasing b_u. Otherwise a server
+    that hid some holders of j from u's U2, then called u's other peers on j dropped,
+    would learn u's value on j from b_u and their keys.
 
   The shared coordinates are held by every client, so they are a sum over all
   survivors, as in dense SecAgg (the release threshold bounds how few).
-* Against a malicious server, the consistency signatures bind U3 and the SHA-256
-  digest of the row table (each client also checks that the table carries its
-  own set), so the clients whose shares unmask a sum all saw the same table.
-  What no client can check is whether another client's reported set is genuine:
-  a server that adds Sybil clients holding row j lowers the number of *honest*
-  holders behind a released coordinate, exactly as Sybils lower the number of
-  honest inputs behind a dense SecAgg sum; the floor counts clients, not honest
-  ones (the same assumption as SecAgg's threshold).
-* The graph is complete: on a sparse (SecAgg+) graph a holder of j may have no
-  neighbour that also holds j, and its value there would be masked by b_u alone.
-  Every client refuses a setup whose degree is below n - 1.
+* The row table. The consistency signatures bind U3, the SHA-256 digest of the row
+  table and of U2 (each client also checks that the table carries its own set), so
+  the clients whose shares unmask a sum all saw the same sets. What no client can
+  check is whether another client's reported set is genuine: Sybil clients holding
+  row j lower the number of *honest* holders behind a released coordinate, exactly
+  as Sybils lower the number of honest inputs behind a dense SecAgg sum; the floor
+  counts clients, not honest ones (the same assumption as SecAgg's threshold).
 
 Costs: client u uploads ``ring_bits * (|shared| + |S_u| * width)`` bits of masked
-values, its set (4 bytes a row) and SecAgg's keys and n - 1 share ciphertexts;
-it downloads the table of every requester's set (4 bytes a row), which dominates
-its download for large n. ``E|S_u| = m p + (R - m)(1 - p)`` for m true rows out of
-R and ``p = e^eps / (1 + e^eps)``.
+values, its set (4 bytes a row), SecAgg's keys, k share ciphertexts and (malicious) a
+signature; it downloads every advertisement and the table of every requester's set
+(4 bytes a row), which dominates its download for large n. It agrees an X25519 key with
+every peer whose set meets its own (or every peer, when there are shared coordinates):
+n - 1 agreements, against k for the shares. ``E|S_u| = m p + (R - m)(1 - p)`` for m true
+rows out of R and ``p = e^eps / (1 + e^eps)``.
 """
 
 from protocols.submodel.aggregator import SubmodelAggregator, SubmodelInput, SubmodelResult

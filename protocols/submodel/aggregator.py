@@ -8,12 +8,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocols.base import AggregationResult, RoundConfig, Stage
 from protocols.errors import ConfigError
-from protocols.secagg._runner import ForkedClients, LocalClients, fork_available
-from protocols.secagg.client import ClientPolicy, raw_public
+from protocols.secagg._runner import RoundDriver, identities, make_runner
+from protocols.secagg.client import ClientPolicy
+from protocols.secagg.graph import choose_degree, effective_degree
 from protocols.submodel.client import SubmodelClient, SubmodelPolicy
 from protocols.submodel.rows import RowLayout
 from protocols.submodel.server import SubmodelServer
@@ -42,12 +42,18 @@ class SubmodelResult:
 
 
 class SubmodelAggregator:
-    """Submodel SecAgg (complete graph) over :class:`SubmodelInput` s, dropouts included.
+    """Submodel SecAgg over :class:`SubmodelInput` s, dropouts included (secrets shared as in SecAgg+).
 
     Args:
         layout: the public row layout of the global vector.
         item_epsilon: each client's randomized-response epsilon (its own policy).
         min_holders: each client's holder floor.
+        neighbors: the degree of the graph the secrets are shared on; ``None`` (default) picks
+            :func:`~protocols.secagg.graph.choose_degree` for n, ``dropout_rate`` and
+            ``corruption_rate``, as :class:`~protocols.secagg.SecAggPlusAggregator` does; the
+            clients then check the announced degree against Bell et al.'s bound for
+            ``corruption_rate`` (a fixed degree: they require at least that degree).
+        dropout_rate, corruption_rate: the rates the degree must tolerate.
         malicious: the malicious-model variant (signed keys, consistency round binding the row table).
         randbytes: source of every secret, the randomized response included (tests pin it).
         rng: stochastic rounding only (each client gets ``rng.spawn``).
@@ -60,12 +66,22 @@ class SubmodelAggregator:
         *,
         item_epsilon: float,
         min_holders: int = 2,
+        neighbors: int | None = None,
+        dropout_rate: float = 0.05,
+        corruption_rate: float = 0.05,
         malicious: bool = True,
         randbytes: Callable[[int], bytes] = os.urandom,
         rng: np.random.Generator | None = None,
         workers: int = 1,
     ) -> None:
         self.policy = SubmodelPolicy(item_epsilon=item_epsilon, min_holders=min_holders)
+        if neighbors is not None and neighbors < 1:
+            raise ConfigError(f"neighbors must be >= 1 or None, got {neighbors}")
+        if not (0.0 <= dropout_rate < 0.5 and 0.0 <= corruption_rate < 0.5):
+            raise ConfigError("dropout_rate and corruption_rate must be in [0, 0.5)")
+        self.neighbors = neighbors
+        self.dropout_rate = dropout_rate
+        self.corruption_rate = corruption_rate
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         if workers > 1 and randbytes is not os.urandom:
@@ -77,6 +93,29 @@ class SubmodelAggregator:
         self.workers = workers
         self.last_server: SubmodelServer | None = None
         """The server object of the last round (what a server sees: the table of reported sets)."""
+
+    def degree_for(self, n: int, config: RoundConfig) -> int:
+        """``config.neighbors``, else the fixed degree, else ``choose_degree(n, ...)`` (SecAgg+'s rule)."""
+        fixed = config.neighbors if config.neighbors is not None else self.neighbors
+        if fixed is not None:
+            return effective_degree(n, fixed)
+        return effective_degree(n, choose_degree(n, self.dropout_rate, self.corruption_rate,
+                                                 threshold=config.threshold, malicious=self.malicious))
+
+    def client_policy(self, n: int, config: RoundConfig) -> ClientPolicy:
+        """Each client's floor, from this aggregator's own configuration (never the server's word).
+
+        The round's threshold, ring, clipping range and wrap flag; a fixed degree is a
+        floor, a degree chosen from n is bounded by Bell et al.'s security bound for
+        ``corruption_rate`` (as :meth:`protocols.secagg.SecAggPlusAggregator.client_policy`).
+        """
+        fixed = config.neighbors if config.neighbors is not None else self.neighbors
+        return ClientPolicy(
+            min_threshold=config.threshold, min_threshold_fraction=0.0,
+            min_degree=effective_degree(n, fixed) if fixed is not None else None,
+            corruption_rate=None if fixed is not None else self.corruption_rate,
+            ring_bits=config.ring_bits, clip_range=config.clip_range, wrap=config.wrap,
+        )
 
     def aggregate(
         self,
@@ -102,17 +141,8 @@ class SubmodelAggregator:
         if config.threshold > len(ids):
             raise ConfigError(
                 f"round {config.round_id}: threshold {config.threshold} exceeds {len(ids)} clients")
-        t_off = time.perf_counter()
-        identity: dict[int, Ed25519PrivateKey] = {}
-        pki: dict[int, bytes] = {}
-        if self.malicious:
-            for c in ids:
-                identity[c] = Ed25519PrivateKey.from_private_bytes(self.randbytes(32))
-                pki[c] = raw_public(identity[c])
-        offline = time.perf_counter() - t_off
-        policy = ClientPolicy(min_threshold=config.threshold, min_threshold_fraction=0.0,
-                              corruption_rate=None, ring_bits=config.ring_bits, clip_range=config.clip_range,
-                              wrap=config.wrap)
+        identity, pki, offline = identities(ids, self.randbytes, self.malicious)
+        policy = self.client_policy(len(ids), config)
         rngs = dict(zip(ids, self.rng.spawn(len(ids)), strict=True))
 
         def make_client(c: int) -> SubmodelClient:
@@ -122,60 +152,28 @@ class SubmodelAggregator:
                                   identity_keys=pki or None, round_id=config.round_id,
                                   randbytes=self.randbytes, rng=rngs[c], policy=policy)
 
-        bytes_up = dict.fromkeys(ids, 0)
-        bytes_down = dict.fromkeys(ids, 0)
-        seconds = {"clients": 0.0, "server": 0.0}
         t0 = time.perf_counter()
-        server = SubmodelServer(config, ids, self.layout, min_holders=self.policy.min_holders,
-                                malicious=self.malicious)
-        seconds["server"] += time.perf_counter() - t0
+        server = SubmodelServer(config, ids, self.layout, neighbors=self.degree_for(len(ids), config),
+                                min_holders=self.policy.min_holders, malicious=self.malicious)
+        server_setup = time.perf_counter() - t0
         self.last_server = server
-        parallel = self.workers > 1 and len(ids) > 1 and fork_available()
-        runner: LocalClients | ForkedClients = (
-            ForkedClients(make_client, ids, self.workers) if parallel else LocalClients(make_client, ids))
-        seconds["clients"] += runner.setup_seconds
-
-        def on_server(step: Callable[[], dict[int, bytes]]) -> dict[int, bytes]:
-            t = time.perf_counter()
-            out = step()
-            seconds["server"] += time.perf_counter() - t
-            for c, m in out.items():
-                bytes_down[c] += len(m)
-            return out
-
-        def on_clients(stage: Stage, inbox: Mapping[int, bytes], method: str) -> dict[int, bytes]:
-            live = {c: m for c, m in inbox.items() if not (c in drops and drops[c] <= stage)}
-            replies, secs = runner.call(method, live)
-            seconds["clients"] += secs
-            for c, reply in replies.items():
-                bytes_up[c] += len(reply)
-            return replies
-
-        try:
-            msgs = on_clients(Stage.ADVERTISE, dict.fromkeys(ids, b""), "request")
-            msgs = on_server(lambda: server.receive_requests(msgs))
-            msgs = on_clients(Stage.ADVERTISE, msgs, "advertise")
-            msgs = on_server(lambda: server.receive_advertisements(msgs))
-            msgs = on_clients(Stage.SHARE_KEYS, msgs, "share_keys")
-            msgs = on_server(lambda: server.receive_shares(msgs))
-            msgs = on_clients(Stage.MASKED_INPUT, msgs, "masked_input")
-            msgs = on_server(lambda: server.receive_masked_inputs(msgs))
-            if self.malicious:
-                msgs = on_clients(Stage.CONSISTENCY, msgs, "consistency")
-                msgs = on_server(lambda: server.receive_signatures(msgs))
-            else:
-                msgs = {c: m for c, m in msgs.items() if not (c in drops and drops[c] == Stage.CONSISTENCY)}
-            replies = on_clients(Stage.UNMASK, msgs, "unmask")
+        runner = make_runner(make_client, ids, self.workers)
+        driver = RoundDriver(runner, ids, drops)
+        driver.seconds["server"] += server_setup
+        try:  # a client that drops at ADVERTISE sends no row request either
+            msgs = driver.on_clients(Stage.ADVERTISE, dict.fromkeys(ids, b""), "request")
+            replies = driver.secagg_stages(server, driver.on_server(lambda: server.receive_requests(msgs)),
+                                           self.malicious)
         finally:
             runner.close()
         t0 = time.perf_counter()
         out = server.receive_unmask(replies)
         total = out.decode()
-        seconds["server"] += time.perf_counter() - t0
+        driver.seconds["server"] += time.perf_counter() - t0
         union = np.zeros(self.layout.num_rows, dtype=bool)
         for rows in server.table.values():
             union[rows] = True
-        result = AggregationResult(total=total, survivors=out.survivors, bytes_up=bytes_up,
-                                   bytes_down=bytes_down, seconds_clients=seconds["clients"],
-                                   seconds_server=seconds["server"], offline_seconds=offline)
+        result = AggregationResult(total=total, survivors=out.survivors, bytes_up=driver.bytes_up,
+                                   bytes_down=driver.bytes_down, seconds_clients=driver.seconds["clients"],
+                                   seconds_server=driver.seconds["server"], offline_seconds=offline)
         return SubmodelResult(result, {c: int(r.size) for c, r in server.table.items()}, int(union.sum()))

@@ -1,27 +1,47 @@
-"""Binary encodings of the two messages submodel SecAgg adds to SecAgg's.
+"""Binary encodings of the messages submodel SecAgg adds to SecAgg's, or wraps around them.
 
 ``RowRequest`` (client -> server) carries the client's reported row set;
 ``SubmodelSetup`` (server -> client) carries SecAgg's :class:`~protocols.secagg.messages.Setup`
-for this client and the table of every requesting client's row set. Both are
-:func:`protocols.wire.frame` d; row lists are a u32 count and strictly
-increasing u32 row ids, client ids strictly increasing u64; counts are checked
-against the bytes that remain before anything is allocated, and trailing bytes
-are refused. Any violation raises :class:`~protocols.errors.DecodeError`.
+for this client and the table of every requesting client's row set;
+``SubmodelSharesIn`` carries SecAgg's ``SharesIn`` and U2, the clients that shared keys
+(every client masks with each of them on their rows in common); ``SubmodelMasked``
+carries SecAgg's ``MaskedInput`` and the client's signature on U2 (malicious model);
+``SubmodelUnmaskRequest`` carries SecAgg's ``UnmaskRequest``, U3 and the signatures on U2
+of the survivors whose self-mask shares it asks for. All are
+:func:`protocols.wire.frame` d; row lists are a u32 count, a u32 byte length and the
+gaps between strictly increasing u32 row ids as LEB128 varints; client ids strictly
+increasing u64; counts are checked against the bytes that remain before anything is
+allocated, and trailing bytes are refused. Any violation raises :class:`~protocols.errors.DecodeError`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from protocols.errors import DecodeError
-from protocols.wire import Kind, frame, unframe
+from protocols.wire import Kind, frame, frame_parts, unframe, unframe_view
 
-__all__ = ["MAX_ROWS", "RowRequest", "SubmodelSetup", "table_digest"]
+__all__ = [
+    "MAX_ROWS",
+    "RowRequest",
+    "SubmodelMasked",
+    "SubmodelSetup",
+    "SubmodelSharesIn",
+    "SubmodelUnmaskRequest",
+    "ids_digest",
+    "mask_view_payload",
+    "raw_table_digest",
+    "table_digest",
+    "table_entries",
+    "table_flat",
+    "table_subset",
+]
 
 MAX_ROWS = 2**32 - 1
 """Row ids are u32 on the wire."""
@@ -47,14 +67,32 @@ class _Cursor:
     def u64(self, name: str) -> int:
         return int(_U64.unpack(self.take(8, name))[0])
 
+    def rows_header(self, name: str) -> tuple[int, int]:
+        """A row list's count and byte length, checked against the bytes that remain; skips the bytes."""
+        n, size = self.u32(name), self.u32(f"{name} bytes")
+        if size > len(self.data) - self.pos or n > size or size > 5 * n:
+            raise DecodeError(f"{self.what}: {name} announces {n} rows in {size} bytes, which cannot be")
+        self.pos += size
+        return n, size
+
     def rows(self, name: str) -> np.ndarray:
+        n, size = self.rows_header(name)
+        data = np.frombuffer(self.data, dtype=np.uint8, count=size, offset=self.pos - size)
+        try:
+            return decode_rows(data, n)
+        except DecodeError as exc:
+            raise DecodeError(f"{self.what}: {name}: {exc}") from None
+
+    def ids(self, name: str) -> tuple[int, ...]:
         n = self.u32(name)
-        if 4 * n > len(self.data) - self.pos:
-            raise DecodeError(f"{self.what}: {name} announces {n} rows, too few bytes remain")
-        rows = np.frombuffer(self.take(4 * n, name), dtype=">u4").astype(np.int64)
-        if n > 1 and not (rows[1:] > rows[:-1]).all():
+        if 8 * n > len(self.data) - self.pos:
+            raise DecodeError(f"{self.what}: {name} announces {n} ids, too few bytes remain")
+        arr = np.frombuffer(self.take(8 * n, name), dtype=">u8")
+        if n and (arr > _MAX_ID).any():
+            raise DecodeError(f"{self.what}: {name} holds an id above 2^63 - 1")
+        if n > 1 and not (arr[1:] > arr[:-1]).all():
             raise DecodeError(f"{self.what}: {name} is not strictly increasing")
-        return rows
+        return tuple(arr.tolist())
 
     def done(self) -> None:
         if self.pos != len(self.data):
@@ -62,12 +100,91 @@ class _Cursor:
 
 
 def _encode_rows(rows: np.ndarray) -> bytes:
+    """u32 count, u32 byte length, then the gaps ``r_0 + 1, r_1 - r_0, ...`` as LEB128 varints.
+
+    A reported set is a few thousand rows spread over the catalogue: its gaps take one or
+    two bytes where a u32 takes four (the set is about 3 % of a client's upload at eps 4).
+    """
     arr = np.asarray(rows, dtype=np.int64)
     if arr.ndim != 1 or (arr.size and (arr.min() < 0 or arr.max() > MAX_ROWS)):
         raise ValueError("rows must be a 1-D array of u32 ids")
-    if arr.size > 1 and not (arr[1:] > arr[:-1]).all():
+    gaps = np.diff(arr, prepend=-1)
+    if arr.size and gaps.min() < 1:
         raise ValueError("rows must be strictly increasing")
-    return _U32.pack(arr.size) + arr.astype(">u4").tobytes()
+    widths = np.ones(arr.size, dtype=np.int64)
+    for j in range(1, 5):
+        widths += gaps >= 1 << (7 * j)
+    starts = np.cumsum(widths) - widths
+    out = np.zeros(int(widths.sum()), dtype=np.uint8)
+    for j in range(5):
+        at = widths > j
+        more = np.where(widths[at] > j + 1, 0x80, 0)
+        out[starts[at] + j] = ((gaps[at] >> (7 * j)) & 0x7F) | more
+    return _U32.pack(arr.size) + _U32.pack(out.size) + out.tobytes()
+
+
+def decode_rows(data: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` rows (int64, strictly increasing, u32) whose varint gaps are ``data`` (uint8).
+
+    Raises DecodeError unless ``data`` is exactly ``count`` canonical varints (no padding
+    byte, at most 5 bytes each), every gap >= 1 and every row below 2^32.
+    """
+    return _decode_row_lists(data, np.array([count]), np.array([data.size]))[0]
+
+
+def _varints(data: np.ndarray, ends: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """The values (int64) of the LEB128 varints in ``data``, whose last bytes are at ``stops``."""
+    if not stops.size:
+        return np.zeros(0, dtype=np.int64)
+    pair = data.astype(np.int32) << 8  # each byte beside the one before it, kept at the last bytes only
+    pair[1:] |= data[:-1]
+    pair = pair[ends]
+    high, two = pair >> 8, (pair & 0x80) != 0  # two: a continuation byte precedes this last byte
+    if np.any(two & (high == 0)):
+        raise DecodeError("a row gap is not a canonical varint")  # a padding byte ends a longer varint
+    if data.size - stops.size == int(np.count_nonzero(two)):  # every varint one or two bytes: the fast path
+        out: np.ndarray = np.where(two, (high << 7) | (pair & 0x7F), high).astype(np.int64)
+        return out
+    first = np.ones(data.size, dtype=bool)  # the first byte of each varint
+    first[1:] = ends[:-1]
+    at = np.arange(data.size, dtype=np.int64)
+    depth = at - np.maximum.accumulate(np.where(first, at, 0))  # the byte's place in its varint
+    if int(depth.max()) > 4:
+        raise DecodeError("a row gap is longer than 5 bytes")
+    return np.diff(np.cumsum((data & 0x7F).astype(np.int64) << (7 * depth))[stops], prepend=0)
+
+
+def _decode_row_lists(data: np.ndarray, counts: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
+    """Several row lists at once: ``data`` is their varint bytes one after another (``sizes`` each)."""
+    if not counts.size:
+        if data.size:
+            raise DecodeError("row bytes without a row list")
+        return []
+    return np.split(_decode_flat(data, counts, sizes), np.cumsum(counts)[:-1])
+
+
+def _decode_flat(data: np.ndarray, counts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The rows of several lists, one after another (``counts`` each): one vectorized pass.
+
+    A client decodes every requester's set of a table; see :func:`decode_rows` for the checks.
+    """
+    ends = data < 0x80  # the last byte of each varint
+    stops = np.flatnonzero(ends)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    # each list holds exactly its count of varints, and no varint runs into the next list
+    if np.any(np.searchsorted(stops, bounds[1:]) - np.searchsorted(stops, bounds[:-1]) != counts) or (
+            data.size and not ends[-1]) or np.any(~ends[bounds[1:][sizes > 0] - 1]):
+        raise DecodeError("a row list holds another number of rows than it announces")
+    gaps = _varints(data, ends, stops)
+    total = np.cumsum(gaps)  # the running sum of the gaps: cumulative rows + 1
+    starts = np.cumsum(counts) - counts  # each list's first row
+    if gaps.size and gaps.min() < 1:
+        raise DecodeError("rows are not strictly increasing")
+    before = np.concatenate([[0], total])[starts]  # the running sum before each list
+    rows: np.ndarray = total - np.repeat(before, counts) - 1
+    if rows.size and rows.max() > MAX_ROWS:
+        raise DecodeError("a row beyond u32")
+    return rows
 
 
 @dataclass(frozen=True)
@@ -104,6 +221,8 @@ class SubmodelSetup:
 
     setup: bytes
     table: Mapping[int, np.ndarray] = field(repr=False)
+    raw_table: bytes = field(default=b"", repr=False, compare=False)
+    """The table's bytes as received (:meth:`decode` only): what :func:`table_subset` reads."""
 
     def encode(self) -> bytes:
         """Framed bytes."""
@@ -122,27 +241,172 @@ class SubmodelSetup:
 
     @classmethod
     def decode(cls, message: bytes) -> SubmodelSetup:
-        """Parse; raises DecodeError."""
+        """Parse, every set decoded; raises DecodeError."""
+        setup, raw = cls.split(message)
+        entries = table_entries(raw)
+        return cls(setup, table_subset(raw, entries, entries), raw)
+
+    @staticmethod
+    def split(message: bytes) -> tuple[bytes, bytes]:
+        """The setup's bytes and the table's bytes, unparsed (see :func:`table_entries`)."""
         r = _Cursor(unframe(message, Kind.SUBMODEL_SETUP), "submodel setup")
         setup = r.take(r.u32("setup length"), "setup")
-        n = r.u32("table entries")
-        if 12 * n > len(r.data) - r.pos:
-            raise DecodeError(f"submodel setup: {n} table entries, too few bytes remain")
-        table: dict[int, np.ndarray] = {}
-        last = -1
-        for _ in range(n):
-            cid = r.u64("client_id")
-            if cid <= last or cid > _MAX_ID:
-                raise DecodeError("submodel setup: table ids not strictly increasing")
-            last = cid
-            table[cid] = r.rows("rows")
-        r.done()
-        return cls(setup, table)
+        return setup, r.data[r.pos :]
 
 
 def table_digest(table: Mapping[int, np.ndarray]) -> bytes:
     """SHA-256 of the canonical encoding of a row table (bound into the consistency signatures)."""
-    h = hashlib.sha256(b"securefedrec/submodel/v1/table")
-    for cid in sorted(table):
-        h.update(_U64.pack(cid) + _encode_rows(table[cid]))
-    return h.digest()
+    return raw_table_digest(SubmodelSetup.encode_table(table))
+
+
+def raw_table_digest(raw_table: bytes) -> bytes:
+    """:func:`table_digest` from a table's encoding (canonical: the decoder refuses any other)."""
+    return hashlib.sha256(b"securefedrec/submodel/v1/table" + raw_table[4:]).digest()
+
+
+def table_entries(raw_table: bytes) -> dict[int, tuple[int, int, int]]:
+    """client id -> (rows, first byte, end byte) of its set in a table's bytes; the headers only.
+
+    Raises DecodeError for a malformed table (ids not increasing, counts that do not fit,
+    trailing bytes); the varints themselves are checked when decoded (:func:`table_subset`).
+    """
+    r = _Cursor(raw_table, "row table")
+    n = r.u32("table entries")
+    if 16 * n > len(r.data) - r.pos:
+        raise DecodeError(f"row table: {n} entries, too few bytes remain")
+    out: dict[int, tuple[int, int, int]] = {}
+    last = -1
+    for _ in range(n):
+        cid = r.u64("client_id")
+        if cid <= last or cid > _MAX_ID:
+            raise DecodeError("row table: ids not strictly increasing")
+        last = cid
+        count, size = r.rows_header("rows")
+        out[cid] = (count, r.pos - size, r.pos)
+    r.done()
+    return out
+
+
+def table_subset(raw_table: bytes, wanted: Iterable[int],
+                 entries: Mapping[int, tuple[int, int, int]] | None = None) -> dict[int, np.ndarray]:
+    """The row sets of the clients ``wanted`` from a table's bytes (:attr:`SubmodelSetup.raw_table`).
+
+    A client keeps the table's compact bytes rather than every decoded set, and decodes the
+    sets when it needs them. ``entries``: :func:`table_entries` of the table, if known. Raises
+    DecodeError (also for a client not in the table).
+    """
+    ids, counts, rows = table_flat(raw_table, wanted, entries)
+    return dict(zip(ids.tolist(), np.split(rows, np.cumsum(counts)[:-1]) if ids.size else [], strict=True))
+
+
+def table_flat(raw_table: bytes, wanted: Iterable[int],
+               entries: Mapping[int, tuple[int, int, int]] | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """As :func:`table_subset`, flat: the ids (ascending), their set sizes, and all rows one after another."""
+    where = entries if entries is not None else table_entries(raw_table)
+    ids = sorted(set(wanted))
+    missing = [c for c in ids if c not in where]
+    if missing:
+        raise DecodeError(f"row table: no set for clients {missing[:5]}")
+    spans = [where[c] for c in ids]
+    raw = np.frombuffer(b"".join(raw_table[a:b] for _, a, b in spans), dtype=np.uint8)
+    counts = np.array([c for c, _, _ in spans], dtype=np.int64)
+    if not counts.size:
+        return np.zeros(0, dtype=np.int64), counts, np.zeros(0, dtype=np.int64)
+    try:
+        rows = _decode_flat(raw, counts, np.array([b - a for _, a, b in spans], dtype=np.int64))
+    except DecodeError as exc:
+        raise DecodeError(f"row table: {exc}") from None
+    return np.array(ids, dtype=np.int64), counts, rows
+
+
+def _encode_ids(ids: tuple[int, ...]) -> bytes:
+    if any(not 0 <= c <= _MAX_ID for c in ids) or any(a >= b for a, b in itertools.pairwise(ids)):
+        raise ValueError("ids must be strictly increasing and in [0, 2^63 - 1]")
+    return _U32.pack(len(ids)) + np.asarray(ids, dtype=">u8").tobytes()
+
+
+def ids_digest(ids: tuple[int, ...]) -> bytes:
+    """SHA-256 of the canonical encoding of a set of client ids (sorted tuple), e.g. U2."""
+    return hashlib.sha256(b"securefedrec/submodel/v1/ids" + _encode_ids(ids)).digest()
+
+
+def mask_view_payload(round_id: int, client_id: int, u2: tuple[int, ...]) -> bytes:
+    """What a client signs with its masked input (malicious model): the U2 it masked against."""
+    return b"securefedrec/submodel/v1/masked" + _U64.pack(round_id) + _U64.pack(client_id) + ids_digest(u2)
+
+
+@dataclass(frozen=True)
+class SubmodelSharesIn:
+    """Server -> client: SecAgg's ``SharesIn`` (raw bytes) and U2, every client that shared keys."""
+
+    shares_in: bytes = field(repr=False)
+    u2: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        """Framed bytes."""
+        return frame(Kind.SUBMODEL_SHARES_IN, _U32.pack(len(self.shares_in)) + self.shares_in
+                     + _encode_ids(self.u2))
+
+    @classmethod
+    def decode(cls, message: bytes) -> SubmodelSharesIn:
+        """Parse; raises DecodeError."""
+        r = _Cursor(unframe(message, Kind.SUBMODEL_SHARES_IN), "submodel shares in")
+        inner = r.take(r.u32("shares length"), "shares")
+        u2 = r.ids("u2")
+        r.done()
+        return cls(inner, u2)
+
+
+@dataclass(frozen=True)
+class SubmodelMasked:
+    """Client -> server: SecAgg's ``MaskedInput`` (raw bytes) and a signature on U2 (empty if semi-honest)."""
+
+    signature: bytes
+    masked: bytes = field(repr=False)
+
+    def encode(self) -> bytes:
+        """Framed bytes (the masked vector is copied once)."""
+        if len(self.signature) not in (0, 64):
+            raise ValueError("signature must be 64 bytes or empty")
+        return frame_parts(Kind.SUBMODEL_MASKED, bytes([len(self.signature)]), self.signature, self.masked)
+
+    @classmethod
+    def decode(cls, message: bytes) -> SubmodelMasked:
+        """Parse; raises DecodeError."""
+        view = unframe_view(message, Kind.SUBMODEL_MASKED)
+        if len(view) < 1 or view[0] not in (0, 64) or len(view) < 1 + view[0]:
+            raise DecodeError("submodel masked input: bad or truncated signature")
+        return cls(bytes(view[1 : 1 + view[0]]), bytes(view[1 + view[0] :]))
+
+
+@dataclass(frozen=True)
+class SubmodelUnmaskRequest:
+    """Server -> client: SecAgg's ``UnmaskRequest`` (raw bytes), U3, and survivors' signatures on U2.
+
+    ``mask_signatures`` holds, for each survivor whose self-mask share is asked for, its
+    signature from :class:`SubmodelMasked` (malicious model; empty when semi-honest).
+    """
+
+    request: bytes = field(repr=False)
+    u3: tuple[int, ...]
+    mask_signatures: tuple[tuple[int, bytes], ...] = ()
+
+    def encode(self) -> bytes:
+        """Framed bytes."""
+        ids = tuple(c for c, _ in self.mask_signatures)
+        if any(len(s) != 64 for _, s in self.mask_signatures):
+            raise ValueError("signatures must be 64 bytes")
+        sigs = _encode_ids(ids) + b"".join(s for _, s in self.mask_signatures)
+        return frame(Kind.SUBMODEL_UNMASK_REQUEST,
+                     _U32.pack(len(self.request)) + self.request + _encode_ids(self.u3) + sigs)
+
+    @classmethod
+    def decode(cls, message: bytes) -> SubmodelUnmaskRequest:
+        """Parse; raises DecodeError."""
+        r = _Cursor(unframe(message, Kind.SUBMODEL_UNMASK_REQUEST), "submodel unmask request")
+        inner = r.take(r.u32("request length"), "request")
+        u3, signers = r.ids("u3"), r.ids("signers")
+        sigs = tuple((c, r.take(64, "signature")) for c in signers)
+        r.done()
+        return cls(inner, u3, sigs)

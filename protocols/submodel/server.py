@@ -3,18 +3,19 @@
 Stages::
 
     row requests           -> receive_requests()         -> SubmodelSetup for every requester
-    advertisements, shares -> as SecAgg (complete graph)
+    advertisements         -> receive_advertisements()   -> every advertisement, to every advertiser
+    shares                 -> receive_shares()           -> SharesIn (from the k neighbours) and U2
     masked inputs          -> receive_masked_inputs()    (scattered into the length-L ring sum)
-    signatures, unmask     -> as SecAgg; the self masks and the dropped clients' pairwise
-                              masks are removed on each client's own coordinates
+    signatures, unmask     -> as SecAgg+ (shares from the neighbours); the self masks and the
+                              dropped clients' pairwise masks with every survivor are removed
+                              on each client's own coordinates
 
 :meth:`setup` is replaced by :meth:`receive_requests`. See :mod:`protocols.submodel`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -24,25 +25,33 @@ from protocols.errors import IntegrityError, StageError
 from protocols.prg import expand
 from protocols.secagg import _crypto
 from protocols.secagg.client import raw_public
-from protocols.secagg.messages import MaskedInput, Setup
+from protocols.secagg.messages import AdvertiseBroadcast, Advertisement, MaskedInput, Setup
 from protocols.secagg.server import SecAggServer, _terminal
 from protocols.submodel.client import holder_counts
-from protocols.submodel.messages import RowRequest, SubmodelSetup
+from protocols.submodel.messages import (
+    RowRequest,
+    SubmodelMasked,
+    SubmodelSetup,
+    SubmodelSharesIn,
+    SubmodelUnmaskRequest,
+)
 from protocols.submodel.rows import RowLayout
 
 __all__ = ["SubmodelServer"]
 
 
 class SubmodelServer(SecAggServer):
-    """The server of one submodel SecAgg round (always the complete graph).
+    """The server of one submodel SecAgg round: shares on a k-regular graph, masks on U2's intersections.
 
     Args:
-        config: the round's settings; ``config.neighbors`` is ignored (complete graph).
+        config: the round's settings; ``config.neighbors`` (else ``neighbors``) is the degree
+            of the graph the secrets are shared on (``None``: the complete graph).
         client_ids: the clients invited.
         layout: the public row layout.
         min_holders: the holder floor an honest server expects its clients to hold it to;
             a round that would break it aborts before any unmask request (the clients
             check it themselves, this only spares them a refused request).
+        neighbors: the sharing graph's degree when ``config.neighbors`` is unset.
         malicious: the malicious-model variant (signed keys, consistency round).
     """
 
@@ -52,16 +61,17 @@ class SubmodelServer(SecAggServer):
         client_ids: Iterable[int],
         layout: RowLayout,
         *,
+        neighbors: int | None = None,
         min_holders: int = 2,
         malicious: bool = True,
     ) -> None:
-        super().__init__(replace(config, neighbors=None), client_ids, layout.length, malicious=malicious)
+        super().__init__(config, client_ids, layout.length, neighbors=neighbors, malicious=malicious)
         self.layout = layout
         self.min_holders = min_holders
         self.table: dict[int, np.ndarray] = {}
         """Every requester's reported row set (what the server learns about the sets)."""
-        self._coords: dict[int, np.ndarray] = {}
         self._u2_counts = np.zeros(0, dtype=np.int64)
+        self._mask_signatures: dict[int, bytes] = {}
 
     def setup(self) -> dict[int, bytes]:
         """Not a stage of this protocol: the setups answer the row requests (:meth:`receive_requests`)."""
@@ -84,7 +94,6 @@ class SubmodelServer(SecAggServer):
             table[cid] = request.rows
         abort_if_below_threshold(len(table), self.config, Stage.ADVERTISE)
         self.table = table
-        self._coords = {c: self.layout.coordinates(rows) for c, rows in table.items()}
         cfg, enc = self.config, self.encoding
         self._expect = Stage.ADVERTISE
         out = {}
@@ -102,24 +111,40 @@ class SubmodelServer(SecAggServer):
 
     @_terminal
     def receive_advertisements(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
-        """As SecAgg's, from the clients that requested rows only."""
+        """U1: every advertisement to every advertiser (the masks use every peer's key); one encoding."""
         self._enter(Stage.ADVERTISE)
         self._check_senders(messages, self.table, Stage.ADVERTISE)
-        return super().receive_advertisements(messages)
+        ads = {}
+        for cid, raw in messages.items():
+            ad = Advertisement.decode(raw)
+            self._sender_matches(cid, ad.client_id, Stage.ADVERTISE)
+            ads[cid] = ad
+        self._stage_quorum(ads, Stage.ADVERTISE)
+        self._ads = ads
+        self._expect = Stage.SHARE_KEYS
+        broadcast = AdvertiseBroadcast(tuple(ads[v] for v in sorted(ads))).encode()
+        return dict.fromkeys(sorted(ads), broadcast)
 
     @_terminal
     def receive_shares(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
-        """As SecAgg's; also counts the holders of each row among the clients that shared keys."""
+        """As SecAgg+'s (shares routed to the neighbours), each with U2; counts each row's holders in U2."""
         out = super().receive_shares(messages)
         self._u2_counts = holder_counts(self.table, self._u2, self.layout.num_rows)
-        return out
+        u2 = tuple(sorted(self._u2))
+        return {c: SubmodelSharesIn(m, u2).encode() for c, m in out.items()}
 
     def _sum_masked(self, messages: Mapping[int, bytes]) -> np.ndarray:
         """Scatter each masked vector onto its client's coordinates of the length-L ring sum."""
         total = np.zeros(self.layout.length, dtype=np.uint64)
+        signatures = {}
         for cid, raw in messages.items():
-            coords = self._coords[cid]
-            sender, ring_bits, values = MaskedInput.decode_words(raw, coords.size)
+            coords = self.layout.coordinates(self.table[cid])  # computed when needed: n of them are large
+            wrapped = SubmodelMasked.decode(raw)
+            if len(wrapped.signature) != (64 if self.malicious else 0):
+                raise IntegrityError(f"server, round {self.config.round_id}: client {cid}'s masked input "
+                                     f"carries a {len(wrapped.signature)}-byte signature on U2")
+            signatures[cid] = wrapped.signature
+            sender, ring_bits, values = MaskedInput.decode_words(wrapped.masked, coords.size)
             self._sender_matches(cid, sender, Stage.MASKED_INPUT)
             if ring_bits != self.config.ring_bits:
                 raise IntegrityError(f"server, round {self.config.round_id}: client {cid} used another ring")
@@ -131,14 +156,31 @@ class SubmodelServer(SecAggServer):
             row = int(np.flatnonzero(exposed)[0])
             raise self._abort(f"row {row} is left with {int(surviving[row])} of its holders, fewer than {h}",
                               len(messages))
+        self._mask_signatures = signatures
         return total
+
+    def _unmask_requests(self, asked: Sequence[int], sigs: Mapping[int, bytes]) -> dict[int, bytes]:
+        """SecAgg+'s requests, each with U3 and the U2 signatures of the survivors it holds shares of."""
+        inner = super()._unmask_requests(asked, sigs)
+        u3 = tuple(self._u3)
+        out = {}
+        for c, raw in inner.items():
+            wanted = self._requests[c].survivors
+            mask_sigs = (tuple((v, self._mask_signatures[v]) for v in wanted if v != c)
+                         if self.malicious else ())
+            out[c] = SubmodelUnmaskRequest(raw, u3, mask_sigs).encode()
+        return out
+
+    def _left_masks(self, dropped: int) -> bool:
+        """A client of U2 masked against every other one: a dropped one left masks if anyone survived."""
+        return bool(self._u3)
 
     def _unmasked_sum(self, seeds: Mapping[int, bytes], keys: Mapping[int, bytes]) -> np.ndarray:
         """Remove the survivors' self masks and the dropped clients' masks on each pair's intersection."""
         bits, layout = self.config.ring_bits, self.layout
         total = self._masked_sum
         for c in self._u3:
-            coords = self._coords[c]
+            coords = self.layout.coordinates(self.table[c])
             total[coords] -= expand(seeds[c], coords.size, bits)
         u3 = set(self._u3)
         for dropped, raw_key in keys.items():
@@ -147,10 +189,12 @@ class SubmodelServer(SecAggServer):
                 raise IntegrityError(
                     f"server, round {self.config.round_id}: shares of client {dropped}'s mask key are wrong")
             theirs = self.table[dropped]
-            for peer in sorted(self.neighbors[dropped] & u3):
+            for peer in sorted(u3):  # every survivor (in U2) masked against the dropped client
                 own = self.table[peer]
                 common = np.intersect1d(own, theirs, assume_unique=True)
-                coords = self._coords[peer][layout.positions(own, common)]
+                coords = layout.coordinates(own)[layout.positions(own, common)]
+                if not coords.size:
+                    continue
                 seed = _crypto.mask_seed(s_sk, self._ads[peer].s_pk, self.config.round_id, dropped, peer)
                 mask = expand(seed, coords.size, bits)
                 if peer < dropped:  # the peer added this mask

@@ -182,7 +182,8 @@ class Simulation:
         if config.federation.submodel:
             self.submodel = SubmodelRounds(self.model, config.federation.item_epsilon,
                                            malicious=config.federation.threat_model != "semi-honest",
-                                           workers=options.get("workers", 1))
+                                           workers=options.get("workers", 1), sparse=protocol.sparse_graph,
+                                           dropout_rate=options.get("dropout_rate", 0.05))
         self.count_round: dict[str, Any] | None = None
         if isinstance(self.model, CompressedModel) and self.model.needs_popularity:
             self._count_popularity(self.model)

@@ -27,6 +27,9 @@ from protocols.submodel import RowLayout, SubmodelAggregator, SubmodelInput, Sub
 from securefedrec.compression.codecs import snapshot_bytes
 from securefedrec.models.base import Model
 
+COMPLETE = 2**31 - 1
+"""A degree that every round caps at n - 1: the complete sharing graph (plain SecAgg)."""
+
 __all__ = ["SubmodelRounds", "row_layout", "submodel_inputs"]
 
 
@@ -54,15 +57,22 @@ class SubmodelRounds:
         item_epsilon: each client's randomized-response epsilon.
         malicious: the server threat model (signed keys, consistency round binding the table).
         workers: processes that simulate the clients.
+        sparse: share each client's secrets on SecAgg+'s k-regular graph (``--protocol secagg+``;
+            k from the round's ``neighbors``, else chosen from n and ``dropout_rate``);
+            ``False`` shares them with every client (``--protocol secagg``). The pairwise
+            masks cover every pair's rows in common either way.
+        dropout_rate: the share of clients the graph must tolerate losing by the unmask stage.
     """
 
     def __init__(
-        self, model: Model, item_epsilon: float, *, malicious: bool = True, workers: int = 1
+        self, model: Model, item_epsilon: float, *, malicious: bool = True, workers: int = 1,
+        sparse: bool = True, dropout_rate: float = 0.05,
     ) -> None:
         self.layout = row_layout(model)
         self.item_epsilon = item_epsilon
+        complete = None if sparse else COMPLETE
         self.aggregator = SubmodelAggregator(self.layout, item_epsilon=item_epsilon, malicious=malicious,
-                                             workers=workers)
+                                             workers=workers, neighbors=complete, dropout_rate=dropout_rate)
 
     def aggregate(
         self, deltas: np.ndarray, clients: list[int], config: RoundConfig, plan: dict[int, Stage],

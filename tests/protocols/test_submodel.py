@@ -116,7 +116,7 @@ def test_upload_follows_the_reported_set_not_the_catalogue() -> None:
     for c, size in res.reported.items():
         assert size < LAYOUT.num_rows // 2
         values = LAYOUT.client_length(size) * RING // 8
-        assert values < res.result.bytes_up[c] < values + 4 * size + 4000
+        assert values < res.result.bytes_up[c] < values + 2 * size + 4000
 
 
 def test_a_row_left_with_one_survivor_aborts_and_reveals_nothing() -> None:
@@ -250,12 +250,25 @@ def test_truncated_or_padded_messages_are_decode_errors(cut: int) -> None:
 
 
 def test_rows_out_of_order_or_range_are_decode_errors() -> None:
-    good = RowRequest(3, 40, np.array([1, 5, 9])).encode()
-    bad = good[:-4] + (4).to_bytes(4, "big")  # 9 -> 4: not increasing
+    good = RowRequest(3, 40, np.array([1, 5, 9])).encode()  # gaps 2, 4, 4: one byte each
+    bad = good[:-1] + bytes([0])  # a zero gap: 9 -> 5, a repeated row
     with pytest.raises(DecodeError, match="increasing"):
         RowRequest.decode(bad)
+    padded = good[:-1] + bytes([0x84, 0x00])  # the gap 4 as two bytes: not canonical
+    with pytest.raises(DecodeError):
+        RowRequest.decode(padded)
     with pytest.raises(DecodeError, match="outside"):
         RowRequest.decode(RowRequest(3, 9, np.array([1, 5, 9])).encode())
+
+
+def test_row_sets_round_trip_in_about_a_byte_a_row() -> None:
+    rng = np.random.default_rng(1)
+    for top in (50, 100_000, 2**32):
+        rows = np.unique(rng.integers(0, top, 2000))
+        msg = RowRequest(9, 2**32 - 1, rows).encode()
+        np.testing.assert_array_equal(RowRequest.decode(msg).rows, rows)
+    rows = np.sort(rng.choice(100_000, 1900, replace=False))  # a reported set at eps 4
+    assert len(RowRequest(9, 100_000, rows).encode()) < 1.2 * rows.size
 
 
 def test_layout_refuses_overlapping_rows() -> None:
@@ -288,3 +301,180 @@ def test_a_client_shown_another_table_breaks_the_consistency_signatures() -> Non
     msgs = server.receive_signatures({c: clients[c].consistency(m) for c, m in msgs.items()})
     with pytest.raises(IntegrityError, match="consistency signature of 1"):
         clients[8].unmask(msgs[8])
+
+
+# ---- SecAgg+ sharing: secrets go to the k graph neighbours, masks to every peer of U2 ----------------
+
+def sparse_run(malicious: bool, plan: dict[int, Stage] | None = None, n: int = 16, degree: int = 4,
+               seed: int = 6) -> tuple[SubmodelAggregator, dict[int, SubmodelInput], Any, float]:
+    inputs, step = grid_inputs(n, 6, seed)
+    agg = SubmodelAggregator(LAYOUT, item_epsilon=0.1, malicious=malicious, neighbors=degree,
+                             randbytes=pinned(f"sparse{seed}"), rng=np.random.default_rng(seed))
+    cfg = RoundConfig(threshold=n // 2, clip_range=CLIP, ring_bits=RING)
+    return agg, inputs, agg.aggregate(inputs, cfg, plan or {}), step
+
+
+@pytest.mark.parametrize("malicious", [True, False])
+@pytest.mark.parametrize("stage", list(Stage))
+def test_sparse_sharing_keeps_the_sum_exact_with_dropouts(malicious: bool, stage: Stage) -> None:
+    droppers = {8: stage, 43: stage}  # two clients (ids 7c + 1)
+    agg, inputs, res, step = sparse_run(malicious, droppers)
+    server = agg.last_server
+    assert server is not None and server.degree == 4  # shares went to 4 neighbours, not to all 15
+    for c in server.client_ids:
+        assert len(server.neighbors[c]) == 4
+    survivors = res.result.survivors
+    assert survivors == frozenset(inputs) - (set(droppers) if stage <= Stage.MASKED_INPUT else set())
+    u2 = set(inputs) - (set(droppers) if stage <= Stage.SHARE_KEYS else set())
+    want = expected_sum(agg, inputs, survivors, u2)
+    np.testing.assert_allclose(res.result.total, want, rtol=0, atol=step / 2)
+    assert np.abs(want).sum() > 0
+
+
+def _sparse_round(malicious: bool = True, n: int = 12, degree: int = 4, threshold: int = 6,
+                  label: str = "manual") -> tuple[dict[int, SubmodelClient], Any, dict[int, bytes]]:
+    """Clients and server of a sparse-graph round, driven up to the unmask requests (exclusive)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from protocols.secagg import ClientPolicy
+    from protocols.secagg.client import raw_public
+    from protocols.submodel.server import SubmodelServer
+
+    rb = pinned(label)
+    ids = [7 * c + 1 for c in range(n)]
+    keys = {c: Ed25519PrivateKey.from_private_bytes(rb(32)) for c in ids}
+    pki = {c: raw_public(k) for c, k in keys.items()}
+    policy = ClientPolicy(min_threshold=threshold, min_threshold_fraction=0.0, min_degree=degree,
+                          corruption_rate=None)
+    step = FixedPoint.for_sum(n, CLIP, RING, None).step
+    clients = {c: SubmodelClient(c, LAYOUT, np.array([0, 1, 2]), np.full((3, 3), step), np.zeros(2),
+                                 submodel=SubmodelPolicy(item_epsilon=60.0), malicious=malicious,
+                                 identity_key=keys[c] if malicious else None,
+                                 identity_keys=pki if malicious else None, randbytes=rb, policy=policy)
+               for c in ids}
+    cfg = RoundConfig(threshold=threshold, clip_range=CLIP, ring_bits=RING, neighbors=degree)
+    server = SubmodelServer(cfg, ids, LAYOUT, malicious=malicious)
+    msgs = server.receive_requests({c: k.request() for c, k in clients.items()})
+    msgs = server.receive_advertisements({c: clients[c].advertise(m) for c, m in msgs.items()})
+    msgs = server.receive_shares({c: clients[c].share_keys(m) for c, m in msgs.items()})
+    return clients, server, msgs
+
+
+def test_a_server_asking_for_both_shares_of_a_peer_is_refused() -> None:
+    from protocols.secagg.messages import UnmaskRequest
+    from protocols.submodel.messages import SubmodelUnmaskRequest
+
+    clients, server, msgs = _sparse_round(malicious=False)
+    msgs = server.receive_masked_inputs({c: clients[c].masked_input(m) for c, m in msgs.items()})
+    w = 1
+    victim = min(server.neighbors[w])
+    honest = SubmodelUnmaskRequest.decode(msgs[w])
+    inner = UnmaskRequest.decode(honest.request)
+    assert victim in inner.survivors
+    both = UnmaskRequest(inner.survivors, tuple(sorted({*inner.dropped, victim})))
+    with pytest.raises(IntegrityError, match="both shares"):
+        clients[w].unmask(SubmodelUnmaskRequest(both.encode(), honest.u3).encode())
+    with pytest.raises(StageError):  # terminal
+        clients[w].unmask(msgs[w])
+    other = min(server.neighbors[victim] - {w})  # the honest request still works for another neighbour
+    clients[other].unmask(msgs[other])
+
+
+def test_a_server_splitting_u3_to_get_both_shares_is_refused() -> None:
+    """Malicious model: a neighbour asked for the key share of a client that is in the signed U3 refuses."""
+    from protocols.secagg.messages import UnmaskRequest
+    from protocols.submodel.messages import SubmodelUnmaskRequest
+
+    clients, server, msgs = _sparse_round(malicious=True)
+    msgs = server.receive_masked_inputs({c: clients[c].masked_input(m) for c, m in msgs.items()})
+    msgs = server.receive_signatures({c: clients[c].consistency(m) for c, m in msgs.items()})
+    w = 1
+    victim = min(server.neighbors[w])
+    honest = SubmodelUnmaskRequest.decode(msgs[w])
+    inner = UnmaskRequest.decode(honest.request)
+    u3 = tuple(c for c in honest.u3 if c != victim)  # the victim "dropped", in this client's request only
+    lie = UnmaskRequest(tuple(c for c in inner.survivors if c != victim),
+                        tuple(sorted({*inner.dropped, victim})), inner.signatures)
+    sigs = tuple((c, s) for c, s in honest.mask_signatures if c != victim)
+    with pytest.raises(IntegrityError, match="U3 differs"):
+        clients[w].unmask(SubmodelUnmaskRequest(lie.encode(), u3, sigs).encode())
+
+
+def test_a_client_shown_a_smaller_u2_is_caught_by_its_neighbours() -> None:
+    """Malicious model: a server that hides some peers from a victim's U2 (so the victim masks its rows
+    against fewer of them) cannot get the victim's self-mask shares: its neighbours check the victim's
+    signature on the U2 it masked against."""
+    from protocols.submodel.messages import SubmodelSharesIn
+
+    clients, server, msgs = _sparse_round(malicious=True)
+    victim = 1
+    real = SubmodelSharesIn.decode(msgs[victim])
+    hidden = max(set(real.u2) - server.neighbors[victim] - {victim})  # a non-neighbour: no share to check
+    msgs[victim] = SubmodelSharesIn(real.shares_in, tuple(c for c in real.u2 if c != hidden)).encode()
+    masked = {c: clients[c].masked_input(m) for c, m in msgs.items()}
+    msgs = server.receive_masked_inputs(masked)
+    msgs = server.receive_signatures({c: clients[c].consistency(m) for c, m in msgs.items()
+                                      if c != victim})  # the victim's view differs: it would refuse
+    w = min(server.neighbors[victim])
+    with pytest.raises(IntegrityError, match=f"U2 signature of {victim}"):
+        clients[w].unmask(msgs[w])
+
+
+@pytest.mark.parametrize(("field", "value"), [("degree", 2), ("share_threshold", 2), ("threshold", 5)])
+def test_a_weaker_degree_or_share_threshold_is_refused(field: str, value: int) -> None:
+    from protocols.secagg.messages import Setup
+
+    clients, server, _ = _sparse_round(malicious=False)  # the clients' floor: degree 4, threshold 6
+    c = 1
+    client = SubmodelClient(c, LAYOUT, np.array([0, 1, 2]), np.zeros((3, 3)), np.zeros(2),
+                            submodel=SubmodelPolicy(item_epsilon=60.0), malicious=False,
+                            randbytes=pinned("weak"), policy=clients[c]._policy)
+    req = RowRequest.decode(client.request())
+    table = {**server.table, c: req.rows}
+    ids = server.client_ids
+    fields = dict(round_id=0, client_id=c, length=LAYOUT.client_length(req.rows.size), ring_bits=RING,
+                  value_bits=server.encoding.value_bits, clip_range=CLIP, threshold=6,
+                  share_threshold=server.share_threshold, degree=4, malicious=False,
+                  graph_seed=server.graph_seed, client_ids=ids)
+    ok = SubmodelClient(c, LAYOUT, np.array([0, 1, 2]), np.zeros((3, 3)), np.zeros(2),
+                        submodel=SubmodelPolicy(item_epsilon=60.0), malicious=False,
+                        randbytes=pinned("weak"), policy=clients[c]._policy)
+    ok.request()
+    ok.advertise(SubmodelSetup(Setup(**fields).encode(), table).encode())  # the honest setup is accepted
+    fields[field] = value
+    with pytest.raises(IntegrityError, match=field.replace("_", " ")):
+        client.advertise(SubmodelSetup(Setup(**fields).encode(), table).encode())
+
+
+def test_the_default_policy_refuses_a_degree_below_bell_et_al_bound() -> None:
+    """With no fixed degree each client checks the announced one against its own corruption rate."""
+    from protocols.secagg import choose_degree, degree_is_secure, share_threshold
+    from protocols.secagg.messages import Setup
+
+    n, threshold = 200, 100
+    ids = tuple(range(1, n + 1))
+    client = SubmodelClient(1, LAYOUT, np.array([0, 1, 2]), np.zeros((3, 3)), np.zeros(2),
+                            submodel=SubmodelPolicy(item_epsilon=60.0), malicious=False,
+                            randbytes=pinned("bound"))
+    req = RowRequest.decode(client.request())
+    k = choose_degree(n, threshold=threshold)
+    weak = k - 2
+    assert not degree_is_secure(n, weak, threshold, malicious=False, corruption_rate=0.05)
+    from protocols.secagg.graph import graph_seed
+
+    setup = Setup(round_id=0, client_id=1, length=LAYOUT.client_length(req.rows.size), ring_bits=RING,
+                  value_bits=16, clip_range=CLIP, threshold=threshold,
+                  share_threshold=share_threshold(threshold, n, weak, False), degree=weak, malicious=False,
+                  graph_seed=graph_seed(0, ids), client_ids=ids).encode()
+    with pytest.raises(IntegrityError, match="degree"):
+        client.advertise(SubmodelSetup(setup, {1: req.rows}).encode())
+
+
+def test_a_table_whose_row_list_runs_into_the_next_is_a_decode_error() -> None:
+    good = SubmodelSetup(b"s", {1: np.array([3]), 2: np.array([5])}).encode()
+    # the first list's only byte (gap 4) with its continuation bit set: its varint would end in the next list
+    at = good.index(bytes([4]) + (2).to_bytes(8, "big"))
+    bad = good[:at] + bytes([0x84]) + good[at + 1 :]
+    SubmodelSetup.decode(good)
+    with pytest.raises(DecodeError, match="another number of rows"):
+        SubmodelSetup.decode(bad)
