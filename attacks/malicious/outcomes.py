@@ -25,7 +25,7 @@ __all__ = [
     "summarize",
 ]
 
-SECAGG_SCENARIOS = ("drop-claim", "key-substitution", "share-tampering", "split-view")
+SECAGG_SCENARIOS = ("drop-claim", "key-substitution", "share-tampering", "split-view", "split-view-colluder")
 """SecAgg / SecAgg+ deviations (:mod:`attacks.malicious.secagg`)."""
 SECAGG_LIES = (
     "split-view-low-threshold", "threshold", "share-threshold", "degree", "graph-seed", "ring-bits",

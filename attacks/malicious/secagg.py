@@ -19,6 +19,11 @@ is unmasked once the server holds ``t'`` shares of *both* the self-mask seed
                       replays to a client a share addressed to another client.
 ``split-view``        (d) the server tells one group that v survived (it reveals
                       b_v shares) and the other that v dropped (s_sk_v shares).
+``split-view-colluder`` (e) the same with one client the server controls: a holder of
+                      v's shares next to v on the graph's ring, which signs both
+                      views and hands over both of its shares of v. The ring is cut
+                      into two arcs, so every honest client still sees t' signers of
+                      its own view among its neighbours.
 
 Each scenario runs against the configured model (``malicious=True``: signed
 advertisements, consistency round) and, as the baseline, against the
@@ -29,11 +34,14 @@ clients that detect a deviation raise :class:`~protocols.errors.IntegrityError`;
 the outcome lists who aborted and with which message.
 
 Notes:
-    Split view needs two disjoint groups of signers, each reaching the Shamir
-    threshold t'. With ``t' > n_v / 2`` (strict majority of v's share holders)
-    that is impossible, which is why Bell et al. raise t' to a majority in the
-    malicious model. :func:`protocols.secagg.share_threshold` does so for every
-    graph, and each client computes t' itself (:class:`protocols.secagg.ClientPolicy`):
+    Split view needs two groups of signers, each reaching the Shamir threshold t',
+    that share no honest client. With a strict majority of v's m share holders that
+    is impossible without corrupted holders, but one corrupted holder (in both
+    groups) suffices when m is odd (``split-view-colluder``), and c of them when
+    ``m + c >= 2t'``. :func:`protocols.secagg.share_threshold` therefore takes t'
+    above ``(m + c) / 2`` for the c holders the server may control
+    (:func:`protocols.secagg.corrupt_holders`, from the corruption rate), and each
+    client computes t' itself (:class:`protocols.secagg.ClientPolicy`):
     a server that announces a lower t' is refused at setup
     (:mod:`attacks.malicious.secagg_lies` runs that lie and every other one).
 """
@@ -42,6 +50,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -50,7 +59,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from attacks.malicious.outcomes import SECAGG_SCENARIOS, ScenarioOutcome, check_scenario
 from protocols import ProtocolError, RoundConfig, shamir
 from protocols.prg import MaskExpander
-from protocols.secagg import SecAggAggregator, SecAggClient, SecAggServer, _crypto
+from protocols.secagg import CORRUPTION_RATE, SecAggAggregator, SecAggClient, SecAggServer, _crypto
 from protocols.secagg import messages as msg
 from protocols.secagg.client import raw_public
 from securefedrec.errors import ConfigError
@@ -67,18 +76,24 @@ class _Round:
 
     def __init__(self, n: int, threshold: int, degree: int | None, malicious: bool, length: int,
                  rng: np.random.Generator, randbytes: Callable[[int], bytes],
-                 client_class: type[SecAggClient] = SecAggClient) -> None:
+                 client_class: type[SecAggClient] = SecAggClient,
+                 corruption_rate: float = CORRUPTION_RATE) -> None:
         self.ids = list(range(1, n + 1))
         self.cfg = RoundConfig(round_id=7, threshold=threshold, ring_bits=32, clip_range=1.0,
                                neighbors=degree)
         self.inputs = {c: rng.uniform(-1, 1, length) for c in self.ids}
         ident = {c: Ed25519PrivateKey.from_private_bytes(randbytes(32)) for c in self.ids}
+        self.identities = ident
+        """Every client's identity key (what the attacker holds for the clients it controls)."""
         pki = {c: raw_public(k) for c, k in ident.items()}
         self.length = length
         self.malicious = malicious
-        self.server = SecAggServer(self.cfg, self.ids, length, malicious=malicious, randbytes=randbytes)
+        self.server = SecAggServer(self.cfg, self.ids, length, malicious=malicious, randbytes=randbytes,
+                                   corruption_rate=corruption_rate)
         # the honest clients' own floor, from the same configuration as the honest server's
         policy = SecAggAggregator(neighbors=degree, malicious=malicious).client_policy(n, self.cfg)
+        if corruption_rate != CORRUPTION_RATE:  # clients that assume another rate (0: the bare majority)
+            policy = replace(policy, corruption_rate=corruption_rate)
         self.clients = {
             c: client_class(c, self.inputs[c], malicious=malicious,
                             identity_key=ident[c] if malicious else None,
@@ -299,6 +314,53 @@ def _split_view(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
     rnd.score(self_shares, key_shares, out)
 
 
+def _split_view_colluder(rnd: _Round, victim: int, out: ScenarioOutcome, corruption_rate: float) -> None:
+    """(e): the split view, helped by a corrupted holder of the victim's shares."""
+    from protocols.secagg.graph import _placement
+
+    rnd.honest_until_masked(out)
+    ring = _placement(sorted(rnd.ids), rnd.server.graph_seed)
+    n, at = len(ring), ring.index(victim)
+    colluder = ring[(at - 1) % n]  # a holder of v on every graph (the ring's previous position)
+    complete = rnd.server.degree >= n - 1
+    # world B (told v dropped): an arc after v -- just t' - 1 honest holders on the complete graph,
+    # half the ring on a sparse one (each of its clients then sees t' signers of its view)
+    arc = rnd.t - 1 if complete else n // 2
+    world_b = {ring[(at + d) % n] for d in range(1, arc + 1)} - {colluder}
+    everyone = tuple(rnd.ids)
+    without = tuple(c for c in everyone if c != victim)
+    views = {c: (without if c in world_b else everyone) for c in everyone}
+    sigs: dict[int, bytes] = {}
+    forged = b""
+    if rnd.malicious:
+        sigs = _consistency(rnd, views, out)  # the colluder signs view A like an honest client ...
+        forged = _crypto.sign(rnd.identities[colluder],  # ... and view B with its own key
+                              _crypto.consistency_payload(rnd.cfg.round_id, msg.encode_ids(without)))
+    requests = {}
+    for c in everyone:
+        if c in rnd.aborted or c == colluder:
+            continue
+        u3 = set(views[c])
+        same_view = {v: s_ for v, s_ in sigs.items() if set(views[v]) == u3}
+        if c in world_b and forged:
+            same_view[colluder] = forged
+        h = rnd.holds(c)
+        requests[c] = msg.UnmaskRequest(tuple(sorted(h & u3)), tuple(sorted(h - u3)),
+                                        _signatures(rnd, c, same_view)).encode()
+    self_shares: dict[int, list[tuple[int, np.ndarray]]] = {}
+    key_shares: dict[int, list[tuple[int, np.ndarray]]] = {}
+    _collect(rnd.call("unmask", requests, out), self_shares, key_shares)
+    held = rnd.clients[colluder]._shares.get(victim)  # the colluder's own state: both shares of v
+    if held is not None:
+        key_shares.setdefault(victim, []).append((colluder, held[:_E]))
+        self_shares.setdefault(victim, []).append((colluder, held[_E:]))
+    out.notes.append(
+        f"corrupted holder {colluder} (corruption rate the clients assume: {corruption_rate}); "
+        f"{len(world_b)} clients told v dropped; obtained {len(self_shares.get(victim, []))} self-mask "
+        f"and {len(key_shares.get(victim, []))} key shares of v (t' = {rnd.t})")
+    rnd.score(self_shares, key_shares, out)
+
+
 def run_scenario(
     scenario: str,
     *,
@@ -309,8 +371,13 @@ def run_scenario(
     length: int = 16,
     seed: int = 0,
     randbytes: Callable[[int], bytes] = os.urandom,
+    corruption_rate: float = CORRUPTION_RATE,
 ) -> ScenarioOutcome:
     """Run one scenario in a fresh round and report what the server got.
+
+    ``corruption_rate`` is the fraction of corrupted clients the honest clients (and the
+    server's announced t') assume; ``0.0`` gives the bare-majority t' that
+    ``split-view-colluder`` defeats.
 
     Raises:
         ConfigError: unknown scenario (the message lists them) or too few clients.
@@ -320,7 +387,8 @@ def run_scenario(
     rng = np.random.default_rng(seed)
 
     def fresh() -> _Round:
-        return _Round(clients, threshold, degree, malicious, length, rng, randbytes)
+        return _Round(clients, threshold, degree, malicious, length, rng, randbytes,
+                      corruption_rate=corruption_rate)
 
     victim = 1
     if scenario == "drop-claim":
@@ -330,6 +398,8 @@ def run_scenario(
         _key_substitution(fresh(), out, randbytes)
     elif scenario == "share-tampering":
         _share_tampering(fresh(), out)
+    elif scenario == "split-view-colluder":
+        _split_view_colluder(fresh(), victim, out, corruption_rate)
     else:
         _split_view(fresh(), victim, out)
     out.aborted = sorted(set(out.aborted))

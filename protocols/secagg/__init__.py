@@ -9,7 +9,9 @@ sans-IO :class:`SecAggClient` and :class:`SecAggServer` are what a transport
 from protocols.secagg.aggregator import SecAggAggregator, SecAggPlusAggregator
 from protocols.secagg.client import ClientPolicy, PolicyRefusal, SecAggClient
 from protocols.secagg.graph import (
+    CORRUPTION_RATE,
     choose_degree,
+    corrupt_holders,
     degree_is_secure,
     effective_degree,
     graph_seed,
@@ -19,6 +21,7 @@ from protocols.secagg.graph import (
 from protocols.secagg.server import SecAggServer, ServerResult
 
 __all__ = [
+    "CORRUPTION_RATE",
     "ClientPolicy",
     "PolicyRefusal",
     "SecAggAggregator",
@@ -27,6 +30,7 @@ __all__ = [
     "SecAggServer",
     "ServerResult",
     "choose_degree",
+    "corrupt_holders",
     "degree_is_secure",
     "effective_degree",
     "graph_seed",

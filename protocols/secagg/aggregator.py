@@ -21,7 +21,7 @@ from protocols.base import AggregationResult, Aggregator, RoundConfig, Stage
 from protocols.errors import ConfigError
 from protocols.secagg._runner import RoundDriver, identities, make_runner
 from protocols.secagg.client import ClientPolicy, SecAggClient
-from protocols.secagg.graph import choose_degree, effective_degree
+from protocols.secagg.graph import CORRUPTION_RATE, choose_degree, effective_degree
 from protocols.secagg.server import SecAggServer
 
 __all__ = ["SecAggAggregator", "SecAggPlusAggregator"]
@@ -52,8 +52,9 @@ class SecAggAggregator(Aggregator):
         answer any stage. Secrets are Shamir-shared among a client's neighbours and
         itself; the Shamir threshold t' is ``threshold`` for the complete graph and,
         for SecAgg+, ``threshold`` scaled to the neighbourhood (``ceil(threshold *
-        (k + 1) / n)``), raised to a strict neighbourhood majority in the malicious
-        model -- see :func:`~protocols.secagg.graph.share_threshold`. A neighbourhood
+        (k + 1) / n)``), raised in the malicious model above half of the neighbourhood
+        plus the holders the server may control -- see
+        :func:`~protocols.secagg.graph.share_threshold`. A neighbourhood
         left with fewer than t' responders aborts the round (never a wrong sum).
 
         Threat model: the server sees masked vectors, each a uniform ring element
@@ -91,6 +92,8 @@ class SecAggAggregator(Aggregator):
         self.workers = workers
         self.neighbors = neighbors
         self.malicious = malicious
+        self.corruption_rate = CORRUPTION_RATE
+        """The fraction of clients the server may control, for the malicious model's t'."""
         self.randbytes = randbytes
         self.rng = rng if rng is not None else np.random.default_rng()
         self.last_server: SecAggServer | None = None
@@ -125,7 +128,7 @@ class SecAggAggregator(Aggregator):
         t0 = time.perf_counter()
         server = SecAggServer(
             config, ids, length, neighbors=self.degree_for(len(ids), config),
-            malicious=self.malicious, randbytes=self.randbytes,
+            malicious=self.malicious, randbytes=self.randbytes, corruption_rate=self.corruption_rate,
         )
         server_setup = time.perf_counter() - t0
         self.last_server = server

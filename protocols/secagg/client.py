@@ -38,6 +38,7 @@ from protocols.errors import ConfigError, IntegrityError, ProtocolError, StageEr
 from protocols.prg import MaskExpander
 from protocols.secagg import _crypto
 from protocols.secagg.graph import (
+    CORRUPTION_RATE,
     choose_degree,
     degree_is_secure,
     effective_degree,
@@ -120,12 +121,15 @@ class ClientPolicy:
         from one group and its key share from the other, and unmasks its input
         (the split view that Bonawitz et al., CCS 2017, defend against with the
         consistency round). So the client computes t' itself with
-        :func:`~protocols.secagg.graph.share_threshold`: in the malicious model a
-        strict majority of its neighbourhood, so two sets of t' responders always
-        intersect, and an honest client never reveals both shares of one peer (Bell
-        et al., CCS 2020). The release threshold bounds how few inputs a released sum
-        may hold (with fewer, a server that declares all but one client dropped
-        learns that client's input as "the sum"). The default, ``ceil(n / 2)`` and at
+        :func:`~protocols.secagg.graph.share_threshold`: in the malicious model more
+        than half of its m share holders plus the c of them the server may control
+        (``corruption_rate``; :func:`~protocols.secagg.graph.corrupt_holders`), so two
+        sets of t' responders always share an honest client, who never reveals both
+        shares of one peer (Bell et al., CCS 2020; Bonawitz et al.'s ``2t - n > n_c``).
+        A bare majority falls to one corrupted holder when m is odd.
+        The release threshold bounds how few inputs a released sum may hold (with
+        fewer, a server that declares all but one client dropped learns that client's
+        input as "the sum"). The default, ``ceil(n / 2)`` and at
         least 1, is the project's default ``threshold_fraction`` (what
         ``Simulation.round_config`` asks for); n is the number of clients the Setup
         invites, so a deployment raises ``min_threshold``, which holds whatever n the
@@ -209,8 +213,10 @@ class ClientPolicy:
             if setup.degree < wanted:
                 raise refuse(f"degree {setup.degree} is below {wanted}, the degree for {n} clients at "
                              f"dropout rate {self.dropout_rate} this client expects", "degree")
-        # t' is this client's own: a strict neighbourhood majority in the malicious model
-        t = share_threshold(setup.threshold, n, setup.degree, malicious)
+        # t' is this client's own: in the malicious model more than half of its holders plus the
+        # corrupted ones it must assume (share_threshold), from its own corruption rate
+        rate = self.corruption_rate if self.corruption_rate is not None else CORRUPTION_RATE
+        t = share_threshold(setup.threshold, n, setup.degree, malicious, rate, self.security_bits)
         if setup.share_threshold < t:
             raise refuse(f"share threshold {setup.share_threshold} is below {t}, the one this "
                          "client computes for the round", "share_threshold")

@@ -27,7 +27,9 @@ import numpy as np
 from protocols.prg import expand
 
 __all__ = [
+    "CORRUPTION_RATE",
     "choose_degree",
+    "corrupt_holders",
     "degree_is_secure",
     "effective_degree",
     "graph_seed",
@@ -37,6 +39,9 @@ __all__ = [
 ]
 
 _GRAPH_DOMAIN = b"securefedrec/secagg/v1/graph"
+
+CORRUPTION_RATE = 0.05
+"""gamma, the default fraction of clients a malicious server controls (Bell et al.'s tables)."""
 
 
 def graph_seed(round_id: int, client_ids: Sequence[int]) -> bytes:
@@ -133,35 +138,64 @@ def _placement(order: list[int], seed: bytes) -> list[int]:
     return [order[int(i)] for i in perm]
 
 
-def share_threshold(threshold: int, n: int, degree: int, malicious: bool) -> int:
+def corrupt_holders(n: int, degree: int, corruption_rate: float, security_bits: int = 40) -> int:
+    """How many of a neighbourhood's ``degree + 1`` share holders the server may control.
+
+    - Complete graph (``degree >= n - 1``): ``ceil(corruption_rate * n)``, the clients of the
+      round a server controlling that fraction holds (Bonawitz et al.'s n_c; at least one
+      whenever the rate is positive).
+    - Sparse graph: no more than that, and no more than the smallest c with
+      P(Bin(degree + 1, corruption_rate) > c) at most ``2^-security_bits / n`` (the graph
+      comes from public data, so the server cannot place its clients around a victim: each
+      holder is one of them independently, union bound over the n neighbourhoods, as in
+      :func:`degree_is_secure`).
+    """
+    if not 0.0 <= corruption_rate < 0.5:
+        raise ValueError(f"corruption_rate must be in [0, 0.5), got {corruption_rate}")
+    holders = min(degree, n - 1) + 1
+    if corruption_rate == 0.0:
+        return 0
+    in_round = min(holders, math.ceil(corruption_rate * n))
+    if degree >= n - 1:
+        return in_round
+    bound = 2.0 ** -security_bits / n
+    for c in range(in_round):
+        if _binom_mass(holders, corruption_rate, c + 1, holders + 1) <= bound:
+            return c
+    return in_round
+
+
+def share_threshold(threshold: int, n: int, degree: int, malicious: bool,
+                    corruption_rate: float = CORRUPTION_RATE, security_bits: int = 40) -> int:
     """Shamir threshold t' for a neighbourhood of ``degree + 1`` share holders (the client counts).
 
     Complete graph (``degree == n - 1``): t' = ``threshold``, as in Bonawitz et
-    al. (every client holds a share of every secret, its own included) -- raised
-    to a strict majority ``n // 2 + 1`` against a malicious server: with t' = n/2
-    a server showing two disjoint halves different survivor lists gets the
-    self-mask shares from one half and the key shares from the other (found by
-    ``attacks.malicious.secagg``'s split-view scenario).
-
-    Sparse graph (SecAgg+): the global threshold is scaled to the neighbourhood,
+    al. (every client holds a share of every secret, its own included). Sparse graph
+    (SecAgg+): the global threshold is scaled to the neighbourhood,
     t' = ceil(threshold * (degree + 1) / n): the same *fraction* of share holders
-    must respond. Against a malicious server (``malicious=True``) t' is raised
-    to a strict majority of the neighbourhood, floor((degree + 1) / 2) + 1, as
-    Bell et al. require: two sets of t' responders then always share an honest
-    client, who refuses to reveal both the self-mask share and the key share of
-    the same peer, so the server can never learn both for one client.
+    must respond.
+
+    Against a malicious server (``malicious=True``) t' is raised to
+    ``floor((m + c) / 2) + 1`` for m = degree + 1 holders of which c =
+    :func:`corrupt_holders` may be the server's. A server that shows a victim's holders
+    two survivor sets (the victim alive to one group, which then reveals shares of its
+    self-mask seed; dropped to the other, which reveals shares of its mask key) needs t'
+    holders in each group. Its own clients sign both views and answer both requests, so
+    the two groups together need ``2t' - c`` distinct holders, and the honest ones refuse
+    to reveal both shares of a peer: with ``m + c < 2t'`` the split is impossible. A
+    strict majority alone (c = 0) falls to one corrupted holder whenever m is odd -- the
+    ``split-view-colluder`` scenario of :mod:`attacks.malicious.secagg`; Bonawitz et al.
+    state the same bound as ``2t - n > n_c``.
 
     Correctness under dropout is then probabilistic (Bell et al. Thm 3.x): a
     neighbourhood whose responders fall below t' cannot be unmasked and the round
     aborts -- it never returns a wrong sum. Pick the degree with :func:`choose_degree`.
     """
-    holders = degree + 1
-    if degree >= n - 1:
-        t = max(threshold, holders // 2 + 1) if malicious else threshold
-        return max(1, min(t, holders))
-    t = math.ceil(threshold * holders / n)
+    holders = min(degree, n - 1) + 1
+    t = threshold if degree >= n - 1 else math.ceil(threshold * holders / n)
     if malicious:
-        t = max(t, holders // 2 + 1)
+        c = corrupt_holders(n, degree, corruption_rate, security_bits)
+        t = max(t, (holders + c) // 2 + 1)
     return max(1, min(t, holders))
 
 
@@ -188,7 +222,7 @@ def degree_is_secure(
     if degree >= n - 1 or corruption_rate == 0.0:
         return True
     m = degree + 1
-    t = share_threshold(threshold, n, degree, malicious)
+    t = share_threshold(threshold, n, degree, malicious, corruption_rate, security_bits)
     return _binom_mass(m, corruption_rate, t, m + 1) <= 2.0 ** -security_bits / n
 
 
@@ -249,7 +283,7 @@ def choose_degree(
     for k in range(2, n - 1, 2):
         m = k + 1
         if threshold is not None:
-            t = share_threshold(threshold, n, k, malicious)
+            t = share_threshold(threshold, n, k, malicious, corruption_rate, security_bits)
             secure = corruption_rate == 0.0 or _binom_mass(m, corruption_rate, t, m + 1) <= sec
             if secure and (dropout_rate == 0.0 or _binom_mass(m, 1.0 - dropout_rate, 0, t) <= cor):
                 return k

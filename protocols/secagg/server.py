@@ -38,7 +38,13 @@ from protocols.errors import AggregationAborted, ConfigError, IntegrityError, Pr
 from protocols.prg import MaskExpander
 from protocols.secagg import _crypto
 from protocols.secagg.client import raw_public
-from protocols.secagg.graph import effective_degree, graph_seed, harary_neighbors, share_threshold
+from protocols.secagg.graph import (
+    CORRUPTION_RATE,
+    effective_degree,
+    graph_seed,
+    harary_neighbors,
+    share_threshold,
+)
 from protocols.secagg.messages import (
     MAX_ID,
     AdvertiseBroadcast,
@@ -118,6 +124,9 @@ class SecAggServer:
         malicious: run the malicious-model variant (signed keys, consistency round).
         randbytes: unused since the graph seed is derived from the round
             (:func:`~protocols.secagg.graph.graph_seed`); kept so callers need not change.
+        corruption_rate: the fraction of clients the server must assume corrupted when it
+            sets the malicious model's t' (:func:`~protocols.secagg.graph.share_threshold`);
+            each client computes its own from its policy and refuses a lower t'.
     """
 
     def __init__(
@@ -129,6 +138,7 @@ class SecAggServer:
         neighbors: int | None = None,
         malicious: bool = True,
         randbytes: Callable[[int], bytes] = os.urandom,
+        corruption_rate: float = CORRUPTION_RATE,
     ) -> None:
         ids = tuple(sorted(set(client_ids)))
         if not ids:
@@ -145,7 +155,7 @@ class SecAggServer:
         self.malicious = malicious
         n = len(ids)
         self.degree = effective_degree(n, config.neighbors if config.neighbors is not None else neighbors)
-        self.share_threshold = share_threshold(config.threshold, n, self.degree, malicious)
+        self.share_threshold = share_threshold(config.threshold, n, self.degree, malicious, corruption_rate)
         self.encoding = FixedPoint.for_sum(n, config.clip_range, config.ring_bits, config.value_bits,
                                            wrap=config.wrap)
         self.graph_seed = graph_seed(config.round_id, ids)  # derived, so clients can check it

@@ -48,3 +48,22 @@ def test_attack_report() -> None:
     assert plain.success
     with pytest.raises(ConfigError, match=r"does not apply to protocol 'secagg\+'"):
         MaliciousServerAttack(scenarios=("single-ciphertext",)).run(config("secagg+"))
+
+
+@pytest.mark.parametrize(("clients", "degree"), [(11, None), (20, 4), (40, 8)])
+def test_one_corrupted_holder_defeats_a_bare_majority_but_not_the_corruption_aware_threshold(
+        clients: int, degree: int | None) -> None:
+    """A split view helped by one client the server controls (it signs both views, gives both shares).
+
+    With t' a bare majority of an odd neighbourhood (clients assuming no corrupted holder) the
+    server unmasks the victim, on the complete graph and on SecAgg+'s sparse one; with t' above
+    half of the holders plus the one the 5 % rate allows, the honest clients refuse and nothing
+    is revealed.
+    """
+    bare = run_scenario("split-view-colluder", clients=clients, threshold=clients // 2, degree=degree,
+                        malicious=True, corruption_rate=0.0)
+    assert bare.revealed == 1 and "unmasked" in " ".join(bare.notes)
+    guarded = run_scenario("split-view-colluder", clients=clients, threshold=clients // 2, degree=degree,
+                           malicious=True)
+    assert guarded.revealed == 0
+    assert guarded.aborted and all("IntegrityError" in e for e in guarded.errors)

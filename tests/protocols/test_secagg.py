@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols import AggregationAborted, Aggregator, FixedPoint, RoundConfig, Stage, sample_dropouts
-from protocols.secagg import SecAggAggregator, SecAggPlusAggregator, choose_degree
+from protocols.secagg import SecAggAggregator, SecAggPlusAggregator, choose_degree, share_threshold
 from tests.protocols.contract import AggregatorContract, make_inputs, senders
 
 
@@ -26,6 +26,10 @@ def pinned_randbytes(seed: int = 0):  # type: ignore[no-untyped-def]
 
 class TestSecAggContract(AggregatorContract):
     """SecAgg, complete graph, malicious model (signatures + consistency round)."""
+
+    def survivors_needed(self, n: int, config: RoundConfig) -> int:
+        """Every share holder a corrupted one could stand in for: t' of the complete graph."""
+        return max(config.threshold, share_threshold(config.threshold, n, n - 1, True))
 
     def make_aggregator(self) -> Aggregator:
         return SecAggAggregator(randbytes=pinned_randbytes(1), rng=np.random.default_rng(1))
@@ -46,6 +50,12 @@ class TestSecAggPlusContract(AggregatorContract):
     neighbors = 4
     malicious = True
 
+    def survivors_needed(self, n: int, config: RoundConfig) -> int:
+        """t' of the complete graph (the exhaustive test's n is below the degree)."""
+        if not self.malicious:
+            return config.threshold
+        return max(config.threshold, share_threshold(config.threshold, n, n - 1, True))
+
     def make_aggregator(self) -> Aggregator:
         return SecAggAggregator(neighbors=4, rng=np.random.default_rng(3))
 
@@ -59,17 +69,19 @@ class TestSecAggPlusContract(AggregatorContract):
         from the dropout rate (see ``choose_degree``). Over ten graphs (the graph seed is
         derived from the round id) that pattern must abort cleanly, and a milder one (one
         client per stage) must complete with the exact sum in at least half of them --
-        so the test fails if every round aborts.
+        so the test fails if every round aborts. In the malicious model t' also covers one
+        corrupted holder (4 of 5 at k = 4), so there the graph is 8-regular (6 of 9).
         """
+        degree = 8 if self.malicious else 4
         inputs = make_inputs(20, 30, seed=11)
         ids = sorted(inputs)
         harsh = {ids[2 * s]: s for s in Stage} | {ids[2 * s + 1]: s for s in Stage}
         mild = {ids[4 * s]: s for s in Stage}
         completed = 0
         for round_id in range(10):
-            cfg = self.config(20, threshold=10, round_id=round_id)
+            cfg = RoundConfig(round_id=round_id, ring_bits=self.ring_bits, threshold=10, neighbors=degree)
             for plan in (harsh, mild):
-                agg = SecAggAggregator(neighbors=4, malicious=self.malicious,
+                agg = SecAggAggregator(neighbors=degree, malicious=self.malicious,
                                        randbytes=pinned_randbytes(round_id))
                 try:
                     result = agg.aggregate(inputs, cfg, plan)
@@ -89,7 +101,7 @@ class TestSecAggPlusSemiHonestContract(TestSecAggPlusContract):
         return SecAggAggregator(neighbors=4, malicious=False, rng=np.random.default_rng(4))
 
 
-class TestSecAggPlusDefaultContract(AggregatorContract):
+class TestSecAggPlusDefaultContract(TestSecAggContract):
     """The registry's "secagg+": degree from choose_degree (the complete graph at these small n)."""
 
     def make_aggregator(self) -> Aggregator:

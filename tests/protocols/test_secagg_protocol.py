@@ -23,6 +23,7 @@ from protocols.secagg import (
     SecAggPlusAggregator,
     SecAggServer,
     choose_degree,
+    corrupt_holders,
     degree_is_secure,
     effective_degree,
     graph_seed,
@@ -386,7 +387,14 @@ def test_choose_degree_without_the_threshold_undershoots_at_high_dropout() -> No
 def test_share_threshold_rules() -> None:
     assert share_threshold(7, 10, 9, malicious=True) == 7  # complete graph: t' = threshold
     assert share_threshold(50, 100, 10, malicious=False) == 6  # scaled: ceil(50 * 11 / 100)
-    assert share_threshold(10, 100, 10, malicious=True) == 6  # majority of 11
+    # malicious: more than half of m = 11 holders plus the c the server may control
+    assert share_threshold(10, 100, 10, malicious=True, corruption_rate=0.0) == 6  # bare majority
+    assert corrupt_holders(100, 10, 0.05) == 5  # ceil(0.05 * 100): the binomial tail is looser here
+    assert share_threshold(10, 100, 10, malicious=True) == 9  # (11 + 5) // 2 + 1
+    assert corrupt_holders(10_000, 60, 0.05) == 24  # P(Bin(61, 0.05) > 24) <= 2^-40 / 10^4 < P(> 23)
+    assert share_threshold(5_000, 10_000, 60, malicious=True) == 43  # (61 + 24) // 2 + 1
+    assert share_threshold(1, 11, 10, malicious=True) == 7  # odd complete graph, c = 1: not 6
+    assert share_threshold(1, 10, 9, malicious=True) == 6  # even: the majority already covers c = 1
 
 
 def test_secagg_plus_aggregator_defaults() -> None:
@@ -473,7 +481,7 @@ def test_parallel_workers_give_the_same_sum() -> None:
     inputs = make_inputs(7, 33, seed=4)
     cfg = RoundConfig(threshold=4)
     plan = {sorted(inputs)[1]: Stage.SHARE_KEYS, sorted(inputs)[4]: Stage.UNMASK}
-    res = SecAggAggregator(neighbors=4, workers=2).aggregate(inputs, cfg, plan)
+    res = SecAggAggregator(neighbors=6, workers=2).aggregate(inputs, cfg, plan)  # complete: t' = 5 of 7
     want = np.sum([v for c, v in inputs.items() if c != sorted(inputs)[1]], axis=0)
     np.testing.assert_allclose(res.total, want, atol=7 * 2 / 2**28)
     with pytest.raises(ConfigError, match=r"os\.urandom"):
