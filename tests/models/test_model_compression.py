@@ -297,6 +297,7 @@ def test_the_benchmark_smoke_run_writes_the_issue_json(tmp_path: Path) -> None:
     for row in data["rows"]:
         assert set(row) >= {"technique", "ratio", "model_bytes", "bytes_up", "bytes_down", "rmse", "hr@10"}
         assert row["ratio"] == pytest.approx(data["uncompressed"]["model_bytes"] / row["model_bytes"])
+        assert row["ratio_up"] == pytest.approx(data["uncompressed"]["bytes_up"] / row["bytes_up"])
     assert data["rows"][0]["ratio"] > 6
     assert data["catalog_100k"]["compressed_model_bytes"] < data["catalog_100k"]["model_bytes"] / 6
     assert png.stat().st_size > 0
