@@ -168,7 +168,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    f"offset toward zero (default {d.personal_decay})")
     g.add_argument("--model-compression", metavar="SPEC",
                    help="any model: a smaller global model, e.g. hash:8, qr:8, mixed:8, prune:0.9, int8, "
-                        "mixed:2+int8 (securefedrec.models.compressed; default none)")
+                        "int4, mixed:2+int8 (securefedrec.models.compressed; default none)")
     g.add_argument("--fusion", metavar="MODEL,MODEL,...",
                    help=f"train these models ({', '.join(MODEL_NAMES)}) in the same rounds and fuse their "
                         "predictions with weights each client learns on its held-out data "

@@ -183,7 +183,7 @@ def experiment_config(
     if parse_model_compression(config.model.compression).needs_popularity:
         raise ConfigError(f"model-compression: {config.model.compression!r} needs the items' popularity "
                           "from a count round, which runs in the simulator only (securefedrec run); over "
-                          "Flower use hash:R, qr:R or int8")
+                          "Flower use hash:R, qr:R, int8 or int4")
     return config, settings
 
 

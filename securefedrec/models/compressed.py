@@ -25,16 +25,18 @@ NCF's layers -- passes through unchanged):
 - ``int8`` (alone or after a structure): the compressed vector is stored on the device and
   broadcast as int8, with one float32 scale per stored row (rows narrower than ``w`` are
   grouped until a scale covers at least ``w`` values). The server keeps its float copy;
-  the clients train on the dequantized values.
+  the clients train on the dequantized values;
+- ``int4``: the same with 4-bit values (-7..7 times the block's scale, two values to a
+  byte), so that a milder structure (``mixed:1.3+int4``) reaches 8x.
 
 The popularity of ``mixed`` and ``prune`` is the secure aggregate of the items' counts
 (:func:`secure_item_counts`): before round 1, every client sends its users' 0/1 item
 indicators through the run's own aggregator (SecAgg+ reveals only the sum), so the
 structure is public and the same for every client, and masked sums line up. That count
 round is not part of the DP accounting: the simulator refuses these two structures with
-``--dp`` (hash, qr and int8 compose with DP).
+``--dp`` (hash, qr, int8 and int4 compose with DP).
 
-One round: a client expands ``theta`` (after the int8 round trip when set), trains the inner
+One round: a client expands ``theta`` (after the int8 / int4 round trip when set), trains the inner
 model on ``v = E theta`` exactly as it would uncompressed, and sends ``E^T delta_v`` (the
 chain rule). For one local epoch of SGD this is exactly the compressed model's step,
 ``-lr E^T grad_v = -lr grad_theta``; for several epochs (or Adam) the inner model's local
@@ -107,7 +109,7 @@ class Structure:
     width: int
 
     def blocks(self) -> np.ndarray:
-        """The int8 scale block of each compressed coordinate: rows merged until >= ``width`` values."""
+        """The int8 / int4 scale block of each compressed coordinate: rows merged to >= ``width`` values."""
         block = np.empty(self.length, np.int64)
         at, current, filled = 0, 0, 0
         for n in self.row_lengths.tolist():
@@ -304,15 +306,17 @@ class CompressedModel(Model):
         return out
 
     def stored(self, theta: torch.Tensor) -> torch.Tensor:
-        """The values a device holds: with int8, ``theta`` rounded to int8 with per-row float32 scales."""
-        if not self.spec.int8:
+        """The values a device holds: with int8 / int4, ``theta`` rounded to ``+-(2^(bits-1) - 1)``
+        levels of per-row float32 scales (the row's largest magnitude is the top level)."""
+        if not self.spec.quantized:
             return theta
+        top = 2 ** (self.spec.bits - 1) - 1
         blocks = self._t("blocks", theta.device)
         amax = torch.zeros(int(blocks[-1]) + 1 if blocks.numel() else 0, dtype=theta.dtype,
                            device=theta.device).scatter_reduce(0, blocks, theta.abs(), "amax")
-        scale = (amax / 127).to(torch.float32).to(theta.dtype)
+        scale = (amax / top).to(torch.float32).to(theta.dtype)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))[blocks]
-        return torch.round(theta / scale).clamp_(-127, 127) * scale
+        return torch.round(theta / scale).clamp_(-top, top) * scale
 
     def device_view(self, theta: torch.Tensor) -> torch.Tensor:
         """The inner global vector a device predicts and trains with: ``E stored(theta)``.
@@ -327,12 +331,13 @@ class CompressedModel(Model):
 
     @property
     def model_bytes(self) -> int:
-        """The global parameters as stored and sent: int8 plus a float32 scale per block, or float32."""
+        """The global parameters as stored and sent: int8 (or int4, two to a byte) plus a float32
+        scale per block, or float32."""
         s = self.structure
-        if not self.spec.int8:
+        if not self.spec.quantized:
             return FLOAT_BYTES * s.length
         blocks = int(self._tensors["blocks"][-1]) + 1 if s.length else 0
-        return s.length + FLOAT_BYTES * blocks
+        return math.ceil(s.length * self.spec.bits / 8) + FLOAT_BYTES * blocks
 
     @property
     def broadcast_bytes(self) -> int:

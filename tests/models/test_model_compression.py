@@ -72,11 +72,15 @@ def test_specs_parse_into_one_structure_and_int8() -> None:
     assert (spec.structure, spec.amount, spec.int8, spec.needs_popularity) == ("mixed", 8.0, True, True)
     assert parse_model_compression("int8") == parse_model_compression("int8")
     assert parse_model_compression("prune:0.9").amount == 0.9
+    spec = parse_model_compression("mixed:1.3+int4")
+    assert (spec.structure, spec.amount, spec.int8, spec.int4, spec.bits) == ("mixed", 1.3, False, True, 4)
+    assert parse_model_compression("int4").active and parse_model_compression("hash:2").bits == 32
 
 
 @pytest.mark.parametrize(("text", "match"), [
     ("zip:4", "unknown model compression"), ("hash:4+qr:4", "at most one"), ("hash:x", "needs a number"),
-    ("hash:1", "ratio R > 1"), ("prune:1.5", "fraction"), ("int8+int8", "twice"), ("qr:nan", "ratio"),
+    ("hash:1", "ratio R > 1"), ("prune:1.5", "fraction"), ("int8+int8", "at most one of int8, int4"),
+    ("int8+int4", "at most one of int8, int4"), ("qr:nan", "ratio"), ("int4:2", "unknown"),
 ])
 def test_bad_specs_are_refused_naming_the_flag(text: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -198,6 +202,23 @@ def test_int8_is_within_half_a_step_of_each_row_scale_and_one_byte_a_value() -> 
     assert comp.model_bytes < model_bytes(comp.inner) / 2.5
 
 
+def test_int4_rounds_to_fifteen_levels_of_each_row_scale_at_half_a_byte_a_value() -> None:
+    comp = _model("mf", "int4", items=50)
+    theta = torch.randn(comp.length, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    stored = comp.stored(theta)
+    blocks = comp.structure.blocks()
+    for b in np.unique(blocks):
+        part = torch.as_tensor(blocks == b)
+        step = float(theta[part].abs().max()) / 7  # levels -7..7: an int8 scale (/127) would be 18x finer
+        levels = stored[part] / step
+        torch.testing.assert_close(levels, levels.round())
+        assert float(levels.abs().max()) == pytest.approx(7)
+        assert float((stored[part] - theta[part]).abs().max()) <= step * 0.5 * (1 + 1e-6)
+    assert comp.model_bytes == math.ceil(comp.length / 2) + 4 * 51  # k + 1 = 7 values: 3.5 bytes + a scale
+    int8 = _model("mf", "int8", items=50)
+    assert float((int8.stored(theta) - theta).abs().max()) < float((stored - theta).abs().max()) / 4
+
+
 def test_int8_training_is_the_inner_training_on_the_stored_values() -> None:
     """No structure: E only reorders the item rows, so the deltas are the inner model's own on int8 values."""
     sim = Simulation(_config("mf"))
@@ -276,6 +297,7 @@ def test_the_benchmark_smoke_run_writes_the_issue_json(tmp_path: Path) -> None:
     for row in data["rows"]:
         assert set(row) >= {"technique", "ratio", "model_bytes", "bytes_up", "bytes_down", "rmse", "hr@10"}
         assert row["ratio"] == pytest.approx(data["uncompressed"]["model_bytes"] / row["model_bytes"])
+        assert row["ratio_up"] == pytest.approx(data["uncompressed"]["bytes_up"] / row["bytes_up"])
     assert data["rows"][0]["ratio"] > 6
     assert data["catalog_100k"]["compressed_model_bytes"] < data["catalog_100k"]["model_bytes"] / 6
     assert png.stat().st_size > 0

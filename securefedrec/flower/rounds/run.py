@@ -127,6 +127,7 @@ class FederatedRun:
         from securefedrec import streams
         from securefedrec.compression import unrotate
         from securefedrec.flower.update import dp_info, feedback_info, rotation, selection
+        from securefedrec.models.compressed import model_bytes
         from securefedrec.privacy import SiloDPSGD
 
         sim, cfg = self.sim, self.config
@@ -137,7 +138,7 @@ class FederatedRun:
         sampled = sim.sample(r)
         record: dict[str, Any] = {"round": r + 1, "clients": len(sampled), "dropped": 0, "aborted": False,
                                   "bytes_up": 0, "bytes_down": 0, "rmse": None, "mae": None, "epsilon": None,
-                                  "server_epsilon": None}
+                                  "server_epsilon": None, "model_bytes": model_bytes(sim.model)}
         total = np.zeros_like(sim.global_vec)
         if 0 < len(sampled) < MIN_INPUTS:  # the nodes refuse: a secure sum of one input is that input
             record.update(aborted=True, error=f"{len(sampled)} client sampled; a secure sum needs at least "
