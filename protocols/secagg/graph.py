@@ -159,10 +159,31 @@ def corrupt_holders(n: int, degree: int, corruption_rate: float, security_bits: 
     if degree >= n - 1:
         return in_round
     bound = 2.0 ** -security_bits / n
-    for c in range(in_round):
-        if _binom_mass(holders, corruption_rate, c + 1, holders + 1) <= bound:
-            return c
-    return in_round
+    p, m = corruption_rate, holders
+    tail = _upper_tail(m, p, in_round + 1)  # P(Bin > c), for c = in_round
+    if tail > bound:
+        return in_round
+    c, term = in_round, _binom_mass(m, p, in_round, in_round + 1)  # term = P(Bin = c)
+    while c > 0 and tail + term <= bound:  # P(Bin > c - 1) is under the bound too: step down
+        tail += term
+        term *= c / (m - c + 1) * (1.0 - p) / p  # P(Bin = c - 1)
+        c -= 1
+    return c
+
+
+def _upper_tail(m: int, p: float, lo: int) -> float:
+    """P(Bin(m, p) >= lo), summed upwards from ``lo`` until past the mean the terms vanish."""
+    lo = max(lo, 0)
+    if lo > m:
+        return 0.0
+    term = _binom_mass(m, p, lo, lo + 1)
+    total = 0.0
+    for i in range(lo, m + 1):
+        total += term
+        if (i > m * p and term <= total * 1e-18) or i == m:
+            break
+        term *= (m - i) / (i + 1) * p / (1.0 - p)  # P(Bin = i + 1)
+    return total
 
 
 def share_threshold(threshold: int, n: int, degree: int, malicious: bool,
