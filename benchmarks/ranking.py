@@ -12,7 +12,7 @@ interaction for validation, as a tuning run does):
 
 - ``federated``, once per protocol: every client in every round (``sample_rate`` 1.0, as
   the papers do), with the model's tuned local training (:data:`TUNED`: local learning rate,
-  epochs, weight decay, server learning rate; measured on ML-100K loo) and otherwise the
+  epochs, weight decay, server learning rate, rounds; measured on ML-100K loo) and otherwise the
   config's defaults;
 - ``centralized``: the same model on the pooled data
   (:func:`securefedrec.server.central.train_centrally`: Adam, minibatches of 256), evaluated
