@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.ranking import REFERENCE, checks, mean_std, summarize, timings
+from benchmarks.ranking import REFERENCE, TUNED, _config, checks, mean_std, summarize, timings
+from securefedrec import ExperimentConfig
 
 
 def _run(model: str, protocol: str | None, seed: int, hr: float, ndcg: float, seconds: float,
@@ -106,3 +108,13 @@ def test_reference_rows_are_cited_and_not_runs() -> None:
         assert ref["hr@10"] is None or 0 < ref["hr@10"] < 1
     assert {r["model"]: r["hr@10"] for r in REFERENCE} == {"GPFedRec": 0.7265, "FedMF": 0.6617}
     assert not any(math.isnan(r["hr@10"]) for r in REFERENCE if r["hr@10"] is not None)
+
+
+def test_a_model_s_tuned_round_count_is_its_default_and_rounds_overrides_it(tmp_path: Path) -> None:
+    default = ExperimentConfig().federation.rounds
+    fism = _config("fism", "plaintext", 0, tmp_path, None)
+    assert fism.federation.rounds == TUNED["fism"]["rounds"] != default
+    assert fism.run.eval_every == fism.federation.rounds  # evaluated once, after the last round
+    assert fism.model.local_lr == TUNED["fism"]["local_lr"]
+    assert _config("fism", "secagg+", 1, tmp_path, 3).federation.rounds == 3
+    assert _config("ncf", "plaintext", 0, tmp_path, None).federation.rounds == default
