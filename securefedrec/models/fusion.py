@@ -50,8 +50,9 @@ member of :data:`COLD_MEMBERS` scores it from what it has (popularity: the rated
 the user's offset; content: the item's features) and every other member's feature on that item
 is replaced by the mean of theirs, with the weights unchanged (the weights are fitted on rated
 items; so the fused rating of a cold item is the cold members' mean under the other members'
-weight too). Without such a member in the fusion, nothing changes. ML-100K u1..u5: measured in
-the report of issue 17.
+weight too). Without such a member in the fusion, nothing changes. Measured on ML-100K u1..u5
+(``mf,popularity``, 150 rounds, plaintext, ``python -m benchmarks.cold_items``): cold RMSE 1.039
+against 1.310 for MF's mean plus user bias (MF itself: 1.310) on 27-36 cold ratings a fold.
 
 **Personal weights** (each time a client trains, after its members' local training, with the
 members' new local parts and the global vector it received): the minimiser of the client's
