@@ -18,8 +18,8 @@ gives, from the same global vector (:func:`securefedrec.models.fusion.fusion_rep
 
 Explicit runs take the settings of ``benchmarks.utility`` (MF defaults, 150 rounds); implicit
 runs the README's implicit-mf settings (``--local-lr 30 --local-epochs 2 --weight-decay 0``, 30
-rounds), which every member then shares, and ``--fusion-reg 2`` (``--fusion-reg`` sets both
-kinds). The JSON follows issue 17:
+rounds), which every member then shares; ``--fusion-reg`` is the config's default for each kind
+(100 explicit, 2 implicit) unless given (then for both kinds). The JSON follows issue 17:
 ``{"explicit": {"members": {NAME: rmse}, "fused_global": rmse, "fused_personal": rmse},
 "implicit": {"members": {NAME: {"hr@10", "ndcg@10"}}, "fused_global": {...}, "fused_personal": {...}}}``,
 each value the mean over folds or seeds, with the runs themselves under ``runs`` and the
@@ -48,9 +48,9 @@ SEEDS = (0, 1, 2, 3, 4)
 EXPLICIT_ROUNDS = 150
 IMPLICIT_ROUNDS = 30
 QUICK_ROUNDS = 2
-IMPLICIT_SETTINGS: dict[str, Any] = dict(local_lr=30.0, local_epochs=2, weight_decay=0.0, fusion_reg=2.0)
-"""The README's implicit-mf settings (shared by every member of the implicit fusion), and a weaker pull
-toward the prior than the explicit default (one validation item per client, not ~8 held-out ratings)."""
+IMPLICIT_SETTINGS: dict[str, Any] = dict(local_lr=30.0, local_epochs=2, weight_decay=0.0)
+"""The README's implicit-mf settings (shared by every member of the implicit fusion); ``--fusion-reg`` is
+the config's default for the feedback (:data:`securefedrec.models.names.FUSION_REG`)."""
 SYNTHETIC: dict[str, Any] = dict(dataset="synthetic", synthetic_users=40, synthetic_items=40,
                                  synthetic_ratings_per_user=20, factors=4)
 

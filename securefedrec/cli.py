@@ -38,7 +38,7 @@ from securefedrec.config import (
 )
 from securefedrec.data import DATASETS, FEEDBACK_KINDS, ML100K_SPLITS
 from securefedrec.errors import SecureFedRecError
-from securefedrec.models.names import LOCAL_OPTIMIZERS, LOSSES, MODEL_NAMES
+from securefedrec.models.names import CONTENT_WEIGHTINGS, FUSION_REG, LOCAL_OPTIMIZERS, LOSSES, MODEL_NAMES
 from securefedrec.server.optimizers import OPTIMIZERS
 
 __all__ = [
@@ -175,8 +175,13 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                         "(instead of --model)")
     g.add_argument("--fusion-lr", type=float, help=f"--fusion: step of the global prior weights "
                    f"(default {d.fusion_lr})")
-    g.add_argument("--fusion-reg", type=float, help=f"--fusion: pull of a client's weights toward the prior, "
-                   f"in held-out ratings (default {d.fusion_reg})")
+    g.add_argument("--fusion-reg", type=float, help="--fusion: pull of a client's weights toward the prior, "
+                   f"in held-out ratings (default {FUSION_REG['explicit']:g} on explicit data, "
+                   f"{FUSION_REG['implicit']:g} on implicit)")
+    g.add_argument("--content-weighting", choices=list(CONTENT_WEIGHTINGS),
+                   help=f"content, explicit data: each rating once, or each item once (its loss weighted "
+                        f"by the secure item counts; better on items nobody rated) "
+                        f"(default {d.content_weighting})")
     g.add_argument("--update-clip", type=float,
                    help=f"per-coordinate bound of a client update (default {d.update_clip})")
     g.add_argument("--server-optimizer", choices=list(OPTIMIZERS),

@@ -53,3 +53,7 @@ def test_cold_items_benchmark_runs_tiny_and_writes_its_json(tmp_path: Path) -> N
     mean = report["mean"]
     assert math.isclose(report["content_gain_over_mean_user_bias"],
                         mean["mean_user_bias"]["cold_rmse"] - mean["content"]["cold_rmse"])
+    assert math.isclose(report["fused_gain_over_mean_user_bias"],
+                        mean["mean_user_bias"]["cold_rmse"] - mean["fused"]["cold_rmse"])
+    assert report["options"]["content"]["content_weighting"] == "item"
+    assert report["options"]["fused"]["fusion"] == "mf,popularity"

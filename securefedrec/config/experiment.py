@@ -269,6 +269,7 @@ _MODE_BOUND: dict[str, _Bound] = {
                     f"--model {' or '.join(IMPLICIT_MODELS)}")
        for name in ("loss", "negatives", "weight_decay", "local_optimizer")},
     "personalize": _Bound("model", lambda model: model == "ncf", "--model ncf"),
+    "content_weighting": _Bound("model", lambda model: model == "content", "--model content"),
     "personal_decay": _Bound("personalize", bool, "--personalize"),
     "item_epsilon": _Bound("submodel", bool, "--submodel"),
     **{name: _Bound("fusion", lambda fusion: fusion is not None, "--fusion")

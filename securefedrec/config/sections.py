@@ -41,7 +41,14 @@ from securefedrec.data import (
 )
 from securefedrec.errors import ConfigError, DataError
 from securefedrec.models.compression_spec import parse_model_compression
-from securefedrec.models.names import LOCAL_OPTIMIZERS, LOSSES, MODEL_NAMES, parse_fusion, parse_layers
+from securefedrec.models.names import (
+    CONTENT_WEIGHTINGS,
+    LOCAL_OPTIMIZERS,
+    LOSSES,
+    MODEL_NAMES,
+    parse_fusion,
+    parse_layers,
+)
 from securefedrec.server.optimizers import OPTIMIZERS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -282,7 +289,8 @@ class ModelConfig(Section):
     compression: str = "none"  # any model: a smaller global model (models.compression_spec)
     fusion: str | None = None  # MODEL[,MODEL...]: train these together, fused per client (models.fusion)
     fusion_lr: float = 0.1  # fusion: step of the prior's coordinates (-lr * held-out gradient)
-    fusion_reg: float = 20.0  # fusion: pull of the personal weights toward the prior, in held-out ratings
+    fusion_reg: float | None = None  # fusion: pull toward the prior (None: names.FUSION_REG)
+    content_weighting: str = "rating"  # content, explicit: rating | item (each item once: secure counts)
 
     def _rules(self) -> None:
         self._one_of("name", MODEL_NAMES)
@@ -291,9 +299,11 @@ class ModelConfig(Section):
         for name in ("lam_user", "lam_item", "lam_bias", "init_std", "weight_decay", "personal_decay"):
             self._need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("local_lr", "update_clip", "fusion_lr", "fusion_reg"):
-            self._need(math.isfinite(getattr(self, name)) and getattr(self, name) > 0, name, "must be > 0")
+            value = getattr(self, name)
+            self._need(value is None or (math.isfinite(value) and value > 0), name, "must be > 0")
         self._one_of("loss", LOSSES)
         self._one_of("local_optimizer", LOCAL_OPTIMIZERS)
+        self._one_of("content_weighting", CONTENT_WEIGHTINGS)
         try:
             parse_layers(self.mlp_layers)
         except ValueError as exc:
@@ -453,6 +463,7 @@ FLAT_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "fusion": ("model", "fusion"),
     "fusion_lr": ("model", "fusion_lr"),
     "fusion_reg": ("model", "fusion_reg"),
+    "content_weighting": ("model", "content_weighting"),
     "dp": ("privacy", "mode"),
     "epsilon": ("privacy", "epsilon"),
     "delta": ("privacy", "delta"),

@@ -7,8 +7,10 @@ so an item nobody has rated (a cold item) gets a score as soon as it has feature
 
 - Global (shared, aggregated): the feature weights ``W`` (features x k), the feature biases
   ``w`` (features) and the intercept ``mu``, flattened in that order (:class:`ContentLayout`),
-  ``F * (k + 1) + 1`` values: the vector's length depends on the number of features, not
-  of items.
+  ``F * (k + 1) + 1`` values; with ``--content-weighting item`` (explicit data) followed by the
+  items' interaction shares ``f_i`` (items values: the secure counts of
+  :class:`~securefedrec.models.popularity.Popularity`, the same dense delta ``Ind_c - n_c * f``),
+  which weight the training loss (below).
 - Local (never leaves the device): the user's preference vector ``p_u`` (k,) and bias ``b_u``.
 
 Local training of a client, per local epoch (full batch over its users' training data), on its
@@ -17,7 +19,17 @@ local copy of ``(W, w, mu)``:
 - explicit ratings: solve ``p_u, b_u`` in closed form (ridge, as biased MF,
   :func:`~securefedrec.models.mf.solve_users`), then one gradient step of size ``lr`` on the
   client's *mean* over its ratings of ``(r - s)^2 / 2 + lam_item |q_i|^2 / 2 + lam_bias b_i^2 / 2``
-  (a mean, not MF's per-item sum: every rating of a client moves the same shared weights);
+  (``--content-weighting rating``, the default: a mean, not MF's per-item sum: every rating of a
+  client moves the same shared weights), or (``item``) its sum of those terms times the *item
+  weight* ``a_i = 1 / (I * max(f_i, COUNT_FLOOR * fbar))`` (``I`` the items with ``f_i > 0``,
+  ``fbar`` their mean share): averaged over the clients this is the mean over items of each
+  item's mean loss, every item weighted once whatever its number of ratings. A rating-weighted
+  loss fits the feature weights to the popular items, which are rated higher than the rarely
+  rated ones; the cold items (no rating at all) are predicted from those same weights, and are
+  rated like rare items, not like popular ones (ML-100K u1..u5: cold ratings average 2.3 stars,
+  all ratings 3.5, items' means 3.1). Measured (u1..u5, 30 rounds, factors 8): cold RMSE 1.184
+  against 1.262 by rating, but RMSE over all test ratings 1.077 against 0.986. Before any count
+  has arrived (all ``f_i <= 0``) the loss is the client's mean over its ratings;
 - implicit interactions: ``negatives`` sampled negatives per positive (from the round's
   generator, :func:`~securefedrec.models.implicit.sample_negatives`), the BCE or BPR loss of
   :func:`~securefedrec.models.implicit.implicit_loss` plus ``weight_decay`` on ``q_i`` and
@@ -56,16 +68,22 @@ from securefedrec.models.implicit import (
     sample_negatives,
 )
 from securefedrec.models.mf import Layout, solve_users
+from securefedrec.models.popularity import Popularity
 
 if TYPE_CHECKING:  # pragma: no cover
     from securefedrec.config import ExperimentConfig
 
-__all__ = ["CHUNK_POSITIVES", "ContentHyper", "ContentLayout", "ContentModel", "content_features"]
+__all__ = ["CHUNK_POSITIVES", "COUNT_FLOOR", "ContentHyper", "ContentLayout", "ContentModel",
+           "content_features"]
 
 CHUNK_POSITIVES = 1 << 14
 """At most this many padded positives (users * longest history) per chunk: a chunk gathers the
 weights of their features, ``(1 + negatives) * CHUNK_POSITIVES * nonzeros * k`` floats, where
 ``nonzeros`` is the most features one item has (about 10 on MovieLens)."""
+COUNT_FLOOR = 0.02
+"""Explicit data: an item's interaction share counts as at least this share of the average rated item's
+(ML-100K: one client of 943 is about 0.017 of the average item's 59), so that no rating weighs more than
+``1 / COUNT_FLOOR`` times an average item's while the secure counts settle."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +97,8 @@ class ContentHyper:
     init_std: float = 0.01
     implicit: ImplicitHyper | None = None
     """``None``: explicit ratings; else the loss, negatives and weight decay of implicit training."""
+    item_weighting: bool = False
+    """Explicit ratings: weight the loss so that each item counts once (``--content-weighting item``)."""
 
     def __post_init__(self) -> None:
         if self.factors < 1:
@@ -89,6 +109,8 @@ class ContentHyper:
         if self.implicit is not None and self.implicit.optimizer != "sgd":
             raise ConfigError(f"--model content trains with --local-optimizer sgd only, "
                               f"not {self.implicit.optimizer!r}")
+        if self.implicit is not None and self.item_weighting:
+            raise ConfigError("--content-weighting item applies to explicit ratings, not implicit feedback")
         if self.implicit is not None and self.implicit.personalize:
             raise ConfigError("--personalize applies to --model ncf, not content")
 
@@ -133,7 +155,8 @@ def _hyper(config: ExperimentConfig) -> ContentHyper:
     m = config.model
     implicit = implicit_hyper(config) if config.data.feedback == "implicit" else None
     return ContentHyper(factors=m.factors, lam_user=m.lam_user, lam_item=m.lam_item, lam_bias=m.lam_bias,
-                        init_std=m.init_std, implicit=implicit)
+                        init_std=m.init_std, implicit=implicit,
+                        item_weighting=implicit is None and m.content_weighting == "item")
 
 
 class ContentModel(Model):
@@ -167,6 +190,9 @@ class ContentModel(Model):
         slot = np.arange(len(rows)) - np.searchsorted(rows, rows)
         self._cols[rows, slot] = cols
         self._vals[rows, slot] = self.features[rows, cols]
+        self.counts = (Popularity(self.num_items, explicit=False)
+                       if hyper.implicit is None and hyper.item_weighting else None)
+        """Explicit data: the items' secure interaction shares, the vector's last block (module docstring)."""
         self._on: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._sparse_on: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -223,8 +249,23 @@ class ContentModel(Model):
     # ---- the global part
     @property
     def length(self) -> int:
-        """L = features * (k + 1) + 1."""
-        return self.layout.length
+        """L = features * (k + 1) + 1, + items on explicit data (the interaction shares)."""
+        return self.layout.length + (self.num_items if self.counts is not None else 0)
+
+    def shares(self, global_vec: torch.Tensor) -> torch.Tensor | None:
+        """The items' interaction shares ``f_i`` (items,) (a view), or ``None`` on implicit data."""
+        return None if self.counts is None else global_vec[..., self.layout.length :]
+
+    def item_weights(self, global_vec: torch.Tensor) -> torch.Tensor | None:
+        """Each item's loss weight ``a_i`` (items,) from the shares (module docstring); ``None`` on
+        implicit data or while no share is positive (then each client's loss is its mean)."""
+        f = self.shares(global_vec)
+        if f is None or not bool((f > 0).any()):
+            return None
+        rated = f > 0
+        floor = COUNT_FLOOR * f[rated].mean()
+        weights: torch.Tensor = 1.0 / (int(rated.sum()) * f.clamp(min=floor))
+        return weights
 
     @property
     def decay_span(self) -> int:
@@ -236,8 +277,8 @@ class ContentModel(Model):
         f, k = self.layout.num_features, self.layout.factors
         vec = torch.zeros(self.layout.length, dtype=torch.float64)
         vec[: f * k] = torch.randn(f * k, generator=generator, dtype=torch.float64) * self.hyper.init_std
-        vec[-1] = (scale[0] + scale[1]) / 2 if self.hyper.implicit is None else 0.0
-        return vec
+        vec[self.layout.length - 1] = (scale[0] + scale[1]) / 2 if self.hyper.implicit is None else 0.0
+        return torch.cat([vec, torch.zeros(self.length - self.layout.length, dtype=torch.float64)])
 
     def item_rows(self, vec: np.ndarray) -> np.ndarray:
         """Refused: the content model's coordinates are feature weights, shared by the items with the feature.
@@ -285,9 +326,10 @@ class ContentModel(Model):
             raise ConfigError(f"local epochs must be >= 1, got {epochs}")
         X = self._sparse(device, dtype)
         W0, w0, mu0 = self.layout.split(global_vec.to(device=device, dtype=dtype))
+        weights = self.item_weights(global_vec.to(device=device, dtype=dtype))
         f, k = self.layout.num_features, self.layout.factors
         C = len(client_users)
-        deltas = torch.zeros(C, self.layout.length, device=device, dtype=torch.float64)
+        deltas = torch.zeros(C, self.length, device=device, dtype=torch.float64)
         flat = np.concatenate([np.asarray(u, np.int64) for u in client_users]) if C else np.zeros(0, np.int64)
         row_of = {int(u): n for n, u in enumerate(flat.tolist())}
         done_users: list[np.ndarray] = []
@@ -301,31 +343,42 @@ class ContentModel(Model):
             muc = mu0.expand(n).clone().requires_grad_()
             rows = torch.as_tensor([row_of[int(u)] for u in users.tolist()], dtype=torch.long)
             if self.hyper.implicit is None:
-                p, bu = self._explicit_epochs(X, batch, own, n, (Wc, wc, muc), epochs, lr)
+                p, bu = self._explicit_epochs(X, batch, own, n, (Wc, wc, muc), epochs, lr, weights)
             else:
                 kept = (local["user_factors"][rows].to(device=device, dtype=dtype),
                         local["user_bias"][rows].to(device=device, dtype=dtype))
                 p, bu = self._implicit_epochs(X, batch, own, n, (Wc, wc, muc), kept, epochs, lr, generator)
             with torch.no_grad():
                 pos = torch.as_tensor(clients, device=device)
-                deltas[pos] = torch.cat([(Wc - W0).reshape(n, -1), wc - w0, (muc - mu0)[:, None]],
-                                        dim=1).to(torch.float64)
+                deltas[pos, : self.layout.length] = torch.cat(
+                    [(Wc - W0).reshape(n, -1), wc - w0, (muc - mu0)[:, None]], dim=1).to(torch.float64)
             done_users.append(users)
             done_local["user_factors"].append(p.detach())
             done_local["user_bias"].append(bu.detach())
         users_out = np.concatenate(done_users) if done_users else np.zeros(0, np.int64)
         new_local = {name: (torch.cat(parts) if parts else local[name][:0].to(device))
                      for name, parts in done_local.items()}
+        if self.counts is not None:  # the shares' delta, clients in client_users order
+            f0 = global_vec[self.layout.length :]
+            counted = self.counts.train(f0, data, client_users, epochs, lr, device, dtype,
+                                        local={"user_offset": torch.zeros(len(flat), dtype=dtype)},
+                                        generator=generator)
+            deltas[:, self.layout.length :] = counted.deltas.to(device, torch.float64)
         return Trained(deltas, users_out, new_local)
 
     def _explicit_epochs(self, X: tuple[torch.Tensor, torch.Tensor], batch: PaddedRatings, own: torch.Tensor,
                          n: int, params: tuple[torch.Tensor, torch.Tensor, torch.Tensor], epochs: int,
-                         lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Explicit epochs of a chunk of ``n`` clients on their copies ``params`` (changed in place)."""
+                         lr: float, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Explicit epochs of a chunk of ``n`` clients on their copies ``params`` (changed in place): the
+        sum of the item-weighted losses, or (``weights`` None) the client's mean loss."""
         Wc, wc, muc = params
         h = self.hyper
-        mask = batch.mask
-        count = torch.zeros(n, device=mask.device, dtype=mask.dtype).index_add_(0, own, batch.counts)
+        if weights is None:
+            mask = batch.mask
+            count = torch.zeros(n, device=mask.device, dtype=mask.dtype).index_add_(0, own, batch.counts)
+        else:
+            mask = batch.mask * weights.to(batch.mask.dtype)[batch.items]
+            count = torch.ones(n, device=mask.device, dtype=mask.dtype)
         p = bu = torch.zeros(0)
         for _ in range(epochs):
             q, bi = self._embed(batch.items, own, Wc, wc, *X)
@@ -333,8 +386,8 @@ class ContentModel(Model):
             with torch.no_grad():
                 p, bu = solve_users(q.detach(), bi.detach(), mu.detach(), batch, h.lam_user)
             pred = mu[:, None] + bu[:, None] + bi + (q * p[:, None, :]).sum(-1)
-            err = (batch.ratings - pred) * mask
-            per_user = 0.5 * ((err**2).sum(1) + h.lam_item * ((q**2).sum(-1) * mask).sum(1)
+            err = (batch.ratings - pred) * batch.mask
+            per_user = 0.5 * ((err**2 * mask).sum(1) + h.lam_item * ((q**2).sum(-1) * mask).sum(1)
                               + h.lam_bias * ((bi**2) * mask).sum(1))
             self._step(per_user, own, count, [Wc, wc, muc], lr)
         return p, bu

@@ -29,7 +29,13 @@ Prediction:
   shrunk toward the global mean by :data:`SHRINK` times the average item count
   (``m_i = centre + half * (s_i + k * sbar) / (f_i + k)`` with ``k = SHRINK * mean_i f_i``,
   ``sbar`` the global mean's scaled value): scale-free in the number of clients, which the
-  model never learns. An item nobody rated gets the global mean.
+  model never learns. An item nobody rated (``f_i <= 0``: a *cold* item) gets the mean of the
+  rated items' means, each item once (:meth:`Popularity.item_means`), not the global mean of the ratings:
+  the ratings are mostly of popular items, which are rated higher than rare ones, and an item
+  nobody rated is a rare one (ML-100K u1..u5: cold test ratings average 2.3 stars, all ratings
+  3.5, the items' means 3.1; cold RMSE with ``b_u``: 1.151 from the global mean, 1.048 from the
+  items' mean). Under DP noise a cold item's ``f_i`` is noise, and about half of them are read
+  as rated (then their shrunk mean is near the global mean).
 """
 
 from __future__ import annotations
@@ -153,16 +159,24 @@ class Popularity(Model):
         self.scale = ((lo + hi) / 2, (hi - lo) / 2)
 
     def item_means(self, global_vec: torch.Tensor) -> torch.Tensor:
-        """Each item's shrunk mean rating (items,) (module docstring); the global mean where nobody rated."""
+        """Each item's shrunk mean rating (items,) (module docstring); where nobody rated, the mean of the
+        rated items' means (the scale's centre before anyone reported)."""
         rows = global_vec.view(self.num_items, self.width)
         f, s = rows[:, 0].clamp(min=0), rows[:, 1]
         centre, half = self.scale
         total = f.sum()
         sbar = s.sum() / total if float(total) > 0 else s.sum() * 0
         k = SHRINK * total / self.num_items
-        mean_z = (s + k * sbar) / (f + k) if float(total) > 0 else s * 0
-        result: torch.Tensor = centre + half * mean_z.clamp(-1, 1)
+        mean_z = ((s + k * sbar) / (f + k) if float(total) > 0 else s * 0).clamp(-1, 1)
+        rated = rows[:, 0] > 0
+        if bool(rated.any()):
+            mean_z = torch.where(rated, mean_z, mean_z[rated].mean())
+        result: torch.Tensor = centre + half * mean_z
         return result
+
+    def unrated(self, global_vec: torch.Tensor) -> torch.Tensor:
+        """Whether nobody interacted with each item (items,) bool: ``f_i <= 0`` (module docstring)."""
+        return global_vec.view(self.num_items, self.width)[:, 0] <= 0
 
     def _offsets(self, global_vec: torch.Tensor, batch: PaddedRatings) -> torch.Tensor:
         """Each user's shrunk mean residual to the item means (B,)."""

@@ -71,6 +71,49 @@ def test_one_explicit_epoch_is_a_gradient_step_on_the_clients_mean_loss() -> Non
     assert (trained.deltas.abs().sum(1) > 0).all()
 
 
+def test_item_weighting_is_a_step_on_each_items_mean_loss_and_reports_the_shares() -> None:
+    """``--content-weighting item``: the clients' mean delta is the gradient step on the mean over items of
+    each item's mean loss (every item once), the weights read from the shares in the vector; the shares'
+    delta is the clients' indicators less the public shares."""
+    X = _features(12, 5, seed=0)
+    model = ContentModel(X, ContentHyper(factors=3, item_weighting=True))
+    ratings = _ratings(6, 12, 5, seed=1)
+    data = RatingsByUser(ratings, 6)
+    g = model.init_global((1.0, 5.0), torch.Generator().manual_seed(0))
+    g[: 5 * 3] = torch.randn(15, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    counts = np.bincount(ratings.items, minlength=12)
+    assert model.length == model.layout.length + 12 and counts.min() > 0
+    shares = model.shares(g)
+    assert shares is not None and (shares == 0).all() and model.item_weights(g) is None
+    shares[:] = torch.as_tensor(counts / 6)  # the true shares (every client one user)
+    clients = [np.array([u]) for u in range(6)]
+    trained = model.train(g, data, clients, 1, 0.5, torch.device("cpu"), torch.float64,
+                          local=model.init_local(6, torch.float64, torch.Generator()),
+                          generator=torch.Generator())
+    Xt = torch.as_tensor(X, dtype=torch.float64)
+    h = model.hyper
+    vec = g.clone().requires_grad_()
+    W, w, mu = model.layout.split(vec)
+    Q, b = Xt @ W, Xt @ w
+    per_item = torch.zeros(12, dtype=torch.float64)
+    for u in range(6):
+        batch = data.padded(np.array([u]), torch.device("cpu"), torch.float64)
+        p, bu = solve_users(Q.detach(), b.detach(), mu.detach(), batch, h.lam_user)
+        q, bi = Q[batch.items[0]], b[batch.items[0]]
+        err = batch.ratings[0] - mu - bu[0] - bi - (q * p[0]).sum(-1)
+        terms = 0.5 * (err**2 + h.lam_item * (q**2).sum(-1) + h.lam_bias * bi**2)
+        per_item = per_item.index_add(0, batch.items[0], terms)
+    loss = (per_item / torch.as_tensor(counts, dtype=torch.float64)).mean()  # each item's mean, then items
+    (grad,) = torch.autograd.grad(loss, vec)
+    L = model.layout.length
+    torch.testing.assert_close(trained.deltas[:, :L].mean(0), -0.5 * grad[:L])
+    indicators = np.zeros((6, 12))
+    indicators[ratings.users, ratings.items] = 1
+    torch.testing.assert_close(trained.deltas[:, L:], torch.as_tensor(indicators - counts / 6))
+    with pytest.raises(ConfigError, match="content-weighting"):
+        ContentHyper(item_weighting=True, implicit=ImplicitHyper())
+
+
 def test_a_delta_touches_only_the_features_of_the_clients_items() -> None:
     """What a content update reveals: the features of the rated items (rows of W and w), no item index."""
     X = np.zeros((6, 4), np.float32)

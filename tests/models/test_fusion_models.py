@@ -61,16 +61,19 @@ def test_popularity_after_one_fedavg_round_is_the_exact_share_and_mean_of_the_cl
     assert abs(means[top] - sample) < 0.1 * abs(sample - train.ratings.mean()) + 1e-3
 
 
-def test_popularity_scores_rank_items_by_their_share_and_an_unrated_item_gets_the_global_mean() -> None:
+def test_popularity_scores_rank_items_by_their_share_and_an_unrated_item_gets_the_items_mean() -> None:
     model = Popularity(3, explicit=True)
     model.use_scale((1.0, 5.0))
     g = torch.tensor([0.5, 0.5, 0.1, -0.1, 0.0, 0.0], dtype=torch.float64)  # item 2: nobody
     local = {"user_offset": torch.zeros(2, dtype=torch.float64)}
     assert model.scores(g, local).tolist() == [[0.5, 0.1, 0.0]] * 2
+    assert model.unrated(g).tolist() == [False, False, True]
     means = model.item_means(g)
-    global_mean = 3.0 + 2.0 * (0.5 - 0.1) / 0.6
-    assert means[2].item() == pytest.approx(global_mean)
+    global_mean = 3.0 + 2.0 * (0.5 - 0.1) / 0.6  # of the ratings: the popular item 0 counts 5 times
     assert means[0].item() > global_mean > means[1].item()
+    # the unrated item gets the mean of the two rated items' means (each once), not the ratings' mean
+    assert means[2].item() == pytest.approx((means[0].item() + means[1].item()) / 2)
+    assert means[2].item() < global_mean - 0.1
 
 
 def test_a_popularity_delta_is_the_indicator_less_the_public_global_row() -> None:
@@ -176,6 +179,39 @@ def test_explicit_personal_weights_minimise_the_held_out_error_and_the_prior_des
     assert grad_prior.abs().max() > 1e-3
 
 
+def test_an_item_nobody_rated_is_scored_by_the_members_that_can() -> None:
+    """Where the secure counts read 0, MF's untrained row is replaced by the cold members' mean; elsewhere,
+    and in a fusion without counts, every member scores the item itself."""
+    sim = Simulation(_config(fusion="mf,popularity"))
+    sim.run_round()
+    model = sim.model
+    assert isinstance(model, Fusion)
+    g = torch.from_numpy(sim.global_vec.copy())
+    pop = model.part(g, 1).view(-1, 2)
+    cold, warm = 0, 1
+    pop[cold] = 0.0  # nobody rated item 0
+    assert model.unrated(g) is not None and model.unrated(g)[cold] and not model.unrated(g)[warm]
+    local = {k: v[:5].to(torch.float64) for k, v in sim.pool.local.items()}
+    items = torch.tensor([[cold, warm]] * 5)
+    x = model._features(g, local, items)  # (B, 2, (1, mf, popularity))
+    torch.testing.assert_close(x[:, 0, 1], x[:, 0, 2])  # MF's feature on the cold item: popularity's
+    assert float((x[:, 1, 1] - x[:, 1, 2]).abs().max()) > 1e-3  # on a rated item its own
+    mf = model.members[0]
+    alone = mf.predict(model.part(g, 0), model.member_local(local, 0), items, sim.dataset.scale)
+    centre, half = model._centre_half()
+    assert float(((alone[:, 0] - centre) / half - x[:, 0, 1]).abs().max()) > 1e-3
+    # content (rated by rating) carries no counts: nothing to go by, MF's row stays
+    plain = Simulation(_config(fusion="mf,content"))
+    assert isinstance(plain.model, Fusion) and plain.model.unrated(torch.from_numpy(plain.global_vec)) is None
+    weighted = Simulation(_config(fusion="mf,content", content_weighting="item"))
+    weighted.run_round()
+    assert isinstance(weighted.model, Fusion)
+    found = weighted.model.unrated(torch.from_numpy(weighted.global_vec))
+    rated = np.zeros(weighted.dataset.num_items, bool)
+    rated[weighted.model.split(weighted.pool.data)[0].items] = True
+    assert found is not None and found.numpy().tolist() == (~rated).tolist()
+
+
 def test_explicit_personal_weights_rest_on_the_averaged_held_out_statistics_of_every_round() -> None:
     sim = Simulation(_config(fusion="mf,popularity"))
     model = sim.model
@@ -218,6 +254,15 @@ def test_with_fusion_a_member_flag_is_checked_against_the_members() -> None:
         ExperimentConfig.from_mapping({**loo, "fusion": "implicit-mf,popularity", "mlp_layers": "8,4"})
     with pytest.raises(ConfigError, match="weight_decay"):  # no member samples negatives
         ExperimentConfig.from_mapping({"fusion": "mf,popularity", "weight_decay": 0.0})
+
+
+def test_the_pull_toward_the_prior_defaults_by_feedback_and_a_given_one_wins() -> None:
+    loo: dict[str, Any] = {"feedback": "implicit", "split": "loo"}
+    cases = (({}, 100.0), (loo, 2.0), ({"fusion_reg": 7.0}, 7.0), ({**loo, "fusion_reg": 7.0}, 7.0))
+    for changes, reg in cases:
+        members = "implicit-mf,popularity" if changes.get("feedback") == "implicit" else "mf,popularity"
+        model = Simulation(_config(fusion=members, **changes)).model
+        assert isinstance(model, Fusion) and model.reg == reg
 
 
 def test_implicit_personal_weights_reach_the_regularised_bpr_minimum() -> None:
