@@ -272,7 +272,7 @@ def test_noisy_integer_vectors_pass_through_secagg_plus_bit_exactly() -> None:
     t = 4
     fp = mech.encoding(n, t, 32)
     cfg = RoundConfig(round_id=2, clip_range=fp.clip_range, ring_bits=32, value_bits=fp.value_bits,
-                      threshold=t, neighbors=4)
+                      threshold=t, neighbors=6)  # t' = 5 of 7: two may drop
     inputs = {50 + i: mech.privatize(rng.normal(size=length) * 0.05, t, np.random.default_rng(i))
               for i in range(n)}
     plan = {51: Stage.MASKED_INPUT, 53: Stage.UNMASK}  # 51's input is out, 53's is in (it sent it)
