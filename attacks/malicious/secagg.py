@@ -282,6 +282,28 @@ def _share_tampering(rnd: _Round, out: ScenarioOutcome) -> None:
                      f"replayed share to client {replayed}: {verdict[replayed]}")
 
 
+def _unmask_views(
+    rnd: _Round, views: Mapping[int, tuple[int, ...]], sigs: Mapping[int, bytes], out: ScenarioOutcome,
+    skip: frozenset[int] | set[int] = frozenset(), extra: Mapping[int, Mapping[int, bytes]] | None = None,
+) -> tuple[dict[int, list[tuple[int, np.ndarray]]], dict[int, list[tuple[int, np.ndarray]]]]:
+    """Ask every live client (but ``skip``) to unmask under its own view, with the signatures of
+    its view (plus ``extra[c]``); return the self-mask and key shares obtained, by owner."""
+    requests = {}
+    for c in rnd.ids:
+        if c in rnd.aborted or c in skip:
+            continue
+        u3 = set(views[c])
+        same_view = {v: sig for v, sig in sigs.items() if set(views[v]) == u3}
+        same_view.update((extra or {}).get(c, {}))
+        h = rnd.holds(c)
+        requests[c] = msg.UnmaskRequest(tuple(sorted(h & u3)), tuple(sorted(h - u3)),
+                                        _signatures(rnd, c, same_view)).encode()
+    self_shares: dict[int, list[tuple[int, np.ndarray]]] = {}
+    key_shares: dict[int, list[tuple[int, np.ndarray]]] = {}
+    _collect(rnd.call("unmask", requests, out), self_shares, key_shares)
+    return self_shares, key_shares
+
+
 def _split_view(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
     rnd.honest_until_masked(out)
     everyone = tuple(rnd.ids)
@@ -295,18 +317,7 @@ def _split_view(rnd: _Round, victim: int, out: ScenarioOutcome) -> None:
     sigs: dict[int, bytes] = {}
     if rnd.malicious:
         sigs = _consistency(rnd, views, out)
-    requests = {}
-    for c in everyone:
-        if c in rnd.aborted:
-            continue
-        u3 = set(views[c])
-        same_view = {v: s for v, s in sigs.items() if set(views[v]) == u3}
-        h = rnd.holds(c)
-        requests[c] = msg.UnmaskRequest(tuple(sorted(h & u3)), tuple(sorted(h - u3)),
-                                        _signatures(rnd, c, same_view)).encode()
-    self_shares: dict[int, list[tuple[int, np.ndarray]]] = {}
-    key_shares: dict[int, list[tuple[int, np.ndarray]]] = {}
-    _collect(rnd.call("unmask", requests, out), self_shares, key_shares)
+    self_shares, key_shares = _unmask_views(rnd, views, sigs, out)
     out.notes.append(
         f"group told v survived: {len(group_a)} (+{len(others)} non-holders), told v dropped: "
         f"{len(group_b)}; obtained {len(self_shares.get(victim, []))} self-mask and "
@@ -336,20 +347,8 @@ def _split_view_colluder(rnd: _Round, victim: int, out: ScenarioOutcome, corrupt
         sigs = _consistency(rnd, views, out)  # the colluder signs view A like an honest client ...
         forged = _crypto.sign(rnd.identities[colluder],  # ... and view B with its own key
                               _crypto.consistency_payload(rnd.cfg.round_id, msg.encode_ids(without)))
-    requests = {}
-    for c in everyone:
-        if c in rnd.aborted or c == colluder:
-            continue
-        u3 = set(views[c])
-        same_view = {v: s_ for v, s_ in sigs.items() if set(views[v]) == u3}
-        if c in world_b and forged:
-            same_view[colluder] = forged
-        h = rnd.holds(c)
-        requests[c] = msg.UnmaskRequest(tuple(sorted(h & u3)), tuple(sorted(h - u3)),
-                                        _signatures(rnd, c, same_view)).encode()
-    self_shares: dict[int, list[tuple[int, np.ndarray]]] = {}
-    key_shares: dict[int, list[tuple[int, np.ndarray]]] = {}
-    _collect(rnd.call("unmask", requests, out), self_shares, key_shares)
+    extra = {c: {colluder: forged} for c in world_b} if forged else {}
+    self_shares, key_shares = _unmask_views(rnd, views, sigs, out, skip={colluder}, extra=extra)
     held = rnd.clients[colluder]._shares.get(victim)  # the colluder's own state: both shares of v
     if held is not None:
         key_shares.setdefault(victim, []).append((colluder, held[:_E]))

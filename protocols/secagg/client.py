@@ -400,21 +400,25 @@ class SecAggClient:
         for ad in broadcast.advertisements:
             if ad.client_id not in self._neighbors:
                 raise self._fail("share keys", f"advertisement of non-neighbour {ad.client_id}")
-            if self._malicious:
-                pk = self._pki.get(ad.client_id)
-                if pk is None or len(ad.signature) == 0:
-                    raise self._fail("share keys", f"unsigned or unknown peer {ad.client_id}")
-                _crypto.verify(
-                    pk, ad.signature,
-                    _crypto.advertisement_payload(setup.round_id, ad.client_id, ad.c_pk, ad.s_pk),
-                    f"client {self.client_id}, round {setup.round_id}, advertisement of {ad.client_id}",
-                )
-            if ad.c_pk in seen_keys or ad.s_pk in seen_keys or ad.c_pk == ad.s_pk:
-                raise self._fail("share keys", f"repeated public key from {ad.client_id}")
-            seen_keys.update((ad.c_pk, ad.s_pk))
+            self._accept_advertisement(setup, ad, seen_keys)
             ads[ad.client_id] = ad
         self._ads = ads
         return self._deal_shares(setup, c_sk, s_sk, ads), Stage.MASKED_INPUT
+
+    def _accept_advertisement(self, setup: Setup, ad: Advertisement, seen_keys: set[bytes]) -> None:
+        """Check a peer's advertisement: signed by its identity (malicious model), keys never seen before."""
+        if self._malicious:
+            pk = self._pki.get(ad.client_id)
+            if pk is None or len(ad.signature) == 0:
+                raise self._fail("share keys", f"unsigned or unknown peer {ad.client_id}")
+            _crypto.verify(
+                pk, ad.signature,
+                _crypto.advertisement_payload(setup.round_id, ad.client_id, ad.c_pk, ad.s_pk),
+                f"client {self.client_id}, round {setup.round_id}, advertisement of {ad.client_id}",
+            )
+        if ad.c_pk in seen_keys or ad.s_pk in seen_keys or ad.c_pk == ad.s_pk:
+            raise self._fail("share keys", f"repeated public key from {ad.client_id}")
+        seen_keys.update((ad.c_pk, ad.s_pk))
 
     def _deal_shares(
         self, setup: Setup, c_sk: X25519PrivateKey, s_sk: X25519PrivateKey, ads: Mapping[int, Advertisement]

@@ -220,11 +220,12 @@ class SecAggServer:
             for c in self.client_ids
         }
 
-    @_terminal
-    def receive_advertisements(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
-        """U1: forward each advertiser the advertisements of its neighbours that advertised."""
+    def _take_advertisements(
+        self, messages: Mapping[int, bytes], invited: Iterable[int]
+    ) -> dict[int, Advertisement]:
+        """Stage U1's intake: senders among ``invited``, each message its sender's own, a quorum."""
         self._enter(Stage.ADVERTISE)
-        self._check_senders(messages, self.client_ids, Stage.ADVERTISE)
+        self._check_senders(messages, invited, Stage.ADVERTISE)
         ads = {}
         for cid, raw in messages.items():
             ad = Advertisement.decode(raw)
@@ -233,6 +234,12 @@ class SecAggServer:
         self._stage_quorum(ads, Stage.ADVERTISE)
         self._ads = ads
         self._expect = Stage.SHARE_KEYS
+        return ads
+
+    @_terminal
+    def receive_advertisements(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
+        """U1: forward each advertiser the advertisements of its neighbours that advertised."""
+        ads = self._take_advertisements(messages, self.client_ids)
         return {
             c: AdvertiseBroadcast(tuple(ads[v] for v in sorted(self.neighbors[c] & ads.keys()))).encode()
             for c in sorted(ads)

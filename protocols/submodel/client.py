@@ -260,18 +260,7 @@ class SubmodelClient(SecAggClient):
                 continue
             if ad.client_id not in self._x or ad.client_id not in self._table_ids:
                 raise self._fail("share keys", f"advertisement of {ad.client_id}, who requested no rows")
-            if self._malicious:
-                pk = self._pki.get(ad.client_id)
-                if pk is None or len(ad.signature) == 0:
-                    raise self._fail("share keys", f"unsigned or unknown peer {ad.client_id}")
-                _crypto.verify(
-                    pk, ad.signature,
-                    _crypto.advertisement_payload(setup.round_id, ad.client_id, ad.c_pk, ad.s_pk),
-                    f"client {self.client_id}, round {setup.round_id}, advertisement of {ad.client_id}",
-                )
-            if ad.c_pk in seen_keys or ad.s_pk in seen_keys or ad.c_pk == ad.s_pk:
-                raise self._fail("share keys", f"repeated public key from {ad.client_id}")
-            seen_keys.update((ad.c_pk, ad.s_pk))
+            self._accept_advertisement(setup, ad, seen_keys)
             ads[ad.client_id] = ad
         self._ads = ads
         neighbours = {c: ad for c, ad in ads.items() if c in self._neighbors}

@@ -25,7 +25,7 @@ from protocols.errors import IntegrityError, StageError
 from protocols.prg import expand
 from protocols.secagg import _crypto
 from protocols.secagg.client import raw_public
-from protocols.secagg.messages import AdvertiseBroadcast, Advertisement, MaskedInput, Setup
+from protocols.secagg.messages import AdvertiseBroadcast, MaskedInput, Setup
 from protocols.secagg.server import SecAggServer, _terminal
 from protocols.submodel.client import holder_counts
 from protocols.submodel.messages import (
@@ -112,16 +112,7 @@ class SubmodelServer(SecAggServer):
     @_terminal
     def receive_advertisements(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
         """U1: every advertisement to every advertiser (the masks use every peer's key); one encoding."""
-        self._enter(Stage.ADVERTISE)
-        self._check_senders(messages, self.table, Stage.ADVERTISE)
-        ads = {}
-        for cid, raw in messages.items():
-            ad = Advertisement.decode(raw)
-            self._sender_matches(cid, ad.client_id, Stage.ADVERTISE)
-            ads[cid] = ad
-        self._stage_quorum(ads, Stage.ADVERTISE)
-        self._ads = ads
-        self._expect = Stage.SHARE_KEYS
+        ads = self._take_advertisements(messages, self.table)
         broadcast = AdvertiseBroadcast(tuple(ads[v] for v in sorted(ads))).encode()
         return dict.fromkeys(sorted(ads), broadcast)
 

@@ -82,16 +82,16 @@ def test_resume_replays_the_uninterrupted_run(model: str, tmp_path: Path) -> Non
         torch.testing.assert_close(resumed.pool.local[name], value, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("model", ["implicit-mf", "ncf", "fism"])
-def test_a_flower_node_trains_the_implicit_models_as_the_simulator(model: str) -> None:
-    """Two rounds on a node (its local part kept in its state) equal the simulator's pool."""
-    pytest.importorskip("flwr")
+def _node_replays_the_simulator(config: ExperimentConfig) -> tuple[Simulation, Any]:
+    """Two rounds of clients 1, 4, 7 on a Flower node and in the simulator: equal deltas.
+
+    Returns the simulation and the node's state (its kept local part) after both rounds.
+    """
     from flwr.app import RecordDict
 
     from securefedrec.flower.node.runtime import train_clients
     from securefedrec.server.simulation import round_generator
 
-    config = _config(model, protocol="plaintext")
     sim = Simulation(config)
     state = RecordDict()
     clients = [1, 4, 7]
@@ -102,6 +102,14 @@ def test_a_flower_node_trains_the_implicit_models_as_the_simulator(model: str) -
                                 config.model.local_lr, round_generator(config.run.seed, r))
         expected = deltas.clamp(-config.model.update_clip, config.model.update_clip).numpy()
         np.testing.assert_array_equal(on_node[r], expected)  # the same computation replayed
+    return sim, state
+
+
+@pytest.mark.parametrize("model", ["implicit-mf", "ncf", "fism"])
+def test_a_flower_node_trains_the_implicit_models_as_the_simulator(model: str) -> None:
+    """Two rounds on a node (its local part kept in its state) equal the simulator's pool."""
+    pytest.importorskip("flwr")
+    _node_replays_the_simulator(_config(model, protocol="plaintext"))
 
 
 @pytest.mark.parametrize(("feedback", "fusion"), [("implicit", "implicit-mf,popularity"),
@@ -110,23 +118,10 @@ def test_a_flower_node_trains_a_fusion_as_the_simulator(feedback: str, fusion: s
     """A fusion on a node: its deltas and its kept local part (the members' user parts and the
     client's personal fusion weights) equal the simulator's after two rounds."""
     pytest.importorskip("flwr")
-    from flwr.app import RecordDict
-
-    from securefedrec.flower.node.runtime import train_clients
     from securefedrec.flower.node.state import kept_local
-    from securefedrec.server.simulation import round_generator
 
     config = ExperimentConfig(**{**SMALL, "feedback": feedback, "fusion": fusion, "protocol": "plaintext"})
-    sim = Simulation(config)
-    state = RecordDict()
-    clients = [1, 4, 7]
-    views = [sim.global_vec, sim.global_vec + 0.01]
-    on_node = [train_clients(config, clients, view, r, state) for r, view in enumerate(views)]
-    for r, view in enumerate(views):
-        deltas = sim.pool.train(clients, torch.from_numpy(view), config.model.local_epochs,
-                                config.model.local_lr, round_generator(config.run.seed, r))
-        expected = deltas.clamp(-config.model.update_clip, config.model.update_clip).numpy()
-        np.testing.assert_array_equal(on_node[r], expected)  # the same computation replayed
+    sim, state = _node_replays_the_simulator(config)
     users, kept = kept_local(state)
     expected_local = sim.pool.rows(users)
     assert set(kept) == set(expected_local) and any("fusion" in name for name in kept)
