@@ -279,6 +279,7 @@ class ModelConfig(Section):
     local_lr: float = 1.0
     update_clip: float = 16.0
     # implicit-feedback models (securefedrec.models.implicit); each applies only to the models named
+    # ("implicit-mf, ncf" below stands for every implicit model: implicit-mf, ncf, fism, content)
     loss: str = "bce"  # implicit-mf, ncf: bce | bpr
     negatives: int = 4  # implicit-mf, ncf: sampled non-interacted items per positive, every local epoch
     weight_decay: float = 0.01  # implicit-mf, ncf: L2 on the item rows and user embeddings each sample reads
