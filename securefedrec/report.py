@@ -81,6 +81,17 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     return atomic_write_bytes(path, json.dumps(clean(data), indent=2).encode())
 
 
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` to ``path`` (its folder created) and close it."""
+    import matplotlib.pyplot as plt
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target)
+    plt.close(fig)
+    return target
+
+
 def plot_rounds(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """PNG of the test metrics per round, with the protocol and data set in the title.
 
@@ -108,11 +119,7 @@ def plot_rounds(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target)
-    plt.close(fig)
-    return target
+    return _save(fig, path)
 
 
 def plot_fusion_weights(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -138,8 +145,4 @@ def plot_fusion_weights(report: dict[str, Any], path: str | os.PathLike[str]) ->
     axes[0][0].legend()
     fig.suptitle(f"fusion weights - {report['dataset']['name']}")
     fig.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target)
-    plt.close(fig)
-    return target
+    return _save(fig, path)

@@ -183,7 +183,7 @@ class SecAggPlusAggregator(SecAggAggregator):
         *,
         neighbors: int | None = None,
         dropout_rate: float = 0.05,
-        corruption_rate: float = 0.05,
+        corruption_rate: float = CORRUPTION_RATE,
         malicious: bool = True,
         randbytes: Callable[[int], bytes] = os.urandom,
         rng: np.random.Generator | None = None,

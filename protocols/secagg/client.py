@@ -144,7 +144,7 @@ class ClientPolicy:
     min_threshold: int = 1
     min_threshold_fraction: float = 0.5
     min_degree: int | None = None
-    corruption_rate: float | None = 0.05
+    corruption_rate: float | None = CORRUPTION_RATE
     security_bits: int = 40
     ring_bits: int | None = None
     clip_range: float | None = None
@@ -207,7 +207,7 @@ class ClientPolicy:
             raise refuse(f"degree {setup.degree} is too small for {n} clients at corruption "
                          f"rate {self.corruption_rate} (2^-{self.security_bits})", "degree")
         if self.dropout_rate is not None:
-            wanted = min(choose_degree(n, self.dropout_rate, self.corruption_rate or 0.05,
+            wanted = min(choose_degree(n, self.dropout_rate, self.corruption_rate or CORRUPTION_RATE,
                                        threshold=setup.threshold, malicious=malicious,
                                        security_bits=self.security_bits), n - 1)
             if setup.degree < wanted:

@@ -263,7 +263,7 @@ def _binom_mass(m: int, p: float, lo: int, hi: int) -> float:
 def choose_degree(
     n: int,
     dropout_rate: float = 0.05,
-    corruption_rate: float = 0.05,
+    corruption_rate: float = CORRUPTION_RATE,
     *,
     threshold: int | None = None,
     malicious: bool = False,

@@ -12,8 +12,9 @@ import numpy as np
 from protocols.base import AggregationResult, RoundConfig, Stage
 from protocols.errors import ConfigError
 from protocols.secagg._runner import RoundDriver, identities, make_runner
+from protocols.secagg.aggregator import SecAggPlusAggregator
 from protocols.secagg.client import ClientPolicy
-from protocols.secagg.graph import choose_degree, effective_degree
+from protocols.secagg.graph import CORRUPTION_RATE, effective_degree
 from protocols.submodel.client import SubmodelClient, SubmodelPolicy
 from protocols.submodel.rows import RowLayout
 from protocols.submodel.server import SubmodelServer
@@ -68,54 +69,33 @@ class SubmodelAggregator:
         min_holders: int = 2,
         neighbors: int | None = None,
         dropout_rate: float = 0.05,
-        corruption_rate: float = 0.05,
+        corruption_rate: float = CORRUPTION_RATE,
         malicious: bool = True,
         randbytes: Callable[[int], bytes] = os.urandom,
         rng: np.random.Generator | None = None,
         workers: int = 1,
     ) -> None:
         self.policy = SubmodelPolicy(item_epsilon=item_epsilon, min_holders=min_holders)
-        if neighbors is not None and neighbors < 1:
-            raise ConfigError(f"neighbors must be >= 1 or None, got {neighbors}")
-        if not (0.0 <= dropout_rate < 0.5 and 0.0 <= corruption_rate < 0.5):
-            raise ConfigError("dropout_rate and corruption_rate must be in [0, 0.5)")
-        self.neighbors = neighbors
-        self.dropout_rate = dropout_rate
-        self.corruption_rate = corruption_rate
-        if workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {workers}")
-        if workers > 1 and randbytes is not os.urandom:
-            raise ConfigError("workers > 1 needs randbytes=os.urandom (a pinned source repeats per worker)")
+        # the secrets are shared on SecAgg+'s graph: its degree, checks and client policy are SecAgg+'s
+        self.graph = SecAggPlusAggregator(neighbors=neighbors, dropout_rate=dropout_rate,
+                                          corruption_rate=corruption_rate, malicious=malicious,
+                                          randbytes=randbytes, rng=rng, workers=workers)
         self.layout = layout
         self.malicious = malicious
         self.randbytes = randbytes
-        self.rng = rng if rng is not None else np.random.default_rng()
+        self.rng = self.graph.rng
         self.workers = workers
         self.last_server: SubmodelServer | None = None
         """The server object of the last round (what a server sees: the table of reported sets)."""
 
     def degree_for(self, n: int, config: RoundConfig) -> int:
-        """``config.neighbors``, else the fixed degree, else ``choose_degree(n, ...)`` (SecAgg+'s rule)."""
-        fixed = config.neighbors if config.neighbors is not None else self.neighbors
-        if fixed is not None:
-            return effective_degree(n, fixed)
-        return effective_degree(n, choose_degree(n, self.dropout_rate, self.corruption_rate,
-                                                 threshold=config.threshold, malicious=self.malicious))
+        """SecAgg+'s degree: ``config.neighbors``, else the fixed degree, else ``choose_degree(n, ...)``."""
+        return effective_degree(n, self.graph.degree_for(n, config))
 
     def client_policy(self, n: int, config: RoundConfig) -> ClientPolicy:
-        """Each client's floor, from this aggregator's own configuration (never the server's word).
-
-        The round's threshold, ring, clipping range and wrap flag; a fixed degree is a
-        floor, a degree chosen from n is bounded by Bell et al.'s security bound for
-        ``corruption_rate`` (as :meth:`protocols.secagg.SecAggPlusAggregator.client_policy`).
-        """
-        fixed = config.neighbors if config.neighbors is not None else self.neighbors
-        return ClientPolicy(
-            min_threshold=config.threshold, min_threshold_fraction=0.0,
-            min_degree=effective_degree(n, fixed) if fixed is not None else None,
-            corruption_rate=None if fixed is not None else self.corruption_rate,
-            ring_bits=config.ring_bits, clip_range=config.clip_range, wrap=config.wrap,
-        )
+        """Each client's floor, from this aggregator's own configuration (never the server's word):
+        :meth:`protocols.secagg.SecAggPlusAggregator.client_policy`."""
+        return self.graph.client_policy(n, config)
 
     def aggregate(
         self,
@@ -154,7 +134,8 @@ class SubmodelAggregator:
 
         t0 = time.perf_counter()
         server = SubmodelServer(config, ids, self.layout, neighbors=self.degree_for(len(ids), config),
-                                min_holders=self.policy.min_holders, malicious=self.malicious)
+                                min_holders=self.policy.min_holders, malicious=self.malicious,
+                                corruption_rate=self.graph.corruption_rate)
         server_setup = time.perf_counter() - t0
         self.last_server = server
         runner = make_runner(make_client, ids, self.workers)

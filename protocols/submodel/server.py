@@ -25,6 +25,7 @@ from protocols.errors import IntegrityError, StageError
 from protocols.prg import expand
 from protocols.secagg import _crypto
 from protocols.secagg.client import raw_public
+from protocols.secagg.graph import CORRUPTION_RATE
 from protocols.secagg.messages import AdvertiseBroadcast, MaskedInput, Setup
 from protocols.secagg.server import SecAggServer, _terminal
 from protocols.submodel.client import holder_counts
@@ -64,8 +65,10 @@ class SubmodelServer(SecAggServer):
         neighbors: int | None = None,
         min_holders: int = 2,
         malicious: bool = True,
+        corruption_rate: float = CORRUPTION_RATE,
     ) -> None:
-        super().__init__(config, client_ids, layout.length, neighbors=neighbors, malicious=malicious)
+        super().__init__(config, client_ids, layout.length, neighbors=neighbors, malicious=malicious,
+                         corruption_rate=corruption_rate)
         self.layout = layout
         self.min_holders = min_holders
         self.table: dict[int, np.ndarray] = {}
