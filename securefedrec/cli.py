@@ -137,9 +137,14 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="simulated dropout probability at every protocol stage (default 0)")
     g.add_argument("--ring-bits", type=int, help=f"ring width for masking (default {d.ring_bits})")
     g.add_argument("--neighbors", type=int, help="SecAgg+ neighbours per client (default: from n)")
+    g.add_argument("--corruption-rate", type=float,
+                   help="secagg/secagg+: the fraction of clients a malicious server may control; each "
+                        "client's Shamir threshold counts that many corrupted share holders, and SecAgg+'s "
+                        f"degree is chosen for it (default {d.corruption_rate:g})")
     g.add_argument("--submodel", action="store_true", default=None,
                    help="submodel rounds: each client sends only the rows of its randomized-response item "
-                        "set, summed exactly by SecAgg on the complete graph (protocols.submodel)")
+                        "set, summed exactly by SecAgg(+) with its secrets shared on the masking graph "
+                        "(protocols.submodel)")
     g.add_argument("--item-epsilon", type=float,
                    help="with --submodel: epsilon of the randomized response over each client's item set "
                         "(item-level local DP; default 4)")

@@ -106,7 +106,8 @@ class MaliciousServerAttack(Attack):
             raise ConfigError(f"malicious-server drives the SecAgg or Paillier state machines; protocol "
                               f"{name!r} is not supported (choose {', '.join(supported)})")
         degree = None if not protocol.sparse_graph else (
-            fed.neighbors if fed.neighbors is not None else choose_degree(n))
+            fed.neighbors if fed.neighbors is not None
+            else choose_degree(n, corruption_rate=fed.corruption_rate))
         outcomes: list[ScenarioOutcome] = []
         ran = self._scenarios(config.federation.protocol, SECAGG_SCENARIOS, _SECAGG_ALL)
         lies_baseline = "; for the lies, the client that takes every parameter from the server's Setup"
@@ -120,11 +121,13 @@ class MaliciousServerAttack(Attack):
                 continue
             for malicious in (True, False):
                 outcomes.append(secagg.run_scenario(scenario, clients=n, threshold=threshold, degree=degree,
-                                                    malicious=malicious, seed=self.seed))
+                                                    malicious=malicious, seed=self.seed,
+                                                    corruption_rate=fed.corruption_rate))
         summary = summarize(outcomes)
         return self.result(
             config, summary.value, summary.baseline, summary.value > 0, clients=n, threshold=threshold,
-            share_threshold=share_threshold(threshold, n, effective_degree(n, degree), True),
+            share_threshold=share_threshold(threshold, n, effective_degree(n, degree), True,
+                                            fed.corruption_rate),
             **summary.details,
             baseline_is="the same scenarios against the semi-honest protocol (no signatures, "
                         "no consistency round)" + (lies_baseline if set(ran) & set(SECAGG_LIES) else ""),

@@ -46,6 +46,9 @@ class SecAggAggregator(Aggregator):
             forked ones (clients are independent machines; this only uses more cores, and
             the sum is the same ring sum). ``1`` (default) runs everything in this process;
             more needs ``randbytes=os.urandom``.
+        corruption_rate: gamma, the fraction of clients the server may control; the malicious
+            model's Shamir threshold t' counts that many corrupted share holders
+            (:func:`~protocols.secagg.graph.share_threshold`), and so does each client's policy.
 
     Notes:
         Thresholds: the round aborts when fewer than ``RoundConfig.threshold`` clients
@@ -79,9 +82,12 @@ class SecAggAggregator(Aggregator):
         randbytes: Callable[[int], bytes] = os.urandom,
         rng: np.random.Generator | None = None,
         workers: int = 1,
+        corruption_rate: float = CORRUPTION_RATE,
     ) -> None:
         if neighbors is not None and neighbors < 1:
             raise ConfigError(f"neighbors must be >= 1 or None, got {neighbors}")
+        if not 0.0 <= corruption_rate < 0.5:
+            raise ConfigError(f"corruption_rate must be in [0, 0.5), got {corruption_rate}")
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         if workers > 1 and randbytes is not os.urandom:
@@ -92,8 +98,8 @@ class SecAggAggregator(Aggregator):
         self.workers = workers
         self.neighbors = neighbors
         self.malicious = malicious
-        self.corruption_rate = CORRUPTION_RATE
-        """The fraction of clients the server may control, for the malicious model's t'."""
+        self.corruption_rate = corruption_rate
+        """The fraction of clients the server may control: the malicious model's t' counts them."""
         self.randbytes = randbytes
         self.rng = rng if rng is not None else np.random.default_rng()
         self.last_server: SecAggServer | None = None
@@ -113,7 +119,8 @@ class SecAggAggregator(Aggregator):
         """
         return ClientPolicy(
             min_threshold=config.threshold, min_threshold_fraction=0.0,
-            min_degree=effective_degree(n, self.degree_for(n, config)), corruption_rate=None,
+            min_degree=effective_degree(n, self.degree_for(n, config)),
+            corruption_rate=self.corruption_rate, degree_bound=False,
             ring_bits=config.ring_bits, clip_range=config.clip_range, wrap=config.wrap,
         )
 
@@ -189,13 +196,11 @@ class SecAggPlusAggregator(SecAggAggregator):
         rng: np.random.Generator | None = None,
         workers: int = 1,
     ) -> None:
-        super().__init__(
-            neighbors=neighbors, malicious=malicious, randbytes=randbytes, rng=rng, workers=workers
-        )
-        if not (0.0 <= dropout_rate < 0.5 and 0.0 <= corruption_rate < 0.5):
-            raise ConfigError("dropout_rate and corruption_rate must be in [0, 0.5)")
+        super().__init__(neighbors=neighbors, malicious=malicious, randbytes=randbytes, rng=rng,
+                         workers=workers, corruption_rate=corruption_rate)
+        if not 0.0 <= dropout_rate < 0.5:
+            raise ConfigError(f"dropout_rate must be in [0, 0.5), got {dropout_rate}")
         self.dropout_rate = dropout_rate
-        self.corruption_rate = corruption_rate
 
     def degree_for(self, n: int, config: RoundConfig) -> int | None:
         """``config.neighbors``, else the fixed degree, else ``choose_degree(n, ...)``."""
@@ -215,4 +220,4 @@ class SecAggPlusAggregator(SecAggAggregator):
         policy = super().client_policy(n, config)
         if super().degree_for(n, config) is not None:
             return policy
-        return replace(policy, min_degree=None, corruption_rate=self.corruption_rate)
+        return replace(policy, min_degree=None, degree_bound=True)

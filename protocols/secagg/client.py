@@ -101,10 +101,13 @@ class ClientPolicy:
             (``threshold >= max(min_threshold, ceil(fraction * n))``).
         min_degree: the least SecAgg+ degree accepted (``>= n - 1``: only the
             complete graph). ``None``: derived from ``corruption_rate``.
-        corruption_rate: gamma, the fraction of clients the server may control;
-            the announced degree must meet Bell et al.'s security bound for it
-            (:func:`~protocols.secagg.graph.degree_is_secure`). ``None``: no bound
-            (then ``min_degree`` alone decides).
+        corruption_rate: gamma, the fraction of clients the server may control (its
+            own clients, in the malicious model): t' counts that many corrupted share
+            holders (:func:`~protocols.secagg.graph.share_threshold`), and with
+            ``degree_bound`` the announced degree must meet Bell et al.'s security
+            bound for it (:func:`~protocols.secagg.graph.degree_is_secure`).
+        degree_bound: check the degree against that bound; ``False``: ``min_degree``
+            alone decides (an operator's own fixed degree).
         security_bits: the bound's failure probability, ``2^-security_bits``.
         dropout_rate: when set, the degree must also be at least the one an honest
             server chooses for this dropout rate (:func:`~protocols.secagg.graph.choose_degree`
@@ -144,7 +147,8 @@ class ClientPolicy:
     min_threshold: int = 1
     min_threshold_fraction: float = 0.5
     min_degree: int | None = None
-    corruption_rate: float | None = CORRUPTION_RATE
+    corruption_rate: float = CORRUPTION_RATE
+    degree_bound: bool = True
     security_bits: int = 40
     ring_bits: int | None = None
     clip_range: float | None = None
@@ -160,7 +164,7 @@ class ClientPolicy:
             )
         if self.min_degree is not None and self.min_degree < 1:
             raise ConfigError(f"ClientPolicy.min_degree must be >= 1 or None, got {self.min_degree}")
-        if self.corruption_rate is not None and not 0.0 <= self.corruption_rate < 0.5:
+        if not 0.0 <= self.corruption_rate < 0.5:
             raise ConfigError(f"ClientPolicy.corruption_rate must be in [0, 0.5), got {self.corruption_rate}")
         if not 1 <= self.security_bits <= 128:
             raise ConfigError(f"ClientPolicy.security_bits must be in [1, 128], got {self.security_bits}")
@@ -200,14 +204,14 @@ class ClientPolicy:
         if self.min_degree is not None and setup.degree < effective_degree(n, self.min_degree):
             raise refuse(f"degree {setup.degree} is below this client's floor "
                          f"{effective_degree(n, self.min_degree)} for {n} clients", "degree")
-        if self.corruption_rate is not None and not degree_is_secure(
+        if self.degree_bound and not degree_is_secure(
             n, setup.degree, setup.threshold, malicious=malicious,
             corruption_rate=self.corruption_rate, security_bits=self.security_bits,
         ):
             raise refuse(f"degree {setup.degree} is too small for {n} clients at corruption "
                          f"rate {self.corruption_rate} (2^-{self.security_bits})", "degree")
         if self.dropout_rate is not None:
-            wanted = min(choose_degree(n, self.dropout_rate, self.corruption_rate or CORRUPTION_RATE,
+            wanted = min(choose_degree(n, self.dropout_rate, self.corruption_rate,
                                        threshold=setup.threshold, malicious=malicious,
                                        security_bits=self.security_bits), n - 1)
             if setup.degree < wanted:
@@ -215,8 +219,8 @@ class ClientPolicy:
                              f"dropout rate {self.dropout_rate} this client expects", "degree")
         # t' is this client's own: in the malicious model more than half of its holders plus the
         # corrupted ones it must assume (share_threshold), from its own corruption rate
-        rate = self.corruption_rate if self.corruption_rate is not None else CORRUPTION_RATE
-        t = share_threshold(setup.threshold, n, setup.degree, malicious, rate, self.security_bits)
+        t = share_threshold(setup.threshold, n, setup.degree, malicious, self.corruption_rate,
+                            self.security_bits)
         if setup.share_threshold < t:
             raise refuse(f"share threshold {setup.share_threshold} is below {t}, the one this "
                          "client computes for the round", "share_threshold")

@@ -279,5 +279,7 @@ _MODE_BOUND: dict[str, _Bound] = {
        for name in ("lam_user", "lam_item", "lam_bias")},
     "neighbors": _Bound("protocol", lambda protocol: aggregator_class(protocol).pairwise_masks,
                         "--protocol secagg or secagg+ (the masking graph)"),
+    "corruption_rate": _Bound("protocol", lambda protocol: aggregator_class(protocol).pairwise_masks,
+                              "--protocol secagg or secagg+ (the Shamir threshold)"),
 }
 """Flat keys that are an error when given (flag or config key) outside their mode (``from_mapping``)."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Union, get_args, get_origin
 
+from protocols.secagg import CORRUPTION_RATE
 from securefedrec.data import (
     DATASETS,
     FEEDBACK_KINDS,
@@ -240,6 +241,9 @@ class FederationConfig(Section):
     threshold_fraction: float = 0.5
     ring_bits: int = 32
     neighbors: int | None = None
+    # the fraction of clients a malicious server may control (SecAgg/SecAgg+): every client's
+    # Shamir threshold t' counts that many corrupted share holders (protocols.secagg.graph)
+    corruption_rate: float = CORRUPTION_RATE
     submodel: bool = False  # submodel rounds: clients send only their rows (protocols.submodel)
     item_epsilon: float = 4.0  # with submodel: randomized response's epsilon over each client's row set
 
@@ -258,6 +262,8 @@ class FederationConfig(Section):
         self._need(0 < self.threshold_fraction <= 1, "threshold_fraction", "must be in (0, 1]")
         self._need(8 <= self.ring_bits <= 64, "ring_bits", "must be in [8, 64]")
         self._need(self.neighbors is None or self.neighbors >= 1, "neighbors", "must be >= 1")
+        self._need(math.isfinite(self.corruption_rate) and 0 <= self.corruption_rate < 0.5, "corruption_rate",
+                   "must be in [0, 0.5)")
         self._need(math.isfinite(self.item_epsilon) and self.item_epsilon > 0, "item_epsilon",
                    "must be a positive finite number")
         self._need(not self.submodel or aggregator_class(self.protocol).pairwise_masks, "submodel",
@@ -441,6 +447,7 @@ FLAT_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "threshold_fraction": ("federation", "threshold_fraction"),
     "ring_bits": ("federation", "ring_bits"),
     "neighbors": ("federation", "neighbors"),
+    "corruption_rate": ("federation", "corruption_rate"),
     "submodel": ("federation", "submodel"),
     "item_epsilon": ("federation", "item_epsilon"),
     "compression": ("compression", "codec"),

@@ -177,13 +177,16 @@ class Simulation:
             options["workers"] = usable_cpus()
         if protocol.sparse_graph and config.federation.dropout > 0:  # size the graph for the dropout
             options["dropout_rate"] = dropout_by_unmask(config.federation.dropout)
+        if protocol.pairwise_masks:  # the corrupted share holders t' must count
+            options["corruption_rate"] = config.federation.corruption_rate
         self.aggregator = aggregator or get_aggregator(config.federation.protocol, **options)
         self.submodel: SubmodelRounds | None = None  # --submodel: clients send only their rows
         if config.federation.submodel:
             self.submodel = SubmodelRounds(self.model, config.federation.item_epsilon,
                                            malicious=config.federation.threat_model != "semi-honest",
                                            workers=options.get("workers", 1), sparse=protocol.sparse_graph,
-                                           dropout_rate=options.get("dropout_rate", 0.05))
+                                           dropout_rate=options.get("dropout_rate", 0.05),
+                                           corruption_rate=config.federation.corruption_rate)
         self.count_round: dict[str, Any] | None = None
         if isinstance(self.model, CompressedModel) and self.model.needs_popularity:
             self._count_popularity(self.model)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from protocols import RoundConfig, Stage
+from protocols.secagg import CORRUPTION_RATE
 from protocols.submodel import RowLayout, SubmodelAggregator, SubmodelInput, SubmodelResult
 from securefedrec.compression.codecs import snapshot_bytes
 from securefedrec.models.base import Model
@@ -62,17 +63,19 @@ class SubmodelRounds:
             ``False`` shares them with every client (``--protocol secagg``). The pairwise
             masks cover every pair's rows in common either way.
         dropout_rate: the share of clients the graph must tolerate losing by the unmask stage.
+        corruption_rate: the fraction of clients the server may control (t' counts them).
     """
 
     def __init__(
         self, model: Model, item_epsilon: float, *, malicious: bool = True, workers: int = 1,
-        sparse: bool = True, dropout_rate: float = 0.05,
+        sparse: bool = True, dropout_rate: float = 0.05, corruption_rate: float = CORRUPTION_RATE,
     ) -> None:
         self.layout = row_layout(model)
         self.item_epsilon = item_epsilon
         complete = None if sparse else COMPLETE
         self.aggregator = SubmodelAggregator(self.layout, item_epsilon=item_epsilon, malicious=malicious,
-                                             workers=workers, neighbors=complete, dropout_rate=dropout_rate)
+                                             workers=workers, neighbors=complete, dropout_rate=dropout_rate,
+                                             corruption_rate=corruption_rate)
 
     def aggregate(
         self, deltas: np.ndarray, clients: list[int], config: RoundConfig, plan: dict[int, Stage],

@@ -33,7 +33,7 @@ DEFAULT_DICT = {
     "synthetic_items": 300, "synthetic_ratings_per_user": 30, "data_file": None, "columns": None,
     "rating_scale": None, "feedback": "explicit", "eval_negatives": 99, "item_features": None,
     "protocol": "secagg+", "threat_model": "default", "rounds": 30, "sample_rate": 0.2,
-    "dropout": 0.0, "threshold_fraction": 0.5, "ring_bits": 32, "neighbors": None,
+    "dropout": 0.0, "threshold_fraction": 0.5, "ring_bits": 32, "neighbors": None, "corruption_rate": 0.05,
     "submodel": False, "item_epsilon": 4.0,
     "compression": "none",
     "model": "mf", "factors": 32, "lam_user": 0.1, "lam_item": 0.15, "lam_bias": 0.05, "init_std": 0.01,
@@ -100,7 +100,8 @@ def test_to_dict_of_a_non_default_config_is_unchanged() -> None:
         "synthetic_ratings_per_user": 30, "data_file": None, "columns": None, "rating_scale": None,
         "feedback": "explicit", "eval_negatives": 99, "item_features": None,
         "protocol": "secagg", "threat_model": "malicious", "rounds": 7, "sample_rate": 0.5, "dropout": 0.1,
-        "threshold_fraction": 0.6, "ring_bits": 40, "neighbors": 5, "submodel": False, "item_epsilon": 4.0,
+        "threshold_fraction": 0.6, "ring_bits": 40, "neighbors": 5, "corruption_rate": 0.05,
+        "submodel": False, "item_epsilon": 4.0,
         "compression": "q16",
         "model": "mf",
         "factors": 8, "lam_user": 0.2, "lam_item": 0.15, "lam_bias": 0.05, "init_std": 0.01,
@@ -218,6 +219,10 @@ def test_the_mode_bound_refusals_still_fire(tmp_path: Path) -> None:
         ExperimentConfig.from_mapping({"epsilon": 1.0})
     with pytest.raises(ConfigError, match=r"^--neighbors: applies only with --protocol secagg or secagg\+"):
         _cli("--protocol", "plaintext", "--neighbors", "3")
+    with pytest.raises(ConfigError, match=r"^--corruption-rate: applies only with --protocol secagg or secagg\+"):
+        _cli("--protocol", "paillier", "--corruption-rate", "0.1")
+    with pytest.raises(ConfigError, match=r"^--corruption-rate: must be in \[0, 0.5\)"):
+        _cli("--corruption-rate", "0.5")
     with pytest.raises(ConfigError, match=r"^--synthetic-users: applies only with --dataset synthetic"):
         _cli("--dataset", "ml-100k", "--data-dir", "d", "--synthetic-users", "5")
     with pytest.raises(ConfigError, match=r"^--dp-batch-size: applies only with --dp record; --dp is 'user'"):

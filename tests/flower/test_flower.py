@@ -737,6 +737,30 @@ def test_the_node_policy_wants_the_degree_its_dropout_needs() -> None:
     assert refused.value.field == "degree"
 
 
+def test_the_node_policy_counts_the_runs_corruption_rate_in_t_prime() -> None:
+    """A node whose run assumes more corrupted clients refuses the t' of a server (and the simulator's
+    own aggregator) sized for fewer; the run's setting reaches the server's t' the same way."""
+    from protocols.secagg import PolicyRefusal, share_threshold
+    from protocols.secagg.messages import Setup
+    from securefedrec.flower.node import node_policy
+
+    n = 20
+    usual = ExperimentConfig(**{**SMALL, "synthetic_users": n}, protocol="secagg", threat_model="malicious")
+    wary = usual.replace(corruption_rate=0.3)
+    rc = Simulation(usual).round_config(0, n)
+    setup = Setup.decode(SecAggServer(rc, range(n), 10, neighbors=None, malicious=True).setup()[0])
+    assert node_policy(usual).check(setup, True) == setup.share_threshold
+    with pytest.raises(PolicyRefusal, match="share threshold") as refused:
+        node_policy(wary).check(setup, True)
+    assert refused.value.field == "share_threshold"
+    # the simulator's server takes the run's rate: its t' is the one the wary node computes
+    sim = Simulation(wary)
+    assert sim.aggregator.corruption_rate == 0.3
+    wanted = share_threshold(rc.threshold, n, n - 1, True, 0.3)
+    assert wanted > setup.share_threshold
+    assert node_policy(wary).check(dataclasses.replace(setup, share_threshold=wanted), True) == wanted
+
+
 def test_the_replayed_protocol_client_holds_the_node_policy_too(monkeypatch: pytest.MonkeyPatch) -> None:
     """Defence in depth: with the node's pre-training check bypassed, the SecAgg client the node
     replays still refuses a Setup that the default ClientPolicy accepts but this node's run

@@ -548,9 +548,9 @@ def test_policy_degree_floor_and_corruption_bound() -> None:
     vec = np.zeros(L)
     with pytest.raises(IntegrityError, match="degree 6 is too small for 40 clients"):
         SecAggClient(1, vec, malicious=False).advertise(setup)  # default: Bell et al.'s bound, gamma = 0.05
-    fixed = ClientPolicy(min_degree=6, corruption_rate=None)  # an operator's own fixed degree
+    fixed = ClientPolicy(min_degree=6, degree_bound=False)  # an operator's own fixed degree
     SecAggClient(1, vec, malicious=False, policy=fixed).advertise(setup)
-    higher = ClientPolicy(min_degree=8, corruption_rate=None)
+    higher = ClientPolicy(min_degree=8, degree_bound=False)
     with pytest.raises(IntegrityError, match="degree 6 is below this client's floor 8"):
         SecAggClient(1, vec, malicious=False, policy=higher).advertise(setup)
     with pytest.raises(ConfigError, match="corruption_rate"):

@@ -345,7 +345,7 @@ def _sparse_round(malicious: bool = True, n: int = 12, degree: int = 4, threshol
     keys = {c: Ed25519PrivateKey.from_private_bytes(rb(32)) for c in ids}
     pki = {c: raw_public(k) for c, k in keys.items()}
     policy = ClientPolicy(min_threshold=threshold, min_threshold_fraction=0.0, min_degree=degree,
-                          corruption_rate=None)
+                          degree_bound=False)
     step = FixedPoint.for_sum(n, CLIP, RING, None).step
     clients = {c: SubmodelClient(c, LAYOUT, np.array([0, 1, 2]), np.full((3, 3), step), np.zeros(2),
                                  submodel=SubmodelPolicy(item_epsilon=60.0), malicious=malicious,

@@ -49,7 +49,7 @@ def node_policy(config: ExperimentConfig) -> ClientPolicy:
     is that input, so a node takes no part in a round of one client (the simulator skips such
     rounds, :meth:`~securefedrec.server.simulation.Simulation.run_round`). The degree: SecAgg,
     the complete graph; SecAgg+ with a fixed ``neighbors``, at least that; otherwise secure for
-    the default 5 % corruption rate (Bell et al.'s bound) and at least the degree an honest
+    the run's ``corruption_rate`` (Bell et al.'s bound) and at least the degree an honest
     server chooses for the dropout rate the simulator sizes the graph for
     (:func:`~securefedrec.server.simulation.dropout_by_unmask`). t', the graph seed and overflow
     are the policy's own rules (:meth:`~protocols.secagg.ClientPolicy.check`).
@@ -59,17 +59,17 @@ def node_policy(config: ExperimentConfig) -> ClientPolicy:
     fed = config.federation
     if not aggregator_class(fed.protocol).sparse_graph:
         return ClientPolicy(min_threshold=MIN_INPUTS, min_threshold_fraction=fed.threshold_fraction,
-                            min_degree=COMPLETE)
+                            min_degree=COMPLETE, corruption_rate=fed.corruption_rate)
     if fed.neighbors is not None:
         return ClientPolicy(min_threshold=MIN_INPUTS, min_threshold_fraction=fed.threshold_fraction,
-                            min_degree=fed.neighbors)
+                            min_degree=fed.neighbors, corruption_rate=fed.corruption_rate)
     rate = 0.05
     if fed.dropout > 0:
         from securefedrec.server.simulation import dropout_by_unmask
 
         rate = dropout_by_unmask(fed.dropout)
     return ClientPolicy(min_threshold=MIN_INPUTS, min_threshold_fraction=fed.threshold_fraction,
-                        dropout_rate=rate)
+                        dropout_rate=rate, corruption_rate=fed.corruption_rate)
 
 
 @functools.lru_cache(maxsize=2)

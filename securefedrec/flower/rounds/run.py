@@ -164,7 +164,8 @@ class FederatedRun:
                 else:
                     server = SecAggServer(rc, sampled, length,
                                           neighbors=self.secagg.degree_for(len(sampled), rc),
-                                          malicious=self.settings.malicious)
+                                          malicious=self.settings.malicious,
+                                          corruption_rate=self.secagg.corruption_rate)
                     outcome = secagg_round(
                         self.link, server, self.node_of, view, malicious=self.settings.malicious,
                         train_timeout=self.settings.train_timeout, stage_timeout=self.settings.stage_timeout,
