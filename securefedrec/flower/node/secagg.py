@@ -44,6 +44,7 @@ __all__ = ["SecAggSession"]
 def _no_submodel() -> SubmodelPolicy:
     raise StageError("this node was given no submodel policy: it runs no submodel round")
 
+
 _ORDER = {
     False: (FlowerStage.TRAIN, FlowerStage.SHARE_KEYS, FlowerStage.MASKED_INPUT, FlowerStage.UNMASK),
     True: (FlowerStage.TRAIN, FlowerStage.SHARE_KEYS, FlowerStage.MASKED_INPUT, FlowerStage.CONSISTENCY,
