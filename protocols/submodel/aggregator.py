@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,6 +97,12 @@ class SubmodelAggregator:
         :meth:`protocols.secagg.SecAggPlusAggregator.client_policy`."""
         return self.graph.client_policy(n, config)
 
+    def server(self, config: RoundConfig, ids: Sequence[int]) -> SubmodelServer:
+        """A fresh server for a round of the clients ``ids`` (also what a deployment's server drives)."""
+        return SubmodelServer(config, ids, self.layout, neighbors=self.degree_for(len(ids), config),
+                              min_holders=self.policy.min_holders, malicious=self.malicious,
+                              corruption_rate=self.graph.corruption_rate)
+
     def aggregate(
         self,
         inputs: Mapping[int, SubmodelInput],
@@ -133,9 +139,7 @@ class SubmodelAggregator:
                                   randbytes=self.randbytes, rng=rngs[c], policy=policy)
 
         t0 = time.perf_counter()
-        server = SubmodelServer(config, ids, self.layout, neighbors=self.degree_for(len(ids), config),
-                                min_holders=self.policy.min_holders, malicious=self.malicious,
-                                corruption_rate=self.graph.corruption_rate)
+        server = self.server(config, ids)
         server_setup = time.perf_counter() - t0
         self.last_server = server
         runner = make_runner(make_client, ids, self.workers)

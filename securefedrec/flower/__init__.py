@@ -7,7 +7,7 @@ inside Flower messages:
 - :mod:`~securefedrec.flower.transport` carries them to the SuperNodes over a ``Grid``
   and discovers which node hosts which clients;
 - :mod:`~securefedrec.flower.rounds` is the server: one round driver per protocol
-  (SecAgg / SecAgg+, packed Paillier) and the federated loop (:class:`FederatedRun`);
+  (SecAgg / SecAgg+, submodel SecAgg, packed Paillier) and the federated loop (:class:`FederatedRun`);
 - :mod:`~securefedrec.flower.node` is a SuperNode: the clients it hosts, one session
   per protocol, the bounds it enforces, its DP-SGD silos;
 - :mod:`~securefedrec.flower.update` is a client's update on its node (DP noise
@@ -28,7 +28,13 @@ from securefedrec.flower.node import (
     paillier_rounding_rng,
     rounding_rng,
 )
-from securefedrec.flower.rounds import FederatedRun, RoundOutcome, paillier_round, secagg_round
+from securefedrec.flower.rounds import (
+    FederatedRun,
+    RoundOutcome,
+    paillier_round,
+    secagg_round,
+    submodel_round,
+)
 from securefedrec.flower.settings import (
     DeploymentSettings,
     NodeSettings,
@@ -68,5 +74,6 @@ __all__ = [
     "partition_of",
     "rounding_rng",
     "secagg_round",
+    "submodel_round",
     "unpack",
 ]

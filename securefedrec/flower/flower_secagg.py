@@ -81,8 +81,8 @@ def check_flower_secaggplus(config: ExperimentConfig) -> None:
         raise ConfigError(f"compression: transport flower-secaggplus sends uncompressed updates; "
                           f"{config.compression.codec!r} needs transport 'securefedrec'")
     if config.federation.submodel:
-        raise ConfigError("submodel: submodel rounds run in the simulator only (securefedrec run), "
-                          "not over Flower yet")
+        raise ConfigError("submodel: transport flower-secaggplus sends dense updates; submodel rounds run "
+                          "over transport 'securefedrec' (or in the simulator)")
 
 
 def run_flower_secaggplus(grid: Any, context: Context, config: ExperimentConfig,

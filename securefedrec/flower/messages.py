@@ -66,10 +66,15 @@ class FlowerStage(enum.Enum):
     survivor set; answer: the client's signature on it) and ``PAILLIER_DECRYPT`` (the
     product of ciphertexts to one key holder -- malicious model: the survivor set, its
     signatures and every survivor's signed ciphertexts; answer: the packed plaintext sum).
+    ``SUBMODEL_TRAIN`` and ``SUBMODEL_SETUP`` open a submodel round (:mod:`protocols.submodel`):
+    train, answer the randomized-response row request; then the setup with the row table,
+    answer the key advertisement. Its later stages are SecAgg's (``SHARE_KEYS`` on).
     """
 
     HELLO = "query.sfr_hello"
     TRAIN = "train.sfr_advertise"
+    SUBMODEL_TRAIN = "train.sfr_submodel_request"
+    SUBMODEL_SETUP = "query.sfr_submodel_advertise"
     SHARE_KEYS = "query.sfr_share_keys"
     MASKED_INPUT = "query.sfr_masked_input"
     CONSISTENCY = "query.sfr_consistency"

@@ -233,6 +233,24 @@ def test_deployment_dp_user_randk_equals_simulator(noise_federation: Federation)
     assert np.abs(result["global_vec"] - sim.global_vec).max() <= step
 
 
+def test_deployment_submodel_equals_simulator(federation: Federation) -> None:
+    """Submodel rounds (each client sends only its randomized-response rows) over real SuperNodes."""
+    n = federation.n
+    users = 4 * n  # submodel rounds: every user is a client; each SuperNode hosts 4
+    extra = {"synthetic-users": users, "submodel": True, "item-epsilon": 40.0}  # RR keeps the true rows
+    result = federation.run({**EXPERIMENT, **extra, "silos": "none", "rounds": ROUNDS, "min-nodes": n,
+                             "reproducible-rounding": True, "stage-timeout": 120.0})
+    rounds = result["report"]["rounds"]
+    assert [r["aborted"] for r in rounds] == [False] * ROUNDS, rounds
+    sim = _simulation(n, ROUNDS, **{**extra, "silos": None})
+    for r in range(ROUNDS):
+        record = sim.run_round()
+        assert not record["aborted"] and rounds[r]["survivors"] == list(range(users))
+        assert rounds[r]["rows_union"] == record["rows_union"] and rounds[r]["item_epsilon"] == 40.0
+    step = rounds[0]["quantization_step"]
+    assert np.abs(result["global_vec"] - sim.global_vec).max() <= step
+
+
 @pytest.mark.parametrize("federation", [4], indirect=True)
 def test_deployment_survives_a_node_killed_during_key_sharing(federation: Federation) -> None:
     """Four SuperNodes, one killed: the malicious model's t' is 3 of 4 (it counts one holder the

@@ -1,6 +1,6 @@
 """The node's entry point: one Flower message for the clients this node hosts (:class:`NodeRuntime`).
 
-A round's first message (TRAIN or PAILLIER_TRAIN) is validated against this node's own
+A round's first message (TRAIN, SUBMODEL_TRAIN or PAILLIER_TRAIN) is validated against this node's own
 configuration (:mod:`~securefedrec.flower.node.checks`, :func:`~securefedrec.flower.update.check_dp`)
 before any state changes; the clients then train (:func:`train_clients`, or the silos' DP-SGD,
 :mod:`~securefedrec.flower.node.silos`), add their noise shares, apply random-k with error
@@ -44,6 +44,14 @@ from securefedrec.flower.node.paillier import PAILLIER_STAGES, PaillierSession, 
 from securefedrec.flower.node.secagg import SecAggSession
 from securefedrec.flower.node.silos import NodeSilos
 from securefedrec.flower.node.state import DELTAS, HISTORY, REFUSED, STATE, keep_local, kept_local
+from securefedrec.flower.node.submodel import (
+    LAYOUT,
+    check_submodel_info,
+    check_submodel_setup,
+    keep_layout,
+    round_layout,
+    submodel_policy,
+)
 from securefedrec.flower.settings import DeploymentSettings, NodeSettings
 from securefedrec.flower.update import (
     FeedbackStore,
@@ -151,7 +159,8 @@ class NodeRuntime:
         self.state = state
         self.trainer = trainer
         self.randbytes = randbytes
-        self.secagg = SecAggSession(state, settings, identity, seed, policy=lambda: node_policy(self.config))
+        self.secagg = SecAggSession(state, settings, identity, seed, policy=lambda: node_policy(self.config),
+                                    submodel=lambda: submodel_policy(self.config))
         self.paillier = PaillierSession(state, settings, self.node, identity, seed)
 
     @property
@@ -188,8 +197,11 @@ class NodeRuntime:
         if foreign:
             raise IntegrityError(f"round {message.round_id}: node {pid}/{count} was sent messages for "
                                  f"clients {foreign[:5]} that it does not host")
-        if message.stage in (FlowerStage.TRAIN, FlowerStage.PAILLIER_TRAIN):
+        if message.stage in (FlowerStage.TRAIN, FlowerStage.PAILLIER_TRAIN, FlowerStage.SUBMODEL_TRAIN):
             self._start_round(message)
+        if message.stage is FlowerStage.SUBMODEL_SETUP:  # the setup bounded before any client sees it
+            for c in sorted(message.payload):
+                check_submodel_setup(self.config, message, c, malicious=self.settings.malicious)
         step = self.paillier.step if message.stage in PAILLIER_STAGES else self.secagg.step
         replies = {c: step(c, message) for c in sorted(message.payload)}
         if message.stage is FlowerStage.UNMASK:
@@ -237,6 +249,10 @@ class NodeRuntime:
         if paillier != aggregator_class(cfg.federation.protocol).homomorphic:
             raise IntegrityError(f"round {r}, field 'protocol': a {message.stage.name} message, but this "
                                  f"node's run configuration has protocol {cfg.federation.protocol!r}")
+        submodel = message.stage is FlowerStage.SUBMODEL_TRAIN
+        if submodel != cfg.federation.submodel:  # a submodel round reveals (randomized) row sets
+            raise IntegrityError(f"round {r}, field 'submodel': a {message.stage.name} message, but this "
+                                 f"node's run configuration has submodel={cfg.federation.submodel}")
         clients = sorted(message.payload)
         ranks = {c: i for i, c in enumerate(sorted(message.sampled))}
         missing = [c for c in clients if c not in ranks]
@@ -247,12 +263,20 @@ class NodeRuntime:
             for c in clients:
                 require_identity(self.identity, c, f"client {c}, round {r}")
         # validate everything before any state changes
+        layout = None
+        if submodel:  # the setup comes after training (it answers the row requests): the policy now
+            check_submodel_info(cfg, message.info, f"round {r}")
+            layout = round_layout(cfg)
+            got = int(message.global_vec.shape[0])
+            if layout.length != got:
+                raise IntegrityError(f"round {r}, field 'global': the server sends {got} values, this "
+                                     f"node's model has {layout.length}")
         params = {c: paillier_params(cfg, message, c) if paillier
                   else secagg_params(cfg, message, c, malicious=self.settings.malicious)
-                  for c in clients}
+                  for c in ([] if submodel else clients)}
         mechanisms: dict[int, tuple[DistributedGaussian, int]] = {}
         comp = uplink_compressor(cfg)
-        for c in clients:  # wrap-around cannot weaken privacy, but only mod:B asks for it
+        for c in params:  # wrap-around cannot weaken privacy, but only mod:B asks for it
             if params[c].wrap and not comp.wraps:
                 raise IntegrityError(f"client {c}, round {r}, field 'wrap': the server asks for a wrapping "
                                      f"sum, but this node's run configuration has compression {comp.spec!r}")
@@ -267,7 +291,7 @@ class NodeRuntime:
         idx = selection(comp, int(message.global_vec.shape[0]), self.seed, r)
         signs = rotation(comp, int(message.global_vec.shape[0]), self.seed, r)
         width = int(message.global_vec.shape[0]) if idx is None else int(idx.size)
-        for c in clients:
+        for c in params:
             if params[c].length != width:
                 raise IntegrityError(f"client {c}, round {r}, field 'length': the server expects "
                                   f"{params[c].length} values, this node sends {width} "
@@ -307,6 +331,9 @@ class NodeRuntime:
         record: dict[str, Any] = {"round": r, "clients": clients}
         if paillier:
             record.update(PaillierSession.round_fields(message, clients))
+        if layout is not None:
+            record["submodel"] = True
+            keep_layout(self.state, layout)
         for c in clients:
             record[f"secret.{c}"] = self.randbytes(32)
             record[f"rounding.{c}"] = self.randbytes(32)
@@ -329,6 +356,7 @@ class NodeRuntime:
         for key in (STATE,):
             if key in self.state.config_records:
                 del self.state.config_records[key]
-        if DELTAS in self.state.array_records:
-            del self.state.array_records[DELTAS]
+        for key in (DELTAS, LAYOUT):
+            if key in self.state.array_records:
+                del self.state.array_records[key]
 

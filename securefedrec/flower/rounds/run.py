@@ -25,6 +25,7 @@ from securefedrec.errors import ConfigError, PrivacyBudgetExhausted, SecureFedRe
 from securefedrec.flower.messages import FlowerStage
 from securefedrec.flower.rounds.paillier import paillier_round
 from securefedrec.flower.rounds.secagg import secagg_round
+from securefedrec.flower.rounds.submodel import rows_reported, submodel_info, submodel_round
 from securefedrec.flower.settings import DeploymentSettings
 from securefedrec.flower.transport import NodeLink, discover
 
@@ -40,7 +41,9 @@ class FederatedRun:
     initial global vector, Poisson sampling, round configuration, broadcast
     codec, server optimizer, the DP accountant); the clients train on the SuperNodes.
 
-    What runs: protocols ``secagg``, ``secagg+`` and ``paillier``; ``dp`` ``none``,
+    What runs: protocols ``secagg``, ``secagg+`` and ``paillier``, and submodel rounds
+    (``submodel``: SecAgg over each client's randomized-response rows,
+    :func:`~securefedrec.flower.rounds.submodel.submodel_round`); ``dp`` ``none``,
     ``user`` (the accountant is checked before a round and charged after it, as in
     the simulator; each node adds its clients' noise shares) or ``record`` (each node
     runs DP-SGD for its silos, their state kept on the node; the server keeps every
@@ -76,9 +79,6 @@ class FederatedRun:
             raise ConfigError(f"protocol: {config.federation.protocol!r} cannot run over the securefedrec "
                               f"Flower transport; use one of "
                               f"{', '.join(protocols_where(lambda cls: cls.secure))}")
-        if config.federation.submodel:
-            raise ConfigError("submodel: submodel rounds run in the simulator only (securefedrec run), "
-                              "not over Flower's deployment engine yet")
         if config.federation.dropout > 0:
             log.warning("dropout %.2f is a simulation setting; on the deployment engine only real "
                         "dropouts happen", config.federation.dropout)
@@ -156,7 +156,14 @@ class FederatedRun:
             trace: dict[str, set[int]] = {}
             survivors: frozenset[int] = frozenset()
             try:
-                if self.secagg is None:
+                if sim.submodel is not None:  # each client sends only its randomized-response rows
+                    sub = sim.submodel.aggregator.server(rc, sampled)
+                    outcome = submodel_round(
+                        self.link, sub, self.node_of, view, malicious=self.settings.malicious,
+                        train_timeout=self.settings.train_timeout, stage_timeout=self.settings.stage_timeout,
+                        info=submodel_info(sim.submodel.item_epsilon, sub.min_holders), trace=trace)
+                    record.update(item_epsilon=sim.submodel.item_epsilon, **rows_reported(sub))
+                elif self.secagg is None:
                     outcome = paillier_round(
                         self.link, self.directory, rc, sampled, self.node_of, view, length=length,
                         train_timeout=self.settings.train_timeout, stage_timeout=self.settings.stage_timeout,
@@ -198,7 +205,8 @@ class FederatedRun:
                 )
                 if sim.privacy is not None:
                     record["noise_std"] = sim.privacy.realized_std(len(survivors), rc.threshold)
-            first = FlowerStage.PAILLIER_TRAIN if self.secagg is None else FlowerStage.TRAIN
+            first = (FlowerStage.SUBMODEL_TRAIN if sim.submodel is not None
+                     else FlowerStage.PAILLIER_TRAIN if self.secagg is None else FlowerStage.TRAIN)
             for c in trace.get(first.name, ()):  # what each node settles its error feedback with
                 self.outcomes[c] = (r, c in survivors)
         if len(sampled) >= MIN_INPUTS and isinstance(sim.privacy, SiloDPSGD):  # they trained on their nodes

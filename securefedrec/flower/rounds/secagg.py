@@ -11,7 +11,7 @@ from securefedrec.flower.messages import FlowerStage
 from securefedrec.flower.rounds.exchange import Exchanges, Info, RoundOutcome
 from securefedrec.flower.transport import NodeLink
 
-__all__ = ["secagg_round"]
+__all__ = ["key_stages", "secagg_round"]
 
 
 def secagg_round(
@@ -46,8 +46,24 @@ def secagg_round(
     x = Exchanges(link, node_of, server.config.round_id, server.client_ids, trace)
     msgs = x.on_server(server.setup)
     msgs = x(FlowerStage.TRAIN, msgs, train_timeout, view=view, info=info, client_info=client_info)
-    msgs = x.on_server(server.receive_advertisements, msgs)
-    msgs = x(FlowerStage.SHARE_KEYS, msgs, stage_timeout)
+    return key_stages(x, server, x.on_server(server.receive_advertisements, msgs), malicious=malicious,
+                      stage_timeout=stage_timeout)
+
+
+def key_stages(x: Exchanges, server: SecAggServer, broadcast: Mapping[int, bytes], *, malicious: bool,
+               stage_timeout: float) -> RoundOutcome:
+    """SecAgg's stages after the advertisements: share keys, masked input, [consistency], unmask.
+
+    Args:
+        x: the round's exchanges.
+        server: the round's server, its advertisements received.
+        broadcast: what :meth:`~protocols.secagg.SecAggServer.receive_advertisements` returned.
+        malicious, stage_timeout: as for :func:`secagg_round`.
+
+    Raises:
+        AggregationAborted: fewer than ``threshold`` clients survived a stage.
+    """
+    msgs = x(FlowerStage.SHARE_KEYS, broadcast, stage_timeout)
     msgs = x.on_server(server.receive_shares, msgs)
     msgs = x(FlowerStage.MASKED_INPUT, msgs, stage_timeout)
     msgs = x.on_server(server.receive_masked_inputs, msgs)
