@@ -219,7 +219,8 @@ def test_the_mode_bound_refusals_still_fire(tmp_path: Path) -> None:
         ExperimentConfig.from_mapping({"epsilon": 1.0})
     with pytest.raises(ConfigError, match=r"^--neighbors: applies only with --protocol secagg or secagg\+"):
         _cli("--protocol", "plaintext", "--neighbors", "3")
-    with pytest.raises(ConfigError, match=r"^--corruption-rate: applies only with --protocol secagg or secagg\+"):
+    with pytest.raises(ConfigError,
+                       match=r"^--corruption-rate: applies only with --protocol secagg or secagg\+"):
         _cli("--protocol", "paillier", "--corruption-rate", "0.1")
     with pytest.raises(ConfigError, match=r"^--corruption-rate: must be in \[0, 0.5\)"):
         _cli("--corruption-rate", "0.5")
