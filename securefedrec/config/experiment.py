@@ -9,7 +9,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from securefedrec.config.sections import (
     FLAT_KEYS,
@@ -27,9 +27,43 @@ from securefedrec.config.sections import (
 )
 from securefedrec.config.toml import read_toml
 from securefedrec.errors import ConfigError
-from securefedrec.models.names import DEFAULT_MODEL, IMPLICIT_MODELS, parse_fusion
+from securefedrec.models.names import (
+    DEFAULT_MODEL,
+    IMPLICIT_MODELS,
+    MODEL_DEFAULTS,
+    MODEL_SETTINGS,
+    parse_fusion,
+)
 
-__all__ = ["ExperimentConfig"]
+__all__ = ["ExperimentConfig", "model_defaults"]
+
+
+def model_defaults(name: str, fusion: str | None = None) -> Mapping[str, Any]:
+    """The value of each of :data:`~securefedrec.models.names.MODEL_SETTINGS` (flat keys) that a run of
+    model ``name`` takes when the user does not give it: its row of
+    :data:`~securefedrec.models.names.MODEL_DEFAULTS`.
+
+    A ``fusion`` (and an unknown name, which its section refuses) takes mf's, the sections' own defaults.
+    """
+    return MODEL_DEFAULTS[name if fusion is None and name in MODEL_DEFAULTS else "mf"]
+
+
+def _open_settings(
+    sections: Mapping[str, Section], fields: Mapping[str, Mapping[str, Any]]
+) -> frozenset[str]:
+    """The keys of :data:`MODEL_SETTINGS` that are given neither as a flat key nor inside a whole section."""
+    where = {key: FLAT_KEYS[key] for key in MODEL_SETTINGS}
+    return frozenset(key for key, (section, field) in where.items()
+                     if section not in sections and field not in fields.get(section, {}))
+
+
+def _by_section(keys: frozenset[str], defaults: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{section: {field: default}}`` of the flat ``keys``."""
+    out: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        section, field = FLAT_KEYS[key]
+        out.setdefault(section, {})[field] = defaults[key]
+    return out
 
 
 def _group(
@@ -73,7 +107,13 @@ class ExperimentConfig:
 
     Without a model (``model=``), the run trains the default model of its feedback
     (:data:`~securefedrec.models.names.DEFAULT_MODEL`: ``mf`` for explicit ratings,
-    ``implicit-mf`` for implicit feedback). A flat key and the whole section that holds it
+    ``implicit-mf`` for implicit feedback). The training settings of
+    :data:`~securefedrec.models.names.MODEL_SETTINGS` (``local_lr``, ``local_epochs``,
+    ``weight_decay``, ``server_lr``, ``rounds``) that are not given take the model's own
+    (:func:`model_defaults`, resolved here: the sections, :meth:`to_dict` and the reports hold the
+    values the run uses); a given one always wins, and a section given whole is taken as it is
+    (``ModelConfig(name="fism")`` keeps its own ``local_lr`` of 1.0). :meth:`replace` with another
+    model re-resolves the settings that were not given. A flat key and the whole section that holds it
     cannot both be given. ``model`` and
     ``compression`` are both a flat key (a string: the model's name, the codec) and a section
     (a :class:`ModelConfig`, a :class:`CompressionConfig`). Read values through the sections
@@ -92,6 +132,9 @@ class ExperimentConfig:
     compression: CompressionConfig
     server: ServerConfig
     run: RunConfig
+    _defaulted: ClassVar[frozenset[str]] = frozenset()
+    """(Set on each instance; not a field, so not compared.) The keys of ``MODEL_SETTINGS`` that took
+    the model's default, which :meth:`replace` resolves again for its model."""
 
     def __init__(
         self,
@@ -114,9 +157,17 @@ class ExperimentConfig:
                         else fields.get("data", {}).get("feedback", "explicit"))
             if feedback in DEFAULT_MODEL:
                 fields.setdefault("model", {})["name"] = DEFAULT_MODEL[feedback]
+        defaulted = _open_settings(sections, fields)
+        given = sections.get("model")
+        chosen = fields.get("model", {})
+        defaults = (model_defaults(given.name, given.fusion) if isinstance(given, ModelConfig)
+                    else model_defaults(chosen.get("name", ModelConfig.name), chosen.get("fusion")))
+        for name, values in _by_section(defaulted, defaults).items():
+            fields.setdefault(name, {}).update(values)
         for name, cls in SECTIONS.items():
             part = sections[name] if name in sections else cls(**fields.get(name, {}))
             object.__setattr__(self, name, part)
+        object.__setattr__(self, "_defaulted", defaulted)
         self._check_across()
 
     def _check_across(self) -> None:
@@ -147,6 +198,9 @@ class ExperimentConfig:
     def replace(self, **changes: Any) -> ExperimentConfig:
         """A copy with some values changed: flat keys (``rounds=5``) and/or whole sections.
 
+        A setting of :data:`~securefedrec.models.names.MODEL_SETTINGS` that took the model's default
+        and is not changed takes the (new) model's default again.
+
         Raises:
             ConfigError: as the constructor.
         """
@@ -155,7 +209,13 @@ class ExperimentConfig:
         merged.update(sections)
         for name, values in fields.items():
             merged[name] = dataclasses.replace(merged[name], **values)
-        return ExperimentConfig(**merged)
+        reopened = self._defaulted & _open_settings(sections, fields)
+        model: ModelConfig = merged["model"]
+        for name, values in _by_section(reopened, model_defaults(model.name, model.fusion)).items():
+            merged[name] = dataclasses.replace(merged[name], **values)
+        result = ExperimentConfig(**merged)
+        object.__setattr__(result, "_defaulted", reopened)
+        return result
 
     def to_dict(self) -> dict[str, Any]:
         """The flat form (for reports and checkpoints): flat key -> value, in :data:`FLAT_KEYS` order."""

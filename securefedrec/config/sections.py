@@ -234,7 +234,7 @@ class FederationConfig(Section):
     SECTION: ClassVar[str] = "federation"
     protocol: str = "secagg+"
     threat_model: str = "default"
-    rounds: int = 30
+    rounds: int = 30  # not given: the model's (names.MODEL_DEFAULTS; 30 is mf's), set by ExperimentConfig
     sample_rate: float = 0.2
     dropout: float = 0.0
     threshold_fraction: float = 0.5
@@ -275,6 +275,8 @@ class ModelConfig(Section):
     lam_item: float = 0.15
     lam_bias: float = 0.05
     init_std: float = 0.01
+    # local_epochs, local_lr and weight_decay not given: the model's (names.MODEL_DEFAULTS), which
+    # ExperimentConfig sets; the defaults written here are mf's
     local_epochs: int = 1
     local_lr: float = 1.0
     update_clip: float = 16.0
@@ -391,7 +393,7 @@ class ServerConfig(Section):
 
     SECTION: ClassVar[str] = "server"
     optimizer: str = "fedadam"
-    lr: float | None = None
+    lr: float | None = None  # None: the optimizer's own; not given: the model's (names.MODEL_DEFAULTS)
     decay: float = 0.0
 
     def _rules(self) -> None:
