@@ -200,6 +200,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fusion-reg", type=float, help="--fusion: pull of a client's weights toward the prior, "
                    f"in held-out ratings (default {FUSION_REG['explicit']:g} on explicit data, "
                    f"{FUSION_REG['implicit']:g} on implicit)")
+    g.add_argument("--fusion-settings", metavar="MEMBER:SETTING=VALUE,...;MEMBER:...",
+                   help="--fusion: a member's own --local-lr, --local-epochs or --weight-decay, e.g. "
+                        "ncf:local_lr=10,local_epochs=2;fism:local_lr=5 (default: each member its model's "
+                        "default of every one of them not given as a flag; the report records the values)")
     g.add_argument("--content-weighting", choices=list(CONTENT_WEIGHTINGS),
                    help=f"content, explicit data: each rating once, or each item once (its loss weighted "
                         f"by the secure item counts; better on items nobody rated) "

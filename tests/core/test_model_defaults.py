@@ -134,3 +134,87 @@ def test_resume_refuses_a_setting_that_now_differs(tmp_path: Path,
     assert "local_lr: checkpoint 30.0 vs run 1.0" in capsys.readouterr().err
     assert main([*argv, "--rounds", "2", "--resume"]) == 0  # the same defaults: it continues
     assert len(json.loads(report.read_text())["rounds"]) == 2
+
+
+# ---- --fusion: each member its own ------------------------------------------------------------------
+LOCAL = ("local_lr", "local_epochs", "weight_decay")
+FUSED = "implicit-mf,ncf,fism"
+
+
+def _own(config: ExperimentConfig, member: str) -> dict[str, Any]:
+    model = config.member(member).model
+    return {key: getattr(model, key) for key in LOCAL}
+
+
+def test_each_fusion_member_takes_its_own_defaults() -> None:
+    config = ExperimentConfig(feedback="implicit", split="loo", fusion=FUSED)
+    for member in FUSED.split(","):
+        assert _own(config, member) == {key: MODEL_DEFAULTS[member][key] for key in LOCAL}
+    # the run-wide settings: the most rounds of the members, their server lr where they agree
+    assert (config.federation.rounds, config.server.lr) == (60, None)
+    assert ExperimentConfig(feedback="implicit", split="loo", fusion="ncf,popularity").server.lr is None
+    ncf_alone = ExperimentConfig(feedback="implicit", split="loo", fusion="ncf")
+    assert (ncf_alone.server.lr, ncf_alone.federation.rounds) == (0.03, 30)
+
+
+def test_a_given_setting_applies_to_every_member_and_a_member_s_own_wins() -> None:
+    shared = _cli("--feedback", "implicit", "--split", "loo", "--fusion", FUSED, "--local-lr", "3")
+    for member in FUSED.split(","):
+        assert _own(shared, member) == {"local_lr": 3.0, "local_epochs": 2, "weight_decay": 0.0}
+    own = _cli("--feedback", "implicit", "--split", "loo", "--fusion", FUSED, "--local-lr", "3",
+               "--fusion-settings", "ncf:local_lr=0.5,local_epochs=4")
+    assert _own(own, "ncf") == {"local_lr": 0.5, "local_epochs": 4, "weight_decay": 0.0}
+    assert _own(own, "fism") == {"local_lr": 3.0, "local_epochs": 2, "weight_decay": 0.0}
+    flower, _ = experiment_config({"feedback": "implicit", "split": "loo", "fusion": FUSED,
+                                   "fusion-settings": "default"})
+    assert _own(flower, "fism") == {key: MODEL_DEFAULTS["fism"][key] for key in LOCAL}
+
+
+def test_the_fusion_s_recorded_config_rebuilds_each_member_s_settings() -> None:
+    config = _cli("--feedback", "implicit", "--split", "loo", "--fusion", FUSED, "--local-epochs", "1")
+    assert config.model.fusion_settings == ("implicit-mf:local_lr=30.0,weight_decay=0.0;"
+                                            "ncf:local_lr=10.0,weight_decay=0.0;fism:local_lr=5.0,weight_decay=0.0")
+    rebuilt = ExperimentConfig(**config.to_dict())
+    assert rebuilt == config
+    assert all(_own(rebuilt, m) == _own(config, m) for m in FUSED.split(","))
+    # another fusion: the settings not given are its members' own again; the given epochs stay
+    other = config.replace(fusion="ncf,popularity")
+    assert _own(other, "popularity") == {"local_lr": 1.0, "local_epochs": 1, "weight_decay": 0.01}
+    assert _own(other, "ncf") == {"local_lr": 10.0, "local_epochs": 1, "weight_decay": 0.0}
+
+
+@pytest.mark.parametrize("text, says", [
+    ("fism:local_lr=0", "local_lr must be > 0"), ("fism:local_epochs=1.5", "local_epochs must be an integer"),
+    ("mf:local_lr=2", "not a member of --fusion"), ("fism:factors=2", "expected one each of"),
+    ("fism", "expected MEMBER:SETTING=VALUE"),
+])
+def test_bad_fusion_settings_are_refused_naming_the_flag(text: str, says: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--feedback", "implicit", "--split", "loo", "--fusion", FUSED,
+                 "--fusion-settings", text]) == 2
+    err = capsys.readouterr().err
+    assert "--fusion-settings" in err and says in err
+    assert main(["run", "--fusion-settings", "mf:local_lr=2"]) == 2
+    assert "applies only with --fusion" in capsys.readouterr().err
+
+
+def test_each_member_trains_at_its_own_step_and_epochs() -> None:
+    from securefedrec import Simulation
+    from securefedrec.data import synthetic
+    from securefedrec.models.fusion import Fusion
+
+    data = synthetic(num_users=20, num_items=30, ratings_per_user=8, seed=1, split="loo", feedback="implicit")
+    config = ExperimentConfig(feedback="implicit", split="loo", fusion="implicit-mf,ncf", factors=4,
+                              rounds=1, protocol="plaintext", sample_rate=1.0, device="cpu",
+                              fusion_settings="ncf:local_lr=0.7")
+    sim = Simulation(config, dataset=data)
+    assert isinstance(sim.model, Fusion)
+    seen: dict[str, tuple[int, float]] = {}
+    for member in sim.model.members:
+        def spy(*args: Any, _train: Any = member.train, _name: str = member.name, **kwargs: Any) -> Any:
+            seen[_name] = (args[3], args[4])  # (global, data, client_users, epochs, lr, ...)
+            return _train(*args, **kwargs)
+        member.train = spy  # type: ignore[method-assign]
+    sim.run_round()
+    assert seen == {"implicit-mf": (2, 30.0), "ncf": (2, 0.7)}
+    assert [m.hyper.weight_decay for m in sim.model.members] == [0.0, 0.0]  # type: ignore[attr-defined]
