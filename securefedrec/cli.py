@@ -159,8 +159,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--neighbors", type=int, help="SecAgg+ neighbours per client (default: from n)")
     g.add_argument("--submodel", action="store_true", default=None,
                    help="submodel rounds: each client sends only the rows of its randomized-response item "
-                        "set, summed exactly under pairwise masks over the rows each two clients share, "
-                        "the mask secrets Shamir-shared on SecAgg+'s k-neighbour graph (--neighbors) "
+                        "set, summed exactly by SecAgg(+) with its secrets shared on the masking graph "
                         "(protocols.submodel)")
     g.add_argument("--item-epsilon", type=float,
                    help="with --submodel: epsilon of the randomized response over each client's item set "
