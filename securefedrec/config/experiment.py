@@ -62,9 +62,10 @@ def model_defaults(name: str, fusion: str | None = None) -> Mapping[str, Any]:
             "server_lr": server_lrs.pop() if len(server_lrs) == 1 else None}
 
 
-def _member_settings(fusion: str, given: Any, open_keys: frozenset[str]) -> Any:
+def _member_settings(fusion: str, given: Any, open_keys: frozenset[str], shared: Mapping[str, Any]) -> Any:
     """``fusion_settings`` of ``--fusion fusion``: the ``given`` entries, and each member's own default
-    (:data:`~securefedrec.models.names.MODEL_DEFAULTS`) of every setting in ``open_keys`` it lacks.
+    (:data:`~securefedrec.models.names.MODEL_DEFAULTS`) of every setting in ``open_keys`` it lacks where
+    that differs from the ``shared`` value (so that a fusion of members with mf's settings records none).
 
     Returns ``given`` as it is when it or ``fusion`` is malformed (the section names the error).
     """
@@ -77,7 +78,8 @@ def _member_settings(fusion: str, given: Any, open_keys: frozenset[str]) -> Any:
         return given
     return format_member_settings({
         member: {key: own.get(member, {}).get(key, MODEL_DEFAULTS[member][key]) for key in MEMBER_SETTINGS
-                 if key in own.get(member, {}) or key in open_keys}
+                 if key in own.get(member, {})
+                 or (key in open_keys and MODEL_DEFAULTS[member][key] != shared[key])}
         for member in members})
 
 
@@ -190,7 +192,7 @@ class ExperimentConfig:
             fields.setdefault(section, {})[field] = defaults[key]
         if whole_model is None and chosen.get("fusion") is not None:  # each member its own
             chosen["fusion_settings"] = _member_settings(chosen["fusion"], chosen.get("fusion_settings"),
-                                                         open_keys)
+                                                         open_keys, defaults)
         for name, cls in SECTIONS.items():
             part = sections[name] if name in sections else cls(**fields.get(name, {}))
             object.__setattr__(self, name, part)

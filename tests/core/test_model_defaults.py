@@ -155,6 +155,10 @@ def test_each_fusion_member_takes_its_own_defaults() -> None:
     assert ExperimentConfig(feedback="implicit", split="loo", fusion="ncf,popularity").server.lr is None
     ncf_alone = ExperimentConfig(feedback="implicit", split="loo", fusion="ncf")
     assert (ncf_alone.server.lr, ncf_alone.federation.rounds) == (0.03, 30)
+    # members whose own settings are the shared ones (explicit data's) record none: as before
+    explicit = ExperimentConfig(fusion="mf,popularity")
+    assert explicit.model.fusion_settings is None
+    assert _own(explicit, "popularity") == {key: MODEL_DEFAULTS["mf"][key] for key in LOCAL}
 
 
 def test_a_given_setting_applies_to_every_member_and_a_member_s_own_wins() -> None:
