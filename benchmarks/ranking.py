@@ -11,7 +11,7 @@ whose numbers ``reference`` quotes do; ``--split loo`` also holds out each user'
 interaction for validation, as a tuning run does):
 
 - ``federated``, once per protocol: every client in every round (``sample_rate`` 1.0, as
-  the papers do), with the model's tuned local training (:data:`TUNED`: local learning rate,
+  the papers do), with the model's own default training (:data:`TUNED`: local learning rate,
   epochs, weight decay, server learning rate, rounds; measured on ML-100K loo) and otherwise the
   config's defaults;
 - ``centralized``: the same model on the pooled data
@@ -45,18 +45,15 @@ import torch
 from benchmarks._common import save_figure, table, write_json
 from securefedrec import ExperimentConfig, Simulation
 from securefedrec.data import LOO_SPLITS, Dataset
+from securefedrec.models.names import MODEL_DEFAULTS
 from securefedrec.server.central import central_evaluation, train_centrally
 from securefedrec.server.simulation import load_configured_dataset
 
 MODELS = ("implicit-mf", "ncf", "fism")
-TUNED: dict[str, dict[str, Any]] = {
-    "implicit-mf": {"local_lr": 30.0, "local_epochs": 2, "weight_decay": 0.0},
-    "ncf": {"local_lr": 10.0, "local_epochs": 2, "weight_decay": 0.0, "server_lr": 0.03},
-    "fism": {"local_lr": 5.0, "local_epochs": 2, "weight_decay": 0.0, "rounds": 60},
-}
-"""Each model's federated hyper-parameters (ML-100K loo, seeds 0 and 1; the config's defaults
-are those of explicit MF: local lr 1, one epoch, weight decay 0.01, under which implicit-mf
-reaches HR@10 ~0.51). ``rounds`` (where given) is the model's round count; ``--rounds`` overrides it.
+TUNED = MODEL_DEFAULTS
+"""Each model's federated training (local lr, epochs, weight decay, server lr, rounds; ``--rounds``
+overrides the rounds): the defaults every run of the model takes,
+:data:`securefedrec.models.names.MODEL_DEFAULTS`, which says how they were chosen.
 
 fism's were chosen on ``--split loo``'s *validation* item (seed 0, plaintext, HR@10 every 10
 rounds; the test item never seen): local lr 30 peaked at 0.742 (round 40) and fell to 0.725 at 60;
@@ -169,7 +166,7 @@ def checks(rows: Sequence[dict[str, Any]], timing: dict[str, dict[str, float]]) 
 def _config(model: str, protocol: str, seed: int, data_dir: Path, rounds: int | None,
             split: str = SPLIT) -> ExperimentConfig:
     values: dict[str, Any] = dict(feedback="implicit", split=split, dataset="ml-100k", data_dir=str(data_dir),
-                                  model=model, protocol=protocol, sample_rate=1.0, seed=seed, **TUNED[model])
+                                  model=model, protocol=protocol, sample_rate=1.0, seed=seed)
     if rounds is not None:
         values["rounds"] = rounds
     config = ExperimentConfig(**values)

@@ -38,7 +38,14 @@ from securefedrec.config import (
 )
 from securefedrec.data import DATASETS, FEEDBACK_KINDS, ML100K_SPLITS
 from securefedrec.errors import SecureFedRecError
-from securefedrec.models.names import CONTENT_WEIGHTINGS, FUSION_REG, LOCAL_OPTIMIZERS, LOSSES, MODEL_NAMES
+from securefedrec.models.names import (
+    CONTENT_WEIGHTINGS,
+    FUSION_REG,
+    LOCAL_OPTIMIZERS,
+    LOSSES,
+    MODEL_DEFAULTS,
+    MODEL_NAMES,
+)
 from securefedrec.server.optimizers import OPTIMIZERS
 
 __all__ = [
@@ -94,6 +101,19 @@ def _protocols() -> list[str]:
     return list(PROTOCOLS)
 
 
+def _by_model(key: str, none: str = "") -> str:
+    """``default: the model's (mf 1, implicit-mf 30, ...)``: the help of a flat key of ``MODEL_SETTINGS``.
+
+    Models that share a value are named together; ``none`` words a value of None.
+    """
+    values: dict[Any, list[str]] = {}
+    for name, defaults in MODEL_DEFAULTS.items():
+        values.setdefault(defaults[key], []).append(name)
+    shown = [f"{'/'.join(names)} {none if value is None else f'{value:g}'}"
+             for value, names in values.items()]
+    return f"default: the model's, {', '.join(shown)} (securefedrec.models.names.MODEL_DEFAULTS)"
+
+
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     """The flags of ``securefedrec run`` (each a flat key of :class:`ExperimentConfig`, plus run options)."""
     # the defaults, without building (and validating) a config: that would import the codecs
@@ -131,7 +151,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--protocol", choices=_protocols(), help=f"aggregation protocol (default {d.protocol})")
     g.add_argument("--threat-model", choices=THREAT_MODELS,
                    help="server threat model of secagg/secagg+/paillier (default: the protocol's own)")
-    g.add_argument("--rounds", type=int, help=f"federated rounds (default {d.rounds})")
+    g.add_argument("--rounds", type=int, help=f"federated rounds ({_by_model('rounds')})")
     g.add_argument("--sample-rate", type=float, help=f"Poisson sampling rate q (default {d.sample_rate})")
     g.add_argument("--dropout", type=float,
                    help="simulated dropout probability at every protocol stage (default 0)")
@@ -154,14 +174,14 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=MODEL_NAMES, help=f"model to train (default {d.model})")
     g.add_argument("--factors", type=int, help=f"latent factors k (default {d.factors})")
-    g.add_argument("--local-epochs", type=int, help=f"local epochs per round (default {d.local_epochs})")
-    g.add_argument("--local-lr", type=float, help=f"local step size (default {d.local_lr})")
+    g.add_argument("--local-epochs", type=int, help=f"local epochs per round ({_by_model('local_epochs')})")
+    g.add_argument("--local-lr", type=float, help=f"local step size ({_by_model('local_lr')})")
     # the implicit-feedback models (implicit-mf, ncf)
     g.add_argument("--loss", choices=LOSSES, help=f"implicit-mf, ncf: training loss (default {d.loss})")
     g.add_argument("--negatives", type=int, help=f"implicit-mf, ncf: sampled negatives per positive, "
                    f"every local epoch (default {d.negatives})")
     g.add_argument("--weight-decay", type=float, help=f"implicit-mf, ncf: L2 on the item rows and user "
-                   f"embeddings each sample reads (default {d.weight_decay})")
+                   f"embeddings each sample reads ({_by_model('weight_decay')})")
     g.add_argument("--local-optimizer", choices=LOCAL_OPTIMIZERS,
                    help=f"implicit-mf, ncf: the client's optimizer (default {d.local_optimizer})")
     g.add_argument("--mlp-layers", metavar="W0,W1,...", help=f"ncf: MLP widths, the first = user + item "
@@ -183,6 +203,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fusion-reg", type=float, help="--fusion: pull of a client's weights toward the prior, "
                    f"in held-out ratings (default {FUSION_REG['explicit']:g} on explicit data, "
                    f"{FUSION_REG['implicit']:g} on implicit)")
+    g.add_argument("--fusion-settings", metavar="MEMBER:SETTING=VALUE,...;MEMBER:...",
+                   help="--fusion: a member's own --local-lr, --local-epochs or --weight-decay, e.g. "
+                        "ncf:local_lr=10,local_epochs=2;fism:local_lr=5 (default: each member its model's "
+                        "default of every one of them not given as a flag; the report records the values)")
     g.add_argument("--content-weighting", choices=list(CONTENT_WEIGHTINGS),
                    help=f"content, explicit data: each rating once, or each item once (its loss weighted "
                         f"by the secure item counts; better on items nobody rated) "
@@ -191,7 +215,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help=f"per-coordinate bound of a client update (default {d.update_clip})")
     g.add_argument("--server-optimizer", choices=list(OPTIMIZERS),
                    help=f"server optimizer (default {d.server_optimizer})")
-    g.add_argument("--server-lr", type=float, help="server learning rate (default: the optimizer's)")
+    g.add_argument("--server-lr", type=float,
+                   help="server learning rate (" + _by_model("server_lr", none="the optimizer's own") + ")")
     g.add_argument("--server-decay", type=float,
                    help="shrink the item part of the global vector by 1 - this after every round "
                         f"(a server-side prior that bounds poisoning; default {d.server_decay})")

@@ -9,7 +9,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 from securefedrec.config.sections import (
     FLAT_KEYS,
@@ -27,9 +28,63 @@ from securefedrec.config.sections import (
 )
 from securefedrec.config.toml import read_toml
 from securefedrec.errors import ConfigError
-from securefedrec.models.names import DEFAULT_MODEL, IMPLICIT_MODELS, parse_fusion
+from securefedrec.models.names import (
+    DEFAULT_MODEL,
+    IMPLICIT_MODELS,
+    MEMBER_SETTINGS,
+    MODEL_DEFAULTS,
+    MODEL_SETTINGS,
+    format_member_settings,
+    parse_fusion,
+    parse_member_settings,
+)
 
-__all__ = ["ExperimentConfig"]
+__all__ = ["ExperimentConfig", "model_defaults"]
+
+
+def model_defaults(name: str, fusion: str | None = None) -> Mapping[str, Any]:
+    """The value of each of :data:`~securefedrec.models.names.MODEL_SETTINGS` (flat keys) that a run of
+    model ``name`` takes when the user does not give it: its row of
+    :data:`~securefedrec.models.names.MODEL_DEFAULTS` (an unknown name, which its section refuses: mf's).
+
+    A ``fusion`` runs the largest ``rounds`` of its members and their ``server_lr`` where they all have
+    the same (else the optimizer's own: None); its ``local_*`` and ``weight_decay`` are mf's, and each
+    member has its own in ``fusion_settings`` (:meth:`ExperimentConfig.member`).
+    """
+    if fusion is None:
+        return MODEL_DEFAULTS[name if name in MODEL_DEFAULTS else "mf"]
+    try:
+        rows = [MODEL_DEFAULTS[member] for member in parse_fusion(fusion)]
+    except ValueError:  # the section names the error
+        return MODEL_DEFAULTS["mf"]
+    server_lrs = {row["server_lr"] for row in rows}
+    return {**MODEL_DEFAULTS["mf"], "rounds": max(row["rounds"] for row in rows),
+            "server_lr": server_lrs.pop() if len(server_lrs) == 1 else None}
+
+
+def _member_settings(fusion: str, given: Any, open_keys: frozenset[str], shared: Mapping[str, Any]) -> Any:
+    """``fusion_settings`` of ``--fusion fusion``: the ``given`` entries, and each member's own default
+    (:data:`~securefedrec.models.names.MODEL_DEFAULTS`) of every setting in ``open_keys`` it lacks where
+    that differs from the ``shared`` value (so that a fusion of members with mf's settings records none).
+
+    Returns ``given`` as it is when it or ``fusion`` is malformed (the section names the error).
+    """
+    try:
+        members = parse_fusion(fusion)
+        own = parse_member_settings(given) if isinstance(given, str) else {}
+    except ValueError:
+        return given
+    if given is not None and (not isinstance(given, str) or any(m not in members for m in own)):
+        return given
+    return format_member_settings({
+        member: {key: own.get(member, {}).get(key, MODEL_DEFAULTS[member][key]) for key in MEMBER_SETTINGS
+                 if key in own.get(member, {})
+                 or (key in open_keys and MODEL_DEFAULTS[member][key] != shared[key])}
+        for member in members})
+
+
+_RESOLVED = (*MODEL_SETTINGS, "fusion_settings")
+"""The flat keys whose value, when not given, depends on the model (``ExperimentConfig`` resolves them)."""
 
 
 def _group(
@@ -73,7 +128,13 @@ class ExperimentConfig:
 
     Without a model (``model=``), the run trains the default model of its feedback
     (:data:`~securefedrec.models.names.DEFAULT_MODEL`: ``mf`` for explicit ratings,
-    ``implicit-mf`` for implicit feedback). A flat key and the whole section that holds it
+    ``implicit-mf`` for implicit feedback). The training settings of
+    :data:`~securefedrec.models.names.MODEL_SETTINGS` (``local_lr``, ``local_epochs``,
+    ``weight_decay``, ``server_lr``, ``rounds``) that are not given take the model's own
+    (:func:`model_defaults`, resolved here: the sections, :meth:`to_dict` and the reports hold the
+    values the run uses); a given one always wins, and a section given whole is taken as it is
+    (``ModelConfig(name="fism")`` keeps its own ``local_lr`` of 1.0). :meth:`replace` with another
+    model re-resolves the settings that were not given. A flat key and the whole section that holds it
     cannot both be given. ``model`` and
     ``compression`` are both a flat key (a string: the model's name, the codec) and a section
     (a :class:`ModelConfig`, a :class:`CompressionConfig`). Read values through the sections
@@ -92,6 +153,10 @@ class ExperimentConfig:
     compression: CompressionConfig
     server: ServerConfig
     run: RunConfig
+    _given: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    """(Set on each instance; not a field, so not compared.) The values the user gave of the keys that
+    are resolved by model (``MODEL_SETTINGS``, ``fusion_settings``), which :meth:`replace` keeps; the
+    others it resolves again for its model."""
 
     def __init__(
         self,
@@ -114,9 +179,24 @@ class ExperimentConfig:
                         else fields.get("data", {}).get("feedback", "explicit"))
             if feedback in DEFAULT_MODEL:
                 fields.setdefault("model", {})["name"] = DEFAULT_MODEL[feedback]
+        # the model's own training settings, for those the user did not give (flat or in a whole section)
+        user = {key: getattr(sections[section], field) if section in sections else fields[section][field]
+                for key, (section, field) in FLAT_KEYS.items()
+                if key in _RESOLVED and (section in sections or field in fields.get(section, {}))}
+        open_keys = frozenset(MODEL_SETTINGS) - user.keys()
+        whole_model = sections.get("model")
+        chosen = fields.setdefault("model", {}) if whole_model is None else vars(whole_model)
+        defaults = model_defaults(chosen.get("name", ModelConfig.name), chosen.get("fusion"))
+        for key in open_keys:
+            section, field = FLAT_KEYS[key]
+            fields.setdefault(section, {})[field] = defaults[key]
+        if whole_model is None and chosen.get("fusion") is not None:  # each member its own
+            chosen["fusion_settings"] = _member_settings(chosen["fusion"], chosen.get("fusion_settings"),
+                                                         open_keys, defaults)
         for name, cls in SECTIONS.items():
             part = sections[name] if name in sections else cls(**fields.get(name, {}))
             object.__setattr__(self, name, part)
+        object.__setattr__(self, "_given", MappingProxyType(user))
         self._check_across()
 
     def _check_across(self) -> None:
@@ -147,15 +227,33 @@ class ExperimentConfig:
     def replace(self, **changes: Any) -> ExperimentConfig:
         """A copy with some values changed: flat keys (``rounds=5``) and/or whole sections.
 
+        A setting of :data:`~securefedrec.models.names.MODEL_SETTINGS` that took the model's default
+        and is not changed takes the (new) model's default again.
+
         Raises:
             ConfigError: as the constructor.
         """
-        sections, fields = _group(changes)
-        merged: dict[str, Any] = {name: getattr(self, name) for name in SECTIONS}
-        merged.update(sections)
-        for name, values in fields.items():
-            merged[name] = dataclasses.replace(merged[name], **values)
+        whole, _ = _group(changes)
+        kept = {key: value for key, value in self.to_dict().items()
+                if key not in _RESOLVED and FLAT_KEYS[key][0] not in whole}
+        kept.update({key: value for key, value in self._given.items() if FLAT_KEYS[key][0] not in whole})
+        kept.update({key: value for key, value in changes.items() if key not in whole})
+        merged: dict[str, Any] = {**whole, **kept}
         return ExperimentConfig(**merged)
+
+    def member(self, name: str) -> ExperimentConfig:
+        """The configuration of ``--fusion`` member ``name`` trained alone: the run's, with the member's
+        own ``fusion_settings`` (:meth:`replace` gives it its own defaults of the settings not given).
+
+        Raises:
+            ConfigError: ``name`` is not a member of this run's fusion.
+        """
+        fusion = self.model.fusion
+        if fusion is None or name not in parse_fusion(fusion):
+            raise ConfigError(f"{name!r} is not a member of --fusion {fusion}")
+        settings = self.model.fusion_settings
+        own = parse_member_settings(settings).get(name, {}) if settings is not None else {}
+        return self.replace(model=name, fusion=None, fusion_settings=None, **own)
 
     def to_dict(self) -> dict[str, Any]:
         """The flat form (for reports and checkpoints): flat key -> value, in :data:`FLAT_KEYS` order."""
@@ -273,7 +371,7 @@ _MODE_BOUND: dict[str, _Bound] = {
     "personal_decay": _Bound("personalize", bool, "--personalize"),
     "item_epsilon": _Bound("submodel", bool, "--submodel"),
     **{name: _Bound("fusion", lambda fusion: fusion is not None, "--fusion")
-       for name in ("fusion_lr", "fusion_reg")},
+       for name in ("fusion_lr", "fusion_reg", "fusion_settings")},
     "mlp_layers": _Bound("model", lambda model: model == "ncf", "--model ncf"),
     **{name: _Bound("model", lambda model: model in ("mf", "content"), "--model mf or content")
        for name in ("lam_user", "lam_item", "lam_bias")},

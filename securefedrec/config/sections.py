@@ -49,6 +49,7 @@ from securefedrec.models.names import (
     MODEL_NAMES,
     parse_fusion,
     parse_layers,
+    parse_member_settings,
 )
 from securefedrec.server.optimizers import OPTIMIZERS
 
@@ -235,7 +236,7 @@ class FederationConfig(Section):
     SECTION: ClassVar[str] = "federation"
     protocol: str = "secagg+"
     threat_model: str = "default"
-    rounds: int = 30
+    rounds: int = 30  # not given: the model's (names.MODEL_DEFAULTS; 30 is mf's), set by ExperimentConfig
     sample_rate: float = 0.2
     dropout: float = 0.0
     threshold_fraction: float = 0.5
@@ -281,6 +282,8 @@ class ModelConfig(Section):
     lam_item: float = 0.15
     lam_bias: float = 0.05
     init_std: float = 0.01
+    # local_epochs, local_lr and weight_decay not given: the model's (names.MODEL_DEFAULTS), which
+    # ExperimentConfig sets; the defaults written here are mf's
     local_epochs: int = 1
     local_lr: float = 1.0
     update_clip: float = 16.0
@@ -297,6 +300,10 @@ class ModelConfig(Section):
     fusion: str | None = None  # MODEL[,MODEL...]: train these together, fused per client (models.fusion)
     fusion_lr: float = 0.1  # fusion: step of the prior's coordinates (-lr * held-out gradient)
     fusion_reg: float | None = None  # fusion: pull toward the prior (None: names.FUSION_REG)
+    # fusion: each member's own local_lr / local_epochs / weight_decay, over the shared ones
+    # ("ncf:local_lr=10.0,local_epochs=2;fism:local_lr=5.0", names.parse_member_settings); not given:
+    # each member's names.MODEL_DEFAULTS for the settings not given, which ExperimentConfig sets
+    fusion_settings: str | None = None
     content_weighting: str = "rating"  # content, explicit: rating | item (each item once: secure counts)
 
     def _rules(self) -> None:
@@ -324,6 +331,15 @@ class ModelConfig(Section):
                 parse_fusion(self.fusion)
             except ValueError as exc:
                 raise FieldError(self.key("fusion"), str(exc)) from None
+        if self.fusion_settings is not None:
+            self._need(self.fusion is not None, "fusion_settings", "applies only with --fusion")
+            try:
+                own = parse_member_settings(self.fusion_settings)
+            except ValueError as exc:
+                raise FieldError(self.key("fusion_settings"), str(exc)) from None
+            outside = [name for name in own if name not in parse_fusion(str(self.fusion))]
+            self._need(not outside, "fusion_settings", f"names {', '.join(outside)}, not a member of "
+                       f"--fusion {self.fusion}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -397,7 +413,7 @@ class ServerConfig(Section):
 
     SECTION: ClassVar[str] = "server"
     optimizer: str = "fedadam"
-    lr: float | None = None
+    lr: float | None = None  # None: the optimizer's own; not given: the model's (names.MODEL_DEFAULTS)
     decay: float = 0.0
 
     def _rules(self) -> None:
@@ -471,6 +487,7 @@ FLAT_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "fusion": ("model", "fusion"),
     "fusion_lr": ("model", "fusion_lr"),
     "fusion_reg": ("model", "fusion_reg"),
+    "fusion_settings": ("model", "fusion_settings"),
     "content_weighting": ("model", "content_weighting"),
     "dp": ("privacy", "mode"),
     "epsilon": ("privacy", "epsilon"),

@@ -30,7 +30,7 @@ rounds peaked at 0.668 (round 40-50) before falling to 0.652.
 
 Those settings (a window of 8 with decay 0.8 included) were chosen on the test item and
 overfit: on ``--split loo``'s validation item HR@10 peaked at 0.742 (round 40) and fell. Chosen
-on that validation item instead (``benchmarks.ranking.TUNED``): local lr 5, 2 local epochs,
+on that validation item instead (its row of ``names.MODEL_DEFAULTS``): local lr 5, 2 local epochs,
 weight decay 0, 60 rounds (validation HR@10 0.772 with W 8, a 0.8). Then, on the same
 validation item (seed 0, round 60; HR@10 / NDCG@10), W and a: (16, 0.8) 0.768 / 0.489, (16,
 0.9) 0.753 / 0.481, (8, 0.9) 0.769 / 0.487, (8, 0.8) 0.772 / 0.491, (4, 0.9) 0.774 / 0.495, (4,

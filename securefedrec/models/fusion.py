@@ -77,8 +77,12 @@ its mean held-out loss with respect to them, at the prior
 held-out loss, through the same protocol as everything else. A client without held-out data
 sends zeros there.
 
-The members share the run's settings (``--local-lr``, ``--factors``, ...); the server's weight
-decay, which shrinks one prefix of the vector, is refused. Sparse deltas do not apply (the
+The members share the run's settings (``--factors``, ...), except ``--local-lr``,
+``--local-epochs`` and ``--weight-decay``: a member takes its own model's default of each one the user
+did not give (``--fusion-settings``, resolved by :class:`~securefedrec.config.ExperimentConfig`; its
+:meth:`~securefedrec.config.ExperimentConfig.member` is the member's configuration), so that each
+member trains at its own step size; the server's learning rate and the rounds are the run's. The
+server's weight decay, which shrinks one prefix of the vector, is refused. Sparse deltas do not apply (the
 vector is dense). :func:`fusion_report` gives ``final.models.NAME.*`` (each member alone, on
 its part of the vector), ``final.fused_global`` (the prior's weights for everyone) and the
 weights of every client for the plot.
@@ -160,6 +164,8 @@ class Fusion(Model):
             :data:`~securefedrec.models.names.FUSION_REG`), in held-out observations.
         seed: chooses the held-out ratings when the data has no validation split.
         personal: predict with the personal weights (``False``: the prior's, for everyone).
+        training: each member's ``(local epochs, local learning rate)``, in member order (default:
+            those :meth:`train` is given, for every member).
     """
 
     name: ClassVar[str] = "fusion"
@@ -167,7 +173,7 @@ class Fusion(Model):
     sparse_updates: ClassVar[bool] = False
 
     def __init__(self, members: Sequence[Model], *, implicit: bool, lr: float, reg: float, seed: int = 0,
-                 personal: bool = True) -> None:
+                 personal: bool = True, training: Sequence[tuple[int, float]] | None = None) -> None:
         names = [m.name for m in members]
         if not members or len(set(names)) != len(names):
             raise ConfigError(f"--fusion needs distinct member models, got {','.join(names)!r}")
@@ -176,7 +182,11 @@ class Fusion(Model):
             if kind not in member.feedback:
                 raise ConfigError(f"--fusion member {member.name!r} learns from "
                                   f"{' and '.join(member.feedback)} feedback only, not --feedback {kind}")
+        if training is not None and len(training) != len(members):
+            raise ConfigError(f"--fusion: {len(training)} members' training settings for {len(members)} "
+                              f"members")
         self.members = tuple(members)
+        self.training = None if training is None else tuple(training)
         self.implicit = implicit
         self.lr = lr
         self.reg = reg
@@ -197,7 +207,8 @@ class Fusion(Model):
     @classmethod
     def of(cls, config: ExperimentConfig, members: Sequence[Model]) -> Fusion:
         """The fusion of ``members`` that ``config`` configures (``--fusion-lr``; ``--fusion-reg`` or, not
-        given, :data:`~securefedrec.models.names.FUSION_REG` of the run's feedback).
+        given, :data:`~securefedrec.models.names.FUSION_REG` of the run's feedback; each member's local
+        epochs and learning rate from :meth:`~securefedrec.config.ExperimentConfig.member`).
 
         Raises:
             ConfigError: a member of the wrong feedback kind, a repeated member, or ``--server-decay``.
@@ -206,13 +217,15 @@ class Fusion(Model):
             raise ConfigError(f"--server-decay {config.server.decay} shrinks one model's item part; it does "
                               f"not apply to --fusion {config.model.fusion}")
         reg = config.model.fusion_reg
+        own = [config.member(member.name).model for member in members]
         return cls(members, implicit=config.data.feedback == "implicit", lr=config.model.fusion_lr,
-                   reg=FUSION_REG[config.data.feedback] if reg is None else reg, seed=config.run.seed)
+                   reg=FUSION_REG[config.data.feedback] if reg is None else reg, seed=config.run.seed,
+                   training=[(m.local_epochs, m.local_lr) for m in own])
 
     def global_weights(self) -> Fusion:
         """The same fusion predicting with the prior's weights for every client (``fused_global``)."""
         twin = Fusion(self.members, implicit=self.implicit, lr=self.lr, reg=self.reg, seed=self.seed,
-                      personal=False)
+                      personal=False, training=self.training)
         twin.scale, twin.validation = self.scale, self.validation
         return twin
 
@@ -318,7 +331,8 @@ class Fusion(Model):
         local: LocalPart,
         generator: torch.Generator,
     ) -> Trained[torch.Tensor]:
-        """Every member's local training on the members' data, then the weights on the held-out data.
+        """Every member's local training on the members' data (its own ``epochs`` and ``lr`` where the
+        fusion has them), then the weights on the held-out data.
 
         Returns the users in the order of ``np.concatenate(client_users)``.
         """
@@ -330,8 +344,9 @@ class Fusion(Model):
         deltas = torch.zeros(C, self.length, device=device, dtype=torch.float64)
         new_local: LocalPart = {}
         for n, member in enumerate(self.members):
-            trained = member.train(self.part(global_vec, n), members_data, client_users, epochs, lr, device,
-                                   dtype, local=self.member_local(local, n), generator=generator)
+            own_epochs, own_lr = (epochs, lr) if self.training is None else self.training[n]
+            trained = member.train(self.part(global_vec, n), members_data, client_users, own_epochs, own_lr,
+                                   device, dtype, local=self.member_local(local, n), generator=generator)
             deltas[:, self.starts[n] : self.starts[n + 1]] = trained.deltas.to(device, torch.float64)
             sorter = np.argsort(trained.users, kind="stable")
             perm = torch.as_tensor(sorter[np.searchsorted(trained.users[sorter], users)])

@@ -52,10 +52,12 @@ def _member(config: ExperimentConfig, name: str, num_items: int, dataset: Datase
 def build_model(config: ExperimentConfig, num_items: int, *, dataset: Dataset | None = None) -> Model:
     """The model ``config.model.name`` names, configured for ``num_items`` items (for ``dataset``,
     the data set it trains on, when given: :meth:`Model.for_dataset`); with ``--fusion``, the
-    :class:`~securefedrec.models.fusion.Fusion` of its members; with ``--model-compression``
+    :class:`~securefedrec.models.fusion.Fusion` of its members (each built from
+    :meth:`~securefedrec.config.ExperimentConfig.member`); with ``--model-compression``
     behind a :class:`~securefedrec.models.compressed.CompressedModel`."""
     if config.model.fusion is not None:
-        members = [_member(config, name, num_items, dataset) for name in parse_fusion(config.model.fusion)]
+        members = [_member(config.member(name), name, num_items, dataset)  # each with its own settings
+                   for name in parse_fusion(config.model.fusion)]
         return Fusion.of(config, members)
     inner = _member(config, config.model.name, num_items, dataset)
     if config.model.compression == "none":

@@ -155,7 +155,8 @@ def test_rated_items_on_implicit_feedback_from_the_cli(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     args = ["attack", "rated-items", "--feedback", "implicit", "--split", "loo", "--model", "implicit-mf",
             "--protocol", "plaintext", "--synthetic-users", "80", "--synthetic-items", "120",
-            "--factors", "8", "--sample-rate", "1", "--device", "cpu", "--rounds", "1", "--report", str(out)]
+            "--factors", "8", "--sample-rate", "1", "--device", "cpu", "--rounds", "1", "--report", str(out),
+            "--local-lr", "1", "--local-epochs", "1"]  # the training the threshold was measured under
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert report["details"]["model"] == "implicit-mf" and report["details"]["feedback"] == "implicit"
