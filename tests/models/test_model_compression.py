@@ -312,7 +312,8 @@ def test_the_benchmark_smoke_run_writes_the_issue_json(tmp_path: Path) -> None:
 
     out, png = tmp_path / "mc.json", tmp_path / "mc.png"
     assert main(["--quick", "--protocol", "plaintext", "--bytes-protocol", "secagg+", "--techniques",
-                 "mixed:2+int8", "--submodel-techniques", "int4", "--json", str(out), "--plot", str(png)]) == 0
+                 "mixed:2+int8", "--submodel-techniques", "int4", "--json", str(out),
+                 "--plot", str(png)]) == 0
     data = json.loads(out.read_text())
     assert set(data["uncompressed"]) >= {"model_bytes", "rmse", "hr@10"}
     techniques = [r["technique"] for r in data["rows"]]
