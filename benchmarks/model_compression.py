@@ -2,6 +2,7 @@
 
     python -m benchmarks.model_compression --data-dir ../shared/data/ml-100k --json F [--plot P]
         [--folds u1 u2 u3 u4 u5] [--techniques int8 hash:8 ...] [--protocol secagg+]
+        [--bytes-protocol secagg+] [--submodel-techniques int4 ...] [--item-epsilon 4]
         [--rounds 30] [--implicit-rounds 30] [--quick]
 
 For each ``--model-compression`` technique (:mod:`securefedrec.models.compressed`) and for
@@ -15,15 +16,22 @@ uncompressed MF at a smaller ``k`` of (about) the same size:
   factors), uncompressed and per technique (the popularity of ``mixed`` / ``prune`` taken
   from the synthetic ratings' counts, which is what the secure count round would sum).
 
-JSON: ``{"uncompressed": {"model_bytes", "rmse", "hr@10"}, "rows": [{"technique", "ratio",
-"model_bytes", "bytes_up", "bytes_down", "rmse", "hr@10", "ratio_up", "ratio_down"}],
-"catalog_100k": {"model_bytes", "compressed_model_bytes", "by_technique"}, "checks": [...]}``;
-``ratio`` is the uncompressed model's bytes over the row's (MF's; implicit MF's row is one value
-shorter), ``ratio_up`` / ``ratio_down`` the same for one round's bytes on the wire. ``bytes_up`` /
-``bytes_down`` are one round's (all clients, the first fold), under ``--bytes-protocol`` when
-given (the accuracy runs may then use plaintext: every protocol computes the same clipped sum).
-A smaller-k row
-is named ``k=K``. The PNG plots RMSE and HR@10 against model bytes. ``--quick`` is a smoke
+Each ``--submodel-techniques`` spec (int8, int4, prune:F: the compressions that leave each item a
+row of its own) adds a bytes-only row, ``"SPEC submodel"``: one ``--submodel`` round (each
+client sends and downloads only the rows of its randomized-response item set, ``--item-epsilon``)
+under the bytes protocol on the first fold; its ``rmse`` and ``hr@10`` are null.
+
+JSON: ``{"uncompressed": {"model_bytes", "rmse", "hr@10", "bytes_up", "bytes_down", ...}, "rows":
+[{"technique", "ratio", "model_bytes", "bytes_up", "bytes_down", "bytes_up_per_client",
+"bytes_down_per_client", "bytes_model_down_per_client", "bytes_protocol_down_per_client", "rmse",
+"hr@10", "ratio_up", "ratio_down"}], "catalog_100k": {"model_bytes", "compressed_model_bytes",
+"by_technique"}, "checks": [...]}``; ``ratio`` is the uncompressed model's bytes over the row's
+(MF's; implicit MF's row is one value shorter), ``ratio_up`` / ``ratio_down`` the same for the
+bytes on the wire per client and round. ``bytes_up`` / ``bytes_down`` are one round's (all
+clients, the first fold), under ``--bytes-protocol`` when given (the accuracy runs may then use
+plaintext: every protocol computes the same clipped sum); the downlink splits into the model (the
+broadcast, or a submodel client's rows, as stored) and the protocol's own messages. A smaller-k
+row is named ``k=K``. The PNG plots RMSE and HR@10 against model bytes. ``--quick`` is a smoke
 run on small synthetic data.
 """
 
