@@ -267,6 +267,8 @@ class CompressedModel(Model):
         self._tensors: dict[str, torch.Tensor] = {}
         self._view_of: tuple[torch.Tensor, int] | None = None  # the vector (held) and its version
         self._view: torch.Tensor | None = None
+        self._own_rows: np.ndarray | None = None  # own_rows() and rows_bytes()'s rest, of this structure
+        self._rest: tuple[int, int] | None = None
         if not spec.needs_popularity or popularity is not None:
             self.set_popularity(popularity)
 
@@ -286,6 +288,7 @@ class CompressedModel(Model):
         self._tensors = {"rows": torch.as_tensor(s.rows), "cols": torch.as_tensor(s.cols),
                          "signs": torch.as_tensor(s.signs), "blocks": torch.as_tensor(s.blocks())}
         self._view_of, self._view = None, None
+        self._own_rows, self._rest = None, None
 
     @property
     def structure(self) -> Structure:
@@ -375,6 +378,8 @@ class CompressedModel(Model):
             ConfigError: ``hash`` or ``qr`` (a stored row is shared by several items) or ``mixed``
                 (rows of different widths).
         """
+        if self._own_rows is not None:
+            return self._own_rows
         s = self.structure
         owner = np.full(s.inner_length, -1, np.int64)
         owner[s.rows] = s.cols
@@ -387,19 +392,22 @@ class CompressedModel(Model):
             raise ConfigError(f"--model-compression {self.spec.structure}: an item's row is "
                               f"{'shared with other items' if shared else 'narrower than the others'}, so it "
                               f"is no item's own row to send in a submodel round; use int8, int4 or prune:F")
-        return coords[whole]
+        self._own_rows = coords[whole]
+        return self._own_rows
 
     def rows_bytes(self, rows: int) -> int:
         """One client's download of ``rows`` of :meth:`own_rows` and every other coordinate, as stored
         (int8 / int4 with a float16 scale per row and per block of the rest, or float32), framed."""
         own = self.own_rows()
         s, w = self.structure, int(own.shape[1])
-        rest = np.ones(s.length, bool)
-        rest[own.ravel()] = False
-        values = rows * w + int(rest.sum())
+        if self._rest is None:  # the coordinates in no item's row, and their scale blocks
+            rest = np.ones(s.length, bool)
+            rest[own.ravel()] = False
+            self._rest = (int(rest.sum()), int(np.unique(self._tensors["blocks"].numpy()[rest]).size))
+        rest_values, rest_blocks = self._rest
+        values = rows * w + rest_values
         if not self.spec.quantized:
             return snapshot_bytes(values)
-        rest_blocks = int(np.unique(s.blocks()[rest]).size)
         return snapshot_bytes(0) + math.ceil(values * self.spec.bits / 8) + SCALE_BYTES * (rows + rest_blocks)
 
     # ---- the global part
