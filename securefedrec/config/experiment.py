@@ -28,6 +28,7 @@ from securefedrec.config.sections import (
 )
 from securefedrec.config.toml import read_toml
 from securefedrec.errors import ConfigError
+from securefedrec.models.compression_spec import parse_model_compression
 from securefedrec.models.names import (
     DEFAULT_MODEL,
     IMPLICIT_MODELS,
@@ -211,11 +212,13 @@ class ExperimentConfig:
                                             f"{protocol!r}: {refusal}")
         if self.federation.submodel and (compression != "none" or self.privacy.mode != "none"
                                          or self.privacy.silos is not None
-                                         or self.model.compression != "none"
+                                         or parse_model_compression(self.model.compression).structure
+                                         not in (None, "prune")
                                          or self.model.fusion is not None):
             raise FieldError("submodel", "submodel rounds send only each client's rows: they take neither "
                                          "compression, nor DP noise (it would be dense), nor silos, nor "
-                                         "model compression (shared rows are no item's own), nor fusion")
+                                         "model compression other than int8, int4 and prune:F (shared or "
+                                         "narrower rows are no item's own), nor fusion")
         if self.model.fusion is not None and self.model.compression != "none":
             raise FieldError("model_compression", "model compression wraps one model, not a --fusion "
                                                   f"of several, got {self.model.compression!r}")

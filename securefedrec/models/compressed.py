@@ -23,11 +23,12 @@ NCF's layers -- passes through unchanged):
 - ``prune:F``: the rows of the ``F`` least popular share of the items are removed: fixed
   at zero (MF then predicts ``mu + b_u`` for them);
 - ``int8`` (alone or after a structure): the compressed vector is stored on the device and
-  broadcast as int8, with one float32 scale per stored row (rows narrower than ``w`` are
+  broadcast as int8, with one float16 scale per stored row (rows narrower than ``w`` are
   grouped until a scale covers at least ``w`` values). The server keeps its float copy;
   the clients train on the dequantized values;
 - ``int4``: the same with 4-bit values (-7..7 times the block's scale, two values to a
-  byte), so that a milder structure (``mixed:1.3+int4``) reaches 8x.
+  byte): 7.1x alone at ``w = 33`` (16.5 bytes and a 2-byte scale per row instead of 132 bytes), so
+  a mild structure (``mixed:1.08+int4``, 8 % fewer values) reaches 8x.
 
 The popularity of ``mixed`` and ``prune`` is the secure aggregate of the items' counts
 (:func:`secure_item_counts`): before round 1, every client sends its users' 0/1 item
@@ -71,9 +72,11 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "FLOAT_BYTES",
     "HASH_STREAM",
+    "SCALE_BYTES",
     "CompressedModel",
     "Structure",
     "build_structure",
+    "half_scales",
     "model_bytes",
     "secure_item_counts",
 ]
@@ -82,6 +85,9 @@ FLOAT_BYTES = 4
 """Bytes per value of an uncompressed model as stored and sent (float32, like the broadcast)."""
 HASH_STREAM = 180
 """``default_rng([seed, HASH_STREAM])`` draws the public hash of ``hash:R`` (once per run)."""
+SCALE_BYTES = 2
+"""Bytes of one int8 / int4 block scale as stored and sent (float16: its relative precision, 2^-11,
+is far finer than int8's step of 1/127 of the block's largest magnitude)."""
 COUNT_ROUND = 2**31 - 1
 """Round id of the popularity count round (apart from every training round's id)."""
 
@@ -118,6 +124,18 @@ class Structure:
             if filled >= self.width:
                 current, filled = current + 1, 0
         return block
+
+
+def half_scales(scales: torch.Tensor) -> torch.Tensor:
+    """``scales`` as float16, each rounded *up* to the next float16 value when rounding lost some of it,
+    so the block's largest magnitude stays within the top level; capped at float16's largest value.
+
+    (A value beyond ``top * 65504`` -- no embedding is -- would be clamped to the top level.)
+    """
+    finite = scales.clamp(max=torch.finfo(torch.float16).max)
+    half = finite.to(torch.float16)
+    low = half.to(scales.dtype) < finite
+    return torch.where(low, torch.nextafter(half, torch.full_like(half, math.inf)), half)
 
 
 def _column_priority(inner: Model, width: int) -> np.ndarray:
@@ -249,6 +267,8 @@ class CompressedModel(Model):
         self._tensors: dict[str, torch.Tensor] = {}
         self._view_of: tuple[torch.Tensor, int] | None = None  # the vector (held) and its version
         self._view: torch.Tensor | None = None
+        self._own_rows: np.ndarray | None = None  # own_rows() and rows_bytes()'s rest, of this structure
+        self._rest: tuple[int, int] | None = None
         if not spec.needs_popularity or popularity is not None:
             self.set_popularity(popularity)
 
@@ -268,6 +288,7 @@ class CompressedModel(Model):
         self._tensors = {"rows": torch.as_tensor(s.rows), "cols": torch.as_tensor(s.cols),
                          "signs": torch.as_tensor(s.signs), "blocks": torch.as_tensor(s.blocks())}
         self._view_of, self._view = None, None
+        self._own_rows, self._rest = None, None
 
     @property
     def structure(self) -> Structure:
@@ -307,14 +328,15 @@ class CompressedModel(Model):
 
     def stored(self, theta: torch.Tensor) -> torch.Tensor:
         """The values a device holds: with int8 / int4, ``theta`` rounded to ``+-(2^(bits-1) - 1)``
-        levels of per-row float32 scales (the row's largest magnitude is the top level)."""
+        levels of per-row float16 scales (the row's largest magnitude is the top level, within
+        float16's rounding, which :func:`half_scales` takes upwards)."""
         if not self.spec.quantized:
             return theta
         top = 2 ** (self.spec.bits - 1) - 1
         blocks = self._t("blocks", theta.device)
         amax = torch.zeros(int(blocks[-1]) + 1 if blocks.numel() else 0, dtype=theta.dtype,
                            device=theta.device).scatter_reduce(0, blocks, theta.abs(), "amax")
-        scale = (amax / top).to(torch.float32).to(theta.dtype)
+        scale = half_scales(amax / top).to(theta.dtype)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))[blocks]
         return torch.round(theta / scale).clamp_(-top, top) * scale
 
@@ -331,18 +353,62 @@ class CompressedModel(Model):
 
     @property
     def model_bytes(self) -> int:
-        """The global parameters as stored and sent: int8 (or int4, two to a byte) plus a float32
+        """The global parameters as stored and sent: int8 (or int4, two to a byte) plus a float16
         scale per block, or float32."""
         s = self.structure
         if not self.spec.quantized:
             return FLOAT_BYTES * s.length
         blocks = int(self._tensors["blocks"][-1]) + 1 if s.length else 0
-        return math.ceil(s.length * self.spec.bits / 8) + FLOAT_BYTES * blocks
+        return math.ceil(s.length * self.spec.bits / 8) + SCALE_BYTES * blocks
 
     @property
     def broadcast_bytes(self) -> int:
         """One client's broadcast of the whole model: :attr:`model_bytes` in one framed message."""
         return snapshot_bytes(0) + self.model_bytes
+
+    # ---- submodel rounds (--submodel): each item's own row of the compressed vector
+    def own_rows(self) -> np.ndarray:
+        """The compressed coordinates of each item that keeps a whole row of its own, ``(rows, w)``.
+
+        That is every item without a structure (int8 / int4 alone) and every unpruned item of
+        ``prune`` (a pruned item has no coordinates: nothing of it is sent); the rows are in item
+        order. A submodel round (:mod:`securefedrec.server.submodel`) sends only a client's rows.
+
+        Raises:
+            ConfigError: ``hash`` or ``qr`` (a stored row is shared by several items) or ``mixed``
+                (rows of different widths).
+        """
+        if self._own_rows is not None:
+            return self._own_rows
+        s = self.structure
+        owner = np.full(s.inner_length, -1, np.int64)
+        owner[s.rows] = s.cols
+        shared = (np.bincount(s.rows, minlength=s.inner_length).max(initial=0) > 1
+                  or np.unique(s.cols).size != s.cols.size)
+        index = np.asarray(self.inner.item_rows(np.arange(s.inner_length, dtype=np.float64))).astype(np.int64)
+        coords = owner[index]
+        whole = np.all(coords >= 0, axis=1)
+        if shared or np.any(~whole & np.any(coords >= 0, axis=1)):
+            raise ConfigError(f"--model-compression {self.spec.structure}: an item's row is "
+                              f"{'shared with other items' if shared else 'narrower than the others'}, so it "
+                              f"is no item's own row to send in a submodel round; use int8, int4 or prune:F")
+        self._own_rows = coords[whole]
+        return self._own_rows
+
+    def rows_bytes(self, rows: int) -> int:
+        """One client's download of ``rows`` of :meth:`own_rows` and every other coordinate, as stored
+        (int8 / int4 with a float16 scale per row and per block of the rest, or float32), framed."""
+        own = self.own_rows()
+        s, w = self.structure, int(own.shape[1])
+        if self._rest is None:  # the coordinates in no item's row, and their scale blocks
+            rest = np.ones(s.length, bool)
+            rest[own.ravel()] = False
+            self._rest = (int(rest.sum()), int(np.unique(self._tensors["blocks"].numpy()[rest]).size))
+        rest_values, rest_blocks = self._rest
+        values = rows * w + rest_values
+        if not self.spec.quantized:
+            return snapshot_bytes(values)
+        return snapshot_bytes(0) + math.ceil(values * self.spec.bits / 8) + SCALE_BYTES * (rows + rest_blocks)
 
     # ---- the global part
     @property

@@ -27,6 +27,7 @@ from protocols.secagg import CORRUPTION_RATE
 from protocols.submodel import RowLayout, SubmodelAggregator, SubmodelInput, SubmodelResult
 from securefedrec.compression.codecs import snapshot_bytes
 from securefedrec.models.base import Model
+from securefedrec.models.compressed import CompressedModel
 
 COMPLETE = 2**31 - 1
 """A degree that every round caps at n - 1: the complete sharing graph (plain SecAgg)."""
@@ -35,7 +36,13 @@ __all__ = ["SubmodelRounds", "row_layout", "submodel_inputs"]
 
 
 def row_layout(model: Model) -> RowLayout:
-    """The public row layout of ``model``'s global vector: one row per item, the rest shared."""
+    """The public row layout of ``model``'s global vector: one row per item, the rest shared.
+
+    A compressed model's rows are its items' own rows of the compressed vector
+    (:meth:`~securefedrec.models.compressed.CompressedModel.own_rows`: int8, int4, prune).
+    """
+    if isinstance(model, CompressedModel):
+        return RowLayout(model.length, model.own_rows())
     coords = np.asarray(model.item_rows(np.arange(model.length, dtype=np.int64)), dtype=np.int64)
     return RowLayout(model.length, coords)
 
@@ -70,19 +77,41 @@ class SubmodelRounds:
         self, model: Model, item_epsilon: float, *, malicious: bool = True, workers: int = 1,
         sparse: bool = True, dropout_rate: float = 0.05, corruption_rate: float = CORRUPTION_RATE,
     ) -> None:
-        self.layout = row_layout(model)
+        self.model = model
         self.item_epsilon = item_epsilon
         complete = None if sparse else COMPLETE
-        self.aggregator = SubmodelAggregator(self.layout, item_epsilon=item_epsilon, malicious=malicious,
-                                             workers=workers, neighbors=complete, dropout_rate=dropout_rate,
-                                             corruption_rate=corruption_rate)
+
+        def build(layout: RowLayout) -> SubmodelAggregator:
+            return SubmodelAggregator(layout, item_epsilon=item_epsilon, malicious=malicious, workers=workers,
+                                      neighbors=complete, dropout_rate=dropout_rate,
+                                      corruption_rate=corruption_rate)
+
+        self._build = build
+        self._aggregator: SubmodelAggregator | None = None
+        if not (isinstance(model, CompressedModel) and model.needs_popularity):
+            self._aggregator = self.aggregator  # else after the popularity count round (prune:F)
+
+    @property
+    def layout(self) -> RowLayout:
+        """The rows of the model's global vector (:func:`row_layout`)."""
+        return self.aggregator.layout
+
+    @property
+    def aggregator(self) -> SubmodelAggregator:
+        """The protocol's aggregator over :attr:`layout`, built at the first use."""
+        if self._aggregator is None:
+            self._aggregator = self._build(row_layout(self.model))
+        return self._aggregator
 
     def aggregate(
         self, deltas: np.ndarray, clients: list[int], config: RoundConfig, plan: dict[int, Stage],
         rng: np.random.Generator,
     ) -> tuple[SubmodelResult, int]:
-        """One round over the clients' dense deltas; the result and the bytes of the rows downloaded."""
+        """One round over the clients' dense deltas; the result and the bytes of the rows downloaded
+        (a compressed model's rows as stored: int8 / int4 with their scales)."""
         self.aggregator.rng = rng
         result = self.aggregator.aggregate(submodel_inputs(self.layout, deltas, clients), config, plan)
-        down = sum(snapshot_bytes(self.layout.client_length(size)) for size in result.reported.values())
+        model = self.model
+        down = sum(model.rows_bytes(size) if isinstance(model, CompressedModel)
+                   else snapshot_bytes(self.layout.client_length(size)) for size in result.reported.values())
         return result, down

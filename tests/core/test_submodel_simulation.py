@@ -8,6 +8,7 @@ import pytest
 from protocols.submodel import keep_probability
 from securefedrec import ExperimentConfig, Simulation
 from securefedrec.errors import ConfigError
+from securefedrec.models.compressed import CompressedModel
 from securefedrec.server.submodel import row_layout, submodel_inputs
 
 SMALL = {"dataset": "synthetic", "synthetic_users": 40, "synthetic_items": 12,
@@ -35,6 +36,36 @@ def test_submodel_training_equals_dense_secagg_when_every_true_row_is_kept() -> 
     assert rec["bytes_broadcast"] < base["bytes_broadcast"] / 2
 
 
+@pytest.mark.parametrize("spec", ["int4", "prune:0.25+int8"])
+def test_submodel_rounds_of_a_compressed_model_equal_its_dense_secagg_rounds(spec: str) -> None:
+    """int8 / int4 and prune keep each item's row its own: the rows are the compressed vector's."""
+    dense = _run(model_compression=spec)
+    sub = _run(model_compression=spec, submodel=True, item_epsilon=40.0)
+    assert isinstance(sub.model, CompressedModel)
+    layout = row_layout(sub.model)
+    kept = 9 if spec.startswith("prune") else 12  # prune: the 3 least popular items have no row
+    assert layout.num_rows == kept and layout.width == 33 and layout.length == sub.model.length
+    assert layout.shared.size == 1  # the global mean
+    np.testing.assert_allclose(sub.global_vec, dense.global_vec, rtol=0, atol=1e-3)
+    rec, base = sub.rounds[-1], dense.rounds[-1]
+    assert rec["rmse"] == pytest.approx(base["rmse"], abs=1e-4)
+    # each client downloads its rows as stored: 4 or 8 bits a value and a float16 scale a row
+    bits = 4 if spec == "int4" else 8
+    per_row = 33 * bits / 8 + 2
+    row_bytes = rec["bytes_broadcast"] - rec["clients"] * sub.model.rows_bytes(0)
+    assert row_bytes == pytest.approx(rec["clients"] * rec["rows_reported"] * per_row, abs=rec["clients"])
+    assert rec["bytes_broadcast"] < base["bytes_broadcast"]
+
+
+def test_submodel_refuses_a_model_compression_without_rows_of_its_own() -> None:
+    sim = Simulation(ExperimentConfig(**{**SMALL, "model_compression": "mixed:2"}))
+    with pytest.raises(ConfigError, match="narrower than the others"):
+        row_layout(sim.model)
+    sim = Simulation(ExperimentConfig(**{**SMALL, "model_compression": "qr:2"}))
+    with pytest.raises(ConfigError, match="shared with other items"):
+        row_layout(sim.model)
+
+
 def test_a_small_item_epsilon_reports_many_rows_and_still_trains() -> None:
     sim = _run(submodel=True, item_epsilon=0.1)
     rec = sim.rounds[-1]
@@ -60,6 +91,7 @@ def test_layout_puts_each_items_row_and_leaves_the_global_mean_shared() -> None:
     ({"submodel": True, "dp": "user", "epsilon": 4.0}, "submodel"),
     ({"submodel": True, "compression": "q8"}, "submodel"),
     ({"submodel": True, "model_compression": "hash:4"}, "submodel.*model compression"),
+    ({"submodel": True, "model_compression": "mixed:2+int4"}, "submodel.*model compression"),
     ({"submodel": True, "item_epsilon": 0.0}, "item_epsilon"),
 ])
 def test_submodel_refusals_name_the_field(extra: dict[str, object], field: str) -> None:

@@ -226,3 +226,14 @@ def test_a_node_refuses_a_submodel_setup_weaker_than_its_own(field: str, lie: An
     honest = SubmodelSetup.encode_parts(setup_bytes, table)
     with pytest.raises(StageError, match="this node refused round 0"):
         node.handle(StageMessage(FlowerStage.SUBMODEL_SETUP, 0, {0: honest}, tuple(clients)))
+
+
+def test_submodel_with_a_compressed_model_is_refused_on_flower() -> None:
+    """The nodes send float32 rows; a compressed model's stored rows would not line up (simulator only)."""
+    from securefedrec.errors import ConfigError
+    from securefedrec.flower.rounds.run import FederatedRun
+
+    config = ExperimentConfig(**SMALL, model_compression="int8")
+    Simulation(config)  # the simulator takes it
+    with pytest.raises(ConfigError, match="model-compression: 'int8' with submodel rounds runs in the"):
+        FederatedRun(config, DeploymentSettings(malicious=True), FakeLink({}))

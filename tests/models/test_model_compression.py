@@ -187,6 +187,14 @@ def test_a_popularity_structure_waits_for_its_counts() -> None:
 
 
 # ---- int8 ------------------------------------------------------------------------------------------
+def _half_step(theta: torch.Tensor, top: int) -> float:
+    """A block's scale as stored: its largest magnitude over ``top``, rounded up to a float16."""
+    exact = float(theta.abs().max()) / top
+    half = torch.tensor(exact, dtype=torch.float16)
+    up = torch.nextafter(half, torch.tensor(math.inf).half())
+    return float(half) if float(half) >= exact else float(up)
+
+
 def test_int8_is_within_half_a_step_of_each_row_scale_and_one_byte_a_value() -> None:
     comp = _model("mf", "int8", items=50)
     theta = torch.randn(comp.length, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
@@ -195,11 +203,26 @@ def test_int8_is_within_half_a_step_of_each_row_scale_and_one_byte_a_value() -> 
     blocks = comp.structure.blocks()
     for b in np.unique(blocks):
         part = torch.as_tensor(blocks == b)
-        step = float(theta[part].abs().max()) / 127
+        step = _half_step(theta[part], 127)
+        assert step >= float(theta[part].abs().max()) / 127  # float16 rounded up: nothing is clamped
+        torch.testing.assert_close(stored[part] / step, (stored[part] / step).round())
         assert float((stored[part] - theta[part]).abs().max()) <= step * 0.5 * (1 + 1e-6)
     assert len(np.unique(blocks)) == 51  # one scale per item row, one for mu
-    assert comp.model_bytes == comp.length + 4 * 51  # rows of k + 1 = 7: 11 bytes instead of 28
-    assert comp.model_bytes < model_bytes(comp.inner) / 2.5
+    assert comp.model_bytes == comp.length + 2 * 51  # rows of k + 1 = 7: 9 bytes instead of 28
+    assert comp.model_bytes < model_bytes(comp.inner) / 3
+
+
+def test_float16_scales_round_up_and_cap_at_the_largest_half() -> None:
+    from securefedrec.models.compressed import half_scales
+
+    exact = torch.tensor([1e-9, 3e-7, 0.1, 1 / 3, 7.0, 1e6], dtype=torch.float64)
+    half = half_scales(exact)
+    assert half.dtype == torch.float16
+    wide = half.to(torch.float64)
+    assert bool(torch.all(wide[:5] >= exact[:5]))  # never below: the largest value stays on the top level
+    below = torch.nextafter(half[:5], torch.zeros_like(half[:5])).to(torch.float64)
+    assert bool(torch.all(below < exact[:5]))  # the nearest float16 at or above, not a coarser one
+    assert float(wide[5]) == torch.finfo(torch.float16).max  # a magnitude beyond float16 is capped
 
 
 def test_int4_rounds_to_fifteen_levels_of_each_row_scale_at_half_a_byte_a_value() -> None:
@@ -209,12 +232,12 @@ def test_int4_rounds_to_fifteen_levels_of_each_row_scale_at_half_a_byte_a_value(
     blocks = comp.structure.blocks()
     for b in np.unique(blocks):
         part = torch.as_tensor(blocks == b)
-        step = float(theta[part].abs().max()) / 7  # levels -7..7: an int8 scale (/127) would be 18x finer
+        step = _half_step(theta[part], 7)  # levels -7..7: an int8 scale (/127) would be 18x finer
         levels = stored[part] / step
         torch.testing.assert_close(levels, levels.round())
-        assert float(levels.abs().max()) == pytest.approx(7)
+        assert float(levels.abs().max().round()) == 7  # the largest magnitude is on the top level
         assert float((stored[part] - theta[part]).abs().max()) <= step * 0.5 * (1 + 1e-6)
-    assert comp.model_bytes == math.ceil(comp.length / 2) + 4 * 51  # k + 1 = 7 values: 3.5 bytes + a scale
+    assert comp.model_bytes == math.ceil(comp.length / 2) + 2 * 51  # k + 1 = 7 values: 3.5 bytes + a scale
     int8 = _model("mf", "int8", items=50)
     assert float((int8.stored(theta) - theta).abs().max()) < float((stored - theta).abs().max()) / 4
 
@@ -288,16 +311,24 @@ def test_the_benchmark_smoke_run_writes_the_issue_json(tmp_path: Path) -> None:
     from benchmarks.model_compression import main
 
     out, png = tmp_path / "mc.json", tmp_path / "mc.png"
-    assert main(["--quick", "--protocol", "plaintext", "--techniques", "mixed:2+int8",
-                 "--json", str(out), "--plot", str(png)]) == 0
+    assert main(["--quick", "--protocol", "plaintext", "--bytes-protocol", "secagg+", "--techniques",
+                 "mixed:2+int8", "--submodel-techniques", "int4", "--json", str(out),
+                 "--plot", str(png)]) == 0
     data = json.loads(out.read_text())
     assert set(data["uncompressed"]) >= {"model_bytes", "rmse", "hr@10"}
     techniques = [r["technique"] for r in data["rows"]]
-    assert techniques[0] == "mixed:2+int8" and techniques[1].startswith("k=")
+    assert techniques[:2] == ["mixed:2+int8", "int4 submodel"] and techniques[2].startswith("k=")
     for row in data["rows"]:
         assert set(row) >= {"technique", "ratio", "model_bytes", "bytes_up", "bytes_down", "rmse", "hr@10"}
         assert row["ratio"] == pytest.approx(data["uncompressed"]["model_bytes"] / row["model_bytes"])
         assert row["ratio_up"] == pytest.approx(data["uncompressed"]["bytes_up"] / row["bytes_up"])
+        assert row["bytes_model_down_per_client"] + row["bytes_protocol_down_per_client"] == pytest.approx(
+            row["bytes_down_per_client"])
     assert data["rows"][0]["ratio"] > 6
+    sub = data["rows"][1]  # bytes only: one secagg+ round in which each client sends its rows
+    assert sub["rmse"] is None and sub["submodel"]["protocol"] == "secagg+"
+    assert sub["bytes_up_per_client"] < data["uncompressed"]["bytes_up_per_client"] / 2  # 80 items, ~10 rows
+    assert sub["bytes_model_down_per_client"] < data["uncompressed"]["bytes_model_down_per_client"] / 8
+    assert any(c["check"].startswith("int4 submodel: on the wire") for c in data["checks"])
     assert data["catalog_100k"]["compressed_model_bytes"] < data["catalog_100k"]["model_bytes"] / 6
     assert png.stat().st_size > 0

@@ -79,6 +79,10 @@ class FederatedRun:
             raise ConfigError(f"protocol: {config.federation.protocol!r} cannot run over the securefedrec "
                               f"Flower transport; use one of "
                               f"{', '.join(protocols_where(lambda cls: cls.secure))}")
+        if config.federation.submodel and config.model.compression != "none":
+            raise ConfigError(f"model-compression: {config.model.compression!r} with submodel rounds runs "
+                              "in the simulator only (securefedrec run); on Flower, submodel rounds send "
+                              "float32 rows")
         if config.federation.dropout > 0:
             log.warning("dropout %.2f is a simulation setting; on the deployment engine only real "
                         "dropouts happen", config.federation.dropout)
