@@ -7,8 +7,9 @@ client hands :class:`protocols.submodel.SubmodelAggregator` the rows its delta
 touched (an item a client never touched has a zero row, ``Model.item_rows``);
 the client itself reports a randomized-response set of rows (item-level
 epsilon-LDP), downloads those rows, and the protocol sums exactly over every
-coordinate with SecAgg on the complete graph (the security argument is in
-:mod:`protocols.submodel`).
+coordinate: the pairwise masks cover each pair's common rows, and the secrets are
+Shamir-shared on SecAgg+'s graph (``--protocol secagg``: with every client; the
+security argument is in :mod:`protocols.submodel`).
 
 Notes:
     What the simulator shortcuts: local training runs on the whole broadcast, so a
