@@ -3,7 +3,7 @@
     python -m benchmarks.fusion --data-dir ../shared/data/ml-100k --json results/fusion.json
         [--folds u1 u2 u3 u4 u5] [--seeds 0 1 2 3 4] [--protocol secagg+]
         [--explicit mf,popularity] [--implicit implicit-mf,popularity]
-        [--explicit-rounds 150] [--implicit-rounds 30] [--fusion-reg R] [--plot P] [--quick]
+        [--explicit-rounds 150] [--implicit-rounds R] [--fusion-reg R] [--plot P] [--quick]
 
 One fused run per fold (explicit ratings, ``--split u1`` .. ``u5``, RMSE) and per seed (implicit
 feedback, ``--split loo``, HR@10 / NDCG@10 against the seed's 99 sampled negatives), every
@@ -16,9 +16,10 @@ gives, from the same global vector (:func:`securefedrec.models.fusion.fusion_rep
 - ``cold_rmse`` (explicit): the same three on the test ratings of items no training rating has,
   and ``weights``: the learned prior.
 
-Explicit runs take the settings of ``benchmarks.utility`` (MF defaults, 150 rounds); implicit
-runs the README's implicit-mf settings (``--local-lr 30 --local-epochs 2 --weight-decay 0``, 30
-rounds), which every member then shares; ``--fusion-reg`` is the config's default for each kind
+Explicit runs take the settings of ``benchmarks.utility`` (MF defaults, 150 rounds); in implicit
+runs each member trains with its own model's defaults
+(:data:`securefedrec.models.names.MODEL_DEFAULTS`) and the fusion runs its members' most rounds
+(``--implicit-rounds`` overrides); ``--fusion-reg`` is the config's default for each kind
 (100 explicit, 2 implicit) unless given (then for both kinds). The JSON follows issue 17:
 ``{"explicit": {"members": {NAME: rmse}, "fused_global": rmse, "fused_personal": rmse},
 "implicit": {"members": {NAME: {"hr@10", "ndcg@10"}}, "fused_global": {...}, "fused_personal": {...}}}``,
@@ -46,27 +47,25 @@ from securefedrec.report import plot_fusion_weights
 FOLDS = ("u1", "u2", "u3", "u4", "u5")
 SEEDS = (0, 1, 2, 3, 4)
 EXPLICIT_ROUNDS = 150
-IMPLICIT_ROUNDS = 30
 QUICK_ROUNDS = 2
-IMPLICIT_SETTINGS: dict[str, Any] = dict(local_lr=30.0, local_epochs=2, weight_decay=0.0)
-"""The README's implicit-mf settings (shared by every member of the implicit fusion); ``--fusion-reg`` is
-the config's default for the feedback (:data:`securefedrec.models.names.FUSION_REG`)."""
 SYNTHETIC: dict[str, Any] = dict(dataset="synthetic", synthetic_users=40, synthetic_items=40,
                                  synthetic_ratings_per_user=20, factors=4)
 
 
-def _config(kind: str, members: str, split: str, seed: int, rounds: int, protocol: str,
+def _config(kind: str, members: str, split: str, seed: int, rounds: int | None, protocol: str,
             data_dir: Path | None, extra: dict[str, Any]) -> ExperimentConfig:
+    """One fused run's config; ``rounds`` None: the fusion's own (its members' most)."""
     values: dict[str, Any] = dict(feedback=kind, split=split, fusion=members, protocol=protocol,
-                                  rounds=rounds, eval_every=rounds, sample_rate=1.0, seed=seed)
-    if kind == "implicit":
-        values.update(IMPLICIT_SETTINGS)
+                                  sample_rate=1.0, seed=seed)
+    if rounds is not None:
+        values["rounds"] = rounds
     values.update(extra)
     if data_dir is None:
         values.update(SYNTHETIC)
     else:
         values.update(dataset="ml-100k", data_dir=str(data_dir))
-    return ExperimentConfig(**values)
+    config = ExperimentConfig(**values)
+    return config.replace(eval_every=config.federation.rounds)
 
 
 def fused_run(config: ExperimentConfig) -> dict[str, Any]:
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--explicit-rounds", type=int,
                     help=f"default {EXPLICIT_ROUNDS} (--quick: {QUICK_ROUNDS})")
     ap.add_argument("--implicit-rounds", type=int,
-                    help=f"default {IMPLICIT_ROUNDS} (--quick: {QUICK_ROUNDS})")
+                    help=f"default: the fusion's own, its members' most (--quick: {QUICK_ROUNDS})")
     ap.add_argument("--fusion-reg", type=float, help="--fusion-reg of every run (default: the config's)")
     ap.add_argument("--quick", action="store_true", help="2 rounds, fold u1, seed 0")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: shared machine)")
@@ -157,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds or ([0] if args.quick else list(SEEDS))
     extra: dict[str, Any] = {} if args.fusion_reg is None else {"fusion_reg": args.fusion_reg}
     rounds = {"explicit": args.explicit_rounds or (QUICK_ROUNDS if args.quick else EXPLICIT_ROUNDS),
-              "implicit": args.implicit_rounds or (QUICK_ROUNDS if args.quick else IMPLICIT_ROUNDS)}
+              "implicit": args.implicit_rounds or (QUICK_ROUNDS if args.quick else None)}
     plan = {"explicit": (args.explicit, folds, [0]), "implicit": (args.implicit, ["loo"], seeds)}
     summary: dict[str, Any] = {}
     runs: dict[str, list[dict[str, Any]]] = {}
