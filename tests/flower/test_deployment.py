@@ -215,40 +215,46 @@ def test_deployment_equals_simulator(federation: Federation) -> None:
     assert np.abs(result["global_vec"] - sim.global_vec).max() <= step
 
 
-def test_deployment_dp_user_randk_equals_simulator(noise_federation: Federation) -> None:
-    """User-level DP (noise shares added on the nodes) and random-k (error feedback on the nodes)."""
-    n = noise_federation.n
-    users = 8 * n  # dp 'user': every user is a client; each SuperNode hosts 8
-    extra = {"synthetic-users": users, "dp": "user", "noise-multiplier": 1.0, "compression": "randk:0.25"}
-    result = noise_federation.run({**EXPERIMENT, **extra, "silos": "none", "rounds": ROUNDS, "min-nodes": n,
-                                   "reproducible-rounding": True, "stage-timeout": 120.0})
+def _per_user_run_equals_simulator(fed: Federation, users: int, extra: dict[str, Any],
+                                   check: Any) -> None:
+    """``users`` clients (one per user, each SuperNode hosting its share) on ``fed`` and in the simulator
+    of the same run: no round aborted, everyone survived, ``check(node_record, sim_record)`` each
+    round, and the global vectors equal within one quantization step."""
+    n = fed.n
+    extra = {**extra, "synthetic-users": users}
+    result = fed.run({**EXPERIMENT, **extra, "silos": "none", "rounds": ROUNDS, "min-nodes": n,
+                      "reproducible-rounding": True, "stage-timeout": 120.0})
     rounds = result["report"]["rounds"]
     assert [r["aborted"] for r in rounds] == [False] * ROUNDS, rounds
     sim = _simulation(n, ROUNDS, **{**extra, "silos": None})
     for r in range(ROUNDS):
         record = sim.run_round()
         assert not record["aborted"] and rounds[r]["survivors"] == list(range(users))
-        assert rounds[r]["epsilon"] == record["epsilon"] and rounds[r]["noise_std"] == record["noise_std"]
+        check(rounds[r], record)
     step = rounds[0]["quantization_step"]
     assert np.abs(result["global_vec"] - sim.global_vec).max() <= step
+
+
+def test_deployment_dp_user_randk_equals_simulator(noise_federation: Federation) -> None:
+    """User-level DP (noise shares added on the nodes) and random-k (error feedback on the nodes)."""
+
+    def check(node: dict[str, Any], sim: dict[str, Any]) -> None:
+        assert node["epsilon"] == sim["epsilon"] and node["noise_std"] == sim["noise_std"]
+
+    # dp 'user': every user is a client; each SuperNode hosts 8
+    extra = {"dp": "user", "noise-multiplier": 1.0, "compression": "randk:0.25"}
+    _per_user_run_equals_simulator(noise_federation, 8 * noise_federation.n, extra, check)
 
 
 def test_deployment_submodel_equals_simulator(federation: Federation) -> None:
     """Submodel rounds (each client sends only its randomized-response rows) over real SuperNodes."""
-    n = federation.n
-    users = 4 * n  # submodel rounds: every user is a client; each SuperNode hosts 4
-    extra = {"synthetic-users": users, "submodel": True, "item-epsilon": 40.0}  # RR keeps the true rows
-    result = federation.run({**EXPERIMENT, **extra, "silos": "none", "rounds": ROUNDS, "min-nodes": n,
-                             "reproducible-rounding": True, "stage-timeout": 120.0})
-    rounds = result["report"]["rounds"]
-    assert [r["aborted"] for r in rounds] == [False] * ROUNDS, rounds
-    sim = _simulation(n, ROUNDS, **{**extra, "silos": None})
-    for r in range(ROUNDS):
-        record = sim.run_round()
-        assert not record["aborted"] and rounds[r]["survivors"] == list(range(users))
-        assert rounds[r]["rows_union"] == record["rows_union"] and rounds[r]["item_epsilon"] == 40.0
-    step = rounds[0]["quantization_step"]
-    assert np.abs(result["global_vec"] - sim.global_vec).max() <= step
+
+    def check(node: dict[str, Any], sim: dict[str, Any]) -> None:
+        assert node["rows_union"] == sim["rows_union"] and node["item_epsilon"] == 40.0
+
+    # every user is a client, each SuperNode hosts 4; item epsilon 40: the RR keeps the true rows
+    extra = {"submodel": True, "item-epsilon": 40.0}
+    _per_user_run_equals_simulator(federation, 4 * federation.n, extra, check)
 
 
 @pytest.mark.parametrize("federation", [4], indirect=True)
