@@ -53,12 +53,7 @@ MODELS = ("implicit-mf", "ncf", "fism")
 TUNED = MODEL_DEFAULTS
 """Each model's federated training (local lr, epochs, weight decay, server lr, rounds; ``--rounds``
 overrides the rounds): the defaults every run of the model takes,
-:data:`securefedrec.models.names.MODEL_DEFAULTS`, which says how they were chosen.
-
-fism's were chosen on ``--split loo``'s *validation* item (seed 0, plaintext, HR@10 every 10
-rounds; the test item never seen): local lr 30 peaked at 0.742 (round 40) and fell to 0.725 at 60;
-lr 10 peaked at 0.770 (round 60), lr 5 at 0.772 (round 60, 0.770 / 0.765 / 0.764 at 70 / 80 / 90,
-falling to 0.739 at 100); server lr 0.05 with lr 10 peaked at 0.770 earlier (round 40)."""
+:data:`securefedrec.models.names.MODEL_DEFAULTS`, which says how they were chosen."""
 CENTRAL_EPOCHS: dict[str, int] = {"implicit-mf": 45, "ncf": 20, "fism": 30}
 """Each model's centralised epochs, chosen like the federated settings: on ``--split loo``'s
 validation item (seed 0, Adam 1e-3, batches of 256; 10, 15, 20, 30, 45, 60 epochs tried), the

@@ -76,7 +76,8 @@ under mf's, implicit-mf reaches HR@10 ~0.51). fism's were chosen on ``--split lo
 (seed 0, plaintext, HR@10 every 10 rounds; the test item never seen): local lr 30 peaked at 0.742
 (round 40) and fell to 0.725 at 60; lr 10 peaked at 0.770 (round 60), lr 5 at 0.772 (round 60, 0.770 /
 0.765 / 0.764 at 70 / 80 / 90, falling to 0.739 at 100); server lr 0.05 with lr 10 peaked at 0.770
-earlier (round 40). The centralised fism reaches 0.777 on the same validation item."""
+earlier (round 40). The centralised fism reaches 0.814 on the same validation item (30 epochs,
+``benchmarks.ranking.CENTRAL_EPOCHS``); nothing tried on the federated side passed 0.787 there."""
 
 MEMBER_SETTINGS = ("local_lr", "local_epochs", "weight_decay")
 """The settings of :data:`MODEL_SETTINGS` that each ``--fusion`` member may have its own of
