@@ -2,10 +2,12 @@
 
 Every message is a :func:`protocols.wire.frame` (magic, version, kind, length)
 around a payload of fixed-width big-endian fields; lists carry a count that
-is checked against the bytes that remain *before* anything is allocated, id
-lists must be strictly increasing (one canonical encoding, which signatures
-rely on), and trailing bytes are refused. Any violation raises
-:class:`~protocols.errors.DecodeError`.
+is checked against the bytes that remain *before* anything is allocated, and
+trailing bytes are refused. Client-id lists (the setup's clients, the survivors,
+the dropped, the peers of an unmask response) are :mod:`protocols.idlists`
+lists: strictly increasing ids as varint gaps, about a byte an id, in one
+canonical encoding (which the consistency signatures bind). Any violation
+raises :class:`~protocols.errors.DecodeError`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocols.errors import DecodeError
+from protocols.idlists import MAX_ID, encode_increasing, read_increasing
 from protocols.wire import (
     Kind,
     frame,
@@ -32,6 +35,7 @@ from protocols.wire import (
 __all__ = [
     "CIPHERTEXT_BYTES",
     "KEY_BYTES",
+    "MAX_ID",
     "SHARE_ELEMENTS",
     "SIGNATURE_BYTES",
     "AdvertiseBroadcast",
@@ -63,7 +67,6 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")
 _MASKED_HEAD = struct.Struct(">QB")
-MAX_ID = (1 << 63) - 1
 
 
 class _Reader:
@@ -104,13 +107,12 @@ class _Reader:
         return n
 
     def ids(self, name: str) -> tuple[int, ...]:
-        n = self.count(8, name)
-        arr = np.frombuffer(self._take(8 * n, name), dtype=">u8")
-        if n and (arr > MAX_ID).any():
-            raise DecodeError(f"{self.what}: {name} holds an id above 2^63 - 1")
-        if n > 1 and not (arr[1:] > arr[:-1]).all():
-            raise DecodeError(f"{self.what}: {name} is not strictly increasing")
-        return tuple(arr.tolist())
+        """A client-id list (:func:`encode_ids`)."""
+        try:
+            ids, self.pos = read_increasing(self.data, self.pos, MAX_ID)
+        except DecodeError as exc:
+            raise DecodeError(f"{self.what}: {name}: {exc}") from None
+        return tuple(ids.tolist())
 
     def records(self, n: int, item_bytes: int) -> tuple[np.ndarray, list[bytes]]:
         """``n`` records of a u64 id and ``item_bytes`` raw bytes: the ids (uint64) and the items.
@@ -134,10 +136,11 @@ def _increasing(ids: list[int] | tuple[int, ...]) -> bool:
 
 
 def encode_ids(ids: tuple[int, ...] | list[int]) -> bytes:
-    """Count + strictly increasing u64 ids (the canonical form that is signed)."""
-    if not _increasing(ids):
-        raise ValueError("ids must be strictly increasing")
-    return _U32.pack(len(ids)) + np.asarray(ids, dtype=">u8").tobytes()
+    """Strictly increasing client ids in ``[0, 2^63 - 1]`` as a :mod:`protocols.idlists` list.
+
+    The one canonical encoding, which the consistency signatures bind (the decoder accepts no other).
+    """
+    return encode_increasing(ids, MAX_ID)
 
 
 def _check_id(cid: int, name: str) -> None:

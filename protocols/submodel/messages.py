@@ -8,16 +8,16 @@ for this client and the table of every requesting client's row set;
 carries SecAgg's ``MaskedInput`` and the client's signature on U2 (malicious model);
 ``SubmodelUnmaskRequest`` carries SecAgg's ``UnmaskRequest``, U3 and the signatures on U2
 of the survivors whose self-mask shares it asks for. All are
-:func:`protocols.wire.frame` d; row lists are a u32 count, a u32 byte length and the
-gaps between strictly increasing u32 row ids as LEB128 varints; client ids strictly
-increasing u64; counts are checked against the bytes that remain before anything is
-allocated, and trailing bytes are refused. Any violation raises :class:`~protocols.errors.DecodeError`.
+:func:`protocols.wire.frame` d; row sets (strictly increasing u32 rows) and client-id
+lists (strictly increasing u64 ids) are :mod:`protocols.idlists` lists: a u32 count, a
+u32 byte length and the gaps as LEB128 varints; counts are checked against the bytes
+that remain before anything is allocated, and trailing bytes are refused. Any violation
+raises :class:`~protocols.errors.DecodeError`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +25,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocols.errors import DecodeError
+from protocols.idlists import (
+    HEADER,
+    MAX_ID,
+    MAX_ROW,
+    decode_lists,
+    encode_increasing,
+    read_header,
+    read_increasing,
+)
 from protocols.wire import Kind, frame, frame_parts, unframe, unframe_view
 
 __all__ = [
@@ -43,11 +52,10 @@ __all__ = [
     "table_subset",
 ]
 
-MAX_ROWS = 2**32 - 1
+MAX_ROWS = MAX_ROW
 """Row ids are u32 on the wire."""
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
-_MAX_ID = (1 << 63) - 1
 
 
 class _Cursor:
@@ -69,30 +77,28 @@ class _Cursor:
 
     def rows_header(self, name: str) -> tuple[int, int]:
         """A row list's count and byte length, checked against the bytes that remain; skips the bytes."""
-        n, size = self.u32(name), self.u32(f"{name} bytes")
-        if size > len(self.data) - self.pos or n > size or size > 5 * n:
-            raise DecodeError(f"{self.what}: {name} announces {n} rows in {size} bytes, which cannot be")
-        self.pos += size
+        try:
+            n, size = read_header(self.data, self.pos, MAX_ROW)
+        except DecodeError as exc:
+            raise DecodeError(f"{self.what}: {name}: {exc}") from None
+        self.pos += HEADER.size + size
         return n, size
 
     def rows(self, name: str) -> np.ndarray:
-        n, size = self.rows_header(name)
-        data = np.frombuffer(self.data, dtype=np.uint8, count=size, offset=self.pos - size)
+        """A row set (int64)."""
         try:
-            return decode_rows(data, n)
+            rows, self.pos = read_increasing(self.data, self.pos, MAX_ROW)
         except DecodeError as exc:
             raise DecodeError(f"{self.what}: {name}: {exc}") from None
+        return rows
 
     def ids(self, name: str) -> tuple[int, ...]:
-        n = self.u32(name)
-        if 8 * n > len(self.data) - self.pos:
-            raise DecodeError(f"{self.what}: {name} announces {n} ids, too few bytes remain")
-        arr = np.frombuffer(self.take(8 * n, name), dtype=">u8")
-        if n and (arr > _MAX_ID).any():
-            raise DecodeError(f"{self.what}: {name} holds an id above 2^63 - 1")
-        if n > 1 and not (arr[1:] > arr[:-1]).all():
-            raise DecodeError(f"{self.what}: {name} is not strictly increasing")
-        return tuple(arr.tolist())
+        """A client-id list."""
+        try:
+            ids, self.pos = read_increasing(self.data, self.pos, MAX_ID)
+        except DecodeError as exc:
+            raise DecodeError(f"{self.what}: {name}: {exc}") from None
+        return tuple(ids.tolist())
 
     def done(self) -> None:
         if self.pos != len(self.data):
@@ -100,91 +106,15 @@ class _Cursor:
 
 
 def _encode_rows(rows: np.ndarray) -> bytes:
-    """u32 count, u32 byte length, then the gaps ``r_0 + 1, r_1 - r_0, ...`` as LEB128 varints.
+    """A row set as a :mod:`protocols.idlists` list.
 
     A reported set is a few thousand rows spread over the catalogue: its gaps take one or
     two bytes where a u32 takes four (the set is about 3 % of a client's upload at eps 4).
     """
-    arr = np.asarray(rows, dtype=np.int64)
-    if arr.ndim != 1 or (arr.size and (arr.min() < 0 or arr.max() > MAX_ROWS)):
-        raise ValueError("rows must be a 1-D array of u32 ids")
-    gaps = np.diff(arr, prepend=-1)
-    if arr.size and gaps.min() < 1:
-        raise ValueError("rows must be strictly increasing")
-    widths = np.ones(arr.size, dtype=np.int64)
-    for j in range(1, 5):
-        widths += gaps >= 1 << (7 * j)
-    starts = np.cumsum(widths) - widths
-    out = np.zeros(int(widths.sum()), dtype=np.uint8)
-    for j in range(5):
-        at = widths > j
-        more = np.where(widths[at] > j + 1, 0x80, 0)
-        out[starts[at] + j] = ((gaps[at] >> (7 * j)) & 0x7F) | more
-    return _U32.pack(arr.size) + _U32.pack(out.size) + out.tobytes()
-
-
-def decode_rows(data: np.ndarray, count: int) -> np.ndarray:
-    """The ``count`` rows (int64, strictly increasing, u32) whose varint gaps are ``data`` (uint8).
-
-    Raises DecodeError unless ``data`` is exactly ``count`` canonical varints (no padding
-    byte, at most 5 bytes each), every gap >= 1 and every row below 2^32.
-    """
-    return _decode_row_lists(data, np.array([count]), np.array([data.size]))[0]
-
-
-def _varints(data: np.ndarray, ends: np.ndarray, stops: np.ndarray) -> np.ndarray:
-    """The values (int64) of the LEB128 varints in ``data``, whose last bytes are at ``stops``."""
-    if not stops.size:
-        return np.zeros(0, dtype=np.int64)
-    pair = data.astype(np.int32) << 8  # each byte beside the one before it, kept at the last bytes only
-    pair[1:] |= data[:-1]
-    pair = pair[ends]
-    high, two = pair >> 8, (pair & 0x80) != 0  # two: a continuation byte precedes this last byte
-    if np.any(two & (high == 0)):
-        raise DecodeError("a row gap is not a canonical varint")  # a padding byte ends a longer varint
-    if data.size - stops.size == int(np.count_nonzero(two)):  # every varint one or two bytes: the fast path
-        out: np.ndarray = np.where(two, (high << 7) | (pair & 0x7F), high).astype(np.int64)
-        return out
-    first = np.ones(data.size, dtype=bool)  # the first byte of each varint
-    first[1:] = ends[:-1]
-    at = np.arange(data.size, dtype=np.int64)
-    depth = at - np.maximum.accumulate(np.where(first, at, 0))  # the byte's place in its varint
-    if int(depth.max()) > 4:
-        raise DecodeError("a row gap is longer than 5 bytes")
-    return np.diff(np.cumsum((data & 0x7F).astype(np.int64) << (7 * depth))[stops], prepend=0)
-
-
-def _decode_row_lists(data: np.ndarray, counts: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
-    """Several row lists at once: ``data`` is their varint bytes one after another (``sizes`` each)."""
-    if not counts.size:
-        if data.size:
-            raise DecodeError("row bytes without a row list")
-        return []
-    return np.split(_decode_flat(data, counts, sizes), np.cumsum(counts)[:-1])
-
-
-def _decode_flat(data: np.ndarray, counts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """The rows of several lists, one after another (``counts`` each): one vectorized pass.
-
-    A client decodes every requester's set of a table; see :func:`decode_rows` for the checks.
-    """
-    ends = data < 0x80  # the last byte of each varint
-    stops = np.flatnonzero(ends)
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    # each list holds exactly its count of varints, and no varint runs into the next list
-    if np.any(np.searchsorted(stops, bounds[1:]) - np.searchsorted(stops, bounds[:-1]) != counts) or (
-            data.size and not ends[-1]) or np.any(~ends[bounds[1:][sizes > 0] - 1]):
-        raise DecodeError("a row list holds another number of rows than it announces")
-    gaps = _varints(data, ends, stops)
-    total = np.cumsum(gaps)  # the running sum of the gaps: cumulative rows + 1
-    starts = np.cumsum(counts) - counts  # each list's first row
-    if gaps.size and gaps.min() < 1:
-        raise DecodeError("rows are not strictly increasing")
-    before = np.concatenate([[0], total])[starts]  # the running sum before each list
-    rows: np.ndarray = total - np.repeat(before, counts) - 1
-    if rows.size and rows.max() > MAX_ROWS:
-        raise DecodeError("a row beyond u32")
-    return rows
+    try:
+        return encode_increasing(rows, MAX_ROW)
+    except ValueError as exc:
+        raise ValueError(f"rows: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -197,7 +127,7 @@ class RowRequest:
 
     def encode(self) -> bytes:
         """Framed bytes."""
-        if not 0 <= self.client_id <= _MAX_ID or not 0 <= self.num_rows <= MAX_ROWS:
+        if not 0 <= self.client_id <= MAX_ID or not 0 <= self.num_rows <= MAX_ROWS:
             raise ValueError("client id or num_rows out of range")
         return frame(Kind.SUBMODEL_REQUEST,
                      _U64.pack(self.client_id) + _U32.pack(self.num_rows) + _encode_rows(self.rows))
@@ -208,7 +138,7 @@ class RowRequest:
         r = _Cursor(unframe(message, Kind.SUBMODEL_REQUEST), "row request")
         cid, num_rows, rows = r.u64("client_id"), r.u32("num_rows"), r.rows("rows")
         r.done()
-        if cid > _MAX_ID:
+        if cid > MAX_ID:
             raise DecodeError("row request: client id above 2^63 - 1")
         if rows.size and rows[-1] >= num_rows:
             raise DecodeError(f"row request: row {int(rows[-1])} outside the {num_rows} rows")
@@ -278,7 +208,7 @@ def table_entries(raw_table: bytes) -> dict[int, tuple[int, int, int]]:
     last = -1
     for _ in range(n):
         cid = r.u64("client_id")
-        if cid <= last or cid > _MAX_ID:
+        if cid <= last or cid > MAX_ID:
             raise DecodeError("row table: ids not strictly increasing")
         last = cid
         count, size = r.rows_header("rows")
@@ -314,16 +244,15 @@ def table_flat(raw_table: bytes, wanted: Iterable[int],
     if not counts.size:
         return np.zeros(0, dtype=np.int64), counts, np.zeros(0, dtype=np.int64)
     try:
-        rows = _decode_flat(raw, counts, np.array([b - a for _, a, b in spans], dtype=np.int64))
+        rows = decode_lists(raw, counts, np.array([b - a for _, a, b in spans], dtype=np.int64), MAX_ROW)
     except DecodeError as exc:
         raise DecodeError(f"row table: {exc}") from None
     return np.array(ids, dtype=np.int64), counts, rows
 
 
 def _encode_ids(ids: tuple[int, ...]) -> bytes:
-    if any(not 0 <= c <= _MAX_ID for c in ids) or any(a >= b for a, b in itertools.pairwise(ids)):
-        raise ValueError("ids must be strictly increasing and in [0, 2^63 - 1]")
-    return _U32.pack(len(ids)) + np.asarray(ids, dtype=">u8").tobytes()
+    """Strictly increasing client ids in ``[0, 2^63 - 1]`` as a :mod:`protocols.idlists` list."""
+    return encode_increasing(ids, MAX_ID)
 
 
 def ids_digest(ids: tuple[int, ...]) -> bytes:

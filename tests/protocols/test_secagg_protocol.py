@@ -313,7 +313,7 @@ def test_bytes_match_the_encoded_messages() -> None:
     # semi-honest: advert (9+8+64+1) + shares out + masked input (9+9+4L) + unmask response
     n = len(IDS)
     shares_out = 9 + 8 + 4 + (n - 1) * (8 + m.CIPHERTEXT_BYTES)
-    unmask = 9 + 8 + (4 + 8 * n + 40 * n) + 4
+    unmask = 9 + 8 + (len(m.encode_ids(IDS)) + 40 * n) + len(m.encode_ids(()))  # id lists: varint gaps
     masked = 9 + 9 + 4 * L
     for c in IDS:
         assert res.bytes_up[c] == (9 + 73) + shares_out + masked + unmask

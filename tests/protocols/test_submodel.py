@@ -476,5 +476,5 @@ def test_a_table_whose_row_list_runs_into_the_next_is_a_decode_error() -> None:
     at = good.index(bytes([4]) + (2).to_bytes(8, "big"))
     bad = good[:at] + bytes([0x84]) + good[at + 1 :]
     SubmodelSetup.decode(good)
-    with pytest.raises(DecodeError, match="another number of rows"):
+    with pytest.raises(DecodeError, match="another number of values"):
         SubmodelSetup.decode(bad)
