@@ -54,8 +54,9 @@ TECHNIQUES = ("int8", "int4", "hash:8", "qr:8", "mixed:8", "prune:0.875", "hash:
 each structure + int8 at about 9.5x, mixed + int4 at 8.1x (the mildest structure that reaches 8x), and
 mixed + int8 at about 15x (ML-100K, k = 32)."""
 FOLDS = ("u1", "u2", "u3", "u4", "u5")
-IMPLICIT = {"model": "implicit-mf", "local_lr": 30.0, "local_epochs": 2, "weight_decay": 0.0}
-"""Implicit MF on ML-100K loo as the README runs it."""
+IMPLICIT = {"model": "implicit-mf"}
+"""Implicit MF on ML-100K loo as the README runs it: its own default training
+(:data:`securefedrec.models.names.MODEL_DEFAULTS`: local lr 30, 2 epochs, no weight decay)."""
 TARGET_RATIO, TARGET_RMSE, TARGET_HR = 8.0, 0.01, 0.01
 
 

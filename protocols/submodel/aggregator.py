@@ -155,10 +155,7 @@ class SubmodelAggregator:
         out = server.receive_unmask(replies)
         total = out.decode()
         driver.seconds["server"] += time.perf_counter() - t0
-        union = np.zeros(self.layout.num_rows, dtype=bool)
-        for rows in server.table.values():
-            union[rows] = True
         result = AggregationResult(total=total, survivors=out.survivors, bytes_up=driver.bytes_up,
                                    bytes_down=driver.bytes_down, seconds_clients=driver.seconds["clients"],
                                    seconds_server=driver.seconds["server"], offline_seconds=offline)
-        return SubmodelResult(result, {c: int(r.size) for c, r in server.table.items()}, int(union.sum()))
+        return SubmodelResult(result, {c: int(r.size) for c, r in server.table.items()}, server.union_rows())

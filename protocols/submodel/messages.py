@@ -34,6 +34,7 @@ from protocols.idlists import (
     read_header,
     read_increasing,
 )
+from protocols.secagg.messages import encode_ids
 from protocols.wire import Kind, frame, frame_parts, unframe, unframe_view
 
 __all__ = [
@@ -250,14 +251,9 @@ def table_flat(raw_table: bytes, wanted: Iterable[int],
     return np.array(ids, dtype=np.int64), counts, rows
 
 
-def _encode_ids(ids: tuple[int, ...]) -> bytes:
-    """Strictly increasing client ids in ``[0, 2^63 - 1]`` as a :mod:`protocols.idlists` list."""
-    return encode_increasing(ids, MAX_ID)
-
-
 def ids_digest(ids: tuple[int, ...]) -> bytes:
     """SHA-256 of the canonical encoding of a set of client ids (sorted tuple), e.g. U2."""
-    return hashlib.sha256(b"securefedrec/submodel/v1/ids" + _encode_ids(ids)).digest()
+    return hashlib.sha256(b"securefedrec/submodel/v1/ids" + encode_ids(ids)).digest()
 
 
 def mask_view_payload(round_id: int, client_id: int, u2: tuple[int, ...]) -> bytes:
@@ -275,7 +271,7 @@ class SubmodelSharesIn:
     def encode(self) -> bytes:
         """Framed bytes."""
         return frame(Kind.SUBMODEL_SHARES_IN, _U32.pack(len(self.shares_in)) + self.shares_in
-                     + _encode_ids(self.u2))
+                     + encode_ids(self.u2))
 
     @classmethod
     def decode(cls, message: bytes) -> SubmodelSharesIn:
@@ -326,9 +322,9 @@ class SubmodelUnmaskRequest:
         ids = tuple(c for c, _ in self.mask_signatures)
         if any(len(s) != 64 for _, s in self.mask_signatures):
             raise ValueError("signatures must be 64 bytes")
-        sigs = _encode_ids(ids) + b"".join(s for _, s in self.mask_signatures)
+        sigs = encode_ids(ids) + b"".join(s for _, s in self.mask_signatures)
         return frame(Kind.SUBMODEL_UNMASK_REQUEST,
-                     _U32.pack(len(self.request)) + self.request + _encode_ids(self.u3) + sigs)
+                     _U32.pack(len(self.request)) + self.request + encode_ids(self.u3) + sigs)
 
     @classmethod
     def decode(cls, message: bytes) -> SubmodelUnmaskRequest:

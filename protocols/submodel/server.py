@@ -76,6 +76,13 @@ class SubmodelServer(SecAggServer):
         self._u2_counts = np.zeros(0, dtype=np.int64)
         self._mask_signatures: dict[int, bytes] = {}
 
+    def union_rows(self) -> int:
+        """How many rows the reported sets cover together (what the round's sum is exact on)."""
+        union = np.zeros(self.layout.num_rows, dtype=bool)
+        for rows in self.table.values():
+            union[rows] = True
+        return int(union.sum())
+
     def setup(self) -> dict[int, bytes]:
         """Not a stage of this protocol: the setups answer the row requests (:meth:`receive_requests`)."""
         raise StageError(f"server, round {self.config.round_id}: submodel rounds start with receive_requests")

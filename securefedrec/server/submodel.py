@@ -21,6 +21,8 @@ Notes:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from protocols import RoundConfig, Stage
@@ -80,14 +82,9 @@ class SubmodelRounds:
     ) -> None:
         self.model = model
         self.item_epsilon = item_epsilon
-        complete = None if sparse else COMPLETE
-
-        def build(layout: RowLayout) -> SubmodelAggregator:
-            return SubmodelAggregator(layout, item_epsilon=item_epsilon, malicious=malicious, workers=workers,
-                                      neighbors=complete, dropout_rate=dropout_rate,
-                                      corruption_rate=corruption_rate)
-
-        self._build = build
+        self._new = functools.partial(SubmodelAggregator, item_epsilon=item_epsilon, malicious=malicious,
+                                      workers=workers, neighbors=None if sparse else COMPLETE,
+                                      dropout_rate=dropout_rate, corruption_rate=corruption_rate)
         self._aggregator: SubmodelAggregator | None = None
         if not (isinstance(model, CompressedModel) and model.needs_popularity):
             self._aggregator = self.aggregator  # else after the popularity count round (prune:F)
@@ -101,7 +98,7 @@ class SubmodelRounds:
     def aggregator(self) -> SubmodelAggregator:
         """The protocol's aggregator over :attr:`layout`, built at the first use."""
         if self._aggregator is None:
-            self._aggregator = self._build(row_layout(self.model))
+            self._aggregator = self._new(row_layout(self.model))
         return self._aggregator
 
     def aggregate(

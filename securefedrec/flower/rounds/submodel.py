@@ -28,10 +28,8 @@ def submodel_info(item_epsilon: float, min_holders: int) -> dict[str, int | floa
 
 def rows_reported(server: SubmodelServer) -> dict[str, int | float]:
     """What the server learnt of the sets, as the simulator reports them: the union's rows, the mean size."""
-    sets = list(server.table.values())
-    union = np.unique(np.concatenate(sets)) if sets else np.zeros(0, np.int64)
-    return {"rows_union": int(union.size),
-            "rows_reported": float(np.mean([r.size for r in sets])) if sets else 0.0}
+    sizes = [r.size for r in server.table.values()]
+    return {"rows_union": server.union_rows(), "rows_reported": float(np.mean(sizes)) if sizes else 0.0}
 
 
 def submodel_round(
